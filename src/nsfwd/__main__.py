@@ -1,0 +1,7 @@
+"""`python -m nsfwd` runs the command line."""
+
+import sys
+
+from nsfwd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,205 @@
+"""The `nsfwd` command: serve, classify, download."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nsfwd import __version__
+from nsfwd.policies import DEFAULT_POLICY, DEFAULT_THRESHOLD, POLICIES, Policy
+
+if TYPE_CHECKING:
+    from nsfwd.settings import Settings
+
+PROGRESS_MIN_FILES = 8
+"""Show a progress bar from this many files on; fewer finish before a bar would help."""
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        help="Hub id or local folder of the classifier (default: $NSFWD_MODEL or "
+        "Freepik/nsfw_image_detector)",
+    )
+    parser.add_argument("--revision", help="Hub revision to load (branch, tag or commit)")
+    parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default: auto)")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="inference precision (default: bfloat16 on GPU, float32 on CPU)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="nsfwd",
+        description="Self-hosted NSFW image moderation with Freepik's EVA-02 detector.",
+    )
+    parser.add_argument("--version", action="version", version=f"nsfwd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    classify = sub.add_parser(
+        "classify",
+        help="classify image files and folders, one record per image on stdout",
+        description="Classify images (files, or folders searched recursively) and print one "
+        "record per image: JSON lines with path, labels, score, flagged and policy, or path and "
+        "error for a file that cannot be classified. Exits 1 when no image could be classified.",
+    )
+    classify.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    _add_model_options(classify)
+    classify.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    classify.add_argument(
+        "--policy",
+        choices=list(POLICIES),
+        default=DEFAULT_POLICY,
+        help="strict flags P(high), moderate P(medium)+P(high), lenient P(low)+P(medium)+P(high)"
+        f" (default: {DEFAULT_POLICY})",
+    )
+    classify.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help=f"flag when the policy's score is above this (default: {DEFAULT_THRESHOLD})",
+    )
+    classify.add_argument(
+        "--batch-size", type=int, default=None, help="images per batch (default: 8 CPU, 32 GPU)"
+    )
+    classify.add_argument(
+        "--workers", type=int, default=None, help="decoding threads (default: CPU count)"
+    )
+    classify.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+
+    download = sub.add_parser(
+        "download",
+        help="fetch a model from the Hugging Face Hub, to prepare an offline machine",
+        description="Download MODEL's config and weights. With --to, into that folder (copy it "
+        "to the offline machine and pass --model DIR); otherwise into the Hugging Face cache.",
+    )
+    download.add_argument("model", nargs="?", default=None, metavar="MODEL")
+    download.add_argument("--to", type=Path, default=None, metavar="DIR")
+    download.add_argument("--revision", default=None)
+
+    serve = sub.add_parser(
+        "serve",
+        help="start the HTTP server",
+        description="Serve the model over HTTP. Settings come from NSFWD_* environment variables;"
+        " these options override them.",
+    )
+    _add_model_options(serve)
+    serve.add_argument("--served-model-name", help="the model name clients send (default: hub id)")
+    serve.add_argument("--host", help="address to bind (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default: 8000)")
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow binding beyond loopback without NSFWD_API_KEYS (anyone can call the API)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from nsfwd.models import ModelNotAvailableError
+
+    try:
+        if args.command == "classify":
+            return _classify(args)
+        if args.command == "download":
+            return _download(args)
+        return _serve(args)
+    except ModelNotAvailableError as exc:
+        print(f"nsfwd: {exc}", file=sys.stderr)
+        return 2
+
+
+def _settings_for(args: argparse.Namespace) -> Settings:
+    from nsfwd.settings import Settings
+
+    overrides = {
+        key: value
+        for key in ("model", "revision", "device", "dtype", "served_model_name", "host", "port")
+        if (value := getattr(args, key, None)) is not None
+    }
+    return Settings(**overrides)
+
+
+def _classify(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from nsfwd.models import Classifier
+    from nsfwd.output import CsvWriter, JsonLinesWriter, Writer
+    from nsfwd.pipeline import classify_files, find_images
+
+    try:
+        policy = Policy(args.policy, args.threshold)
+    except ValueError as exc:
+        print(f"nsfwd classify: {exc}", file=sys.stderr)
+        return 2
+    settings = _settings_for(args)
+    paths = list(find_images(args.paths))
+    if not paths:
+        print("nsfwd classify: no image files found under the given paths", file=sys.stderr)
+        return 1
+    classifier = Classifier.load(
+        settings.model, revision=settings.revision, device=settings.device, dtype=settings.dtype
+    )
+    policy.check(classifier.labels)
+    writer: Writer
+    if args.format == "csv":
+        writer = CsvWriter(sys.stdout, policy, classifier.labels)
+    else:
+        writer = JsonLinesWriter(sys.stdout, policy)
+    batch_size = args.batch_size or (32 if classifier.device.type == "cuda" else 8)
+    results = classify_files(
+        classifier,
+        paths,
+        batch_size=batch_size,
+        workers=args.workers,
+        limits=settings.image_limits,
+    )
+    classified = 0
+    show = len(paths) >= PROGRESS_MIN_FILES and not args.no_progress
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not show,
+    )
+    with progress:
+        task = progress.add_task("classifying", total=len(paths))
+        for result in results:
+            writer.write(result)
+            classified += result.labels is not None
+            progress.advance(task)
+    if classified == 0:
+        print("nsfwd classify: no image could be classified", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    from nsfwd.models import DEFAULT_MODEL, download
+    from nsfwd.settings import Settings
+
+    model = args.model or Settings().model or DEFAULT_MODEL
+    folder = download(model, args.to, args.revision)
+    print(folder)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from nsfwd.server import run
+
+    return run(_settings_for(args), insecure_no_auth=args.insecure_no_auth)

@@ -1,0 +1,190 @@
+"""The engine: a dynamic batcher between many concurrent requests and one model.
+
+Path of an upload: admission (a bounded count; over it, :class:`QueueFullError` and a 429) ->
+decode, validate and preprocess on a thread pool (off the event loop) -> the queue -> the batcher,
+which whenever the model is free takes everything queued (up to ``max_batch_size``, waiting at
+most ``batch_wait_ms`` for more) -> one dedicated inference thread -> each request's future.
+
+Like text-embeddings-inference's batcher, it needs no timer under load: requests pile up while
+the model runs and leave together in the next batch. A request whose caller was cancelled (its
+client went away) is dropped before it costs inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+
+from nsfwd.images import ImageLimits, load_image
+from nsfwd.metrics import Metrics
+from nsfwd.models import Classifier, Labels
+
+
+class QueueFullError(RuntimeError):
+    """The engine holds as many images as it may; the caller should retry later."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"the server is at capacity; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class EngineClosedError(RuntimeError):
+    """The engine is not running (not started yet, or shutting down)."""
+
+
+@dataclass
+class _Item:
+    pixels: torch.Tensor
+    future: asyncio.Future[Labels]
+    queued_at: float
+
+
+class Engine:
+    """Batches classification requests from many coroutines onto one :class:`Classifier`."""
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        *,
+        max_batch_size: int = 16,
+        batch_wait_ms: float = 2.0,
+        max_queue: int = 64,
+        decode_workers: int | None = None,
+        limits: ImageLimits | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.classifier = classifier
+        self.max_batch_size = max_batch_size
+        self.batch_wait = batch_wait_ms / 1000
+        self.max_queue = max_queue
+        self.limits = limits or ImageLimits()
+        self.metrics = metrics or Metrics()
+        self._decode_workers = decode_workers or len(os.sched_getaffinity(0))
+        self._admitted = 0
+        self._batch_seconds = 1.0  # refined after every batch; feeds Retry-After
+        self._queue: asyncio.Queue[_Item] | None = None
+        self._batcher: asyncio.Task[None] | None = None
+        self._decode_pool: ThreadPoolExecutor | None = None
+        self._infer_pool: ThreadPoolExecutor | None = None
+        self.ready = False
+
+    @property
+    def model_name(self) -> str:
+        """The loaded model's Hub id (or folder)."""
+        return self.classifier.name
+
+    @property
+    def in_flight(self) -> int:
+        """Images admitted and not yet answered."""
+        return self._admitted
+
+    async def start(self) -> None:
+        """Start the worker threads and the batcher, and warm the model up."""
+        self._decode_pool = ThreadPoolExecutor(self._decode_workers, "nsfwd-decode")
+        self._infer_pool = ThreadPoolExecutor(1, "nsfwd-infer")
+        self._queue = asyncio.Queue()
+        warm = torch.zeros((1, *self.classifier.input_size))
+        await asyncio.get_running_loop().run_in_executor(
+            self._infer_pool, self.classifier.predict, warm
+        )
+        self._batcher = asyncio.create_task(self._run_batches(), name="nsfwd-batcher")
+        self.ready = True
+
+    async def stop(self) -> None:
+        """Stop batching; requests still queued fail with :class:`EngineClosedError`."""
+        self.ready = False
+        if self._batcher is not None:
+            self._batcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._batcher
+        while self._queue is not None and not self._queue.empty():
+            item = self._queue.get_nowait()
+            if not item.future.done():
+                item.future.set_exception(EngineClosedError("the server is shutting down"))
+        for pool in (self._decode_pool, self._infer_pool):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def retry_after(self) -> int:
+        """Seconds a refused client should wait: roughly the time to drain the queue."""
+        batches = math.ceil(max(self._admitted, 1) / self.max_batch_size)
+        return max(1, math.ceil(batches * self._batch_seconds))
+
+    async def classify(self, data: bytes) -> Labels:
+        """Label probabilities for one encoded image.
+
+        Raises :class:`nsfwd.images.ImageError` for a bad image, :class:`QueueFullError` when
+        the engine is full and :class:`EngineClosedError` when it is not running.
+        """
+        if not self.ready or self._queue is None or self._decode_pool is None:
+            raise EngineClosedError("the model is not loaded yet")
+        if self._admitted >= self.max_queue:
+            self.metrics.rejected.inc()
+            raise QueueFullError(self.retry_after())
+        self._admitted += 1
+        self.metrics.queue_size.set(self._admitted)
+        try:
+            loop = asyncio.get_running_loop()
+            pixels = await loop.run_in_executor(self._decode_pool, self._prepare, data)
+            future: asyncio.Future[Labels] = loop.create_future()
+            self._queue.put_nowait(_Item(pixels, future, time.perf_counter()))
+            return await future
+        finally:
+            self._admitted -= 1
+            self.metrics.queue_size.set(self._admitted)
+
+    def _prepare(self, data: bytes) -> torch.Tensor:
+        return self.classifier.preprocess(load_image(data, self.limits))
+
+    async def _next_batch(self, queue: asyncio.Queue[_Item]) -> list[_Item]:
+        batch = [await queue.get()]
+        deadline = time.perf_counter() + self.batch_wait
+        while len(batch) < self.max_batch_size:
+            if not queue.empty():
+                batch.append(queue.get_nowait())
+                continue
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _run_batches(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch(self._queue)
+            live = [item for item in batch if not item.future.done()]
+            self.metrics.dropped.inc(len(batch) - len(live))
+            if not live:
+                continue
+            now = time.perf_counter()
+            for item in live:
+                self.metrics.queue_seconds.observe(now - item.queued_at)
+            pixels = torch.stack([item.pixels for item in live])
+            try:
+                probs = await loop.run_in_executor(
+                    self._infer_pool, self.classifier.predict, pixels
+                )
+            except Exception as exc:  # a model failure fails this batch, not the server
+                for item in live:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            elapsed = time.perf_counter() - now
+            self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
+            self.metrics.batch_size.observe(len(live))
+            self.metrics.inference_seconds.observe(elapsed)
+            for item, labels in zip(live, self.classifier.to_labels(probs), strict=True):
+                if not item.future.done():
+                    item.future.set_result(labels)

@@ -1,0 +1,61 @@
+"""Prometheus metrics, one registry per engine so several apps can live in one process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    """The instruments nsfwd exports at ``GET /metrics``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.queue_size = Gauge(
+            "nsfwd_queue_size", "Images admitted and not yet answered", registry=self.registry
+        )
+        self.batch_size = Histogram(
+            "nsfwd_batch_size",
+            "Images per model batch",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.inference_seconds = Histogram(
+            "nsfwd_inference_seconds",
+            "Time one batch spends on the model",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_seconds = Histogram(
+            "nsfwd_queue_seconds",
+            "Time an image waits between preprocessing and the model",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "nsfwd_request_seconds",
+            "End-to-end time of classification requests",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.requests = Counter(
+            "nsfwd_requests",
+            "Classification requests by route and status code",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "nsfwd_rejected", "Images refused because the queue was full", registry=self.registry
+        )
+        self.dropped = Counter(
+            "nsfwd_dropped",
+            "Images dropped before inference because their client went away",
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        """The registry in Prometheus' text format."""
+        return generate_latest(self.registry)

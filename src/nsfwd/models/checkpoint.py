@@ -1,0 +1,168 @@
+"""Build a torch module, its labels and its preprocessing from a checkpoint folder.
+
+Two families are understood:
+
+* timm checkpoints, in either on-disk style: the one ``timm.models.save_for_hf`` / ``push_to_hub``
+  writes (plain timm weight keys) and transformers' ``TimmWrapperForImageClassification``
+  (``model_type: timm_wrapper``, weight keys possibly prefixed ``timm_model.``). Both carry
+  ``architecture`` and ``pretrained_cfg``; preprocessing comes from the latter through
+  ``timm.data.resolve_data_config``, exactly as timm itself does it.
+* any other transformers image classifier, through ``AutoModelForImageClassification`` and
+  ``AutoImageProcessor`` (labels from ``id2label``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from nsfwd.models.hub import DEFAULT_MODEL, ModelNotAvailableError
+
+Preprocess = Callable[[Image.Image], torch.Tensor]
+"""One upright RGB image in, one normalised CHW float tensor out."""
+
+SEVERITY_LABELS = ("neutral", "low", "medium", "high")
+
+# Hub models whose config.json does not name its labels.
+KNOWN_LABELS: dict[str, tuple[str, ...]] = {DEFAULT_MODEL: SEVERITY_LABELS}
+
+TIMM_PREFIX = "timm_model."
+_DEFAULT_LABEL = re.compile(r"^LABEL_\d+$")
+
+
+@dataclass
+class LoadedModel:
+    """A classifier network ready for inference, with what it needs around it."""
+
+    module: torch.nn.Module
+    labels: tuple[str, ...]
+    preprocess: Preprocess
+    input_size: tuple[int, int, int]
+    style: str
+    """``timm`` (plain timm keys), ``timm_wrapper`` (transformers style) or ``transformers``."""
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """The checkpoint's config.json as a dict."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelNotAvailableError(f"cannot read {folder / 'config.json'}: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ModelNotAvailableError(f"{folder / 'config.json'} is not a JSON object")
+    return config
+
+
+def load_checkpoint(folder: Path, hub_id: str | None = None) -> LoadedModel:
+    """Load the checkpoint in ``folder``; ``hub_id`` helps find labels the config omits."""
+    config = read_config(folder)
+    if "architecture" in config and "pretrained_cfg" in config:
+        return _load_timm(folder, config, hub_id)
+    return _load_transformers(folder, config)
+
+
+def _labels(config: dict[str, Any], num_classes: int, hub_id: str | None) -> tuple[str, ...]:
+    names = config.get("label_names")
+    if isinstance(names, list) and len(names) == num_classes:
+        return tuple(str(n) for n in names)
+    id2label = config.get("id2label")
+    if isinstance(id2label, dict) and len(id2label) == num_classes:
+        ordered = tuple(str(id2label[k]) for k in sorted(id2label, key=int))
+        if not all(_DEFAULT_LABEL.match(name) for name in ordered):
+            return ordered
+    known = KNOWN_LABELS.get(hub_id or "")
+    if known is not None and len(known) == num_classes:
+        return known
+    return tuple(f"LABEL_{i}" for i in range(num_classes))
+
+
+def _load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ModelNotAvailableError(f"{folder} holds no *.safetensors weights")
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(load_file(file))
+    return {k.removeprefix(TIMM_PREFIX): v for k, v in state.items()}
+
+
+def _load_timm(folder: Path, config: dict[str, Any], hub_id: str | None) -> LoadedModel:
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    num_classes = int(config.get("num_classes") or len(config.get("label_names") or []))
+    model_args = dict(config.get("model_args") or {})
+    model_args.pop("num_classes", None)
+    try:
+        module = timm.create_model(
+            config["architecture"], pretrained=False, num_classes=num_classes, **model_args
+        )
+    except RuntimeError as exc:
+        raise ModelNotAvailableError(
+            f"timm {timm.__version__} cannot build {config['architecture']!r}: {exc}"
+        ) from exc
+    try:
+        module.load_state_dict(_load_state_dict(folder), strict=True)
+    except RuntimeError as exc:
+        raise ModelNotAvailableError(
+            f"the weights in {folder} do not fit {config['architecture']!r} with "
+            f"{num_classes} classes: {exc}"
+        ) from exc
+    data_config = resolve_data_config(pretrained_cfg=config["pretrained_cfg"], model=module)
+    transform = create_transform(**data_config, is_training=False)
+    style = "timm_wrapper" if config.get("model_type") == "timm_wrapper" else "timm"
+    return LoadedModel(
+        module=module,
+        labels=_labels(config, num_classes, hub_id),
+        preprocess=transform,
+        input_size=tuple(data_config["input_size"]),
+        style=style,
+    )
+
+
+class _HFLogits(torch.nn.Module):
+    """Adapts a transformers classifier to return plain logits, as timm modules do."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.model(pixel_values=pixel_values).logits
+        return logits
+
+
+def _load_transformers(folder: Path, config: dict[str, Any]) -> LoadedModel:
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    try:
+        model = AutoModelForImageClassification.from_pretrained(folder)
+        processor = AutoImageProcessor.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelNotAvailableError(
+            f"{folder} is not a timm checkpoint nor a transformers image classifier: {exc}"
+        ) from exc
+
+    def preprocess(image: Image.Image) -> torch.Tensor:
+        pixels: torch.Tensor = processor(images=image, return_tensors="pt")["pixel_values"][0]
+        return pixels
+
+    labels = tuple(str(model.config.id2label[i]) for i in range(model.config.num_labels))
+    size = processor.size or {}
+    height = int(size.get("height") or size.get("shortest_edge") or 224)
+    width = int(size.get("width") or size.get("shortest_edge") or height)
+    return LoadedModel(
+        module=_HFLogits(model),
+        labels=labels,
+        preprocess=preprocess,
+        input_size=(3, height, width),
+        style="transformers",
+    )

@@ -1,0 +1,68 @@
+"""Moderation policies: turn label probabilities into a flag.
+
+From Freepik's model card: pick the lowest severity to flag, sum that bucket and every bucket
+above it, and flag when the sum exceeds the threshold (0.5 by default).
+
+* ``strict``: P(high) (blocks only explicit content)
+* ``moderate``: P(medium) + P(high) (the default)
+* ``lenient``: P(low) + P(medium) + P(high) (blocks anything not neutral)
+
+For a classifier without severity buckets (for example ``Falconsai/nsfw_image_detection`` with
+``normal``/``nsfw``) every policy scores 1 - P(safe label), the safe label being the first of
+``neutral``, ``normal``, ``safe`` or ``sfw`` that the model has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+PolicyName = Literal["strict", "moderate", "lenient"]
+POLICIES: dict[str, tuple[str, ...]] = {
+    "strict": ("high",),
+    "moderate": ("medium", "high"),
+    "lenient": ("low", "medium", "high"),
+}
+DEFAULT_POLICY: PolicyName = "moderate"
+DEFAULT_THRESHOLD = 0.5
+SAFE_LABELS = ("neutral", "normal", "safe", "sfw")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A named policy with its threshold."""
+
+    name: PolicyName = DEFAULT_POLICY
+    threshold: float = DEFAULT_THRESHOLD
+
+    def __post_init__(self) -> None:
+        if self.name not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, not {self.name!r}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be between 0 and 1, not {self.threshold}")
+
+    def check(self, labels: Sequence[str]) -> None:
+        """Raise ValueError when a model with these labels cannot be scored by this policy."""
+        if not set(POLICIES[self.name]) <= set(labels) and _safe_label(labels) is None:
+            raise ValueError(
+                f"cannot apply policy {self.name!r} to labels {list(labels)}: they have neither "
+                f"the severity buckets nor a safe label ({', '.join(SAFE_LABELS)})"
+            )
+
+    def score(self, probs: Mapping[str, float]) -> float:
+        """The probability mass this policy counts as unsafe."""
+        flagged = POLICIES[self.name]
+        if set(flagged) <= probs.keys():
+            return sum(probs[label] for label in flagged)
+        self.check(list(probs))
+        return 1.0 - probs[_safe_label(list(probs)) or ""]
+
+    def flagged(self, probs: Mapping[str, float]) -> bool:
+        """Whether these probabilities are flagged: score strictly above the threshold."""
+        return self.score(probs) > self.threshold
+
+
+def _safe_label(labels: Sequence[str]) -> str | None:
+    lowered = {label.lower(): label for label in labels}
+    return next((lowered[name] for name in SAFE_LABELS if name in lowered), None)

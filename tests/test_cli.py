@@ -1,0 +1,160 @@
+"""`nsfwd classify` and `nsfwd download`, run as a user runs them."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from nsfwd.cli import main
+from nsfwd.policies import Policy
+
+NSFWD = [sys.executable, "-m", "nsfwd"]
+
+
+def _write_images(folder: Path, count: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        image = Image.new("RGB", (200 + 10 * i, 180), (40 * i % 256, 90, 200 - 10 * i))
+        image.paste((255, 255 - 20 * i % 256, 0), (10, 10, 90 + 5 * i, 80))
+        path = folder / f"img{i:02d}.{['jpg', 'png', 'webp'][i % 3]}"
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*NSFWD, *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_classify_a_folder_prints_one_record_per_image_in_order(
+    tmp_path: Path, timm_checkpoint: Path
+) -> None:
+    images = _write_images(tmp_path / "photos" / "nested", 10)
+    (tmp_path / "photos" / "notes.txt").write_text("not an image, and not named like one")
+    (tmp_path / "photos" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    done = _run(
+        "classify", "--model", str(timm_checkpoint), "--batch-size", "4", str(tmp_path / "photos")
+    )
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["path"] for r in records] == [str(tmp_path / "photos" / "broken.jpg")] + [
+        str(p) for p in images
+    ]
+    assert "error" in records[0] and "labels" not in records[0]
+    for record in records[1:]:
+        assert set(record) >= {"path", "labels", "flagged", "policy"}
+        assert list(record["labels"]) == ["neutral", "low", "medium", "high"]
+        assert sum(record["labels"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert record["policy"] == "moderate"
+        assert record["flagged"] == Policy("moderate").flagged(record["labels"])
+    assert "classifying" in done.stderr  # the progress bar, on stderr
+
+
+def test_policy_threshold_and_csv(
+    tmp_path: Path, timm_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write_images(tmp_path, 3)
+    code = main(
+        [
+            "classify",
+            "--model",
+            str(timm_checkpoint),
+            "--format",
+            "csv",
+            "--policy",
+            "lenient",
+            "--threshold",
+            "0.0",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 3
+    assert list(rows[0]) == [
+        "path",
+        "neutral",
+        "low",
+        "medium",
+        "high",
+        "score",
+        "flagged",
+        "policy",
+        "error",
+    ]
+    for row in rows:
+        score = float(row["low"]) + float(row["medium"]) + float(row["high"])
+        assert float(row["score"]) == pytest.approx(score, abs=1e-5)
+        assert row["flagged"] == "true"  # any mass above 0 is flagged at threshold 0
+        assert row["policy"] == "lenient"
+
+
+def test_nothing_classifiable_exits_non_zero(
+    tmp_path: Path, timm_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"GIF89a not really")
+    assert (
+        main(["classify", "--model", str(timm_checkpoint), str(bad), str(tmp_path / "missing.jpg")])
+        == 1
+    )
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["path"] for r in out] == [str(bad), str(tmp_path / "missing.jpg")]
+    assert "GIF" in out[0]["error"]
+    assert out[1]["error"] == "no such file"
+    assert main(["classify", "--model", str(timm_checkpoint), str(tmp_path / "empty-dir-x")]) == 1
+
+
+def test_bad_options_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["classify", "--threshold", "2", str(tmp_path)]) == 2
+    assert "threshold must be between 0 and 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["classify", "--policy", "harsh", str(tmp_path)])
+
+
+def test_an_unreachable_hub_says_how_to_supply_the_model(tmp_path: Path) -> None:
+    _write_images(tmp_path, 1)
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    done = _run("classify", str(tmp_path), env=env)
+    assert done.returncode == 2
+    assert "Freepik/nsfw_image_detector" in done.stderr
+    assert "nsfwd download" in done.stderr and "--model DIR" in done.stderr
+    done = _run("download", "--to", str(tmp_path / "m"), env=env)
+    assert done.returncode == 2
+    assert "cannot download 'Freepik/nsfw_image_detector'" in done.stderr
+
+
+def test_a_hub_id_loads_offline_from_the_cache(tmp_path: Path, wrapper_checkpoint: Path) -> None:
+    """The Freepik repo id resolves through HF_HOME's cache, labels from the known-model table."""
+    repo = tmp_path / "hf" / "hub" / "models--Freepik--nsfw_image_detector"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(wrapper_checkpoint, snapshot)
+    config = json.loads((snapshot / "config.json").read_text())
+    for key in ("id2label", "label2id"):
+        config.pop(key)
+    (snapshot / "config.json").write_text(json.dumps(config))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    _write_images(tmp_path / "imgs", 2)
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    done = _run("classify", str(tmp_path / "imgs"), env=env)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [list(r["labels"]) for r in records] == [["neutral", "low", "medium", "high"]] * 2

@@ -1,0 +1,137 @@
+"""Loading checkpoints in every on-disk style, and the classifier's outputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from checkpoints import SEVERITY, write_timm_checkpoint
+from nsfwd.models import Classifier, ModelNotAvailableError, load_checkpoint
+from nsfwd.models.classifier import pick_dtype
+
+
+def _image(color: tuple[int, int, int], size: tuple[int, int] = (300, 200)) -> Image.Image:
+    image = Image.new("RGB", size, color)
+    image.paste((255 - color[0], color[1] // 2, 40), (20, 20, 150, 120))
+    return image
+
+
+IMAGES = [_image((250, 10, 10)), _image((10, 200, 30)), _image((30, 30, 240), (200, 400))]
+
+
+def test_timm_style_loads_with_labels_and_preprocessing(timm_checkpoint: Path) -> None:
+    loaded = load_checkpoint(timm_checkpoint)
+    assert loaded.style == "timm"
+    assert loaded.labels == tuple(SEVERITY)
+    assert loaded.input_size == (3, 224, 224)
+    pixels = loaded.preprocess(IMAGES[0])
+    assert pixels.shape == (3, 224, 224)
+    assert pixels.dtype == torch.float32
+
+
+def test_both_styles_give_the_same_probabilities(
+    timm_checkpoint: Path, wrapper_checkpoint: Path
+) -> None:
+    timm_style = Classifier.load(str(timm_checkpoint))
+    wrapper_style = Classifier.load(str(wrapper_checkpoint))
+    assert wrapper_style.loaded.style == "timm_wrapper"
+    assert wrapper_style.labels == timm_style.labels
+    # Same seed, same weights; the wrapper copy was stored in bf16, hence the tolerance.
+    a = torch.tensor([list(p.values()) for p in timm_style.classify(IMAGES)])
+    b = torch.tensor([list(p.values()) for p in wrapper_style.classify(IMAGES)])
+    assert torch.allclose(a, b, atol=0.05)
+
+
+def test_probabilities_are_a_softmax_that_depends_on_the_image(classifier: Classifier) -> None:
+    results = classifier.classify(IMAGES)
+    assert len(results) == len(IMAGES)
+    for probs in results:
+        assert list(probs) == SEVERITY
+        assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
+        assert all(0.0 <= p <= 1.0 for p in probs.values())
+    spread = max(abs(results[0][k] - results[1][k]) for k in SEVERITY)
+    assert spread > 0.01, "different images should not get identical labels"
+
+
+def test_batching_does_not_change_results(classifier: Classifier) -> None:
+    together = classifier.classify(IMAGES)
+    alone = [classifier.classify([image])[0] for image in IMAGES]
+    for a, b in zip(together, alone, strict=True):
+        for label in SEVERITY:
+            assert a[label] == pytest.approx(b[label], abs=1e-5)
+
+
+def test_preprocessing_follows_the_checkpoint_not_a_fixed_448(tmp_path: Path) -> None:
+    folder = write_timm_checkpoint(tmp_path / "eva", labels=["safe", "unsafe"])
+    config = json.loads((folder / "config.json").read_text())
+    config["pretrained_cfg"].update(input_size=[3, 112, 112], crop_pct=1.0, crop_mode="squash")
+    config["model_args"]["img_size"] = [112, 112]
+    (folder / "config.json").write_text(json.dumps(config))
+    # Rebuild weights for the smaller input (position embeddings depend on it).
+    import timm
+
+    model = timm.create_model("eva02_tiny_patch14_224", num_classes=2, img_size=112)
+    from safetensors.torch import save_file
+
+    save_file(model.state_dict(), str(folder / "model.safetensors"))
+    classifier = Classifier.load(str(folder))
+    assert classifier.input_size == (3, 112, 112)
+    assert classifier.labels == ("safe", "unsafe")
+    assert classifier.preprocess(IMAGES[2]).shape == (3, 112, 112)
+
+
+def test_transformers_classifier_loads_with_id2label(vit_checkpoint: Path) -> None:
+    classifier = Classifier.load(str(vit_checkpoint))
+    assert classifier.loaded.style == "transformers"
+    assert classifier.labels == ("normal", "nsfw")
+    probs = classifier.classify(IMAGES[:2])
+    assert [list(p) for p in probs] == [["normal", "nsfw"]] * 2
+    assert sum(probs[0].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_labels_fall_back_to_the_known_hub_model(tmp_path: Path, timm_checkpoint: Path) -> None:
+    folder = tmp_path / "no-names"
+    shutil.copytree(timm_checkpoint, folder)
+    config = json.loads((folder / "config.json").read_text())
+    del config["label_names"]
+    (folder / "config.json").write_text(json.dumps(config))
+    assert load_checkpoint(folder).labels == ("LABEL_0", "LABEL_1", "LABEL_2", "LABEL_3")
+    known = load_checkpoint(folder, hub_id="Freepik/nsfw_image_detector")
+    assert known.labels == tuple(SEVERITY)
+
+
+def test_missing_or_broken_folders_say_what_is_wrong(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotAvailableError, match="no model folder"):
+        Classifier.load(str(tmp_path / "nope"))
+    with pytest.raises(ModelNotAvailableError, match=r"no config\.json"):
+        Classifier.load(str(tmp_path))
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ModelNotAvailableError, match="cannot read"):
+        Classifier.load(str(tmp_path))
+
+
+def test_weights_that_do_not_match_the_architecture_are_refused(
+    tmp_path: Path, timm_checkpoint: Path
+) -> None:
+    folder = tmp_path / "mismatch"
+    shutil.copytree(timm_checkpoint, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["num_classes"] = 3
+    config["label_names"] = ["a", "b", "c"]
+    config["model_args"]["num_classes"] = 3
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelNotAvailableError, match="do not fit"):
+        Classifier.load(str(folder))
+
+
+def test_dtype_defaults_fp32_on_cpu_bf16_on_gpu() -> None:
+    assert pick_dtype(torch.device("cpu")) == torch.float32
+    assert pick_dtype(torch.device("cuda")) == torch.bfloat16
+    assert pick_dtype(torch.device("cpu"), "bfloat16") == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        pick_dtype(torch.device("cpu"), "int3")

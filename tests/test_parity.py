@@ -1,0 +1,72 @@
+"""Parity with Freepik's own package, `nsfw-image-detector` 0.1.2, on an EVA-02-B/448.
+
+The package hard-codes eva02_base_patch14_448's transform, so the checkpoint is the real
+architecture (random weights with a scaled head, see checkpoints.py) in the style Freepik ships:
+transformers' TimmWrapper with bf16 weights. Both sides run in fp32 on the CPU on the same
+decoded images: every accepted format and shape, decoded by nsfwd's intake (the package does
+no EXIF or colour-mode handling of its own).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from nsfw_image_detector import NSFWDetector
+
+from checkpoints import SEVERITY, write_timm_checkpoint
+from nsfwd.images import load_image
+from nsfwd.models import Classifier
+from nsfwd.policies import Policy
+from photos import variants
+
+TOLERANCE = 2e-3
+
+
+def per_bucket(cumulative: dict[str, float]) -> dict[str, float]:
+    """Undo the package's cumulative scores (low = P(low)+P(medium)+P(high), ...)."""
+    return {
+        "neutral": cumulative["neutral"],
+        "low": cumulative["low"] - cumulative["medium"],
+        "medium": cumulative["medium"] - cumulative["high"],
+        "high": cumulative["high"],
+    }
+
+
+@pytest.fixture(scope="module")
+def eva02_b448(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("eva02-b448")
+    return write_timm_checkpoint(
+        folder, arch="eva02_base_patch14_448", style="timm_wrapper", dtype=torch.bfloat16
+    )
+
+
+@pytest.mark.slow
+def test_labels_match_freepiks_package(eva02_b448: Path) -> None:
+    files = variants()
+    images = [load_image(data) for data in files.values()]
+    ours = Classifier.load(str(eva02_b448), device="cpu")
+    assert ours.input_size == (3, 448, 448)
+    reference = NSFWDetector(model_name=str(eva02_b448), device="cpu", dtype=torch.float32)
+
+    got: list[dict[str, float]] = []
+    want: list[dict[str, float]] = []
+    for start in range(0, len(images), 8):
+        chunk = images[start : start + 8]
+        got += ours.classify(chunk)
+        want += [
+            per_bucket({str(k.value): v for k, v in p.items()})
+            for p in reference.predict_proba(chunk)
+        ]
+
+    spread = max(abs(a[label] - b[label]) for a in got for b in got for label in SEVERITY)
+    assert spread > 0.1, "probabilities barely move between photos: parity would be vacuous"
+    worst = {}
+    for name, a, b in zip(files, got, want, strict=True):
+        assert list(a) == SEVERITY
+        worst[name] = max(abs(a[label] - b[label]) for label in SEVERITY)
+        assert (
+            Policy().flagged(a) == Policy().flagged(b) or abs(Policy().score(a) - 0.5) < TOLERANCE
+        )
+    assert max(worst.values()) <= TOLERANCE, worst

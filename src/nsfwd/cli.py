@@ -99,6 +99,36 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow binding beyond loopback without NSFWD_API_KEYS (anyone can call the API)",
     )
+    bench = sub.add_parser(
+        "bench",
+        help="measure the model, the classify pipeline and the server on this machine",
+        description="Measure images/s on ready tensors (model), `nsfwd classify` end to end over "
+        "JPEGs (pipeline) and a real server under concurrent clients (server); with "
+        "--compare-reference, Freepik's nsfw-image-detector on the same checkpoint and images, "
+        "as ratios. Without --model a random-weight checkpoint of --arch is measured (same "
+        "compute as the trained weights).",
+    )
+    bench.add_argument("--model", help="Hub id or folder (default: random weights of --arch)")
+    bench.add_argument("--arch", default="eva02_base_patch14_448", help="timm architecture")
+    bench.add_argument("--device", help="torch device (default: auto)")
+    bench.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    bench.add_argument(
+        "--suites", default="model,pipeline,server", help="comma-separated: model,pipeline,server"
+    )
+    bench.add_argument("--batch-sizes", default="1,4,8", help="model suite batch sizes")
+    bench.add_argument("--batch-size", type=int, help="pipeline and server batch size")
+    bench.add_argument("--images", type=int, default=16, help="JPEGs in the pipeline suite")
+    bench.add_argument("--image-size", default="1024x768", help="WxH of the JPEGs")
+    bench.add_argument("--concurrency", type=int, default=32, help="server suite clients")
+    bench.add_argument("--requests", type=int, default=64, help="server suite requests")
+    bench.add_argument(
+        "--compare-reference", action="store_true", help="also run Freepik's package"
+    )
+    bench.add_argument("--reference-dtypes", default="float32,bfloat16")
+    bench.add_argument(
+        "--reference-images", type=int, default=8, help="images for each reference run"
+    )
+    bench.add_argument("--json", type=Path, help="write the full report here")
     return parser
 
 
@@ -115,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _classify(args)
         if args.command == "download":
             return _download(args)
+        if args.command == "bench":
+            return _bench(args)
         return _serve(args)
     except ModelNotAvailableError as exc:
         print(f"nsfwd: {exc}", file=sys.stderr)
@@ -196,6 +228,41 @@ def _download(args: argparse.Namespace) -> int:
     model = args.model or Settings().model or DEFAULT_MODEL
     folder = download(model, args.to, args.revision)
     print(folder)
+    return 0
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from nsfwd.bench import SUITES, BenchConfig, format_report, run_bench
+
+    suites = [s.strip() for s in args.suites.split(",") if s.strip()]
+    unknown = set(suites) - set(SUITES)
+    if unknown:
+        print(f"nsfwd bench: unknown suites {sorted(unknown)}; known: {SUITES}", file=sys.stderr)
+        return 2
+    width, _, height = args.image_size.partition("x")
+    cfg = BenchConfig(
+        model=args.model,
+        arch=args.arch,
+        device=args.device,
+        dtype=args.dtype,
+        suites=suites,
+        batch_sizes=_ints(args.batch_sizes),
+        images=args.images,
+        image_size=(int(width), int(height)),
+        batch_size=args.batch_size,
+        concurrency=args.concurrency,
+        requests=args.requests,
+        compare_reference=args.compare_reference,
+        reference_dtypes=[d for d in args.reference_dtypes.split(",") if d],
+        reference_images=args.reference_images,
+        out=args.json,
+    )
+    report = run_bench(cfg, log=lambda message: print(message, file=sys.stderr))
+    print(format_report(report))
     return 0
 
 

@@ -1,0 +1,559 @@
+"""Image intake: bytes in, a validated upright RGB image out, or a typed error saying why not.
+
+Every upload (HTTP or batch CLI) passes through :func:`load_image` before the model sees it, and
+inputs are hostile, so the checks run cheapest first and nothing is decoded before it is known
+to be small enough:
+
+1. byte size against :attr:`ImageLimits.max_bytes` (:class:`ImageTooLargeError`);
+2. the format from magic bytes, not from a file name or a client's content type: only JPEG, PNG
+   and WebP are accepted (:class:`UnsupportedFormatError`, which names what the data looks like);
+3. width and height against the side and pixel limits, before any pixel is decoded
+   (:class:`ImageDimensionsError`; Pillow's own decompression-bomb guard maps to it too). They
+   are read twice: by a small header parser here, before Pillow is involved (its WebP plugin
+   creates the decoder, canvas and all, inside ``Image.open``), and from Pillow's lazy
+   ``Image.open`` (for a JPEG with several frame headers, ours reads the first, which libjpeg
+   uses, and Pillow the last; both must pass);
+4. for PNG, every chunk's CRC and the presence of ``IEND``, because Pillow skips the CRC of
+   image data and tolerates a missing ``IEND`` (:class:`CorruptImageError`);
+5. the first frame is decoded with ``ImageFile.LOAD_TRUNCATED_IMAGES`` left off, so truncated or
+   undecodable data fails (:class:`CorruptImageError`);
+6. the EXIF orientation is applied (a broken EXIF block is ignored, not fatal);
+7. the pixels are converted to 8-bit RGB.
+
+Transparency is flattened onto an opaque **white** background. The classifier should judge
+what a person sees, and a person sees a transparent upload in a viewer or on a web page over a
+light background, where fully transparent pixels show nothing at all. Pillow's plain
+``convert("RGB")`` would instead drop the alpha channel and expose whatever colour values
+happen to be stored under fully transparent pixels. Content hidden there is invisible to
+people, so it must neither trigger a verdict nor be able to hide one by pushing the visible
+picture around: after flattening, a fully transparent pixel is always (255, 255, 255), whatever
+its stored colour. White, not black, because white is the usual page and viewer background
+and the colour that transparent logos and stickers are designed against.
+
+Nothing here changes Pillow's global state: ``Image.MAX_IMAGE_PIXELS`` and
+``ImageFile.LOAD_TRUNCATED_IMAGES`` are only read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+import warnings
+import zlib
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import ClassVar, Final
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "SUPPORTED_FORMATS",
+    "CorruptImageError",
+    "ImageDimensionsError",
+    "ImageError",
+    "ImageLimits",
+    "ImageTooLargeError",
+    "UnsupportedFormatError",
+    "load_image",
+    "load_image_file",
+    "sniff_format",
+]
+
+_log = logging.getLogger(__name__)
+
+SUPPORTED_FORMATS: Final = ("JPEG", "PNG", "WEBP")
+"""Pillow format names that :func:`load_image` accepts, as :func:`sniff_format` returns them."""
+
+_MIB: Final = 1024 * 1024
+_WHITE: Final = (255, 255, 255)
+_PNG_MAGIC: Final = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC: Final = b"\xff\xd8\xff"
+# JPEG start-of-frame markers (SOF0..SOF15 without DHT, JPG and DAC, which share the range).
+_JPEG_SOF_MARKERS: Final = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# Pillow modes holding more than 8 bits per sample, which Pillow's convert() clips.
+_WIDE_GRAY_MODES: Final = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+# catch_warnings() swaps process-wide state; serialise our own uses of it between threads.
+_WARNINGS_LOCK: Final = threading.Lock()
+# What Pillow and the codecs raise for bad data. Anything else is unexpected and gets logged.
+_DECODE_ERRORS: Final = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    TypeError,
+    IndexError,
+    KeyError,
+    EOFError,
+    struct.error,
+    zlib.error,
+)
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Limits that an accepted image must meet; the defaults suit the service.
+
+    ``max_pixels`` is checked from the header, before decoding, and so bounds the memory
+    that decoding one image can take (about 4 bytes per pixel).
+    """
+
+    max_bytes: int = 10 * _MIB
+    """Largest accepted encoded size in bytes."""
+    min_side: int = 128
+    """Smallest accepted width and height in pixels."""
+    max_side: int = 2048
+    """Largest accepted width and height in pixels."""
+    max_pixels: int = 2048 * 2048
+    """Largest accepted width times height."""
+
+    def __post_init__(self) -> None:
+        """Refuse limits that no image could meet or that make no sense."""
+        for name in ("max_bytes", "min_side", "max_side", "max_pixels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ImageLimits.{name} must be a positive int, got {value!r}")
+        if self.min_side > self.max_side:
+            raise ValueError(
+                f"ImageLimits.min_side ({self.min_side}) exceeds max_side ({self.max_side})"
+            )
+
+    def describe(self) -> str:
+        """Return the dimension limits as a short human phrase, for error messages."""
+        return (
+            f"each side must be {self.min_side}..{self.max_side} px "
+            f"and the image at most {self.max_pixels:,} pixels"
+        )
+
+
+class ImageError(ValueError):
+    """Base class: the input is not an image this service accepts.
+
+    ``code`` is a short stable machine name for API responses and metrics; ``str(error)`` is a
+    human message saying what was wrong and, where one applies, the limit.
+    """
+
+    code: ClassVar[str] = "invalid_image"
+
+    def __init__(self, message: str) -> None:
+        """Create the error with its human-readable ``message``."""
+        super().__init__(message)
+        self.message = message
+
+
+class ImageTooLargeError(ImageError):
+    """The encoded input is larger than :attr:`ImageLimits.max_bytes` (HTTP 413)."""
+
+    code: ClassVar[str] = "too_large"
+
+
+class UnsupportedFormatError(ImageError):
+    """The content is not JPEG, PNG or WebP; the message names what it looks like, if known."""
+
+    code: ClassVar[str] = "unsupported_format"
+
+
+class ImageDimensionsError(ImageError):
+    """A side is outside the limits, the pixel count is too high, or it is a decompression bomb."""
+
+    code: ClassVar[str] = "bad_dimensions"
+
+
+class CorruptImageError(ImageError):
+    """The data is in a supported format but truncated, corrupt or otherwise undecodable."""
+
+    code: ClassVar[str] = "corrupt"
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Return ``"JPEG"``, ``"PNG"`` or ``"WEBP"`` from the magic bytes of ``data``, else ``None``.
+
+    Only the signature is checked; whether the rest is valid is :func:`load_image`'s job.
+    """
+    if data.startswith(_PNG_MAGIC):
+        return "PNG"
+    if data.startswith(_JPEG_MAGIC):
+        return "JPEG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def load_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
+    """Validate and decode an uploaded image.
+
+    Returns a fully loaded, detached ``PIL.Image.Image`` in mode ``"RGB"``, turned upright
+    according to its EXIF orientation, with any transparency flattened onto white (see the
+    module docstring). For animated PNG and WebP, the first frame.
+
+    Raises an :class:`ImageError` subclass for every input that is refused, and no other
+    exception for any input bytes (``MemoryError`` excepted: that is the host's problem):
+    :class:`ImageTooLargeError`, :class:`UnsupportedFormatError`,
+    :class:`ImageDimensionsError` or :class:`CorruptImageError`. Each is raised ``from`` the
+    underlying Pillow error where there was one.
+    """
+    if isinstance(data, bytearray | memoryview):
+        data = bytes(data)
+    _check_byte_size(len(data), limits, where="input")
+    fmt = _require_supported_format(data)
+    header_size = _header_size(data, fmt)
+    if header_size is not None:
+        _check_dimensions(header_size, limits)
+    try:
+        return _decode(data, fmt, limits)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _bomb_error(header_size, limits) from exc
+    except _DECODE_ERRORS as exc:
+        raise _corrupt_error(fmt, exc) from exc
+    except MemoryError:
+        raise
+    except Exception as exc:
+        _log.warning("unexpected %s from Pillow while decoding %s", type(exc).__name__, fmt)
+        raise _corrupt_error(fmt, exc) from exc
+
+
+def load_image_file(
+    path: str | os.PathLike[str],
+    limits: ImageLimits = ImageLimits(),
+) -> Image.Image:
+    """Read an image file and return :func:`load_image` of its bytes.
+
+    Reads at most ``limits.max_bytes + 1`` bytes, so an oversized file is refused with
+    :class:`ImageTooLargeError` without being read whole. Errors opening or reading the file
+    itself (missing, unreadable, a directory) are raised as the usual ``OSError``.
+    """
+    with Path(path).open("rb") as file:
+        data = file.read(limits.max_bytes + 1)
+        if len(data) > limits.max_bytes:
+            size = os.fstat(file.fileno()).st_size
+            _check_byte_size(max(size, len(data)), limits, where=f"file {os.fspath(path)!r}")
+    return load_image(data, limits)
+
+
+# --- checks before decoding ---------------------------------------------------------------
+
+
+def _check_byte_size(size: int, limits: ImageLimits, *, where: str) -> None:
+    """Raise :class:`ImageTooLargeError` if ``size`` bytes exceed ``limits.max_bytes``."""
+    if size > limits.max_bytes:
+        raise ImageTooLargeError(
+            f"{where} is {size:,} bytes ({size / _MIB:.1f} MiB); the limit is "
+            f"{limits.max_bytes:,} bytes ({limits.max_bytes / _MIB:.1f} MiB)"
+        )
+
+
+def _require_supported_format(data: bytes) -> str:
+    """Return the sniffed format of ``data`` or raise saying what it is instead."""
+    fmt = sniff_format(data)
+    if fmt is not None:
+        return fmt
+    start_of = _truncated_signature(data)
+    if start_of is not None:
+        raise CorruptImageError(
+            f"input is only {len(data)} bytes: the start of a {start_of} file, truncated"
+        )
+    if not data:
+        raise UnsupportedFormatError("the input is empty (0 bytes); expected a JPEG, PNG or WebP")
+    raise UnsupportedFormatError(
+        f"unsupported image format: {_describe(data)}; accepted formats are JPEG, PNG and WebP"
+    )
+
+
+def _truncated_signature(data: bytes) -> str | None:
+    """Name the supported format whose signature ``data`` is a strict beginning of, if any."""
+    if len(data) < 2:
+        return None
+    if len(data) < len(_PNG_MAGIC) and _PNG_MAGIC.startswith(data):
+        return "PNG"
+    if len(data) < len(_JPEG_MAGIC) and _JPEG_MAGIC.startswith(data):
+        return "JPEG"
+    if len(data) < 12 and data.startswith(b"RIFF"):
+        return "RIFF (WebP?)"
+    return None
+
+
+_SIGNATURES: Final[tuple[tuple[bytes, str], ...]] = (
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "BigTIFF"),
+    (b"MM\x00+", "BigTIFF"),
+    (b"%PDF-", "PDF"),
+    (b"%!PS", "PostScript"),
+    (b"\x00\x00\x01\x00", "ICO (Windows icon)"),
+    (b"8BPS", "Photoshop PSD"),
+    (b"\xff\x0a", "JPEG XL"),
+    (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG XL"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (b"qoif", "QOI"),
+    (b"PK\x03\x04", "a ZIP archive (or DOCX/XLSX/...)"),
+    (b"\x1f\x8b", "gzip-compressed data"),
+    (b"data:", "a data: URI (text); send the decoded bytes instead"),
+    (b"iVBORw0KGgo", "base64-encoded PNG (text); send the decoded bytes instead"),
+    (b"/9j/", "base64-encoded JPEG (text); send the decoded bytes instead"),
+    (b"UklGR", "base64-encoded RIFF/WebP (text); send the decoded bytes instead"),
+)
+_HEIF_BRANDS: Final = frozenset(
+    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
+)
+
+
+def _describe(data: bytes) -> str:
+    """Say in a few words what ``data`` (not a supported image) looks like."""
+    for magic, name in _SIGNATURES:
+        if data.startswith(magic):
+            return name
+    if data[4:8] == b"ftyp":
+        return _describe_iso_bmff(data)
+    if data.startswith(b"RIFF"):
+        return f"a RIFF container of type {_ascii(data[8:12])!r}, not WebP"
+    text = _as_text(data[:1024])
+    if text is not None:
+        return _describe_text(text)
+    return f"unrecognised binary data (first bytes: {data[:8].hex(' ')})"
+
+
+def _describe_iso_bmff(data: bytes) -> str:
+    """Describe an ISO base media file (HEIC, AVIF, MP4, MOV...) from its ``ftyp`` brands."""
+    box_end = min(int.from_bytes(data[:4], "big"), len(data), 64)
+    brands = {data[8:12]} | {data[i : i + 4] for i in range(16, box_end - 3, 4)}
+    if brands & {b"avif", b"avis"}:
+        return "AVIF (ISO-BMFF 'ftyp' box)"
+    if brands & _HEIF_BRANDS:
+        return "HEIC/HEIF (ISO-BMFF 'ftyp' box)"
+    return f"an ISO-BMFF file such as MP4/MOV video (brand {_ascii(data[8:12])!r})"
+
+
+def _as_text(sample: bytes) -> str | None:
+    """Return ``sample`` decoded if it reads as UTF-8 text, else ``None``."""
+    for cut in range(4):  # the sample may end inside a multi-byte character
+        try:
+            text = sample[: len(sample) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        if text and all(ch.isprintable() or ch in "\t\n\r\f\ufeff" for ch in text):
+            return text
+        return None
+    return None
+
+
+def _describe_text(text: str) -> str:
+    """Describe a text upload without echoing it."""
+    head = text.lstrip("\ufeff \t\r\n").lower()
+    if head.startswith("<"):
+        if "<svg" in head:
+            return "SVG (vector graphics are not supported)"
+        if "<html" in head or head.startswith("<!doctype html"):
+            return "HTML"
+        return "XML"
+    if head.startswith(("{", "[")):
+        return "text (JSON?)"
+    return "text"
+
+
+def _ascii(raw: bytes) -> str:
+    """Render untrusted bytes as printable ASCII for a message."""
+    return raw.decode("ascii", "backslashreplace")
+
+
+def _header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
+    """Read (width, height) from the file header without Pillow, or ``None`` if not found.
+
+    This is an early guard only: Pillow's WebP plugin builds its decoder, which sizes the
+    canvas, inside ``Image.open``. The size Pillow reports is checked again afterwards.
+    """
+    if fmt == "PNG":
+        if data[12:16] == b"IHDR" and len(data) >= 24:
+            width, height = struct.unpack_from(">II", data, 16)
+            return width, height
+        return None
+    if fmt == "WEBP":
+        return _webp_size(data)
+    return _jpeg_size(data)
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    """Read the canvas size of a WebP file from its first chunk (VP8X, VP8L or VP8)."""
+    chunk = data[12:16]
+    if chunk == b"VP8X" and len(data) >= 30:
+        return (
+            int.from_bytes(data[24:27], "little") + 1,
+            int.from_bytes(data[27:30], "little") + 1,
+        )
+    if chunk == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8 " and len(data) >= 30 and data[23:26] == b"\x9d\x01\x2a":
+        return (
+            int.from_bytes(data[26:28], "little") & 0x3FFF,
+            int.from_bytes(data[28:30], "little") & 0x3FFF,
+        )
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """Find the first start-of-frame marker of a JPEG and return its (width, height).
+
+    Bytes between segments that are not a marker are skipped, as libjpeg and Pillow skip them.
+    """
+    pos = 2  # after SOI
+    while True:
+        pos = data.find(b"\xff", pos)
+        if pos < 0 or pos + 1 >= len(data):
+            return None
+        marker = data[pos + 1]
+        if marker in (0x00, 0xFF):  # a stuffed zero (garbage here) or a fill byte
+            pos += 1
+        elif 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
+            pos += 2
+        elif marker in _JPEG_SOF_MARKERS:
+            if pos + 9 > len(data):
+                return None
+            height, width = struct.unpack_from(">HH", data, pos + 5)
+            return width, height
+        elif marker in (0xD9, 0xDA):  # end of image or start of scan before any frame header
+            return None
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+
+
+def _check_dimensions(size: tuple[int, int], limits: ImageLimits) -> None:
+    """Raise :class:`ImageDimensionsError` unless ``size`` is within ``limits``."""
+    width, height = size
+    problems = [
+        f"{name} {value} px is below the minimum of {limits.min_side} px"
+        for name, value in (("width", width), ("height", height))
+        if value < limits.min_side
+    ] + [
+        f"{name} {value} px is above the maximum of {limits.max_side} px"
+        for name, value in (("width", width), ("height", height))
+        if value > limits.max_side
+    ]
+    if width * height > limits.max_pixels:
+        problems.append(
+            f"{width * height:,} pixels is above the maximum of {limits.max_pixels:,} pixels"
+        )
+    if problems:
+        raise ImageDimensionsError(
+            f"image is {width}x{height} px: {'; '.join(problems)} ({limits.describe()})"
+        )
+
+
+def _bomb_error(size: tuple[int, int] | None, limits: ImageLimits) -> ImageDimensionsError:
+    """Build the error for an image that Pillow's decompression-bomb guard refused."""
+    limit = Image.MAX_IMAGE_PIXELS or 0
+    claimed = "too many pixels"
+    # Our parser reads the first JPEG frame header; Pillow uses the last, so check it fits.
+    if size is not None and size[0] * size[1] > limit:
+        claimed = f"{size[0]}x{size[1]} px"
+    return ImageDimensionsError(
+        f"image header claims {claimed}, over Pillow's decompression-bomb limit of "
+        f"{limit:,} pixels; refused as a possible decompression bomb "
+        f"({limits.describe()})"
+    )
+
+
+def _png_chunk_problem(data: bytes) -> str | None:
+    """Walk the chunks of a PNG; say what is wrong (bad CRC, truncation, no IEND) or ``None``."""
+    view = memoryview(data)
+    pos = len(_PNG_MAGIC)
+    while True:
+        if pos + 8 > len(data):
+            return f"the file ends at byte {len(data)} without an IEND chunk (truncated)"
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        end = pos + 8 + length + 4
+        if end > len(data):
+            return f"chunk {_ascii(kind)!r} at byte {pos} runs past the end of the file (truncated)"
+        if zlib.crc32(view[pos + 4 : end - 4]) != int.from_bytes(view[end - 4 : end], "big"):
+            return f"chunk {_ascii(kind)!r} at byte {pos} has a bad CRC"
+        if kind == b"IEND":
+            return None
+        pos = end
+
+
+# --- decoding -----------------------------------------------------------------------------
+
+
+def _decode(data: bytes, fmt: str, limits: ImageLimits) -> Image.Image:
+    """Open, check, decode the first frame, orient and convert; Pillow errors propagate."""
+    with _open(data, fmt) as image:
+        _check_dimensions(image.size, limits)
+        if fmt == "PNG" and (problem := _png_chunk_problem(data)) is not None:
+            raise CorruptImageError(f"PNG data is corrupt: {problem}")
+        image.load()
+        upright = _upright(image)  # a new, detached image
+    return _to_rgb(upright)
+
+
+def _open(data: bytes, fmt: str) -> ImageFile.ImageFile:
+    """``Image.open`` restricted to ``fmt``, with decompression-bomb warnings as exceptions."""
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return Image.open(BytesIO(data), formats=[fmt])
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Return a detached copy of ``image`` turned as its EXIF orientation says.
+
+    A broken EXIF block must not reject an otherwise good image, so any failure while reading
+    or applying the orientation falls back to the image as stored.
+    """
+    try:
+        return ImageOps.exif_transpose(image)
+    except MemoryError:
+        raise
+    except Exception as exc:  # hostile EXIF can make Pillow raise almost anything
+        _log.debug("ignoring unusable EXIF orientation: %s: %s", type(exc).__name__, exc)
+        return image.copy()
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert a loaded image of any Pillow mode to 8-bit RGB, flattening alpha onto white."""
+    if image.mode in _WIDE_GRAY_MODES:
+        image = _wide_gray_to_8bit(image)
+    elif image.mode == "F":
+        image = image.convert("L")  # Pillow's 0..255 float scale, clipped
+    if image.has_transparency_data:
+        return _flatten_on_white(image)
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _wide_gray_to_8bit(image: Image.Image) -> Image.Image:
+    """Scale 16-bit (or 32-bit integer) grayscale to 8 bits by keeping the high byte.
+
+    Pillow's ``convert("L")`` clips such values at 255 instead of scaling them, which turns a
+    16-bit photograph white. A ``transparency`` colour key becomes an alpha channel.
+    """
+    values = np.clip(np.asarray(image).astype(np.int64), 0, 0xFFFF)
+    gray = (values >> 8).astype(np.uint8)
+    key = image.info.get("transparency")
+    if isinstance(key, int):
+        alpha = np.where(values == key, 0, 255).astype(np.uint8)
+        return Image.fromarray(np.stack([gray, alpha], axis=-1))
+    return Image.fromarray(gray)
+
+
+def _flatten_on_white(image: Image.Image) -> Image.Image:
+    """Composite an image with alpha (channel, palette alpha or colour key) over white."""
+    if image.mode == "La":  # premultiplied; Pillow converts it to RGBA only by way of LA
+        image = image.convert("LA")
+    rgba = image.convert("RGBA")
+    flat = Image.new("RGB", rgba.size, _WHITE)
+    flat.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
+    return flat
+
+
+def _corrupt_error(fmt: str, exc: BaseException) -> CorruptImageError:
+    """Build the error for data that Pillow could not parse or decode."""
+    if isinstance(exc, UnidentifiedImageError):  # its message is just the BytesIO's repr
+        detail = "Pillow cannot parse its header"
+    else:
+        detail = str(exc) or type(exc).__name__
+    return CorruptImageError(f"{fmt} data is truncated or corrupt and cannot be decoded ({detail})")

@@ -49,7 +49,7 @@ class BenchConfig:
     device: str | None = None
     dtype: str | None = None
     suites: Sequence[str] = SUITES
-    batch_sizes: Sequence[int] = (1, 4, 8)
+    batch_sizes: Sequence[int] = (1, 2, 4)
     images: int = 16
     image_size: tuple[int, int] = (1024, 768)
     batch_size: int | None = None
@@ -324,7 +324,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchRepo
         config.update(model=model if cfg.model else f"random {cfg.arch}", out=str(cfg.out))
         report = BenchReport(config=config, machine=machine_info(classifier.device))
         report.machine["dtype"] = str(classifier.dtype).removeprefix("torch.")
-        batch_size = cfg.batch_size or (32 if classifier.device.type == "cuda" else 8)
+        batch_size = cfg.batch_size or classifier.batch_size
         files = make_jpegs(workdir / "images", cfg.images, cfg.image_size)
         if "model" in cfg.suites:
             log("model: ready tensors through the network ...")

@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"flag when the policy's score is above this (default: {DEFAULT_THRESHOLD})",
     )
     classify.add_argument(
-        "--batch-size", type=int, default=None, help="images per batch (default: 8 CPU, 32 GPU)"
+        "--batch-size", type=int, default=None, help="images per batch (default: 2 CPU, 32 GPU)"
     )
     classify.add_argument(
         "--workers", type=int, default=None, help="decoding threads (default: CPU count)"
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--suites", default="model,pipeline,server", help="comma-separated: model,pipeline,server"
     )
-    bench.add_argument("--batch-sizes", default="1,4,8", help="model suite batch sizes")
+    bench.add_argument("--batch-sizes", default="1,2,4,8", help="model suite batch sizes")
     bench.add_argument("--batch-size", type=int, help="pipeline and server batch size")
     bench.add_argument("--images", type=int, default=16, help="JPEGs in the pipeline suite")
     bench.add_argument("--image-size", default="1024x768", help="WxH of the JPEGs")
@@ -191,7 +191,7 @@ def _classify(args: argparse.Namespace) -> int:
         writer = CsvWriter(sys.stdout, policy, classifier.labels)
     else:
         writer = JsonLinesWriter(sys.stdout, policy)
-    batch_size = args.batch_size or (32 if classifier.device.type == "cuda" else 8)
+    batch_size = args.batch_size or classifier.batch_size
     results = classify_files(
         classifier,
         paths,

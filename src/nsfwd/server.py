@@ -47,7 +47,7 @@ def build_engine(settings: Settings) -> Engine:
     )
     return Engine(
         classifier,
-        max_batch_size=settings.max_batch_size,
+        max_batch_size=settings.max_batch_size or classifier.batch_size,
         batch_wait_ms=settings.batch_wait_ms,
         max_queue=settings.max_queue,
         decode_workers=settings.decode_workers,

@@ -40,6 +40,12 @@ def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def default_batch_size(device: torch.device) -> int:
+    """Images per batch: large on a GPU; 2 on a CPU, where EVA-02-B/448 gets slower per image
+    from batch 4 on (measured with `nsfwd bench --suites model`, see BENCHMARKS.md)."""
+    return 32 if device.type == "cuda" else 2
+
+
 @dataclass
 class Classifier:
     """A loaded image classifier on one device."""
@@ -68,6 +74,11 @@ class Classifier:
             torch.set_num_threads(len(os.sched_getaffinity(0)))
         loaded.module.to(device=torch_device, dtype=torch_dtype).eval()
         return cls(loaded=loaded, device=torch_device, dtype=torch_dtype, name=hub_id or model)
+
+    @property
+    def batch_size(self) -> int:
+        """The batch size that suits this classifier's device."""
+        return default_batch_size(self.device)
 
     @property
     def labels(self) -> tuple[str, ...]:

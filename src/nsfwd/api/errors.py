@@ -1,0 +1,110 @@
+"""Refusals the API answers with: an HTTP status and a message saying what was wrong and what to do.
+
+Each wire protocol renders an :class:`ApiError` its own way (the Prodia routes put it in a failed
+job); :func:`install_error_handlers` gives every other route a plain JSON rendering, so an error
+raised below a route (say, by the body-size limit while it reads) never turns into a 500.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+
+class ApiError(Exception):
+    """A request the API refuses, with the status to answer and a message for the caller."""
+
+    status: int = 400
+    plain_text: bool = False
+    """Answer with the bare message as text/plain (as Prodia does for 401), not a JSON body."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Create the error; ``status`` overrides the class default."""
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        self.headers: dict[str, str] = dict(headers or {})
+
+
+class BadRequestError(ApiError):
+    """A malformed request, job or image (400)."""
+
+    status = 400
+
+
+class UnauthorizedError(ApiError):
+    """A missing or wrong API token (401, plain text, with ``WWW-Authenticate``)."""
+
+    status = 401
+    plain_text = True
+
+    def __init__(self, message: str) -> None:
+        """Create the error with a ``WWW-Authenticate: Bearer`` challenge."""
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="nsfwd"'})
+
+
+class PayloadTooLargeError(ApiError):
+    """The request body or one of its parts is over its limit (413)."""
+
+    status = 413
+
+
+class RequestTimeoutError(ApiError):
+    """The client stopped sending its body (408); the connection is closed."""
+
+    status = 408
+
+    def __init__(self, message: str) -> None:
+        """Create the error; the answer closes the connection, so a stalled client is let go."""
+        super().__init__(message, headers={"Connection": "close"})
+
+
+class TooBusyError(ApiError):
+    """The server is at capacity (429 with ``Retry-After``)."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        """Create the error asking the client to come back in ``retry_after`` seconds."""
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+        self.retry_after = retry_after
+
+
+class UnavailableError(ApiError):
+    """The model is not loaded, or the server is shutting down (503 with ``Retry-After``)."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        """Create the error asking the client to come back in ``retry_after`` seconds."""
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+class ClientGoneError(Exception):
+    """The client disconnected before its answer was ready; nothing can be sent."""
+
+
+CLIENT_CLOSED_REQUEST = 499
+"""Status recorded in metrics for requests whose client went away (nginx's convention)."""
+
+
+def error_response(exc: ApiError) -> Response:
+    """The generic rendering: text for :attr:`ApiError.plain_text`, else ``{"error": message}``."""
+    if exc.plain_text:
+        return PlainTextResponse(exc.message + "\n", exc.status, headers=exc.headers)
+    return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render :class:`ApiError` raised in any route with :func:`error_response`."""
+
+    async def handle(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return error_response(exc)
+
+    app.add_exception_handler(ApiError, handle)

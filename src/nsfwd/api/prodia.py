@@ -1,0 +1,389 @@
+"""Prodia's synchronous job API: ``POST /v2/job``, as the official ``prodia`` npm client speaks it.
+
+The request path, step by step: bearer token -> the multipart body, read as it streams in (a part
+``job`` with the job JSON, parts ``input`` with the image) -> the job, checked (type, model,
+input) -> the engine, raced against the client going away -> the finished job, as JSON or as
+multipart/form-data as the ``Accept`` header asks.
+
+Job types: ``inference.vit.img2label.v1`` (labels under ``config.labels``),
+``inference.vit.img2label.v2`` (multipart: the job, then ``output`` parts ``labels.json`` and the
+original image byte for byte) and ``inference.ping.v1`` (Prodia's token check; no input).
+
+Failures answer with the job, ``state.current`` ``"failed"`` and its ``"error"`` message. A 4xx
+goes in the ``job`` part of a multipart body when the client accepts multipart, because that is
+where the npm client looks for the message it throws; a 5xx is always JSON, since that client
+would take any multipart answer, whatever its status, for a result. 401 is plain text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import PlainTextResponse
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive
+
+from nsfwd.api.auth import require_bearer
+from nsfwd.api.errors import (
+    CLIENT_CLOSED_REQUEST,
+    ApiError,
+    BadRequestError,
+    ClientGoneError,
+    PayloadTooLargeError,
+    TooBusyError,
+    UnavailableError,
+)
+from nsfwd.api.multipart import Part, encode_form, read_form
+from nsfwd.engine import Engine, EngineClosedError, QueueFullError
+from nsfwd.images import ImageError, ImageTooLargeError, sniff_format
+from nsfwd.models import Labels
+from nsfwd.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ROUTE: Final = "/v2/job"
+IMG2LABEL_V1: Final = "inference.vit.img2label.v1"
+IMG2LABEL_V2: Final = "inference.vit.img2label.v2"
+PING_V1: Final = "inference.ping.v1"
+JOB_TYPES: Final = (IMG2LABEL_V1, IMG2LABEL_V2, PING_V1)
+
+JOB_PART_MAX_BYTES: Final = 64 * 1024
+"""Largest accepted ``job`` part; a real job is about 100 bytes."""
+MAX_PARTS: Final = 16
+"""Most parts a request may have (a job is 2; the npm client sends a ``File`` input twice)."""
+FORM_OVERHEAD_BYTES: Final = 128 * 1024
+"""What a request body may carry beyond the largest image: the job part and multipart framing."""
+
+_JSON: Final = "application/json"
+_FORM: Final = "multipart/form-data"
+_IMAGE_TYPES: Final = {"JPEG": ("image/jpeg", "jpg"), "PNG": ("image/png", "png"),
+                       "WEBP": ("image/webp", "webp")}  # fmt: skip
+_OPENAPI_BODY: Final[dict[str, Any]] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            _FORM: {
+                "schema": {
+                    "type": "object",
+                    "required": ["job"],
+                    "properties": {
+                        "job": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": 'job.json, e.g. {"type": "inference.vit.img2label.v1",'
+                            ' "config": {"model": "Freepik/nsfw_image_detector"}}',
+                        },
+                        "input": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "the image: JPEG, PNG or WebP, 128 to 2048 px a side",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _timestamp(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Job:
+    """One job on its way through the route; :meth:`document` renders it as Prodia does."""
+
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    created_at: datetime = field(default_factory=_now)
+    started: float = field(default_factory=time.perf_counter)
+    type: str | None = None
+    config: dict[str, Any] | None = None
+
+    def restart_clock(self) -> None:
+        """Mark the job as accepted now: its time counts from here, not from the upload."""
+        self.created_at = _now()
+        self.started = time.perf_counter()
+
+    def document(
+        self, state: str, *, labels: Labels | None = None, error: str | None = None
+    ) -> dict[str, Any]:
+        """The job as JSON: ``state.current`` ``state``, with ``labels`` or an ``error``."""
+        doc: dict[str, Any] = {} if self.type is None else {"type": self.type}
+        doc |= {
+            "id": self.id,
+            "created_at": _timestamp(self.created_at),
+            "updated_at": _timestamp(_now()),
+            "state": {"current": state},
+        }
+        if self.config is not None or labels is not None:
+            doc["config"] = dict(self.config or {})
+            if labels is not None:
+                doc["config"]["labels"] = labels
+        doc["metrics"] = {"elapsed": max(time.perf_counter() - self.started, 1e-6)}
+        if error is not None:
+            doc["error"] = error
+        return doc
+
+
+def wants_multipart(accept: str | None, *, default: bool) -> bool:
+    """Whether ``accept`` prefers multipart/form-data to JSON; ``default`` when it names neither.
+
+    The npm client sends ``multipart/form-data`` or ``multipart/form-data; <its accept option>``
+    (e.g. ``multipart/form-data; image/png``), so parameters without ``=`` are ignored.
+    """
+    best: tuple[float, int, bool] | None = None
+    for index, item in enumerate((accept or "").split(",")):
+        media, *params = (piece.strip() for piece in item.split(";"))
+        media = media.lower()
+        if media in (_FORM, "multipart/*"):
+            multipart = True
+        elif media in (_JSON, "application/*"):
+            multipart = False
+        else:
+            continue
+        quality = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                with contextlib.suppress(ValueError):
+                    quality = float(value)
+        if quality > 0 and (best is None or quality > best[0]):
+            best = (quality, index, multipart)
+    return default if best is None else best[2]
+
+
+def _json_bytes(doc: object) -> bytes:
+    return json.dumps(doc, ensure_ascii=False, allow_nan=False).encode()
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+class ProdiaJobs:
+    """The ``POST /v2/job`` endpoint over one engine."""
+
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        """Serve jobs on ``engine``; ``settings`` give the API keys, model name and limits."""
+        self.engine = engine
+        self.settings = settings
+        self.public_model = settings.served_model_name or engine.model_name
+        self.models = {self.public_model, engine.model_name}
+
+    async def post_job(self, request: Request) -> Response:
+        """Run one job and answer with it, completed or failed; see the module docstring."""
+        started = time.perf_counter()
+        job = Job()
+        try:
+            response = await self._run(request, job)
+        except ApiError as exc:
+            response = self._failed(request, job, exc)
+        except (ClientGoneError, ClientDisconnect):
+            response = Response(status_code=CLIENT_CLOSED_REQUEST)
+        except Exception:
+            request_id = getattr(request.state, "request_id", "?")
+            log.exception("job %s (request %s) failed", job.id, request_id)
+            error = ApiError(
+                f"internal error; the job was not run. Retry, and report request id "
+                f"{request_id} if it persists",
+                status=500,
+            )
+            response = self._failed(request, job, error)
+        metrics = self.engine.metrics
+        metrics.requests.labels(route=ROUTE, status=str(response.status_code)).inc()
+        metrics.request_seconds.labels(route=ROUTE).observe(time.perf_counter() - started)
+        return response
+
+    async def _run(self, request: Request, job: Job) -> Response:
+        require_bearer(request, self.settings.api_keys)
+        async with contextlib.aclosing(request.stream()) as chunks:
+            parts = await read_form(
+                request.headers.get("content-type", ""),
+                chunks,
+                part_limits={"job": JOB_PART_MAX_BYTES, "input": self.settings.max_image_bytes},
+                max_parts=MAX_PARTS,
+            )
+        self._read_job(parts, job)
+        job.restart_clock()
+        multipart = wants_multipart(request.headers.get("accept"), default=job.type == IMG2LABEL_V2)
+        if job.type == PING_V1:
+            return self._completed(job, multipart)
+        self._check_model(job)
+        image = self._single_input(parts)
+        labels = await self._classify(request, image)
+        outputs = [
+            Part("output", _json_bytes(labels), "labels.json", _JSON),
+            _passthrough(image),
+        ]
+        return self._completed(job, multipart, labels, outputs if job.type == IMG2LABEL_V2 else [])
+
+    def _read_job(self, parts: Sequence[Part], job: Job) -> None:
+        """Parse the ``job`` part into ``job`` (type and config), or raise saying what is wrong."""
+        example = f'{{"type": "{IMG2LABEL_V1}", "config": {{"model": "{self.public_model}"}}}}'
+        found = [part for part in parts if part.name == "job"]
+        if len(found) != 1:
+            names = ", ".join(repr(part.name) for part in parts) or "none"
+            raise BadRequestError(
+                f"expected one part named 'job' with the job JSON, got {len(found)} (parts: "
+                f"{names}); send e.g. {example}"
+            )
+        try:
+            doc = json.loads(found[0].data, parse_constant=_reject_constant)
+        except RecursionError:
+            raise BadRequestError(
+                "the job JSON is nested too deeply; send e.g. " + example
+            ) from None
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN, huge integers
+            raise BadRequestError(
+                f"the job part is not valid JSON ({exc}); send e.g. {example}"
+            ) from None
+        if not isinstance(doc, dict):
+            raise BadRequestError(
+                f"the job must be a JSON object, got {type(doc).__name__}; send e.g. {example}"
+            )
+        job_type, config = doc.get("type"), doc.get("config")
+        if isinstance(job_type, str):
+            job.type = job_type
+        if isinstance(config, dict):
+            job.config = config
+        if job_type not in JOB_TYPES:
+            shown = "missing" if job_type is None else json.dumps(job_type)[:200]
+            raise BadRequestError(
+                f"unknown job type {shown}: this server runs {', '.join(JOB_TYPES)}"
+            )
+        if config is not None and not isinstance(config, dict):
+            raise BadRequestError(f"job.config must be a JSON object; send e.g. {example}")
+
+    def _check_model(self, job: Job) -> None:
+        model = (job.config or {}).get("model")
+        if model is None:
+            raise BadRequestError(
+                f"job.config.model is missing; set it to {json.dumps(self.public_model)}"
+            )
+        if not isinstance(model, str) or model not in self.models:
+            raise BadRequestError(
+                f"unknown model {json.dumps(model)[:200]}: this server runs "
+                f"{json.dumps(self.public_model)}; set job.config.model to that"
+            )
+
+    def _single_input(self, parts: Sequence[Part]) -> Part:
+        """The one input image; identical repeats (the npm client sends a File twice) count once."""
+        inputs = [part for part in parts if part.name == "input"]
+        if not inputs:
+            names = ", ".join(repr(part.name) for part in parts)
+            raise BadRequestError(
+                f"no input image: send the image in a multipart part named 'input' "
+                f"(parts received: {names})"
+            )
+        if any(part.data != inputs[0].data for part in inputs[1:]):
+            raise BadRequestError(
+                f"this job takes one input image, got {len(inputs)} different ones; send one "
+                "image per job"
+            )
+        return inputs[0]
+
+    async def _classify(self, request: Request, image: Part) -> Labels:
+        """The engine's labels for ``image``, unless the client goes away first."""
+        if not self.engine.ready:
+            raise UnavailableError("the model is still loading; retry in a few seconds")
+        name = repr(image.filename) if image.filename else "image"
+        try:
+            return await _unless_disconnected(self.engine.classify(image.data), request.receive)
+        except ImageTooLargeError as exc:
+            raise PayloadTooLargeError(f"input {name}: {exc.message}") from None
+        except ImageError as exc:
+            raise BadRequestError(f"input {name}: {exc.message}") from None
+        except QueueFullError as exc:
+            raise TooBusyError(str(exc), exc.retry_after) from None
+        except EngineClosedError as exc:
+            raise UnavailableError(f"{exc}; retry in a few seconds") from None
+
+    def _completed(
+        self,
+        job: Job,
+        multipart: bool,
+        labels: Labels | None = None,
+        outputs: Sequence[Part] = (),
+    ) -> Response:
+        document = _json_bytes(job.document("completed", labels=labels))
+        if not multipart:
+            return Response(document, media_type=_JSON)
+        body, content_type = encode_form([Part("job", document, "job.json", _JSON), *outputs])
+        return Response(body, media_type=content_type)
+
+    def _failed(self, request: Request, job: Job, exc: ApiError) -> Response:
+        if exc.plain_text:
+            return PlainTextResponse(exc.message + "\n", exc.status, headers=exc.headers)
+        document = _json_bytes(job.document("failed", error=exc.message))
+        accept = request.headers.get("accept")
+        if exc.status < 500 and wants_multipart(accept, default=job.type == IMG2LABEL_V2):
+            body, content_type = encode_form([Part("job", document, "job.json", _JSON)])
+            return Response(body, exc.status, exc.headers, media_type=content_type)
+        return Response(document, exc.status, exc.headers, media_type=_JSON)
+
+
+def _passthrough(image: Part) -> Part:
+    """The uploaded image as an output part, under its own filename and content type."""
+    content_type, extension = _IMAGE_TYPES.get(sniff_format(image.data) or "", ("", "bin"))
+    return Part(
+        "output",
+        image.data,
+        image.filename or f"input.{extension}",
+        image.content_type or content_type or "application/octet-stream",
+    )
+
+
+async def _unless_disconnected(work: Any, receive: Receive) -> Labels:
+    """Await ``work``; if the client disconnects first, cancel it and raise ClientGoneError.
+
+    Cancelling the engine call marks its queued image done, so the batcher skips it.
+    """
+    task: asyncio.Task[Labels] = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnect(receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    if watcher.done() and not watcher.cancelled() and watcher.exception() is not None:
+        log.debug("watching for a disconnect failed", exc_info=watcher.exception())
+    if task.done() and not task.cancelled():
+        return task.result()
+    raise ClientGoneError
+
+
+async def _disconnect(receive: Receive) -> None:
+    """Return once the client has gone (the body is already read, so nothing else arrives)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def create_router(engine: Engine, settings: Settings) -> APIRouter:
+    """The Prodia routes over ``engine``."""
+    jobs = ProdiaJobs(engine, settings)
+    router = APIRouter(tags=["prodia"])
+    router.add_api_route(
+        ROUTE,
+        jobs.post_job,
+        methods=["POST"],
+        summary="Run a job (Prodia v2 job API)",
+        openapi_extra=_OPENAPI_BODY,
+        response_class=Response,
+    )
+    return router

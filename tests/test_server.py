@@ -1,0 +1,60 @@
+"""`nsfwd serve` as a real process: start-up, health, metrics, and the no-keys guard."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from servers import free_port
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NSFWD_")}
+    return {**env, **extra}
+
+
+def test_serve_answers_healthz_and_metrics_once_loaded(
+    timm_checkpoint: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "nsfwd", "serve", "--model", str(timm_checkpoint),
+               "--port", str(port)]  # fmt: skip
+    env = _env(NSFWD_DATA_DIR=str(tmp_path / "data"))
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) as server:
+        try:
+            deadline = time.monotonic() + 60
+            status = None
+            while time.monotonic() < deadline and server.poll() is None:
+                try:
+                    status = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code
+                except httpx.TransportError:
+                    status = None
+                if status == 200:
+                    break
+                time.sleep(0.2)
+            assert status == 200, "the server never became healthy"
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+            assert metrics.status_code == 200
+            assert "nsfwd_queue_size" in metrics.text
+            docs = httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=5).json()
+            assert "/v2/job" in docs["paths"]
+        finally:
+            server.terminate()
+            _, stderr = server.communicate(timeout=30)
+    assert "no NSFWD_API_KEYS set" in stderr
+
+
+def test_serve_refuses_a_public_bind_without_keys(timm_checkpoint: Path) -> None:
+    command = [sys.executable, "-m", "nsfwd", "serve", "--model", str(timm_checkpoint),
+               "--host", "0.0.0.0", "--port", str(free_port())]  # fmt: skip
+    done = subprocess.run(
+        command, env=_env(), capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 2
+    assert "refusing to bind 0.0.0.0 without API keys" in done.stderr
+    assert "--insecure-no-auth" in done.stderr

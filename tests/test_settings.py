@@ -1,0 +1,37 @@
+"""Settings from the environment, and the README that documents them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nsfwd.settings import Settings
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def test_settings_come_from_nsfwd_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NSFWD_API_KEYS", " alpha, beta ,,")
+    monkeypatch.setenv("NSFWD_MAX_IMAGE_SIDE", "1024")
+    monkeypatch.setenv("NSFWD_MODEL", "/models/nsfw")
+    settings = Settings()
+    assert settings.api_keys == ["alpha", "beta"]
+    assert settings.model == "/models/nsfw"
+    assert settings.image_limits.max_side == 1024
+    assert settings.image_limits.max_pixels == 1024 * 1024
+
+
+def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NSFWD_MAX_QUEUE", "0")
+    with pytest.raises(ValueError, match="max_queue"):
+        Settings()
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    text = README.read_text()
+    missing = [
+        f"NSFWD_{name.upper()}" for name in Settings.model_fields
+        if f"NSFWD_{name.upper()}" not in text
+    ]  # fmt: skip
+    assert not missing, f"README.md does not document {missing}"

@@ -30,6 +30,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import torch
 from PIL import Image
@@ -182,8 +183,6 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 async def _load(url: str, files: list[bytes], concurrency: int, requests: int) -> dict[str, Any]:
-    import httpx
-
     job = json.dumps({"type": "inference.vit.img2label.v1", "config": {"model": "bench"}})
     latencies: list[float] = []
     statuses: dict[int, int] = {}
@@ -222,8 +221,6 @@ async def _load(url: str, files: list[bytes], concurrency: int, requests: int) -
 
 
 def _mean_batch_size(url: str) -> tuple[float, float]:
-    import httpx
-
     text = httpx.get(f"{url}/metrics", timeout=30).text
     values = {}
     for line in text.splitlines():
@@ -237,8 +234,6 @@ def bench_server(
     model_dir: str, files: list[Path], cfg: BenchConfig, batch_size: int
 ) -> dict[str, Any]:
     """A real `nsfwd serve` process: one client at a time, then ``cfg.concurrency`` at once."""
-    import httpx
-
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
@@ -264,19 +259,13 @@ def bench_server(
     if cfg.dtype:
         command += ["--dtype", cfg.dtype]
     bodies = [p.read_bytes() for p in files]
-    with subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL) as process:
+    log_path = Path(tempfile.mkstemp(prefix="nsfwd-bench-server-", suffix=".log")[1])
+    with (
+        log_path.open("w") as log_file,
+        subprocess.Popen(command, env=env, stderr=log_file) as process,
+    ):
         try:
-            started = time.perf_counter()
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError("nsfwd serve exited during start-up")
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
-            cold_start = time.perf_counter() - started
+            cold_start = _wait_healthy(url, process, log_path)
             sequential_requests = max(4, min(cfg.requests // 4, 32))
             sequential = asyncio.run(_load(url, bodies, 1, sequential_requests))
             before = _mean_batch_size(url)
@@ -284,6 +273,7 @@ def bench_server(
             after = _mean_batch_size(url)
         finally:
             process.terminate()
+    log_path.unlink()
     batches = after[1] - before[1]
     concurrent["mean_batch_size"] = (after[0] - before[0]) / batches if batches else 0.0
     return {
@@ -292,6 +282,21 @@ def bench_server(
         "concurrent": concurrent,
         "speedup_vs_sequential": concurrent["requests_per_s"] / sequential["requests_per_s"],
     }
+
+
+def _wait_healthy(url: str, process: subprocess.Popen[bytes], log_path: Path) -> float:
+    """Seconds until ``url``/healthz answers 200; raises with the server's log if it dies."""
+    started = time.perf_counter()
+    while True:
+        if process.poll() is not None:
+            tail = "\n".join(log_path.read_text().splitlines()[-20:])
+            raise RuntimeError(f"nsfwd serve exited during start-up:\n{tail}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return time.perf_counter() - started
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
 
 
 def _free_port() -> int:
@@ -344,7 +349,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchRepo
         del classifier  # the server suite loads its own copy in another process
         if "server" in cfg.suites:
             log(f"server: 1 client, then {cfg.concurrency} concurrent clients ...")
-            report.results["server"] = bench_server(model, files, cfg, batch_size)
+            try:
+                report.results["server"] = bench_server(model, files, cfg, batch_size)
+            except RuntimeError as exc:  # keep what the other suites measured
+                log(str(exc))
+                report.results["server_error"] = str(exc)
     if cfg.out:
         cfg.out.write_text(json.dumps(asdict(report), indent=2) + "\n")
     return report

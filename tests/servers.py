@@ -12,20 +12,20 @@ from typing import Any
 import uvicorn
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
 
 
 @contextmanager
-def serve_app(app: Any, **config: Any) -> Iterator[str]:
-    """Run ``app`` on a free loopback port until the block ends; yields its base URL."""
-    port = free_port()
+def serve_app(app: Any, host: str = "127.0.0.1", **config: Any) -> Iterator[str]:
+    """Run ``app`` on a free port of ``host`` (loopback) until the block ends; yields its URL."""
+    port = free_port(host)
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config)
+        uvicorn.Config(app, host=host, port=port, log_level="warning", **config)
     )
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
@@ -35,7 +35,7 @@ def serve_app(app: Any, **config: Any) -> Iterator[str]:
             raise RuntimeError("test server did not start")
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://{host}:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=30)

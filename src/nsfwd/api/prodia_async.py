@@ -1,0 +1,328 @@
+"""Prodia's asynchronous job API: submit a job, then poll it and fetch its outputs.
+
+* ``POST /v2/job/async``: the same multipart request as ``POST /v2/job`` (a ``job`` part, an
+  ``input`` image), checked the same way and the image decoded at once, so a bad job or image
+  is a 400 (413 when too large) right away. The job and its image are stored and the answer is
+  201 with the job, ``state.current`` ``"processing"``; a worker runs it later (see
+  :mod:`nsfwd.jobs.worker`). 429 with ``Retry-After`` when ``max_async_queued`` jobs are
+  already waiting or running.
+* ``GET /v2/job/async/{id}/job.state.current``: the state as plain text: ``processing``,
+  ``processed`` or ``failed``.
+* ``GET /v2/job/async/{id}/job.json``: the whole job: labels under ``config.labels`` once
+  processed, ``error`` once failed.
+* ``GET /v2/job/async/{id}/output``: the output files' names as a JSON array: ``labels.json``,
+  and for ``inference.vit.img2label.v2`` the original image's filename (empty until processed).
+* ``GET /v2/job/async/{id}/output/{filename}``: one output: ``labels.json`` as JSON, the image
+  byte for byte with its uploaded content type.
+
+Same Bearer auth as ``POST /v2/job``. A job is visible only to the key that submitted it (when
+keys are configured); an unknown, expired or foreign id is 404. Results are kept
+``result_ttl_s`` after they finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.requests import ClientDisconnect
+
+from nsfwd.api.auth import require_bearer
+from nsfwd.api.errors import (
+    CLIENT_CLOSED_REQUEST,
+    ApiError,
+    BadRequestError,
+    ClientGoneError,
+    PayloadTooLargeError,
+    TooBusyError,
+)
+from nsfwd.api.multipart import Part, encode_form, read_form
+from nsfwd.api.prodia import (
+    _OPENAPI_BODY,
+    IMG2LABEL_V2,
+    JOB_PART_MAX_BYTES,
+    MAX_PARTS,
+    PING_V1,
+    Job,
+    ProdiaJobs,
+    _json_bytes,
+    _passthrough,
+    wants_multipart,
+)
+from nsfwd.engine import Engine
+from nsfwd.images import ImageError, ImageTooLargeError, load_image
+from nsfwd.jobs import CapacityError, Limits, Prediction, Store, Upload
+from nsfwd.jobs.keys import static_key_ref
+from nsfwd.jobs.worker import Worker
+from nsfwd.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ROUTE: Final = "/v2/job/async"
+LABELS_FILE: Final = "labels.json"
+STATES: Final = {
+    "queued": "processing",
+    "processing": "processing",
+    "succeeded": "processed",
+    "failed": "failed",
+}
+"""Prodia's ``state.current`` for each prediction status."""
+
+_JSON: Final = "application/json"
+
+
+def _timestamp(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def document(prediction: Prediction, now: datetime | None = None) -> dict[str, Any]:
+    """The stored job as Prodia renders a job."""
+    doc: dict[str, Any] = {
+        "type": prediction.job_type,
+        "id": prediction.id,
+        "created_at": _timestamp(prediction.created_at),
+        "updated_at": _timestamp(
+            prediction.finished_at or prediction.started_at or prediction.created_at
+        ),
+        "state": {"current": STATES[prediction.status]},
+        "config": dict(prediction.config or {}),
+    }
+    if prediction.labels is not None:
+        doc["config"]["labels"] = prediction.labels
+    end = prediction.finished_at or now or datetime.now(UTC)
+    doc["metrics"] = {"elapsed": max((end - prediction.created_at).total_seconds(), 1e-6)}
+    if prediction.status == "failed":
+        doc["error"] = prediction.error or "the job failed"
+    return doc
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
+
+
+def output_name(filename: str | None, fallback: str) -> str:
+    """The name an uploaded image is listed under: its own, without folders, unless it is
+    missing or would clash with ``labels.json``."""
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return fallback if not name or name in (LABELS_FILE, ".", "..") else name
+
+
+class ProdiaAsyncJobs(ProdiaJobs):
+    """The async routes over a store; jobs are parsed and checked exactly as ``POST /v2/job``."""
+
+    def __init__(self, engine: Engine, settings: Settings, store: Store, worker: Worker) -> None:
+        """Serve async jobs stored in ``store`` and run by ``worker``."""
+        super().__init__(engine, settings)
+        self.store = store
+        self.worker = worker
+
+    def _caller(self, request: Request) -> str | None:
+        """Check the Bearer token; returns what jobs record as their owner (None without keys)."""
+        require_bearer(request, self.settings.api_keys)
+        if not self.settings.api_keys:
+            return None
+        token = request.headers["authorization"].strip().partition(" ")[2].strip()
+        return static_key_ref(token)
+
+    def _count(self, route: str, response: Response, started: float) -> Response:
+        metrics = self.engine.metrics
+        metrics.requests.labels(route=route, status=str(response.status_code)).inc()
+        metrics.request_seconds.labels(route=route).observe(time.perf_counter() - started)
+        return response
+
+    # --- POST /v2/job/async --------------------------------------------------------------
+
+    async def submit(self, request: Request) -> Response:
+        """Store one job for the workers and answer 201 with it; see the module docstring."""
+        started = time.perf_counter()
+        job = Job()
+        try:
+            response = await self._submit(request, job)
+        except ApiError as exc:
+            response = self._refuse(request, job, exc)
+        except (ClientGoneError, ClientDisconnect):
+            response = Response(status_code=CLIENT_CLOSED_REQUEST)
+        except Exception:
+            request_id = getattr(request.state, "request_id", "?")
+            log.exception("async job (request %s) failed", request_id)
+            error = ApiError(
+                f"internal error; the job was not stored. Retry, and report request id "
+                f"{request_id} if it persists",
+                status=500,
+            )
+            response = self._refuse(request, job, error)
+        return self._count(ROUTE, response, started)
+
+    async def _submit(self, request: Request, job: Job) -> Response:
+        owner = self._caller(request)
+        async with contextlib.aclosing(request.stream()) as chunks:
+            parts = await read_form(
+                request.headers.get("content-type", ""),
+                chunks,
+                part_limits={"job": JOB_PART_MAX_BYTES, "input": self.settings.max_image_bytes},
+                max_parts=MAX_PARTS,
+            )
+        self._read_job(parts, job)
+        job.restart_clock()
+        if job.type == PING_V1:
+            raise BadRequestError(
+                f"{PING_V1} has nothing to run in the background: POST it to /v2/job instead"
+            )
+        self._check_model(job)
+        image = self._single_input(parts)
+        await self._validate(image)
+        passthrough = _passthrough(image)
+        unnamed = _passthrough(Part(image.name, image.data)).filename or "input"
+        assert job.type is not None
+        try:
+            prediction = await self.store.create_prediction(
+                protocol="prodia",
+                job_type=job.type,
+                model=str((job.config or {})["model"]),
+                api_key=owner,
+                config=job.config,
+                upload=Upload(
+                    data=image.data,
+                    filename=output_name(image.filename, unnamed),
+                    content_type=passthrough.content_type or "application/octet-stream",
+                ),
+                limits=Limits(max_unfinished=self.settings.max_async_queued),
+            )
+        except CapacityError as exc:
+            retry_after = self.worker.retry_after(exc.count - exc.limit + 1)
+            raise TooBusyError(
+                f"the async job queue is full ({exc}); retry in {retry_after} s", retry_after
+            ) from None
+        doc = _json_bytes(document(prediction))
+        if wants_multipart(request.headers.get("accept"), default=False):
+            body, content_type = encode_form([Part("job", doc, "job.json", _JSON)])
+            return Response(body, 201, media_type=content_type)
+        return Response(doc, 201, media_type=_JSON)
+
+    async def _validate(self, image: Part) -> None:
+        """Decode the image now (off the event loop), so a bad one is refused at submission."""
+        name = repr(image.filename) if image.filename else "image"
+        try:
+            await asyncio.to_thread(load_image, image.data, self.engine.limits)
+        except ImageTooLargeError as exc:
+            raise PayloadTooLargeError(f"input {name}: {exc.message}") from None
+        except ImageError as exc:
+            raise BadRequestError(f"input {name}: {exc.message}") from None
+
+    def _refuse(self, request: Request, job: Job, exc: ApiError) -> Response:
+        """A refused submission, as a failed job: JSON, or a ``job`` part when multipart is
+        asked for (as ``POST /v2/job`` does, but JSON by default for every job type)."""
+        if exc.plain_text:
+            return PlainTextResponse(exc.message + "\n", exc.status, headers=exc.headers)
+        doc = _json_bytes(job.document("failed", error=exc.message))
+        if exc.status < 500 and wants_multipart(request.headers.get("accept"), default=False):
+            body, content_type = encode_form([Part("job", doc, "job.json", _JSON)])
+            return Response(body, exc.status, exc.headers, media_type=content_type)
+        return Response(doc, exc.status, exc.headers, media_type=_JSON)
+
+    # --- GET /v2/job/async/{id}/... ----------------------------------------------------------
+
+    async def _find(self, request: Request, job_id: str) -> Prediction:
+        owner = self._caller(request)
+        prediction = await self.store.get_prediction(job_id)
+        if (
+            prediction is None
+            or prediction.protocol != "prodia"
+            or (owner is not None and prediction.api_key != owner)
+            or (prediction.expires_at is not None and prediction.expires_at <= self.store.clock())
+        ):  # expired, but not purged yet: gone all the same
+            raise ApiError(
+                f"no job {job_id[:64]!r}: the id is unknown, or the job expired (results are "
+                f"kept {_duration(self.settings.result_ttl_s)} after they finish); check the id "
+                f"returned by POST {ROUTE}",
+                status=404,
+            )
+        return prediction
+
+    async def state(self, request: Request, job_id: str) -> Response:
+        """``processing``, ``processed`` or ``failed``, as plain text."""
+        prediction = await self._find(request, job_id)
+        return PlainTextResponse(STATES[prediction.status])
+
+    async def job_json(self, request: Request, job_id: str) -> Response:
+        """The whole job as JSON."""
+        prediction = await self._find(request, job_id)
+        return JSONResponse(document(prediction))
+
+    async def outputs(self, request: Request, job_id: str) -> Response:
+        """The output files' names, as a JSON array (empty until the job is processed)."""
+        prediction = await self._find(request, job_id)
+        return JSONResponse(_output_names(prediction))
+
+    async def output(self, request: Request, job_id: str, filename: str) -> Response:
+        """One output file: ``labels.json``, or (v2) the original image byte for byte."""
+        prediction = await self._find(request, job_id)
+        names = _output_names(prediction)
+        if filename not in names:
+            if prediction.status != "succeeded":
+                state = STATES[prediction.status]
+                reason = (
+                    f"it failed: {prediction.error}"
+                    if prediction.status == "failed"
+                    else f"it is still {state}; poll {ROUTE}/{job_id}/job.state.current until "
+                    "it says processed"
+                )
+                raise ApiError(f"job {job_id} has no outputs: {reason}", status=404)
+            raise ApiError(
+                f"job {job_id} has no output named {filename[:200]!r}; its outputs are "
+                f"{', '.join(names)} (GET {ROUTE}/{job_id}/output lists them)",
+                status=404,
+            )
+        if filename == LABELS_FILE:
+            assert prediction.labels is not None
+            return Response(_json_bytes(prediction.labels), media_type=_JSON)
+        upload = await self.store.get_input(job_id)
+        if upload is None:
+            raise ApiError(f"job {job_id} expired while its output was read", status=404)
+        return Response(upload.data, media_type=upload.content_type)
+
+
+def _output_names(prediction: Prediction) -> list[str]:
+    if prediction.status != "succeeded":
+        return []
+    names = [LABELS_FILE]
+    if prediction.job_type == IMG2LABEL_V2 and prediction.input_filename:
+        names.append(prediction.input_filename)
+    return names
+
+
+def create_router(engine: Engine, settings: Settings, store: Store, worker: Worker) -> APIRouter:
+    """The Prodia async routes over ``store``, whose jobs ``worker`` runs."""
+    jobs = ProdiaAsyncJobs(engine, settings, store, worker)
+    router = APIRouter(prefix=ROUTE, tags=["prodia"])
+    router.add_api_route(
+        "",
+        jobs.submit,
+        methods=["POST"],
+        status_code=201,
+        summary="Submit a job to run in the background (Prodia v2 async job API)",
+        openapi_extra=_OPENAPI_BODY,
+        response_class=Response,
+    )
+    get_routes: list[tuple[str, Callable[..., Awaitable[Response]], str]] = [
+        ("/{job_id}/job.state.current", jobs.state, "A job's state, as plain text"),
+        ("/{job_id}/job.json", jobs.job_json, "A job, as JSON"),
+        ("/{job_id}/output", jobs.outputs, "The names of a job's output files"),
+        ("/{job_id}/output/{filename}", jobs.output, "One of a job's output files"),
+    ]
+    for path, endpoint, summary in get_routes:
+        router.add_api_route(
+            path, endpoint, methods=["GET"], summary=summary, response_class=Response
+        )
+    return router

@@ -1,0 +1,142 @@
+"""The database under the job store: which one, how to connect, and bringing its schema up to date.
+
+SQLite (a file under ``NSFWD_DATA_DIR``) is the default, for one server with no set-up;
+PostgreSQL (``NSFWD_DATABASE_URL``), through asyncpg, lets several replicas share the work.
+
+SQLite connections get WAL (readers never block the writer), a busy timeout (writers queue
+instead of failing with "database is locked") and foreign keys (off by default in SQLite, and
+purging relies on their cascades). SQLAlchemy, not the sqlite3 module, emits ``BEGIN``, so
+transactions are real; a transaction that will write starts with ``BEGIN IMMEDIATE`` (take the
+write lock first: a read-then-write transaction could otherwise fail when another writer
+commits in between).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Final
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from nsfwd.jobs.schema import VERSION_TABLE
+
+log = logging.getLogger(__name__)
+
+DATABASE_FILE: Final = "nsfwd.db"
+SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
+"""How long a SQLite writer waits for the write lock before failing."""
+WRITE_OPTION: Final = "nsfwd_write"
+"""Execution option marking a connection whose transactions write (SQLite: BEGIN IMMEDIATE)."""
+MIGRATION_LOCK_ID: Final = 0x6E73_6677_6400  # "nsfwd\0": a PostgreSQL advisory lock key
+MIGRATIONS: Final = Path(__file__).with_name("migrations")
+
+
+class DatabaseUrlError(ValueError):
+    """``NSFWD_DATABASE_URL`` names a database nsfwd cannot use."""
+
+
+def database_url(data_dir: Path | str, url: str | None = None) -> str:
+    """The SQLAlchemy URL to use: ``url`` normalised, else SQLite ``nsfwd.db`` in ``data_dir``.
+
+    ``postgresql://`` and ``postgres://`` become ``postgresql+asyncpg://``; ``sqlite://``
+    becomes ``sqlite+aiosqlite://``. Other databases and drivers are refused.
+    """
+    if not url:
+        return f"sqlite+aiosqlite:///{Path(data_dir).expanduser().resolve() / DATABASE_FILE}"
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseUrlError(
+            f"NSFWD_DATABASE_URL is not a database URL ({url[:40]!r}...); use e.g. "
+            "postgresql://user:password@host:5432/nsfwd"
+        ) from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend in ("postgresql", "postgres") and driver in ("", "asyncpg"):
+        return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+    if backend == "sqlite" and driver in ("", "aiosqlite"):
+        return parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
+    raise DatabaseUrlError(
+        f"NSFWD_DATABASE_URL uses {parsed.drivername!r}; nsfwd runs on PostgreSQL "
+        "(postgresql://..., through asyncpg) or SQLite (sqlite:///path/to/nsfwd.db)"
+    )
+
+
+def redacted(url: str) -> str:
+    """``url`` with any password masked, for logs."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """An async engine for ``url`` (from :func:`database_url`), set up as the module describes.
+
+    For a SQLite file, its folder is created.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_async_engine(url, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN (below), not sqlite3
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")  # with WAL: safe against a process crash
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(connection: Connection) -> None:
+        writes = connection.get_execution_options().get(WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
+
+    return engine
+
+
+def writer(engine: AsyncEngine) -> AsyncEngine:
+    """A view of ``engine`` whose transactions take SQLite's write lock at ``BEGIN``."""
+    return engine.execution_options(**{WRITE_OPTION: True})
+
+
+async def migrate(engine: AsyncEngine) -> None:
+    """Bring the schema to the newest revision, in one transaction.
+
+    Safe when several replicas start at once: on PostgreSQL they queue on an advisory lock held
+    until the transaction ends; on SQLite, on the write lock (``BEGIN IMMEDIATE``). The first
+    migrates, the others then find the schema current.
+    """
+    async with writer(engine).begin() as connection:
+        if connection.dialect.name == "postgresql":
+            await connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_ID}
+            )
+        await connection.run_sync(_upgrade)
+
+
+def _upgrade(connection: Connection) -> None:
+    # Alembic narrates every plugin it loads and every step at INFO; one line of ours is enough.
+    for name in ("alembic.runtime.plugins", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    from alembic import command
+    from alembic.config import Config
+    from alembic.migration import MigrationContext
+
+    def revision() -> str | None:
+        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+        return context.get_current_revision()
+
+    before = revision()
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+    after = revision()
+    if after != before:
+        log.info("job store schema migrated from %s to %s", before or "nothing", after)

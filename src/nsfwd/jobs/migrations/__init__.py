@@ -1,0 +1,1 @@
+"""Alembic migrations of the job store, applied at start-up by ``nsfwd.jobs.database.migrate``."""

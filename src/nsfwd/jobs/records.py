@@ -1,0 +1,122 @@
+"""What the store hands out: frozen snapshots of rows, never live ORM objects.
+
+A record is a copy of a row at the moment it was read or changed; holding one never keeps a
+database connection or transaction open, and changing the row means calling the store again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Literal
+
+Protocol = Literal["eachlabs", "prodia"]
+Status = Literal["queued", "processing", "succeeded", "failed"]
+DeliveryStatus = Literal["pending", "delivered", "failed"]
+
+UNFINISHED: Final = ("queued", "processing")
+"""Statuses of a prediction that still has to run (or is running)."""
+FINISHED: Final = ("succeeded", "failed")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An image uploaded with a prediction (Prodia async), kept until the result expires."""
+
+    data: bytes
+    filename: str
+    """The name its outputs are listed under (Prodia v2 passes the image through by it)."""
+    content_type: str
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One classification request, from submission to its result (or failure)."""
+
+    id: str
+    """A uuid4, as text."""
+    protocol: Protocol
+    """The wire protocol that created it; each protocol shows only its own predictions."""
+    job_type: str
+    """Prodia's job type, or ``"nsfw-image-detection"`` style names for Eachlabs."""
+    model: str
+    """The model name the client asked for."""
+    status: Status
+    created_at: datetime
+    api_key: str | None = None
+    """Whose prediction this is: an ``api_keys`` id, or a hash prefix of a static key."""
+    config: dict[str, Any] | None = None
+    """The request's options as the client sent them (Prodia's ``job.config``)."""
+    input_url: str | None = None
+    """Where the image is fetched from (Eachlabs), when it was not uploaded."""
+    input_filename: str | None = None
+    """Filename of the uploaded image, when there is one (its bytes: ``Store.get_input``)."""
+    input_content_type: str | None = None
+    labels: dict[str, float] | None = None
+    """Probability per label, once succeeded."""
+    output: str | None = None
+    """Eachlabs' verdict text, ``"nsfw"`` or ``"normal"``, once succeeded."""
+    error: str | None = None
+    """Why it failed, for the client to read."""
+    webhook_url: str | None = None
+    started_at: datetime | None = None
+    """When a worker first claimed it."""
+    finished_at: datetime | None = None
+    predict_time: float | None = None
+    """Seconds spent classifying (what Eachlabs bills by)."""
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    attempts: int = 0
+    """How many times a worker has claimed it."""
+    expires_at: datetime | None = None
+    """When the finished result is purged."""
+
+    @property
+    def finished(self) -> bool:
+        """Whether it has succeeded or failed (and so will never change again)."""
+        return self.status in FINISHED
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One webhook notification, from enqueued (with the outcome) to delivered or given up.
+
+    Its ``id`` is the Standard Webhooks message id (``msg_...``), the same on every retry, so a
+    receiver can drop duplicates.
+    """
+
+    id: str
+    prediction_id: str
+    url: str
+    payload: str
+    """The JSON body, exactly as it is signed and sent."""
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: datetime
+    created_at: datetime
+    last_status: int | None = None
+    """The receiver's last HTTP status, if it answered."""
+    last_error: str | None = None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    delivered_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An API key from ``nsfwd keys``; the secret itself is never stored, only its SHA-256."""
+
+    id: str
+    name: str
+    prefix: str
+    """The first characters of the key, to tell keys apart in listings (``nsfwd_AbC1...``)."""
+    key_hash: str
+    creates_per_minute: int
+    max_in_flight: int
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    @property
+    def revoked(self) -> bool:
+        """Whether the key has been revoked (it no longer authenticates)."""
+        return self.revoked_at is not None

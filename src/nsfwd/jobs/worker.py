@@ -1,0 +1,270 @@
+"""The worker: runs the predictions in the store on this replica's engine.
+
+One claim loop keeps up to ``concurrency`` predictions running: it claims as many as there are
+free slots (:meth:`Store.claim_predictions`, under a lease of ``lease_s``), starts a task for
+each, and when the queue is empty sleeps until this replica queues work
+(:attr:`Store.work_available`) or ``poll_s`` passes (work queued by other replicas). Each task
+gets the image (the stored upload, or the URL fetched under the SSRF policy), classifies it on
+the engine and records labels or an error message. A renewal loop extends the leases of
+everything running every third of ``lease_s``; a prediction whose lease was lost (this replica
+stalled and another took it over) is cancelled here. A purge loop deletes expired results.
+
+A replica that is killed leaves its predictions ``processing`` with leases that run out; any
+replica's next claim takes them over (counting an attempt), and after ``max_attempts`` fails them
+with a message, so nothing stays ``processing`` forever. A replica that stops cleanly hands its
+unfinished predictions back to the queue at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import socket
+import time
+import uuid
+from typing import Final
+
+from nsfwd.engine import Engine, EngineClosedError, QueueFullError
+from nsfwd.fetch import FetchError, FetchPolicy, fetch
+from nsfwd.images import ImageError
+from nsfwd.jobs.records import Prediction
+from nsfwd.jobs.store import Store
+from nsfwd.models import Labels
+from nsfwd.policies import Policy
+
+log = logging.getLogger(__name__)
+
+POLL_S: Final = 0.5
+PURGE_EVERY_S: Final = 60.0
+DB_RETRY_S: Final = 2.0
+"""Pause after a store error in a loop (database restarting, locked, unreachable)."""
+
+
+class InputError(Exception):
+    """The prediction's image cannot be had; ``message`` says why, for the client."""
+
+    def __init__(self, message: str) -> None:
+        """Create the error with the client-facing ``message``."""
+        super().__init__(message)
+        self.message = message
+
+
+def worker_name() -> str:
+    """A name unique to this worker among replicas: host, process id and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+DEFAULT_POLICY: Final = Policy()
+
+
+def verdict(labels: Labels, policy: Policy = DEFAULT_POLICY) -> str | None:
+    """Eachlabs' ``output``: ``"nsfw"`` when ``policy`` flags the labels, else ``"normal"``;
+    ``None`` for a model the policy cannot score."""
+    try:
+        return "nsfw" if policy.flagged(labels) else "normal"
+    except ValueError:
+        return None
+
+
+class Worker:
+    """Claims, runs and finishes predictions from ``store`` on ``engine``; see the module."""
+
+    def __init__(
+        self,
+        store: Store,
+        engine: Engine,
+        *,
+        concurrency: int,
+        lease_s: float = 30.0,
+        fetch_policy: FetchPolicy | None = None,
+        poll_s: float = POLL_S,
+        purge_every_s: float = PURGE_EVERY_S,
+        name: str | None = None,
+    ) -> None:
+        """Run up to ``concurrency`` predictions at once, each under a lease of ``lease_s``.
+
+        ``fetch_policy`` says where image URLs may be fetched from (without it, URL inputs fail
+        with a message); ``poll_s`` is how often to look for work queued elsewhere;
+        ``purge_every_s`` how often to purge.
+        """
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        self.store = store
+        self.engine = engine
+        self.concurrency = concurrency
+        self.lease_s = lease_s
+        self.fetch_policy = fetch_policy
+        self.poll_s = poll_s
+        self.purge_every_s = purge_every_s
+        self.name = name or worker_name()
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._slot_freed = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._seconds_per_prediction = 1.0  # refined as predictions finish; feeds retry_after
+
+    @property
+    def running(self) -> int:
+        """Predictions this worker is running now."""
+        return len(self._running)
+
+    async def start(self) -> None:
+        """Start claiming work (the engine must be started)."""
+        self._loops = [
+            asyncio.create_task(self._claim_loop(), name="nsfwd-claim"),
+            asyncio.create_task(self._renew_loop(), name="nsfwd-renew"),
+            asyncio.create_task(self._purge_loop(), name="nsfwd-purge"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop claiming, cancel what is running and hand it back to the queue."""
+        for task in self._loops:
+            task.cancel()
+        running = dict(self._running)
+        for task in running.values():
+            task.cancel()
+        await asyncio.gather(*self._loops, *running.values(), return_exceptions=True)
+        self._loops = []
+        if running:
+            try:
+                released = await self.store.release_predictions(self.name, list(running))
+            except Exception:
+                log.exception("could not hand %d predictions back; their leases will expire",
+                              len(running))  # fmt: skip
+            else:
+                log.info("handed %d unfinished predictions back to the queue", released)
+
+    def retry_after(self, excess: int = 1) -> int:
+        """Seconds until about ``excess`` running or queued predictions have finished here."""
+        seconds = excess * self._seconds_per_prediction / self.concurrency
+        return min(60, max(1, math.ceil(seconds)))
+
+    # --- loops -----------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        while True:
+            free = self.concurrency - len(self._running)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            self.store.work_available.clear()  # before claiming: a create after this wakes us
+            try:
+                claimed = await self.store.claim_predictions(self.name, free, self.lease_s)
+            except Exception:
+                log.exception("claiming predictions failed; retrying in %g s", DB_RETRY_S)
+                await asyncio.sleep(DB_RETRY_S)
+                continue
+            for prediction in claimed:
+                self._start(prediction)
+            if len(claimed) < free:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.store.work_available.wait(), self.poll_s)
+
+    def _start(self, prediction: Prediction) -> None:
+        if prediction.attempts > 1:
+            log.warning("prediction %s: attempt %d (a previous run was interrupted)",
+                        prediction.id, prediction.attempts)  # fmt: skip
+        task = asyncio.create_task(self._run(prediction), name=f"nsfwd-prediction-{prediction.id}")
+        self._running[prediction.id] = task
+
+        def done(_: asyncio.Task[None]) -> None:
+            self._running.pop(prediction.id, None)
+            self._slot_freed.set()
+
+        task.add_done_callback(done)
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            running = dict(self._running)
+            if not running:
+                continue
+            try:
+                held = await self.store.renew_leases(self.name, list(running), self.lease_s)
+            except Exception:
+                log.exception("renewing leases failed; retrying")
+                continue
+            for prediction_id, task in running.items():
+                if prediction_id not in held and not task.done():
+                    log.warning("prediction %s: lease lost (another worker took it over); "
+                                "dropping this run", prediction_id)  # fmt: skip
+                    task.cancel()
+
+    async def _purge_loop(self) -> None:
+        while True:
+            try:
+                await self.store.purge_expired()
+            except Exception:
+                log.exception("purging expired predictions failed")
+            await asyncio.sleep(self.purge_every_s)
+
+    # --- one prediction ----------------------------------------------------------------------
+
+    async def _run(self, prediction: Prediction) -> None:
+        started = time.perf_counter()
+        labels: Labels | None = None
+        error: str | None = None
+        try:
+            data = await self._image(prediction)
+            labels = await self._classify(prediction, data)
+        except InputError as exc:
+            error = exc.message
+        except EngineClosedError:
+            log.info("prediction %s: the engine stopped; handing it back", prediction.id)
+            with contextlib.suppress(Exception):  # else its lease runs out: same end, later
+                await self.store.release_predictions(self.name, [prediction.id])
+            return
+        except Exception:
+            log.exception("prediction %s failed", prediction.id)
+            error = (
+                f"internal error while running prediction {prediction.id}; submit it again, and "
+                "report the id to the server's operator if it persists"
+            )
+        elapsed = time.perf_counter() - started
+        finished = await self.store.finish_prediction(
+            prediction.id,
+            self.name,
+            labels=labels,
+            output=None if labels is None else verdict(labels),
+            error=error,
+            predict_time=elapsed if labels is not None else None,
+        )
+        if finished is None:
+            log.warning("prediction %s: lease lost before finishing; result dropped",
+                        prediction.id)  # fmt: skip
+        elif labels is not None:
+            self._seconds_per_prediction = 0.8 * self._seconds_per_prediction + 0.2 * elapsed
+
+    async def _image(self, prediction: Prediction) -> bytes:
+        if prediction.input_url is None:
+            upload = await self.store.get_input(prediction.id)
+            if upload is None:
+                raise InputError("the uploaded image is gone (the job expired); submit it again")
+            return upload.data
+        if self.fetch_policy is None:
+            raise InputError("this server does not fetch image URLs; upload the image instead")
+        try:
+            return await fetch(prediction.input_url, self.fetch_policy)
+        except FetchError as exc:
+            raise InputError(exc.message) from None
+
+    async def _classify(self, prediction: Prediction, data: bytes) -> Labels:
+        """The engine's labels; waits while the engine is full (it is shared with live traffic)."""
+        while True:
+            try:
+                return await self.engine.classify(data)
+            except QueueFullError as exc:
+                await asyncio.sleep(min(exc.retry_after, self.lease_s / 3))
+            except ImageError as exc:
+                raise InputError(_input_error(prediction, exc.message)) from None
+
+
+def _input_error(prediction: Prediction, message: str) -> str:
+    if prediction.input_url is not None:
+        return f"the image at {prediction.input_url[:200]}: {message}"
+    if prediction.input_filename:
+        return f"input {prediction.input_filename!r}: {message}"
+    return f"input image: {message}"

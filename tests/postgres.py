@@ -1,0 +1,133 @@
+"""A throwaway PostgreSQL server for tests: initdb into a temporary folder, listen on loopback.
+
+``NSFWD_TEST_DATABASE_URL`` (e.g. ``postgresql://postgres@127.0.0.1:5432/postgres``) uses an
+existing server instead; its user must be allowed to create databases.
+
+PostgreSQL refuses to run as root. As root (CI, containers) the data folder is handed to the
+``postgres`` user that Debian's package creates, and ``initdb`` and ``pg_ctl`` run as that user
+through ``runuser``. The server uses trust authentication on 127.0.0.1 only, a free port, a unix
+socket in its own folder and no fsync (its data is thrown away).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from servers import free_port
+
+INSTALL_HINT = (
+    "PostgreSQL is needed by the job store tests: install it with "
+    "`apt-get install -y postgresql` (Debian/Ubuntu; .ci/run does this), or point "
+    "NSFWD_TEST_DATABASE_URL at a server where the user may create databases"
+)
+
+
+def find_binaries() -> Path:
+    """The folder holding ``initdb`` and ``pg_ctl``: Debian's newest, else the one on PATH."""
+    folders = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+    )
+    for folder in reversed(folders):
+        if (folder / "initdb").exists() and (folder / "pg_ctl").exists():
+            return folder
+    initdb = shutil.which("initdb")
+    if initdb is not None and shutil.which("pg_ctl") is not None:
+        return Path(initdb).parent
+    raise RuntimeError(f"initdb and pg_ctl not found. {INSTALL_HINT}")
+
+
+def _as_server_user(folder: Path) -> list[str]:
+    """The command prefix that runs PostgreSQL's programs as a user they accept."""
+    if os.geteuid() != 0:
+        return []
+    try:
+        user = pwd.getpwnam("postgres")
+    except KeyError:
+        raise RuntimeError(
+            f"running as root, and there is no 'postgres' user to run the test server as. "
+            f"{INSTALL_HINT}"
+        ) from None
+    for path in (folder, *folder.rglob("*")):
+        os.chown(path, user.pw_uid, user.pw_gid)
+    return ["runuser", "-u", "postgres", "--"]
+
+
+def _run(command: list[str], cwd: Path) -> None:
+    result = subprocess.run(
+        command, cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """Start a PostgreSQL server; yields the URL of its ``postgres`` database; stops it after."""
+    external = os.environ.get("NSFWD_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    binaries = find_binaries()
+    # Not under pytest's tmp_path: that is private to root, and the server may run as postgres.
+    folder = Path(tempfile.mkdtemp(prefix="nsfwd-pg-"))
+    data, sockets = folder / "data", folder / "sockets"
+    sockets.mkdir()
+    prefix = _as_server_user(folder)
+    port = free_port()
+    try:
+        _run([*prefix, str(binaries / "initdb"), "-D", str(data), "-U", "postgres",
+              "-A", "trust", "-E", "UTF8", "--no-sync", "--no-instructions"], folder)  # fmt: skip
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100"
+        )
+        _run([*prefix, str(binaries / "pg_ctl"), "start", "-D", str(data), "-w", "-t", "60",
+              "-l", str(folder / "server.log"), "-o", options], folder)  # fmt: skip
+        try:
+            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        finally:
+            _run(
+                [*prefix, str(binaries / "pg_ctl"), "stop", "-D", str(data), "-m", "immediate"],
+                folder,
+            )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def _admin(server_url: str, statement: str) -> None:
+    import asyncpg
+
+    url = make_url(server_url)
+    connection = await asyncpg.connect(
+        host=url.host, port=url.port, user=url.username, password=url.password,
+        database=url.database,
+    )  # fmt: skip
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@contextlib.contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """A new, empty database on the server for one test; dropped after. Yields its URL."""
+    name = f"nsfwd_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -1,0 +1,365 @@
+"""Prodia's async job API (POST /v2/job/async and its GETs) on a real server with a real store."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import torch
+from PIL import Image
+
+from nsfwd.api import create_app
+from nsfwd.engine import Engine
+from nsfwd.jobs import Store
+from nsfwd.models import Classifier
+from nsfwd.settings import Settings
+from servers import serve_app
+from test_api_prodia import (
+    MODEL,
+    PHOTO,
+    TOKEN,
+    GatedClassifier,
+    assert_labels,
+    job_files,
+    jpeg,
+    metric,
+    parts_of,
+)
+
+OTHER_TOKEN = "other-key"
+V1, V2 = "inference.vit.img2label.v1", "inference.vit.img2label.v2"
+
+
+def session(token: str = TOKEN) -> requests.Session:
+    """A plain session with a token (no retries: the tests look at every answer)."""
+    s = requests.Session()
+    s.headers["Authorization"] = f"Bearer {token}"
+    return s
+
+
+@contextmanager
+def async_server(
+    classifier: Classifier, data_dir: Path, **settings: Any
+) -> Iterator[tuple[str, Store]]:
+    """A server with a SQLite store in ``data_dir``; yields its URL and the store."""
+    config = Settings(
+        model=classifier.name,
+        served_model_name=MODEL,
+        api_keys=[TOKEN, OTHER_TOKEN],
+        data_dir=data_dir,
+        **settings,
+    )
+    engine = Engine(classifier, max_batch_size=4, limits=config.image_limits)
+    store = Store.from_settings(config)
+    with serve_app(create_app(engine, config, store)) as url:
+        yield url, store
+
+
+@pytest.fixture(scope="module")
+def server(
+    classifier: Classifier, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Store]]:
+    with async_server(classifier, tmp_path_factory.mktemp("async-store")) as running:
+        yield running
+
+
+@pytest.fixture
+def url(server: tuple[str, Store]) -> str:
+    return server[0]
+
+
+def submit(url: str, job_type: str = V1, image: bytes | None = None, **options: Any) -> Any:
+    headers = options.pop("headers", {"Accept": "application/json"})
+    token = options.pop("token", TOKEN)
+    files = job_files(job_type, jpeg() if image is None else image, **options)
+    return session(token).post(f"{url}/v2/job/async", headers=headers, files=files)
+
+
+def wait_for_state(url: str, job_id: str, token: str = TOKEN, timeout: float = 30) -> str:
+    """Poll job.state.current until it is no longer ``processing``; returns it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        res = session(token).get(f"{url}/v2/job/async/{job_id}/job.state.current")
+        assert res.status_code == 200, res.text
+        if res.text != "processing":
+            return res.text
+        assert time.monotonic() < deadline, "the job never finished"
+        time.sleep(0.05)
+
+
+def test_v1_is_accepted_then_processed_with_the_sync_labels(url: str) -> None:
+    image = jpeg((640, 480))
+    res = submit(url, V1, image)
+    assert res.status_code == 201, res.text
+    assert res.headers["content-type"] == "application/json"
+    job = res.json()
+    assert list(job) == ["type", "id", "created_at", "updated_at", "state", "config", "metrics"]
+    assert job["type"] == V1 and job["state"] == {"current": "processing"}
+    assert job["config"] == {"model": MODEL}
+    assert str(uuid.UUID(job["id"])) == job["id"]
+    uuid.UUID(res.headers["x-request-id"])
+
+    assert wait_for_state(url, job["id"]) == "processed"
+    state = session().get(f"{url}/v2/job/async/{job['id']}/job.state.current")
+    assert state.headers["content-type"].startswith("text/plain") and state.text == "processed"
+
+    done = session().get(f"{url}/v2/job/async/{job['id']}/job.json").json()
+    assert done["id"] == job["id"] and done["type"] == V1
+    assert done["state"] == {"current": "processed"} and "error" not in done
+    assert done["created_at"] == job["created_at"]
+    assert datetime.fromisoformat(done["updated_at"]) >= datetime.fromisoformat(job["created_at"])
+    assert done["metrics"]["elapsed"] > 0
+    assert_labels(done["config"]["labels"])
+    sync = session().post(f"{url}/v2/job", files=job_files(image=image)).json()
+    for label, prob in sync["config"]["labels"].items():
+        assert done["config"]["labels"][label] == pytest.approx(prob, abs=1e-5)
+
+    outputs = session().get(f"{url}/v2/job/async/{job['id']}/output")
+    assert outputs.json() == ["labels.json"]
+    labels = session().get(f"{url}/v2/job/async/{job['id']}/output/labels.json")
+    assert labels.headers["content-type"] == "application/json"
+    assert labels.json() == done["config"]["labels"]
+
+
+def test_v2_outputs_the_labels_and_the_image_byte_for_byte(url: str) -> None:
+    png = io.BytesIO()
+    Image.open(PHOTO).save(png, "PNG")
+    for image, filename, content_type in [
+        (jpeg(), "sunny-day.jpg", "image/jpeg"),
+        (png.getvalue(), "photo \u00e9t\u00e9.jpg", "image/jpeg"),  # name and type lie: echoed
+        (png.getvalue(), "labels.json", "image/png"),  # would clash with the labels: renamed
+    ]:
+        res = submit(url, V2, image, filename=filename, content_type=content_type)
+        assert res.status_code == 201, res.text
+        job_id = res.json()["id"]
+        assert wait_for_state(url, job_id) == "processed"
+        shown = "input.png" if filename == "labels.json" else filename
+        names = session().get(f"{url}/v2/job/async/{job_id}/output").json()
+        assert names == ["labels.json", shown]
+        got = session().get(f"{url}/v2/job/async/{job_id}/output/{shown}")
+        assert got.status_code == 200
+        assert got.content == image
+        assert got.headers["content-type"] == content_type
+        labels = session().get(f"{url}/v2/job/async/{job_id}/output/labels.json").json()
+        job = session().get(f"{url}/v2/job/async/{job_id}/job.json").json()
+        assert labels == job["config"]["labels"]
+
+
+def test_submitting_with_a_multipart_accept_gets_the_job_part(url: str) -> None:
+    res = submit(url, V2, headers={"Accept": "multipart/form-data"})
+    assert res.status_code == 201
+    assert res.headers["content-type"].startswith("multipart/form-data; boundary=")
+    (part,) = parts_of(res)
+    assert part[:2] == ("job", "job.json")
+    assert json.loads(part[3])["state"] == {"current": "processing"}
+
+
+def test_extra_config_is_kept(url: str) -> None:
+    files = [
+        ("job", ("job.json", json.dumps({"type": V1, "config": {"model": MODEL, "note": [1]}}))),
+        ("input", ("x.jpg", jpeg())),
+    ]
+    res = session().post(f"{url}/v2/job/async", files=files)
+    assert res.status_code == 201 and res.json()["config"] == {"model": MODEL, "note": [1]}
+    wait_for_state(url, res.json()["id"])
+    done = session().get(f"{url}/v2/job/async/{res.json()['id']}/job.json").json()
+    assert done["config"]["note"] == [1] and done["config"]["model"] == MODEL
+
+
+@pytest.mark.parametrize(
+    ("files", "status", "message"),
+    [
+        (job_files(V1, b"GIF89a" + bytes(64), "a.gif"), 400, "unsupported image format"),
+        (job_files(V1, jpeg((100, 100))), 400, "128"),
+        (job_files(V1, jpeg((2100, 200))), 400, "2048"),
+        (job_files(V1, jpeg()[:2000]), 400, "input 'sunny-day.jpg'"),
+        (job_files(V1, jpeg(), model="other/model"), 400, "unknown model"),
+        (job_files("inference.nope.v1", jpeg()), 400, "unknown job type"),
+        (job_files(V1), 400, "no input image"),
+        ([("job", ("job.json", json.dumps({"type": "inference.ping.v1"})))], 400, "POST it to"),
+        (job_files(V1, b"\xff\xd8\xff" + bytes(11 * 1024 * 1024)), 413, "10,485,760"),
+    ],
+)
+def test_bad_jobs_are_refused_at_once_and_not_stored(
+    server: tuple[str, Store], files: Any, status: int, message: str
+) -> None:
+    url, _ = server
+    before = metric(url, "nsfwd_requests_total", route="/v2/job/async", status=str(status))
+    res = session().post(f"{url}/v2/job/async", headers={"Accept": "application/json"}, files=files)
+    assert res.status_code == status, res.text
+    job = res.json()
+    assert job["state"] == {"current": "failed"} and message in job["error"]
+    after = metric(url, "nsfwd_requests_total", route="/v2/job/async", status=str(status))
+    assert after == before + 1
+    assert session().get(f"{url}/v2/job/async/{job['id']}/job.json").status_code == 404
+
+
+def test_a_refusal_goes_in_the_job_part_when_multipart_is_accepted(url: str) -> None:
+    res = session().post(
+        f"{url}/v2/job/async",
+        headers={"Accept": "multipart/form-data"},
+        files=job_files(V2, b"not an image"),
+    )
+    assert res.status_code == 400
+    (part,) = parts_of(res)
+    assert "unsupported image format" in json.loads(part[3])["error"]
+
+
+@pytest.mark.parametrize("path", ["job.state.current", "job.json", "output", "output/labels.json"])
+def test_unknown_ids_are_404(url: str, path: str) -> None:
+    for job_id in (str(uuid.uuid4()), "not-a-uuid"):
+        res = session().get(f"{url}/v2/job/async/{job_id}/{path}")
+        assert res.status_code == 404
+        assert "unknown, or the job expired" in res.json()["error"]
+
+
+def test_an_unknown_output_file_is_404_naming_the_outputs(url: str) -> None:
+    res = submit(url, V2)
+    job_id = res.json()["id"]
+    wait_for_state(url, job_id)
+    missing = session().get(f"{url}/v2/job/async/{job_id}/output/other.png")
+    assert missing.status_code == 404
+    assert "labels.json, sunny-day.jpg" in missing.json()["error"]
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong", "Basic x"])
+def test_every_route_needs_the_token(url: str, authorization: str | None) -> None:
+    job_id = submit(url).json()["id"]
+    headers = {} if authorization is None else {"Authorization": authorization}
+    res = requests.post(f"{url}/v2/job/async", headers=headers, files=job_files(V1, jpeg()))
+    assert res.status_code == 401 and res.headers["content-type"].startswith("text/plain")
+    for path in ("job.state.current", "job.json", "output", "output/labels.json"):
+        res = requests.get(f"{url}/v2/job/async/{job_id}/{path}", headers=headers)
+        assert res.status_code == 401, path
+        assert res.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_another_keys_job_is_404(url: str) -> None:
+    job_id = submit(url, token=OTHER_TOKEN).json()["id"]
+    assert wait_for_state(url, job_id, token=OTHER_TOKEN) == "processed"
+    for path in ("job.state.current", "job.json", "output", "output/labels.json"):
+        assert session(TOKEN).get(f"{url}/v2/job/async/{job_id}/{path}").status_code == 404
+        assert session(OTHER_TOKEN).get(f"{url}/v2/job/async/{job_id}/{path}").status_code == 200
+
+
+def test_jobs_from_another_protocol_are_not_prodia_jobs(server: tuple[str, Store]) -> None:
+    url, store = server
+    prediction_id = _create_eachlabs(store)
+    assert session().get(f"{url}/v2/job/async/{prediction_id}/job.json").status_code == 404
+
+
+def _create_eachlabs(store: Store) -> str:
+    """Store an Eachlabs prediction from this (test) thread, on the store's own file."""
+    import asyncio
+
+    async def create() -> str:
+        async with Store(store.url) as other:
+            prediction = await other.create_prediction(
+                protocol="eachlabs", job_type="x", model=MODEL, input_url="https://e.com/a.png"
+            )
+            return prediction.id
+
+    return asyncio.run(create())
+
+
+# --- a server whose model waits at a gate, or fails -------------------------------------------
+
+
+@dataclass
+class FailingClassifier(GatedClassifier):
+    """The gated classifier, raising instead of predicting while ``failing`` is set."""
+
+    failing: threading.Event = field(default_factory=threading.Event)
+
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.failing.is_set():
+            raise RuntimeError("the model broke")
+        return super().predict(batch)
+
+
+@contextmanager
+def gated(
+    classifier: Classifier, tmp_path: Path, **settings: Any
+) -> Iterator[tuple[str, FailingClassifier]]:
+    model = FailingClassifier(
+        classifier.loaded, classifier.device, classifier.dtype, classifier.name
+    )
+    model.gate.set()
+    with async_server(model, tmp_path, **settings) as (url, _):
+        model.gate.clear()
+        model.entered.clear()
+        try:
+            yield url, model
+        finally:
+            model.gate.set()
+
+
+def test_a_full_async_queue_answers_429_with_retry_after(
+    classifier: Classifier, tmp_path: Path
+) -> None:
+    with gated(classifier, tmp_path, max_async_queued=2, workers=1) as (url, model):
+        accepted = [submit(url).json()["id"] for _ in range(2)]
+        assert model.entered.wait(10)
+        refused = submit(url)
+        assert refused.status_code == 429
+        assert int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["state"] == {"current": "failed"}
+        assert "queue is full" in refused.json()["error"]
+        still = session().get(f"{url}/v2/job/async/{accepted[1]}/output/labels.json")
+        assert still.status_code == 404 and "still processing" in still.json()["error"]
+        assert session().get(f"{url}/v2/job/async/{accepted[1]}/output").json() == []
+        model.gate.set()
+        assert [wait_for_state(url, job_id) for job_id in accepted] == ["processed"] * 2
+        assert submit(url).status_code == 201
+
+
+def test_a_job_that_fails_says_why(classifier: Classifier, tmp_path: Path) -> None:
+    with gated(classifier, tmp_path) as (url, model):
+        model.failing.set()
+        model.gate.set()
+        job_id = submit(url, V2).json()["id"]
+        assert wait_for_state(url, job_id) == "failed"
+        job = session().get(f"{url}/v2/job/async/{job_id}/job.json").json()
+        assert job["state"] == {"current": "failed"}
+        assert "internal error while running prediction" in job["error"]
+        assert "labels" not in job["config"]
+        assert session().get(f"{url}/v2/job/async/{job_id}/output").json() == []
+        output = session().get(f"{url}/v2/job/async/{job_id}/output/labels.json")
+        assert output.status_code == 404 and "it failed: internal error" in output.json()["error"]
+
+
+def test_finished_jobs_expire(classifier: Classifier, tmp_path: Path) -> None:
+    with async_server(classifier, tmp_path, result_ttl_s=1.0) as (url, _):
+        job_id = submit(url).json()["id"]
+        assert wait_for_state(url, job_id) == "processed"
+        time.sleep(1.1)
+        res = session().get(f"{url}/v2/job/async/{job_id}/job.json")
+        assert res.status_code == 404 and "kept 1 s after they finish" in res.json()["error"]
+
+
+def test_jobs_survive_a_restart_of_the_server(classifier: Classifier, tmp_path: Path) -> None:
+    with async_server(classifier, tmp_path) as (url, _):
+        job_id = submit(url, V2).json()["id"]
+        assert wait_for_state(url, job_id) == "processed"
+        before = session().get(f"{url}/v2/job/async/{job_id}/job.json").json()
+    assert (tmp_path / "nsfwd.db").is_file()
+    with async_server(classifier, tmp_path) as (url, _):
+        assert session().get(f"{url}/v2/job/async/{job_id}/job.json").json() == before
+        image = session().get(f"{url}/v2/job/async/{job_id}/output/sunny-day.jpg")
+        assert image.content == jpeg()
+
+
+def test_the_sync_app_has_no_async_routes_without_a_store(server_url: str) -> None:
+    res = session().post(f"{server_url}/v2/job/async", files=job_files(V1, jpeg()))
+    assert res.status_code in (404, 405)

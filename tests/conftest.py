@@ -54,3 +54,41 @@ def server_url(classifier: Classifier) -> Iterator[str]:
     engine = Engine(classifier, max_batch_size=8, max_queue=64, limits=settings.image_limits)
     with serve_app(create_app(engine, settings)) as url:
         yield url
+
+
+# --- the job store: a throwaway PostgreSQL server, and fresh databases on both engines ----------
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server for the session (see tests/postgres.py); the URL of its admin db."""
+    from postgres import postgres_server
+
+    try:
+        with postgres_server() as url:
+            yield url
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of a new, empty job store database: a SQLite file, then a PostgreSQL database."""
+    from nsfwd.jobs.database import database_url
+
+    if request.param == "sqlite":
+        yield database_url(tmp_path)
+        return
+    from postgres import fresh_database
+
+    with fresh_database(request.getfixturevalue("postgres_url")) as url:
+        yield database_url(tmp_path, url)
+
+
+@pytest.fixture(scope="session")
+def eva02_b448_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A full-size EVA-02-B/448 (random weights, timm style): about 1.2 s an image on 2 cores,
+    slow enough to catch a server mid-prediction."""
+    return write_timm_checkpoint(
+        tmp_path_factory.mktemp("eva02-b448-timm"), arch="eva02_base_patch14_448"
+    )

@@ -1,4 +1,4 @@
-"""The `nsfwd` command: serve, classify, download."""
+"""The `nsfwd` command: serve, classify, download, bench, keys."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from nsfwd import __version__
 from nsfwd.policies import DEFAULT_POLICY, DEFAULT_THRESHOLD, POLICIES, Policy
 
 if TYPE_CHECKING:
+    from nsfwd.jobs import ApiKey, Store
     from nsfwd.settings import Settings
 
 PROGRESS_MIN_FILES = 8
@@ -129,7 +130,44 @@ def build_parser() -> argparse.ArgumentParser:
         "--reference-images", type=int, default=8, help="images for each reference run"
     )
     bench.add_argument("--json", type=Path, help="write the full report here")
+    _add_keys_parser(sub)
     return parser
+
+
+def _add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = sub.add_parser(
+        "keys",
+        help="create, list and revoke API keys for the Eachlabs API",
+        description="Manage API keys kept in the job store (NSFWD_DATA_DIR or "
+        "NSFWD_DATABASE_URL, as `nsfwd serve` uses). Only a hash of each key is stored: the key "
+        "itself is printed once, by `create`. Running servers see changes at once.",
+    )
+    action = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = action.add_parser("create", help="create a key and print it (only this once)")
+    create.add_argument("name", metavar="NAME", help="who or what the key is for")
+    create.add_argument(
+        "--creates-per-minute",
+        type=_positive,
+        metavar="N",
+        help="predictions it may create per minute (default: $NSFWD_KEY_CREATES_PER_MINUTE, 100)",
+    )
+    create.add_argument(
+        "--max-in-flight",
+        type=_positive,
+        metavar="N",
+        help="predictions it may have waiting or running (default: $NSFWD_KEY_MAX_IN_FLIGHT, 10)",
+    )
+    listing = action.add_parser("list", help="show every key (never the key itself)")
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+    revoke = action.add_parser("revoke", help="revoke a key; it stops working at once")
+    revoke.add_argument("key", metavar="ID_OR_PREFIX", help="the key's id or prefix, from `list`")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -147,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _download(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "keys":
+            return _keys(args)
         return _serve(args)
     except ModelNotAvailableError as exc:
         print(f"nsfwd: {exc}", file=sys.stderr)
@@ -263,6 +303,99 @@ def _bench(args: argparse.Namespace) -> int:
     )
     report = run_bench(cfg, log=lambda message: print(message, file=sys.stderr))
     print(format_report(report))
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from nsfwd.jobs import Store
+    from nsfwd.jobs.database import DatabaseUrlError
+    from nsfwd.settings import Settings
+
+    settings = Settings()
+    try:
+        store = Store.from_settings(settings)
+    except DatabaseUrlError as exc:
+        print(f"nsfwd keys: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        async with store:
+            if args.keys_command == "create":
+                return await _create_key(store, settings, args)
+            if args.keys_command == "list":
+                return await _list_keys(store, args.json)
+            return await _revoke_key(store, args.key)
+
+    return asyncio.run(run())
+
+
+async def _create_key(store: Store, settings: Settings, args: argparse.Namespace) -> int:
+    plaintext, key = await store.create_key(
+        args.name,
+        creates_per_minute=args.creates_per_minute or settings.key_creates_per_minute,
+        max_in_flight=args.max_in_flight or settings.key_max_in_flight,
+    )
+    print(plaintext)
+    print(
+        f"created key {key.id} ({key.name!r}, prefix {key.prefix}): "
+        f"{key.creates_per_minute} creates a minute, {key.max_in_flight} in flight. "
+        "It is shown only this once: store it now.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _key_fields(key: ApiKey) -> dict[str, object]:
+    return {
+        "id": key.id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "creates_per_minute": key.creates_per_minute,
+        "max_in_flight": key.max_in_flight,
+        "created": key.created_at.isoformat(timespec="seconds"),
+        "revoked": key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else None,
+    }
+
+
+async def _list_keys(store: Store, as_json: bool) -> int:
+    import json
+
+    rows = [_key_fields(key) for key in await store.list_keys()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no keys; create one with `nsfwd keys create NAME`", file=sys.stderr)
+        return 0
+    header = ["ID", "NAME", "PREFIX", "CREATES/MIN", "IN FLIGHT", "CREATED", "REVOKED"]
+    table = [header] + [["" if v is None else str(v) for v in row.values()] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for line in table:
+        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        print("  ".join(cells).rstrip())
+    return 0
+
+
+async def _revoke_key(store: Store, id_or_prefix: str) -> int:
+    from nsfwd.jobs import AmbiguousKeyError
+
+    try:
+        key = await store.revoke_key(id_or_prefix)
+    except AmbiguousKeyError as exc:
+        print(f"nsfwd keys revoke: {exc}", file=sys.stderr)
+        return 2
+    if key is None:
+        print(
+            f"nsfwd keys revoke: no key has the id or prefix {id_or_prefix!r}; "
+            "see `nsfwd keys list`",
+            file=sys.stderr,
+        )
+        return 1
+    assert key.revoked_at is not None
+    print(f"revoked key {key.id} ({key.name!r}, prefix {key.prefix}) as of "
+          f"{key.revoked_at.isoformat(timespec='seconds')}")  # fmt: skip
     return 0
 
 

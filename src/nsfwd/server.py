@@ -10,6 +10,8 @@ import uvicorn
 
 from nsfwd.api import create_app
 from nsfwd.engine import Engine
+from nsfwd.jobs import Store
+from nsfwd.jobs.database import DatabaseUrlError
 from nsfwd.models import Classifier
 from nsfwd.settings import Settings
 
@@ -66,6 +68,11 @@ def run(settings: Settings, *, insecure_no_auth: bool = False) -> int:
             )
             return 2
         log.warning("no NSFWD_API_KEYS set: the API accepts requests without a token")
-    app = create_app(build_engine(settings), settings)
+    try:
+        store = Store.from_settings(settings)
+    except DatabaseUrlError as exc:
+        log.error("%s", exc)
+        return 2
+    app = create_app(build_engine(settings), settings, store)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
     return 0

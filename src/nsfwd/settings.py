@@ -2,13 +2,39 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from nsfwd.fetch import FetchPolicy, parse_networks
 from nsfwd.images import ImageLimits
 from nsfwd.models import DEFAULT_MODEL
+
+WEBHOOK_SECRET_PREFIX = "whsec_"
+_SECRET_HINT = (
+    'generate one with: python -c "import base64, secrets; '
+    "print('whsec_' + base64.b64encode(secrets.token_bytes(32)).decode())\""
+)
+
+
+def check_webhook_secret(secret: str) -> bytes:
+    """The key bytes of a Standard Webhooks secret (``whsec_`` + base64); ValueError says what
+    is wrong with it."""
+    encoded = secret.strip().removeprefix(WEBHOOK_SECRET_PREFIX)
+    try:
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except binascii.Error:
+        raise ValueError(f"the webhook secret is not whsec_ + base64; {_SECRET_HINT}") from None
+    if len(key) < 16:
+        raise ValueError(
+            f"the webhook secret holds {len(key)} bytes; use at least 24 random bytes "
+            f"(Standard Webhooks asks for 24 to 64); {_SECRET_HINT}"
+        )
+    return key
 
 
 class Settings(BaseSettings):
@@ -66,12 +92,125 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest accepted image.")
     min_image_side: int = Field(128, ge=1, description="Smallest accepted width or height.")
     max_image_side: int = Field(2048, ge=1, description="Largest accepted width or height.")
+    fetch_allow_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated CIDRs that image URLs and webhooks may reach although they "
+        "are private, loopback or otherwise non-public (for intranet image stores and tests); "
+        "everything else non-public is refused to stop server-side request forgery.",
+    )
+    fetch_allow_http: bool = Field(
+        False,
+        description="Allow plain http image URLs and webhooks; off by default because anyone on "
+        "the path can read or swap an unencrypted image.",
+    )
+
+    data_dir: Path = Field(
+        Path("data"),
+        description="Folder for the job store's SQLite file (nsfwd.db), created on start; keep it "
+        "on a persistent volume so queued jobs and results survive restarts.",
+    )
+    database_url: str | None = Field(
+        None,
+        description="PostgreSQL URL (postgresql://user:password@host/db) for the job store "
+        "instead of SQLite, so several replicas share one queue; unset: SQLite in data_dir.",
+    )
+    lease_s: float = Field(
+        30.0,
+        gt=0,
+        description="How long a worker holds a job without renewing its lease; after a crash, "
+        "its jobs are taken over once this runs out. Renewed every third of it.",
+    )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        description="Background jobs each replica runs at once; by default twice the engine's "
+        "batch size (at most half of max_queue), enough to keep batches full while leaving "
+        "room in the queue for synchronous requests.",
+    )
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        description="Times a job may be started before one that keeps dying with its server "
+        "(say, an image that crashes it) is failed with a message instead of retried.",
+    )
+    result_ttl_s: float = Field(
+        24 * 3600.0,
+        gt=0,
+        description="How long finished jobs, their uploads and results are kept before they are "
+        "purged (an expired id answers 404).",
+    )
+    max_async_queued: int = Field(
+        1000,
+        ge=1,
+        description="Background jobs waiting or running, across replicas, before new "
+        "submissions get 429 with Retry-After; bounds the queue's storage and latency.",
+    )
+    key_creates_per_minute: int = Field(
+        100,
+        ge=1,
+        description="Eachlabs predictions a static key (NSFWD_API_KEYS) may create per minute "
+        "before 429 with Retry-After (Eachlabs' own limit); keys from `nsfwd keys create` carry "
+        "their own, defaulting to this.",
+    )
+    key_max_in_flight: int = Field(
+        10,
+        ge=1,
+        description="Eachlabs predictions a static key may have waiting or running at once, "
+        "across replicas, before 429 (Eachlabs' limit); `nsfwd keys` keys carry their own.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="Standard Webhooks signing secret (whsec_ + base64 of 24 to 64 random bytes) "
+        "that receivers verify deliveries with. Unset: generated once into data_dir/"
+        "webhook_secret with SQLite; with NSFWD_DATABASE_URL set it, as every replica must sign "
+        "alike (webhook_url is refused with 400 until it is set).",
+    )
+    webhook_retry_delays: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 1800.0, 7200.0, 21600.0],
+        description="Seconds to wait before each retry of a webhook the receiver did not take "
+        "(non-2xx, timeout, network error), comma-separated; after the last one the delivery "
+        "is given up. The default retries 7 times over about 8.7 hours.",
+    )
+    webhook_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="How long a webhook receiver has to answer (Eachlabs gives 30 s) before the "
+        "attempt counts as failed and is retried.",
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("fetch_allow_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str | list | tuple):
+            return [str(network) for network in parse_networks(value)]
+        return value
+
+    @field_validator("webhook_retry_delays", mode="before")
+    @classmethod
+    def _split_delays(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_retry_delays")
+    @classmethod
+    def _check_delays(cls, value: list[float]) -> list[float]:
+        if any(not 0 <= delay < float("inf") for delay in value):
+            raise ValueError(f"webhook retry delays must be finite seconds >= 0, got {value}")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_webhook_secret(value.get_secret_value())
         return value
 
     @property
@@ -82,4 +221,13 @@ class Settings(BaseSettings):
             min_side=self.min_image_side,
             max_side=self.max_image_side,
             max_pixels=self.max_image_side * self.max_image_side,
+        )
+
+    @property
+    def fetch_policy(self) -> FetchPolicy:
+        """How image URLs (and webhook targets) may be fetched under these settings."""
+        return FetchPolicy(
+            allow_networks=self.fetch_allow_networks,
+            allow_http=self.fetch_allow_http,
+            max_bytes=self.max_image_bytes,
         )

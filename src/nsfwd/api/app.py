@@ -1,41 +1,79 @@
-"""The app factory: hand it an engine and settings, get an ASGI app."""
+"""The app factory: hand it an engine, settings and (for background jobs) a store; get an app."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from nsfwd import __version__
-from nsfwd.api import prodia
+from nsfwd.api import eachlabs, prodia, prodia_async
 from nsfwd.api.errors import install_error_handlers
 from nsfwd.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from nsfwd.engine import Engine
+from nsfwd.jobs import Store
+from nsfwd.jobs.webhooks import WebhookSender
+from nsfwd.jobs.worker import PURGE_EVERY_S, Worker
 from nsfwd.settings import Settings
 
 
-def create_app(engine: Engine, settings: Settings) -> FastAPI:
-    """Build the HTTP app around a (not yet started) engine; its lifespan starts and stops it."""
+def default_workers(engine: Engine) -> int:
+    """Background jobs to run at once: enough to fill two batches, but never more than half the
+    engine's queue, which live requests share."""
+    return max(1, min(2 * engine.max_batch_size, engine.max_queue // 2))
+
+
+def create_app(engine: Engine, settings: Settings, store: Store | None = None) -> FastAPI:
+    """Build the HTTP app around a (not yet started) engine; its lifespan starts and stops it.
+
+    With a (not yet open) ``store``, the app also serves Prodia's async job API, and its lifespan
+    opens the store (migrating its schema), then runs a :class:`~nsfwd.jobs.worker.Worker` on
+    the engine; without one, only the synchronous routes exist. The store also backs Eachlabs'
+    prediction API, whose webhooks a :class:`~nsfwd.jobs.webhooks.WebhookSender` delivers.
+    """
+    worker = None
+    if store is not None:
+        worker = Worker(
+            store,
+            engine,
+            concurrency=settings.workers or default_workers(engine),
+            lease_s=settings.lease_s,
+            fetch_policy=settings.fetch_policy,
+            purge_every_s=min(PURGE_EVERY_S, settings.result_ttl_s / 2),
+        )
+    webhooks = None if store is None else WebhookSender.from_settings(store, settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await engine.start()
-        try:
+        async with AsyncExitStack() as stack:
+            if store is not None:  # first: a bad database fails before the model loads
+                await store.open()
+                stack.push_async_callback(store.close)
+            await engine.start()
+            stack.push_async_callback(engine.stop)
+            if worker is not None:
+                await worker.start()
+                stack.push_async_callback(worker.stop)
+            if webhooks is not None:
+                await webhooks.start()
+                stack.push_async_callback(webhooks.stop)
             yield
-        finally:
-            await engine.stop()
 
     app = FastAPI(
         title="nsfwd",
         version=__version__,
-        description="Self-hosted NSFW image moderation, wire-compatible with Prodia's job API.",
+        description="Self-hosted NSFW image moderation, wire-compatible with Prodia's job API "
+        "and Eachlabs' prediction API.",
         lifespan=lifespan,
     )
     app.state.engine = engine
     app.state.settings = settings
+    app.state.store = store
+    app.state.worker = worker
+    app.state.webhooks = webhooks
     app.add_middleware(
         BodyLimitMiddleware,
         max_body_bytes=settings.max_image_bytes + prodia.FORM_OVERHEAD_BYTES,
@@ -44,6 +82,9 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)  # outermost: its id is on every answer, 431 too
     install_error_handlers(app)
     app.include_router(prodia.create_router(engine, settings))
+    if store is not None and worker is not None:
+        app.include_router(prodia_async.create_router(engine, settings, store, worker))
+        app.include_router(eachlabs.create_router(engine, settings, store, worker))
 
     @app.get("/healthz", response_class=PlainTextResponse, tags=["ops"])
     async def healthz(request: Request) -> Response:

@@ -1,0 +1,487 @@
+"""Eachlabs' prediction API: create a prediction of an image URL, then poll it (or get a webhook).
+
+The request path of ``POST /v1/prediction/``, step by step: the ``X-API-Key`` (static keys from
+``NSFWD_API_KEYS``, or keys from ``nsfwd keys create``) -> the JSON body, read as it streams in
+(at most 64 KiB) -> the request, checked (model, ``input.image``, ``webhook_url``; both URLs
+refused when they are not public https, as far as that can be known before fetching) -> the
+key's creates per minute (in memory) -> the prediction, stored under the key's in-flight limit
+(in the store's transaction) -> ``{"status": "success", "message": ..., "predictionID": ...}``.
+A worker (:mod:`nsfwd.jobs.worker`) fetches the image under the SSRF policy and classifies it;
+when a ``webhook_url`` was given, :mod:`nsfwd.jobs.webhooks` sends the outcome there.
+
+``GET /v1/prediction/{id}`` answers ``{"status": "processing" | "success" | "error",
+"predictionID", "output", "metrics": {"predict_time"}, "labels"}``: ``output`` is ``"nsfw"``
+when the moderate policy (threshold 0.5) flags the image, else ``"normal"``; ``labels`` are
+the four probabilities; a failed prediction carries ``message`` and ``details``.
+
+Every refusal is ``{"status": "error", "message": <what is wrong and what to do>, "details":
+<a stable code>}``: 400 ``invalid_input``, 401 ``invalid_api_key``, 404 ``model_not_found`` or
+``prediction_not_found`` (another key's prediction too), 413 ``payload_too_large``, 429
+``rate_limited``, ``too_many_in_flight`` or ``server_busy`` (with ``Retry-After``), 5xx
+``internal_error`` or ``unavailable``.
+
+With no ``NSFWD_API_KEYS`` and no key ever created in the store, no key is needed (the server
+then listens on loopback only, see :mod:`nsfwd.server`), as with the Prodia routes; without a
+key there are no per-key limits either, only the server's queue bound.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, Final
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
+
+from nsfwd.api.auth import key_matches
+from nsfwd.api.errors import (
+    CLIENT_CLOSED_REQUEST,
+    ApiError,
+    BadRequestError,
+    PayloadTooLargeError,
+    TooBusyError,
+)
+from nsfwd.engine import Engine
+from nsfwd.fetch import FetchFailedError, FetchPolicy, UnsafeURLError, check_url, validate_url
+from nsfwd.jobs import CapacityError, Limits, Prediction, Store
+from nsfwd.jobs.keys import static_key_ref
+from nsfwd.jobs.webhooks import webhooks_enabled
+from nsfwd.jobs.worker import Worker
+from nsfwd.ratelimit import (
+    CreateRateLimiter,
+    KeyLimits,
+    RateLimitedError,
+    store_rate_retry_after,
+)
+from nsfwd.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ROUTE: Final = "/v1/prediction"
+MODEL_SLUG: Final = "nsfw-image-detection"
+"""Eachlabs' name for the model; it names whatever model this server runs."""
+MAX_BODY_BYTES: Final = 64 * 1024
+"""Largest accepted request body; a real one is a few hundred bytes (the URLs)."""
+KEY_HEADER: Final = "x-api-key"
+STATUSES: Final = {
+    "queued": "processing",
+    "processing": "processing",
+    "succeeded": "success",
+    "failed": "error",
+}
+"""Eachlabs' ``status`` for each prediction status."""
+
+_DETAILS: Final = {
+    400: "invalid_input",
+    401: "invalid_api_key",
+    404: "not_found",
+    408: "request_timeout",
+    413: "payload_too_large",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "unavailable",
+}
+_OPENAPI_BODY: Final[dict[str, Any]] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["model", "input"],
+                    "properties": {
+                        "model": {"type": "string", "example": MODEL_SLUG},
+                        "input": {
+                            "type": "object",
+                            "required": ["image"],
+                            "properties": {
+                                "image": {
+                                    "type": "string",
+                                    "description": "a public https URL of a JPEG, PNG or WebP",
+                                }
+                            },
+                        },
+                        "webhook_url": {
+                            "type": "string",
+                            "description": "where to POST the outcome (Standard Webhooks)",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+class EachlabsError(ApiError):
+    """A refusal with Eachlabs' ``details`` code (see the module docstring)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        details: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Create the error answered with ``status`` and the ``details`` code."""
+        super().__init__(message, status=status, headers=headers)
+        self.details = details
+
+
+def error_response(exc: ApiError) -> Response:
+    """Eachlabs' error body for any :class:`ApiError` (also those raised by the middleware)."""
+    details = getattr(exc, "details", None) or _DETAILS.get(exc.status, "error")
+    body = {"status": "error", "message": exc.message, "details": details}
+    return JSONResponse(body, exc.status, headers=exc.headers)
+
+
+def document(prediction: Prediction) -> dict[str, Any]:
+    """A prediction as ``GET /v1/prediction/{id}`` renders it."""
+    status = STATUSES[prediction.status]
+    doc: dict[str, Any] = {
+        "status": status,
+        "predictionID": prediction.id,
+        "output": prediction.output if status == "success" else None,
+        "metrics": {"predict_time": prediction.predict_time},
+        "labels": prediction.labels,
+    }
+    if status == "error":
+        doc["message"] = prediction.error or "the prediction failed"
+        doc["details"] = "prediction_failed"
+    return doc
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The API key calling, as far as predictions and limits are concerned."""
+
+    ref: str
+    """What its predictions record as their owner (``predictions.api_key``): a store key's id,
+    or a hash prefix of a static key."""
+    limits: KeyLimits
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    """A parsed ``POST /v1/prediction/`` body."""
+
+    model: str
+    image: str
+    webhook_url: str | None
+
+
+class EachlabsPredictions:
+    """The Eachlabs routes over a store, whose predictions ``worker`` runs."""
+
+    def __init__(self, engine: Engine, settings: Settings, store: Store, worker: Worker) -> None:
+        """Serve predictions stored in ``store``; ``settings`` give keys, limits and policy."""
+        self.engine = engine
+        self.settings = settings
+        self.store = store
+        self.worker = worker
+        self.policy: FetchPolicy = settings.fetch_policy
+        self.public_model = settings.served_model_name or engine.model_name
+        self.models = {MODEL_SLUG, self.public_model, engine.model_name}
+        self.default_limits = KeyLimits(
+            creates_per_minute=settings.key_creates_per_minute,
+            max_in_flight=settings.key_max_in_flight,
+        )
+        self.rate_limiter = CreateRateLimiter()
+        self.webhooks = webhooks_enabled(settings)
+
+    # --- the edges: errors and metrics ----------------------------------------------------
+
+    async def _answer(self, request: Request, route: str, work: Awaitable[Response]) -> Response:
+        """Await ``work`` (a route's response); refusals become Eachlabs' error body."""
+        started = time.perf_counter()
+        try:
+            response = await work
+        except ApiError as exc:
+            response = error_response(exc)
+        except ClientDisconnect:
+            response = Response(status_code=CLIENT_CLOSED_REQUEST)
+        except Exception:
+            request_id = getattr(request.state, "request_id", "?")
+            log.exception("%s %s (request %s) failed", request.method, route, request_id)
+            response = error_response(
+                ApiError(
+                    f"internal error; retry with backoff, and report request id {request_id} "
+                    "to the server's operator if it persists",
+                    status=500,
+                )
+            )
+        metrics = self.engine.metrics
+        metrics.requests.labels(route=route, status=str(response.status_code)).inc()
+        metrics.request_seconds.labels(route=route).observe(time.perf_counter() - started)
+        return response
+
+    # --- auth ------------------------------------------------------------------------------
+
+    async def _caller(self, request: Request) -> Caller | None:
+        """The key ``X-API-Key`` names; ``None`` when the API is open (no keys anywhere); else
+        401."""
+        presented = request.headers.get(KEY_HEADER, "").strip()
+        if presented:
+            if key_matches(presented, self.settings.api_keys):
+                return Caller(static_key_ref(presented), self.default_limits)
+            record = await self.store.find_key(presented)
+            if record is not None:
+                return Caller(record.id, KeyLimits(record.creates_per_minute, record.max_in_flight))
+        if not self.settings.api_keys and not await self.store.list_keys():
+            return None  # no keys anywhere: the API is open
+        if not presented:
+            raise EachlabsError(
+                "missing API key: send the header 'X-API-Key: <key>' with a key this server "
+                "accepts (its operator sets NSFWD_API_KEYS or runs `nsfwd keys create`)",
+                status=401,
+                details="invalid_api_key",
+            )
+        raise EachlabsError(
+            "invalid API key: the X-API-Key is not one this server accepts, or it was revoked; "
+            "check the key you were given",
+            status=401,
+            details="invalid_api_key",
+        )
+
+    # --- POST /v1/prediction/ --------------------------------------------------------------
+
+    async def create(self, request: Request) -> Response:
+        """Store a prediction for the workers; see the module docstring."""
+        return await self._answer(request, ROUTE, self._create(request))
+
+    async def _create(self, request: Request) -> Response:
+        caller = await self._caller(request)
+        body = await _read_body(request)
+        spec = self._parse(body)
+        self._check_model(spec.model)
+        image = _checked_url("input.image", spec.image, self.policy)
+        webhook_url = None
+        if spec.webhook_url is not None:
+            if not self.webhooks:
+                raise BadRequestError(
+                    "webhook_url: this server cannot sign webhooks (its operator has not set "
+                    "NSFWD_WEBHOOK_SECRET, which several replicas need); poll "
+                    f"GET {ROUTE}/{{predictionID}} instead"
+                )
+            webhook_url = _checked_url("webhook_url", spec.webhook_url, self.policy)
+        if caller is not None:
+            try:
+                await self.rate_limiter.hit(caller.ref, caller.limits)
+            except RateLimitedError as exc:
+                raise TooBusyError(str(exc), exc.retry_after) from None
+        await _resolve("input.image", image, self.policy)
+        if webhook_url is not None:
+            await _resolve("webhook_url", webhook_url, self.policy)
+        prediction = await self._store(caller, spec.model, image, webhook_url)
+        return JSONResponse(
+            {
+                "status": "success",
+                "message": "Prediction created successfully",
+                "predictionID": prediction.id,
+            }
+        )
+
+    def _parse(self, body: bytes) -> CreateRequest:
+        example = (
+            f'{{"model": "{MODEL_SLUG}", "input": {{"image": "https://example.com/photo.jpg"}}}}'
+        )
+        try:
+            doc = json.loads(body, parse_constant=_reject_constant)
+        except RecursionError:
+            raise BadRequestError(f"the body is nested too deeply; send e.g. {example}") from None
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN, huge integers
+            raise BadRequestError(
+                f"the body is not valid JSON ({exc}); send e.g. {example}"
+            ) from None
+        if not isinstance(doc, dict):
+            raise BadRequestError(
+                f"the body must be a JSON object, got {type(doc).__name__}; send e.g. {example}"
+            )
+        model = doc.get("model")
+        if not isinstance(model, str) or not model:
+            raise BadRequestError(
+                f"model is {_shown(model)}; set it to {json.dumps(MODEL_SLUG)}, e.g. {example}"
+            )
+        inputs = doc.get("input")
+        if not isinstance(inputs, dict):
+            raise BadRequestError(
+                f"input is {_shown(inputs)}; it must be an object with the image URL, e.g. "
+                f"{example}"
+            )
+        image = inputs.get("image")
+        if not isinstance(image, str) or not image.strip():
+            raise BadRequestError(
+                f"input.image is {_shown(image)}; it must be the https URL of the image, e.g. "
+                f"{example}"
+            )
+        webhook_url = doc.get("webhook_url")
+        if webhook_url is not None and not isinstance(webhook_url, str):
+            raise BadRequestError(
+                f"webhook_url is {_shown(webhook_url)}; it must be an https URL, or left out"
+            )
+        return CreateRequest(model, image.strip(), (webhook_url or "").strip() or None)
+
+    def _check_model(self, model: str) -> None:
+        if model not in self.models:
+            also = (
+                "" if self.public_model == MODEL_SLUG else f" (or {json.dumps(self.public_model)})"
+            )
+            raise EachlabsError(
+                f"unknown model {json.dumps(model)[:200]}: this server runs "
+                f"{json.dumps(MODEL_SLUG)}{also}; set model to that",
+                status=404,
+                details="model_not_found",
+            )
+
+    async def _store(
+        self, caller: Caller | None, model: str, image: str, webhook_url: str | None
+    ) -> Prediction:
+        limits = Limits(max_unfinished=self.settings.max_async_queued)
+        if caller is not None:
+            limits = replace(
+                limits,
+                max_in_flight=caller.limits.max_in_flight,
+                creates_per_minute=caller.limits.creates_per_minute,
+            )
+        try:
+            return await self.store.create_prediction(
+                protocol="eachlabs",
+                job_type=MODEL_SLUG,
+                model=model,
+                api_key=None if caller is None else caller.ref,
+                input_url=image,
+                webhook_url=webhook_url,
+                limits=limits,
+            )
+        except CapacityError as exc:
+            raise _capacity_error(exc, self.worker) from None
+
+    # --- GET /v1/prediction/{id} -------------------------------------------------------------
+
+    async def get(self, request: Request, prediction_id: str) -> Response:
+        """The prediction: processing, success (with output) or error (with message)."""
+        return await self._answer(request, f"{ROUTE}/{{id}}", self._get(request, prediction_id))
+
+    async def _get(self, request: Request, prediction_id: str) -> Response:
+        caller = await self._caller(request)
+        prediction = await self.store.get_prediction(prediction_id)
+        if (
+            prediction is None
+            or prediction.protocol != "eachlabs"
+            or (caller is not None and prediction.api_key != caller.ref)
+            or _expired(prediction, self.store.clock())
+        ):
+            hours = self.settings.result_ttl_s / 3600
+            raise EachlabsError(
+                f"no prediction {prediction_id[:64]!r}: the id is unknown, belongs to another "
+                f"API key, or its result expired (results are kept {hours:g} h); check the "
+                f"predictionID returned by POST {ROUTE}/",
+                status=404,
+                details="prediction_not_found",
+            )
+        return JSONResponse(document(prediction))
+
+
+async def _read_body(request: Request) -> bytes:
+    """The whole body, refused (413) once it is over :data:`MAX_BODY_BYTES`."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large(f"{int(declared):,} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise _too_large(f"over {len(body):,} bytes")
+    return bytes(body)
+
+
+def _too_large(size: str) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"the request body is {size}; this endpoint accepts at most {MAX_BODY_BYTES:,} bytes of "
+        "JSON. Send the image by URL (input.image), not inline"
+    )
+
+
+def _checked_url(field: str, url: str, policy: FetchPolicy) -> str:
+    """``url`` if the checks that need no network pass (scheme, host spelling, literal
+    addresses); otherwise 400."""
+    try:
+        validate_url(url, policy)
+    except UnsafeURLError as exc:
+        raise BadRequestError(f"{field}: {exc.message}") from None
+    return url
+
+
+async def _resolve(field: str, url: str, policy: FetchPolicy) -> None:
+    """400 when ``url``'s host resolves to a refused address. A name that does not resolve
+    (yet) passes: fetching it fails later with a message, and is checked again then."""
+    try:
+        await check_url(url, policy)
+    except UnsafeURLError as exc:
+        raise BadRequestError(f"{field}: {exc.message}") from None
+    except FetchFailedError as exc:
+        log.info("%s %s not checked at creation: %s", field, url[:200], exc.message)
+
+
+def _capacity_error(exc: CapacityError, worker: Worker) -> EachlabsError:
+    excess = exc.count - exc.limit + 1
+    if exc.scope == "rate":
+        retry_after = store_rate_retry_after(exc)
+        details, advice = "rate_limited", "creates per minute"
+    elif exc.scope == "key":
+        retry_after = worker.retry_after(excess)
+        details, advice = "too_many_in_flight", "predictions in flight"
+    else:
+        retry_after = worker.retry_after(excess)
+        details, advice = "server_busy", "queued predictions"
+    return EachlabsError(
+        f"too many {advice}: {exc}; retry in {retry_after} s, after some have finished",
+        status=429,
+        details=details,
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def _expired(prediction: Prediction, now: datetime) -> bool:
+    return prediction.expires_at is not None and prediction.expires_at <= now
+
+
+def _shown(value: object) -> str:
+    return "missing" if value is None else json.dumps(value)[:200]
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def create_router(engine: Engine, settings: Settings, store: Store, worker: Worker) -> APIRouter:
+    """The Eachlabs routes over ``store``, whose predictions ``worker`` runs."""
+    predictions = EachlabsPredictions(engine, settings, store, worker)
+    router = APIRouter(prefix=ROUTE, tags=["eachlabs"])
+    for path, shown in (("/", True), ("", False)):
+        router.add_api_route(
+            path,
+            predictions.create,
+            methods=["POST"],
+            summary="Create a prediction of an image URL (Eachlabs prediction API)",
+            openapi_extra=_OPENAPI_BODY,
+            response_class=Response,
+            include_in_schema=shown,
+        )
+    for path, shown in (("/{prediction_id}", True), ("/{prediction_id}/", False)):
+        router.add_api_route(
+            path,
+            predictions.get,
+            methods=["GET"],
+            summary="A prediction's status and output",
+            response_class=Response,
+            include_in_schema=shown,
+        )
+    return router

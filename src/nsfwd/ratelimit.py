@@ -1,0 +1,93 @@
+"""Per-key limits on the Eachlabs API: creates per minute, and predictions in flight.
+
+Two limits, checked in this order when a key creates a prediction:
+
+* **Creates per minute**, a moving window of 60 s per key (:class:`CreateRateLimiter`, the
+  ``limits`` package's ``MovingWindowRateLimiter`` over its in-memory storage). It answers
+  without touching the database, so a client hammering past its limit costs one dictionary
+  lookup, not a write transaction. Being in memory, it counts what this replica saw.
+* **In flight** (queued or processing), and creates per minute again, counted in the store in
+  the transaction that creates the prediction (:class:`nsfwd.jobs.Limits`), so they hold across
+  replicas that share one PostgreSQL, and concurrent creates cannot all slip under them.
+
+:class:`KeyLimits` are a key's own numbers: keys made with ``nsfwd keys create`` carry theirs in
+the store; static keys (``NSFWD_API_KEYS``) get the defaults from the settings.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Final
+
+from limits import RateLimitItemPerMinute
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+
+from nsfwd.jobs import CapacityError
+
+WINDOW_S: Final = 60.0
+"""The length of the creates-per-minute window."""
+
+
+@dataclass(frozen=True)
+class KeyLimits:
+    """What one API key may do."""
+
+    creates_per_minute: int
+    """Predictions it may create in any 60 seconds."""
+    max_in_flight: int
+    """Predictions it may have queued or processing at once."""
+
+
+class RateLimitedError(Exception):
+    """A key has created its limit of predictions in the last minute."""
+
+    def __init__(self, limit: int, retry_after: int) -> None:
+        """``limit``: the key's creates per minute; ``retry_after``: seconds until one frees."""
+        super().__init__(
+            f"this API key has created {limit} predictions in the last minute, its limit; "
+            f"retry in {retry_after} s"
+        )
+        self.limit = limit
+        self.retry_after = retry_after
+
+
+class CreateRateLimiter:
+    """Creates per minute per key, in a moving window (see the module docstring).
+
+    Use one per process and event loop; its storage lives in memory and expires old entries.
+    """
+
+    def __init__(self) -> None:
+        """A limiter with empty windows."""
+        self._storage = MemoryStorage()
+        self._limiter = MovingWindowRateLimiter(self._storage)
+
+    async def hit(self, key: str, limits: KeyLimits) -> None:
+        """Count one create by ``key``, or raise :class:`RateLimitedError` (counting nothing)
+        when it already has ``limits.creates_per_minute`` in the window."""
+        item = RateLimitItemPerMinute(limits.creates_per_minute)
+        if await self._limiter.hit(item, key):
+            return
+        stats = await self._limiter.get_window_stats(item, key)
+        retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+        raise RateLimitedError(limits.creates_per_minute, retry_after)
+
+    async def remaining(self, key: str, limits: KeyLimits) -> int:
+        """Creates ``key`` has left in the current window."""
+        item = RateLimitItemPerMinute(limits.creates_per_minute)
+        return (await self._limiter.get_window_stats(item, key)).remaining
+
+    async def reset(self) -> None:
+        """Forget every window."""
+        await self._storage.reset()
+
+
+def store_rate_retry_after(error: CapacityError) -> int:
+    """Seconds to wait after the store refused a create for the key's rate (other replicas'
+    creates filled the window): the time for the excess to leave the window, were the creates
+    spread evenly over it."""
+    excess = error.count - error.limit + 1
+    return max(1, min(math.ceil(WINDOW_S), math.ceil(WINDOW_S * excess / max(error.limit, 1))))

@@ -1,0 +1,154 @@
+"""`nsfwd keys create|list|revoke`: keys in the job store, only their hashes kept, working
+against the Eachlabs API until revoked."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from nsfwd.cli import main
+from nsfwd.jobs.database import DATABASE_FILE
+from nsfwd.models import Classifier
+from servers import serve_app
+from test_api_eachlabs import assert_error, create, created_id, eachlabs_server, poll
+from test_webhooks import Host, jpeg
+
+NSFWD = Path(sys.executable).with_name("nsfwd")
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A data folder the CLI (NSFWD_DATA_DIR) and the test server share."""
+    folder = tmp_path / "data"
+    monkeypatch.setenv("NSFWD_DATA_DIR", str(folder))
+    monkeypatch.delenv("NSFWD_DATABASE_URL", raising=False)
+    return folder
+
+
+def keys(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run `nsfwd keys ARGS` in this process; its exit status, stdout and stderr."""
+    capsys.readouterr()
+    status = main(["keys", *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def listed(capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
+    status, out, _ = keys(capsys, "list", "--json")
+    assert status == 0
+    rows: list[dict[str, object]] = json.loads(out)
+    return rows
+
+
+def database_text(data_dir: Path) -> str:
+    """Every value in every table of the SQLite store, as text."""
+    with sqlite3.connect(data_dir / DATABASE_FILE) as db:
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return "\n".join(
+            repr(row) for table in tables for row in db.execute(f'SELECT * FROM "{table}"')
+        )
+
+
+def test_keys_are_created_listed_and_revoked(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = keys(capsys, "create", "alice")
+    assert status == 0
+    alice = out.strip()
+    assert out == alice + "\n" and alice.startswith("nsfwd_") and len(alice) > 40
+    assert "shown only this once" in err and alice not in err
+
+    status, out, _ = keys(
+        capsys, "create", "bob", "--creates-per-minute", "5", "--max-in-flight", "2"
+    )
+    bob = out.strip()
+    assert status == 0 and bob != alice
+
+    rows = listed(capsys)
+    assert [row["name"] for row in rows] == ["alice", "bob"]
+    assert rows[0]["prefix"] == alice[:12] and rows[1]["prefix"] == bob[:12]
+    assert (rows[0]["creates_per_minute"], rows[0]["max_in_flight"]) == (100, 10)
+    assert (rows[1]["creates_per_minute"], rows[1]["max_in_flight"]) == (5, 2)
+    assert rows[0]["revoked"] is None and rows[0]["created"]
+
+    status, table, _ = keys(capsys, "list")
+    assert status == 0
+    header, *lines = table.splitlines()
+    assert header.split() == ["ID", "NAME", "PREFIX", "CREATES/MIN", "IN", "FLIGHT", "CREATED",
+                              "REVOKED"]  # fmt: skip
+    assert len(lines) == 2 and str(rows[1]["id"]) in lines[1] and " 5 " in lines[1]
+    for key in (alice, bob):
+        assert key not in table
+
+    # Only hashes are stored: neither key appears anywhere in the database.
+    stored = database_text(data_dir)
+    for key in (alice, bob):
+        assert key not in stored
+        assert hashlib.sha256(key.encode()).hexdigest() in stored
+
+    status, out, _ = keys(capsys, "revoke", str(rows[0]["prefix"]))
+    assert status == 0 and "revoked key" in out and str(rows[0]["id"]) in out
+    status, out, _ = keys(capsys, "revoke", str(rows[1]["id"]))
+    assert status == 0
+    assert all(row["revoked"] for row in listed(capsys))
+
+    status, _, err = keys(capsys, "revoke", "nsfwd_nothing")
+    assert status == 1 and "no key" in err and "nsfwd keys list" in err
+
+
+def test_limits_default_to_the_settings_and_are_checked(
+    data_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NSFWD_KEY_CREATES_PER_MINUTE", "7")
+    monkeypatch.setenv("NSFWD_KEY_MAX_IN_FLIGHT", "3")
+    assert keys(capsys, "create", "defaults")[0] == 0
+    [row] = listed(capsys)
+    assert (row["creates_per_minute"], row["max_in_flight"]) == (7, 3)
+    with pytest.raises(SystemExit) as refused:
+        main(["keys", "create", "zero", "--max-in-flight", "0"])
+    assert refused.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_a_created_key_works_against_the_api_until_revoked(
+    data_dir: Path,
+    classifier: Classifier,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    host = Host()
+    host.photo = jpeg(seed=1)
+    with (
+        serve_app(host.app, host="127.0.0.2", timeout_graceful_shutdown=1) as base,
+        eachlabs_server(classifier, data_dir) as (url, _),
+    ):
+        # The installed command, as an operator runs it, beside the running server.
+        env = os.environ | {"NSFWD_DATA_DIR": str(data_dir)}
+        made = subprocess.run(
+            [str(NSFWD), "keys", "create", "app", "--creates-per-minute", "2"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=True,
+        )
+        key = made.stdout.strip()
+        prediction_id = created_id(create(url, f"{base}/photo.jpg", key=key))
+        assert poll(url, prediction_id, key=key)["status"] == "success"
+        created_id(create(url, f"{base}/photo.jpg", key=key))
+        assert_error(create(url, f"{base}/photo.jpg", key=key), 429, "rate_limited")
+
+        [row] = listed(capsys)
+        assert keys(capsys, "revoke", str(row["id"]))[0] == 0
+        assert_error(create(url, f"{base}/photo.jpg", key=key), 401, "invalid_api_key")
+        res = requests.get(
+            f"{url}/v1/prediction/{prediction_id}", headers={"X-API-Key": key}, timeout=10
+        )
+        assert_error(res, 401, "invalid_api_key")

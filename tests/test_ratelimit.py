@@ -1,0 +1,146 @@
+"""Per-key limits: the in-memory moving window (nsfwd.ratelimit), and the store's counts that
+hold across replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from nsfwd.jobs import CapacityError
+from nsfwd.models import Classifier
+from nsfwd.ratelimit import CreateRateLimiter, KeyLimits, RateLimitedError, store_rate_retry_after
+from servers import serve_app
+from test_api_eachlabs import assert_error, create, created_id, eachlabs_server, make_key, poll
+from test_fetch import Canary
+from test_webhooks import Host
+
+
+class FakeClock:
+    """Wall-clock time (what the limits package reads) that only moves when told."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(time, "time", fake)
+    return fake
+
+
+def test_creates_per_minute_are_a_moving_window_per_key(clock: FakeClock) -> None:
+    three = KeyLimits(creates_per_minute=3, max_in_flight=10)
+
+    async def main() -> None:
+        limiter = CreateRateLimiter()
+        await limiter.hit("a", three)
+        await limiter.hit("a", three)
+        clock.now += 30
+        await limiter.hit("a", three)
+        assert await limiter.remaining("a", three) == 0
+        with pytest.raises(RateLimitedError) as refused:
+            await limiter.hit("a", three)
+        assert refused.value.limit == 3
+        assert refused.value.retry_after == 30, "until the oldest create leaves the window"
+        assert "3 predictions in the last minute" in str(refused.value)
+        await limiter.hit("b", three)  # another key has its own window
+
+        clock.now += 31  # the first two left the window, the third has not
+        assert await limiter.remaining("a", three) == 2
+        await limiter.hit("a", three)
+        await limiter.hit("a", three)
+        with pytest.raises(RateLimitedError) as refused:
+            await limiter.hit("a", three)
+        assert refused.value.retry_after == 29
+        clock.now += 30
+        await limiter.hit("a", three)
+
+        await limiter.reset()
+        assert await limiter.remaining("a", three) == 3
+
+    asyncio.run(main())
+
+
+def test_a_refused_create_is_not_counted(clock: FakeClock) -> None:
+    one = KeyLimits(creates_per_minute=1, max_in_flight=1)
+
+    async def main() -> None:
+        limiter = CreateRateLimiter()
+        await limiter.hit("k", one)
+        for _ in range(5):
+            clock.now += 10
+            with pytest.raises(RateLimitedError):
+                await limiter.hit("k", one)
+        clock.now += 10.5  # 60.5 s after the one create: refusals did not extend the window
+        await limiter.hit("k", one)
+
+    asyncio.run(main())
+
+
+def test_the_stores_rate_refusal_estimates_when_room_frees() -> None:
+    assert store_rate_retry_after(CapacityError("rate", 100, 100)) == 1
+    assert store_rate_retry_after(CapacityError("rate", 100, 150)) == 31
+    assert store_rate_retry_after(CapacityError("rate", 3, 3)) == 20
+    assert store_rate_retry_after(CapacityError("rate", 1, 50)) == 60
+
+
+# --- Across replicas: two servers on one store ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def host() -> Iterator[tuple[str, Host]]:
+    receiver = Host()
+    with serve_app(receiver.app, host="127.0.0.2", timeout_graceful_shutdown=1) as url:
+        yield url, receiver
+
+
+@pytest.fixture(scope="module")
+def canary(host: tuple[str, Host]) -> Iterator[Canary]:
+    canary = Canary(httpx.URL(host[0]).port or 0)
+    yield canary
+    canary.close()
+
+
+def test_limits_hold_across_replicas_sharing_a_store(
+    classifier: Classifier, tmp_path: Path, host: tuple[str, Host], canary: Canary
+) -> None:
+    base, receiver = host
+    with (
+        eachlabs_server(classifier, tmp_path) as (first, store_url),
+        eachlabs_server(classifier, tmp_path) as (second, _),
+    ):
+        # Creates per minute: each replica's window saw 2, the store saw 4.
+        key = make_key(store_url, "rate", creates_per_minute=4, max_in_flight=100)
+        for url in (first, second, first, second):
+            created_id(create(url, f"{base}/missing", key=key))
+        res = create(url=first, image=f"{base}/missing", key=key)
+        message = assert_error(res, 429, "rate_limited", "in the last minute; the limit is 4")
+        assert "retry in" in message and int(res.headers["Retry-After"]) >= 1
+
+        # In flight: one on each replica fills a limit of 2.
+        key = make_key(store_url, "in-flight", max_in_flight=2)
+        gate = f"replicas-{uuid.uuid4().hex}"
+        try:
+            held = [
+                created_id(create(url, f"{base}/slow?gate={gate}", key=key))
+                for url in (first, second)
+            ]
+            for url in (first, second):
+                refused = create(url, f"{base}/slow?gate={gate}", key=key)
+                assert_error(refused, 429, "too_many_in_flight", "the limit is 2")
+                assert int(refused.headers["Retry-After"]) >= 1
+        finally:
+            receiver.open_gate(gate)
+        for prediction_id in held:
+            assert poll(first, prediction_id, key=key)["status"] == "success"
+    assert canary.hits == []

@@ -209,6 +209,7 @@ class Worker:
         error: str | None = None
         try:
             data = await self._image(prediction)
+            started = time.perf_counter()  # predict_time: decoding and inference, not the fetch
             labels = await self._classify(prediction, data)
         except InputError as exc:
             error = exc.message

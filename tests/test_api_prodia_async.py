@@ -25,6 +25,7 @@ from nsfwd.jobs import Store
 from nsfwd.models import Classifier
 from nsfwd.settings import Settings
 from servers import serve_app
+from test_api_eachlabs import make_key, with_store
 from test_api_prodia import (
     MODEL,
     PHOTO,
@@ -251,6 +252,45 @@ def test_another_keys_job_is_404(url: str) -> None:
     for path in ("job.state.current", "job.json", "output", "output/labels.json"):
         assert session(TOKEN).get(f"{url}/v2/job/async/{job_id}/{path}").status_code == 404
         assert session(OTHER_TOKEN).get(f"{url}/v2/job/async/{job_id}/{path}").status_code == 200
+
+
+def test_a_key_from_the_store_works_on_every_prodia_route_until_revoked(
+    server: tuple[str, Store],
+) -> None:
+    """Keys made with `nsfwd keys create` (here: the store's own call, from another handle)
+    work as Bearer tokens on POST /v2/job and the async routes, and stop at once when revoked."""
+    url, store = server
+    key = make_key(store.url, "prodia-client")
+    sync = session(key).post(f"{url}/v2/job", files=job_files(image=jpeg()))
+    assert sync.status_code == 200, sync.text
+    assert_labels(sync.json()["config"]["labels"])
+    job_id = submit(url, token=key).json()["id"]
+    assert wait_for_state(url, job_id, token=key) == "processed"
+    for path in ("job.state.current", "job.json", "output", "output/labels.json"):
+        assert session(key).get(f"{url}/v2/job/async/{job_id}/{path}").status_code == 200
+        assert session(TOKEN).get(f"{url}/v2/job/async/{job_id}/{path}").status_code == 404
+
+    async def owner_and_revoke(other: Store) -> tuple[str | None, str]:
+        job = await other.get_prediction(job_id)
+        revoked = await other.revoke_key(key)
+        assert job is not None and revoked is not None
+        return job.api_key, revoked.id
+
+    owner, key_id = with_store(store.url, owner_and_revoke)
+    assert owner == key_id  # the job belongs to the store key, by its id
+    refusals = [
+        session(key).post(f"{url}/v2/job", files=job_files(image=jpeg())),
+        session(key).post(f"{url}/v2/job/async", files=job_files(V1, jpeg())),
+        session(key).get(f"{url}/v2/job/async/{job_id}/job.json"),
+    ]
+    for res in refusals:
+        assert res.status_code == 401, res.text
+        assert res.headers["content-type"].startswith("text/plain")
+        assert res.headers["www-authenticate"].startswith("Bearer")
+        assert "invalid API token" in res.text and "revoked" in res.text
+    missing = requests.post(f"{url}/v2/job", files=job_files(image=jpeg()))
+    assert missing.status_code == 401
+    assert "NSFWD_API_KEYS" in missing.text and "nsfwd keys create" in missing.text
 
 
 def test_jobs_from_another_protocol_are_not_prodia_jobs(server: tuple[str, Store]) -> None:

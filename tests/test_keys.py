@@ -1,24 +1,32 @@
 """`nsfwd keys create|list|revoke`: keys in the job store, only their hashes kept, working
-against the Eachlabs API until revoked."""
+against every API (Prodia and Eachlabs) until revoked; and the one rule deciding who may call."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 import sqlite3
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 import requests
 
+from nsfwd.api.auth import AuthenticationError, KeyRing
 from nsfwd.cli import main
-from nsfwd.jobs.database import DATABASE_FILE
+from nsfwd.jobs import Store
+from nsfwd.jobs.database import DATABASE_FILE, database_url
+from nsfwd.jobs.keys import static_key_ref
 from nsfwd.models import Classifier
+from nsfwd.settings import Settings
 from servers import serve_app
-from test_api_eachlabs import assert_error, create, created_id, eachlabs_server, poll
+from test_api_eachlabs import SERVED, assert_error, create, created_id, eachlabs_server, poll
+from test_api_prodia import job_files
+from test_api_prodia import jpeg as photo
 from test_webhooks import Host, jpeg
 
 NSFWD = Path(sys.executable).with_name("nsfwd")
@@ -31,6 +39,11 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("NSFWD_DATA_DIR", str(folder))
     monkeypatch.delenv("NSFWD_DATABASE_URL", raising=False)
     return folder
+
+
+def prodia_job() -> list[tuple[str, tuple[str, object, str]]]:
+    """A Prodia img2label job (the guide's multipart files) for the served model."""
+    return job_files(image=photo(), model=SERVED)
 
 
 def keys(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -152,3 +165,107 @@ def test_a_created_key_works_against_the_api_until_revoked(
             f"{url}/v1/prediction/{prediction_id}", headers={"X-API-Key": key}, timeout=10
         )
         assert_error(res, 401, "invalid_api_key")
+
+
+def test_one_set_of_keys_and_one_open_mode_rule_for_every_protocol(
+    data_dir: Path, classifier: Classifier, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No static key and no key ever made: Prodia (sync and async) and Eachlabs all need no key.
+    Once `nsfwd keys create` makes one, all of them need a key, and that key works on each;
+    revoking it does not reopen any of them."""
+    ping = [("job", ("job.json", json.dumps({"type": "inference.ping.v1"}), "application/json"))]
+
+    def bearer(key: str | None) -> dict[str, str]:
+        return {} if key is None else {"Authorization": f"Bearer {key}"}
+
+    def calls(url: str, key: str | None, job_id: str) -> dict[str, requests.Response]:
+        """One call to each protocol's routes, with ``key`` (or none)."""
+        return {
+            "sync": requests.post(
+                f"{url}/v2/job", headers=bearer(key), files=prodia_job(), timeout=30
+            ),
+            "ping": requests.post(f"{url}/v2/job", headers=bearer(key), files=ping, timeout=30),
+            "async": requests.post(
+                f"{url}/v2/job/async", headers=bearer(key), files=prodia_job(), timeout=30
+            ),
+            "async-get": requests.get(
+                f"{url}/v2/job/async/{job_id}/job.state.current", headers=bearer(key), timeout=10
+            ),
+            "eachlabs": requests.get(
+                f"{url}/v1/prediction/{uuid.uuid4()}",
+                headers={} if key is None else {"X-API-Key": key},
+                timeout=10,
+            ),
+        }
+
+    def assert_refused(answers: dict[str, requests.Response], message: str) -> None:
+        for name, res in answers.items():
+            if name == "eachlabs":
+                assert_error(res, 401, "invalid_api_key", message.replace("token", "key"))
+            else:
+                assert res.status_code == 401, (name, res.text)
+                assert res.headers["www-authenticate"].startswith("Bearer"), name
+                assert message in res.text, (name, res.text)
+
+    with eachlabs_server(classifier, data_dir, api_keys=[]) as (url, _):
+        opened = requests.post(f"{url}/v2/job/async", files=prodia_job(), timeout=30)
+        assert opened.status_code == 201, opened.text
+        job_id = opened.json()["id"]
+        answers = calls(url, None, job_id)
+        assert [answers[name].status_code for name in answers] == [200, 200, 201, 200, 404]
+
+        status, out, _ = keys(capsys, "create", "everywhere")
+        assert status == 0
+        key = out.strip()
+        missing = calls(url, None, job_id)
+        assert_refused(missing, "missing API token")
+        assert "nsfwd keys create" in missing["sync"].text
+        assert "nsfwd keys create" in missing["eachlabs"].json()["message"]
+        assert_refused(calls(url, "nsfwd_wrong", job_id), "invalid API token")
+
+        answers = calls(url, key, job_id)
+        # The job made while the API was open belongs to no key: 404 to this one.
+        assert [answers[name].status_code for name in answers] == [200, 200, 201, 404, 404]
+        own = answers["async"].json()["id"]
+        assert requests.get(
+            f"{url}/v2/job/async/{own}/job.json", headers=bearer(key), timeout=10
+        ).ok
+
+        assert keys(capsys, "revoke", key[:12])[0] == 0
+        assert_refused(calls(url, key, own), "invalid API token")
+        assert_refused(calls(url, None, own), "missing API token")  # not reopened
+
+
+def test_the_key_ring_without_a_store_takes_static_keys_only() -> None:
+    async def main() -> None:
+        ring = KeyRing(Settings(api_keys=["static-one"]))
+        caller = await ring.identify(" static-one ")
+        assert caller is not None and caller.ref == static_key_ref("static-one")
+        assert caller.limits.creates_per_minute == ring.static_limits.creates_per_minute
+        for presented, missing in ((None, True), ("", True), ("static-on", False)):
+            with pytest.raises(AuthenticationError) as refused:
+                await ring.identify(presented)
+            assert refused.value.missing is missing
+        assert "nsfwd keys create" not in refused.value.sources
+        assert await KeyRing(Settings(api_keys=[])).identify("anything") is None  # open
+
+    asyncio.run(main())
+
+
+def test_the_key_ring_asks_the_store_until_a_key_exists(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Store(database_url(tmp_path)) as store:
+            ring = KeyRing(Settings(api_keys=[]), store)
+            assert not await ring.required() and await ring.identify(None) is None
+            plaintext, record = await store.create_key("first", max_in_flight=3)
+            assert await ring.required()
+            caller = await ring.identify(plaintext)
+            assert caller is not None and caller.ref == record.id
+            assert caller.limits.max_in_flight == 3
+            await store.revoke_key(record.id)
+            assert await KeyRing(Settings(api_keys=[]), store).required()  # a fresh ring too
+            for presented in (None, plaintext):
+                with pytest.raises(AuthenticationError):
+                    await ring.identify(presented)
+
+    asyncio.run(main())

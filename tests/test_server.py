@@ -1,7 +1,10 @@
-"""`nsfwd serve` as a real process: start-up, health, metrics, and the no-keys guard."""
+"""`nsfwd serve` as a real process: start-up, health, metrics, and the no-keys guard (static
+keys or keys in the store)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -10,12 +13,28 @@ from pathlib import Path
 
 import httpx
 
+from nsfwd.jobs import Store
+from nsfwd.jobs.database import database_url
 from servers import free_port
 
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NSFWD_")}
     return {**env, **extra}
+
+
+def _wait_healthy(port: int, server: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    status = None
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            status = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code
+        except httpx.TransportError:
+            status = None
+        if status == 200:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the server never became healthy")
 
 
 def test_serve_answers_healthz_and_metrics_once_loaded(
@@ -27,17 +46,7 @@ def test_serve_answers_healthz_and_metrics_once_loaded(
     env = _env(NSFWD_DATA_DIR=str(tmp_path / "data"))
     with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) as server:
         try:
-            deadline = time.monotonic() + 60
-            status = None
-            while time.monotonic() < deadline and server.poll() is None:
-                try:
-                    status = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code
-                except httpx.TransportError:
-                    status = None
-                if status == 200:
-                    break
-                time.sleep(0.2)
-            assert status == 200, "the server never became healthy"
+            _wait_healthy(port, server)
             metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
             assert metrics.status_code == 200
             assert "nsfwd_queue_size" in metrics.text
@@ -49,12 +58,42 @@ def test_serve_answers_healthz_and_metrics_once_loaded(
     assert "no NSFWD_API_KEYS set" in stderr
 
 
-def test_serve_refuses_a_public_bind_without_keys(timm_checkpoint: Path) -> None:
+def test_serve_refuses_a_public_bind_without_keys(timm_checkpoint: Path, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "nsfwd", "serve", "--model", str(timm_checkpoint),
                "--host", "0.0.0.0", "--port", str(free_port())]  # fmt: skip
+    env = _env(NSFWD_DATA_DIR=str(tmp_path / "data"))  # the guard looks in the store too
     done = subprocess.run(
-        command, env=_env(), capture_output=True, text=True, timeout=120, check=False
+        command, env=env, capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 2
     assert "refusing to bind 0.0.0.0 without API keys" in done.stderr
-    assert "--insecure-no-auth" in done.stderr
+    assert "--insecure-no-auth" in done.stderr and "nsfwd keys create" in done.stderr
+
+
+def test_serve_binds_publicly_with_only_keys_from_the_store(
+    timm_checkpoint: Path, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+
+    async def make_key() -> str:
+        async with Store(database_url(data_dir)) as store:
+            return (await store.create_key("only-one"))[0]
+
+    key = asyncio.run(make_key())
+    port = free_port("0.0.0.0")
+    command = [sys.executable, "-m", "nsfwd", "serve", "--model", str(timm_checkpoint),
+               "--host", "0.0.0.0", "--port", str(port)]  # fmt: skip
+    env = _env(NSFWD_DATA_DIR=str(data_dir))
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) as server:
+        try:
+            _wait_healthy(port, server)
+            job = {"type": "inference.ping.v1"}
+            files = {"job": ("job.json", json.dumps(job), "application/json")}
+            url = f"http://127.0.0.1:{port}/v2/job"
+            assert httpx.post(url, files=files, timeout=10).status_code == 401
+            headers = {"Authorization": f"Bearer {key}"}
+            assert httpx.post(url, files=files, headers=headers, timeout=10).status_code == 200
+        finally:
+            server.terminate()
+            _, stderr = server.communicate(timeout=30)
+    assert "refusing" not in stderr and "without a token" not in stderr

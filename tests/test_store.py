@@ -423,7 +423,9 @@ def test_limits_refuse_creates_atomically(database: str) -> None:
 
 def test_api_keys_are_created_found_listed_and_revoked(database: str) -> None:
     async def body(store: Store, clock: Clock) -> None:
+        assert not await store.has_keys()
         secret, key = await store.create_key("ci", creates_per_minute=5, max_in_flight=2)
+        assert await store.has_keys()
         assert secret.startswith("nsfwd_") and len(secret) > 40
         assert key.prefix == secret[:12] and secret not in key.key_hash
         assert (key.creates_per_minute, key.max_in_flight) == (5, 2)
@@ -444,6 +446,7 @@ def test_api_keys_are_created_found_listed_and_revoked(database: str) -> None:
         by_secret = await store.revoke_key(other_secret)
         assert by_secret is not None and by_secret.id == other.id
         assert all(k.revoked for k in await store.list_keys())
+        assert await store.has_keys()  # revoked keys count: the API stays closed
 
     run_with_store(database, body)
 

@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from nsfwd import __version__
 from nsfwd.api import eachlabs, prodia, prodia_async
+from nsfwd.api.auth import KeyRing
 from nsfwd.api.errors import install_error_handlers
 from nsfwd.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from nsfwd.engine import Engine
@@ -32,7 +33,9 @@ def create_app(engine: Engine, settings: Settings, store: Store | None = None) -
     With a (not yet open) ``store``, the app also serves Prodia's async job API, and its lifespan
     opens the store (migrating its schema), then runs a :class:`~nsfwd.jobs.worker.Worker` on
     the engine; without one, only the synchronous routes exist. The store also backs Eachlabs'
-    prediction API, whose webhooks a :class:`~nsfwd.jobs.webhooks.WebhookSender` delivers.
+    prediction API, whose webhooks a :class:`~nsfwd.jobs.webhooks.WebhookSender` delivers, and
+    holds the keys made with ``nsfwd keys create``: one :class:`~nsfwd.api.auth.KeyRing` accepts
+    them, with the static ``NSFWD_API_KEYS``, on every route.
     """
     worker = None
     if store is not None:
@@ -45,6 +48,7 @@ def create_app(engine: Engine, settings: Settings, store: Store | None = None) -
             purge_every_s=min(PURGE_EVERY_S, settings.result_ttl_s / 2),
         )
     webhooks = None if store is None else WebhookSender.from_settings(store, settings)
+    keys = KeyRing(settings, store)  # one rule for who may call, on every route
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -74,6 +78,7 @@ def create_app(engine: Engine, settings: Settings, store: Store | None = None) -
     app.state.store = store
     app.state.worker = worker
     app.state.webhooks = webhooks
+    app.state.keys = keys
     app.add_middleware(
         BodyLimitMiddleware,
         max_body_bytes=settings.max_image_bytes + prodia.FORM_OVERHEAD_BYTES,
@@ -81,10 +86,10 @@ def create_app(engine: Engine, settings: Settings, store: Store | None = None) -
     )
     app.add_middleware(RequestIdMiddleware)  # outermost: its id is on every answer, 431 too
     install_error_handlers(app)
-    app.include_router(prodia.create_router(engine, settings))
+    app.include_router(prodia.create_router(engine, settings, keys))
     if store is not None and worker is not None:
-        app.include_router(prodia_async.create_router(engine, settings, store, worker))
-        app.include_router(eachlabs.create_router(engine, settings, store, worker))
+        app.include_router(prodia_async.create_router(engine, settings, keys, store, worker))
+        app.include_router(eachlabs.create_router(engine, settings, keys, store, worker))
 
     @app.get("/healthz", response_class=PlainTextResponse, tags=["ops"])
     async def healthz(request: Request) -> Response:

@@ -1,17 +1,48 @@
-"""Static API keys: checking a presented key, and Prodia's ``Authorization: Bearer`` scheme.
+"""Who is calling: one rule for API keys, shared by every wire protocol.
 
-With no keys configured, auth is off (the server refuses to bind beyond loopback then, see
-:mod:`nsfwd.server`).
+A key is either static (``NSFWD_API_KEYS``, compared in constant time) or made with
+``nsfwd keys create`` (kept in the job store, looked up by its hash, see
+:mod:`nsfwd.jobs.keys`). :class:`KeyRing` takes the key a request presents and answers with the
+:class:`Caller`, or raises :class:`AuthenticationError` saying whether the key was missing or
+wrong; each protocol renders that refusal its own way (Prodia: plain text with
+``WWW-Authenticate: Bearer``; Eachlabs: its JSON error body).
+
+With no static key and no key ever created in the store, the API is open: no key is needed
+(the server then refuses to bind beyond loopback, see :mod:`nsfwd.server`). Once any key exists,
+every request needs one; revoking the last key does not reopen the API.
 """
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from starlette.requests import Request
+from nsfwd.jobs import Store
+from nsfwd.jobs.keys import static_key_ref
+from nsfwd.ratelimit import KeyLimits
+from nsfwd.settings import Settings
 
-from nsfwd.api.errors import UnauthorizedError
+
+@dataclass(frozen=True)
+class Caller:
+    """The API key calling, as far as jobs, predictions and limits are concerned."""
+
+    ref: str
+    """What its jobs record as their owner (``predictions.api_key``): a store key's id, or a
+    hash prefix of a static key."""
+    limits: KeyLimits
+
+
+class AuthenticationError(Exception):
+    """A request without a key, or with one this server does not accept (or no longer)."""
+
+    def __init__(self, *, missing: bool, sources: str) -> None:
+        """``missing``: no key was presented (else a wrong or revoked one); ``sources``: where
+        keys come from, for the message (see :attr:`KeyRing.sources`)."""
+        super().__init__("missing API key" if missing else "invalid API key")
+        self.missing = missing
+        self.sources = sources
 
 
 def key_matches(presented: str, keys: Sequence[str]) -> bool:
@@ -20,26 +51,54 @@ def key_matches(presented: str, keys: Sequence[str]) -> bool:
     return any(hmac.compare_digest(candidate, key.encode()) for key in keys)
 
 
-def require_bearer(request: Request, keys: Sequence[str]) -> None:
-    """Raise :class:`UnauthorizedError` unless the request bears one of ``keys`` as its token.
+class KeyRing:
+    """The keys a server accepts: static ones from the settings, and the store's (if any)."""
 
-    Does nothing when ``keys`` is empty.
-    """
-    if not keys:
-        return
-    header = request.headers.get("authorization")
-    if header is None:
-        raise UnauthorizedError(
-            "missing API token: send the header 'Authorization: Bearer <token>' with a token "
-            "this server accepts (its operator sets them in NSFWD_API_KEYS)"
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+        """Accept ``settings.api_keys``, and the unrevoked keys of ``store`` when there is one
+        (it must be open by the time :meth:`identify` is called)."""
+        self.static_keys = tuple(settings.api_keys)
+        self.store = store
+        self.static_limits = KeyLimits(
+            creates_per_minute=settings.key_creates_per_minute,
+            max_in_flight=settings.key_max_in_flight,
         )
-    scheme, _, token = header.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise UnauthorizedError(
-            "the Authorization header must be 'Bearer <token>'; no other scheme is accepted"
-        )
-    if not key_matches(token.strip(), keys):
-        raise UnauthorizedError(
-            "invalid API token: the Bearer token is not one this server accepts; check the "
-            "token you were given"
-        )
+        self._required = bool(self.static_keys)
+        """Cached once true: keys are never deleted, only revoked, so it stays true."""
+
+    @property
+    def sources(self) -> str:
+        """Where this server's keys come from, worded for error messages."""
+        if self.store is None:
+            return "its operator sets them in NSFWD_API_KEYS"
+        return "its operator sets them in NSFWD_API_KEYS or makes them with `nsfwd keys create`"
+
+    async def required(self) -> bool:
+        """Whether callers need a key: a static key is set, or a key was ever created in the
+        store (revoked ones count). Asks the store until the answer is yes, so a key created by
+        another process (``nsfwd keys create``) closes the API at once."""
+        if not self._required and self.store is not None:
+            self._required = await self.store.has_keys()
+        return self._required
+
+    async def identify(self, presented: str | None) -> Caller | None:
+        """The caller whose key is ``presented`` (``None`` or blank: no key); ``None`` when the
+        API is open. Raises :class:`AuthenticationError` when a key is needed and ``presented``
+        is missing, unknown or revoked."""
+        key = (presented or "").strip()
+        if key:
+            if key_matches(key, self.static_keys):
+                return Caller(static_key_ref(key), self.static_limits)
+            if self.store is not None:
+                record = await self.store.find_key(key)
+                if record is not None:
+                    self._required = True
+                    return Caller(
+                        record.id, KeyLimits(record.creates_per_minute, record.max_in_flight)
+                    )
+        if not await self.required():
+            return None
+        raise AuthenticationError(missing=not key, sources=self.sources)
+
+
+__all__ = ["AuthenticationError", "Caller", "KeyLimits", "KeyRing", "key_matches"]

@@ -20,9 +20,10 @@ Every refusal is ``{"status": "error", "message": <what is wrong and what to do>
 ``rate_limited``, ``too_many_in_flight`` or ``server_busy`` (with ``Retry-After``), 5xx
 ``internal_error`` or ``unavailable``.
 
-With no ``NSFWD_API_KEYS`` and no key ever created in the store, no key is needed (the server
-then listens on loopback only, see :mod:`nsfwd.server`), as with the Prodia routes; without a
-key there are no per-key limits either, only the server's queue bound.
+Keys are checked by :class:`nsfwd.api.auth.KeyRing`, as on the Prodia routes: with no
+``NSFWD_API_KEYS`` and no key ever created in the store, no key is needed (the server then
+listens on loopback only, see :mod:`nsfwd.server`); without a key there are no per-key limits
+either, only the server's queue bound.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
-from nsfwd.api.auth import key_matches
+from nsfwd.api.auth import AuthenticationError, Caller, KeyRing
 from nsfwd.api.errors import (
     CLIENT_CLOSED_REQUEST,
     ApiError,
@@ -50,15 +51,9 @@ from nsfwd.api.errors import (
 from nsfwd.engine import Engine
 from nsfwd.fetch import FetchFailedError, FetchPolicy, UnsafeURLError, check_url, validate_url
 from nsfwd.jobs import CapacityError, Limits, Prediction, Store
-from nsfwd.jobs.keys import static_key_ref
 from nsfwd.jobs.webhooks import webhooks_enabled
 from nsfwd.jobs.worker import Worker
-from nsfwd.ratelimit import (
-    CreateRateLimiter,
-    KeyLimits,
-    RateLimitedError,
-    store_rate_retry_after,
-)
+from nsfwd.ratelimit import CreateRateLimiter, RateLimitedError, store_rate_retry_after
 from nsfwd.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -159,16 +154,6 @@ def document(prediction: Prediction) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class Caller:
-    """The API key calling, as far as predictions and limits are concerned."""
-
-    ref: str
-    """What its predictions record as their owner (``predictions.api_key``): a store key's id,
-    or a hash prefix of a static key."""
-    limits: KeyLimits
-
-
-@dataclass(frozen=True)
 class CreateRequest:
     """A parsed ``POST /v1/prediction/`` body."""
 
@@ -180,19 +165,19 @@ class CreateRequest:
 class EachlabsPredictions:
     """The Eachlabs routes over a store, whose predictions ``worker`` runs."""
 
-    def __init__(self, engine: Engine, settings: Settings, store: Store, worker: Worker) -> None:
-        """Serve predictions stored in ``store``; ``settings`` give keys, limits and policy."""
+    def __init__(
+        self, engine: Engine, settings: Settings, keys: KeyRing, store: Store, worker: Worker
+    ) -> None:
+        """Serve predictions stored in ``store`` to the callers ``keys`` accept; ``settings``
+        give limits and policy."""
         self.engine = engine
         self.settings = settings
+        self.keys = keys
         self.store = store
         self.worker = worker
         self.policy: FetchPolicy = settings.fetch_policy
         self.public_model = settings.served_model_name or engine.model_name
         self.models = {MODEL_SLUG, self.public_model, engine.model_name}
-        self.default_limits = KeyLimits(
-            creates_per_minute=settings.key_creates_per_minute,
-            max_in_flight=settings.key_max_in_flight,
-        )
         self.rate_limiter = CreateRateLimiter()
         self.webhooks = webhooks_enabled(settings)
 
@@ -227,28 +212,20 @@ class EachlabsPredictions:
     async def _caller(self, request: Request) -> Caller | None:
         """The key ``X-API-Key`` names; ``None`` when the API is open (no keys anywhere); else
         401."""
-        presented = request.headers.get(KEY_HEADER, "").strip()
-        if presented:
-            if key_matches(presented, self.settings.api_keys):
-                return Caller(static_key_ref(presented), self.default_limits)
-            record = await self.store.find_key(presented)
-            if record is not None:
-                return Caller(record.id, KeyLimits(record.creates_per_minute, record.max_in_flight))
-        if not self.settings.api_keys and not await self.store.list_keys():
-            return None  # no keys anywhere: the API is open
-        if not presented:
-            raise EachlabsError(
-                "missing API key: send the header 'X-API-Key: <key>' with a key this server "
-                "accepts (its operator sets NSFWD_API_KEYS or runs `nsfwd keys create`)",
-                status=401,
-                details="invalid_api_key",
-            )
-        raise EachlabsError(
-            "invalid API key: the X-API-Key is not one this server accepts, or it was revoked; "
-            "check the key you were given",
-            status=401,
-            details="invalid_api_key",
-        )
+        try:
+            return await self.keys.identify(request.headers.get(KEY_HEADER))
+        except AuthenticationError as exc:
+            if exc.missing:
+                message = (
+                    "missing API key: send the header 'X-API-Key: <key>' with a key this server "
+                    f"accepts ({exc.sources})"
+                )
+            else:
+                message = (
+                    "invalid API key: the X-API-Key is not one this server accepts, or it was "
+                    "revoked; check the key you were given"
+                )
+            raise EachlabsError(message, status=401, details="invalid_api_key") from None
 
     # --- POST /v1/prediction/ --------------------------------------------------------------
 
@@ -461,9 +438,12 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def create_router(engine: Engine, settings: Settings, store: Store, worker: Worker) -> APIRouter:
-    """The Eachlabs routes over ``store``, whose predictions ``worker`` runs."""
-    predictions = EachlabsPredictions(engine, settings, store, worker)
+def create_router(
+    engine: Engine, settings: Settings, keys: KeyRing, store: Store, worker: Worker
+) -> APIRouter:
+    """The Eachlabs routes over ``store``, whose predictions ``worker`` runs, for the callers
+    ``keys`` accept."""
+    predictions = EachlabsPredictions(engine, settings, keys, store, worker)
     router = APIRouter(prefix=ROUTE, tags=["eachlabs"])
     for path, shown in (("/", True), ("", False)):
         router.add_api_route(

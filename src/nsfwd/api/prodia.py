@@ -1,9 +1,10 @@
 """Prodia's synchronous job API: ``POST /v2/job``, as the official ``prodia`` npm client speaks it.
 
-The request path, step by step: bearer token -> the multipart body, read as it streams in (a part
-``job`` with the job JSON, parts ``input`` with the image) -> the job, checked (type, model,
-input) -> the engine, raced against the client going away -> the finished job, as JSON or as
-multipart/form-data as the ``Accept`` header asks.
+The request path, step by step: the bearer token (a key from ``NSFWD_API_KEYS`` or ``nsfwd keys
+create``, checked by :class:`nsfwd.api.auth.KeyRing`) -> the multipart body, read as it streams in
+(a part ``job`` with the job JSON, parts ``input`` with the image) -> the job, checked (type,
+model, input) -> the engine, raced against the client going away -> the finished job, as JSON or
+as multipart/form-data as the ``Accept`` header asks.
 
 Job types: ``inference.vit.img2label.v1`` (labels under ``config.labels``),
 ``inference.vit.img2label.v2`` (multipart: the job, then ``output`` parts ``labels.json`` and the
@@ -33,7 +34,7 @@ from fastapi.responses import PlainTextResponse
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
-from nsfwd.api.auth import require_bearer
+from nsfwd.api.auth import AuthenticationError, Caller, KeyRing
 from nsfwd.api.errors import (
     CLIENT_CLOSED_REQUEST,
     ApiError,
@@ -41,6 +42,7 @@ from nsfwd.api.errors import (
     ClientGoneError,
     PayloadTooLargeError,
     TooBusyError,
+    UnauthorizedError,
     UnavailableError,
 )
 from nsfwd.api.multipart import Part, encode_form, read_form
@@ -178,10 +180,12 @@ def _reject_constant(name: str) -> None:
 class ProdiaJobs:
     """The ``POST /v2/job`` endpoint over one engine."""
 
-    def __init__(self, engine: Engine, settings: Settings) -> None:
-        """Serve jobs on ``engine``; ``settings`` give the API keys, model name and limits."""
+    def __init__(self, engine: Engine, settings: Settings, keys: KeyRing) -> None:
+        """Serve jobs on ``engine`` to the callers ``keys`` accept; ``settings`` give the model
+        name and limits."""
         self.engine = engine
         self.settings = settings
+        self.keys = keys
         self.public_model = settings.served_model_name or engine.model_name
         self.models = {self.public_model, engine.model_name}
 
@@ -209,8 +213,30 @@ class ProdiaJobs:
         metrics.request_seconds.labels(route=ROUTE).observe(time.perf_counter() - started)
         return response
 
+    async def _identify(self, request: Request) -> Caller | None:
+        """The caller the Bearer token names (``None`` when the API is open); else 401."""
+        header = request.headers.get("authorization")
+        scheme, _, token = (header or "").strip().partition(" ")
+        bearer = scheme.lower() == "bearer" and bool(token.strip())
+        try:
+            return await self.keys.identify(token if bearer else None)
+        except AuthenticationError as exc:
+            if header is not None and not bearer:
+                raise UnauthorizedError(
+                    "the Authorization header must be 'Bearer <token>'; no other scheme is accepted"
+                ) from None
+            if exc.missing:
+                raise UnauthorizedError(
+                    "missing API token: send the header 'Authorization: Bearer <token>' with a "
+                    f"token this server accepts ({exc.sources})"
+                ) from None
+            raise UnauthorizedError(
+                "invalid API token: the Bearer token is not one this server accepts, or it was "
+                "revoked; check the token you were given"
+            ) from None
+
     async def _run(self, request: Request, job: Job) -> Response:
-        require_bearer(request, self.settings.api_keys)
+        await self._identify(request)
         async with contextlib.aclosing(request.stream()) as chunks:
             parts = await read_form(
                 request.headers.get("content-type", ""),
@@ -374,9 +400,9 @@ async def _disconnect(receive: Receive) -> None:
         pass
 
 
-def create_router(engine: Engine, settings: Settings) -> APIRouter:
-    """The Prodia routes over ``engine``."""
-    jobs = ProdiaJobs(engine, settings)
+def create_router(engine: Engine, settings: Settings, keys: KeyRing) -> APIRouter:
+    """The Prodia routes over ``engine``, for the callers ``keys`` accept."""
+    jobs = ProdiaJobs(engine, settings, keys)
     router = APIRouter(tags=["prodia"])
     router.add_api_route(
         ROUTE,

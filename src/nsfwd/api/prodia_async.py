@@ -15,9 +15,9 @@
 * ``GET /v2/job/async/{id}/output/{filename}``: one output: ``labels.json`` as JSON, the image
   byte for byte with its uploaded content type.
 
-Same Bearer auth as ``POST /v2/job``. A job is visible only to the key that submitted it (when
-keys are configured); an unknown, expired or foreign id is 404. Results are kept
-``result_ttl_s`` after they finish.
+Same Bearer auth as ``POST /v2/job`` (static keys and keys from ``nsfwd keys create``). A job is
+visible only to the key that submitted it (when keys are needed); an unknown, expired or foreign
+id is 404. Results are kept ``result_ttl_s`` after they finish.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.requests import ClientDisconnect
 
-from nsfwd.api.auth import require_bearer
+from nsfwd.api.auth import KeyRing
 from nsfwd.api.errors import (
     CLIENT_CLOSED_REQUEST,
     ApiError,
@@ -59,7 +59,6 @@ from nsfwd.api.prodia import (
 from nsfwd.engine import Engine
 from nsfwd.images import ImageError, ImageTooLargeError, load_image
 from nsfwd.jobs import CapacityError, Limits, Prediction, Store, Upload
-from nsfwd.jobs.keys import static_key_ref
 from nsfwd.jobs.worker import Worker
 from nsfwd.settings import Settings
 
@@ -121,19 +120,19 @@ def output_name(filename: str | None, fallback: str) -> str:
 class ProdiaAsyncJobs(ProdiaJobs):
     """The async routes over a store; jobs are parsed and checked exactly as ``POST /v2/job``."""
 
-    def __init__(self, engine: Engine, settings: Settings, store: Store, worker: Worker) -> None:
+    def __init__(
+        self, engine: Engine, settings: Settings, keys: KeyRing, store: Store, worker: Worker
+    ) -> None:
         """Serve async jobs stored in ``store`` and run by ``worker``."""
-        super().__init__(engine, settings)
+        super().__init__(engine, settings, keys)
         self.store = store
         self.worker = worker
 
-    def _caller(self, request: Request) -> str | None:
-        """Check the Bearer token; returns what jobs record as their owner (None without keys)."""
-        require_bearer(request, self.settings.api_keys)
-        if not self.settings.api_keys:
-            return None
-        token = request.headers["authorization"].strip().partition(" ")[2].strip()
-        return static_key_ref(token)
+    async def _owner(self, request: Request) -> str | None:
+        """Check the Bearer token; returns what jobs record as their owner (``None`` when the
+        API is open)."""
+        caller = await self._identify(request)
+        return None if caller is None else caller.ref
 
     def _count(self, route: str, response: Response, started: float) -> Response:
         metrics = self.engine.metrics
@@ -165,7 +164,7 @@ class ProdiaAsyncJobs(ProdiaJobs):
         return self._count(ROUTE, response, started)
 
     async def _submit(self, request: Request, job: Job) -> Response:
-        owner = self._caller(request)
+        owner = await self._owner(request)
         async with contextlib.aclosing(request.stream()) as chunks:
             parts = await read_form(
                 request.headers.get("content-type", ""),
@@ -234,7 +233,7 @@ class ProdiaAsyncJobs(ProdiaJobs):
     # --- GET /v2/job/async/{id}/... ----------------------------------------------------------
 
     async def _find(self, request: Request, job_id: str) -> Prediction:
-        owner = self._caller(request)
+        owner = await self._owner(request)
         prediction = await self.store.get_prediction(job_id)
         if (
             prediction is None
@@ -302,9 +301,12 @@ def _output_names(prediction: Prediction) -> list[str]:
     return names
 
 
-def create_router(engine: Engine, settings: Settings, store: Store, worker: Worker) -> APIRouter:
-    """The Prodia async routes over ``store``, whose jobs ``worker`` runs."""
-    jobs = ProdiaAsyncJobs(engine, settings, store, worker)
+def create_router(
+    engine: Engine, settings: Settings, keys: KeyRing, store: Store, worker: Worker
+) -> APIRouter:
+    """The Prodia async routes over ``store``, whose jobs ``worker`` runs, for the callers
+    ``keys`` accept."""
+    jobs = ProdiaAsyncJobs(engine, settings, keys, store, worker)
     router = APIRouter(prefix=ROUTE, tags=["prodia"])
     router.add_api_route(
         "",

@@ -712,6 +712,12 @@ class Store:
         async with self._read() as connection:
             return [_api_key(row) for row in (await connection.execute(query)).all()]
 
+    async def has_keys(self) -> bool:
+        """Whether any key was ever created, revoked ones included (one row read at most)."""
+        query = select(api_keys.c.id).limit(1)
+        async with self._read() as connection:
+            return (await connection.execute(query)).first() is not None
+
     async def revoke_key(self, id_or_prefix: str) -> ApiKey | None:
         """Revoke the key with this id, display prefix or secret; returns it (revoked), or
         ``None`` when none matches. Raises :class:`AmbiguousKeyError` if several match."""

@@ -135,3 +135,21 @@ def test_dtype_defaults_fp32_on_cpu_bf16_on_gpu() -> None:
     assert pick_dtype(torch.device("cpu"), "bfloat16") == torch.bfloat16
     with pytest.raises(ValueError, match="dtype must be one of"):
         pick_dtype(torch.device("cpu"), "int3")
+
+
+def test_int8_mode_stays_close_to_the_exact_one(timm_checkpoint: Path) -> None:
+    exact = Classifier.load(str(timm_checkpoint))
+    fast = Classifier.load(str(timm_checkpoint), quantize="int8")
+    fp32 = [n for n, m in fast.loaded.module.named_modules() if type(m) is torch.nn.Linear]
+    assert fp32, "EVA's fused qkv layers stay in fp32"
+    assert all(name.endswith("attn.qkv") for name in fp32), fp32
+    for a, b in zip(exact.classify(IMAGES), fast.classify(IMAGES), strict=True):
+        assert sum(b.values()) == pytest.approx(1.0, abs=1e-5)
+        assert max(abs(a[k] - b[k]) for k in SEVERITY) < 0.05
+
+
+def test_int8_mode_is_refused_where_it_cannot_run(timm_checkpoint: Path) -> None:
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        Classifier.load(str(timm_checkpoint), quantize="int4")
+    with pytest.raises(ValueError, match="starts from float32 weights"):
+        Classifier.load(str(timm_checkpoint), dtype="bfloat16", quantize="int8")

@@ -37,6 +37,7 @@ from PIL import Image
 
 from nsfwd.models import Classifier
 from nsfwd.pipeline import classify_files
+from nsfwd.policies import Policy
 
 SUITES = ("model", "pipeline", "server")
 
@@ -49,6 +50,7 @@ class BenchConfig:
     arch: str = "eva02_base_patch14_448"
     device: str | None = None
     dtype: str | None = None
+    quantize: str | None = None
     suites: Sequence[str] = SUITES
     batch_sizes: Sequence[int] = (1, 2, 4)
     images: int = 16
@@ -149,6 +151,21 @@ def bench_pipeline(classifier: Classifier, files: list[Path], batch_size: int) -
     }
 
 
+def agreement(exact: Classifier, fast: Classifier, files: list[Path]) -> dict[str, Any]:
+    """How far a fast mode's labels stray from the exact mode's on the same images."""
+    exact_results = list(classify_files(exact, files, batch_size=exact.batch_size))
+    fast_results = list(classify_files(fast, files, batch_size=fast.batch_size))
+    moderate = Policy("moderate")
+    max_dp = 0.0
+    changed = 0
+    for a, b in zip(exact_results, fast_results, strict=True):
+        if a.labels is None or b.labels is None:
+            continue
+        max_dp = max(max_dp, *(abs(a.labels[k] - b.labels[k]) for k in a.labels))
+        changed += moderate.flagged(a.labels) != moderate.flagged(b.labels)
+    return {"images": len(files), "max_abs_dp": max_dp, "moderate_decisions_changed": changed}
+
+
 def bench_reference(
     model_dir: str, files: list[Path], device: torch.device, dtype: str, batch_size: int
 ) -> dict[str, Any]:
@@ -237,10 +254,12 @@ def bench_server(
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "NSFWD_DATABASE_URL"},
         "NSFWD_MAX_BATCH_SIZE": str(batch_size),
         "NSFWD_MAX_QUEUE": str(max(cfg.concurrency * 2, 64)),
         "NSFWD_API_KEYS": "",
+        # A store of its own: keys in the user's ./data would close the open API to the bench.
+        "NSFWD_DATA_DIR": str(files[0].parent.parent / "server-data"),
     }
     command = [
         sys.executable,
@@ -258,6 +277,8 @@ def bench_server(
         command += ["--device", cfg.device]
     if cfg.dtype:
         command += ["--dtype", cfg.dtype]
+    if cfg.quantize:
+        command += ["--quantize", cfg.quantize]
     bodies = [p.read_bytes() for p in files]
     log_path = Path(tempfile.mkstemp(prefix="nsfwd-bench-server-", suffix=".log")[1])
     with (
@@ -324,7 +345,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchRepo
     with tempfile.TemporaryDirectory(prefix="nsfwd-bench-") as tmp:
         workdir = Path(tmp)
         model = prepare_model(cfg, workdir)
-        classifier = Classifier.load(model, device=cfg.device, dtype=cfg.dtype)
+        classifier = Classifier.load(
+            model, device=cfg.device, dtype=cfg.dtype, quantize=cfg.quantize
+        )
         config = {k: v for k, v in asdict(cfg).items() if k != "out"}
         config.update(model=model if cfg.model else f"random {cfg.arch}", out=str(cfg.out))
         report = BenchReport(config=config, machine=machine_info(classifier.device))
@@ -337,6 +360,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchRepo
         if "pipeline" in cfg.suites:
             log(f"pipeline: {len(files)} JPEGs {cfg.image_size[0]}x{cfg.image_size[1]} ...")
             report.results["pipeline"] = bench_pipeline(classifier, files, batch_size)
+        if cfg.quantize:
+            log(f"agreement: {cfg.quantize} against the exact mode on the same images ...")
+            exact = Classifier.load(model, device=cfg.device, dtype=cfg.dtype)
+            report.results["agreement"] = agreement(exact, classifier, files)
+            del exact
         if cfg.compare_reference:
             reference = []
             for dtype in cfg.reference_dtypes:
@@ -371,6 +399,13 @@ def format_report(report: BenchReport) -> str:
         lines.append(
             f"model     batch {row['batch_size']:>4}  {row['images_per_s']:9.2f} img/s  "
             f"{row['batch_ms']:9.1f} ms/batch"
+        )
+    agreed = results.get("agreement")
+    if agreed:
+        lines.append(
+            f"agreement {report.config['quantize']} vs exact over {agreed['images']} images: "
+            f"max |dp| {agreed['max_abs_dp']:.4f}, moderate decisions changed "
+            f"{agreed['moderate_decisions_changed']}"
         )
     pipeline = results.get("pipeline")
     if pipeline:

@@ -33,6 +33,12 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         choices=["float32", "bfloat16", "float16"],
         help="inference precision (default: bfloat16 on GPU, float32 on CPU)",
     )
+    parser.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="faster CPU mode: int8 dynamic quantisation of the linear layers (slightly "
+        "different results; default: exact)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--insecure-no-auth",
         action="store_true",
-        help="allow binding beyond loopback without NSFWD_API_KEYS (anyone can call the API)",
+        help="allow binding beyond loopback without API keys (none in NSFWD_API_KEYS, none made "
+        "with `nsfwd keys create`): anyone can call the API",
     )
     bench = sub.add_parser(
         "bench",
@@ -113,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--arch", default="eva02_base_patch14_448", help="timm architecture")
     bench.add_argument("--device", help="torch device (default: auto)")
     bench.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    bench.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="measure the int8 CPU mode, and its agreement with the exact mode on the same images",
+    )
     bench.add_argument(
         "--suites", default="model,pipeline,server", help="comma-separated: model,pipeline,server"
     )
@@ -137,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys = sub.add_parser(
         "keys",
-        help="create, list and revoke API keys for the Eachlabs API",
+        help="create, list and revoke API keys (for the Prodia and Eachlabs APIs)",
         description="Manage API keys kept in the job store (NSFWD_DATA_DIR or "
         "NSFWD_DATABASE_URL, as `nsfwd serve` uses). Only a hash of each key is stored: the key "
         "itself is printed once, by `create`. Running servers see changes at once.",
@@ -188,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "keys":
             return _keys(args)
         return _serve(args)
-    except ModelNotAvailableError as exc:
+    except (ModelNotAvailableError, ValueError) as exc:  # a missing model, or options that clash
         print(f"nsfwd: {exc}", file=sys.stderr)
         return 2
 
@@ -198,7 +210,16 @@ def _settings_for(args: argparse.Namespace) -> Settings:
 
     overrides = {
         key: value
-        for key in ("model", "revision", "device", "dtype", "served_model_name", "host", "port")
+        for key in (
+            "model",
+            "revision",
+            "device",
+            "dtype",
+            "quantize",
+            "served_model_name",
+            "host",
+            "port",
+        )
         if (value := getattr(args, key, None)) is not None
     }
     return Settings(**overrides)
@@ -223,7 +244,11 @@ def _classify(args: argparse.Namespace) -> int:
         print("nsfwd classify: no image files found under the given paths", file=sys.stderr)
         return 1
     classifier = Classifier.load(
-        settings.model, revision=settings.revision, device=settings.device, dtype=settings.dtype
+        settings.model,
+        revision=settings.revision,
+        device=settings.device,
+        dtype=settings.dtype,
+        quantize=settings.quantize,
     )
     policy.check(classifier.labels)
     writer: Writer
@@ -289,6 +314,7 @@ def _bench(args: argparse.Namespace) -> int:
         arch=args.arch,
         device=args.device,
         dtype=args.dtype,
+        quantize=args.quantize,
         suites=suites,
         batch_sizes=_ints(args.batch_sizes),
         images=args.images,

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import socket
 
 import uvicorn
+from sqlalchemy.exc import SQLAlchemyError
 
 from nsfwd.api import create_app
+from nsfwd.api.auth import KeyRing
 from nsfwd.engine import Engine
 from nsfwd.jobs import Store
-from nsfwd.jobs.database import DatabaseUrlError
+from nsfwd.jobs.database import DatabaseUrlError, redacted
 from nsfwd.models import Classifier
 from nsfwd.settings import Settings
 
@@ -37,7 +40,11 @@ def is_loopback(host: str) -> bool:
 def build_engine(settings: Settings) -> Engine:
     """Load the classifier the settings name and wrap it in an engine."""
     classifier = Classifier.load(
-        settings.model, revision=settings.revision, device=settings.device, dtype=settings.dtype
+        settings.model,
+        revision=settings.revision,
+        device=settings.device,
+        dtype=settings.dtype,
+        quantize=settings.quantize,
     )
     log.info(
         "loaded %s (%s) on %s in %s; labels %s",
@@ -57,22 +64,38 @@ def build_engine(settings: Settings) -> Engine:
     )
 
 
+async def _keys_required(settings: Settings, url: str) -> bool:
+    """:meth:`KeyRing.required` on a short-lived handle of the store at ``url``."""
+    async with Store(url) as store:
+        return await KeyRing(settings, store).required()
+
+
 def run(settings: Settings, *, insecure_no_auth: bool = False) -> int:
     """Serve until interrupted; returns the exit status."""
-    if not settings.api_keys:
-        if not is_loopback(settings.host) and not insecure_no_auth:
-            log.error(
-                "refusing to bind %s without API keys: set NSFWD_API_KEYS, bind 127.0.0.1, "
-                "or pass --insecure-no-auth to let anyone call the API",
-                settings.host,
-            )
-            return 2
-        log.warning("no NSFWD_API_KEYS set: the API accepts requests without a token")
     try:
         store = Store.from_settings(settings)
     except DatabaseUrlError as exc:
         log.error("%s", exc)
         return 2
+    # Static keys settle it; otherwise the store says whether any key was ever created.
+    try:
+        keyed = bool(settings.api_keys) or asyncio.run(_keys_required(settings, store.url))
+    except (OSError, SQLAlchemyError) as exc:
+        log.error("cannot open the job store %s: %s", redacted(store.url), exc)
+        return 2
+    if not keyed:
+        if not is_loopback(settings.host) and not insecure_no_auth:
+            log.error(
+                "refusing to bind %s without API keys: set NSFWD_API_KEYS or create one with "
+                "`nsfwd keys create`, bind 127.0.0.1, or pass --insecure-no-auth to let anyone "
+                "call the API",
+                settings.host,
+            )
+            return 2
+        log.warning(
+            "no NSFWD_API_KEYS set and no key created with `nsfwd keys create`: the API accepts "
+            "requests without a token until a key is created"
+        )
     app = create_app(build_engine(settings), settings, store)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
     return 0

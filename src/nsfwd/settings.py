@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -61,12 +61,18 @@ class Settings(BaseSettings):
     dtype: str | None = Field(
         None, description="float32, bfloat16 or float16; bf16 on GPU and fp32 on CPU when unset."
     )
+    quantize: Literal["int8"] | None = Field(
+        None,
+        description="'int8': dynamic int8 quantisation of the linear layers, a faster CPU mode "
+        "whose results differ slightly from the exact fp32 ones (agreement in BENCHMARKS.md).",
+    )
     host: str = Field("127.0.0.1", description="Address to bind; loopback unless keys are set.")
     port: int = Field(8000, description="Port to bind.")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated static API keys (Bearer tokens for Prodia, X-API-Key for "
-        "Eachlabs). With none, the server refuses to bind beyond loopback.",
+        "Eachlabs). With none, and no key made with `nsfwd keys create`, the server refuses to "
+        "bind beyond loopback.",
     )
     max_batch_size: int | None = Field(
         None,

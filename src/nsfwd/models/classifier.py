@@ -7,8 +7,9 @@ and, later, a Ray Serve replica or a Ray Data ``map_batches`` worker.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -40,10 +41,54 @@ def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+QUANTIZATIONS = ("int8",)
+"""Opt-in faster CPU modes; results differ slightly from the exact fp32 ones (see BENCHMARKS.md)."""
+
+
+def quantize_int8(module: torch.nn.Module) -> torch.nn.Module:
+    """Dynamic int8 quantisation of the Linear layers, for the CPU.
+
+    Weights are stored as int8 and activations are quantised batch by batch at run time
+    (fbgemm kernels); attention and normalisation stay in fp32. EVA's fused ``qkv`` layers are
+    left in fp32: their attention calls ``F.linear`` on ``qkv.weight`` with separate q and v
+    biases, which a quantised layer cannot serve.
+    """
+    qconfig = torch.ao.quantization.default_dynamic_qconfig
+    spec = {
+        name: qconfig
+        for name, child in module.named_modules()
+        if isinstance(child, torch.nn.Linear) and not _feeds_fused_attention(module, name)
+    }
+    with warnings.catch_warnings():
+        # torch.ao's eager quantisation points users at torchao; it still works and needs no
+        # extra dependency, so keep it until torch drops it.
+        warnings.simplefilter("ignore")
+        quantized: torch.nn.Module = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
+            module, spec, dtype=torch.qint8
+        )
+    return quantized
+
+
+def _feeds_fused_attention(root: torch.nn.Module, name: str) -> bool:
+    parent_name, _, leaf = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    return leaf == "qkv" and hasattr(parent, "q_bias")
+
+
 def default_batch_size(device: torch.device) -> int:
     """Images per batch: large on a GPU; 2 on a CPU, where EVA-02-B/448 gets slower per image
     from batch 4 on (measured with `nsfwd bench --suites model`, see BENCHMARKS.md)."""
     return 32 if device.type == "cuda" else 2
+
+
+def _quantized(module: torch.nn.Module, quantize: str, device: torch.device) -> torch.nn.Module:
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, not {quantize!r}")
+    if device.type != "cpu":
+        raise ValueError("int8 quantisation is a CPU mode; on a GPU, bf16 is the fast path")
+    if next(module.parameters()).dtype != torch.float32:
+        raise ValueError("int8 quantisation starts from float32 weights; drop --dtype")
+    return quantize_int8(module)
 
 
 @dataclass
@@ -63,8 +108,12 @@ class Classifier:
         revision: str | None = None,
         device: str | None = None,
         dtype: str | None = None,
+        quantize: str | None = None,
     ) -> Classifier:
-        """Load ``model`` (a Hub id or a folder) onto ``device`` in ``dtype`` (auto when None)."""
+        """Load ``model`` (a Hub id or a folder) onto ``device`` in ``dtype`` (auto when None).
+
+        ``quantize="int8"`` trades a little agreement with the exact model for CPU speed.
+        """
         folder = resolve_model_dir(model, revision)
         hub_id = source_id(folder) or (None if Path(model).expanduser().is_dir() else model)
         loaded = load_checkpoint(folder, hub_id)
@@ -73,6 +122,8 @@ class Classifier:
         if torch_device.type == "cpu":
             torch.set_num_threads(len(os.sched_getaffinity(0)))
         loaded.module.to(device=torch_device, dtype=torch_dtype).eval()
+        if quantize is not None:
+            loaded = replace(loaded, module=_quantized(loaded.module, quantize, torch_device))
         return cls(loaded=loaded, device=torch_device, dtype=torch_dtype, name=hub_id or model)
 
     @property

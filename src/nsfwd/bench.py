@@ -283,7 +283,7 @@ def bench_server(
     log_path = Path(tempfile.mkstemp(prefix="nsfwd-bench-server-", suffix=".log")[1])
     with (
         log_path.open("w") as log_file,
-        subprocess.Popen(command, env=env, stderr=log_file) as process,
+        subprocess.Popen(command, env=env, stdout=log_file, stderr=log_file) as process,
     ):
         try:
             cold_start = _wait_healthy(url, process, log_path)

@@ -76,8 +76,8 @@ def _feeds_fused_attention(root: torch.nn.Module, name: str) -> bool:
 
 
 def default_batch_size(device: torch.device) -> int:
-    """Images per batch: large on a GPU; 2 on a CPU, where EVA-02-B/448 gets slower per image
-    from batch 4 on (measured with `nsfwd bench --suites model`, see BENCHMARKS.md)."""
+    """Images per batch: large on a GPU; 2 on a CPU, where EVA-02-B/448 is no faster per image
+    in bigger batches (BENCHMARKS.md) and small batches keep latency down."""
     return 32 if device.type == "cuda" else 2
 
 

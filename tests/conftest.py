@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from checkpoints import write_timm_checkpoint, write_vit_checkpoint
+from hosts import Canary, Host
 from nsfwd.models import Classifier
 
 
@@ -92,3 +93,23 @@ def eva02_b448_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_timm_checkpoint(
         tmp_path_factory.mktemp("eva02-b448-timm"), arch="eva02_base_patch14_448"
     )
+
+
+@pytest.fixture(scope="module")
+def host() -> Iterator[tuple[str, Host]]:
+    """An image host and webhook receiver on 127.0.0.2: its base URL and its records."""
+    from servers import serve_app
+
+    receiver = Host()
+    with serve_app(receiver.app, host="127.0.0.2", timeout_graceful_shutdown=1) as url:
+        yield url, receiver
+
+
+@pytest.fixture(scope="module")
+def canary(host: tuple[str, Host]) -> Iterator[Canary]:
+    """A listener on 127.0.0.1 at the host's port; nothing may ever reach it."""
+    import httpx
+
+    canary = Canary(httpx.URL(host[0]).port or 0)
+    yield canary
+    canary.close()

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-import httpx
 import pytest
 import requests
 from PIL import Image
 
+from hosts import ALLOWED, SECRET, Canary, Hit, Host, verified
 from nsfwd.api import create_app
 from nsfwd.engine import Engine
 from nsfwd.jobs import Delivery, Store, Upload
@@ -31,8 +31,6 @@ from nsfwd.models import Classifier
 from nsfwd.policies import Policy
 from nsfwd.settings import Settings
 from servers import serve_app
-from test_fetch import Canary
-from test_webhooks import ALLOWED, SECRET, Hit, Host, verified
 
 T = TypeVar("T")
 KEY, OTHER = "eachlabs-test-key", "eachlabs-other-key"
@@ -61,20 +59,6 @@ def eachlabs_server(
     store = Store.from_settings(settings)
     with serve_app(create_app(engine, settings, store)) as url:
         yield url, store.url
-
-
-@pytest.fixture(scope="module")
-def host() -> Iterator[tuple[str, Host]]:
-    receiver = Host()
-    with serve_app(receiver.app, host="127.0.0.2", timeout_graceful_shutdown=1) as url:
-        yield url, receiver
-
-
-@pytest.fixture(scope="module")
-def canary(host: tuple[str, Host]) -> Iterator[Canary]:
-    canary = Canary(httpx.URL(host[0]).port or 0)
-    yield canary
-    canary.close()
 
 
 @pytest.fixture(autouse=True)

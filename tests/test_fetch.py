@@ -13,7 +13,6 @@ import asyncio
 import re
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Awaitable, Iterator
 from dataclasses import replace
@@ -28,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from hosts import Canary
 from nsfwd.fetch import (
     FetchFailedError,
     FetchPolicy,
@@ -142,43 +142,6 @@ APP = Starlette(
         Route("/stall", stall),
     ]
 )
-
-
-class Canary:
-    """A TCP listener on 127.0.0.1 that records every connection; nothing may ever reach it.
-
-    It answers like a web server, so that a fetch that wrongly reached it would succeed and the
-    recorded hit, not an error, would tell.
-    """
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.hits: list[bytes] = []
-        self._listener = socket.create_server(("127.0.0.1", port))
-        self._listener.settimeout(0.05)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="canary", daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                self.hits.append(b"<connected>")
-                conn.settimeout(1)
-                try:
-                    self.hits[-1] = conn.recv(65536) or b"<connected>"
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\ncanary")
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._listener.close()
 
 
 @pytest.fixture(scope="module")

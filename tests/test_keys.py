@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from hosts import Host, jpeg
 from nsfwd.api.auth import AuthenticationError, KeyRing
 from nsfwd.cli import main
 from nsfwd.jobs import Store
@@ -27,7 +28,6 @@ from servers import serve_app
 from test_api_eachlabs import SERVED, assert_error, create, created_id, eachlabs_server, poll
 from test_api_prodia import job_files
 from test_api_prodia import jpeg as photo
-from test_webhooks import Host, jpeg
 
 NSFWD = Path(sys.executable).with_name("nsfwd")
 

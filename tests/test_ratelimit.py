@@ -6,19 +6,15 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
+from hosts import Canary, Host
 from nsfwd.jobs import CapacityError
 from nsfwd.models import Classifier
 from nsfwd.ratelimit import CreateRateLimiter, KeyLimits, RateLimitedError, store_rate_retry_after
-from servers import serve_app
 from test_api_eachlabs import assert_error, create, created_id, eachlabs_server, make_key, poll
-from test_fetch import Canary
-from test_webhooks import Host
 
 
 class FakeClock:
@@ -95,20 +91,6 @@ def test_the_stores_rate_refusal_estimates_when_room_frees() -> None:
 
 
 # --- Across replicas: two servers on one store ------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def host() -> Iterator[tuple[str, Host]]:
-    receiver = Host()
-    with serve_app(receiver.app, host="127.0.0.2", timeout_graceful_shutdown=1) as url:
-        yield url, receiver
-
-
-@pytest.fixture(scope="module")
-def canary(host: tuple[str, Host]) -> Iterator[Canary]:
-    canary = Canary(httpx.URL(host[0]).port or 0)
-    yield canary
-    canary.close()
 
 
 def test_limits_hold_across_replicas_sharing_a_store(

@@ -1,7 +1,7 @@
 """Webhook delivery (nsfwd.jobs.webhooks) on real stores, to a real receiver on loopback.
 
 The receiver (and image host, for the API tests that import it) listens on 127.0.0.2, allowed
-through ``allow_networks``; the canary from test_fetch listens on 127.0.0.1 at the same port and
+through ``allow_networks``; the canary (tests/hosts.py) listens on 127.0.0.1 at the same port and
 must never be reached. Deliveries come from predictions finished through the store, exactly as
 the worker finishes them, so the outbox is the real one.
 """
@@ -9,29 +9,21 @@ the worker finishes them, so the outbox is the real one.
 from __future__ import annotations
 
 import asyncio
-import io
 import itertools
 import json
 import stat
-import threading
 import time
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 import pytest
-from PIL import Image
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
+from hosts import ALLOWED, SECRET, Canary, Hit, Host, verified
 from nsfwd.fetch import FetchPolicy, FetchTimeouts
 from nsfwd.jobs import Delivery, Prediction, Store
 from nsfwd.jobs.database import database_url
@@ -43,116 +35,10 @@ from nsfwd.jobs.webhooks import (
     webhooks_enabled,
 )
 from nsfwd.settings import Settings
-from servers import free_port, serve_app
-from test_fetch import Canary
+from servers import free_port
 
 T = TypeVar("T")
-SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the Standard Webhooks documentation's example
-ALLOWED = ["127.0.0.2/32"]
-
-
 # --- The receiver and image host on 127.0.0.2 ---------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One request the receiver got, and what it answered."""
-
-    headers: dict[str, str]
-    body: bytes
-    at: float
-    answered: int
-
-
-class Host:
-    """Webhook receiver and image host in one app.
-
-    ``POST /hook/{name}``: records the request; ``?fail=N`` answers 500 to the first N,
-    ``?status=S`` always answers S, ``?sleep=T`` sleeps T seconds before answering the first.
-    ``GET /photo.jpg`` a JPEG, ``/text`` not an image, ``/missing`` 404, ``/slow?gate=G`` holds
-    the answer until :meth:`open_gate` (G), ``/redirect?to=URL`` a 302.
-    """
-
-    def __init__(self) -> None:
-        self.hits: dict[str, list[Hit]] = defaultdict(list)
-        self.gates: dict[str, threading.Event] = defaultdict(threading.Event)
-        self.lock = threading.Lock()
-        self.photo = jpeg()
-        self.app = Starlette(
-            routes=[
-                Route("/hook/{name}", self.hook, methods=["POST"]),
-                Route("/photo.jpg", self.image),
-                Route("/text", self.text),
-                Route("/slow", self.slow),
-                Route("/redirect", self.redirect, methods=["GET", "POST"]),
-            ]
-        )
-
-    async def hook(self, request: Request) -> Response:
-        name = request.path_params["name"]
-        body = await request.body()
-        params = request.query_params
-        with self.lock:  # recorded on arrival, so a request still sleeping counts
-            earlier = len(self.hits[name])
-            status = 500 if earlier < int(params.get("fail", 0)) else int(params.get("status", 200))
-            self.hits[name].append(Hit(dict(request.headers), body, time.monotonic(), status))
-        if earlier == 0 and "sleep" in params:
-            await asyncio.sleep(float(params["sleep"]))
-        return Response(b"thanks" if status < 300 else b"no", status_code=status)
-
-    async def image(self, request: Request) -> Response:
-        return Response(self.photo, media_type="image/jpeg")
-
-    async def text(self, request: Request) -> Response:
-        return Response(b"this is not an image, it is text\n" * 20, media_type="image/jpeg")
-
-    async def slow(self, request: Request) -> Response:
-        gate = self.gates[request.query_params["gate"]]
-        deadline = time.monotonic() + 8  # under the fetch's 10 s read timeout
-        while not gate.is_set() and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        return Response(self.photo, media_type="image/jpeg")
-
-    async def redirect(self, request: Request) -> Response:
-        return Response(status_code=302, headers={"location": request.query_params["to"]})
-
-    def open_gate(self, name: str) -> None:
-        self.gates[name].set()
-
-    def received(self, name: str) -> list[Hit]:
-        with self.lock:
-            return list(self.hits[name])
-
-
-def jpeg(size: tuple[int, int] = (256, 256), seed: int = 0) -> bytes:
-    """A small noisy JPEG (enough detail that the tiny model has something to look at)."""
-    import random
-
-    rng = random.Random(seed)
-    image = Image.frombytes(
-        "RGB", size, bytes(rng.randrange(256) for _ in range(size[0] * size[1] * 3))
-    )
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=85)
-    return out.getvalue()
-
-
-@pytest.fixture(scope="module")
-def host() -> Iterator[tuple[str, Host]]:
-    """The receiver's base URL (``http://127.0.0.2:PORT``) and its records."""
-    receiver = Host()
-    with serve_app(receiver.app, host="127.0.0.2", timeout_graceful_shutdown=1) as url:
-        yield url, receiver
-
-
-@pytest.fixture(scope="module")
-def canary(host: tuple[str, Host]) -> Iterator[Canary]:
-    """A listener on 127.0.0.1 at the receiver's port; nothing may ever reach it."""
-    from httpx import URL
-
-    canary = Canary(URL(host[0]).port or 0)
-    yield canary
-    canary.close()
 
 
 @pytest.fixture(autouse=True)
@@ -228,11 +114,6 @@ def run(coroutine: Awaitable[T]) -> T:
         return await coroutine
 
     return asyncio.run(main())
-
-
-def verified(hit: Hit, secret: str = SECRET) -> Any:
-    """The body, parsed, after checking its signature the way receivers do."""
-    return Webhook(secret).verify(hit.body, hit.headers)
 
 
 def with_sender(

@@ -24,7 +24,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -191,27 +191,56 @@ class ProdiaJobs:
 
     async def post_job(self, request: Request) -> Response:
         """Run one job and answer with it, completed or failed; see the module docstring."""
-        started = time.perf_counter()
         job = Job()
+        work = self._run(request, job)
+        return await self._guard(
+            request, job, ROUTE, work, fail=self._failed, not_done="the job was not run"
+        )
+
+    async def _guard(
+        self,
+        request: Request,
+        job: Job,
+        route: str,
+        work: Awaitable[Response],
+        *,
+        fail: Callable[[Request, Job, ApiError], Response],
+        not_done: str,
+    ) -> Response:
+        """Await a route's ``work``; refusals and crashes become ``fail``'s answer, never a
+        bare 500, and every answer is counted and timed in the metrics."""
+        started = time.perf_counter()
         try:
-            response = await self._run(request, job)
+            response = await work
         except ApiError as exc:
-            response = self._failed(request, job, exc)
+            response = fail(request, job, exc)
         except (ClientGoneError, ClientDisconnect):
             response = Response(status_code=CLIENT_CLOSED_REQUEST)
         except Exception:
             request_id = getattr(request.state, "request_id", "?")
-            log.exception("job %s (request %s) failed", job.id, request_id)
+            log.exception("%s job %s (request %s) failed", route, job.id, request_id)
             error = ApiError(
-                f"internal error; the job was not run. Retry, and report request id "
-                f"{request_id} if it persists",
+                f"internal error; {not_done}. Retry, and report request id {request_id} if it "
+                "persists",
                 status=500,
             )
-            response = self._failed(request, job, error)
+            response = fail(request, job, error)
         metrics = self.engine.metrics
-        metrics.requests.labels(route=ROUTE, status=str(response.status_code)).inc()
-        metrics.request_seconds.labels(route=ROUTE).observe(time.perf_counter() - started)
+        metrics.requests.labels(route=route, status=str(response.status_code)).inc()
+        metrics.request_seconds.labels(route=route).observe(time.perf_counter() - started)
         return response
+
+    async def _read_parts(self, request: Request, job: Job) -> list[Part]:
+        """The request's multipart body, read as it streams in, and its job part checked."""
+        async with contextlib.aclosing(request.stream()) as chunks:
+            parts = await read_form(
+                request.headers.get("content-type", ""),
+                chunks,
+                part_limits={"job": JOB_PART_MAX_BYTES, "input": self.settings.max_image_bytes},
+                max_parts=MAX_PARTS,
+            )
+        self._read_job(parts, job)
+        return parts
 
     async def _identify(self, request: Request) -> Caller | None:
         """The caller the Bearer token names (``None`` when the API is open); else 401."""
@@ -237,14 +266,7 @@ class ProdiaJobs:
 
     async def _run(self, request: Request, job: Job) -> Response:
         await self._identify(request)
-        async with contextlib.aclosing(request.stream()) as chunks:
-            parts = await read_form(
-                request.headers.get("content-type", ""),
-                chunks,
-                part_limits={"job": JOB_PART_MAX_BYTES, "input": self.settings.max_image_bytes},
-                max_parts=MAX_PARTS,
-            )
-        self._read_job(parts, job)
+        parts = await self._read_parts(request, job)
         job.restart_clock()
         multipart = wants_multipart(request.headers.get("accept"), default=job.type == IMG2LABEL_V2)
         if job.type == PING_V1:

@@ -23,32 +23,25 @@ id is 404. Results are kept ``result_ttl_s`` after they finish.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from starlette.requests import ClientDisconnect
 
 from nsfwd.api.auth import KeyRing
 from nsfwd.api.errors import (
-    CLIENT_CLOSED_REQUEST,
     ApiError,
     BadRequestError,
-    ClientGoneError,
     PayloadTooLargeError,
     TooBusyError,
 )
-from nsfwd.api.multipart import Part, encode_form, read_form
+from nsfwd.api.multipart import Part, encode_form
 from nsfwd.api.prodia import (
     _OPENAPI_BODY,
     IMG2LABEL_V2,
-    JOB_PART_MAX_BYTES,
-    MAX_PARTS,
     PING_V1,
     Job,
     ProdiaJobs,
@@ -134,45 +127,19 @@ class ProdiaAsyncJobs(ProdiaJobs):
         caller = await self._identify(request)
         return None if caller is None else caller.ref
 
-    def _count(self, route: str, response: Response, started: float) -> Response:
-        metrics = self.engine.metrics
-        metrics.requests.labels(route=route, status=str(response.status_code)).inc()
-        metrics.request_seconds.labels(route=route).observe(time.perf_counter() - started)
-        return response
-
     # --- POST /v2/job/async --------------------------------------------------------------
 
     async def submit(self, request: Request) -> Response:
         """Store one job for the workers and answer 201 with it; see the module docstring."""
-        started = time.perf_counter()
         job = Job()
-        try:
-            response = await self._submit(request, job)
-        except ApiError as exc:
-            response = self._refuse(request, job, exc)
-        except (ClientGoneError, ClientDisconnect):
-            response = Response(status_code=CLIENT_CLOSED_REQUEST)
-        except Exception:
-            request_id = getattr(request.state, "request_id", "?")
-            log.exception("async job (request %s) failed", request_id)
-            error = ApiError(
-                f"internal error; the job was not stored. Retry, and report request id "
-                f"{request_id} if it persists",
-                status=500,
-            )
-            response = self._refuse(request, job, error)
-        return self._count(ROUTE, response, started)
+        work = self._submit(request, job)
+        return await self._guard(
+            request, job, ROUTE, work, fail=self._refuse, not_done="the job was not stored"
+        )
 
     async def _submit(self, request: Request, job: Job) -> Response:
         owner = await self._owner(request)
-        async with contextlib.aclosing(request.stream()) as chunks:
-            parts = await read_form(
-                request.headers.get("content-type", ""),
-                chunks,
-                part_limits={"job": JOB_PART_MAX_BYTES, "input": self.settings.max_image_bytes},
-                max_parts=MAX_PARTS,
-            )
-        self._read_job(parts, job)
+        parts = await self._read_parts(request, job)
         job.restart_clock()
         if job.type == PING_V1:
             raise BadRequestError(

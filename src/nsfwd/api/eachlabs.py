@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -38,15 +37,14 @@ from typing import Any, Final
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.requests import ClientDisconnect
 
 from nsfwd.api.auth import AuthenticationError, Caller, KeyRing
 from nsfwd.api.errors import (
-    CLIENT_CLOSED_REQUEST,
     ApiError,
     BadRequestError,
     PayloadTooLargeError,
     TooBusyError,
+    answer,
 )
 from nsfwd.engine import Engine
 from nsfwd.fetch import FetchFailedError, FetchPolicy, UnsafeURLError, check_url, validate_url
@@ -185,27 +183,15 @@ class EachlabsPredictions:
 
     async def _answer(self, request: Request, route: str, work: Awaitable[Response]) -> Response:
         """Await ``work`` (a route's response); refusals become Eachlabs' error body."""
-        started = time.perf_counter()
-        try:
-            response = await work
-        except ApiError as exc:
-            response = error_response(exc)
-        except ClientDisconnect:
-            response = Response(status_code=CLIENT_CLOSED_REQUEST)
-        except Exception:
-            request_id = getattr(request.state, "request_id", "?")
-            log.exception("%s %s (request %s) failed", request.method, route, request_id)
-            response = error_response(
-                ApiError(
-                    f"internal error; retry with backoff, and report request id {request_id} "
-                    "to the server's operator if it persists",
-                    status=500,
-                )
-            )
-        metrics = self.engine.metrics
-        metrics.requests.labels(route=route, status=str(response.status_code)).inc()
-        metrics.request_seconds.labels(route=route).observe(time.perf_counter() - started)
-        return response
+        return await answer(
+            request,
+            route,
+            work,
+            refuse=error_response,
+            metrics=self.engine.metrics,
+            internal="internal error; retry with backoff, and report request id {request_id} "
+            "to the server's operator if it persists",
+        )
 
     # --- auth ------------------------------------------------------------------------------
 

@@ -7,10 +7,17 @@ raised below a route (say, by the body-size limit while it reads) never turns in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.requests import ClientDisconnect
+
+from nsfwd.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -98,6 +105,38 @@ def error_response(exc: ApiError) -> Response:
     if exc.plain_text:
         return PlainTextResponse(exc.message + "\n", exc.status, headers=exc.headers)
     return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers)
+
+
+async def answer(
+    request: Request,
+    route: str,
+    work: Awaitable[Response],
+    *,
+    refuse: Callable[[ApiError], Response],
+    metrics: Metrics,
+    internal: str,
+    what: str = "",
+) -> Response:
+    """Await a route's ``work`` and count the answer in ``metrics``.
+
+    Refusals are rendered by the protocol's ``refuse``; a client gone away is recorded as 499;
+    anything unexpected is logged and refused as a 500 whose message is ``internal`` with the
+    request id filled in (``{request_id}``), so no route ever answers a bare server error.
+    """
+    started = time.perf_counter()
+    try:
+        response = await work
+    except ApiError as exc:
+        response = refuse(exc)
+    except (ClientGoneError, ClientDisconnect):
+        response = Response(status_code=CLIENT_CLOSED_REQUEST)
+    except Exception:
+        request_id = getattr(request.state, "request_id", "?")
+        log.exception("%s %s %s(request %s) failed", request.method, route, what, request_id)
+        response = refuse(ApiError(internal.format(request_id=request_id), status=500))
+    metrics.requests.labels(route=route, status=str(response.status_code)).inc()
+    metrics.request_seconds.labels(route=route).observe(time.perf_counter() - started)
+    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -31,12 +31,10 @@ from typing import Any, Final
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
-from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
 from nsfwd.api.auth import AuthenticationError, Caller, KeyRing
 from nsfwd.api.errors import (
-    CLIENT_CLOSED_REQUEST,
     ApiError,
     BadRequestError,
     ClientGoneError,
@@ -44,6 +42,7 @@ from nsfwd.api.errors import (
     TooBusyError,
     UnauthorizedError,
     UnavailableError,
+    answer,
 )
 from nsfwd.api.multipart import Part, encode_form, read_form
 from nsfwd.engine import Engine, EngineClosedError, QueueFullError
@@ -207,28 +206,18 @@ class ProdiaJobs:
         fail: Callable[[Request, Job, ApiError], Response],
         not_done: str,
     ) -> Response:
-        """Await a route's ``work``; refusals and crashes become ``fail``'s answer, never a
-        bare 500, and every answer is counted and timed in the metrics."""
-        started = time.perf_counter()
-        try:
-            response = await work
-        except ApiError as exc:
-            response = fail(request, job, exc)
-        except (ClientGoneError, ClientDisconnect):
-            response = Response(status_code=CLIENT_CLOSED_REQUEST)
-        except Exception:
-            request_id = getattr(request.state, "request_id", "?")
-            log.exception("%s job %s (request %s) failed", route, job.id, request_id)
-            error = ApiError(
-                f"internal error; {not_done}. Retry, and report request id {request_id} if it "
-                "persists",
-                status=500,
-            )
-            response = fail(request, job, error)
-        metrics = self.engine.metrics
-        metrics.requests.labels(route=route, status=str(response.status_code)).inc()
-        metrics.request_seconds.labels(route=route).observe(time.perf_counter() - started)
-        return response
+        """Await a route's ``work``; refusals and crashes become ``fail``'s answer (a failed
+        job), and every answer is counted and timed in the metrics."""
+        return await answer(
+            request,
+            route,
+            work,
+            refuse=lambda exc: fail(request, job, exc),
+            metrics=self.engine.metrics,
+            internal=f"internal error; {not_done}. Retry, and report request id {{request_id}} "
+            "if it persists",
+            what=f"job {job.id} ",
+        )
 
     async def _read_parts(self, request: Request, job: Job) -> list[Part]:
         """The request's multipart body, read as it streams in, and its job part checked."""

@@ -30,6 +30,7 @@ def test_timm_style_loads_with_labels_and_preprocessing(timm_checkpoint: Path) -
     assert loaded.labels == tuple(SEVERITY)
     assert loaded.input_size == (3, 224, 224)
     pixels = loaded.preprocess(IMAGES[0])
+    assert loaded.prepare(IMAGES[0]).dtype == torch.uint8
     assert pixels.shape == (3, 224, 224)
     assert pixels.dtype == torch.float32
 
@@ -82,7 +83,7 @@ def test_preprocessing_follows_the_checkpoint_not_a_fixed_448(tmp_path: Path) ->
     classifier = Classifier.load(str(folder))
     assert classifier.input_size == (3, 112, 112)
     assert classifier.labels == ("safe", "unsafe")
-    assert classifier.preprocess(IMAGES[2]).shape == (3, 112, 112)
+    assert classifier.prepare(IMAGES[2]).shape == (3, 112, 112)
 
 
 def test_transformers_classifier_loads_with_id2label(vit_checkpoint: Path) -> None:
@@ -153,3 +154,17 @@ def test_int8_mode_is_refused_where_it_cannot_run(timm_checkpoint: Path) -> None
         Classifier.load(str(timm_checkpoint), quantize="int4")
     with pytest.raises(ValueError, match="starts from float32 weights"):
         Classifier.load(str(timm_checkpoint), dtype="bfloat16", quantize="int8")
+
+
+def test_uint8_prepare_then_normalize_equals_timms_transform_bit_for_bit(
+    timm_checkpoint: Path,
+) -> None:
+    from timm.data import create_transform, resolve_data_config
+
+    loaded = load_checkpoint(timm_checkpoint)
+    config = json.loads((timm_checkpoint / "config.json").read_text())
+    data_config = resolve_data_config(pretrained_cfg=config["pretrained_cfg"], model=loaded.module)
+    timm_transform = create_transform(**data_config, is_training=False)
+    for image in IMAGES:
+        ours = loaded.normalize(loaded.prepare(image).unsqueeze(0))[0]
+        assert torch.equal(ours, timm_transform(image))

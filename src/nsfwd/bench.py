@@ -110,7 +110,7 @@ def bench_model(classifier: Classifier, batch_sizes: Sequence[int]) -> list[dict
     """Images/s and batch latency on ready tensors, per batch size."""
     rows = []
     for size in batch_sizes:
-        batch = torch.randn((size, *classifier.input_size))
+        batch = classifier.blank(size)
         repeats = 3 if classifier.device.type == "cpu" else 20
         times = timed(partial(classifier.predict, batch), classifier.device, repeats)
         median = statistics.median(times)

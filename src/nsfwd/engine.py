@@ -90,7 +90,7 @@ class Engine:
         self._decode_pool = ThreadPoolExecutor(self._decode_workers, "nsfwd-decode")
         self._infer_pool = ThreadPoolExecutor(1, "nsfwd-infer")
         self._queue = asyncio.Queue()
-        warm = torch.zeros((1, *self.classifier.input_size))
+        warm = self.classifier.blank(1)
         await asyncio.get_running_loop().run_in_executor(
             self._infer_pool, self.classifier.predict, warm
         )
@@ -141,7 +141,7 @@ class Engine:
             self.metrics.queue_size.set(self._admitted)
 
     def _prepare(self, data: bytes) -> torch.Tensor:
-        return self.classifier.preprocess(load_image(data, self.limits))
+        return self.classifier.prepare(load_image(data, self.limits))
 
     async def _next_batch(self, queue: asyncio.Queue[_Item]) -> list[_Item]:
         batch = [await queue.get()]

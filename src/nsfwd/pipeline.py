@@ -48,9 +48,9 @@ def find_images(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
 
 
 def _prepare(classifier: Classifier, path: Path, limits: ImageLimits) -> torch.Tensor | str:
-    """A preprocessed tensor for ``path``, or the reason it cannot be classified."""
+    """The prepared pixels of ``path``, or the reason it cannot be classified."""
     try:
-        return classifier.preprocess(load_image_file(path, limits))
+        return classifier.prepare(load_image_file(path, limits))
     except ImageError as exc:
         return str(exc)
     except IsADirectoryError:

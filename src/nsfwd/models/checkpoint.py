@@ -26,8 +26,9 @@ from safetensors.torch import load_file
 
 from nsfwd.models.hub import DEFAULT_MODEL, ModelNotAvailableError
 
-Preprocess = Callable[[Image.Image], torch.Tensor]
-"""One upright RGB image in, one normalised CHW float tensor out."""
+Prepare = Callable[[Image.Image], torch.Tensor]
+"""One upright RGB image in, one CHW tensor of the network's input size out (see
+:class:`LoadedModel`)."""
 
 SEVERITY_LABELS = ("neutral", "low", "medium", "high")
 
@@ -44,10 +45,64 @@ class LoadedModel:
 
     module: torch.nn.Module
     labels: tuple[str, ...]
-    preprocess: Preprocess
+    prepare: Prepare
+    """Resize and crop on the CPU. For timm models it stops before the float conversion and gives
+    uint8 pixels, so that a batch crosses to the device (or another process) at a quarter of the
+    size and :attr:`normalize` runs there; other models give their processor's float output."""
+    normalize: Callable[[torch.Tensor], torch.Tensor]
+    """A batch of :attr:`prepare` outputs, on any device, to the network's float32 input."""
     input_size: tuple[int, int, int]
     style: str
     """``timm`` (plain timm keys), ``timm_wrapper`` (transformers style) or ``transformers``."""
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """One image to the network's normalised CHW float32 input (``prepare``, then
+        ``normalize``)."""
+        return self.normalize(self.prepare(image).unsqueeze(0))[0]
+
+
+class Normalize:
+    """uint8 pixels to normalised float32, with the very operations of torchvision's
+    ``ToTensor`` and ``Normalize`` (divide by 255, subtract the mean, divide by the std), so a
+    batch normalised here, on any device, matches timm's transform bit for bit on the CPU."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """Normalise an (N, C, H, W) uint8 batch on the device it lies on."""
+        if batch.dtype != torch.uint8:
+            raise TypeError(f"expected uint8 pixels, got {batch.dtype}")
+        pixels = batch.to(torch.float32).div_(255)
+        mean, std = self.mean.to(batch.device), self.std.to(batch.device)
+        return pixels.sub_(mean).div_(std)
+
+
+def _as_float(batch: torch.Tensor) -> torch.Tensor:
+    """The normalisation of models whose processor already gives normalised floats."""
+    return batch.to(torch.float32)
+
+
+def split_timm_transform(
+    transform: Callable[[Image.Image], torch.Tensor],
+) -> tuple[Prepare, Normalize]:
+    """Split timm's eval transform (geometry, to-tensor, normalize) at the float conversion."""
+    from timm.data.transforms import MaybeToTensor
+    from torchvision import transforms
+
+    steps = list(getattr(transform, "transforms", []))
+    kinds = [type(step) for step in steps[-2:]]
+    if kinds not in (
+        [MaybeToTensor, transforms.Normalize],
+        [transforms.ToTensor, transforms.Normalize],
+    ):
+        raise ModelNotAvailableError(f"unexpected timm eval transform: {transform}")
+    normalize = steps[-1]
+    geometry = transforms.Compose([*steps[:-2], transforms.PILToTensor()])
+    mean = torch.as_tensor(normalize.mean).tolist()
+    std = torch.as_tensor(normalize.std).tolist()
+    return geometry, Normalize(tuple(mean), tuple(std))
 
 
 def read_config(folder: Path) -> dict[str, Any]:
@@ -117,12 +172,13 @@ def _load_timm(folder: Path, config: dict[str, Any], hub_id: str | None) -> Load
             f"{num_classes} classes: {exc}"
         ) from exc
     data_config = resolve_data_config(pretrained_cfg=config["pretrained_cfg"], model=module)
-    transform = create_transform(**data_config, is_training=False)
+    prepare, normalize = split_timm_transform(create_transform(**data_config, is_training=False))
     style = "timm_wrapper" if config.get("model_type") == "timm_wrapper" else "timm"
     return LoadedModel(
         module=module,
         labels=_labels(config, num_classes, hub_id),
-        preprocess=transform,
+        prepare=prepare,
+        normalize=normalize,
         input_size=tuple(data_config["input_size"]),
         style=style,
     )
@@ -151,7 +207,7 @@ def _load_transformers(folder: Path, config: dict[str, Any]) -> LoadedModel:
             f"{folder} is not a timm checkpoint nor a transformers image classifier: {exc}"
         ) from exc
 
-    def preprocess(image: Image.Image) -> torch.Tensor:
+    def prepare(image: Image.Image) -> torch.Tensor:
         pixels: torch.Tensor = processor(images=image, return_tensors="pt")["pixel_values"][0]
         return pixels
 
@@ -162,7 +218,8 @@ def _load_transformers(folder: Path, config: dict[str, Any]) -> LoadedModel:
     return LoadedModel(
         module=_HFLogits(model),
         labels=labels,
-        preprocess=preprocess,
+        prepare=prepare,
+        normalize=_as_float,
         input_size=(3, height, width),
         style="transformers",
     )

@@ -141,15 +141,22 @@ class Classifier:
         """(channels, height, width) the network takes."""
         return self.loaded.input_size
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """One upright RGB image to a normalised CHW float32 tensor (thread-safe)."""
-        return self.loaded.preprocess(image)
+    def prepare(self, image: Image.Image) -> torch.Tensor:
+        """One upright RGB image resized and cropped to the network's input, as a CHW tensor
+        (uint8 for timm models; normalised on the device by :meth:`predict`). Thread-safe."""
+        return self.loaded.prepare(image)
+
+    def blank(self, size: int) -> torch.Tensor:
+        """A batch of ``size`` prepared all-black images, for warming the model up."""
+        dtype = self.prepare(Image.new("RGB", self.input_size[:0:-1])).dtype
+        return torch.zeros((size, *self.input_size), dtype=dtype)
 
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
-        """Probabilities (N, labels) as float32 on the CPU for a preprocessed (N, C, H, W) batch."""
+        """Probabilities (N, labels) as float32 on the CPU for an (N, C, H, W) batch of
+        :meth:`prepare` outputs."""
         with torch.inference_mode():
-            pixels = batch.to(device=self.device, dtype=self.dtype, non_blocking=True)
-            logits = self.loaded.module(pixels)
+            pixels = self.loaded.normalize(batch.to(self.device, non_blocking=True))
+            logits = self.loaded.module(pixels.to(self.dtype))
             return torch.softmax(logits.float(), dim=-1).cpu()
 
     def to_labels(self, probs: torch.Tensor) -> list[Labels]:
@@ -160,5 +167,5 @@ class Classifier:
         """Label probabilities for each image, in order."""
         if not images:
             return []
-        batch = torch.stack([self.preprocess(image) for image in images])
+        batch = torch.stack([self.prepare(image) for image in images])
         return self.to_labels(self.predict(batch))

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nsfwd import __version__
+from nsfwd.logs import configure_logging
 from nsfwd.policies import DEFAULT_POLICY, DEFAULT_THRESHOLD, POLICIES, Policy
 
 if TYPE_CHECKING:
@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default: 8000)")
     serve.add_argument(
+        "--http-workers",
+        type=_positive,
+        help="HTTP worker processes feeding one inference process that owns the model "
+        "(default: 1, everything in one process)",
+    )
+    serve.add_argument(
         "--insecure-no-auth",
         action="store_true",
         help="allow binding beyond loopback without API keys (none in NSFWD_API_KEYS, none made "
@@ -185,10 +191,7 @@ def _positive(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request drowns the rest
+    configure_logging()
     from nsfwd.models import ModelNotAvailableError
 
     try:
@@ -220,6 +223,7 @@ def _settings_for(args: argparse.Namespace) -> Settings:
             "served_model_name",
             "host",
             "port",
+            "http_workers",
         )
         if (value := getattr(args, key, None)) is not None
     }

@@ -19,6 +19,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -37,6 +38,30 @@ class QueueFullError(RuntimeError):
 
 class EngineClosedError(RuntimeError):
     """The engine is not running (not started yet, or shutting down)."""
+
+
+class ClassifyEngine(Protocol):
+    """What the HTTP routes and the job worker need of an engine: :class:`Engine` in this
+    process, or :class:`nsfwd.remote.RemoteEngine` in front of an inference process."""
+
+    max_batch_size: int
+    max_queue: int
+    limits: ImageLimits
+    metrics: Metrics
+    ready: bool
+
+    @property
+    def model_name(self) -> str:
+        """The loaded model's Hub id (or folder)."""
+
+    async def start(self) -> None:
+        """Get ready to classify."""
+
+    async def stop(self) -> None:
+        """Stop; waiting requests fail with :class:`EngineClosedError`."""
+
+    async def classify(self, data: bytes) -> Labels:
+        """Label probabilities for one encoded image."""
 
 
 @dataclass

@@ -1,8 +1,16 @@
-"""Prometheus metrics, one registry per engine so several apps can live in one process."""
+"""Prometheus metrics, one registry per engine so several apps can live in one process.
+
+When ``PROMETHEUS_MULTIPROC_DIR`` is set (``nsfwd serve --http-workers N`` sets it for the
+processes it starts), every process writes its values there and :meth:`Metrics.render` sums
+them all, so any worker answers ``/metrics`` for the whole server.
+"""
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -14,7 +22,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.queue_size = Gauge(
-            "nsfwd_queue_size", "Images admitted and not yet answered", registry=self.registry
+            "nsfwd_queue_size",
+            "Images admitted and not yet answered",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.batch_size = Histogram(
             "nsfwd_batch_size",
@@ -57,5 +68,11 @@ class Metrics:
         )
 
     def render(self) -> bytes:
-        """The registry in Prometheus' text format."""
-        return generate_latest(self.registry)
+        """The registry (or every process's values, in multi-process mode) in Prometheus'
+        text format."""
+        shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not shared:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, shared)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)

@@ -96,6 +96,12 @@ def run(settings: Settings, *, insecure_no_auth: bool = False) -> int:
             "no NSFWD_API_KEYS set and no key created with `nsfwd keys create`: the API accepts "
             "requests without a token until a key is created"
         )
+    if settings.http_workers > 1:
+        from nsfwd.jobs.webhooks import resolve_secret
+        from nsfwd.supervisor import run_workers
+
+        resolve_secret(settings)  # generated here, once, not raced for by every worker
+        return run_workers(settings)
     app = create_app(build_engine(settings), settings, store)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
     return 0

@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Address to bind; loopback unless keys are set.")
     port: int = Field(8000, description="Port to bind.")
+    http_workers: int = Field(
+        1,
+        ge=1,
+        description="HTTP worker processes. Above 1, that many processes parse requests (one "
+        "Python process tops out at a few hundred uploads a second) and forward images to one "
+        "inference process that owns the model and batches for all of them.",
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated static API keys (Bearer tokens for Prodia, X-API-Key for "

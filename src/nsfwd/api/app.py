@@ -14,20 +14,20 @@ from nsfwd.api import eachlabs, prodia, prodia_async
 from nsfwd.api.auth import KeyRing
 from nsfwd.api.errors import install_error_handlers
 from nsfwd.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from nsfwd.engine import Engine
+from nsfwd.engine import ClassifyEngine
 from nsfwd.jobs import Store
 from nsfwd.jobs.webhooks import WebhookSender
 from nsfwd.jobs.worker import PURGE_EVERY_S, Worker
 from nsfwd.settings import Settings
 
 
-def default_workers(engine: Engine) -> int:
+def default_workers(engine: ClassifyEngine) -> int:
     """Background jobs to run at once: enough to fill two batches, but never more than half the
     engine's queue, which live requests share."""
     return max(1, min(2 * engine.max_batch_size, engine.max_queue // 2))
 
 
-def create_app(engine: Engine, settings: Settings, store: Store | None = None) -> FastAPI:
+def create_app(engine: ClassifyEngine, settings: Settings, store: Store | None = None) -> FastAPI:
     """Build the HTTP app around a (not yet started) engine; its lifespan starts and stops it.
 
     With a (not yet open) ``store``, the app also serves Prodia's async job API, and its lifespan

@@ -46,7 +46,7 @@ from nsfwd.api.errors import (
     TooBusyError,
     answer,
 )
-from nsfwd.engine import Engine
+from nsfwd.engine import ClassifyEngine
 from nsfwd.fetch import FetchFailedError, FetchPolicy, UnsafeURLError, check_url, validate_url
 from nsfwd.jobs import CapacityError, Limits, Prediction, Store
 from nsfwd.jobs.webhooks import webhooks_enabled
@@ -164,7 +164,12 @@ class EachlabsPredictions:
     """The Eachlabs routes over a store, whose predictions ``worker`` runs."""
 
     def __init__(
-        self, engine: Engine, settings: Settings, keys: KeyRing, store: Store, worker: Worker
+        self,
+        engine: ClassifyEngine,
+        settings: Settings,
+        keys: KeyRing,
+        store: Store,
+        worker: Worker,
     ) -> None:
         """Serve predictions stored in ``store`` to the callers ``keys`` accept; ``settings``
         give limits and policy."""
@@ -425,7 +430,7 @@ def _reject_constant(name: str) -> None:
 
 
 def create_router(
-    engine: Engine, settings: Settings, keys: KeyRing, store: Store, worker: Worker
+    engine: ClassifyEngine, settings: Settings, keys: KeyRing, store: Store, worker: Worker
 ) -> APIRouter:
     """The Eachlabs routes over ``store``, whose predictions ``worker`` runs, for the callers
     ``keys`` accept."""

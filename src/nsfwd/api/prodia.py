@@ -45,7 +45,7 @@ from nsfwd.api.errors import (
     answer,
 )
 from nsfwd.api.multipart import Part, encode_form, read_form
-from nsfwd.engine import Engine, EngineClosedError, QueueFullError
+from nsfwd.engine import ClassifyEngine, EngineClosedError, QueueFullError
 from nsfwd.images import ImageError, ImageTooLargeError, sniff_format
 from nsfwd.models import Labels
 from nsfwd.settings import Settings
@@ -179,7 +179,7 @@ def _reject_constant(name: str) -> None:
 class ProdiaJobs:
     """The ``POST /v2/job`` endpoint over one engine."""
 
-    def __init__(self, engine: Engine, settings: Settings, keys: KeyRing) -> None:
+    def __init__(self, engine: ClassifyEngine, settings: Settings, keys: KeyRing) -> None:
         """Serve jobs on ``engine`` to the callers ``keys`` accept; ``settings`` give the model
         name and limits."""
         self.engine = engine
@@ -411,7 +411,7 @@ async def _disconnect(receive: Receive) -> None:
         pass
 
 
-def create_router(engine: Engine, settings: Settings, keys: KeyRing) -> APIRouter:
+def create_router(engine: ClassifyEngine, settings: Settings, keys: KeyRing) -> APIRouter:
     """The Prodia routes over ``engine``, for the callers ``keys`` accept."""
     jobs = ProdiaJobs(engine, settings, keys)
     router = APIRouter(tags=["prodia"])

@@ -49,7 +49,7 @@ from nsfwd.api.prodia import (
     _passthrough,
     wants_multipart,
 )
-from nsfwd.engine import Engine
+from nsfwd.engine import ClassifyEngine
 from nsfwd.images import ImageError, ImageTooLargeError, load_image
 from nsfwd.jobs import CapacityError, Limits, Prediction, Store, Upload
 from nsfwd.jobs.worker import Worker
@@ -114,7 +114,12 @@ class ProdiaAsyncJobs(ProdiaJobs):
     """The async routes over a store; jobs are parsed and checked exactly as ``POST /v2/job``."""
 
     def __init__(
-        self, engine: Engine, settings: Settings, keys: KeyRing, store: Store, worker: Worker
+        self,
+        engine: ClassifyEngine,
+        settings: Settings,
+        keys: KeyRing,
+        store: Store,
+        worker: Worker,
     ) -> None:
         """Serve async jobs stored in ``store`` and run by ``worker``."""
         super().__init__(engine, settings, keys)
@@ -269,7 +274,7 @@ def _output_names(prediction: Prediction) -> list[str]:
 
 
 def create_router(
-    engine: Engine, settings: Settings, keys: KeyRing, store: Store, worker: Worker
+    engine: ClassifyEngine, settings: Settings, keys: KeyRing, store: Store, worker: Worker
 ) -> APIRouter:
     """The Prodia async routes over ``store``, whose jobs ``worker`` runs, for the callers
     ``keys`` accept."""

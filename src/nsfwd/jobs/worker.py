@@ -27,7 +27,7 @@ import time
 import uuid
 from typing import Final
 
-from nsfwd.engine import Engine, EngineClosedError, QueueFullError
+from nsfwd.engine import ClassifyEngine, EngineClosedError, QueueFullError
 from nsfwd.fetch import FetchError, FetchPolicy, fetch
 from nsfwd.images import ImageError
 from nsfwd.jobs.records import Prediction
@@ -75,7 +75,7 @@ class Worker:
     def __init__(
         self,
         store: Store,
-        engine: Engine,
+        engine: ClassifyEngine,
         *,
         concurrency: int,
         lease_s: float = 30.0,

@@ -1,0 +1,245 @@
+"""One model, several HTTP processes: the engine served over a Unix socket, and its stand-in.
+
+With ``NSFWD_HTTP_WORKERS`` above 1 (see :mod:`nsfwd.supervisor`), one *inference process* owns
+the model and the :class:`~nsfwd.engine.Engine` (decoding threads, dynamic batcher, admission)
+and serves it through :class:`InferenceServer`; each HTTP worker process parses requests and
+holds a :class:`RemoteEngine`, which forwards the encoded upload (smaller than decoded pixels)
+and answers with the labels, or raises the very error the local engine would have raised. A
+caller that gives up cancels its request in the inference process too, so the batcher drops it.
+
+Frames, both ways: two big-endian uint32 (header length, body length), a JSON header, a body.
+Requests: ``{"op": "classify", "id": n}`` with the image as body, ``{"op": "cancel", "id": n}``.
+Answers: ``{"id": n, "labels": {...}}`` or ``{"id": n, "error": kind, ...}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import struct
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from nsfwd import images
+from nsfwd.engine import Engine, EngineClosedError, QueueFullError
+from nsfwd.images import ImageError, ImageLimits
+from nsfwd.metrics import Metrics
+from nsfwd.models import Labels
+
+log = logging.getLogger("nsfwd.remote")
+
+_LENGTHS = struct.Struct("!II")
+MAX_HEADER_BYTES = 64 * 1024
+_IMAGE_ERRORS = {
+    cls.__name__: cls
+    for cls in vars(images).values()
+    if isinstance(cls, type) and issubclass(cls, ImageError)
+}
+
+
+def _frame(header: dict[str, Any], body: bytes = b"") -> bytes:
+    encoded = json.dumps(header).encode()
+    return _LENGTHS.pack(len(encoded), len(body)) + encoded + body
+
+
+async def _read_frame(reader: asyncio.StreamReader, max_body: int) -> tuple[dict[str, Any], bytes]:
+    """The next frame; ``asyncio.IncompleteReadError`` at the end of the stream."""
+    header_len, body_len = _LENGTHS.unpack(await reader.readexactly(_LENGTHS.size))
+    if header_len > MAX_HEADER_BYTES or body_len > max_body:
+        raise ValueError(f"frame of {header_len} + {body_len} bytes is over the limit")
+    header = json.loads(await reader.readexactly(header_len))
+    body = await reader.readexactly(body_len) if body_len else b""
+    return header, body
+
+
+class InferenceServer:
+    """Serves one started :class:`Engine` to HTTP worker processes on a Unix socket."""
+
+    def __init__(self, engine: Engine, path: Path) -> None:
+        self.engine = engine
+        self.path = path
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        """Listen on :attr:`path` (replacing a stale socket file)."""
+        self.path.unlink(missing_ok=True)
+        self._server = await asyncio.start_unix_server(self._serve, path=self.path, limit=2**20)
+        self.path.chmod(0o600)
+
+    async def stop(self) -> None:
+        """Stop listening and close every connection."""
+        if self._server is not None:
+            self._server.close()
+            for writer in list(self._connections):
+                writer.close()
+            await self._server.wait_closed()
+        self.path.unlink(missing_ok=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        tasks: dict[int, asyncio.Task[None]] = {}
+        # The engine checks the image's size; this bound only stops a runaway frame.
+        max_body = max(2 * self.engine.limits.max_bytes, 64 * 2**20)
+        self._connections.add(writer)
+        try:
+            while True:
+                header, body = await _read_frame(reader, max_body)
+                request_id = int(header["id"])
+                if header.get("op") == "cancel":
+                    if (task := tasks.get(request_id)) is not None:
+                        task.cancel()
+                    continue
+                task = asyncio.create_task(self._classify(request_id, body, writer))
+                tasks[request_id] = task
+                task.add_done_callback(partial(_forget, tasks, request_id))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the worker went away: its requests are dropped below
+        except (ValueError, KeyError) as exc:
+            log.error("closing a worker connection that sent a bad frame: %s", exc)
+        finally:
+            for task in list(tasks.values()):
+                task.cancel()
+            self._connections.discard(writer)
+            writer.close()
+
+    async def _classify(self, request_id: int, data: bytes, writer: asyncio.StreamWriter) -> None:
+        answer: dict[str, Any] = {"id": request_id}
+        try:
+            answer["labels"] = await self.engine.classify(data)
+        except ImageError as exc:
+            answer.update(error="image", type=type(exc).__name__, message=exc.message)
+        except QueueFullError as exc:
+            answer.update(error="queue_full", retry_after=exc.retry_after)
+        except EngineClosedError as exc:
+            answer.update(error="closed", message=str(exc))
+        except Exception as exc:  # a model failure fails this request, not the connection
+            log.exception("inference failed")
+            answer.update(error="internal", message=f"{type(exc).__name__}: {exc}")
+        if not writer.is_closing():
+            writer.write(_frame(answer))
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+
+
+def _forget(tasks: dict[int, asyncio.Task[None]], request_id: int, _: object) -> None:
+    tasks.pop(request_id, None)
+
+
+def _error(answer: dict[str, Any]) -> Exception:
+    """The exception a local engine would have raised for this error answer."""
+    kind, message = answer["error"], str(answer.get("message", ""))
+    if kind == "image":
+        return _IMAGE_ERRORS.get(answer.get("type", ""), ImageError)(message)
+    if kind == "queue_full":
+        return QueueFullError(int(answer["retry_after"]))
+    if kind == "closed":
+        return EngineClosedError(message)
+    return RuntimeError(f"the inference process failed: {message}")
+
+
+class RemoteEngine:
+    """An :class:`Engine` stand-in for HTTP worker processes: same attributes, same
+    :meth:`classify`, same errors, while the model runs in the inference process at ``path``."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        model_name: str,
+        max_batch_size: int,
+        max_queue: int,
+        limits: ImageLimits,
+        metrics: Metrics | None = None,
+        connect_timeout_s: float = 30.0,
+    ) -> None:
+        self.path = path
+        self.model_name = model_name
+        self.max_batch_size = max_batch_size
+        self.max_queue = max_queue
+        self.limits = limits
+        self.metrics = metrics or Metrics()
+        self.connect_timeout_s = connect_timeout_s
+        self.ready = False
+        self._ids = itertools.count()
+        self._pending: dict[int, asyncio.Future[Labels]] = {}
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Connect to the inference process, waiting up to ``connect_timeout_s`` for it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.connect_timeout_s
+        while True:
+            try:
+                reader, self._writer = await asyncio.open_unix_connection(self.path)
+                break
+            except OSError as exc:
+                if loop.time() > deadline:
+                    raise EngineClosedError(
+                        f"cannot reach the inference process at {self.path}: {exc}"
+                    ) from exc
+                await asyncio.sleep(0.1)
+        self._reader_task = asyncio.create_task(self._read_answers(reader))
+        self.ready = True
+
+    async def stop(self) -> None:
+        """Disconnect; requests still waiting fail with :class:`EngineClosedError`."""
+        self.ready = False
+        if self._writer is not None:
+            self._writer.close()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader_task
+        self._fail_pending("the server is shutting down")
+
+    async def classify(self, data: bytes) -> Labels:
+        """Label probabilities for one encoded image, computed by the inference process.
+
+        Raises what :meth:`Engine.classify` raises: :class:`~nsfwd.images.ImageError`,
+        :class:`QueueFullError`, :class:`EngineClosedError`.
+        """
+        writer = self._writer
+        if not self.ready or writer is None:
+            raise EngineClosedError("the model is not loaded yet")
+        request_id = next(self._ids)
+        future: asyncio.Future[Labels] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            writer.write(_frame({"op": "classify", "id": request_id}, data))
+            await writer.drain()
+            return await future
+        except asyncio.CancelledError:
+            if not writer.is_closing():
+                writer.write(_frame({"op": "cancel", "id": request_id}))
+            raise
+        except ConnectionError as exc:
+            raise EngineClosedError(f"the inference process went away: {exc}") from None
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def _read_answers(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                answer, _ = await _read_frame(reader, 0)
+                future = self._pending.get(int(answer["id"]))
+                if future is None or future.done():
+                    continue  # cancelled meanwhile
+                if "labels" in answer:
+                    future.set_result(answer["labels"])
+                else:
+                    future.set_exception(_error(answer))
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError, KeyError) as exc:
+            log.error("lost the inference process: %s", exc)
+        self.ready = False
+        self._fail_pending("the inference process went away")
+
+    def _fail_pending(self, message: str) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(EngineClosedError(message))
+        self._pending.clear()

@@ -1,0 +1,216 @@
+"""``nsfwd serve --http-workers N``: N HTTP worker processes feeding one inference process.
+
+One Python process parses HTTP and multipart bodies under one interpreter lock, which caps it
+at a few hundred uploads a second, while a GPU classifies thousands. So, as LitServe and
+text-embeddings-inference do, the work is split:
+
+* this process, the *supervisor*, checks the store (its migrations run here, once, before any
+  worker races to run them), starts the inference process, waits until it listens, then runs
+  uvicorn's multi-process server, whose workers share the listening socket;
+* the *inference process* loads the model, runs the :class:`~nsfwd.engine.Engine` (decoding
+  threads, dynamic batcher, admission control) and serves it with
+  :class:`~nsfwd.remote.InferenceServer` on a Unix socket in a private runtime folder;
+* each *HTTP worker* builds the usual app (:func:`worker_app`) around a
+  :class:`~nsfwd.remote.RemoteEngine` and runs its own share of the background jobs; the job
+  store's leases already let several workers share one queue safely.
+
+Metrics: ``PROMETHEUS_MULTIPROC_DIR`` points every process at one folder, so ``GET /metrics`` on
+any worker sums all of them. Shutdown: SIGINT or SIGTERM stops uvicorn's workers first (they
+finish their requests), then the supervisor closes the inference process's lifeline pipe. If
+the inference process dies, the whole server stops with an error, for the process manager to
+restart it; if the supervisor is killed, its children notice (a closed pipe, a new parent) and
+stop too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import tempfile
+import threading
+import time
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from nsfwd.api import create_app
+from nsfwd.api.app import default_workers
+from nsfwd.jobs import Store
+from nsfwd.logs import configure_logging
+from nsfwd.remote import InferenceServer, RemoteEngine
+from nsfwd.settings import Settings
+
+log = logging.getLogger("nsfwd.supervisor")
+
+RUNTIME_ENV = "_NSFWD_RUNTIME_DIR"
+"""Names the runtime folder (socket, settings, model facts, metrics) for worker processes."""
+SOCKET = "inference.sock"
+SETTINGS = "settings.pickle"
+MODEL_INFO = "model.json"
+METRICS = "metrics"
+
+
+def run_workers(settings: Settings) -> int:
+    """Serve with ``settings.http_workers`` HTTP processes and one inference process until
+    interrupted; returns the exit status."""
+    with tempfile.TemporaryDirectory(prefix="nsfwd-") as tmp:  # mode 0700: ours alone
+        runtime = Path(tmp)
+        (runtime / METRICS).mkdir()
+        (runtime / SETTINGS).write_bytes(pickle.dumps(settings))
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(runtime / METRICS)
+        os.environ[RUNTIME_ENV] = str(runtime)
+        context = multiprocessing.get_context("spawn")
+        lifeline, keep_alive = context.Pipe(duplex=False)
+        inference = context.Process(
+            target=inference_main, args=(runtime, lifeline), name="nsfwd-inference"
+        )
+        inference.start()
+        lifeline.close()  # the child's end; ours closing (or dying) tells it to stop
+        stopping = threading.Event()
+        try:
+            if not _wait_until_listening(inference, runtime):
+                log.error(
+                    "the inference process exited during start-up (status %s)", inference.exitcode
+                )
+                return 1
+            threading.Thread(target=_stop_if_dies, args=(inference, stopping), daemon=True).start()
+            uvicorn.run(
+                "nsfwd.supervisor:worker_app",
+                factory=True,
+                host=settings.host,
+                port=settings.port,
+                workers=settings.http_workers,
+                log_level="info",
+            )
+        finally:
+            stopping.set()
+            keep_alive.close()
+            _stop(inference)
+        if inference.exitcode != 0:
+            log.error("the inference process died (status %s)", inference.exitcode)
+            return 1
+        return 0
+
+
+def _wait_until_listening(inference: BaseProcess, runtime: Path) -> bool:
+    """Whether the inference process came up (it writes the model facts once it listens)."""
+    while not (runtime / MODEL_INFO).exists():
+        if not inference.is_alive():
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _stop_if_dies(inference: BaseProcess, stopping: threading.Event) -> None:
+    inference.join()
+    if not stopping.is_set():
+        log.error("the inference process died (status %s); stopping", inference.exitcode)
+        os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's supervisor stops its workers
+
+
+def _stop(inference: BaseProcess, timeout_s: float = 30.0) -> None:
+    """Wait for the inference process to stop (its lifeline is closed), killing it if it
+    does not within ``timeout_s``."""
+    inference.join(timeout_s)
+    if inference.is_alive():
+        log.error("the inference process did not stop in %.0f s; killing it", timeout_s)
+        inference.kill()
+        inference.join()
+
+
+def _exit_when_orphaned() -> None:
+    """Send this process SIGTERM once its parent is gone (say, a supervisor killed with -9)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="nsfwd-orphan-watch", daemon=True).start()
+
+
+def inference_main(runtime: Path, lifeline: Connection) -> None:
+    """The inference process: load the model and serve the engine on the runtime folder's
+    socket until ``lifeline`` closes.
+
+    It ignores SIGINT and SIGTERM, which a terminal or a service manager sends to the whole
+    process group at once: the HTTP workers must first finish the requests they hold, so only
+    the supervisor, closing the lifeline after they stopped (or dying), ends this process.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    configure_logging()
+    settings: Settings = pickle.loads((runtime / SETTINGS).read_bytes())
+    asyncio.run(_serve_inference(settings, runtime, lifeline))
+
+
+def _when_closed(
+    lifeline: Connection, loop: asyncio.AbstractEventLoop, stop: asyncio.Event
+) -> None:
+    """Set ``stop`` (on ``loop``) once the other end of ``lifeline`` is closed."""
+
+    def wait() -> None:
+        with contextlib.suppress(EOFError, OSError):
+            while True:
+                lifeline.recv()
+        with contextlib.suppress(RuntimeError):  # the loop has already ended
+            loop.call_soon_threadsafe(stop.set)
+
+    threading.Thread(target=wait, name="nsfwd-lifeline", daemon=True).start()
+
+
+async def _serve_inference(settings: Settings, runtime: Path, lifeline: Connection) -> None:
+    from nsfwd.server import build_engine
+
+    engine = build_engine(settings)
+    stop = asyncio.Event()
+    _when_closed(lifeline, asyncio.get_running_loop(), stop)
+    await engine.start()
+    server = InferenceServer(engine, runtime / SOCKET)
+    await server.start()
+    info = {
+        "model_name": engine.model_name,
+        "max_batch_size": engine.max_batch_size,
+        "max_queue": engine.max_queue,
+    }
+    partial = runtime / f"{MODEL_INFO}.partial"
+    partial.write_text(json.dumps(info))
+    partial.rename(runtime / MODEL_INFO)  # atomically: the supervisor waits for this name
+    log.info("inference process %d serving %s", os.getpid(), engine.model_name)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+        await engine.stop()
+
+
+def worker_app() -> FastAPI:
+    """The app of one HTTP worker process (a uvicorn factory): the usual routes, store and
+    background jobs around a :class:`RemoteEngine` on the inference process."""
+    configure_logging()
+    _exit_when_orphaned()
+    runtime = Path(os.environ[RUNTIME_ENV])
+    settings: Settings = pickle.loads((runtime / SETTINGS).read_bytes())
+    info: dict[str, Any] = json.loads((runtime / MODEL_INFO).read_text())
+    engine = RemoteEngine(
+        runtime / SOCKET,
+        model_name=info["model_name"],
+        max_batch_size=info["max_batch_size"],
+        max_queue=info["max_queue"],
+        limits=settings.image_limits,
+    )
+    if settings.workers is None:  # the replica's share of background jobs, split over workers
+        share = max(1, default_workers(engine) // settings.http_workers)
+        settings = settings.model_copy(update={"workers": share})
+    return create_app(engine, settings, Store.from_settings(settings))

@@ -58,6 +58,7 @@ class BenchConfig:
     batch_size: int | None = None
     concurrency: int = 32
     requests: int = 64
+    http_workers: int = 1
     compare_reference: bool = False
     reference_dtypes: Sequence[str] = ("float32", "bfloat16")
     reference_images: int = 8
@@ -272,6 +273,8 @@ def bench_server(
         "bench",
         "--port",
         str(port),
+        "--http-workers",
+        str(cfg.http_workers),
     ]
     if cfg.device:
         command += ["--device", cfg.device]
@@ -298,6 +301,7 @@ def bench_server(
     batches = after[1] - before[1]
     concurrent["mean_batch_size"] = (after[0] - before[0]) / batches if batches else 0.0
     return {
+        "http_workers": cfg.http_workers,
         "cold_start_s": cold_start,
         "sequential": sequential,
         "concurrent": concurrent,
@@ -433,6 +437,7 @@ def format_report(report: BenchReport) -> str:
         lines.append(
             f"server    mean batch {server['concurrent']['mean_batch_size']:.2f}  "
             f"{server['speedup_vs_sequential']:.2f}x one-at-a-time  "
-            f"cold start {server['cold_start_s']:.1f} s"
+            f"cold start {server['cold_start_s']:.1f} s  "
+            f"{server.get('http_workers', 1)} HTTP process(es)"
         )
     return "\n".join(lines)

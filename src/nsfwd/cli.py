@@ -141,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", type=int, default=32, help="server suite clients")
     bench.add_argument("--requests", type=int, default=64, help="server suite requests")
     bench.add_argument(
+        "--http-workers",
+        type=_positive,
+        default=1,
+        help="server suite: HTTP worker processes in front of the inference process",
+    )
+    bench.add_argument(
         "--compare-reference", action="store_true", help="also run Freepik's package"
     )
     bench.add_argument("--reference-dtypes", default="float32,bfloat16")
@@ -327,6 +333,7 @@ def _bench(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         concurrency=args.concurrency,
         requests=args.requests,
+        http_workers=args.http_workers,
         compare_reference=args.compare_reference,
         reference_dtypes=[d for d in args.reference_dtypes.split(",") if d],
         reference_images=args.reference_images,

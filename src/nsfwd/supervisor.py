@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_for
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
@@ -112,9 +113,10 @@ def _wait_until_listening(inference: BaseProcess, runtime: Path) -> bool:
 
 
 def _stop_if_dies(inference: BaseProcess, stopping: threading.Event) -> None:
-    inference.join()
+    # Waits on the sentinel rather than join(): only the main thread may reap the process.
+    wait_for([inference.sentinel])
     if not stopping.is_set():
-        log.error("the inference process died (status %s); stopping", inference.exitcode)
+        log.error("the inference process died; stopping the HTTP workers")
         os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's supervisor stops its workers
 
 

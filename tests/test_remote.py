@@ -1,0 +1,185 @@
+"""The engine over a Unix socket: a RemoteEngine answers as the local engine would, errors and
+all, and a caller that gives up cancels its request in the inference process."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from nsfwd.engine import Engine, EngineClosedError, QueueFullError
+from nsfwd.images import ImageError, ImageLimits, load_image
+from nsfwd.models import Classifier
+from nsfwd.remote import InferenceServer, RemoteEngine
+from test_engine import _gated, _png
+
+
+@asynccontextmanager
+async def remote(engine: Engine, folder: Path) -> AsyncIterator[tuple[RemoteEngine, Engine]]:
+    """``engine`` started and served on a socket in ``folder``, and a RemoteEngine on it."""
+    await engine.start()
+    server = InferenceServer(engine, folder / "inference.sock")
+    await server.start()
+    client = RemoteEngine(
+        server.path,
+        model_name=engine.model_name,
+        max_batch_size=engine.max_batch_size,
+        max_queue=engine.max_queue,
+        limits=engine.limits,
+    )
+    await client.start()
+    try:
+        yield client, engine
+    finally:
+        await client.stop()
+        await server.stop()
+        await engine.stop()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    """Wait for ``condition``; a TimeoutError fails the test instead of hanging it."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def run(classifier: Classifier, folder: Path, test: Callable[..., Awaitable[None]]) -> None:
+    async def main() -> None:
+        async with remote(Engine(classifier, max_batch_size=4, max_queue=8), folder) as pair:
+            await test(*pair)
+
+    asyncio.run(main())
+
+
+def test_remote_labels_are_the_local_labels(classifier: Classifier, tmp_path: Path) -> None:
+    images = [_png(i) for i in range(6)]
+    expected = [
+        classifier.classify([Image.open(io.BytesIO(data)).convert("RGB")])[0] for data in images
+    ]
+
+    async def test(client: RemoteEngine, engine: Engine) -> None:
+        assert client.ready and client.model_name == classifier.name
+        results = await asyncio.gather(*(client.classify(data) for data in images))
+        for got, want in zip(results, expected, strict=True):
+            assert list(got) == list(want)
+            for label, prob in want.items():
+                assert got[label] == pytest.approx(prob, abs=1e-5)
+
+    run(classifier, tmp_path, test)
+
+
+def test_image_errors_arrive_with_their_type_and_message(
+    classifier: Classifier, tmp_path: Path
+) -> None:
+    async def test(client: RemoteEngine, engine: Engine) -> None:
+        for bad in (_png(1)[:300], _png(2, size=(100, 100)), b"GIF89a" + bytes(64)):
+            with pytest.raises(ImageError) as local:
+                load_image(bad, engine.limits)
+            with pytest.raises(ImageError) as forwarded:
+                await client.classify(bad)
+            assert type(forwarded.value) is type(local.value)
+            assert forwarded.value.message == local.value.message
+        assert (await client.classify(_png(3)))["neutral"] >= 0  # and the connection lives on
+
+    run(classifier, tmp_path, test)
+
+
+def test_a_full_engine_answers_queue_full_with_retry_after(
+    classifier: Classifier, tmp_path: Path
+) -> None:
+    gated = _gated(classifier)
+
+    async def main() -> None:
+        engine = Engine(gated, max_batch_size=1, max_queue=2)
+        gated.gate.set()  # let the warm-up through, then hold every batch
+        async with remote(engine, tmp_path) as (client, _):
+            assert gated.gate is not None
+            gated.gate.clear()
+            held = [asyncio.create_task(client.classify(_png(i))) for i in range(2)]
+            await until(lambda: engine.in_flight == 2)
+            with pytest.raises(QueueFullError) as refused:
+                await client.classify(_png(9))
+            assert refused.value.retry_after >= 1
+            gated.gate.set()
+            assert len(await asyncio.gather(*held)) == 2
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_call_is_dropped_by_the_inference_process(
+    classifier: Classifier, tmp_path: Path
+) -> None:
+    gated = _gated(classifier)
+
+    async def main() -> None:
+        engine = Engine(gated, max_batch_size=1, max_queue=8)
+        gated.gate.set()
+        async with remote(engine, tmp_path) as (client, _):
+            assert gated.gate is not None
+            gated.gate.clear()
+            first = asyncio.create_task(client.classify(_png(1)))  # on the model, held
+            second = asyncio.create_task(client.classify(_png(2)))  # queued behind it
+            await until(lambda: engine.in_flight == 2)
+            second.cancel()
+            await until(lambda: engine.in_flight == 1)  # the cancel arrived
+            gated.gate.set()
+            await first
+            assert second.cancelled()
+            dropped = engine.metrics.registry.get_sample_value("nsfwd_dropped_total")
+            assert dropped == 1.0
+
+    asyncio.run(main())
+
+
+def test_losing_the_inference_process_fails_waiting_calls_and_later_ones(
+    classifier: Classifier, tmp_path: Path
+) -> None:
+    gated = _gated(classifier)
+
+    async def main() -> None:
+        engine = Engine(gated, max_batch_size=1, max_queue=8)
+        gated.gate.set()
+        await engine.start()
+        server = InferenceServer(engine, tmp_path / "inference.sock")
+        await server.start()
+        client = RemoteEngine(
+            server.path,
+            model_name=engine.model_name,
+            max_batch_size=1,
+            max_queue=8,
+            limits=ImageLimits(),
+        )
+        await client.start()
+        assert gated.gate is not None
+        gated.gate.clear()
+        waiting = asyncio.create_task(client.classify(_png(1)))
+        await until(lambda: engine.in_flight == 1)
+        await server.stop()  # the inference process goes away
+        with pytest.raises(EngineClosedError, match="went away"):
+            await waiting
+        assert not client.ready
+        with pytest.raises(EngineClosedError):
+            await client.classify(_png(2))
+        gated.gate.set()
+        await client.stop()
+        await engine.stop()
+
+    asyncio.run(main())
+
+
+def test_a_missing_inference_process_is_a_clear_error(tmp_path: Path) -> None:
+    client = RemoteEngine(
+        tmp_path / "nothing.sock",
+        model_name="m",
+        max_batch_size=1,
+        max_queue=1,
+        limits=ImageLimits(),
+        connect_timeout_s=0.3,
+    )
+    with pytest.raises(EngineClosedError, match="cannot reach the inference process"):
+        asyncio.run(client.start())

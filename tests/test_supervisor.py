@@ -1,0 +1,166 @@
+"""``nsfwd serve --http-workers N``: several HTTP processes feed one inference process, answer
+as one server (metrics included), stop in order, and never outlive each other."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+from nsfwd.models import Classifier
+from serve_process import Served, nsfwd_serve, wait
+from test_api_prodia import MODEL, TOKEN, job_files, jpeg
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ENV = {"NSFWD_API_KEYS": TOKEN, "NSFWD_SERVED_MODEL_NAME": MODEL}
+WORKERS = 2
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid``."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            found += [child, *descendants(child)]
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not count)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def spawned(pid: int) -> list[int]:
+    """The Python processes ``pid`` started with multiprocessing's spawn: inference + workers."""
+    return [
+        child
+        for child in descendants(pid)
+        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+    ]
+
+
+def inference_pid(served: Served) -> int:
+    found = re.search(r"inference process (\d+) serving", served.log.read_text())
+    assert found, served.log.read_text()
+    return int(found.group(1))
+
+
+def metric(text: str, name: str) -> float:
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    assert found, f"{name} not in:\n{text}"
+    return float(found.group(1))
+
+
+def serve(timm_checkpoint: Path, tmp_path: Path) -> AbstractContextManager[Served]:
+    """The server with :data:`WORKERS` HTTP workers."""
+    return nsfwd_serve(
+        timm_checkpoint,
+        tmp_path / "data",
+        tmp_path / "server.log",
+        "--http-workers",
+        str(WORKERS),
+        env=ENV,
+    )
+
+
+def test_workers_answer_like_one_server(
+    timm_checkpoint: Path, classifier: Classifier, tmp_path: Path
+) -> None:
+    images = [jpeg((300 + 20 * i, 240)) for i in range(16)]
+    expected = [classifier.classify([Image.open(io.BytesIO(d)).convert("RGB")])[0] for d in images]
+
+    def post(data: bytes) -> requests.Response:
+        return requests.post(
+            f"{served.url}/v2/job", headers=AUTH, files=job_files(image=data), timeout=60
+        )
+
+    with serve(timm_checkpoint, tmp_path) as served:
+        assert len(spawned(served.process.pid)) == WORKERS + 1
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(post, images))
+        for answer, want in zip(answers, expected, strict=True):
+            assert answer.status_code == 200, answer.text
+            got = answer.json()["config"]["labels"]
+            for label, prob in want.items():
+                assert got[label] == pytest.approx(prob, abs=1e-4)
+
+        # A background job runs on a worker's share of the queue, through the same model.
+        job = requests.post(
+            f"{served.url}/v2/job/async", headers=AUTH, files=job_files(image=images[0]), timeout=30
+        )
+        assert job.status_code == 201, job.text
+        state = f"{served.url}/v2/job/async/{job.json()['id']}/job.state.current"
+        wait(
+            lambda: requests.get(state, headers=AUTH, timeout=10).text == "processed",
+            60,
+            "the background job",
+            served.log,
+        )
+
+        # Whichever worker answers /metrics, it counts every process: the sync requests from
+        # the workers, the images batched by the inference process (16 + the background one).
+        for _ in range(4):
+            text = requests.get(f"{served.url}/metrics", timeout=10).text
+            assert metric(text, 'nsfwd_requests_total{route="/v2/job",status="200"}') == 16
+            assert metric(text, "nsfwd_batch_size_sum") == 17
+        processes = [served.process.pid, *descendants(served.process.pid)]
+    assert served.process.returncode == 0, served.log.read_text()
+    assert not [pid for pid in processes if alive(pid)], "a process outlived the server"
+
+
+def test_sigterm_to_the_whole_group_stops_workers_before_the_model(
+    timm_checkpoint: Path, tmp_path: Path
+) -> None:
+    with serve(timm_checkpoint, tmp_path) as served:
+        processes = [served.process.pid, *descendants(served.process.pid)]
+        os.killpg(served.process.pid, signal.SIGTERM)  # as systemd and terminals do
+        assert served.process.wait(timeout=60) == 0, served.log.read_text()
+    log = served.log.read_text()
+    assert "lost the inference process" not in log, log
+    assert not [pid for pid in processes if alive(pid)]
+
+
+def test_a_dead_inference_process_stops_the_server_with_an_error(
+    timm_checkpoint: Path, tmp_path: Path
+) -> None:
+    with serve(timm_checkpoint, tmp_path) as served:
+        processes = [served.process.pid, *descendants(served.process.pid)]
+        os.kill(inference_pid(served), signal.SIGKILL)
+        assert served.process.wait(timeout=60) == 1
+    assert "the inference process died" in served.log.read_text()
+    assert not [pid for pid in processes if alive(pid)]
+
+
+def test_a_killed_supervisor_leaves_no_process_behind(
+    timm_checkpoint: Path, tmp_path: Path
+) -> None:
+    with serve(timm_checkpoint, tmp_path) as served:
+        port = int(served.url.rsplit(":", 1)[1])
+        children = descendants(served.process.pid)
+        served.process.kill()
+        served.process.wait(timeout=10)
+        wait(
+            lambda: not [pid for pid in children if alive(pid)],
+            30,
+            "the orphans to exit",
+            served.log,
+        )
+    with socket.socket() as probe:  # nothing holds the port any more
+        assert probe.connect_ex(("127.0.0.1", port)) != 0

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,8 +21,19 @@ from nsfwd.remote import InferenceServer, RemoteEngine
 from test_engine import _gated, _png
 
 
+@dataclass
+class Served:
+    """An engine on a socket and a RemoteEngine connected to it."""
+
+    client: RemoteEngine
+    engine: Engine
+    server: InferenceServer
+    gate: threading.Event | None = None
+    """Holds every batch while closed (see :func:`held`)."""
+
+
 @asynccontextmanager
-async def remote(engine: Engine, folder: Path) -> AsyncIterator[tuple[RemoteEngine, Engine]]:
+async def remote(engine: Engine, folder: Path) -> AsyncIterator[Served]:
     """``engine`` started and served on a socket in ``folder``, and a RemoteEngine on it."""
     await engine.start()
     server = InferenceServer(engine, folder / "inference.sock")
@@ -34,11 +47,26 @@ async def remote(engine: Engine, folder: Path) -> AsyncIterator[tuple[RemoteEngi
     )
     await client.start()
     try:
-        yield client, engine
+        yield Served(client, engine, server)
     finally:
         await client.stop()
         await server.stop()
         await engine.stop()
+
+
+@asynccontextmanager
+async def held(classifier: Classifier, folder: Path, max_queue: int) -> AsyncIterator[Served]:
+    """:func:`remote` on one-image batches that wait at a closed gate until the block ends."""
+    gated = _gated(classifier)
+    assert gated.gate is not None
+    gated.gate.set()  # let the warm-up through
+    async with remote(Engine(gated, max_batch_size=1, max_queue=max_queue), folder) as served:
+        gated.gate.clear()
+        served.gate = gated.gate
+        try:
+            yield served
+        finally:
+            gated.gate.set()
 
 
 async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
@@ -50,8 +78,8 @@ async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
 
 def run(classifier: Classifier, folder: Path, test: Callable[..., Awaitable[None]]) -> None:
     async def main() -> None:
-        async with remote(Engine(classifier, max_batch_size=4, max_queue=8), folder) as pair:
-            await test(*pair)
+        async with remote(Engine(classifier, max_batch_size=4, max_queue=8), folder) as served:
+            await test(served.client, served.engine)
 
     asyncio.run(main())
 
@@ -92,21 +120,15 @@ def test_image_errors_arrive_with_their_type_and_message(
 def test_a_full_engine_answers_queue_full_with_retry_after(
     classifier: Classifier, tmp_path: Path
 ) -> None:
-    gated = _gated(classifier)
-
     async def main() -> None:
-        engine = Engine(gated, max_batch_size=1, max_queue=2)
-        gated.gate.set()  # let the warm-up through, then hold every batch
-        async with remote(engine, tmp_path) as (client, _):
-            assert gated.gate is not None
-            gated.gate.clear()
-            held = [asyncio.create_task(client.classify(_png(i))) for i in range(2)]
-            await until(lambda: engine.in_flight == 2)
+        async with held(classifier, tmp_path, max_queue=2) as served:
+            held_back = [asyncio.create_task(served.client.classify(_png(i))) for i in range(2)]
+            await until(lambda: served.engine.in_flight == 2)
             with pytest.raises(QueueFullError) as refused:
-                await client.classify(_png(9))
+                await served.client.classify(_png(9))
             assert refused.value.retry_after >= 1
-            gated.gate.set()
-            assert len(await asyncio.gather(*held)) == 2
+            for task in held_back:
+                task.cancel()
 
     asyncio.run(main())
 
@@ -114,24 +136,20 @@ def test_a_full_engine_answers_queue_full_with_retry_after(
 def test_a_cancelled_call_is_dropped_by_the_inference_process(
     classifier: Classifier, tmp_path: Path
 ) -> None:
-    gated = _gated(classifier)
-
     async def main() -> None:
-        engine = Engine(gated, max_batch_size=1, max_queue=8)
-        gated.gate.set()
-        async with remote(engine, tmp_path) as (client, _):
-            assert gated.gate is not None
-            gated.gate.clear()
-            first = asyncio.create_task(client.classify(_png(1)))  # on the model, held
-            second = asyncio.create_task(client.classify(_png(2)))  # queued behind it
+        async with held(classifier, tmp_path, max_queue=8) as served:
+            engine = served.engine
+            first = asyncio.create_task(served.client.classify(_png(1)))  # on the model
+            second = asyncio.create_task(served.client.classify(_png(2)))  # queued behind it
             await until(lambda: engine.in_flight == 2)
             second.cancel()
             await until(lambda: engine.in_flight == 1)  # the cancel arrived
-            gated.gate.set()
+            assert served.gate is not None
+            served.gate.set()
             await first
             assert second.cancelled()
-            dropped = engine.metrics.registry.get_sample_value("nsfwd_dropped_total")
-            assert dropped == 1.0
+            registry = engine.metrics.registry
+            await until(lambda: registry.get_sample_value("nsfwd_dropped_total") == 1.0)
 
     asyncio.run(main())
 
@@ -139,35 +157,16 @@ def test_a_cancelled_call_is_dropped_by_the_inference_process(
 def test_losing_the_inference_process_fails_waiting_calls_and_later_ones(
     classifier: Classifier, tmp_path: Path
 ) -> None:
-    gated = _gated(classifier)
-
     async def main() -> None:
-        engine = Engine(gated, max_batch_size=1, max_queue=8)
-        gated.gate.set()
-        await engine.start()
-        server = InferenceServer(engine, tmp_path / "inference.sock")
-        await server.start()
-        client = RemoteEngine(
-            server.path,
-            model_name=engine.model_name,
-            max_batch_size=1,
-            max_queue=8,
-            limits=ImageLimits(),
-        )
-        await client.start()
-        assert gated.gate is not None
-        gated.gate.clear()
-        waiting = asyncio.create_task(client.classify(_png(1)))
-        await until(lambda: engine.in_flight == 1)
-        await server.stop()  # the inference process goes away
-        with pytest.raises(EngineClosedError, match="went away"):
-            await waiting
-        assert not client.ready
-        with pytest.raises(EngineClosedError):
-            await client.classify(_png(2))
-        gated.gate.set()
-        await client.stop()
-        await engine.stop()
+        async with held(classifier, tmp_path, max_queue=8) as served:
+            waiting = asyncio.create_task(served.client.classify(_png(1)))
+            await until(lambda: served.engine.in_flight == 1)
+            await served.server.stop()  # the inference process goes away
+            with pytest.raises(EngineClosedError, match="went away"):
+                await waiting
+            assert not served.client.ready
+            with pytest.raises(EngineClosedError):
+                await served.client.classify(_png(2))
 
     asyncio.run(main())
 

@@ -1,4 +1,5 @@
-"""Loopback peers the tests share: an image host and webhook receiver, and a canary.
+"""Loopback peers the tests share: an image host and webhook receiver, a canary, and a
+resolver that gives test host names (``images.test``, ``canary.test``, ...) their addresses.
 
 The host listens on 127.0.0.2, which tests let nsfwd reach through ``allow_networks``; the
 canary listens on 127.0.0.1 at the same port, so a fetch that resolved twice, or checked only
@@ -108,6 +109,27 @@ def jpeg(size: tuple[int, int] = (256, 256), seed: int = 0) -> bytes:
     out = io.BytesIO()
     image.save(out, "JPEG", quality=85)
     return out.getvalue()
+
+
+NAMES: dict[str, list[str]] = {
+    "images.test": ["127.0.0.2"],
+    "other.test": ["127.0.0.2"],
+    "canary.test": ["127.0.0.1"],
+    "mixed.test": ["127.0.0.2", "127.0.0.1"],
+    "mixed-first.test": ["127.0.0.1", "127.0.0.2"],
+    "metadata.test": ["169.254.169.254"],
+    "public.test": ["93.184.216.34", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"],
+    "empty.test": [],
+}
+
+
+async def names(host: str, port: int) -> list[str]:
+    """The test resolver (a ``FetchPolicy`` resolver): NAMES, and 'Name or service not known'
+    for the rest."""
+    try:
+        return list(NAMES[host.removesuffix(".")])
+    except KeyError:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known") from None
 
 
 def verified(hit: Hit, secret: str = SECRET) -> Any:

@@ -29,6 +29,7 @@ PHOTOS = {
     "rocket": "rocket.jpg",  # 427x640 RGB
     "camera": "camera.png",  # 512x512 grayscale (mode L)
 }
+ASTRONAUT = DATA_DIR / PHOTOS["astronaut"]
 EXIF_ORIENTATION_TAG = 0x0112
 # The transposition that *stores* an upright picture so that a viewer honouring the EXIF
 # orientation shows it upright again (the inverse of what the orientation asks a viewer to do).
@@ -68,6 +69,11 @@ def encode(image: Image.Image, fmt: str, **params: Any) -> bytes:
     buffer = BytesIO()
     image.save(buffer, fmt, **params)
     return buffer.getvalue()
+
+
+def astronaut_jpeg(size: tuple[int, int] = (512, 512), quality: int = 90) -> bytes:
+    """The astronaut photograph resized to ``size`` (aspect ratio not kept), as a JPEG."""
+    return encode(Image.open(ASTRONAUT).convert("RGB").resize(size), "JPEG", quality=quality)
 
 
 def with_exif_orientation(upright: Image.Image, orientation: int, fmt: str = "JPEG") -> bytes:

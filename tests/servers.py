@@ -1,4 +1,4 @@
-"""Real HTTP servers on loopback for tests: uvicorn in a background thread."""
+"""Real HTTP servers on loopback for tests (uvicorn in a background thread), and their metrics."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import requests
 import uvicorn
 
 
@@ -39,3 +40,14 @@ def serve_app(app: Any, host: str = "127.0.0.1", **config: Any) -> Iterator[str]
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def metric(base_url: str, name: str, **labels: str) -> float:
+    """The value of one sample on the server's /metrics page (0 when absent)."""
+    text = requests.get(f"{base_url}/metrics", timeout=10).text
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    for line in text.splitlines():
+        sample, _, value = line.rpartition(" ")
+        if sample == (f"{name}{{{wanted}}}" if labels else name):
+            return float(value)
+    return 0.0

@@ -12,53 +12,32 @@ import io
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import pytest
 import requests
 from PIL import Image
 
-from hosts import ALLOWED, SECRET, Canary, Hit, Host, verified
-from nsfwd.api import create_app
-from nsfwd.engine import Engine
+from eachlabs_calls import (
+    KEY,
+    OTHER,
+    ROUTE,
+    SERVED,
+    assert_error,
+    create,
+    created_id,
+    eachlabs_server,
+    poll,
+)
+from hosts import ALLOWED, Canary, Hit, Host, names, verified
 from nsfwd.jobs import Delivery, Store, Upload
 from nsfwd.jobs.database import database_url
 from nsfwd.models import Classifier
 from nsfwd.policies import Policy
-from nsfwd.settings import Settings
-from servers import serve_app
-
-T = TypeVar("T")
-KEY, OTHER = "eachlabs-test-key", "eachlabs-other-key"
-SERVED = "Freepik/nsfw_image_detector"
-ROUTE = "/v1/prediction"
-ERROR_KEYS = {"status", "message", "details"}
-
-
-@contextmanager
-def eachlabs_server(
-    classifier: Classifier, data_dir: Path, **overrides: Any
-) -> Iterator[tuple[str, str]]:
-    """A server on loopback with a store in ``data_dir``; yields its URL and the store's URL."""
-    options: dict[str, Any] = {
-        "model": classifier.name,
-        "served_model_name": SERVED,
-        "api_keys": [KEY, OTHER],
-        "data_dir": data_dir,
-        "fetch_allow_networks": ALLOWED,
-        "fetch_allow_http": True,
-        "webhook_secret": SECRET,
-        "webhook_retry_delays": [0.2, 0.2],
-    }
-    settings = Settings(**(options | overrides))
-    engine = Engine(classifier, max_batch_size=4, limits=settings.image_limits)
-    store = Store.from_settings(settings)
-    with serve_app(create_app(engine, settings, store)) as url:
-        yield url, store.url
+from store_handles import make_key, with_store
 
 
 @pytest.fixture(autouse=True)
@@ -83,63 +62,6 @@ def url(server: tuple[str, str]) -> str:
 
 
 # --- Helpers ------------------------------------------------------------------------------------
-
-
-def create(url: str, image: str, key: str | None = KEY, **fields: Any) -> requests.Response:
-    body = {"model": fields.pop("model", "nsfw-image-detection"), "input": {"image": image}}
-    headers = {} if key is None else {"X-API-Key": key}
-    return requests.post(f"{url}{ROUTE}/", json=body | fields, headers=headers, timeout=30)
-
-
-def created_id(response: requests.Response) -> str:
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert body["status"] == "success" and body["message"] == "Prediction created successfully"
-    assert str(uuid.UUID(body["predictionID"])) == body["predictionID"]
-    return str(body["predictionID"])
-
-
-def poll(url: str, prediction_id: str, key: str = KEY, timeout: float = 30) -> dict[str, Any]:
-    """GET the prediction until it is no longer processing."""
-    deadline = time.monotonic() + timeout
-    while True:
-        res = requests.get(f"{url}{ROUTE}/{prediction_id}", headers={"X-API-Key": key}, timeout=10)
-        assert res.status_code == 200, res.text
-        doc: dict[str, Any] = res.json()
-        if doc["status"] != "processing":
-            return doc
-        assert time.monotonic() < deadline, "the prediction never finished"
-        time.sleep(0.05)
-
-
-def assert_error(res: requests.Response, status: int, details: str, *words: str) -> str:
-    """The answer is Eachlabs' error body with this status and details; returns the message."""
-    assert res.status_code == status, res.text
-    assert res.headers["content-type"] == "application/json"
-    body = res.json()
-    assert set(body) == ERROR_KEYS, body
-    assert body["status"] == "error" and body["details"] == details, body
-    message: str = body["message"]
-    for word in words:
-        assert word in message, message
-    return message
-
-
-def with_store(store_url: str, body: Callable[[Store], Awaitable[T]]) -> T:
-    """Run ``body`` on a second handle of the server's store (as another process would)."""
-
-    async def main() -> T:
-        async with Store(store_url) as store:
-            return await body(store)
-
-    return asyncio.run(main())
-
-
-def make_key(store_url: str, name: str, **limits: int) -> str:
-    async def body(store: Store) -> str:
-        return (await store.create_key(name, **limits))[0]
-
-    return with_store(store_url, body)
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 15, what: str = "it") -> Any:
@@ -565,7 +487,6 @@ def test_names_are_resolved_at_creation_and_refused_when_they_lead_inside() -> N
     from nsfwd.api.eachlabs import _resolve
     from nsfwd.api.errors import BadRequestError
     from nsfwd.fetch import FetchPolicy
-    from test_fetch import names
 
     policy = FetchPolicy(allow_networks=ALLOWED, allow_http=True, resolver=names)
     asyncio.run(_resolve("input.image", "http://images.test/photo.jpg", policy))

@@ -4,102 +4,35 @@ from __future__ import annotations
 
 import io
 import json
-import re
-import socket
-import threading
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-import skimage.data
-import torch
 from PIL import Image
-from requests.adapters import HTTPAdapter, Retry
 from requests_toolbelt.multipart import decoder
 
+from gates import gated_server, wait_for
 from nsfwd.api import create_app
 from nsfwd.engine import Engine
 from nsfwd.images import load_image
 from nsfwd.models import Classifier
 from nsfwd.settings import Settings
-from servers import serve_app
-
-MODEL = "Freepik/nsfw_image_detector"
-TOKEN = "test-key"
-LABELS = ["neutral", "low", "medium", "high"]
-PHOTO = Path(skimage.data.__file__).parent / "astronaut.png"
-
-
-def jpeg(size: tuple[int, int] = (512, 512), quality: int = 90) -> bytes:
-    """The astronaut photo as a JPEG of ``size``."""
-    buffer = io.BytesIO()
-    Image.open(PHOTO).convert("RGB").resize(size).save(buffer, "JPEG", quality=quality)
-    return buffer.getvalue()
-
-
-def guide_session(token: str = TOKEN) -> requests.Session:
-    """A session set up exactly as Prodia's Python guide sets it up."""
-    session = requests.Session()
-    retries = Retry(allowed_methods=None, status_forcelist=Retry.RETRY_AFTER_STATUS_CODES)
-    session.mount("http://", HTTPAdapter(max_retries=retries))
-    session.mount("https://", HTTPAdapter(max_retries=retries))
-    session.headers.update({"Authorization": f"Bearer {token}"})
-    return session
-
-
-def job_files(
-    job_type: str = "inference.vit.img2label.v1",
-    image: bytes | None = None,
-    filename: str = "sunny-day.jpg",
-    content_type: str = "image/jpeg",
-    model: str = MODEL,
-) -> list[tuple[str, tuple[str, Any, str]]]:
-    """The guide's ``files`` list: the job part first, then the input image."""
-    job = {"type": job_type, "config": {"model": model}}
-    files: list[tuple[str, tuple[str, Any, str]]] = [
-        ("job", ("job.json", io.BytesIO(json.dumps(job).encode("utf-8")), "application/json"))
-    ]
-    if image is not None:
-        files.append(("input", (filename, image, content_type)))
-    return files
-
-
-def parts_of(response: requests.Response) -> list[tuple[str, str | None, str, bytes]]:
-    """(name, filename, content type, data) of each part of a multipart answer."""
-    found = []
-    for part in decoder.MultipartDecoder.from_response(response).parts:
-        disposition = part.headers[b"Content-Disposition"].decode()
-        name = re.search(r'name="([^"]*)"', disposition)
-        filename = re.search(r'filename="([^"]*)"', disposition)
-        assert name is not None, disposition
-        found.append(
-            (
-                name.group(1),
-                filename.group(1) if filename else None,
-                part.headers[b"Content-Type"].decode(),
-                part.content,
-            )
-        )
-    return found
-
-
-def metric(base_url: str, name: str, **labels: str) -> float:
-    """The value of one sample on the server's /metrics page (0 when absent)."""
-    text = requests.get(f"{base_url}/metrics", timeout=10).text
-    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    for line in text.splitlines():
-        sample, _, value = line.rpartition(" ")
-        if sample == (f"{name}{{{wanted}}}" if labels else name):
-            return float(value)
-    return 0.0
+from photos import ASTRONAUT, astronaut_jpeg
+from prodia_jobs import (
+    MODEL,
+    TOKEN,
+    assert_labels,
+    encoded_job,
+    guide_session,
+    job_files,
+    parts_of,
+    raw_request,
+)
+from servers import metric, serve_app
 
 
 def assert_job_shape(job: dict[str, Any], job_type: str) -> None:
@@ -114,18 +47,11 @@ def assert_job_shape(job: dict[str, Any], job_type: str) -> None:
     assert job["metrics"]["elapsed"] > 0
 
 
-def assert_labels(labels: dict[str, Any]) -> None:
-    """Four labels in the model's order, probabilities summing to 1."""
-    assert list(labels) == LABELS
-    assert all(isinstance(value, float) and 0 <= value <= 1 for value in labels.values())
-    assert sum(labels.values()) == pytest.approx(1.0, abs=1e-5)
-
-
 # --- the guide's flows ------------------------------------------------------------------------
 
 
 def test_v1_json_as_the_guide_does_it(server_url: str) -> None:
-    image = jpeg()
+    image = astronaut_jpeg()
     started = time.perf_counter()
     res = guide_session().post(
         f"{server_url}/v2/job",
@@ -146,7 +72,7 @@ def test_v1_json_as_the_guide_does_it(server_url: str) -> None:
 
 
 def test_v2_multipart_as_the_guide_does_it(server_url: str) -> None:
-    image = jpeg()
+    image = astronaut_jpeg()
     res = guide_session().post(
         f"{server_url}/v2/job",
         headers={"Accept": "multipart/form-data"},
@@ -177,7 +103,7 @@ def test_v2_multipart_as_the_guide_does_it(server_url: str) -> None:
 
 def test_v2_echoes_the_uploaded_name_and_type_even_when_they_lie(server_url: str) -> None:
     png = io.BytesIO()
-    Image.open(PHOTO).save(png, "PNG")
+    Image.open(ASTRONAUT).save(png, "PNG")
     res = guide_session().post(
         f"{server_url}/v2/job",
         headers={"Accept": "multipart/form-data"},
@@ -192,7 +118,7 @@ def test_v2_with_a_json_accept_gets_the_job_as_json(server_url: str) -> None:
     res = guide_session().post(
         f"{server_url}/v2/job",
         headers={"Accept": "application/json"},
-        files=job_files("inference.vit.img2label.v2", jpeg()),
+        files=job_files("inference.vit.img2label.v2", astronaut_jpeg()),
     )
     assert res.status_code == 200
     assert res.headers["content-type"] == "application/json"
@@ -204,7 +130,7 @@ def test_v2_with_a_json_accept_gets_the_job_as_json(server_url: str) -> None:
 )
 def test_v1_with_a_multipart_accept_gets_the_job_part(server_url: str, accept: str) -> None:
     res = guide_session().post(
-        f"{server_url}/v2/job", headers={"Accept": accept}, files=job_files(image=jpeg())
+        f"{server_url}/v2/job", headers={"Accept": accept}, files=job_files(image=astronaut_jpeg())
     )
     assert res.status_code == 200, res.text
     parts = parts_of(res)
@@ -218,7 +144,7 @@ def test_v1_without_accept_is_json_and_the_guide_curl_works(server_url: str) -> 
     res = requests.post(
         f"{server_url}/v2/job",
         headers={"Authorization": f"Bearer {TOKEN}"},
-        files=job_files(image=jpeg()),
+        files=job_files(image=astronaut_jpeg()),
     )
     assert res.status_code == 200 and res.headers["content-type"] == "application/json"
 
@@ -230,7 +156,7 @@ def test_extra_config_is_echoed_and_both_model_names_work(
         files = [
             ("job", ("job.json", json.dumps({"type": "inference.vit.img2label.v1",
                                               "config": {"model": model, "note": [1, "x"]}}))),
-            ("input", ("x.jpg", jpeg())),
+            ("input", ("x.jpg", astronaut_jpeg())),
         ]  # fmt: skip
         res = guide_session().post(f"{server_url}/v2/job", files=files)
         assert res.status_code == 200, res.text
@@ -240,7 +166,7 @@ def test_extra_config_is_echoed_and_both_model_names_work(
 
 def test_the_same_input_twice_counts_once(server_url: str) -> None:
     """The npm client appends a File input twice (as a File, then as a Blob): that is one image."""
-    image = jpeg()
+    image = astronaut_jpeg()
     files = [*job_files(image=image), ("input", ("image.jpg", image, "image/jpeg"))]
     res = guide_session().post(f"{server_url}/v2/job", files=files)
     assert res.status_code == 200, res.text
@@ -250,15 +176,17 @@ def test_labels_equal_the_classifier_on_the_same_image(
     server_url: str, classifier: Classifier
 ) -> None:
     png = io.BytesIO()
-    Image.open(PHOTO).resize((300, 200)).save(png, "PNG")
-    for image in (jpeg((640, 480)), png.getvalue()):
+    Image.open(ASTRONAUT).resize((300, 200)).save(png, "PNG")
+    for image in (astronaut_jpeg((640, 480)), png.getvalue()):
         res = guide_session().post(f"{server_url}/v2/job", files=job_files(image=image))
         served = res.json()["config"]["labels"]
         direct = classifier.classify([load_image(image)])[0]
         assert list(served) == list(direct)
         for label in direct:
             assert served[label] == pytest.approx(direct[label], abs=1e-5)
-    others = guide_session().post(f"{server_url}/v2/job", files=job_files(image=jpeg((200, 700))))
+    others = guide_session().post(
+        f"{server_url}/v2/job", files=job_files(image=astronaut_jpeg((200, 700)))
+    )
     assert others.json()["config"]["labels"] != served  # the comparison is not vacuous
 
 
@@ -309,7 +237,9 @@ def test_a_missing_or_wrong_token_is_401_plain_text(
     headers = {"Accept": "multipart/form-data"}
     if authorization is not None:
         headers["Authorization"] = authorization
-    res = requests.post(f"{server_url}/v2/job", headers=headers, files=job_files(image=jpeg()))
+    res = requests.post(
+        f"{server_url}/v2/job", headers=headers, files=job_files(image=astronaut_jpeg())
+    )
     assert res.status_code == 401
     assert res.headers["content-type"].startswith("text/plain")
     assert res.headers["www-authenticate"].startswith("Bearer")
@@ -321,8 +251,8 @@ def test_requests_are_counted_by_status_and_timed(server_url: str) -> None:
     ok_before = metric(server_url, "nsfwd_requests_total", route="/v2/job", status="200")
     bad_before = metric(server_url, "nsfwd_requests_total", route="/v2/job", status="401")
     timed_before = metric(server_url, "nsfwd_request_seconds_count", route="/v2/job")
-    guide_session().post(f"{server_url}/v2/job", files=job_files(image=jpeg()))
-    guide_session("nope").post(f"{server_url}/v2/job", files=job_files(image=jpeg()))
+    guide_session().post(f"{server_url}/v2/job", files=job_files(image=astronaut_jpeg()))
+    guide_session("nope").post(f"{server_url}/v2/job", files=job_files(image=astronaut_jpeg()))
     assert metric(server_url, "nsfwd_requests_total", route="/v2/job", status="200") == (
         ok_before + 1
     )
@@ -335,47 +265,6 @@ def test_requests_are_counted_by_status_and_timed(server_url: str) -> None:
 # --- backpressure and clients that leave (a server whose model waits at a gate) ---------------
 
 
-@dataclass
-class GatedClassifier(Classifier):
-    """The real classifier, held at a gate before each batch so a test controls the timing."""
-
-    gate: threading.Event = field(default_factory=threading.Event)
-    entered: threading.Event = field(default_factory=threading.Event)
-
-    def predict(self, batch: torch.Tensor) -> torch.Tensor:
-        self.entered.set()
-        assert self.gate.wait(timeout=30), "the test never opened the gate"
-        return super().predict(batch)
-
-
-@contextmanager
-def gated_server(
-    classifier: Classifier, *, max_queue: int
-) -> Iterator[tuple[str, GatedClassifier, Engine]]:
-    """A server whose model runs only while the gate is open (it starts open for the warm-up)."""
-    gated = GatedClassifier(classifier.loaded, classifier.device, classifier.dtype, classifier.name)
-    gated.gate.set()
-    settings = Settings(
-        model=classifier.name, served_model_name=MODEL, api_keys=[TOKEN], max_queue=max_queue
-    )
-    engine = Engine(gated, max_batch_size=4, max_queue=max_queue, limits=settings.image_limits)
-    with serve_app(create_app(engine, settings)) as url:
-        gated.gate.clear()
-        gated.entered.clear()
-        try:
-            yield url, gated, engine
-        finally:
-            gated.gate.set()
-
-
-def wait_for(condition: Any, timeout: float = 10.0) -> None:
-    """Poll ``condition()`` until it is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.02)
-
-
 def test_a_full_server_answers_429_with_retry_after(classifier: Classifier) -> None:
     with gated_server(classifier, max_queue=1) as (url, gated, _), ThreadPoolExecutor(8) as pool:
         plain = requests.Session()
@@ -383,7 +272,7 @@ def test_a_full_server_answers_429_with_retry_after(classifier: Classifier) -> N
 
         def post(accept: str = "application/json") -> requests.Response:
             return plain.post(
-                f"{url}/v2/job", headers={"Accept": accept}, files=job_files(image=jpeg())
+                f"{url}/v2/job", headers={"Accept": accept}, files=job_files(image=astronaut_jpeg())
             )
 
         first = pool.submit(post)
@@ -403,29 +292,6 @@ def test_a_full_server_answers_429_with_retry_after(classifier: Classifier) -> N
         assert metric(url, "nsfwd_requests_total", route="/v2/job", status="429") == 7
 
 
-def raw_request(url: str, body: bytes, content_type: str, **headers: str) -> socket.socket:
-    """Send a POST /v2/job with ``body`` on a fresh socket and return the socket, unread."""
-    host, port = url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)), timeout=10)
-    head = {
-        "Host": f"{host}:{port}",
-        "Authorization": f"Bearer {TOKEN}",
-        "Content-Type": content_type,
-        "Content-Length": str(len(body)),
-        **headers,
-    }
-    lines = "".join(f"{name}: {value}\r\n" for name, value in head.items())
-    sock.sendall(f"POST /v2/job HTTP/1.1\r\n{lines}\r\n".encode() + body)
-    return sock
-
-
-def encoded_job(image: bytes) -> tuple[bytes, str]:
-    """A v1 job with ``image`` encoded as requests would send it: (body, content type)."""
-    prepared = requests.Request("POST", "http://x/", files=job_files(image=image)).prepare()
-    assert isinstance(prepared.body, bytes)
-    return prepared.body, prepared.headers["Content-Type"]
-
-
 def test_a_client_that_leaves_has_its_image_dropped_before_inference(
     classifier: Classifier,
 ) -> None:
@@ -434,9 +300,9 @@ def test_a_client_that_leaves_has_its_image_dropped_before_inference(
         ThreadPoolExecutor(2) as pool,
     ):
         session = guide_session()
-        first = pool.submit(session.post, f"{url}/v2/job", files=job_files(image=jpeg()))
+        first = pool.submit(session.post, f"{url}/v2/job", files=job_files(image=astronaut_jpeg()))
         assert gated.entered.wait(10)  # the first image holds the model
-        body, content_type = encoded_job(jpeg((300, 300)))
+        body, content_type = encoded_job(astronaut_jpeg((300, 300)))
         leaver = raw_request(url, body, content_type)
         # The second image is decoded and waits in the batcher's queue (white-box: no metric
         # tells a decoded image from one still decoding, and only a queued one is "dropped").
@@ -447,7 +313,10 @@ def test_a_client_that_leaves_has_its_image_dropped_before_inference(
         assert first.result(timeout=30).status_code == 200
         wait_for(lambda: metric(url, "nsfwd_dropped_total") == 1)
         assert metric(url, "nsfwd_batch_size_count") == 1  # the first image alone
-        assert session.post(f"{url}/v2/job", files=job_files(image=jpeg())).status_code == 200
+        assert (
+            session.post(f"{url}/v2/job", files=job_files(image=astronaut_jpeg())).status_code
+            == 200
+        )
 
 
 def test_a_server_whose_model_is_not_loaded_answers_503(classifier: Classifier) -> None:
@@ -458,7 +327,7 @@ def test_a_server_whose_model_is_not_loaded_answers_503(classifier: Classifier) 
     with serve_app(create_app(engine, settings), lifespan="off") as url:  # never started
         for accept in ("application/json", "multipart/form-data"):
             res = plain.post(
-                f"{url}/v2/job", headers={"Accept": accept}, files=job_files(image=jpeg())
+                f"{url}/v2/job", headers={"Accept": accept}, files=job_files(image=astronaut_jpeg())
             )
             assert res.status_code == 503
             assert int(res.headers["retry-after"]) >= 1

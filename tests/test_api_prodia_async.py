@@ -19,24 +19,16 @@ import requests
 import torch
 from PIL import Image
 
+from gates import GatedClassifier
 from nsfwd.api import create_app
 from nsfwd.engine import Engine
 from nsfwd.jobs import Store
 from nsfwd.models import Classifier
 from nsfwd.settings import Settings
-from servers import serve_app
-from test_api_eachlabs import make_key, with_store
-from test_api_prodia import (
-    MODEL,
-    PHOTO,
-    TOKEN,
-    GatedClassifier,
-    assert_labels,
-    job_files,
-    jpeg,
-    metric,
-    parts_of,
-)
+from photos import ASTRONAUT, astronaut_jpeg
+from prodia_jobs import MODEL, TOKEN, assert_labels, job_files, parts_of
+from servers import metric, serve_app
+from store_handles import make_key, with_store
 
 OTHER_TOKEN = "other-key"
 V1, V2 = "inference.vit.img2label.v1", "inference.vit.img2label.v2"
@@ -83,7 +75,7 @@ def url(server: tuple[str, Store]) -> str:
 def submit(url: str, job_type: str = V1, image: bytes | None = None, **options: Any) -> Any:
     headers = options.pop("headers", {"Accept": "application/json"})
     token = options.pop("token", TOKEN)
-    files = job_files(job_type, jpeg() if image is None else image, **options)
+    files = job_files(job_type, astronaut_jpeg() if image is None else image, **options)
     return session(token).post(f"{url}/v2/job/async", headers=headers, files=files)
 
 
@@ -100,7 +92,7 @@ def wait_for_state(url: str, job_id: str, token: str = TOKEN, timeout: float = 3
 
 
 def test_v1_is_accepted_then_processed_with_the_sync_labels(url: str) -> None:
-    image = jpeg((640, 480))
+    image = astronaut_jpeg((640, 480))
     res = submit(url, V1, image)
     assert res.status_code == 201, res.text
     assert res.headers["content-type"] == "application/json"
@@ -135,9 +127,9 @@ def test_v1_is_accepted_then_processed_with_the_sync_labels(url: str) -> None:
 
 def test_v2_outputs_the_labels_and_the_image_byte_for_byte(url: str) -> None:
     png = io.BytesIO()
-    Image.open(PHOTO).save(png, "PNG")
+    Image.open(ASTRONAUT).save(png, "PNG")
     for image, filename, content_type in [
-        (jpeg(), "sunny-day.jpg", "image/jpeg"),
+        (astronaut_jpeg(), "sunny-day.jpg", "image/jpeg"),
         (png.getvalue(), "photo \u00e9t\u00e9.jpg", "image/jpeg"),  # name and type lie: echoed
         (png.getvalue(), "labels.json", "image/png"),  # would clash with the labels: renamed
     ]:
@@ -169,7 +161,7 @@ def test_submitting_with_a_multipart_accept_gets_the_job_part(url: str) -> None:
 def test_extra_config_is_kept(url: str) -> None:
     files = [
         ("job", ("job.json", json.dumps({"type": V1, "config": {"model": MODEL, "note": [1]}}))),
-        ("input", ("x.jpg", jpeg())),
+        ("input", ("x.jpg", astronaut_jpeg())),
     ]
     res = session().post(f"{url}/v2/job/async", files=files)
     assert res.status_code == 201 and res.json()["config"] == {"model": MODEL, "note": [1]}
@@ -182,11 +174,11 @@ def test_extra_config_is_kept(url: str) -> None:
     ("files", "status", "message"),
     [
         (job_files(V1, b"GIF89a" + bytes(64), "a.gif"), 400, "unsupported image format"),
-        (job_files(V1, jpeg((100, 100))), 400, "128"),
-        (job_files(V1, jpeg((2100, 200))), 400, "2048"),
-        (job_files(V1, jpeg()[:2000]), 400, "input 'sunny-day.jpg'"),
-        (job_files(V1, jpeg(), model="other/model"), 400, "unknown model"),
-        (job_files("inference.nope.v1", jpeg()), 400, "unknown job type"),
+        (job_files(V1, astronaut_jpeg((100, 100))), 400, "128"),
+        (job_files(V1, astronaut_jpeg((2100, 200))), 400, "2048"),
+        (job_files(V1, astronaut_jpeg()[:2000]), 400, "input 'sunny-day.jpg'"),
+        (job_files(V1, astronaut_jpeg(), model="other/model"), 400, "unknown model"),
+        (job_files("inference.nope.v1", astronaut_jpeg()), 400, "unknown job type"),
         (job_files(V1), 400, "no input image"),
         ([("job", ("job.json", json.dumps({"type": "inference.ping.v1"})))], 400, "POST it to"),
         (job_files(V1, b"\xff\xd8\xff" + bytes(11 * 1024 * 1024)), 413, "10,485,760"),
@@ -238,7 +230,9 @@ def test_an_unknown_output_file_is_404_naming_the_outputs(url: str) -> None:
 def test_every_route_needs_the_token(url: str, authorization: str | None) -> None:
     job_id = submit(url).json()["id"]
     headers = {} if authorization is None else {"Authorization": authorization}
-    res = requests.post(f"{url}/v2/job/async", headers=headers, files=job_files(V1, jpeg()))
+    res = requests.post(
+        f"{url}/v2/job/async", headers=headers, files=job_files(V1, astronaut_jpeg())
+    )
     assert res.status_code == 401 and res.headers["content-type"].startswith("text/plain")
     for path in ("job.state.current", "job.json", "output", "output/labels.json"):
         res = requests.get(f"{url}/v2/job/async/{job_id}/{path}", headers=headers)
@@ -261,7 +255,7 @@ def test_a_key_from_the_store_works_on_every_prodia_route_until_revoked(
     work as Bearer tokens on POST /v2/job and the async routes, and stop at once when revoked."""
     url, store = server
     key = make_key(store.url, "prodia-client")
-    sync = session(key).post(f"{url}/v2/job", files=job_files(image=jpeg()))
+    sync = session(key).post(f"{url}/v2/job", files=job_files(image=astronaut_jpeg()))
     assert sync.status_code == 200, sync.text
     assert_labels(sync.json()["config"]["labels"])
     job_id = submit(url, token=key).json()["id"]
@@ -279,8 +273,8 @@ def test_a_key_from_the_store_works_on_every_prodia_route_until_revoked(
     owner, key_id = with_store(store.url, owner_and_revoke)
     assert owner == key_id  # the job belongs to the store key, by its id
     refusals = [
-        session(key).post(f"{url}/v2/job", files=job_files(image=jpeg())),
-        session(key).post(f"{url}/v2/job/async", files=job_files(V1, jpeg())),
+        session(key).post(f"{url}/v2/job", files=job_files(image=astronaut_jpeg())),
+        session(key).post(f"{url}/v2/job/async", files=job_files(V1, astronaut_jpeg())),
         session(key).get(f"{url}/v2/job/async/{job_id}/job.json"),
     ]
     for res in refusals:
@@ -288,7 +282,7 @@ def test_a_key_from_the_store_works_on_every_prodia_route_until_revoked(
         assert res.headers["content-type"].startswith("text/plain")
         assert res.headers["www-authenticate"].startswith("Bearer")
         assert "invalid API token" in res.text and "revoked" in res.text
-    missing = requests.post(f"{url}/v2/job", files=job_files(image=jpeg()))
+    missing = requests.post(f"{url}/v2/job", files=job_files(image=astronaut_jpeg()))
     assert missing.status_code == 401
     assert "NSFWD_API_KEYS" in missing.text and "nsfwd keys create" in missing.text
 
@@ -397,9 +391,9 @@ def test_jobs_survive_a_restart_of_the_server(classifier: Classifier, tmp_path: 
     with async_server(classifier, tmp_path) as (url, _):
         assert session().get(f"{url}/v2/job/async/{job_id}/job.json").json() == before
         image = session().get(f"{url}/v2/job/async/{job_id}/output/sunny-day.jpg")
-        assert image.content == jpeg()
+        assert image.content == astronaut_jpeg()
 
 
 def test_the_sync_app_has_no_async_routes_without_a_store(server_url: str) -> None:
-    res = session().post(f"{server_url}/v2/job/async", files=job_files(V1, jpeg()))
+    res = session().post(f"{server_url}/v2/job/async", files=job_files(V1, astronaut_jpeg()))
     assert res.status_code in (404, 405)

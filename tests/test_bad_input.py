@@ -24,8 +24,9 @@ from nsfwd.api.middleware import BodyLimitMiddleware
 from nsfwd.engine import Engine
 from nsfwd.models import Classifier
 from nsfwd.settings import Settings
+from photos import ASTRONAUT, astronaut_jpeg
+from prodia_jobs import MODEL, TOKEN, encoded_job, parts_of, raw_request
 from servers import serve_app
-from test_api_prodia import MODEL, PHOTO, TOKEN, encoded_job, jpeg, parts_of, raw_request
 
 V1 = "inference.vit.img2label.v1"
 LIMIT = 10 * 1024 * 1024
@@ -56,7 +57,7 @@ def png_claiming(width: int, height: int) -> bytes:
 
 def jpeg_claiming(width: int, height: int) -> bytes:
     """A real JPEG with its frame header rewritten to claim ``width`` x ``height`` pixels."""
-    data = bytearray(jpeg((160, 160)))
+    data = bytearray(astronaut_jpeg((160, 160)))
     sof = data.index(b"\xff\xc0")
     data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
@@ -100,11 +101,11 @@ def many_headers_part(count: int, size: int) -> bytes:
 
 
 def _good() -> bytes:
-    return jpeg((160, 160))
+    return astronaut_jpeg((160, 160))
 
 
 def _photo(size: tuple[int, int]) -> bytes:
-    return encode(Image.open(PHOTO).convert("RGB").resize(size), "JPEG")
+    return encode(Image.open(ASTRONAUT).convert("RGB").resize(size), "JPEG")
 
 
 FORM = "multipart/form-data; boundary=b0undary"
@@ -176,7 +177,9 @@ CASES: dict[str, tuple[Callable[[], dict[str, Any]], int, str]] = {
         400, "parts received: 'job', 'image'",
     ),
     "two different inputs": (
-        lambda: multipart_request(job_part(GOOD_JOB), input_part(_good()), input_part(jpeg())),
+        lambda: multipart_request(
+            job_part(GOOD_JOB), input_part(_good()), input_part(astronaut_jpeg())
+        ),
         400, "one input image, got 2 different ones",
     ),
     "empty input part": (
@@ -188,11 +191,13 @@ CASES: dict[str, tuple[Callable[[], dict[str, Any]], int, str]] = {
         400, "input 'a.jpg': unsupported image format",
     ),
     "GIF": (
-        lambda: multipart_request(job_part(GOOD_JOB), input_part(encode(Image.open(PHOTO), "GIF"))),
+        lambda: multipart_request(
+            job_part(GOOD_JOB), input_part(encode(Image.open(ASTRONAUT), "GIF"))
+        ),
         400, "GIF",
     ),
     "truncated JPEG": (
-        lambda: multipart_request(job_part(GOOD_JOB), input_part(jpeg()[:20_000])),
+        lambda: multipart_request(job_part(GOOD_JOB), input_part(astronaut_jpeg()[:20_000])),
         400, "truncated",
     ),
     "image too small": (

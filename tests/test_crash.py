@@ -22,8 +22,8 @@ from typing import Any
 import requests
 
 from photos import photo
+from prodia_jobs import MODEL, TOKEN, job_files
 from servers import free_port
-from test_api_prodia import MODEL, TOKEN, job_files
 
 JOBS = 8
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -4,46 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import io
-import threading
-from dataclasses import dataclass
 
 import pytest
-import torch
 from PIL import Image
 
+from gates import simple_gated_classifier
+from noise import noise_png
 from nsfwd.engine import Engine, EngineClosedError, QueueFullError
 from nsfwd.images import ImageError
 from nsfwd.models import Classifier
-
-
-def _png(seed: int, size: tuple[int, int] = (160, 140)) -> bytes:
-    generator = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=generator, dtype=torch.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels.numpy()).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-@dataclass
-class GatedClassifier(Classifier):
-    """The real classifier, held at a gate before each batch so tests control timing."""
-
-    gate: threading.Event | None = None
-
-    def predict(self, batch: torch.Tensor) -> torch.Tensor:
-        assert self.gate is not None
-        self.gate.wait(timeout=30)
-        return super().predict(batch)
-
-
-def _gated(classifier: Classifier) -> GatedClassifier:
-    return GatedClassifier(
-        loaded=classifier.loaded,
-        device=classifier.device,
-        dtype=classifier.dtype,
-        name=classifier.name,
-        gate=threading.Event(),
-    )
 
 
 def _histogram_mean(engine: Engine) -> float:
@@ -54,7 +23,7 @@ def _histogram_mean(engine: Engine) -> float:
 
 
 def test_concurrent_requests_form_batches_with_correct_results(classifier: Classifier) -> None:
-    images = [_png(i) for i in range(24)]
+    images = [noise_png(i) for i in range(24)]
     expected = [
         classifier.classify([Image.open(io.BytesIO(data)).convert("RGB")])[0] for data in images
     ]
@@ -76,17 +45,17 @@ def test_concurrent_requests_form_batches_with_correct_results(classifier: Class
 
 
 def test_a_full_queue_is_refused_with_retry_after(classifier: Classifier) -> None:
-    gated = _gated(classifier)
+    gated = simple_gated_classifier(classifier)
 
     async def main() -> None:
         engine = Engine(gated, max_batch_size=2, max_queue=3)
         gated.gate.set()  # type: ignore[union-attr]
         await engine.start()
         gated.gate.clear()  # type: ignore[union-attr]
-        tasks = [asyncio.create_task(engine.classify(_png(i))) for i in range(3)]
+        tasks = [asyncio.create_task(engine.classify(noise_png(i))) for i in range(3)]
         await asyncio.sleep(0.3)
         with pytest.raises(QueueFullError) as refused:
-            await engine.classify(_png(99))
+            await engine.classify(noise_png(99))
         assert refused.value.retry_after >= 1
         assert engine.metrics.registry.get_sample_value("nsfwd_rejected_total") == 1.0
         gated.gate.set()  # type: ignore[union-attr]
@@ -97,22 +66,22 @@ def test_a_full_queue_is_refused_with_retry_after(classifier: Classifier) -> Non
 
 
 def test_cancelled_requests_are_dropped_before_inference(classifier: Classifier) -> None:
-    gated = _gated(classifier)
+    gated = simple_gated_classifier(classifier)
 
     async def main() -> None:
         engine = Engine(gated, max_batch_size=1, max_queue=16)
         gated.gate.set()  # type: ignore[union-attr]
         await engine.start()
         gated.gate.clear()  # type: ignore[union-attr]
-        first = asyncio.create_task(engine.classify(_png(1)))  # holds the model at the gate
+        first = asyncio.create_task(engine.classify(noise_png(1)))  # holds the model at the gate
         await asyncio.sleep(0.3)
-        doomed = [asyncio.create_task(engine.classify(_png(i))) for i in range(2, 6)]
+        doomed = [asyncio.create_task(engine.classify(noise_png(i))) for i in range(2, 6)]
         await asyncio.sleep(0.3)
         for task in doomed:
             task.cancel()
         gated.gate.set()  # type: ignore[union-attr]
         await first
-        survivor = await engine.classify(_png(7))
+        survivor = await engine.classify(noise_png(7))
         assert set(survivor) == set(classifier.labels)
         assert engine.metrics.registry.get_sample_value("nsfwd_dropped_total") == 4.0
         assert engine.in_flight == 0
@@ -127,7 +96,7 @@ def test_bad_images_raise_typed_errors_and_the_engine_goes_on(classifier: Classi
         await engine.start()
         with pytest.raises(ImageError):
             await engine.classify(b"definitely not an image")
-        assert set(await engine.classify(_png(3))) == set(classifier.labels)
+        assert set(await engine.classify(noise_png(3))) == set(classifier.labels)
         assert engine.in_flight == 0
         await engine.stop()
 
@@ -138,12 +107,12 @@ def test_a_stopped_engine_refuses_work(classifier: Classifier) -> None:
     async def main() -> None:
         engine = Engine(classifier)
         with pytest.raises(EngineClosedError):
-            await engine.classify(_png(1))
+            await engine.classify(noise_png(1))
         await engine.start()
         assert engine.ready
         await engine.stop()
         assert not engine.ready
         with pytest.raises(EngineClosedError):
-            await engine.classify(_png(1))
+            await engine.classify(noise_png(1))
 
     asyncio.run(main())

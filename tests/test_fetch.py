@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from hosts import Canary
+from hosts import Canary, names
 from nsfwd.fetch import (
     FetchFailedError,
     FetchPolicy,
@@ -168,26 +168,6 @@ def nothing_reaches_the_canary(request: pytest.FixtureRequest) -> Iterator[None]
     yield
     time.sleep(0.01)  # let the listener record a connection that was just made
     assert canary.hits == [], f"the canary on 127.0.0.1 was reached: {canary.hits}"
-
-
-NAMES = {
-    "images.test": ["127.0.0.2"],
-    "other.test": ["127.0.0.2"],
-    "canary.test": ["127.0.0.1"],
-    "mixed.test": ["127.0.0.2", "127.0.0.1"],
-    "mixed-first.test": ["127.0.0.1", "127.0.0.2"],
-    "metadata.test": ["169.254.169.254"],
-    "public.test": ["93.184.216.34", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"],
-    "empty.test": [],
-}
-
-
-async def names(host: str, port: int) -> list[str]:
-    """The test resolver: NAMES, and 'Name or service not known' for the rest."""
-    try:
-        return list(NAMES[host.removesuffix(".")])
-    except KeyError:
-        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known") from None
 
 
 def policy(**changes: Any) -> FetchPolicy:

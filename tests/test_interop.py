@@ -18,19 +18,11 @@ import pytest
 import requests
 from PIL import Image
 
+from gates import gated_server, wait_for
 from nsfwd.models import Classifier
-from test_api_prodia import (
-    LABELS,
-    MODEL,
-    PHOTO,
-    TOKEN,
-    gated_server,
-    guide_session,
-    job_files,
-    jpeg,
-    metric,
-    wait_for,
-)
+from photos import ASTRONAUT, astronaut_jpeg
+from prodia_jobs import LABELS, MODEL, TOKEN, guide_session, job_files
+from servers import metric
 
 INTEROP = Path(__file__).parent / "interop"
 CLIENT_VERSION = "1.6.0"
@@ -59,7 +51,7 @@ def node() -> str:
 def image_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real photograph as a JPEG file for the client to upload."""
     path = tmp_path_factory.mktemp("interop") / "astronaut.jpg"
-    path.write_bytes(jpeg())
+    path.write_bytes(astronaut_jpeg())
     return path
 
 
@@ -90,7 +82,7 @@ def test_v1_labels_arrive_in_the_job(node: str, server_url: str, image_file: Pat
     assert job["state"] == {"current": "completed"}
     assert list(job["config"]["labels"]) == LABELS
     assert sum(job["config"]["labels"].values()) == pytest.approx(1.0, abs=1e-5)
-    direct = guide_session().post(f"{server_url}/v2/job", files=job_files(image=jpeg()))
+    direct = guide_session().post(f"{server_url}/v2/job", files=job_files(image=astronaut_jpeg()))
     assert job["config"]["labels"] == direct.json()["config"]["labels"]
 
 
@@ -150,7 +142,7 @@ def test_an_unknown_model_throws_the_server_message(
 
 def test_a_bad_image_throws_the_server_message(node: str, server_url: str, tmp_path: Path) -> None:
     small = tmp_path / "small.png"
-    Image.open(PHOTO).resize((100, 100)).save(small)
+    Image.open(ASTRONAUT).resize((100, 100)).save(small)
     result = run_job(node, server_url, labels_job(V2), inputs=[str(small)])
     assert not result["ok"]
     assert result["error"] == "ProdiaUserError"
@@ -167,7 +159,7 @@ def test_the_client_waits_out_a_429_and_succeeds(
             args=(f"{url}/v2/job",),
             kwargs={
                 "headers": {"Authorization": f"Bearer {TOKEN}"},
-                "files": job_files(image=jpeg()),
+                "files": job_files(image=astronaut_jpeg()),
             },
         )
         holder.start()

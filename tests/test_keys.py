@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from eachlabs_calls import SERVED, assert_error, create, created_id, eachlabs_server, poll
 from hosts import Host, jpeg
 from nsfwd.api.auth import AuthenticationError, KeyRing
 from nsfwd.cli import main
@@ -24,10 +25,9 @@ from nsfwd.jobs.database import DATABASE_FILE, database_url
 from nsfwd.jobs.keys import static_key_ref
 from nsfwd.models import Classifier
 from nsfwd.settings import Settings
+from photos import astronaut_jpeg
+from prodia_jobs import job_files
 from servers import serve_app
-from test_api_eachlabs import SERVED, assert_error, create, created_id, eachlabs_server, poll
-from test_api_prodia import job_files
-from test_api_prodia import jpeg as photo
 
 NSFWD = Path(sys.executable).with_name("nsfwd")
 
@@ -43,7 +43,7 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def prodia_job() -> list[tuple[str, tuple[str, object, str]]]:
     """A Prodia img2label job (the guide's multipart files) for the served model."""
-    return job_files(image=photo(), model=SERVED)
+    return job_files(image=astronaut_jpeg(), model=SERVED)
 
 
 def keys(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from eachlabs_calls import assert_error, create, created_id, eachlabs_server, poll
 from hosts import Canary, Host
 from nsfwd.jobs import CapacityError
 from nsfwd.models import Classifier
 from nsfwd.ratelimit import CreateRateLimiter, KeyLimits, RateLimitedError, store_rate_retry_after
-from test_api_eachlabs import assert_error, create, created_id, eachlabs_server, make_key, poll
+from store_handles import make_key
 
 
 class FakeClock:

@@ -17,6 +17,8 @@ import pytest
 from PIL import Image
 from sqlalchemy import update
 
+from gates import simple_gated_classifier
+from noise import noise_png
 from nsfwd.engine import Engine
 from nsfwd.fetch import FetchPolicy
 from nsfwd.jobs import Prediction, Store, Upload
@@ -25,7 +27,6 @@ from nsfwd.jobs.schema import predictions
 from nsfwd.jobs.worker import Worker, verdict
 from nsfwd.models import Classifier, Labels
 from nsfwd.policies import Policy
-from test_engine import _gated, _png
 
 T = TypeVar("T")
 PNG = "image/png"
@@ -96,7 +97,7 @@ def run(
 
 
 def test_uploads_are_classified_with_the_engine(classifier: Classifier, tmp_path: Path) -> None:
-    images = [_png(seed) for seed in range(6)]
+    images = [noise_png(seed) for seed in range(6)]
     engine = CountingEngine(classifier, max_batch_size=4)
 
     async def body(store: Store, worker: Worker) -> list[Prediction]:
@@ -125,7 +126,7 @@ def test_bad_uploads_fail_with_the_image_error(classifier: Classifier, tmp_path:
     async def body(store: Store, worker: Worker) -> list[Prediction]:
         ids = [
             await upload(store, b"GIF89a" + bytes(100), "anim.gif"),
-            await upload(store, _png(1, size=(64, 64)), "tiny.png"),
+            await upload(store, noise_png(1, size=(64, 64)), "tiny.png"),
         ]
         await wait_until(lambda: _count(all_finished(store, ids), 2))
         return await all_finished(store, ids)
@@ -168,7 +169,7 @@ def image_host(files: dict[str, tuple[bytes, str]]) -> Iterator[str]:
 
 
 def test_url_inputs_are_fetched_under_the_policy(classifier: Classifier, tmp_path: Path) -> None:
-    photo = _png(7)
+    photo = noise_png(7)
     files = {"/photo.png": (photo, PNG), "/page.html": (b"<html>hi</html>", "text/html")}
     policy = FetchPolicy(allow_networks=["127.0.0.2/32"], allow_http=True)
     with image_host(files) as host:
@@ -221,7 +222,7 @@ def test_replicas_share_the_queue_without_running_anything_twice(
     classifier: Classifier, database: str
 ) -> None:
     """Two replicas (each its own store connections and worker) on one database, one engine."""
-    images = [_png(seed) for seed in range(12)]
+    images = [noise_png(seed) for seed in range(12)]
     engine = CountingEngine(classifier, max_batch_size=4)
 
     async def main() -> list[Prediction]:
@@ -252,7 +253,7 @@ def test_a_dead_workers_predictions_are_taken_over_after_the_lease(
 
     async def crash() -> list[str]:
         async with Store(url) as store:
-            ids = [await upload(store, _png(i)) for i in range(2)]
+            ids = [await upload(store, noise_png(i)) for i in range(2)]
             claimed = await store.claim_predictions("dead", 2, 0.5)  # ... and it never returns
             assert len(claimed) == 2
             return ids
@@ -282,7 +283,7 @@ def test_a_prediction_out_of_attempts_is_failed_not_run(
 
     async def crash_twice() -> str:
         async with Store(url) as store:
-            prediction_id = await upload(store, _png(1))
+            prediction_id = await upload(store, noise_png(1))
             for _ in range(2):
                 await store.claim_predictions("crashing", 1, 0.01)
                 await asyncio.sleep(0.05)
@@ -297,7 +298,7 @@ def test_a_prediction_out_of_attempts_is_failed_not_run(
 def test_leases_are_renewed_while_a_slow_prediction_runs(
     classifier: Classifier, tmp_path: Path
 ) -> None:
-    gated = _gated(classifier)
+    gated = simple_gated_classifier(classifier)
     assert gated.gate is not None
     gated.gate.set()
     engine = Engine(gated)
@@ -305,7 +306,7 @@ def test_leases_are_renewed_while_a_slow_prediction_runs(
     async def body(store: Store, worker: Worker) -> tuple[Prediction, list[Prediction]]:
         assert gated.gate is not None
         gated.gate.clear()
-        prediction_id = await upload(store, _png(1))
+        prediction_id = await upload(store, noise_png(1))
         await wait_until(lambda: _running(store, prediction_id))
         stolen = []
         for _ in range(6):  # 1.8 s: three leases' worth
@@ -324,7 +325,7 @@ def test_leases_are_renewed_while_a_slow_prediction_runs(
 def test_a_worker_that_loses_its_lease_drops_its_run(
     classifier: Classifier, tmp_path: Path
 ) -> None:
-    gated = _gated(classifier)
+    gated = simple_gated_classifier(classifier)
     assert gated.gate is not None
     gated.gate.set()
     engine = Engine(gated)
@@ -333,7 +334,7 @@ def test_a_worker_that_loses_its_lease_drops_its_run(
     async def body(store: Store, worker: Worker) -> Prediction:
         assert gated.gate is not None
         gated.gate.clear()
-        prediction_id = await upload(store, _png(1))
+        prediction_id = await upload(store, noise_png(1))
         await wait_until(lambda: _running(store, prediction_id))
         from nsfwd.jobs.database import create_engine
 
@@ -358,7 +359,7 @@ def test_a_worker_that_loses_its_lease_drops_its_run(
 
 
 def test_stopping_hands_running_predictions_back(classifier: Classifier, tmp_path: Path) -> None:
-    gated = _gated(classifier)
+    gated = simple_gated_classifier(classifier)
     assert gated.gate is not None
     gated.gate.set()
     url = database_url(tmp_path)
@@ -371,7 +372,7 @@ def test_stopping_hands_running_predictions_back(classifier: Classifier, tmp_pat
             gated.gate.clear()
             worker = Worker(store, engine, concurrency=2, poll_s=0.05)
             await worker.start()
-            ids = [await upload(store, _png(i)) for i in range(3)]
+            ids = [await upload(store, noise_png(i)) for i in range(3)]
             await wait_until(lambda: _processing_count(store, ids, 2))
             await worker.stop()
             gated.gate.set()
@@ -388,7 +389,7 @@ def test_new_work_wakes_the_worker_at_once(classifier: Classifier, tmp_path: Pat
     async def body(store: Store, worker: Worker) -> float:
         await asyncio.sleep(0.2)  # the worker is idle, waiting for its (long) poll
         started = time.monotonic()
-        prediction_id = await upload(store, _png(1))
+        prediction_id = await upload(store, noise_png(1))
         await wait_until(lambda: _count(all_finished(store, [prediction_id]), 1))
         return time.monotonic() - started
 
@@ -397,7 +398,7 @@ def test_new_work_wakes_the_worker_at_once(classifier: Classifier, tmp_path: Pat
 
 def test_expired_results_are_purged(classifier: Classifier, tmp_path: Path) -> None:
     async def body(store: Store, worker: Worker) -> None:
-        prediction_id = await upload(store, _png(1))
+        prediction_id = await upload(store, noise_png(1))
         await wait_until(lambda: _count(all_finished(store, [prediction_id]), 1))
         await wait_until(lambda: _gone(store, prediction_id), what="the purge")
 

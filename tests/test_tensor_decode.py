@@ -14,6 +14,7 @@ import json
 import shutil
 import struct
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -229,6 +230,10 @@ def test_auto_picks_the_path_measured_faster_on_the_cpu(classifier: Classifier) 
     assert resolve_decode("auto", classifier) == AUTO_ON_CPU
     assert resolve_decode("pil", classifier) == "pil"
     assert resolve_decode("tensor", classifier) == "tensor"
+    on = {kind: replace(classifier, device=torch.device(kind)) for kind in ("cuda", "mps")}
+    assert resolve_decode("auto", on["cuda"]) == "tensor"
+    assert resolve_decode("auto", on["mps"]) == "pil"  # not measured there
+    assert TensorDecoder(on["cuda"]).batched and not TensorDecoder(classifier).batched
 
 
 def _mixed_folder(folder: Path) -> list[Path]:

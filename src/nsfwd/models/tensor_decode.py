@@ -122,9 +122,9 @@ def _describe(prepare: Prepare, steps: list[Any]) -> str:
 def resolve_decode(mode: str, classifier: Classifier) -> str:
     """``pil`` or ``tensor`` for a ``--decode`` choice.
 
-    ``auto`` is the tensor path on CUDA, :data:`AUTO_ON_CPU` on the CPU, and ``pil`` for a model
-    whose preprocessing the tensor path cannot reproduce; ``tensor`` for such a model raises
-    :class:`TensorDecodeUnavailableError`.
+    ``auto`` is the tensor path on CUDA, :data:`AUTO_ON_CPU` on the CPU, and ``pil`` on other
+    devices (not measured) and for a model whose preprocessing the tensor path cannot reproduce;
+    ``tensor`` for such a model raises :class:`TensorDecodeUnavailableError`.
     """
     if mode not in DECODE_MODES:
         raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, not {mode!r}")
@@ -138,7 +138,7 @@ def resolve_decode(mode: str, classifier: Classifier) -> str:
         return "pil"
     if mode == "tensor" or classifier.device.type == "cuda":
         return "tensor"
-    return AUTO_ON_CPU
+    return AUTO_ON_CPU if classifier.device.type == "cpu" else "pil"
 
 
 def orient(pixels: torch.Tensor, orientation: int | None) -> torch.Tensor:
@@ -229,19 +229,20 @@ class TensorDecoder:
 
         # apply_exif_orientation stays off: torchvision honours it only on the CPU, and
         # orient() applies the orientation Pillow reads, as load_image does, on any device.
+        # Devices other than CUDA get CPU tensors from decode_jpeg, hence the .to() below.
         def run(data: list[torch.Tensor]) -> list[torch.Tensor]:
             out: list[torch.Tensor] = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
             return out
 
         buffers = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in encoded]
         try:
-            return list(run(buffers))
+            return [pixels.to(self.device) for pixels in run(buffers)]
         except (RuntimeError, ValueError):
             pass
         decoded: list[torch.Tensor | None] = []
         for buffer in buffers:
             try:
-                decoded.append(run([buffer])[0])
+                decoded.append(run([buffer])[0].to(self.device))
             except (RuntimeError, ValueError) as exc:
                 _log.debug("decode_jpeg refused an image, the PIL path takes it: %s", exc)
                 decoded.append(None)

@@ -233,7 +233,6 @@ def test_auto_picks_the_path_measured_faster_on_the_cpu(classifier: Classifier) 
     on = {kind: replace(classifier, device=torch.device(kind)) for kind in ("cuda", "mps")}
     assert resolve_decode("auto", on["cuda"]) == "tensor"
     assert resolve_decode("auto", on["mps"]) == "pil"  # not measured there
-    assert TensorDecoder(on["cuda"]).batched and not TensorDecoder(classifier).batched
 
 
 def _mixed_folder(folder: Path) -> list[Path]:
@@ -248,13 +247,9 @@ def _mixed_folder(folder: Path) -> list[Path]:
     return [*paths[:3], folder / "missing.jpg", folder, *paths[3:]]
 
 
-@pytest.mark.parametrize("batched", [False, True], ids=["per-file", "one-call-per-batch"])
 def test_classify_files_gives_the_pil_paths_results_in_order(
-    classifier: Classifier, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batched: bool
+    classifier: Classifier, tmp_path: Path
 ) -> None:
-    # one-call-per-batch is the CUDA pipeline (reads on the workers, the batch decoded on a
-    # thread of its own), run here on the CPU.
-    monkeypatch.setattr(TensorDecoder, "batched", property(lambda self: batched))
     paths = _mixed_folder(tmp_path / "mixed")
     pil = list(classify_files(classifier, paths, batch_size=4, decode="pil"))
     tensor = list(classify_files(classifier, paths, batch_size=4, decode="tensor"))

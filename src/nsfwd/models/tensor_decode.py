@@ -196,13 +196,6 @@ class TensorDecoder:
         """Where the pixels are decoded and resized."""
         return self.classifier.device
 
-    @property
-    def batched(self) -> bool:
-        """Whether decoding a batch in one call pays: with nvjpeg on CUDA it does; on the CPU
-        torchvision decodes a list one image at a time, so callers may as well spread the images
-        over threads."""
-        return self.device.type == "cuda"
-
     def prepare(self, encoded: Sequence[bytes]) -> list[Prepared]:
         """Prepared pixels, or the :class:`ImageError` that refuses them, for each image in
         order. The JPEGs among them are decoded in one ``decode_jpeg`` call."""

@@ -33,3 +33,20 @@ def test_bench_runs_every_suite_and_writes_json(
     assert server["concurrent"]["p50_ms"] <= server["concurrent"]["p99_ms"]
     assert report["machine"]["device"] == "cpu"
     assert "pipeline" in table and "server" in table and "mean batch" in table
+
+
+@pytest.mark.parametrize("decode", ["pil", "tensor"])
+def test_the_pipeline_suite_measures_either_decode_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], decode: str
+) -> None:
+    out = tmp_path / "bench.json"
+    code = main([
+        "bench", "--arch", "eva02_tiny_patch14_224", "--suites", "pipeline", "--images", "4",
+        "--image-size", "320x240", "--batch-size", "2", "--decode", decode, "--json", str(out),
+    ])  # fmt: skip
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["config"]["decode"] == decode
+    assert report["results"]["pipeline"]["decode"] == decode
+    assert report["results"]["pipeline"]["failed"] == 0
+    assert f"decode {decode}" in capsys.readouterr().out

@@ -129,6 +129,43 @@ def test_bad_options_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[s
         main(["classify", "--policy", "harsh", str(tmp_path)])
 
 
+def test_decode_paths_give_the_same_records(
+    tmp_path: Path, timm_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nsfwd.cli import DECODE_CHOICES, build_parser
+    from nsfwd.models.tensor_decode import DECODE_MODES
+
+    assert DECODE_CHOICES == DECODE_MODES
+    folder = tmp_path / "imgs"
+    _write_images(folder, 4)  # JPEG, PNG, WebP, JPEG
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    records = {}
+    for decode in ("pil", "tensor"):
+        argv = ["classify", "--model", str(timm_checkpoint), "--decode", decode, str(folder)]
+        assert main(argv) == 0
+        records[decode] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    pil, tensor = records["pil"], records["tensor"]
+    assert [r["path"] for r in tensor] == [r["path"] for r in pil]
+    assert tensor[0] == pil[0] and "error" in tensor[0]  # broken.jpg: the same error record
+    for a, b in zip(tensor[1:], pil[1:], strict=True):
+        assert a["flagged"] == b["flagged"]
+        assert max(abs(a["labels"][k] - b["labels"][k]) for k in b["labels"]) <= 2e-3
+
+    # A preprocessing the tensor path does not reproduce (timm's "border" crop) is refused.
+    border = tmp_path / "border"
+    shutil.copytree(timm_checkpoint, border)
+    config = json.loads((border / "config.json").read_text())
+    config["pretrained_cfg"]["crop_mode"] = "border"
+    (border / "config.json").write_text(json.dumps(config))
+    assert main(["classify", "--model", str(border), "--decode", "tensor", str(folder)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "ResizeKeepRatio" in captured.err and "--decode pil" in captured.err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["classify", "--help"])
+    assert "--decode {auto,pil,tensor}" in capsys.readouterr().out
+
+
 def test_an_unreachable_hub_says_how_to_supply_the_model(tmp_path: Path) -> None:
     _write_images(tmp_path, 1)
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9"}

@@ -26,8 +26,11 @@ from nsfwd.images import (
     ImageLimits,
     ImageTooLargeError,
     UnsupportedFormatError,
+    exif_orientation,
     load_image,
     load_image_file,
+    read_header,
+    read_image_file,
     sniff_format,
 )
 from photos import (
@@ -617,3 +620,80 @@ def test_concurrent_loads_agree_with_serial_loads() -> None:
         results = list(pool.map(lambda name: load_image(VARIANTS[name].data), names))
     for name, image in zip(names, results, strict=True):
         assert np.array_equal(np.asarray(image), serial[name])
+
+
+# --- read_header: the checks before decoding, alone (the tensor decode path runs them) ------
+
+HEADER_REFUSALS = {
+    **{f"unsupported-{name}": data for name, (data, _) in UNSUPPORTED.items()},
+    "too-many-bytes": bytes(11 * MIB),
+    "too-small": encode(resized("coffee", (127, 300)), "PNG"),
+    "too-wide": encode(resized("coffee", (2049, 256)), "JPEG"),
+    "png-bomb": png_header_only(100_000, 100_000),
+    "jpeg-bomb": jpeg_claiming(65_000, 65_000),
+    "webp-canvas": webp_claiming(16_000, 16_000),
+    "jpeg-signature-only": VARIANTS["jpeg_baseline"].data[:3],
+}
+
+
+@pytest.mark.parametrize("name", sorted(HEADER_REFUSALS))
+def test_read_header_refuses_what_load_image_refuses_before_decoding(name: str) -> None:
+    data = HEADER_REFUSALS[name]
+    with pytest.raises(ImageError) as loading:
+        load_image(data)
+    with pytest.raises(ImageError) as reading:
+        read_header(data)
+    assert type(reading.value) is type(loading.value)
+    assert str(reading.value) == str(loading.value)
+
+
+def test_read_header_checks_the_frame_size_pillow_uses_too() -> None:
+    data = jpeg_claiming(160, 160)
+    sof = data.index(b"\xff\xc0")
+    (length,) = struct.unpack_from(">H", data, sof + 2)
+    second = bytearray(data[sof : sof + 2 + length])
+    struct.pack_into(">HH", second, 5, 3000, 3000)
+    doubled = data[: sof + 2 + length] + bytes(second) + data[sof + 2 + length :]
+    with pytest.raises(ImageDimensionsError, match="image is 3000x3000 px"):
+        read_header(doubled)
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_read_header_describes_every_accepted_variant(name: str) -> None:
+    data = VARIANTS[name].data
+    header = read_header(data)
+    with Image.open(BytesIO(data)) as raw:
+        assert (header.format, header.width, header.height, header.mode) == (
+            raw.format if raw.format != "MPO" else "JPEG",
+            *raw.size,
+            raw.mode,
+        )
+    expected = {"jpeg_exif_3": 3, "jpeg_exif_6": 6, "jpeg_exif_8": 8}.get(name, 1)
+    assert header.orientation == (expected if header.format == "JPEG" else None)
+
+
+def test_damage_past_the_header_is_load_images_to_find() -> None:
+    truncated, _ = TRUNCATED_AND_CORRUPT["jpeg-half"]
+    assert read_header(truncated).format == "JPEG"
+    with pytest.raises(CorruptImageError):
+        load_image(truncated)
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")
+@pytest.mark.parametrize("exif", sorted(BROKEN_EXIF))
+def test_an_unreadable_orientation_is_upright(exif: str) -> None:
+    data = encode(photo("chelsea"), "JPEG", exif=b"Exif\x00\x00" + BROKEN_EXIF[exif])
+    with Image.open(BytesIO(data)) as image:
+        assert exif_orientation(image) == 1
+    assert read_header(data).orientation == 1
+
+
+def test_read_image_file(tmp_path: Path) -> None:
+    path = tmp_path / "cat.jpg"
+    path.write_bytes(VARIANTS["jpeg_exif_6"].data)
+    assert read_image_file(path) == VARIANTS["jpeg_exif_6"].data
+    limits = ImageLimits(max_bytes=1000)
+    with pytest.raises(ImageTooLargeError, match=f"file {str(path)!r} is"):
+        read_image_file(path, limits)
+    with pytest.raises(IsADirectoryError):
+        read_image_file(tmp_path)

@@ -3,7 +3,8 @@
 Suites (each optional):
 
 * ``model``: images/s and latency per batch size on ready tensors (no decoding);
-* ``pipeline``: ``nsfwd classify``'s path end to end over a folder of JPEGs, decoding included;
+* ``pipeline``: ``nsfwd classify``'s path end to end over a folder of JPEGs, decoding included
+  (``--decode``: Pillow's path or the tensor path, as ``nsfwd classify --decode``);
 * ``server``: a real ``nsfwd serve`` process on loopback under N concurrent clients posting
   Prodia v1 jobs, against one client at a time: req/s, p50/p95/p99 latency, mean batch size;
 * ``--compare-reference``: Freepik's ``nsfw-image-detector`` on the same checkpoint, images and
@@ -36,6 +37,7 @@ import torch
 from PIL import Image
 
 from nsfwd.models import Classifier
+from nsfwd.models.tensor_decode import resolve_decode
 from nsfwd.pipeline import classify_files
 from nsfwd.policies import Policy
 
@@ -54,6 +56,7 @@ class BenchConfig:
     suites: Sequence[str] = SUITES
     batch_sizes: Sequence[int] = (1, 2, 4)
     images: int = 16
+    decode: str = "auto"
     image_size: tuple[int, int] = (1024, 768)
     batch_size: int | None = None
     concurrency: int = 32
@@ -135,15 +138,20 @@ def make_jpegs(folder: Path, count: int, size: tuple[int, int], seed: int = 0) -
     return paths
 
 
-def bench_pipeline(classifier: Classifier, files: list[Path], batch_size: int) -> dict[str, Any]:
+def bench_pipeline(
+    classifier: Classifier, files: list[Path], batch_size: int, decode: str = "auto"
+) -> dict[str, Any]:
     """`nsfwd classify`'s pipeline over ``files``: decode, preprocess, batch, infer."""
-    list(classify_files(classifier, files[:batch_size], batch_size=batch_size))  # warm-up
+    decode = resolve_decode(decode, classifier)
+    run = partial(classify_files, classifier, batch_size=batch_size, decode=decode)
+    list(run(files[:batch_size]))  # warm-up
     start = time.perf_counter()
-    results = list(classify_files(classifier, files, batch_size=batch_size))
+    results = list(run(files))
     elapsed = time.perf_counter() - start
     failed = sum(r.labels is None for r in results)
     return {
         "images": len(files),
+        "decode": decode,
         "batch_size": batch_size,
         "seconds": elapsed,
         "images_per_s": len(files) / elapsed,
@@ -362,8 +370,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchRepo
             log("model: ready tensors through the network ...")
             report.results["model"] = bench_model(classifier, cfg.batch_sizes)
         if "pipeline" in cfg.suites:
-            log(f"pipeline: {len(files)} JPEGs {cfg.image_size[0]}x{cfg.image_size[1]} ...")
-            report.results["pipeline"] = bench_pipeline(classifier, files, batch_size)
+            width, height = cfg.image_size
+            log(f"pipeline: {len(files)} JPEGs {width}x{height}, decode {cfg.decode} ...")
+            report.results["pipeline"] = bench_pipeline(classifier, files, batch_size, cfg.decode)
         if cfg.quantize:
             log(f"agreement: {cfg.quantize} against the exact mode on the same images ...")
             exact = Classifier.load(model, device=cfg.device, dtype=cfg.dtype)
@@ -415,7 +424,7 @@ def format_report(report: BenchReport) -> str:
     if pipeline:
         lines.append(
             f"pipeline  {pipeline['images']} images  {pipeline['images_per_s']:9.2f} img/s  "
-            f"{pipeline['s_per_image'] * 1e3:9.1f} ms/image"
+            f"{pipeline['s_per_image'] * 1e3:9.1f} ms/image  decode {pipeline['decode']}"
         )
     for ref in results.get("reference", []):
         line = (

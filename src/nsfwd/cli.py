@@ -19,6 +19,15 @@ if TYPE_CHECKING:
 PROGRESS_MIN_FILES = 8
 """Show a progress bar from this many files on; fewer finish before a bar would help."""
 
+DECODE_CHOICES = ("auto", "pil", "tensor")  # nsfwd.models.tensor_decode.DECODE_MODES
+DECODE_HELP = (
+    "how files become the model's pixels: pil (Pillow decodes and resizes on the CPU), tensor "
+    "(JPEGs decoded by torchvision onto the model's device, with nvjpeg on CUDA, and resized "
+    "there with torch; PNG, WebP, CMYK JPEGs and JPEGs it refuses go the PIL way) or auto "
+    "(tensor, which measured faster on the CPU too; pil for a model whose preprocessing it "
+    "cannot reproduce)"
+)
+
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -79,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument(
         "--workers", type=int, default=None, help="decoding threads (default: CPU count)"
     )
+    classify.add_argument(
+        "--decode", choices=DECODE_CHOICES, default="auto", help=f"{DECODE_HELP} (default: auto)"
+    )
     classify.add_argument("--no-progress", action="store_true", help="never show a progress bar")
 
     download = sub.add_parser(
@@ -137,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-sizes", default="1,2,4,8", help="model suite batch sizes")
     bench.add_argument("--batch-size", type=int, help="pipeline and server batch size")
     bench.add_argument("--images", type=int, default=16, help="JPEGs in the pipeline suite")
+    bench.add_argument(
+        "--decode",
+        choices=DECODE_CHOICES,
+        default="auto",
+        help="the pipeline suite's decode path, as `nsfwd classify --decode` (default: auto)",
+    )
     bench.add_argument("--image-size", default="1024x768", help="WxH of the JPEGs")
     bench.add_argument("--concurrency", type=int, default=32, help="server suite clients")
     bench.add_argument("--requests", type=int, default=64, help="server suite requests")
@@ -241,6 +259,7 @@ def _classify(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from nsfwd.models import Classifier
+    from nsfwd.models.tensor_decode import resolve_decode
     from nsfwd.output import CsvWriter, JsonLinesWriter, Writer
     from nsfwd.pipeline import classify_files, find_images
 
@@ -262,6 +281,7 @@ def _classify(args: argparse.Namespace) -> int:
         quantize=settings.quantize,
     )
     policy.check(classifier.labels)
+    decode = resolve_decode(args.decode, classifier)  # refuse `tensor` before any output
     writer: Writer
     if args.format == "csv":
         writer = CsvWriter(sys.stdout, policy, classifier.labels)
@@ -274,6 +294,7 @@ def _classify(args: argparse.Namespace) -> int:
         batch_size=batch_size,
         workers=args.workers,
         limits=settings.image_limits,
+        decode=decode,
     )
     classified = 0
     show = len(paths) >= PROGRESS_MIN_FILES and not args.no_progress
@@ -329,6 +350,7 @@ def _bench(args: argparse.Namespace) -> int:
         suites=suites,
         batch_sizes=_ints(args.batch_sizes),
         images=args.images,
+        decode=args.decode,
         image_size=(int(width), int(height)),
         batch_size=args.batch_size,
         concurrency=args.concurrency,

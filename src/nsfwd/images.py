@@ -20,6 +20,9 @@ to be small enough:
 6. the EXIF orientation is applied (a broken EXIF block is ignored, not fatal);
 7. the pixels are converted to 8-bit RGB.
 
+Steps 1 to 3 also run alone, as :func:`read_header`, for decoders that take over from there
+(the tensor decode path, :mod:`nsfwd.models.tensor_decode`): they see only bytes that passed.
+
 Transparency is flattened onto an opaque **white** background. The classifier should judge
 what a person sees, and a person sees a transparent upload in a viewer or on a web page over a
 light background, where fully transparent pixels show nothing at all. Pillow's plain
@@ -42,24 +45,31 @@ import struct
 import threading
 import warnings
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import ClassVar, Final
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 __all__ = [
+    "ORIENTATION_TRANSPOSE",
     "SUPPORTED_FORMATS",
     "CorruptImageError",
     "ImageDimensionsError",
     "ImageError",
+    "ImageHeader",
     "ImageLimits",
     "ImageTooLargeError",
     "UnsupportedFormatError",
+    "exif_orientation",
     "load_image",
     "load_image_file",
+    "read_header",
+    "read_image_file",
     "sniff_format",
 ]
 
@@ -74,6 +84,16 @@ _PNG_MAGIC: Final = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC: Final = b"\xff\xd8\xff"
 # JPEG start-of-frame markers (SOF0..SOF15 without DHT, JPG and DAC, which share the range).
 _JPEG_SOF_MARKERS: Final = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+ORIENTATION_TRANSPOSE: Final = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+"""The turn that shows an image upright, by EXIF orientation (1, upright, needs none)."""
 # Pillow modes holding more than 8 bits per sample, which Pillow's convert() clips.
 _WIDE_GRAY_MODES: Final = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 # catch_warnings() swaps process-wide state; serialise our own uses of it between threads.
@@ -167,6 +187,22 @@ class CorruptImageError(ImageError):
     code: ClassVar[str] = "corrupt"
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    """What :func:`read_header` learnt about an image without decoding its pixels."""
+
+    format: str
+    """``"JPEG"``, ``"PNG"`` or ``"WEBP"``, from the content."""
+    width: int
+    height: int
+    mode: str
+    """Pillow's mode for the stored pixels (for JPEG: ``"L"``, ``"RGB"`` or ``"CMYK"``)."""
+    orientation: int | None
+    """The EXIF orientation :func:`load_image` applies (1 when none), for JPEG, whose EXIF
+    comes before the pixels; ``None`` for PNG and WebP, whose EXIF Pillow reads only while
+    decoding."""
+
+
 def sniff_format(data: bytes) -> str | None:
     """Return ``"JPEG"``, ``"PNG"`` or ``"WEBP"`` from the magic bytes of ``data``, else ``None``.
 
@@ -196,13 +232,83 @@ def load_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
     """
     if isinstance(data, bytearray | memoryview):
         data = bytes(data)
+    fmt, header_size = _check_before_opening(data, limits)
+    with _pillow_errors(fmt, header_size, limits):
+        return _decode(data, fmt, limits)
+
+
+def read_header(data: bytes, limits: ImageLimits = ImageLimits()) -> ImageHeader:
+    """Run :func:`load_image`'s checks that come before decoding (byte size, format by content,
+    dimensions from our header parser and from Pillow's lazy open, decompression bombs) and
+    return what the header says, without decoding a pixel.
+
+    Raises the same :class:`ImageError` as :func:`load_image` for an input those checks refuse.
+    An image that passes may still fail to decode: that is :func:`load_image`'s to say.
+    """
+    if isinstance(data, bytearray | memoryview):
+        data = bytes(data)
+    fmt, header_size = _check_before_opening(data, limits)
+    with _pillow_errors(fmt, header_size, limits), _open(data, fmt) as image:
+        _check_dimensions(image.size, limits)
+        orientation = exif_orientation(image) if fmt == "JPEG" else None
+        return ImageHeader(fmt, image.width, image.height, image.mode, orientation)
+
+
+def read_image_file(path: str | os.PathLike[str], limits: ImageLimits = ImageLimits()) -> bytes:
+    """Read an image file's bytes, at most ``limits.max_bytes + 1`` of them, so an oversized
+    file is refused with :class:`ImageTooLargeError` without being read whole. Errors opening or
+    reading the file itself (missing, unreadable, a directory) are raised as the usual
+    ``OSError``."""
+    with Path(path).open("rb") as file:
+        data = file.read(limits.max_bytes + 1)
+        if len(data) > limits.max_bytes:
+            size = os.fstat(file.fileno()).st_size
+            _check_byte_size(max(size, len(data)), limits, where=f"file {os.fspath(path)!r}")
+    return data
+
+
+def load_image_file(
+    path: str | os.PathLike[str],
+    limits: ImageLimits = ImageLimits(),
+) -> Image.Image:
+    """Read an image file (:func:`read_image_file`) and return :func:`load_image` of its bytes."""
+    return load_image(read_image_file(path, limits), limits)
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1..8) of an opened image, as Pillow reads it (EXIF, else XMP);
+    1 when there is none or it cannot be read: a broken EXIF block must not reject an otherwise
+    good image."""
+    try:
+        value = image.getexif().get(ExifTags.Base.Orientation, 1)
+        return value if value in ORIENTATION_TRANSPOSE else 1
+    except MemoryError:
+        raise
+    except Exception as exc:  # hostile EXIF can make Pillow raise almost anything
+        _log.debug("ignoring unusable EXIF orientation: %s: %s", type(exc).__name__, exc)
+        return 1
+
+
+# --- checks before decoding ---------------------------------------------------------------
+
+
+def _check_before_opening(data: bytes, limits: ImageLimits) -> tuple[str, tuple[int, int] | None]:
+    """Size, format and header dimensions; returns the format and the header's size if found."""
     _check_byte_size(len(data), limits, where="input")
     fmt = _require_supported_format(data)
     header_size = _header_size(data, fmt)
     if header_size is not None:
         _check_dimensions(header_size, limits)
+    return fmt, header_size
+
+
+@contextmanager
+def _pillow_errors(
+    fmt: str, header_size: tuple[int, int] | None, limits: ImageLimits
+) -> Iterator[None]:
+    """Turn what Pillow raises for bad data into the matching :class:`ImageError`."""
     try:
-        return _decode(data, fmt, limits)
+        yield
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -214,27 +320,6 @@ def load_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
     except Exception as exc:
         _log.warning("unexpected %s from Pillow while decoding %s", type(exc).__name__, fmt)
         raise _corrupt_error(fmt, exc) from exc
-
-
-def load_image_file(
-    path: str | os.PathLike[str],
-    limits: ImageLimits = ImageLimits(),
-) -> Image.Image:
-    """Read an image file and return :func:`load_image` of its bytes.
-
-    Reads at most ``limits.max_bytes + 1`` bytes, so an oversized file is refused with
-    :class:`ImageTooLargeError` without being read whole. Errors opening or reading the file
-    itself (missing, unreadable, a directory) are raised as the usual ``OSError``.
-    """
-    with Path(path).open("rb") as file:
-        data = file.read(limits.max_bytes + 1)
-        if len(data) > limits.max_bytes:
-            size = os.fstat(file.fileno()).st_size
-            _check_byte_size(max(size, len(data)), limits, where=f"file {os.fspath(path)!r}")
-    return load_image(data, limits)
-
-
-# --- checks before decoding ---------------------------------------------------------------
 
 
 def _check_byte_size(size: int, limits: ImageLimits, *, where: str) -> None:
@@ -500,18 +585,20 @@ def _open(data: bytes, fmt: str) -> ImageFile.ImageFile:
 
 
 def _upright(image: Image.Image) -> Image.Image:
-    """Return a detached copy of ``image`` turned as its EXIF orientation says.
-
-    A broken EXIF block must not reject an otherwise good image, so any failure while reading
-    or applying the orientation falls back to the image as stored.
-    """
+    """Return a detached copy of ``image`` turned as its EXIF orientation says
+    (:func:`exif_orientation`; the tensor decode path turns its pixels by the same value)."""
+    method = ORIENTATION_TRANSPOSE.get(exif_orientation(image))
+    if method is None:
+        return image.copy()
     try:
-        return ImageOps.exif_transpose(image)
+        return ImageOps.exif_transpose(image)  # turns by the same tag and drops it from the copy
     except MemoryError:
         raise
-    except Exception as exc:  # hostile EXIF can make Pillow raise almost anything
-        _log.debug("ignoring unusable EXIF orientation: %s: %s", type(exc).__name__, exc)
-        return image.copy()
+    except Exception as exc:  # a tag that reads well in an EXIF block Pillow cannot rewrite
+        _log.debug(
+            "EXIF orientation applied without rewriting EXIF: %s: %s", type(exc).__name__, exc
+        )
+        return image.transpose(method)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -1,19 +1,29 @@
-"""Classify many image files: decode on worker threads while the model runs, keep input order."""
+"""Classify many image files: decode on worker threads while the model runs, keep input order.
+
+Two ways to decode (``decode``, ``nsfwd classify --decode``): ``pil``, each file decoded and
+resized with Pillow on a worker thread; ``tensor``, files read on worker threads, then each batch
+prepared in one :class:`~nsfwd.models.tensor_decode.TensorDecoder` call (its JPEGs decoded and
+resized with torch on the classifier's device, in one nvjpeg call on CUDA; the rest the PIL way)
+on a thread of its own. Either way the next batches are being prepared while the model runs the
+current one.
+"""
 
 from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
 import torch
 
-from nsfwd.images import ImageError, ImageLimits, load_image_file
+from nsfwd.images import ImageError, ImageLimits, load_image_file, read_image_file
 from nsfwd.models import Classifier, Labels
+from nsfwd.models.tensor_decode import TensorDecoder, resolve_decode
 
 # Folders are searched for these; a file named on the command line is tried whatever its name.
 # Formats nsfwd refuses are listed too, so such files get an error record rather than vanish.
@@ -47,18 +57,53 @@ def find_images(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
                 yield child
 
 
-def _prepare(classifier: Classifier, path: Path, limits: ImageLimits) -> torch.Tensor | str:
-    """The prepared pixels of ``path``, or the reason it cannot be classified."""
+Prepared = torch.Tensor | str
+"""A file's prepared pixels, or the reason it cannot be classified."""
+
+Waiter = Callable[[], list[Prepared]]
+"""Waits for a chunk's prepared files and returns them in order."""
+
+
+def _file_error(exc: OSError) -> str:
+    if isinstance(exc, IsADirectoryError):
+        return "is a folder"
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    return f"cannot read the file: {exc.strerror or exc}"
+
+
+def _prepare(classifier: Classifier, path: Path, limits: ImageLimits) -> Prepared:
+    """The prepared pixels of ``path`` (the PIL path), or the reason it cannot be classified."""
     try:
         return classifier.prepare(load_image_file(path, limits))
     except ImageError as exc:
         return str(exc)
-    except IsADirectoryError:
-        return "is a folder"
-    except FileNotFoundError:
-        return "no such file"
     except OSError as exc:
-        return f"cannot read the file: {exc.strerror or exc}"
+        return _file_error(exc)
+
+
+def _read(path: Path, limits: ImageLimits) -> bytes | str:
+    """The bytes of ``path``, or the reason it cannot be classified."""
+    try:
+        return read_image_file(path, limits)
+    except ImageError as exc:
+        return str(exc)
+    except OSError as exc:
+        return _file_error(exc)
+
+
+def _decode(decoder: TensorDecoder, reads: list[bytes | str]) -> list[Prepared]:
+    """Prepare the files that were read, in one :meth:`TensorDecoder.prepare` call."""
+    encoded = [item for item in reads if isinstance(item, bytes)]
+    prepared = iter(decoder.prepare(encoded))
+    results: list[Prepared] = []
+    for item in reads:
+        if isinstance(item, str):
+            results.append(item)
+            continue
+        result = next(prepared)
+        results.append(str(result) if isinstance(result, ImageError) else result)
+    return results
 
 
 def classify_files(
@@ -68,36 +113,71 @@ def classify_files(
     batch_size: int = 8,
     workers: int | None = None,
     limits: ImageLimits | None = None,
+    decode: str = "pil",
 ) -> Iterator[FileResult]:
     """Yield one result per path, in order, classifying ``batch_size`` images at a time.
 
     Worker threads decode and preprocess the next batches while the current one is on the model
     (Pillow and torch release the GIL), so on a CPU the cores stay busy with inference.
+    ``decode`` is ``pil``, ``tensor`` or ``auto`` (see :mod:`nsfwd.models.tensor_decode`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     limits = limits or ImageLimits()
     workers = workers or max(2, len(os.sched_getaffinity(0)))
+    decoder = None
+    if resolve_decode(decode, classifier) == "tensor":
+        decoder = TensorDecoder(classifier, limits)
     path_iter = iter(paths)
-    with ThreadPoolExecutor(workers, thread_name_prefix="nsfwd-decode") as pool:
-        pending: deque[list[tuple[Path, Future[torch.Tensor | str]]]] = deque()
+    with ExitStack() as stack:
+        pool = stack.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="nsfwd-decode"))
+        submit = _submitter(classifier, decoder, limits, pool, stack)
+        pending: deque[tuple[list[Path], Waiter]] = deque()
 
         def submit_next_chunk() -> None:
             chunk = list(islice(path_iter, batch_size))
             if chunk:
-                pending.append([(p, pool.submit(_prepare, classifier, p, limits)) for p in chunk])
+                pending.append((chunk, submit(chunk)))
 
         for _ in range(3):  # this batch and two more decoding ahead of the model
             submit_next_chunk()
         while pending:
-            chunk = [(path, future.result()) for path, future in pending.popleft()]
+            chunk_paths, wait = pending.popleft()
+            chunk = list(zip(chunk_paths, wait(), strict=True))
             submit_next_chunk()
             yield from _run_chunk(classifier, chunk)
 
 
-def _run_chunk(
-    classifier: Classifier, chunk: list[tuple[Path, torch.Tensor | str]]
-) -> Iterator[FileResult]:
+def _submitter(
+    classifier: Classifier,
+    decoder: TensorDecoder | None,
+    limits: ImageLimits,
+    pool: ThreadPoolExecutor,
+    stack: ExitStack,
+) -> Callable[[list[Path]], Waiter]:
+    """How a chunk of files starts being prepared on the threads, for the decode path chosen."""
+    if decoder is None:
+
+        def per_file(chunk: list[Path]) -> Waiter:
+            futures = [pool.submit(_prepare, classifier, path, limits) for path in chunk]
+            return lambda: [future.result() for future in futures]
+
+        return per_file
+    tensor_decoder = decoder
+    # Files are read on the workers, then the batch is prepared in one call (one nvjpeg call on
+    # CUDA) on a thread of its own, while this thread runs the model on the batch before. On 2
+    # CPU cores this matched decoding file by file on the workers (36.6 img/s both, tiny EVA-02).
+    batcher = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="nsfwd-batch-decode"))
+
+    def batched(chunk: list[Path]) -> Waiter:
+        reads = [pool.submit(_read, path, limits) for path in chunk]
+        batch = batcher.submit(lambda: _decode(tensor_decoder, [r.result() for r in reads]))
+        return batch.result
+
+    return batched
+
+
+def _run_chunk(classifier: Classifier, chunk: list[tuple[Path, Prepared]]) -> Iterator[FileResult]:
     tensors = [item for _, item in chunk if isinstance(item, torch.Tensor)]
     labels = (
         iter(classifier.to_labels(classifier.predict(torch.stack(tensors)))) if tensors else None

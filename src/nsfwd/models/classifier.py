@@ -145,7 +145,7 @@ class Classifier:
             loaded = replace(loaded, module=_quantized(loaded.module, quantize, torch_device))
         compiled = None
         if mode is not None:
-            forward = Forward(loaded.module, loaded.normalize, torch_dtype)
+            forward = Forward(loaded.module, loaded.normalize, torch_dtype, torch_device)
             compiled = CompiledForward(forward, mode, len(loaded.labels))
         return cls(
             loaded=loaded,

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from nsfwd.models.checkpoint import Normalize
+
 log = logging.getLogger("nsfwd.models.compiled")
 
 COMPILE_CHOICES = (
@@ -117,22 +119,39 @@ def cache_stats() -> dict[str, int]:
 
 
 class Forward(torch.nn.Module):
-    """Normalise uint8 pixels, run the network, softmax: one graph for the compiler to fuse."""
+    """Normalise the pixels, run the network, softmax: one graph for the compiler to fuse.
+
+    A timm checkpoint's :class:`Normalize` is redone here with its mean and std as buffers on
+    ``device``, so the graph takes no CPU tensors (which would keep CUDA graphs away).
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(
         self,
         network: torch.nn.Module,
         normalize: Callable[[torch.Tensor], torch.Tensor],
         dtype: torch.dtype,
+        device: torch.device,
     ) -> None:
         super().__init__()
         self.network = network
-        self.normalize = normalize
         self.dtype = dtype
+        self.normalize = None if isinstance(normalize, Normalize) else normalize
+        if isinstance(normalize, Normalize):
+            self.register_buffer("mean", normalize.mean.to(device))
+            self.register_buffer("std", normalize.std.to(device))
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Probabilities (N, labels) in float32, on the batch's device."""
-        logits = self.network(self.normalize(batch).to(self.dtype))
+        if self.normalize is None:  # Normalize's operations: uint8 / 255, - mean, / std
+            if batch.dtype != torch.uint8:
+                raise TypeError(f"expected uint8 pixels, got {batch.dtype}")
+            pixels = batch.to(torch.float32).div(255).sub(self.mean).div(self.std)
+        else:
+            pixels = self.normalize(batch)
+        logits = self.network(pixels.to(self.dtype))
         return torch.softmax(logits.float(), dim=-1)
 
 

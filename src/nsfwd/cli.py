@@ -48,8 +48,8 @@ def _add_compile_options(parser: argparse.ArgumentParser, *, negatable: bool = T
         action=argparse.BooleanOptionalAction if negatable else "store_true",
         default=None,
         help="torch.compile the network for fixed batch sizes, padding each batch up to one: "
-        "the first start compiles for minutes, later ones load the graphs from the cache in "
-        "seconds; the mode is $NSFWD_COMPILE when it names one, else 'on' (reduce-overhead, "
+        "the first start spends a minute or more compiling, later ones load the graphs from "
+        "the cache; the mode is $NSFWD_COMPILE when it names one, else 'on' (reduce-overhead, "
         "with CUDA graphs, on a GPU; inductor's default mode elsewhere)"
         + (" (default: $NSFWD_COMPILE, else off)" if negatable else " (default: off)"),
     )

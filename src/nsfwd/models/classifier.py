@@ -186,7 +186,7 @@ class Classifier:
         Compiled: fixes the batch sizes :meth:`predict` pads to (``buckets``, by default powers
         of two below ``max_batch_size`` and ``max_batch_size`` itself) and compiles, or loads
         from the cache, a graph for each. Eager: one single-image batch. Call it from the
-        thread that will predict (CUDA graphs are recorded per thread).
+        thread that will predict (torch keeps its CUDA graph trees per thread).
         """
         if self.compiled is None:
             self.predict(self.blank(1))

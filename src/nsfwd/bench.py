@@ -7,6 +7,9 @@ Suites (each optional):
   (``--decode``: Pillow's path or the tensor path, as ``nsfwd classify --decode``);
 * ``server``: a real ``nsfwd serve`` process on loopback under N concurrent clients posting
   Prodia v1 jobs, against one client at a time: req/s, p50/p95/p99 latency, mean batch size;
+* ``--compile``: the same suites through the ``torch.compile`` mode, after compiling (or loading
+  from the cache) a graph per batch size; the report says how long that took and whether the
+  graphs came from the cache (run twice with one ``--compile-cache-dir`` for cold vs warm);
 * ``--compare-reference``: Freepik's ``nsfw-image-detector`` on the same checkpoint, images and
   device in the same run, reported as ratios (machines are noisy; ratios travel better).
 
@@ -37,6 +40,7 @@ import torch
 from PIL import Image
 
 from nsfwd.models import Classifier
+from nsfwd.models.compiled import CACHE_ENV, cache_stats
 from nsfwd.models.tensor_decode import resolve_decode
 from nsfwd.pipeline import classify_files
 from nsfwd.policies import Policy
@@ -53,6 +57,8 @@ class BenchConfig:
     device: str | None = None
     dtype: str | None = None
     quantize: str | None = None
+    compile: str | None = None
+    compile_cache_dir: Path | None = None
     suites: Sequence[str] = SUITES
     batch_sizes: Sequence[int] = (1, 2, 4)
     images: int = 16
@@ -120,6 +126,23 @@ def bench_model(classifier: Classifier, batch_sizes: Sequence[int]) -> list[dict
         median = statistics.median(times)
         rows.append({"batch_size": size, "images_per_s": size / median, "batch_ms": median * 1e3})
     return rows
+
+
+def warm_up(classifier: Classifier, buckets: Sequence[int]) -> dict[str, Any]:
+    """Compile (or load from the cache) a graph per bucket: how long, and how many came from
+    inductor's cache. Cold and warm starts differ by the cache's contents, so run twice."""
+    assert classifier.compiled is not None
+    before = cache_stats()
+    start = time.perf_counter()
+    classifier.warm_up(max(buckets), buckets)
+    seconds = time.perf_counter() - start
+    after = cache_stats()
+    return {
+        "mode": classifier.compiled.mode,
+        "buckets": list(classifier.compiled.buckets or ()),
+        "warm_up_s": seconds,
+        **{key: after[key] - before[key] for key in after},
+    }
 
 
 def make_jpegs(folder: Path, count: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
@@ -290,6 +313,10 @@ def bench_server(
         command += ["--dtype", cfg.dtype]
     if cfg.quantize:
         command += ["--quantize", cfg.quantize]
+    # Explicit either way, so an NSFWD_COMPILE in the environment cannot skew the comparison.
+    env["NSFWD_COMPILE"] = cfg.compile or "off"
+    if cfg.compile:
+        command += ["--compile-cache-dir", os.environ[CACHE_ENV]]
     bodies = [p.read_bytes() for p in files]
     log_path = Path(tempfile.mkstemp(prefix="nsfwd-bench-server-", suffix=".log")[1])
     with (
@@ -358,13 +385,25 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchRepo
         workdir = Path(tmp)
         model = prepare_model(cfg, workdir)
         classifier = Classifier.load(
-            model, device=cfg.device, dtype=cfg.dtype, quantize=cfg.quantize
+            model,
+            device=cfg.device,
+            dtype=cfg.dtype,
+            quantize=cfg.quantize,
+            compile=cfg.compile,
+            compile_cache_dir=cfg.compile_cache_dir,
         )
         config = {k: v for k, v in asdict(cfg).items() if k != "out"}
-        config.update(model=model if cfg.model else f"random {cfg.arch}", out=str(cfg.out))
+        config.update(
+            model=model if cfg.model else f"random {cfg.arch}",
+            out=str(cfg.out),
+            compile_cache_dir=os.environ.get(CACHE_ENV) if cfg.compile else None,
+        )
         report = BenchReport(config=config, machine=machine_info(classifier.device))
         report.machine["dtype"] = str(classifier.dtype).removeprefix("torch.")
         batch_size = cfg.batch_size or classifier.batch_size
+        if classifier.compiled is not None and {"model", "pipeline"} & set(cfg.suites):
+            log("compile: a graph per batch size ...")
+            report.results["compile"] = warm_up(classifier, [*cfg.batch_sizes, batch_size])
         files = make_jpegs(workdir / "images", cfg.images, cfg.image_size)
         if "model" in cfg.suites:
             log("model: ready tensors through the network ...")
@@ -408,6 +447,13 @@ def format_report(report: BenchReport) -> str:
         f"{report.machine['dtype']}  model: {report.config['model']}",
     ]
     results = report.results
+    compiled = results.get("compile")
+    if compiled:
+        lines.append(
+            f"compile   {compiled['mode']}  batch sizes {compiled['buckets']}  "
+            f"{compiled['warm_up_s']:.1f} s  graphs from cache {compiled['fxgraph_cache_hit']}, "
+            f"compiled {compiled['fxgraph_cache_miss']}"
+        )
     for row in results.get("model", []):
         lines.append(
             f"model     batch {row['batch_size']:>4}  {row['images_per_s']:9.2f} img/s  "

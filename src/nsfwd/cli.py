@@ -48,6 +48,27 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         help="faster CPU mode: int8 dynamic quantisation of the linear layers (slightly "
         "different results; default: exact)",
     )
+    _add_compile_options(parser)
+
+
+def _add_compile_options(parser: argparse.ArgumentParser, *, negatable: bool = True) -> None:
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction if negatable else "store_true",
+        default=None,
+        help="torch.compile the network for fixed batch sizes, padding each batch up to one: "
+        "the first start spends a minute or more compiling, later ones load the graphs from "
+        "the cache; the mode is $NSFWD_COMPILE when it names one, else 'on' (reduce-overhead, "
+        "with CUDA graphs, on a GPU; inductor's default mode elsewhere)"
+        + (" (default: $NSFWD_COMPILE, else off)" if negatable else " (default: off)"),
+    )
+    parser.add_argument(
+        "--compile-cache-dir",
+        type=Path,
+        metavar="DIR",
+        help="folder that keeps compiled graphs across runs, so later starts skip most of the "
+        "compiling (default: $NSFWD_COMPILE_CACHE_DIR, else ~/.cache/nsfwd/torch-compile)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["int8"],
         help="measure the int8 CPU mode, and its agreement with the exact mode on the same images",
     )
+    _add_compile_options(bench, negatable=False)
     bench.add_argument(
         "--suites", default="model,pipeline,server", help="comma-separated: model,pipeline,server"
     )
@@ -248,10 +270,24 @@ def _settings_for(args: argparse.Namespace) -> Settings:
             "host",
             "port",
             "http_workers",
+            "compile_cache_dir",
         )
         if (value := getattr(args, key, None)) is not None
     }
-    return Settings(**overrides)
+    settings = Settings(**overrides)
+    compile_flag = getattr(args, "compile", None)
+    if compile_flag is not None:
+        settings = settings.model_copy(
+            update={"compile": _compile_choice(compile_flag, settings.compile)}
+        )
+    return settings
+
+
+def _compile_choice(flag: bool, configured: str) -> str:
+    """``--compile``: the mode $NSFWD_COMPILE names, else ``on``; ``--no-compile``: off."""
+    if not flag:
+        return "off"
+    return configured if configured != "off" else "on"
 
 
 def _classify(args: argparse.Namespace) -> int:
@@ -279,6 +315,8 @@ def _classify(args: argparse.Namespace) -> int:
         device=settings.device,
         dtype=settings.dtype,
         quantize=settings.quantize,
+        compile=settings.compile,
+        compile_cache_dir=settings.compile_cache_dir,
     )
     policy.check(classifier.labels)
     decode = resolve_decode(args.decode, classifier)  # refuse `tensor` before any output
@@ -288,6 +326,9 @@ def _classify(args: argparse.Namespace) -> int:
     else:
         writer = JsonLinesWriter(sys.stdout, policy)
     batch_size = args.batch_size or classifier.batch_size
+    if classifier.compiled is not None:
+        # One graph: every batch is batch_size images but the last, which is padded up to it.
+        classifier.warm_up(batch_size, buckets=[batch_size])
     results = classify_files(
         classifier,
         paths,
@@ -341,12 +382,21 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"nsfwd bench: unknown suites {sorted(unknown)}; known: {SUITES}", file=sys.stderr)
         return 2
     width, _, height = args.image_size.partition("x")
+    compile_mode, compile_cache_dir = None, None
+    if args.compile:
+        from nsfwd.settings import Settings
+
+        settings = Settings()
+        compile_mode = _compile_choice(True, settings.compile)
+        compile_cache_dir = args.compile_cache_dir or settings.compile_cache_dir
     cfg = BenchConfig(
         model=args.model,
         arch=args.arch,
         device=args.device,
         dtype=args.dtype,
         quantize=args.quantize,
+        compile=compile_mode,
+        compile_cache_dir=compile_cache_dir,
         suites=suites,
         batch_sizes=_ints(args.batch_sizes),
         images=args.images,

@@ -111,13 +111,13 @@ class Engine:
         return self._admitted
 
     async def start(self) -> None:
-        """Start the worker threads and the batcher, and warm the model up."""
+        """Start the worker threads and the batcher, and warm the model up (compiled: every
+        batch size up to ``max_batch_size``)."""
         self._decode_pool = ThreadPoolExecutor(self._decode_workers, "nsfwd-decode")
         self._infer_pool = ThreadPoolExecutor(1, "nsfwd-infer")
         self._queue = asyncio.Queue()
-        warm = self.classifier.blank(1)
         await asyncio.get_running_loop().run_in_executor(
-            self._infer_pool, self.classifier.predict, warm
+            self._infer_pool, self.classifier.warm_up, self.max_batch_size
         )
         self._batcher = asyncio.create_task(self._run_batches(), name="nsfwd-batcher")
         self.ready = True

@@ -45,6 +45,8 @@ def build_engine(settings: Settings) -> Engine:
         device=settings.device,
         dtype=settings.dtype,
         quantize=settings.quantize,
+        compile=settings.compile,
+        compile_cache_dir=settings.compile_cache_dir,
     )
     log.info(
         "loaded %s (%s) on %s in %s; labels %s",

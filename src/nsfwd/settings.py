@@ -66,6 +66,22 @@ class Settings(BaseSettings):
         description="'int8': dynamic int8 quantisation of the linear layers, a faster CPU mode "
         "whose results differ slightly from the exact fp32 ones (agreement in BENCHMARKS.md).",
     )
+    compile: Literal[
+        "off", "on", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+    ] = Field(
+        "off",
+        description="torch.compile the network for fixed batch sizes (powers of two up to "
+        "max_batch_size; batches are padded up to one): 'on' uses CUDA graphs on a GPU "
+        "(mode reduce-overhead) and inductor's default mode elsewhere; or name a torch.compile "
+        "mode. Off by default: compiling makes the first start take minutes; later starts "
+        "load the graphs from compile_cache_dir.",
+    )
+    compile_cache_dir: Path | None = Field(
+        None,
+        description="Folder for compiled graphs (inductor's FX graph and AOTAutograd caches), "
+        "kept across restarts; unset: ~/.cache/nsfwd/torch-compile. Keep it on a persistent "
+        "volume, or every start compiles from scratch.",
+    )
     host: str = Field("127.0.0.1", description="Address to bind; loopback unless keys are set.")
     port: int = Field(8000, description="Port to bind.")
     http_workers: int = Field(
@@ -190,6 +206,15 @@ class Settings(BaseSettings):
         description="How long a webhook receiver has to answer (Eachlabs gives 30 s) before the "
         "attempt counts as failed and is retried.",
     )
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_switch(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            return {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off",
+                    "": "off"}.get(value, value)  # fmt: skip
+        return value
 
     @field_validator("api_keys", mode="before")
     @classmethod

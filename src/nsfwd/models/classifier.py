@@ -16,6 +16,13 @@ import torch
 from PIL import Image
 
 from nsfwd.models.checkpoint import LoadedModel, load_checkpoint
+from nsfwd.models.compiled import (
+    CompiledForward,
+    Forward,
+    compile_mode,
+    default_buckets,
+    use_cache_dir,
+)
 from nsfwd.models.hub import DEFAULT_MODEL, resolve_model_dir, source_id
 
 Labels = dict[str, float]
@@ -99,6 +106,8 @@ class Classifier:
     device: torch.device
     dtype: torch.dtype
     name: str
+    compiled: CompiledForward | None = None
+    """The ``torch.compile`` mode's runner, when the classifier was loaded with ``compile``."""
 
     @classmethod
     def load(
@@ -109,11 +118,21 @@ class Classifier:
         device: str | None = None,
         dtype: str | None = None,
         quantize: str | None = None,
+        compile: str | None = None,
+        compile_cache_dir: str | os.PathLike[str] | None = None,
     ) -> Classifier:
         """Load ``model`` (a Hub id or a folder) onto ``device`` in ``dtype`` (auto when None).
 
         ``quantize="int8"`` trades a little agreement with the exact model for CPU speed.
+        ``compile`` (``on`` or a ``torch.compile`` mode; see :mod:`nsfwd.models.compiled`)
+        compiles the network for fixed batch sizes, caching the graphs in ``compile_cache_dir``
+        (default: ``~/.cache/nsfwd/torch-compile``); call :meth:`warm_up` before serving.
         """
+        mode = compile_mode(compile, pick_device(device))
+        if mode is not None and quantize is not None:
+            raise ValueError("compile and quantize do not combine; choose one")
+        if mode is not None:
+            use_cache_dir(compile_cache_dir)
         folder = resolve_model_dir(model, revision)
         hub_id = source_id(folder) or (None if Path(model).expanduser().is_dir() else model)
         loaded = load_checkpoint(folder, hub_id)
@@ -124,7 +143,17 @@ class Classifier:
         loaded.module.to(device=torch_device, dtype=torch_dtype).eval()
         if quantize is not None:
             loaded = replace(loaded, module=_quantized(loaded.module, quantize, torch_device))
-        return cls(loaded=loaded, device=torch_device, dtype=torch_dtype, name=hub_id or model)
+        compiled = None
+        if mode is not None:
+            forward = Forward(loaded.module, loaded.normalize, torch_dtype, torch_device)
+            compiled = CompiledForward(forward, mode, len(loaded.labels))
+        return cls(
+            loaded=loaded,
+            device=torch_device,
+            dtype=torch_dtype,
+            name=hub_id or model,
+            compiled=compiled,
+        )
 
     @property
     def batch_size(self) -> int:
@@ -151,11 +180,29 @@ class Classifier:
         dtype = self.prepare(Image.new("RGB", self.input_size[:0:-1])).dtype
         return torch.zeros((size, *self.input_size), dtype=dtype)
 
+    def warm_up(self, max_batch_size: int, buckets: Sequence[int] | None = None) -> None:
+        """Ready the model for batches of up to ``max_batch_size`` before the first request.
+
+        Compiled: fixes the batch sizes :meth:`predict` pads to (``buckets``, by default powers
+        of two below ``max_batch_size`` and ``max_batch_size`` itself) and compiles, or loads
+        from the cache, a graph for each. Eager: one single-image batch. Call it from the
+        thread that will predict (torch keeps its CUDA graph trees per thread).
+        """
+        if self.compiled is None:
+            self.predict(self.blank(1))
+            return
+        sizes = buckets if buckets is not None else default_buckets(max_batch_size)
+        self.compiled.warm_up(sizes, lambda size: self.predict(self.blank(size)))
+
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
         """Probabilities (N, labels) as float32 on the CPU for an (N, C, H, W) batch of
-        :meth:`prepare` outputs."""
+        :meth:`prepare` outputs. Compiled, any N works: batches are padded to a bucket (and
+        split beyond the largest one), so only the warmed-up graphs run."""
         with torch.inference_mode():
-            pixels = self.loaded.normalize(batch.to(self.device, non_blocking=True))
+            pixels = batch.to(self.device, non_blocking=True)
+            if self.compiled is not None:
+                return self.compiled(pixels).cpu()
+            pixels = self.loaded.normalize(pixels)
             logits = self.loaded.module(pixels.to(self.dtype))
             return torch.softmax(logits.float(), dim=-1).cpu()
 

@@ -1,0 +1,213 @@
+"""The optional ``torch.compile`` mode: fixed batch buckets and a compile cache that persists.
+
+Compiling trades a slower start for faster batches. Shapes are static, so every batch size is a
+graph of its own: :class:`CompiledForward` pads each batch up to the next *bucket* (powers of
+two up to the server's batch size, or sizes the caller gives), runs the graph compiled for that
+bucket and drops the padded rows. On CUDA the ``on`` mode is ``reduce-overhead``, which records a
+CUDA graph per bucket. Rows never mix inside the network (no batch norm in eval), so padding
+changes nothing but the work done.
+
+Inductor keeps compiled graphs on disk (its FX graph and AOTAutograd caches) under
+``TORCHINDUCTOR_CACHE_DIR``; :func:`use_cache_dir` points that at a folder that outlives the
+process, so the next start of the same model with the same buckets on the same machine loads the
+graphs instead of compiling them. Dynamo still traces the model at every start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from nsfwd.models.checkpoint import Normalize
+
+log = logging.getLogger("nsfwd.models.compiled")
+
+COMPILE_CHOICES = (
+    "off",
+    "on",
+    "default",
+    "reduce-overhead",
+    "max-autotune",
+    "max-autotune-no-cudagraphs",
+)
+"""``off``; ``on`` (``reduce-overhead`` on CUDA, for CUDA graphs, ``default`` elsewhere); or a
+``torch.compile`` mode by name."""
+
+CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+
+
+def compile_mode(choice: str | None, device: torch.device) -> str | None:
+    """The ``torch.compile`` mode ``choice`` stands for on ``device``; None when off."""
+    if choice is None or choice == "off":
+        return None
+    if choice not in COMPILE_CHOICES:
+        raise ValueError(f"compile must be one of {', '.join(COMPILE_CHOICES)}, not {choice!r}")
+    if choice == "on":
+        return "reduce-overhead" if device.type == "cuda" else "default"
+    return choice
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/nsfwd/torch-compile`` (``~/.cache/nsfwd/torch-compile``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "nsfwd" / "torch-compile"
+
+
+def use_cache_dir(folder: str | os.PathLike[str] | None) -> Path:
+    """Make ``folder`` (default: :func:`default_cache_dir`) inductor's cache for this process.
+
+    Inductor reads ``TORCHINDUCTOR_CACHE_DIR`` whenever it looks a cache entry up, and memoises
+    a few paths derived from it; those are cleared here, as torch's own ``temporary_cache_dir``
+    does. The setting is process-wide, like inductor's cache itself.
+    """
+    path = Path(folder).expanduser() if folder else default_cache_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".nsfwd-write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(
+            f"cannot use {path} as the compile cache ({exc.strerror or exc}); "
+            "set NSFWD_COMPILE_CACHE_DIR (or --compile-cache-dir) to a writable folder"
+        ) from None
+    path = path.resolve()
+    if os.environ.get(CACHE_ENV) != str(path):
+        os.environ[CACHE_ENV] = str(path)
+        from torch._inductor.utils import clear_caches
+
+        clear_caches()
+    return path
+
+
+def default_buckets(max_batch_size: int) -> tuple[int, ...]:
+    """Powers of two below ``max_batch_size``, then ``max_batch_size`` itself:
+    1, 2, 4, 8, 16, 32 for 32; 1, 2, 4, 6 for 6."""
+    if max_batch_size < 1:
+        raise ValueError(f"the batch size must be at least 1, not {max_batch_size}")
+    sizes = []
+    size = 1
+    while size < max_batch_size:
+        sizes.append(size)
+        size *= 2
+    return (*sizes, max_batch_size)
+
+
+def check_buckets(buckets: Sequence[int]) -> tuple[int, ...]:
+    """``buckets`` sorted without repeats; ValueError when empty or not all positive."""
+    sizes = tuple(sorted(set(buckets)))
+    if not sizes or sizes[0] < 1:
+        raise ValueError(f"batch buckets must be positive sizes, got {list(buckets)}")
+    return sizes
+
+
+def cache_stats() -> dict[str, int]:
+    """This process's inductor and AOTAutograd disk-cache hits and misses so far."""
+    from torch._dynamo.utils import counters
+
+    return {
+        "fxgraph_cache_hit": counters["inductor"]["fxgraph_cache_hit"],
+        "fxgraph_cache_miss": counters["inductor"]["fxgraph_cache_miss"],
+        "autograd_cache_hit": counters["aot_autograd"]["autograd_cache_hit"],
+        "autograd_cache_miss": counters["aot_autograd"]["autograd_cache_miss"],
+    }
+
+
+class Forward(torch.nn.Module):
+    """Normalise the pixels, run the network, softmax: one graph for the compiler to fuse.
+
+    A timm checkpoint's :class:`Normalize` is redone here with its mean and std as buffers on
+    ``device``, so the graph takes no CPU tensors (which would keep CUDA graphs away).
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        normalize: Callable[[torch.Tensor], torch.Tensor],
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        super().__init__()
+        self.network = network
+        self.dtype = dtype
+        self.normalize = None if isinstance(normalize, Normalize) else normalize
+        if isinstance(normalize, Normalize):
+            self.register_buffer("mean", normalize.mean.to(device))
+            self.register_buffer("std", normalize.std.to(device))
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """Probabilities (N, labels) in float32, on the batch's device."""
+        if self.normalize is None:  # Normalize's operations: uint8 / 255, - mean, / std
+            if batch.dtype != torch.uint8:
+                raise TypeError(f"expected uint8 pixels, got {batch.dtype}")
+            pixels = batch.to(torch.float32).div(255).sub(self.mean).div(self.std)
+        else:
+            pixels = self.normalize(batch)
+        logits = self.network(pixels.to(self.dtype))
+        return torch.softmax(logits.float(), dim=-1)
+
+
+class CompiledForward:
+    """A compiled :class:`Forward` that only ever sees bucket-sized batches."""
+
+    def __init__(self, forward: Forward, mode: str, num_labels: int) -> None:
+        self.mode = mode
+        self.num_labels = num_labels
+        self.buckets: tuple[int, ...] | None = None
+        """Batch sizes with a graph; None until :meth:`warm_up`: then the next power of two."""
+        self._compiled = torch.compile(forward, mode=mode, dynamic=False)
+
+    def bucket_for(self, size: int) -> int:
+        """The bucket a batch of ``size`` rows (at most the largest bucket) is padded to."""
+        if self.buckets is None:
+            return 1 << (size - 1).bit_length()
+        return next(bucket for bucket in self.buckets if bucket >= size)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """Probabilities for ``batch`` (already on the device): chunks of the largest bucket,
+        each padded with zeros up to its bucket."""
+        if len(batch) == 0:
+            return torch.empty((0, self.num_labels), device=batch.device)
+        step = self.buckets[-1] if self.buckets else len(batch)
+        outputs = []
+        for start in range(0, len(batch), step):
+            chunk = batch[start : start + step]
+            rows = len(chunk)
+            # Always a fresh, contiguous tensor made here, even when no padding is needed, so
+            # every call meets the same guards (an inference-mode tensor, say) as the warm-up
+            # and never sends dynamo back to trace.
+            padded = chunk.new_zeros((self.bucket_for(rows), *chunk.shape[1:]))
+            padded[:rows] = chunk
+            # Cloned: a CUDA graph's output is overwritten by the next replay of that graph.
+            outputs.append(self._compiled(padded)[:rows].clone())
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+    def warm_up(self, buckets: Sequence[int], run: Callable[[int], object]) -> None:
+        """Fix the buckets and compile each (``run(size)`` predicts a batch of that size)."""
+        self.buckets = check_buckets(buckets)
+        # Each bucket is a recompile of the same code; keep dynamo from falling back to eager.
+        limit = torch._dynamo.config.recompile_limit
+        torch._dynamo.config.recompile_limit = max(limit, 2 * len(self.buckets) + 8)
+        before = cache_stats()
+        started = time.perf_counter()
+        for size in self.buckets:
+            run(size)
+        after = cache_stats()
+        log.info(
+            "compiled (%s) for batch sizes %s in %.1f s: %d graphs from the cache in %s, "
+            "%d compiled",
+            self.mode,
+            ", ".join(map(str, self.buckets)),
+            time.perf_counter() - started,
+            after["fxgraph_cache_hit"] - before["fxgraph_cache_hit"],
+            os.environ.get(CACHE_ENV, "?"),
+            after["fxgraph_cache_miss"] - before["fxgraph_cache_miss"],
+        )

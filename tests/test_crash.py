@@ -8,22 +8,17 @@ CPU), with 2-second leases, on a SQLite store in a temporary data folder.
 from __future__ import annotations
 
 import io
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager, closing
 from pathlib import Path
-from typing import Any
 
 import requests
 
 from photos import photo
 from prodia_jobs import MODEL, TOKEN, job_files
-from servers import free_port
+from serve_process import Served, nsfwd_serve, wait
 
 JOBS = 8
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -38,56 +33,10 @@ def image(index: int) -> bytes:
     return buffer.getvalue()
 
 
-def wait(condition: Callable[[], Any], timeout: float, what: str, log: Path) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; server log:\n{log.read_text()}")
-        time.sleep(0.1)
-    return result
-
-
-@contextmanager
-def server(
-    checkpoint: Path, data_dir: Path, log: Path
-) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``nsfwd serve`` in a subprocess; yields its URL once healthy; SIGTERM (if alive) after."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "NSFWD_MODEL": str(checkpoint),
-        "NSFWD_SERVED_MODEL_NAME": MODEL,
-        "NSFWD_DEVICE": "cpu",
-        "NSFWD_API_KEYS": TOKEN,
-        "NSFWD_HOST": "127.0.0.1",
-        "NSFWD_PORT": str(port),
-        "NSFWD_DATA_DIR": str(data_dir),
-        "NSFWD_LEASE_S": "2",
-    }
-    with log.open("ab") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "nsfwd", "serve"], env=env, stdout=output, stderr=output
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        assert process.poll() is None, f"the server exited:\n{log.read_text()}"
-        try:
-            return requests.get(f"{url}/healthz", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    try:
-        wait(healthy, 120, "the server to start", log)
-        yield url, process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+def server(checkpoint: Path, data_dir: Path, log: Path) -> AbstractContextManager[Served]:
+    """``nsfwd serve`` with the test's key and 2-second leases."""
+    env = {"NSFWD_SERVED_MODEL_NAME": MODEL, "NSFWD_API_KEYS": TOKEN, "NSFWD_LEASE_S": "2"}
+    return nsfwd_serve(checkpoint, data_dir, log, env=env)
 
 
 def statuses(database: Path) -> dict[str, tuple[str, int, str | None]]:
@@ -100,7 +49,8 @@ def statuses(database: Path) -> dict[str, tuple[str, int, str | None]]:
 def test_a_killed_server_loses_no_job(eva02_b448_checkpoint: Path, tmp_path: Path) -> None:
     data_dir, log = tmp_path / "data", tmp_path / "server.log"
     database = data_dir / "nsfwd.db"
-    with server(eva02_b448_checkpoint, data_dir, log) as (url, process):
+    with server(eva02_b448_checkpoint, data_dir, log) as served:
+        url, process = served.url, served.process
         ids = []
         for index in range(JOBS):
             res = requests.post(
@@ -120,7 +70,8 @@ def test_a_killed_server_loses_no_job(eva02_b448_checkpoint: Path, tmp_path: Pat
     assert interrupted, "no job was in flight when the server died: the test proves nothing"
     assert any(at_kill[i][0] == "queued" for i in ids), "every job had started: add more jobs"
 
-    with server(eva02_b448_checkpoint, data_dir, log) as (url, _):
+    with server(eva02_b448_checkpoint, data_dir, log) as served:
+        url = served.url
 
         def settled() -> dict[str, str] | None:
             states = {

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from gates import simple_gated_classifier
+from noise import noise_png
 from nsfwd.engine import Engine, EngineClosedError, QueueFullError
 from nsfwd.images import ImageError, ImageLimits, load_image
 from nsfwd.models import Classifier
 from nsfwd.remote import InferenceServer, RemoteEngine
-from test_engine import _gated, _png
 
 
 @dataclass
@@ -57,7 +58,7 @@ async def remote(engine: Engine, folder: Path) -> AsyncIterator[Served]:
 @asynccontextmanager
 async def held(classifier: Classifier, folder: Path, max_queue: int) -> AsyncIterator[Served]:
     """:func:`remote` on one-image batches that wait at a closed gate until the block ends."""
-    gated = _gated(classifier)
+    gated = simple_gated_classifier(classifier)
     assert gated.gate is not None
     gated.gate.set()  # let the warm-up through
     async with remote(Engine(gated, max_batch_size=1, max_queue=max_queue), folder) as served:
@@ -85,7 +86,7 @@ def run(classifier: Classifier, folder: Path, test: Callable[..., Awaitable[None
 
 
 def test_remote_labels_are_the_local_labels(classifier: Classifier, tmp_path: Path) -> None:
-    images = [_png(i) for i in range(6)]
+    images = [noise_png(i) for i in range(6)]
     expected = [
         classifier.classify([Image.open(io.BytesIO(data)).convert("RGB")])[0] for data in images
     ]
@@ -105,14 +106,14 @@ def test_image_errors_arrive_with_their_type_and_message(
     classifier: Classifier, tmp_path: Path
 ) -> None:
     async def test(client: RemoteEngine, engine: Engine) -> None:
-        for bad in (_png(1)[:300], _png(2, size=(100, 100)), b"GIF89a" + bytes(64)):
+        for bad in (noise_png(1)[:300], noise_png(2, size=(100, 100)), b"GIF89a" + bytes(64)):
             with pytest.raises(ImageError) as local:
                 load_image(bad, engine.limits)
             with pytest.raises(ImageError) as forwarded:
                 await client.classify(bad)
             assert type(forwarded.value) is type(local.value)
             assert forwarded.value.message == local.value.message
-        assert (await client.classify(_png(3)))["neutral"] >= 0  # and the connection lives on
+        assert (await client.classify(noise_png(3)))["neutral"] >= 0  # and the connection lives on
 
     run(classifier, tmp_path, test)
 
@@ -122,10 +123,12 @@ def test_a_full_engine_answers_queue_full_with_retry_after(
 ) -> None:
     async def main() -> None:
         async with held(classifier, tmp_path, max_queue=2) as served:
-            held_back = [asyncio.create_task(served.client.classify(_png(i))) for i in range(2)]
+            held_back = [
+                asyncio.create_task(served.client.classify(noise_png(i))) for i in range(2)
+            ]
             await until(lambda: served.engine.in_flight == 2)
             with pytest.raises(QueueFullError) as refused:
-                await served.client.classify(_png(9))
+                await served.client.classify(noise_png(9))
             assert refused.value.retry_after >= 1
             for task in held_back:
                 task.cancel()
@@ -139,8 +142,8 @@ def test_a_cancelled_call_is_dropped_by_the_inference_process(
     async def main() -> None:
         async with held(classifier, tmp_path, max_queue=8) as served:
             engine = served.engine
-            first = asyncio.create_task(served.client.classify(_png(1)))  # on the model
-            second = asyncio.create_task(served.client.classify(_png(2)))  # queued behind it
+            first = asyncio.create_task(served.client.classify(noise_png(1)))  # on the model
+            second = asyncio.create_task(served.client.classify(noise_png(2)))  # queued behind it
             await until(lambda: engine.in_flight == 2)
             second.cancel()
             await until(lambda: engine.in_flight == 1)  # the cancel arrived
@@ -159,14 +162,14 @@ def test_losing_the_inference_process_fails_waiting_calls_and_later_ones(
 ) -> None:
     async def main() -> None:
         async with held(classifier, tmp_path, max_queue=8) as served:
-            waiting = asyncio.create_task(served.client.classify(_png(1)))
+            waiting = asyncio.create_task(served.client.classify(noise_png(1)))
             await until(lambda: served.engine.in_flight == 1)
             await served.server.stop()  # the inference process goes away
             with pytest.raises(EngineClosedError, match="went away"):
                 await waiting
             assert not served.client.ready
             with pytest.raises(EngineClosedError):
-                await served.client.classify(_png(2))
+                await served.client.classify(noise_png(2))
 
     asyncio.run(main())
 

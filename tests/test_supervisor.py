@@ -17,8 +17,10 @@ import requests
 from PIL import Image
 
 from nsfwd.models import Classifier
+from photos import astronaut_jpeg
+from prodia_jobs import MODEL, TOKEN, job_files
 from serve_process import Served, nsfwd_serve, wait
-from test_api_prodia import MODEL, TOKEN, job_files, jpeg
+from servers import metric
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ENV = {"NSFWD_API_KEYS": TOKEN, "NSFWD_SERVED_MODEL_NAME": MODEL}
@@ -62,12 +64,6 @@ def inference_pid(served: Served) -> int:
     return int(found.group(1))
 
 
-def metric(text: str, name: str) -> float:
-    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    assert found, f"{name} not in:\n{text}"
-    return float(found.group(1))
-
-
 def serve(timm_checkpoint: Path, tmp_path: Path) -> AbstractContextManager[Served]:
     """The server with :data:`WORKERS` HTTP workers."""
     return nsfwd_serve(
@@ -83,7 +79,7 @@ def serve(timm_checkpoint: Path, tmp_path: Path) -> AbstractContextManager[Serve
 def test_workers_answer_like_one_server(
     timm_checkpoint: Path, classifier: Classifier, tmp_path: Path
 ) -> None:
-    images = [jpeg((300 + 20 * i, 240)) for i in range(16)]
+    images = [astronaut_jpeg((300 + 20 * i, 240)) for i in range(16)]
     expected = [classifier.classify([Image.open(io.BytesIO(d)).convert("RGB")])[0] for d in images]
 
     def post(data: bytes) -> requests.Response:
@@ -117,9 +113,9 @@ def test_workers_answer_like_one_server(
         # Whichever worker answers /metrics, it counts every process: the sync requests from
         # the workers, the images batched by the inference process (16 + the background one).
         for _ in range(4):
-            text = requests.get(f"{served.url}/metrics", timeout=10).text
-            assert metric(text, 'nsfwd_requests_total{route="/v2/job",status="200"}') == 16
-            assert metric(text, "nsfwd_batch_size_sum") == 17
+            ok = metric(served.url, "nsfwd_requests_total", route="/v2/job", status="200")
+            assert ok == 16
+            assert metric(served.url, "nsfwd_batch_size_sum") == 17
         processes = [served.process.pid, *descendants(served.process.pid)]
     assert served.process.returncode == 0, served.log.read_text()
     assert not [pid for pid in processes if alive(pid)], "a process outlived the server"

@@ -49,6 +49,12 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def all_exit(pids: list[int], served: Served) -> None:
+    """Wait (a little) until none of ``pids`` runs; multiprocessing's resource tracker, for
+    one, leaves only once every process holding its pipe has."""
+    wait(lambda: not [pid for pid in pids if alive(pid)], 30, "every process to exit", served.log)
+
+
 def spawned(pid: int) -> list[int]:
     """The Python processes ``pid`` started with multiprocessing's spawn: inference + workers."""
     return [
@@ -118,7 +124,7 @@ def test_workers_answer_like_one_server(
             assert metric(served.url, "nsfwd_batch_size_sum") == 17
         processes = [served.process.pid, *descendants(served.process.pid)]
     assert served.process.returncode == 0, served.log.read_text()
-    assert not [pid for pid in processes if alive(pid)], "a process outlived the server"
+    all_exit(processes, served)
 
 
 def test_sigterm_to_the_whole_group_stops_workers_before_the_model(
@@ -130,7 +136,7 @@ def test_sigterm_to_the_whole_group_stops_workers_before_the_model(
         assert served.process.wait(timeout=60) == 0, served.log.read_text()
     log = served.log.read_text()
     assert "lost the inference process" not in log, log
-    assert not [pid for pid in processes if alive(pid)]
+    all_exit(processes, served)
 
 
 def test_a_dead_inference_process_stops_the_server_with_an_error(
@@ -141,7 +147,7 @@ def test_a_dead_inference_process_stops_the_server_with_an_error(
         os.kill(inference_pid(served), signal.SIGKILL)
         assert served.process.wait(timeout=60) == 1
     assert "the inference process died" in served.log.read_text()
-    assert not [pid for pid in processes if alive(pid)]
+    all_exit(processes, served)
 
 
 def test_a_killed_supervisor_leaves_no_process_behind(
@@ -152,11 +158,6 @@ def test_a_killed_supervisor_leaves_no_process_behind(
         children = descendants(served.process.pid)
         served.process.kill()
         served.process.wait(timeout=10)
-        wait(
-            lambda: not [pid for pid in children if alive(pid)],
-            30,
-            "the orphans to exit",
-            served.log,
-        )
+        all_exit(children, served)
     with socket.socket() as probe:  # nothing holds the port any more
         assert probe.connect_ex(("127.0.0.1", port)) != 0

@@ -55,6 +55,8 @@ log = logging.getLogger("nsfwd.supervisor")
 
 RUNTIME_ENV = "_NSFWD_RUNTIME_DIR"
 """Names the runtime folder (socket, settings, model facts, metrics) for worker processes."""
+SUPERVISOR_ENV = "_NSFWD_SUPERVISOR_PID"
+"""The supervisor's pid: a worker whose parent is another process has been orphaned."""
 SOCKET = "inference.sock"
 SETTINGS = "settings.pickle"
 MODEL_INFO = "model.json"
@@ -70,6 +72,7 @@ def run_workers(settings: Settings) -> int:
         (runtime / SETTINGS).write_bytes(pickle.dumps(settings))
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(runtime / METRICS)
         os.environ[RUNTIME_ENV] = str(runtime)
+        os.environ[SUPERVISOR_ENV] = str(os.getpid())
         context = multiprocessing.get_context("spawn")
         lifeline, keep_alive = context.Pipe(duplex=False)
         inference = context.Process(
@@ -130,13 +133,13 @@ def _stop(inference: BaseProcess, timeout_s: float = 30.0) -> None:
         inference.join()
 
 
-def _exit_when_orphaned() -> None:
-    """Send this process SIGTERM once its parent is gone (say, a supervisor killed with -9)."""
-    parent = os.getppid()
+def _exit_when_orphaned(supervisor: int) -> None:
+    """Send this process SIGTERM once its parent is no longer ``supervisor`` (say, it was
+    killed with -9, perhaps before this process even started)."""
 
     def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
+        while os.getppid() == supervisor:
+            time.sleep(0.5)
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="nsfwd-orphan-watch", daemon=True).start()
@@ -201,7 +204,7 @@ def worker_app() -> FastAPI:
     """The app of one HTTP worker process (a uvicorn factory): the usual routes, store and
     background jobs around a :class:`RemoteEngine` on the inference process."""
     configure_logging()
-    _exit_when_orphaned()
+    _exit_when_orphaned(int(os.environ[SUPERVISOR_ENV]))
     runtime = Path(os.environ[RUNTIME_ENV])
     settings: Settings = pickle.loads((runtime / SETTINGS).read_bytes())
     info: dict[str, Any] = json.loads((runtime / MODEL_INFO).read_text())

@@ -3,6 +3,7 @@ as one server (metrics included), stop in order, and never outlive each other.""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import re
@@ -14,13 +15,15 @@ from pathlib import Path
 
 import pytest
 import requests
+import uvicorn
 from PIL import Image
 
 from nsfwd.models import Classifier
+from nsfwd.supervisor import tcp_listener
 from photos import astronaut_jpeg
 from prodia_jobs import MODEL, TOKEN, job_files
 from serve_process import Served, nsfwd_serve, wait
-from servers import metric
+from servers import free_port, metric
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ENV = {"NSFWD_API_KEYS": TOKEN, "NSFWD_SERVED_MODEL_NAME": MODEL}
@@ -161,3 +164,30 @@ def test_a_killed_supervisor_leaves_no_process_behind(
         all_exit(children, served)
     with socket.socket() as probe:  # nothing holds the port any more
         assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_connections_accepted_by_the_workers_get_tcp_nodelay() -> None:
+    """uvicorn binds the shared socket with proto 0, and asyncio sets TCP_NODELAY only on
+    sockets that say they are TCP; without it each keep-alive answer waits for a delayed ACK."""
+    config = uvicorn.Config("nsfwd.supervisor:worker_app", host="127.0.0.1", port=free_port())
+    bound = config.bind_socket()
+    listener = tcp_listener(bound)  # without it, TCP_NODELAY is 0 (uvicorn 0.54)
+
+    async def accepted_nodelay() -> int:
+        got: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            sock = writer.get_extra_info("socket")
+            got.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(on_connect, sock=listener)
+        _, writer = await asyncio.open_connection(*listener.getsockname()[:2])
+        try:
+            return await asyncio.wait_for(got, 10)
+        finally:
+            writer.close()
+            server.close()
+
+    with listener:
+        assert asyncio.run(accepted_nodelay()) != 0

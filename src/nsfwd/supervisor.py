@@ -32,6 +32,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -43,6 +44,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.supervisors import Multiprocess
 
 from nsfwd.api import create_app
 from nsfwd.api.app import default_workers
@@ -88,14 +90,7 @@ def run_workers(settings: Settings) -> int:
                 )
                 return 1
             threading.Thread(target=_stop_if_dies, args=(inference, stopping), daemon=True).start()
-            uvicorn.run(
-                "nsfwd.supervisor:worker_app",
-                factory=True,
-                host=settings.host,
-                port=settings.port,
-                workers=settings.http_workers,
-                log_level="info",
-            )
+            _run_http_workers(settings)
         finally:
             stopping.set()
             keep_alive.close()
@@ -104,6 +99,38 @@ def run_workers(settings: Settings) -> int:
             log.error("the inference process died (status %s)", inference.exitcode)
             return 1
         return 0
+
+
+def _run_http_workers(settings: Settings) -> None:
+    """uvicorn's multi-process server over :func:`worker_app`, as ``uvicorn.run`` runs it, but
+    on a listening socket that says it is TCP (see :func:`tcp_listener`)."""
+    config = uvicorn.Config(
+        "nsfwd.supervisor:worker_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.http_workers,
+        log_level="info",
+    )
+    listener = tcp_listener(config.bind_socket())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            Multiprocess(config, sockets=[listener]).run()
+    finally:
+        listener.close()
+
+
+def tcp_listener(bound: socket.socket) -> socket.socket:
+    """``bound`` re-wrapped with ``proto`` IPPROTO_TCP.
+
+    uvicorn binds the shared socket with ``proto`` 0; connections accepted from it inherit that,
+    and asyncio then skips TCP_NODELAY, so on Linux every keep-alive answer waited ~40 ms for
+    the client's delayed ACK (measured: 44 ms against 1.5 ms for a 300 KB upload;
+    uvicorn issue #3149).
+    """
+    if bound.family not in (socket.AF_INET, socket.AF_INET6):
+        return bound
+    return socket.socket(bound.family, bound.type, socket.IPPROTO_TCP, fileno=bound.detach())
 
 
 def _wait_until_listening(inference: BaseProcess, runtime: Path) -> bool:

@@ -88,8 +88,9 @@ class Settings(BaseSettings):
         1,
         ge=1,
         description="HTTP worker processes. Above 1, that many processes parse requests (one "
-        "Python process tops out at a few hundred uploads a second) and forward images to one "
-        "inference process that owns the model and batches for all of them.",
+        "Python process spends ~6.5 ms of CPU per upload, so it tops out near 150 a second) "
+        "and forward images to one inference process that owns the model and batches for all "
+        "of them.",
     )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

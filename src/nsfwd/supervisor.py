@@ -1,7 +1,7 @@
 """``nsfwd serve --http-workers N``: N HTTP worker processes feeding one inference process.
 
 One Python process parses HTTP and multipart bodies under one interpreter lock, which caps it
-at a few hundred uploads a second, while a GPU classifies thousands. So, as LitServe and
+near 150 uploads a second (BENCHMARKS.md), while a GPU classifies thousands. So, as LitServe and
 text-embeddings-inference do, the work is split:
 
 * this process, the *supervisor*, checks the store (its migrations run here, once, before any

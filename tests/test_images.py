@@ -373,20 +373,27 @@ def test_bomb_headers_are_refused_before_decoding(data: bytes, claimed: str) -> 
         load_image(data)
 
 
-def test_the_frame_size_pillow_uses_is_checked_too() -> None:
-    # Two frame headers: the first (checked from the raw header) is fine, Pillow uses the last.
+def jpeg_with_a_second_frame(width: int, height: int) -> bytes:
+    """A 160x160 JPEG with a second frame header claiming ``width`` x ``height``: our header
+    parser reads the first, Pillow uses the last."""
     data = jpeg_claiming(160, 160)
     sof = data.index(b"\xff\xc0")
     (length,) = struct.unpack_from(">H", data, sof + 2)
     second = bytearray(data[sof : sof + 2 + length])
-    struct.pack_into(">HH", second, 5, 3000, 3000)
-    doubled = data[: sof + 2 + length] + bytes(second) + data[sof + 2 + length :]
+    struct.pack_into(">HH", second, 5, width, height)
+    return data[: sof + 2 + length] + bytes(second) + data[sof + 2 + length :]
+
+
+def test_the_frame_size_pillow_uses_is_checked_too() -> None:
+    # Two frame headers: the first (checked from the raw header) is fine, Pillow uses the last.
+    doubled = jpeg_with_a_second_frame(3000, 3000)
     with Image.open(BytesIO(doubled)) as raw:
         assert raw.size == (3000, 3000)
     with pytest.raises(ImageDimensionsError, match="image is 3000x3000 px"):
         load_image(doubled)
     # Garbage between segments is skipped by libjpeg and Pillow, and by the header check.
     junk = jpeg_claiming(9000, 9000)
+    sof = junk.index(b"\xff\xc0")
     junk = junk[:sof] + b"\x00junk\xff\x00" + junk[sof:]
     with pytest.raises(ImageDimensionsError, match="image is 9000x9000 px"):
         load_image(junk)
@@ -648,12 +655,7 @@ def test_read_header_refuses_what_load_image_refuses_before_decoding(name: str) 
 
 
 def test_read_header_checks_the_frame_size_pillow_uses_too() -> None:
-    data = jpeg_claiming(160, 160)
-    sof = data.index(b"\xff\xc0")
-    (length,) = struct.unpack_from(">H", data, sof + 2)
-    second = bytearray(data[sof : sof + 2 + length])
-    struct.pack_into(">HH", second, 5, 3000, 3000)
-    doubled = data[: sof + 2 + length] + bytes(second) + data[sof + 2 + length :]
+    doubled = jpeg_with_a_second_frame(3000, 3000)
     with pytest.raises(ImageDimensionsError, match="image is 3000x3000 px"):
         read_header(doubled)
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
+import pickle
 import re
 import signal
 import socket
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -18,7 +22,9 @@ import requests
 import uvicorn
 from PIL import Image
 
+from nsfwd import supervisor
 from nsfwd.models import Classifier
+from nsfwd.settings import Settings
 from nsfwd.supervisor import tcp_listener
 from photos import astronaut_jpeg
 from prodia_jobs import MODEL, TOKEN, job_files
@@ -164,6 +170,38 @@ def test_a_killed_supervisor_leaves_no_process_behind(
         all_exit(children, served)
     with socket.socket() as probe:  # nothing holds the port any more
         assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_a_worker_whose_inference_process_is_gone_exits(
+    timm_checkpoint: Path, tmp_path: Path
+) -> None:
+    """A worker that starts after the inference process went away (the supervisor was killed
+    while uvicorn was still starting its workers) must give up, not wait out a long connect
+    timeout while uvicorn ignores the SIGTERM its orphan watch sends during start-up."""
+    runtime = tmp_path / "runtime"
+    (runtime / supervisor.METRICS).mkdir(parents=True)
+    settings = Settings(model=str(timm_checkpoint), data_dir=tmp_path / "data")
+    (runtime / supervisor.SETTINGS).write_bytes(pickle.dumps(settings))
+    info = {"model_name": "tiny", "max_batch_size": 2, "max_queue": 8}
+    (runtime / supervisor.MODEL_INFO).write_text(json.dumps(info))  # but no socket
+    env = {
+        **os.environ,
+        supervisor.RUNTIME_ENV: str(runtime),
+        supervisor.SUPERVISOR_ENV: str(os.getpid()),
+        "PROMETHEUS_MULTIPROC_DIR": str(runtime / supervisor.METRICS),
+    }
+    command = [sys.executable, "-m", "uvicorn", "nsfwd.supervisor:worker_app", "--factory"]
+    command += ["--port", str(free_port())]
+    log = tmp_path / "worker.log"
+    with log.open("wb") as output:
+        worker = subprocess.Popen(command, env=env, stdout=output, stderr=output)
+    try:
+        status = worker.wait(timeout=supervisor.WORKER_CONNECT_TIMEOUT_S + 15)
+    finally:
+        worker.kill()
+        worker.wait()
+    assert status != 0, log.read_text()
+    assert "cannot reach the inference process" in log.read_text()
 
 
 def test_connections_accepted_by_the_workers_get_tcp_nodelay() -> None:

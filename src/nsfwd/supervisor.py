@@ -160,14 +160,27 @@ def _stop(inference: BaseProcess, timeout_s: float = 30.0) -> None:
         inference.join()
 
 
-def _exit_when_orphaned(supervisor: int) -> None:
+ORPHAN_GRACE_S = 10.0
+"""How long an orphaned worker may take to stop on SIGTERM before it exits regardless."""
+
+WORKER_CONNECT_TIMEOUT_S = 5.0
+"""How long a worker tries to reach the inference process. It listened before any worker was
+started, so failing to connect means it is gone; a worker should then give up soon, not wait
+out the default 30 s, while uvicorn (which ignores SIGTERM until start-up ends) holds it."""
+
+
+def _exit_when_orphaned(supervisor: int, grace_s: float = ORPHAN_GRACE_S) -> None:
     """Send this process SIGTERM once its parent is no longer ``supervisor`` (say, it was
-    killed with -9, perhaps before this process even started)."""
+    killed with -9, perhaps before this process even started), and exit outright if that has
+    not stopped it within ``grace_s``: uvicorn acts on SIGTERM only once start-up has ended."""
 
     def watch() -> None:
         while os.getppid() == supervisor:
             time.sleep(0.5)
         os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        log.error("orphaned worker %d did not stop on SIGTERM; exiting", os.getpid())
+        os._exit(1)
 
     threading.Thread(target=watch, name="nsfwd-orphan-watch", daemon=True).start()
 
@@ -241,6 +254,7 @@ def worker_app() -> FastAPI:
         max_batch_size=info["max_batch_size"],
         max_queue=info["max_queue"],
         limits=settings.image_limits,
+        connect_timeout_s=WORKER_CONNECT_TIMEOUT_S,
     )
     if settings.workers is None:  # the replica's share of background jobs, split over workers
         share = max(1, default_workers(engine) // settings.http_workers)

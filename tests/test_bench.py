@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from nsfwd.cli import main
+from nsfwd.bench.images import folder_images, make_jpegs
+from nsfwd.bench.parity import compare
+from nsfwd.cli import build_parser, main
+from nsfwd.loadgen import percentile
+
+TINY = ["--arch", "eva02_tiny_patch14_224", "--image-size", "320x240"]
 
 
 def test_bench_runs_every_suite_and_writes_json(
@@ -15,8 +23,8 @@ def test_bench_runs_every_suite_and_writes_json(
 ) -> None:
     out = tmp_path / "bench.json"
     code = main([
-        "bench", "--arch", "eva02_tiny_patch14_224", "--batch-sizes", "1,2", "--images", "6",
-        "--image-size", "320x240", "--concurrency", "4", "--requests", "12", "--json", str(out),
+        "bench", *TINY, "--batch-sizes", "1,2", "--images", "6", "--concurrency", "4",
+        "--requests", "12", "--load-processes", "2", "--json", str(out),
     ])  # fmt: skip
     assert code == 0
     table = capsys.readouterr().out
@@ -24,29 +32,117 @@ def test_bench_runs_every_suite_and_writes_json(
     results = report["results"]
     assert [row["batch_size"] for row in results["model"]] == [1, 2]
     assert all(row["images_per_s"] > 0 for row in results["model"])
-    assert results["pipeline"]["images"] == 6
-    assert results["pipeline"]["failed"] == 0
+    [pipeline] = results["pipeline"]
+    assert pipeline["images"] == 6
+    assert pipeline["failed"] == 0
+    # On the CPU, auto decodes with the tensor path: parity holds it to Pillow's on 14 photos.
+    [parity] = results["parity"]
+    assert parity["tested"]["decode"] == "tensor"
+    assert parity["exact"]["decode"] == "pil"
+    assert parity["images"] == 14
+    assert 0 < parity["max_abs_dp"] < 2e-3
+    assert parity["moderate_decisions_changed"] == 0
     server = results["server"]
-    assert server["concurrent"]["statuses"] == {"200": 12}
+    assert server["concurrent"]["statuses"] == {"200": 12}  # from both load processes
+    assert server["concurrent"]["load_processes"] == 2
     assert server["sequential"]["statuses"]["200"] == server["sequential"]["requests"]
     assert server["concurrent"]["mean_batch_size"] >= 1.0
     assert server["concurrent"]["p50_ms"] <= server["concurrent"]["p99_ms"]
     assert report["machine"]["device"] == "cpu"
-    assert "pipeline" in table and "server" in table and "mean batch" in table
+    for row in ("pipeline", "parity", "server", "mean batch"):
+        assert row in table
 
 
-@pytest.mark.parametrize("decode", ["pil", "tensor"])
-def test_the_pipeline_suite_measures_either_decode_path(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], decode: str
+def test_the_pipeline_suite_measures_both_decode_paths_in_one_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "bench.json"
     code = main([
-        "bench", "--arch", "eva02_tiny_patch14_224", "--suites", "pipeline", "--images", "4",
-        "--image-size", "320x240", "--batch-size", "2", "--decode", decode, "--json", str(out),
+        "bench", *TINY, "--suites", "pipeline", "--images", "4", "--batch-size", "2",
+        "--decode", "pil,tensor", "--json", str(out),
     ])  # fmt: skip
     assert code == 0
     report = json.loads(out.read_text())
-    assert report["config"]["decode"] == decode
-    assert report["results"]["pipeline"]["decode"] == decode
-    assert report["results"]["pipeline"]["failed"] == 0
-    assert f"decode {decode}" in capsys.readouterr().out
+    assert report["config"]["decode"] == ["pil", "tensor"]
+    runs = report["results"]["pipeline"]
+    assert [run["decode"] for run in runs] == ["pil", "tensor"]
+    assert all(run["failed"] == 0 for run in runs)
+    table = capsys.readouterr().out
+    assert "decode pil" in table and "decode tensor" in table
+
+
+def test_bf16_parity_is_measured_and_larger_than_the_tensor_paths(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    code = main([
+        "bench", *TINY, "--suites", "parity", "--dtype", "bfloat16", "--decode", "pil",
+        "--json", str(out),
+    ])  # fmt: skip
+    assert code == 0
+    [parity] = json.loads(out.read_text())["results"]["parity"]
+    assert parity["tested"] == {
+        "device": "cpu", "dtype": "bfloat16", "compile": "off", "decode": "pil"
+    }  # fmt: skip
+    assert 1e-4 < parity["max_abs_dp"] < 0.1  # bf16 rounding shows, but stays small
+    assert set(parity["max_abs_dp_per_label"]) == {"neutral", "low", "medium", "high"}
+
+
+def test_the_exact_mode_has_no_parity_to_measure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["bench", *TINY, "--suites", "parity", "--decode", "pil", "--device", "cpu"])
+    assert code == 0
+    assert "parity    not run: the mode under test is the exact mode" in capsys.readouterr().out
+
+
+def test_compare_reports_decisions_that_change_with_both_scores() -> None:
+    exact = {
+        "a.jpg": {"neutral": 0.9, "low": 0.05, "medium": 0.03, "high": 0.02},
+        "b.jpg": {"neutral": 0.2, "low": 0.2, "medium": 0.3, "high": 0.3},
+    }
+    tested = {
+        "a.jpg": {"neutral": 0.9, "low": 0.05, "medium": 0.03, "high": 0.02},
+        "b.jpg": {"neutral": 0.3, "low": 0.3, "medium": 0.2, "high": 0.2},
+    }
+    found = compare(exact, tested)
+    assert found["max_abs_dp"] == pytest.approx(0.1)
+    assert found["moderate_decisions_changed"] == 1
+    [changed] = found["changed"]
+    assert changed == {"image": "b.jpg", "exact": pytest.approx(0.6), "tested": pytest.approx(0.4)}
+    assert found["mean_abs_dp"] == pytest.approx(0.4 / 8)
+
+
+def test_percentiles_interpolate_as_numpy_does() -> None:
+    values = [0.3, 0.1, 0.9, 0.4, 0.5, 0.2, 0.8]
+    for q in (0, 50, 95, 99, 100):
+        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+    assert math.isnan(percentile([], 50))
+
+
+def test_generated_jpegs_are_photo_sized_and_reproducible(tmp_path: Path) -> None:
+    first = make_jpegs(tmp_path / "a", 3, (1024, 768))
+    again = make_jpegs(tmp_path / "b", 3, (1024, 768))
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in again]
+    assert len({p.read_bytes() for p in first}) == 3
+    for path in first:
+        assert 100_000 < path.stat().st_size < 200_000  # like a typical photo upload
+        assert Image.open(path).size == (1024, 768)
+
+
+def test_an_images_folder_is_repeated_up_to_the_count(tmp_path: Path) -> None:
+    made = make_jpegs(tmp_path / "mine", 2, (160, 160))
+    assert folder_images(tmp_path / "mine", 5) == [*made, *made, made[0]]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no image files"):
+        folder_images(tmp_path / "empty", 1)
+    with pytest.raises(ValueError, match="not a folder"):
+        folder_images(tmp_path / "missing", 1)
+
+
+def test_bench_refuses_bad_arguments_with_a_message(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--suites", "model,speed"]) == 2
+    assert "unknown suites ['speed']" in capsys.readouterr().err
+    assert main(["bench", "--image-size", "1024"]) == 2
+    assert "WIDTHxHEIGHT" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--decode", "pil,fast"])
+    assert "comma-separated list of auto, pil, tensor" in capsys.readouterr().err

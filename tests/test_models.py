@@ -67,6 +67,18 @@ def test_batching_does_not_change_results(classifier: Classifier) -> None:
             assert a[label] == pytest.approx(b[label], abs=1e-5)
 
 
+def test_stack_makes_one_batch_in_order_on_the_classifiers_device(classifier: Classifier) -> None:
+    prepared = [classifier.prepare(image) for image in IMAGES]
+    batch = classifier.stack(prepared)
+    assert batch.shape == (len(IMAGES), *classifier.input_size)
+    assert batch.dtype == torch.uint8
+    assert batch.device == classifier.device
+    for row, image in zip(batch, prepared, strict=True):
+        assert torch.equal(row, image)
+    with pytest.raises(ValueError, match="no images"):
+        classifier.stack([])
+
+
 def test_preprocessing_follows_the_checkpoint_not_a_fixed_448(tmp_path: Path) -> None:
     folder = write_timm_checkpoint(tmp_path / "eva", labels=["safe", "unsafe"])
     config = json.loads((folder / "config.json").read_text())

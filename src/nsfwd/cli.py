@@ -13,6 +13,7 @@ from nsfwd.logs import configure_logging
 from nsfwd.policies import DEFAULT_POLICY, DEFAULT_THRESHOLD, POLICIES, Policy
 
 if TYPE_CHECKING:
+    from nsfwd.bench import BenchConfig
     from nsfwd.jobs import ApiKey, Store
     from nsfwd.settings import Settings
 
@@ -166,16 +167,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_compile_options(bench, negatable=False)
     bench.add_argument(
-        "--suites", default="model,pipeline,server", help="comma-separated: model,pipeline,server"
+        "--suites",
+        default="model,pipeline,parity,server",
+        help="comma-separated, of model, pipeline, parity (the mode under test against fp32 on "
+        "the CPU with Pillow decoding, on scikit-image's photographs), server "
+        "(default: all four)",
     )
     bench.add_argument("--batch-sizes", default="1,2,4,8", help="model suite batch sizes")
     bench.add_argument("--batch-size", type=int, help="pipeline and server batch size")
-    bench.add_argument("--images", type=int, default=16, help="JPEGs in the pipeline suite")
+    bench.add_argument(
+        "--images", type=int, default=16, help="images for the pipeline and server suites"
+    )
+    bench.add_argument(
+        "--images-dir",
+        type=Path,
+        help="take the images from this folder (repeated if it has fewer than --images) "
+        "instead of generating photo-like JPEGs of --image-size",
+    )
     bench.add_argument(
         "--decode",
-        choices=DECODE_CHOICES,
-        default="auto",
-        help="the pipeline suite's decode path, as `nsfwd classify --decode` (default: auto)",
+        type=_decode_choices,
+        default=["auto"],
+        help="the pipeline and parity suites' decode paths, comma-separated, each as "
+        "`nsfwd classify --decode` takes it: pil,tensor measures both in one run (default: auto)",
     )
     bench.add_argument("--image-size", default="1024x768", help="WxH of the JPEGs")
     bench.add_argument("--concurrency", type=int, default=32, help="server suite clients")
@@ -185,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=1,
         help="server suite: HTTP worker processes in front of the inference process",
+    )
+    bench.add_argument(
+        "--load-processes",
+        type=_positive,
+        help="server suite: processes the concurrent clients run in (default: one per 16 "
+        "clients, at most a quarter of the cores); one Python process cannot post much over "
+        "a few hundred uploads a second",
     )
     bench.add_argument(
         "--compare-reference", action="store_true", help="also run Freepik's package"
@@ -369,19 +390,34 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _decode_choices(text: str) -> list[str]:
+    choices = [part.strip() for part in text.split(",") if part.strip()]
+    wrong = [choice for choice in choices if choice not in DECODE_CHOICES]
+    if wrong or not choices:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of {', '.join(DECODE_CHOICES)}, got {text!r}"
+        )
+    return choices
+
+
 def _ints(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from nsfwd.bench import SUITES, BenchConfig, format_report, run_bench
+def bench_config(args: argparse.Namespace) -> BenchConfig:
+    """The :class:`~nsfwd.bench.BenchConfig` that parsed ``nsfwd bench`` arguments ask for;
+    ValueError saying what is wrong with them."""
+    from nsfwd.bench import SUITES, BenchConfig
 
     suites = [s.strip() for s in args.suites.split(",") if s.strip()]
     unknown = set(suites) - set(SUITES)
     if unknown:
-        print(f"nsfwd bench: unknown suites {sorted(unknown)}; known: {SUITES}", file=sys.stderr)
-        return 2
+        raise ValueError(f"unknown suites {sorted(unknown)}; known: {', '.join(SUITES)}")
     width, _, height = args.image_size.partition("x")
+    if not (width.isdigit() and height.isdigit()):
+        raise ValueError(
+            f"--image-size takes WIDTHxHEIGHT, such as 1024x768, not {args.image_size!r}"
+        )
     compile_mode, compile_cache_dir = None, None
     if args.compile:
         from nsfwd.settings import Settings
@@ -389,7 +425,7 @@ def _bench(args: argparse.Namespace) -> int:
         settings = Settings()
         compile_mode = _compile_choice(True, settings.compile)
         compile_cache_dir = args.compile_cache_dir or settings.compile_cache_dir
-    cfg = BenchConfig(
+    return BenchConfig(
         model=args.model,
         arch=args.arch,
         device=args.device,
@@ -400,18 +436,30 @@ def _bench(args: argparse.Namespace) -> int:
         suites=suites,
         batch_sizes=_ints(args.batch_sizes),
         images=args.images,
+        images_dir=args.images_dir,
         decode=args.decode,
         image_size=(int(width), int(height)),
         batch_size=args.batch_size,
         concurrency=args.concurrency,
         requests=args.requests,
         http_workers=args.http_workers,
+        load_processes=args.load_processes,
         compare_reference=args.compare_reference,
         reference_dtypes=[d for d in args.reference_dtypes.split(",") if d],
         reference_images=args.reference_images,
         out=args.json,
     )
-    report = run_bench(cfg, log=lambda message: print(message, file=sys.stderr))
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from nsfwd.bench import format_report, run_bench
+
+    try:
+        cfg = bench_config(args)
+        report = run_bench(cfg, log=lambda message: print(message, file=sys.stderr))
+    except ValueError as exc:  # arguments, or a model and mode that do not go together
+        print(f"nsfwd bench: {exc}", file=sys.stderr)
+        return 2
     print(format_report(report))
     return 0
 

@@ -168,6 +168,11 @@ class Engine:
     def _prepare(self, data: bytes) -> torch.Tensor:
         return self.classifier.prepare(load_image(data, self.limits))
 
+    def _predict(self, pixels: list[torch.Tensor]) -> torch.Tensor:
+        # Stacked here, on the inference thread, not on the event loop: a GPU batch is tens
+        # of megabytes to copy (into page-locked memory, see Classifier.stack).
+        return self.classifier.predict(self.classifier.stack(pixels))
+
     async def _next_batch(self, queue: asyncio.Queue[_Item]) -> list[_Item]:
         batch = [await queue.get()]
         deadline = time.perf_counter() + self.batch_wait
@@ -196,11 +201,9 @@ class Engine:
             now = time.perf_counter()
             for item in live:
                 self.metrics.queue_seconds.observe(now - item.queued_at)
-            pixels = torch.stack([item.pixels for item in live])
+            pixels = [item.pixels for item in live]
             try:
-                probs = await loop.run_in_executor(
-                    self._infer_pool, self.classifier.predict, pixels
-                )
+                probs = await loop.run_in_executor(self._infer_pool, self._predict, pixels)
             except Exception as exc:  # a model failure fails this batch, not the server
                 for item in live:
                     if not item.future.done():

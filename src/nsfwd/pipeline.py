@@ -4,8 +4,9 @@ Two ways to decode (``decode``, ``nsfwd classify --decode``): ``pil``, each file
 resized with Pillow on a worker thread; ``tensor``, files read on worker threads, then each batch
 prepared in one :class:`~nsfwd.models.tensor_decode.TensorDecoder` call (its JPEGs decoded and
 resized with torch on the classifier's device, in one nvjpeg call on CUDA; the rest the PIL way)
-on a thread of its own. Either way the next batches are being prepared while the model runs the
-current one.
+on a thread of its own. Either way a thread of its own stacks each batch (into page-locked
+memory for a GPU, see :meth:`~nsfwd.models.Classifier.stack`), so the next batches are being
+prepared while the model runs the current one.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from itertools import islice
@@ -60,8 +61,22 @@ def find_images(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
 Prepared = torch.Tensor | str
 """A file's prepared pixels, or the reason it cannot be classified."""
 
-Waiter = Callable[[], list[Prepared]]
-"""Waits for a chunk's prepared files and returns them in order."""
+
+@dataclass(frozen=True)
+class _Chunk:
+    """Files made ready for one model batch."""
+
+    paths: list[Path]
+    errors: list[str | None]
+    """Per file, why it cannot be classified, or None for the files in :attr:`batch`."""
+    batch: torch.Tensor | None
+    """The pixels of the files without errors, stacked by :meth:`Classifier.stack`."""
+
+
+def _chunk(classifier: Classifier, paths: list[Path], prepared: list[Prepared]) -> _Chunk:
+    errors = [item if isinstance(item, str) else None for item in prepared]
+    tensors = [item for item in prepared if isinstance(item, torch.Tensor)]
+    return _Chunk(paths, errors, classifier.stack(tensors) if tensors else None)
 
 
 def _file_error(exc: OSError) -> str:
@@ -132,18 +147,17 @@ def classify_files(
     with ExitStack() as stack:
         pool = stack.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="nsfwd-decode"))
         submit = _submitter(classifier, decoder, limits, pool, stack)
-        pending: deque[tuple[list[Path], Waiter]] = deque()
+        pending: deque[Future[_Chunk]] = deque()
 
         def submit_next_chunk() -> None:
             chunk = list(islice(path_iter, batch_size))
             if chunk:
-                pending.append((chunk, submit(chunk)))
+                pending.append(submit(chunk))
 
-        for _ in range(3):  # this batch and two more decoding ahead of the model
+        for _ in range(3):  # this batch and two more being prepared ahead of the model
             submit_next_chunk()
         while pending:
-            chunk_paths, wait = pending.popleft()
-            chunk = list(zip(chunk_paths, wait(), strict=True))
+            chunk = pending.popleft().result()
             submit_next_chunk()
             yield from _run_chunk(classifier, chunk)
 
@@ -154,37 +168,46 @@ def _submitter(
     limits: ImageLimits,
     pool: ThreadPoolExecutor,
     stack: ExitStack,
-) -> Callable[[list[Path]], Waiter]:
-    """How a chunk of files starts being prepared on the threads, for the decode path chosen."""
+) -> Callable[[list[Path]], Future[_Chunk]]:
+    """How a chunk of files starts being prepared, for the decode path chosen.
+
+    Files are decoded (PIL path) or read (tensor path) on the workers; then one thread of its
+    own gathers the chunk and stacks it into a batch (decoding it in one call first on the
+    tensor path: one nvjpeg call on CUDA) while this thread runs the model on the batch
+    before. On 2 CPU cores the tensor path matched decoding file by file on the workers (36.6
+    img/s both, tiny EVA-02).
+    """
+    batcher = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="nsfwd-batch"))
     if decoder is None:
 
-        def per_file(chunk: list[Path]) -> Waiter:
-            futures = [pool.submit(_prepare, classifier, path, limits) for path in chunk]
-            return lambda: [future.result() for future in futures]
+        def per_file(paths: list[Path]) -> Future[_Chunk]:
+            futures = [pool.submit(_prepare, classifier, path, limits) for path in paths]
+            return batcher.submit(lambda: _chunk(classifier, paths, [f.result() for f in futures]))
 
         return per_file
     tensor_decoder = decoder
-    # Files are read on the workers, then the batch is prepared in one call (one nvjpeg call on
-    # CUDA) on a thread of its own, while this thread runs the model on the batch before. On 2
-    # CPU cores this matched decoding file by file on the workers (36.6 img/s both, tiny EVA-02).
-    batcher = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="nsfwd-batch-decode"))
 
-    def batched(chunk: list[Path]) -> Waiter:
-        reads = [pool.submit(_read, path, limits) for path in chunk]
-        batch = batcher.submit(lambda: _decode(tensor_decoder, [r.result() for r in reads]))
-        return batch.result
+    def batched(paths: list[Path]) -> Future[_Chunk]:
+        reads = [pool.submit(_read, path, limits) for path in paths]
+
+        def decode() -> _Chunk:
+            prepared = _decode(tensor_decoder, [read.result() for read in reads])
+            return _chunk(classifier, paths, prepared)
+
+        return batcher.submit(decode)
 
     return batched
 
 
-def _run_chunk(classifier: Classifier, chunk: list[tuple[Path, Prepared]]) -> Iterator[FileResult]:
-    tensors = [item for _, item in chunk if isinstance(item, torch.Tensor)]
+def _run_chunk(classifier: Classifier, chunk: _Chunk) -> Iterator[FileResult]:
     labels = (
-        iter(classifier.to_labels(classifier.predict(torch.stack(tensors)))) if tensors else None
+        iter(classifier.to_labels(classifier.predict(chunk.batch)))
+        if chunk.batch is not None
+        else None
     )
-    for path, item in chunk:
-        if isinstance(item, str):
-            yield FileResult(str(path), error=item)
+    for path, error in zip(chunk.paths, chunk.errors, strict=True):
+        if error is not None:
+            yield FileResult(str(path), error=error)
         else:
             assert labels is not None
             yield FileResult(str(path), labels=next(labels))

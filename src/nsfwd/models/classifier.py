@@ -108,6 +108,8 @@ class Classifier:
     name: str
     compiled: CompiledForward | None = None
     """The ``torch.compile`` mode's runner, when the classifier was loaded with ``compile``."""
+    quantized: str | None = None
+    """The quantisation applied (``int8``), or None for the model's own weights."""
 
     @classmethod
     def load(
@@ -153,6 +155,7 @@ class Classifier:
             dtype=torch_dtype,
             name=hub_id or model,
             compiled=compiled,
+            quantized=quantize,
         )
 
     @property
@@ -194,12 +197,35 @@ class Classifier:
         sizes = buckets if buckets is not None else default_buckets(max_batch_size)
         self.compiled.warm_up(sizes, lambda size: self.predict(self.blank(size)))
 
+    def stack(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """One (N, C, H, W) batch of :meth:`prepare` outputs (or the tensor decode path's),
+        for :meth:`predict`. Thread-safe, so it can run while the model works on the batch
+        before.
+
+        For a CUDA classifier, images prepared on the CPU are stacked into page-locked memory,
+        which :meth:`predict` copies to the GPU by DMA without holding up its thread (pageable
+        memory is first copied again by the driver, synchronously); images already on the GPU
+        are stacked there.
+        """
+        if not images:
+            raise ValueError("no images to stack")
+        on_cpu = all(image.device.type == "cpu" for image in images)
+        if self.device.type != "cuda" or not on_cpu:
+            return torch.stack([image.to(self.device) for image in images])
+        first = images[0]
+        pinned = torch.empty((len(images), *first.shape), dtype=first.dtype, pin_memory=True)
+        return torch.stack(list(images), out=pinned)
+
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
         """Probabilities (N, labels) as float32 on the CPU for an (N, C, H, W) batch of
         :meth:`prepare` outputs. Compiled, any N works: batches are padded to a bucket (and
         split beyond the largest one), so only the warmed-up graphs run."""
         with torch.inference_mode():
-            pixels = batch.to(self.device, non_blocking=True)
+            pixels = batch.to(self.device, non_blocking=True)  # asynchronous from pinned memory
+            if batch.device.type == "cuda":
+                # Made on another stream (the tensor decode path's): keep its memory from being
+                # reused there until this stream is done with it.
+                batch.record_stream(torch.cuda.current_stream(batch.device))
             if self.compiled is not None:
                 return self.compiled(pixels).cpu()
             pixels = self.loaded.normalize(pixels)
@@ -214,5 +240,5 @@ class Classifier:
         """Label probabilities for each image, in order."""
         if not images:
             return []
-        batch = torch.stack([self.prepare(image) for image in images])
+        batch = self.stack([self.prepare(image) for image in images])
         return self.to_labels(self.predict(batch))

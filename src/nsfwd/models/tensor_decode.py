@@ -191,6 +191,9 @@ class TensorDecoder:
         self.limits = limits or ImageLimits()
         self.geometry = Geometry.of(classifier.loaded.prepare)
         self.resize_in_float = resize_in_float
+        self._stream: torch.cuda.Stream | None = None
+        if self.device.type == "cuda":
+            self._stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
 
     @property
     def device(self) -> torch.device:
@@ -199,7 +202,24 @@ class TensorDecoder:
 
     def prepare(self, encoded: Sequence[bytes]) -> list[Prepared]:
         """Prepared pixels, or the :class:`ImageError` that refuses them, for each image in
-        order. The JPEGs among them are decoded in one ``decode_jpeg`` call."""
+        order. The JPEGs among them are decoded in one ``decode_jpeg`` call.
+
+        On CUDA the work runs on a stream of the decoder's own, so a batch decodes while the
+        model runs the one before on the default stream; the call returns once its pixels are
+        ready, and they are marked as used by the default stream, where the model reads them.
+        """
+        if self._stream is None:
+            return self._prepare(encoded)
+        with torch.cuda.stream(self._stream):
+            results = self._prepare(encoded)
+        consumer = torch.cuda.default_stream(self.device)
+        for result in results:
+            if isinstance(result, torch.Tensor):
+                result.record_stream(consumer)
+        self._stream.synchronize()
+        return results
+
+    def _prepare(self, encoded: Sequence[bytes]) -> list[Prepared]:
         results: list[Prepared | None] = [None] * len(encoded)
         headers: dict[int, ImageHeader] = {}
         for index, data in enumerate(encoded):

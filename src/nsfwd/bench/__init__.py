@@ -1,0 +1,152 @@
+"""`nsfwd bench`: measure the model, the classify pipeline and the server on this machine.
+
+Suites (each optional):
+
+* ``model``: images/s and latency per batch size on ready tensors (no decoding);
+* ``pipeline``: ``nsfwd classify``'s path end to end over a folder of JPEGs, decoding included,
+  once per ``--decode`` path (Pillow's, the tensor path), so the paths compare in one run;
+* ``parity``: the mode under test (device, dtype, compiled graphs, int8, decode path) against
+  the exact mode (fp32 on the CPU, Pillow decoding) on real photographs: max |dp| per label and
+  the moderate-policy decisions that change (:mod:`nsfwd.bench.parity`);
+* ``server``: a real ``nsfwd serve`` process on loopback under N concurrent clients posting
+  Prodia v1 jobs, against one client at a time: req/s, p50/p95/p99 latency, mean batch size;
+* ``--compile``: the same suites through the ``torch.compile`` mode, after compiling (or loading
+  from the cache) a graph per batch size; the report says how long that took and whether the
+  graphs came from the cache (run twice with one ``--compile-cache-dir`` for cold vs warm);
+* ``--compare-reference``: Freepik's ``nsfw-image-detector`` on the same checkpoint, images and
+  device in the same run, reported as ratios (machines are noisy; ratios travel better).
+
+Without ``--model`` a random-weight checkpoint of ``--arch`` is written first (same compute).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nsfwd.bench.images import folder_images, make_jpegs, photographs
+from nsfwd.bench.parity import EXACT, bench_parity, describe, exact_labels
+from nsfwd.bench.report import SUITES, BenchConfig, BenchReport, format_report, machine_info
+from nsfwd.bench.server import bench_server
+from nsfwd.bench.suites import bench_model, bench_pipeline, bench_reference, timed, warm_up
+from nsfwd.models import Classifier
+from nsfwd.models.compiled import CACHE_ENV
+from nsfwd.models.tensor_decode import resolve_decode
+
+__all__ = [
+    "SUITES",
+    "BenchConfig",
+    "BenchReport",
+    "bench_model",
+    "bench_pipeline",
+    "bench_reference",
+    "bench_server",
+    "format_report",
+    "make_jpegs",
+    "run_bench",
+    "timed",
+]
+
+
+def prepare_model(cfg: BenchConfig, workdir: Path) -> str:
+    """The model to measure: the one given, or a random-weight ``cfg.arch`` written now."""
+    if cfg.model:
+        return cfg.model
+    from nsfwd.models.synthetic import write_timm_checkpoint
+
+    folder = workdir / cfg.arch
+    write_timm_checkpoint(folder, arch=cfg.arch, style="timm_wrapper", dtype=torch.bfloat16)
+    return str(folder)
+
+
+def _parity(
+    cfg: BenchConfig, model: str, classifier: Classifier, workdir: Path, batch_size: int
+) -> list[dict[str, Any]]:
+    """The parity suite for every decode path that is not the exact mode itself."""
+    decodes = [
+        decode
+        for decode in dict.fromkeys(resolve_decode(d, classifier) for d in cfg.decode)
+        if describe(classifier, decode) != EXACT
+    ]
+    if not decodes:
+        raise ValueError("the mode under test is the exact mode: nothing to compare")
+    photos = photographs(workdir / "photos", cfg.image_size)
+    exact = exact_labels(model, photos)
+    return [bench_parity(classifier, exact, photos, batch_size, decode) for decode in decodes]
+
+
+def _config(cfg: BenchConfig, model: str) -> dict[str, Any]:
+    config = {k: v for k, v in asdict(cfg).items() if k != "out"}
+    config.update(
+        model=model if cfg.model else f"random {cfg.arch}",
+        out=str(cfg.out),
+        images_dir=str(cfg.images_dir) if cfg.images_dir else None,
+        compile_cache_dir=os.environ.get(CACHE_ENV) if cfg.compile else None,
+    )
+    return config
+
+
+def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchReport:
+    """Run the configured suites and return (and optionally write) the report."""
+    with tempfile.TemporaryDirectory(prefix="nsfwd-bench-") as tmp:
+        workdir = Path(tmp)
+        model = prepare_model(cfg, workdir)
+        classifier = Classifier.load(
+            model,
+            device=cfg.device,
+            dtype=cfg.dtype,
+            quantize=cfg.quantize,
+            compile=cfg.compile,
+            compile_cache_dir=cfg.compile_cache_dir,
+        )
+        report = BenchReport(config=_config(cfg, model), machine=machine_info(classifier.device))
+        report.machine["dtype"] = str(classifier.dtype).removeprefix("torch.")
+        results = report.results
+        batch_size = cfg.batch_size or classifier.batch_size
+        if classifier.compiled is not None and {"model", "pipeline", "parity"} & set(cfg.suites):
+            log("compile: a graph per batch size ...")
+            results["compile"] = warm_up(classifier, [*cfg.batch_sizes, batch_size])
+        if cfg.images_dir:
+            files = folder_images(cfg.images_dir, cfg.images)
+        else:
+            files = make_jpegs(workdir / "images", cfg.images, cfg.image_size)
+        if "model" in cfg.suites:
+            log("model: ready tensors through the network ...")
+            results["model"] = bench_model(classifier, cfg.batch_sizes)
+        if "pipeline" in cfg.suites:
+            results["pipeline"] = []
+            for decode in cfg.decode:
+                log(f"pipeline: {len(files)} images, decode {decode} ...")
+                results["pipeline"].append(bench_pipeline(classifier, files, batch_size, decode))
+        if "parity" in cfg.suites:
+            log("parity: the mode under test against the exact mode on photographs ...")
+            try:
+                results["parity"] = _parity(cfg, model, classifier, workdir, batch_size)
+            except (ImportError, ValueError) as exc:
+                results["parity_error"] = str(exc)
+        if cfg.compare_reference:
+            results["reference"] = []
+            for dtype in cfg.reference_dtypes:
+                log(f"reference: Freepik's package in {dtype} ...")
+                subset = files[: cfg.reference_images]
+                results["reference"].append(
+                    bench_reference(model, subset, classifier.device, dtype, batch_size)
+                )
+        del classifier  # the server suite loads its own copy in another process
+        if "server" in cfg.suites:
+            log(f"server: 1 client, then {cfg.concurrency} concurrent clients ...")
+            try:
+                results["server"] = bench_server(model, files, cfg, batch_size, workdir)
+            except RuntimeError as exc:  # keep what the other suites measured
+                log(str(exc))
+                results["server_error"] = str(exc)
+    if cfg.out:
+        cfg.out.write_text(json.dumps(asdict(report), indent=2) + "\n")
+    return report

@@ -1,0 +1,163 @@
+"""What a benchmark is asked to measure, what it found, and the table it prints."""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SUITES = ("model", "pipeline", "parity", "server")
+
+
+@dataclass
+class BenchConfig:
+    """What to measure and how much."""
+
+    model: str | None = None
+    arch: str = "eva02_base_patch14_448"
+    device: str | None = None
+    dtype: str | None = None
+    quantize: str | None = None
+    compile: str | None = None
+    compile_cache_dir: Path | None = None
+    suites: Sequence[str] = SUITES
+    batch_sizes: Sequence[int] = (1, 2, 4)
+    images: int = 16
+    images_dir: Path | None = None
+    decode: Sequence[str] = ("auto",)
+    image_size: tuple[int, int] = (1024, 768)
+    batch_size: int | None = None
+    concurrency: int = 32
+    requests: int = 64
+    http_workers: int = 1
+    load_processes: int | None = None
+    compare_reference: bool = False
+    reference_dtypes: Sequence[str] = ("float32", "bfloat16")
+    reference_images: int = 8
+    out: Path | None = None
+
+
+@dataclass
+class BenchReport:
+    """Everything measured, with where and when."""
+
+    config: dict[str, Any]
+    machine: dict[str, Any]
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """The facts a benchmark figure needs beside it."""
+    info: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": len(os.sched_getaffinity(0)),
+        "torch": torch.__version__,
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _compile_lines(results: dict[str, Any]) -> list[str]:
+    compiled = results.get("compile")
+    if not compiled:
+        return []
+    return [
+        f"compile   {compiled['mode']}  batch sizes {compiled['buckets']}  "
+        f"{compiled['warm_up_s']:.1f} s  graphs from cache {compiled['fxgraph_cache_hit']}, "
+        f"compiled {compiled['fxgraph_cache_miss']}"
+    ]
+
+
+def _model_lines(results: dict[str, Any]) -> list[str]:
+    return [
+        f"model     batch {row['batch_size']:>4}  {row['images_per_s']:9.2f} img/s  "
+        f"{row['batch_ms']:9.1f} ms/batch"
+        for row in results.get("model", [])
+    ]
+
+
+def _pipeline_lines(results: dict[str, Any]) -> list[str]:
+    lines = []
+    pipelines = results.get("pipeline", [])
+    for run in pipelines:
+        lines.append(
+            f"pipeline  {run['images']} images  {run['images_per_s']:9.2f} img/s  "
+            f"{run['s_per_image'] * 1e3:9.1f} ms/image  decode {run['decode']}"
+        )
+    for ref in results.get("reference", []):
+        line = (
+            f"reference {ref['dtype']:<9} {ref['images_per_s']:9.2f} img/s  "
+            f"{ref['s_per_image'] * 1e3:9.1f} ms/image"
+        )
+        ratios = ", ".join(
+            f"{run['images_per_s'] / ref['images_per_s']:.2f}x ({run['decode']})"
+            for run in pipelines
+        )
+        if ratios:
+            line += f"   nsfwd classify is {ratios}"
+        lines.append(line)
+    return lines
+
+
+def _parity_lines(results: dict[str, Any]) -> list[str]:
+    lines = []
+    for run in results.get("parity", []):
+        tested = " ".join(f"{key} {value}" for key, value in run["tested"].items())
+        lines.append(
+            f"parity    {tested} vs exact over {run['images']} photos: max |dp| "
+            f"{run['max_abs_dp']:.2e}, mean {run['mean_abs_dp']:.2e}, moderate decisions "
+            f"changed {run['moderate_decisions_changed']}"
+        )
+    if "parity_error" in results:
+        lines.append(f"parity    not run: {results['parity_error']}")
+    return lines
+
+
+def _server_lines(results: dict[str, Any]) -> list[str]:
+    server = results.get("server")
+    if not server:
+        return [f"server    failed: {results['server_error']}"] if "server_error" in results else []
+    lines = []
+    for key in ("sequential", "concurrent"):
+        run = server[key]
+        lines.append(
+            f"server    {run['concurrency']:>3} clients  {run['requests_per_s']:8.2f} req/s  "
+            f"p50 {run['p50_ms']:.0f} ms  p95 {run['p95_ms']:.0f} ms  "
+            f"p99 {run['p99_ms']:.0f} ms  statuses {run['statuses']}"
+        )
+    lines.append(
+        f"server    mean batch {server['concurrent']['mean_batch_size']:.2f}  "
+        f"{server['speedup_vs_sequential']:.2f}x one-at-a-time  "
+        f"cold start {server['cold_start_s']:.1f} s  "
+        f"{server.get('http_workers', 1)} HTTP process(es)"
+    )
+    return lines
+
+
+def format_report(report: BenchReport) -> str:
+    """A plain-text table of the report, with ratios against the reference."""
+    machine = report.machine
+    header = (
+        f"nsfwd bench  {machine['date']}  {machine['device']} "
+        f"{machine.get('gpu', machine['cpu'])} x{machine['cpu_count']} cpu  "
+        f"{machine['dtype']}  model: {report.config['model']}"
+    )
+    results = report.results
+    return "\n".join([
+        header,
+        *_compile_lines(results),
+        *_model_lines(results),
+        *_pipeline_lines(results),
+        *_parity_lines(results),
+        *_server_lines(results),
+    ])  # fmt: skip

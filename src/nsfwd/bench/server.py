@@ -1,0 +1,124 @@
+"""The server suite: a real ``nsfwd serve`` process on loopback, one client, then many."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from nsfwd.bench.report import BenchConfig
+from nsfwd.loadgen import run_load
+from nsfwd.models.compiled import CACHE_ENV
+
+
+def load_processes(cfg: BenchConfig) -> int:
+    """Processes for the concurrent clients: ``cfg.load_processes``, else one per 16 clients
+    and at most a quarter of the cores (one on a small machine)."""
+    if cfg.load_processes:
+        return cfg.load_processes
+    return max(1, min(cfg.concurrency // 16, len(os.sched_getaffinity(0)) // 4))
+
+
+def _mean_batch_size(url: str) -> tuple[float, float]:
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    values = {}
+    for line in text.splitlines():
+        if line.startswith(("nsfwd_batch_size_sum", "nsfwd_batch_size_count")):
+            name, value = line.split()
+            values[name] = float(value)
+    return values.get("nsfwd_batch_size_sum", 0.0), values.get("nsfwd_batch_size_count", 0.0)
+
+
+def bench_server(
+    model_dir: str, files: list[Path], cfg: BenchConfig, batch_size: int, workdir: Path
+) -> dict[str, Any]:
+    """A real `nsfwd serve` process (its job store in ``workdir``): one client at a time, then
+    ``cfg.concurrency`` at once."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "NSFWD_DATABASE_URL"},
+        "NSFWD_MAX_BATCH_SIZE": str(batch_size),
+        "NSFWD_MAX_QUEUE": str(max(cfg.concurrency * 2, 64)),
+        "NSFWD_API_KEYS": "",
+        # A store of its own: keys in the user's ./data would close the open API to the bench.
+        "NSFWD_DATA_DIR": str(workdir / "server-data"),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "nsfwd",
+        "serve",
+        "--model",
+        model_dir,
+        "--served-model-name",
+        "bench",
+        "--port",
+        str(port),
+        "--http-workers",
+        str(cfg.http_workers),
+    ]
+    if cfg.device:
+        command += ["--device", cfg.device]
+    if cfg.dtype:
+        command += ["--dtype", cfg.dtype]
+    if cfg.quantize:
+        command += ["--quantize", cfg.quantize]
+    # Explicit either way, so an NSFWD_COMPILE in the environment cannot skew the comparison.
+    env["NSFWD_COMPILE"] = cfg.compile or "off"
+    if cfg.compile:
+        command += ["--compile-cache-dir", os.environ[CACHE_ENV]]
+    bodies = [p.read_bytes() for p in files]
+    log_path = Path(tempfile.mkstemp(prefix="nsfwd-bench-server-", suffix=".log")[1])
+    with (
+        log_path.open("w") as log_file,
+        subprocess.Popen(command, env=env, stdout=log_file, stderr=log_file) as process,
+    ):
+        try:
+            cold_start = _wait_healthy(url, process, log_path)
+            sequential_requests = max(4, min(cfg.requests // 4, 32))
+            sequential = run_load(url, bodies, 1, sequential_requests)
+            before = _mean_batch_size(url)
+            concurrent = run_load(url, bodies, cfg.concurrency, cfg.requests, load_processes(cfg))
+            after = _mean_batch_size(url)
+        finally:
+            process.terminate()
+    log_path.unlink()
+    batches = after[1] - before[1]
+    concurrent["mean_batch_size"] = (after[0] - before[0]) / batches if batches else 0.0
+    return {
+        "http_workers": cfg.http_workers,
+        "cold_start_s": cold_start,
+        "sequential": sequential,
+        "concurrent": concurrent,
+        "speedup_vs_sequential": concurrent["requests_per_s"] / sequential["requests_per_s"],
+    }
+
+
+def _wait_healthy(url: str, process: subprocess.Popen[bytes], log_path: Path) -> float:
+    """Seconds until ``url``/healthz answers 200; raises with the server's log if it dies."""
+    started = time.perf_counter()
+    while True:
+        if process.poll() is not None:
+            tail = "\n".join(log_path.read_text().splitlines()[-20:])
+            raise RuntimeError(f"nsfwd serve exited during start-up:\n{tail}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return time.perf_counter() - started
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -94,6 +94,23 @@ def test_the_exact_mode_has_no_parity_to_measure(
     assert "parity    not run: the mode under test is the exact mode" in capsys.readouterr().out
 
 
+def test_a_reference_that_cannot_run_keeps_the_other_figures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Freepik's package hard-codes a 448 px input; the tiny EVA-02 takes 224.
+    out = tmp_path / "bench.json"
+    code = main([
+        "bench", *TINY, "--suites", "pipeline", "--images", "2", "--decode", "pil",
+        "--compare-reference", "--reference-dtypes", "float32", "--json", str(out),
+    ])  # fmt: skip
+    assert code == 0
+    results = json.loads(out.read_text())["results"]
+    assert results["pipeline"][0]["failed"] == 0
+    assert results["reference"] == []
+    assert "doesn't match model" in results["reference_error"]
+    assert "reference failed: AssertionError" in capsys.readouterr().out
+
+
 def test_compare_reports_decisions_that_change_with_both_scores() -> None:
     exact = {
         "a.jpg": {"neutral": 0.9, "low": 0.05, "medium": 0.03, "high": 0.02},

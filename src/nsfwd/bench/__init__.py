@@ -136,9 +136,13 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchRepo
             for dtype in cfg.reference_dtypes:
                 log(f"reference: Freepik's package in {dtype} ...")
                 subset = files[: cfg.reference_images]
-                results["reference"].append(
-                    bench_reference(model, subset, classifier.device, dtype, batch_size)
-                )
+                try:
+                    run = bench_reference(model, subset, classifier.device, dtype, batch_size)
+                except Exception as exc:  # another package: keep what nsfwd's suites measured
+                    log(f"reference failed: {type(exc).__name__}: {exc}")
+                    results["reference_error"] = f"{type(exc).__name__}: {exc}"
+                    break
+                results["reference"].append(run)
         del classifier  # the server suite loads its own copy in another process
         if "server" in cfg.suites:
             log(f"server: 1 client, then {cfg.concurrency} concurrent clients ...")

@@ -106,6 +106,8 @@ def _pipeline_lines(results: dict[str, Any]) -> list[str]:
         if ratios:
             line += f"   nsfwd classify is {ratios}"
         lines.append(line)
+    if "reference_error" in results:
+        lines.append(f"reference failed: {results['reference_error']}")
     return lines
 
 

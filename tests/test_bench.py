@@ -126,6 +126,8 @@ def test_compare_reports_decisions_that_change_with_both_scores() -> None:
     [changed] = found["changed"]
     assert changed == {"image": "b.jpg", "exact": pytest.approx(0.6), "tested": pytest.approx(0.4)}
     assert found["mean_abs_dp"] == pytest.approx(0.4 / 8)
+    assert found["exact_scores"] == {"min": pytest.approx(0.05), "max": pytest.approx(0.6)}
+    assert found["closest_to_threshold"] == pytest.approx(0.1)
 
 
 def test_percentiles_interpolate_as_numpy_does() -> None:

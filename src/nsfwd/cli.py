@@ -151,10 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="measure the model, the classify pipeline and the server on this machine",
         description="Measure images/s on ready tensors (model), `nsfwd classify` end to end over "
-        "JPEGs (pipeline) and a real server under concurrent clients (server); with "
+        "JPEGs (pipeline), the mode under test against fp32 with Pillow decoding on the CPU on "
+        "real photographs (parity) and a real server under concurrent clients (server); with "
         "--compare-reference, Freepik's nsfw-image-detector on the same checkpoint and images, "
         "as ratios. Without --model a random-weight checkpoint of --arch is measured (same "
-        "compute as the trained weights).",
+        "compute as the trained weights). The reference and the photographs need "
+        "`pip install 'nsfwd[bench]'`.",
     )
     bench.add_argument("--model", help="Hub id or folder (default: random weights of --arch)")
     bench.add_argument("--arch", default="eva02_base_patch14_448", help="timm architecture")
@@ -163,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--quantize",
         choices=["int8"],
-        help="measure the int8 CPU mode, and its agreement with the exact mode on the same images",
+        help="measure the int8 CPU mode (the parity suite gives its agreement with the exact mode)",
     )
     _add_compile_options(bench, negatable=False)
     bench.add_argument(

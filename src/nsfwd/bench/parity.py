@@ -6,7 +6,8 @@ under test is the benchmark's classifier as configured (a GPU in bf16, the tenso
 with nvjpeg, the compiled graphs, int8), run on the same files through ``nsfwd classify``'s
 pipeline. Reported: the largest probability difference per label, the mean, and the images whose
 moderate-policy decision changed, with both scores (a flip at a score of 0.5 is noise; one at
-0.2 is a bug).
+0.2 is a bug), and how close the exact scores came to the threshold (no flip means more when
+some came close).
 """
 
 from __future__ import annotations
@@ -69,8 +70,11 @@ def compare(
             changed.append(
                 {"image": Path(path).name, "exact": policy.score(want), "tested": policy.score(got)}
             )
+    scores = [policy.score(want) for want in exact.values()]
     return {
         "images": len(exact),
+        "exact_scores": {"min": min(scores), "max": max(scores)},
+        "closest_to_threshold": min(abs(score - policy.threshold) for score in scores),
         "max_abs_dp": max(max_dp.values()),
         "max_abs_dp_per_label": max_dp,
         "mean_abs_dp": total / (len(exact) * len(labels)),

@@ -118,7 +118,8 @@ def _parity_lines(results: dict[str, Any]) -> list[str]:
         lines.append(
             f"parity    {tested} vs exact over {run['images']} photos: max |dp| "
             f"{run['max_abs_dp']:.2e}, mean {run['mean_abs_dp']:.2e}, moderate decisions "
-            f"changed {run['moderate_decisions_changed']}"
+            f"changed {run['moderate_decisions_changed']} (closest exact score to the threshold: "
+            f"{run['closest_to_threshold']:.3f} away)"
         )
     if "parity_error" in results:
         lines.append(f"parity    not run: {results['parity_error']}")

@@ -142,16 +142,19 @@ def test_a_cancelled_call_is_dropped_by_the_inference_process(
     async def main() -> None:
         async with held(classifier, tmp_path, max_queue=8) as served:
             engine = served.engine
-            first = asyncio.create_task(served.client.classify(noise_png(1)))  # on the model
-            second = asyncio.create_task(served.client.classify(noise_png(2)))  # queued behind it
-            await until(lambda: engine.in_flight == 2)
+            registry = engine.metrics.registry
+            first = asyncio.create_task(served.client.classify(noise_png(1)))
+            await until(lambda: registry.get_sample_value("nsfwd_queue_seconds_count") == 1.0)
+            second = asyncio.create_task(served.client.classify(noise_png(2)))
+            # The first is on the model, the second decoded and queued behind it: cancelling it
+            # now is a drop (cancelled while decoding, it would never reach the queue).
+            await until(lambda: engine.queued == 1)
             second.cancel()
             await until(lambda: engine.in_flight == 1)  # the cancel arrived
             assert served.gate is not None
             served.gate.set()
             await first
             assert second.cancelled()
-            registry = engine.metrics.registry
             await until(lambda: registry.get_sample_value("nsfwd_dropped_total") == 1.0)
 
     asyncio.run(main())

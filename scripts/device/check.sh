@@ -12,7 +12,7 @@
 #
 # A dry run on a CPU, to see the plumbing work before spending device time:
 #   CHECK_IMAGES=16 CHECK_EXTRA="--device cpu --arch eva02_tiny_patch14_224 --images 16
-#     --requests 32 --reference-images 4 --batch-sizes 1,2" bash scripts/device/check.sh
+#     --requests 32 --reference-images 4 --batch-sizes 1,2 --batch-size 2" bash scripts/device/check.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/device-out}

@@ -110,6 +110,11 @@ class Engine:
         """Images admitted and not yet answered."""
         return self._admitted
 
+    @property
+    def queued(self) -> int:
+        """Images decoded and waiting for the model."""
+        return self._queue.qsize() if self._queue is not None else 0
+
     async def start(self) -> None:
         """Start the worker threads and the batcher, and warm the model up (compiled: every
         batch size up to ``max_batch_size``)."""

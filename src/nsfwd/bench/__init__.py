@@ -82,6 +82,29 @@ def _parity(
     return [bench_parity(classifier, exact, photos, batch_size, decode) for decode in decodes]
 
 
+def _reference(
+    cfg: BenchConfig,
+    model: str,
+    files: list[Path],
+    device: torch.device,
+    batch_size: int,
+    *,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Freepik's package in each of ``cfg.reference_dtypes``: ``reference``, the runs, and if
+    it could not run, ``reference_error``, why."""
+    found: dict[str, Any] = {"reference": []}
+    for dtype in cfg.reference_dtypes:
+        log(f"reference: Freepik's package in {dtype} ...")
+        try:
+            found["reference"].append(bench_reference(model, files, device, dtype, batch_size))
+        except Exception as exc:  # another package: keep what nsfwd's suites measured
+            log(f"reference failed: {type(exc).__name__}: {exc}")
+            found["reference_error"] = f"{type(exc).__name__}: {exc}"
+            break
+    return found
+
+
 def _config(cfg: BenchConfig, model: str) -> dict[str, Any]:
     config = {k: v for k, v in asdict(cfg).items() if k != "out"}
     config.update(
@@ -132,17 +155,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchRepo
             except (ImportError, ValueError) as exc:
                 results["parity_error"] = str(exc)
         if cfg.compare_reference:
-            results["reference"] = []
-            for dtype in cfg.reference_dtypes:
-                log(f"reference: Freepik's package in {dtype} ...")
-                subset = files[: cfg.reference_images]
-                try:
-                    run = bench_reference(model, subset, classifier.device, dtype, batch_size)
-                except Exception as exc:  # another package: keep what nsfwd's suites measured
-                    log(f"reference failed: {type(exc).__name__}: {exc}")
-                    results["reference_error"] = f"{type(exc).__name__}: {exc}"
-                    break
-                results["reference"].append(run)
+            subset = files[: cfg.reference_images]
+            results.update(_reference(cfg, model, subset, classifier.device, batch_size, log=log))
         del classifier  # the server suite loads its own copy in another process
         if "server" in cfg.suites:
             log(f"server: 1 client, then {cfg.concurrency} concurrent clients ...")

@@ -117,18 +117,17 @@ def run_load(
         context = multiprocessing.get_context("spawn")
         barrier = context.Barrier(processes)
         results: Queue[dict[str, Any]] = context.Queue()
-        starts = [0]
-        for count in _split(requests, processes):
-            starts.append(starts[-1] + count)
         workers = [
             context.Process(
                 target=_process,
-                args=(_Shard(url, bodies, clients, range(first, last)), barrier, results),
+                args=(
+                    _Shard(url, bodies, clients, range(i, requests, processes)),
+                    barrier,
+                    results,
+                ),
                 daemon=True,
             )
-            for clients, first, last in zip(
-                _split(concurrency, processes), starts[:-1], starts[1:], strict=True
-            )
+            for i, clients in enumerate(_split(concurrency, processes))
         ]
         for worker in workers:
             worker.start()

@@ -222,10 +222,6 @@ class Classifier:
         split beyond the largest one), so only the warmed-up graphs run."""
         with torch.inference_mode():
             pixels = batch.to(self.device, non_blocking=True)  # asynchronous from pinned memory
-            if batch.device.type == "cuda":
-                # Made on another stream (the tensor decode path's): keep its memory from being
-                # reused there until this stream is done with it.
-                batch.record_stream(torch.cuda.current_stream(batch.device))
             if self.compiled is not None:
                 return self.compiled(pixels).cpu()
             pixels = self.loaded.normalize(pixels)

@@ -206,7 +206,7 @@ class TensorDecoder:
 
         On CUDA the work runs on a stream of the decoder's own, so a batch decodes while the
         model runs the one before on the default stream; the call returns once its pixels are
-        ready, and they are marked as used by the default stream, where the model reads them.
+        ready, and they are marked as used by the default stream, where they are stacked and read.
         """
         if self._stream is None:
             return self._prepare(encoded)

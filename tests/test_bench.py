@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from nsfwd.bench.images import folder_images, make_jpegs
@@ -49,6 +50,9 @@ def test_bench_runs_every_suite_and_writes_json(
     assert server["concurrent"]["mean_batch_size"] >= 1.0
     assert server["concurrent"]["p50_ms"] <= server["concurrent"]["p99_ms"]
     assert report["machine"]["device"] == "cpu"
+    features = report["machine"]["cpu_features"]
+    assert features.split("+")[0] == torch.backends.cpu.get_cpu_capability()
+    assert f"({features})" in table.splitlines()[0]
     for row in ("pipeline", "parity", "server", "mean batch"):
         assert row in table
 

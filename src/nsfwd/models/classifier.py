@@ -56,15 +56,16 @@ def quantize_int8(module: torch.nn.Module) -> torch.nn.Module:
     """Dynamic int8 quantisation of the Linear layers, for the CPU.
 
     Weights are stored as int8 and activations are quantised batch by batch at run time
-    (fbgemm kernels); attention and normalisation stay in fp32. EVA's fused ``qkv`` layers are
-    left in fp32: their attention calls ``F.linear`` on ``qkv.weight`` with separate q and v
-    biases, which a quantised layer cannot serve.
+    (fbgemm kernels); attention and normalisation stay in fp32. EVA's fused ``qkv`` layers (as
+    in EVA-02-Ti and -S; EVA-02-B has separate q, k and v) are quantised too where timm can add
+    their q and v biases after the layer (``qkv_bias_separate``); on an older timm, whose
+    attention calls ``F.linear`` on ``qkv.weight`` itself, they stay in fp32.
     """
     qconfig = torch.ao.quantization.default_dynamic_qconfig
     spec = {
         name: qconfig
         for name, child in module.named_modules()
-        if isinstance(child, torch.nn.Linear) and not _feeds_fused_attention(module, name)
+        if isinstance(child, torch.nn.Linear) and _quantizable(module, name)
     }
     with warnings.catch_warnings():
         # torch.ao's eager quantisation points users at torchao; it still works and needs no
@@ -73,13 +74,20 @@ def quantize_int8(module: torch.nn.Module) -> torch.nn.Module:
         quantized: torch.nn.Module = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
             module, spec, dtype=torch.qint8
         )
+    for child in quantized.modules():
+        if getattr(child, "q_bias", None) is not None and hasattr(child, "qkv_bias_separate"):
+            setattr(child, "qkv_bias_separate", True)  # noqa: B010 (a plain attribute, not a module)
     return quantized
 
 
-def _feeds_fused_attention(root: torch.nn.Module, name: str) -> bool:
+def _quantizable(root: torch.nn.Module, name: str) -> bool:
+    """Whether the Linear layer ``name`` may become a quantised one: all but a fused ``qkv``
+    whose attention reads ``qkv.weight`` directly (EVA on a timm without qkv_bias_separate)."""
     parent_name, _, leaf = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
-    return leaf == "qkv" and hasattr(parent, "q_bias")
+    if leaf != "qkv" or getattr(parent, "q_bias", None) is None:
+        return True
+    return hasattr(parent, "qkv_bias_separate")
 
 
 def default_batch_size(device: torch.device) -> int:

@@ -128,10 +128,14 @@ def test_v1_is_accepted_then_processed_with_the_sync_labels(url: str) -> None:
 def test_v2_outputs_the_labels_and_the_image_byte_for_byte(url: str) -> None:
     png = io.BytesIO()
     Image.open(ASTRONAUT).save(png, "PNG")
-    for image, filename, content_type in [
-        (astronaut_jpeg(), "sunny-day.jpg", "image/jpeg"),
-        (png.getvalue(), "photo \u00e9t\u00e9.jpg", "image/jpeg"),  # name and type lie: echoed
-        (png.getvalue(), "labels.json", "image/png"),  # would clash with the labels: renamed
+    for image, filename, content_type, served_type in [
+        (astronaut_jpeg(), "sunny-day.jpg", "image/jpeg", "image/jpeg"),
+        (png.getvalue(), "photo \u00e9t\u00e9.jpg", "image/jpeg", "image/jpeg"),  # lies: echoed
+        (png.getvalue(), "labels.json", "image/png", "image/png"),  # would clash: renamed
+        (png.getvalue(), "a.png", "image/png; q=1", "image/png; q=1"),
+        # Control bytes cannot go back in a response header: only the media type is kept.
+        (png.getvalue(), "b.png", "image/png\x00", "image/png"),
+        (png.getvalue(), "c.png", "image/png; x=\x01", "image/png"),
     ]:
         res = submit(url, V2, image, filename=filename, content_type=content_type)
         assert res.status_code == 201, res.text
@@ -143,7 +147,7 @@ def test_v2_outputs_the_labels_and_the_image_byte_for_byte(url: str) -> None:
         got = session().get(f"{url}/v2/job/async/{job_id}/output/{shown}")
         assert got.status_code == 200
         assert got.content == image
-        assert got.headers["content-type"] == content_type
+        assert got.headers["content-type"] == served_type
         labels = session().get(f"{url}/v2/job/async/{job_id}/output/labels.json").json()
         job = session().get(f"{url}/v2/job/async/{job_id}/job.json").json()
         assert labels == job["config"]["labels"]

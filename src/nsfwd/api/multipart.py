@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 FORM_DATA = "multipart/form-data"
 _TOKEN_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+")
+_PRINTABLE = re.compile(r"[\x20-\x7e]*")
 
 
 class FormError(BadRequestError):
@@ -98,7 +99,7 @@ class _FormCollector:
         part = Part(
             name=_text(name),
             filename=None if filename is None else _text(filename),
-            content_type=content_type if _TOKEN_TYPE.match(content_type) else None,
+            content_type=_media_type(content_type),
         )
         self.current.part = part
         self.current.keep = part.name in self.part_limits
@@ -196,6 +197,16 @@ def _text(raw: bytes) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("latin-1")
+
+
+def _media_type(value: str) -> str | None:
+    """A part's Content-Type as it may be echoed in a response header: the whole value when it
+    is printable ASCII, else just its ``type/subtype`` (a NUL or other control byte in it would
+    break the response, or be sent back to the client); None when it starts with no media type."""
+    media_type = _TOKEN_TYPE.match(value)
+    if media_type is None:
+        return None
+    return value if _PRINTABLE.fullmatch(value) else media_type.group(0)
 
 
 def encode_form(parts: Sequence[Part]) -> tuple[bytes, str]:

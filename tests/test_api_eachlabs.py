@@ -409,6 +409,26 @@ def test_a_keys_own_creates_per_minute_apply(
     assert int(res.headers["Retry-After"]) >= 55
 
 
+def test_refused_creates_do_not_use_up_the_keys_minute(
+    server: tuple[str, str], host: tuple[str, Host]
+) -> None:
+    """A client told 429 too_many_in_flight retries, as told: those refusals created nothing,
+    so they must not count against its creates per minute."""
+    url, store_url = server
+    base, receiver = host
+    key = make_key(store_url, "two-a-minute-one-at-a-time", creates_per_minute=2, max_in_flight=1)
+    gate = f"refused-{uuid.uuid4().hex}"
+    try:
+        held = created_id(create(url, f"{base}/slow?gate={gate}", key=key))
+        for _ in range(3):
+            assert_error(create(url, f"{base}/photo.jpg", key=key), 429, "too_many_in_flight")
+    finally:
+        receiver.open_gate(gate)
+    assert poll(url, held, key=key)["status"] == "success"
+    created_id(create(url, f"{base}/photo.jpg", key=key))  # the second of its two a minute
+    assert_error(create(url, f"{base}/photo.jpg", key=key), 429, "rate_limited", "2 predictions")
+
+
 def test_the_11th_prediction_in_flight_is_429(
     server: tuple[str, str], host: tuple[str, Host]
 ) -> None:

@@ -35,32 +35,38 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     return fake
 
 
+async def hit(limiter: CreateRateLimiter, key: str, limits: KeyLimits) -> None:
+    """A create as the API makes one: checked, and counted once it went through."""
+    await limiter.check(key, limits)
+    await limiter.count(key, limits)
+
+
 def test_creates_per_minute_are_a_moving_window_per_key(clock: FakeClock) -> None:
     three = KeyLimits(creates_per_minute=3, max_in_flight=10)
 
     async def main() -> None:
         limiter = CreateRateLimiter()
-        await limiter.hit("a", three)
-        await limiter.hit("a", three)
+        await hit(limiter, "a", three)
+        await hit(limiter, "a", three)
         clock.now += 30
-        await limiter.hit("a", three)
+        await hit(limiter, "a", three)
         assert await limiter.remaining("a", three) == 0
         with pytest.raises(RateLimitedError) as refused:
-            await limiter.hit("a", three)
+            await hit(limiter, "a", three)
         assert refused.value.limit == 3
         assert refused.value.retry_after == 30, "until the oldest create leaves the window"
         assert "3 predictions in the last minute" in str(refused.value)
-        await limiter.hit("b", three)  # another key has its own window
+        await hit(limiter, "b", three)  # another key has its own window
 
         clock.now += 31  # the first two left the window, the third has not
         assert await limiter.remaining("a", three) == 2
-        await limiter.hit("a", three)
-        await limiter.hit("a", three)
+        await hit(limiter, "a", three)
+        await hit(limiter, "a", three)
         with pytest.raises(RateLimitedError) as refused:
-            await limiter.hit("a", three)
+            await hit(limiter, "a", three)
         assert refused.value.retry_after == 29
         clock.now += 30
-        await limiter.hit("a", three)
+        await hit(limiter, "a", three)
 
         await limiter.reset()
         assert await limiter.remaining("a", three) == 3
@@ -73,13 +79,29 @@ def test_a_refused_create_is_not_counted(clock: FakeClock) -> None:
 
     async def main() -> None:
         limiter = CreateRateLimiter()
-        await limiter.hit("k", one)
+        await hit(limiter, "k", one)
         for _ in range(5):
             clock.now += 10
             with pytest.raises(RateLimitedError):
-                await limiter.hit("k", one)
+                await hit(limiter, "k", one)
         clock.now += 10.5  # 60.5 s after the one create: refusals did not extend the window
-        await limiter.hit("k", one)
+        await hit(limiter, "k", one)
+
+    asyncio.run(main())
+
+
+def test_only_counted_creates_use_up_the_window(clock: FakeClock) -> None:
+    two = KeyLimits(creates_per_minute=2, max_in_flight=1)
+
+    async def main() -> None:
+        limiter = CreateRateLimiter()
+        for _ in range(5):  # checked, then refused further on (a bad URL, a full queue)
+            await limiter.check("k", two)
+        assert await limiter.remaining("k", two) == 2
+        await hit(limiter, "k", two)
+        await hit(limiter, "k", two)
+        with pytest.raises(RateLimitedError):
+            await limiter.check("k", two)
 
     asyncio.run(main())
 

@@ -5,7 +5,9 @@ Two limits, checked in this order when a key creates a prediction:
 * **Creates per minute**, a moving window of 60 s per key (:class:`CreateRateLimiter`, the
   ``limits`` package's ``MovingWindowRateLimiter`` over its in-memory storage). It answers
   without touching the database, so a client hammering past its limit costs one dictionary
-  lookup, not a write transaction. Being in memory, it counts what this replica saw.
+  lookup, not a write transaction. Being in memory, it counts what this replica saw. Only
+  predictions that were created count: a request refused for a bad URL or a full queue does
+  not use up the key's minute.
 * **In flight** (queued or processing), and creates per minute again, counted in the store in
   the transaction that creates the prediction (:class:`nsfwd.jobs.Limits`), so they hold across
   replicas that share one PostgreSQL, and concurrent creates cannot all slip under them.
@@ -65,15 +67,20 @@ class CreateRateLimiter:
         self._storage = MemoryStorage()
         self._limiter = MovingWindowRateLimiter(self._storage)
 
-    async def hit(self, key: str, limits: KeyLimits) -> None:
-        """Count one create by ``key``, or raise :class:`RateLimitedError` (counting nothing)
-        when it already has ``limits.creates_per_minute`` in the window."""
+    async def check(self, key: str, limits: KeyLimits) -> None:
+        """Raise :class:`RateLimitedError` when ``key`` already has ``limits.creates_per_minute``
+        creates in the window; count nothing either way (see :meth:`count`)."""
         item = RateLimitItemPerMinute(limits.creates_per_minute)
-        if await self._limiter.hit(item, key):
+        if await self._limiter.test(item, key):
             return
         stats = await self._limiter.get_window_stats(item, key)
         retry_after = max(1, math.ceil(stats.reset_time - time.time()))
         raise RateLimitedError(limits.creates_per_minute, retry_after)
+
+    async def count(self, key: str, limits: KeyLimits) -> None:
+        """Count one create by ``key``: call it once the prediction exists, so a request refused
+        for any reason (a bad URL, a full queue) costs the key nothing."""
+        await self._limiter.hit(RateLimitItemPerMinute(limits.creates_per_minute), key)
 
     async def remaining(self, key: str, limits: KeyLimits) -> int:
         """Creates ``key`` has left in the current window."""

@@ -241,13 +241,15 @@ class EachlabsPredictions:
             webhook_url = _checked_url("webhook_url", spec.webhook_url, self.policy)
         if caller is not None:
             try:
-                await self.rate_limiter.hit(caller.ref, caller.limits)
+                await self.rate_limiter.check(caller.ref, caller.limits)
             except RateLimitedError as exc:
                 raise TooBusyError(str(exc), exc.retry_after) from None
         await _resolve("input.image", image, self.policy)
         if webhook_url is not None:
             await _resolve("webhook_url", webhook_url, self.policy)
         prediction = await self._store(caller, spec.model, image, webhook_url)
+        if caller is not None:
+            await self.rate_limiter.count(caller.ref, caller.limits)
         return JSONResponse(
             {
                 "status": "success",

@@ -22,10 +22,25 @@ def test_settings_come_from_nsfwd_variables(monkeypatch: pytest.MonkeyPatch) -> 
     assert settings.image_limits.max_pixels == 1024 * 1024
 
 
-def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NSFWD_MAX_QUEUE", "0")
-    with pytest.raises(ValueError, match="max_queue"):
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("NSFWD_MAX_QUEUE", "0"), ("NSFWD_DECODE_WORKERS", "-1"), ("NSFWD_PORT", "70000")],
+)
+def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValueError, match=variable.removeprefix("NSFWD_").lower()):
         Settings()
+
+
+def test_every_count_and_duration_has_bounds() -> None:
+    """A setting without bounds lets a bad value through to fail later, with a traceback."""
+    numbers = (int, float, int | None, float | None)
+    unbounded = [
+        name
+        for name, field in Settings.model_fields.items()
+        if field.annotation in numbers and not field.metadata
+    ]
+    assert unbounded == []
 
 
 def test_every_setting_is_documented_in_the_readme() -> None:

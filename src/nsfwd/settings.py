@@ -83,7 +83,7 @@ class Settings(BaseSettings):
         "volume, or every start compiles from scratch.",
     )
     host: str = Field("127.0.0.1", description="Address to bind; loopback unless keys are set.")
-    port: int = Field(8000, description="Port to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to bind.")
     http_workers: int = Field(
         1,
         ge=1,
@@ -117,7 +117,9 @@ class Settings(BaseSettings):
         "so clients back off instead of timing out.",
     )
     decode_workers: int | None = Field(
-        None, description="Threads decoding and preprocessing uploads; defaults to the CPU count."
+        None,
+        ge=1,
+        description="Threads decoding and preprocessing uploads; defaults to the CPU count.",
     )
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest accepted image.")
     min_image_side: int = Field(128, ge=1, description="Smallest accepted width or height.")

@@ -93,7 +93,7 @@ def create_app(engine: ClassifyEngine, settings: Settings, store: Store | None =
 
     @app.get("/healthz", response_class=PlainTextResponse, tags=["ops"])
     async def healthz(request: Request) -> Response:
-        """200 once the model is loaded and warm, 503 before."""
+        """200 while the model is loaded and warm, 503 when it is not (loading, or stopping)."""
         if engine.ready:
             return PlainTextResponse("ok\n")
         return PlainTextResponse("loading\n", status_code=503)

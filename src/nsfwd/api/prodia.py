@@ -235,13 +235,19 @@ class ProdiaJobs:
         """The caller the Bearer token names (``None`` when the API is open); else 401."""
         header = request.headers.get("authorization")
         scheme, _, token = (header or "").strip().partition(" ")
-        bearer = scheme.lower() == "bearer" and bool(token.strip())
+        is_bearer = scheme.lower() == "bearer"
+        bearer = is_bearer and bool(token.strip())
         try:
             return await self.keys.identify(token if bearer else None)
         except AuthenticationError as exc:
-            if header is not None and not bearer:
+            if header is not None and not is_bearer:
                 raise UnauthorizedError(
                     "the Authorization header must be 'Bearer <token>'; no other scheme is accepted"
+                ) from None
+            if header is not None and not bearer:
+                raise UnauthorizedError(
+                    "the Authorization header says 'Bearer' but has no token after it; send "
+                    "'Authorization: Bearer <token>'"
                 ) from None
             if exc.missing:
                 raise UnauthorizedError(
@@ -337,7 +343,9 @@ class ProdiaJobs:
     async def _classify(self, request: Request, image: Part) -> Labels:
         """The engine's labels for ``image``, unless the client goes away first."""
         if not self.engine.ready:
-            raise UnavailableError("the model is still loading; retry in a few seconds")
+            raise UnavailableError(
+                "the model is not ready (loading, or the server is stopping); retry in a moment"
+            )
         name = repr(image.filename) if image.filename else "image"
         try:
             return await _unless_disconnected(self.engine.classify(image.data), request.receive)

@@ -150,6 +150,25 @@ def test_dtype_defaults_fp32_on_cpu_bf16_on_gpu() -> None:
         pick_dtype(torch.device("cpu"), "int3")
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_that_emulates_it_is_warned_about(
+    timm_checkpoint: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    native: bool,
+) -> None:
+    # The CPU's answer is the one thing a test cannot choose: take it from the probes.
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    with caplog.at_level("WARNING", logger="nsfwd.models.classifier"):
+        Classifier.load(str(timm_checkpoint), device="cpu", dtype="bfloat16")
+        Classifier.load(str(timm_checkpoint), device="cpu")
+    warned = [r.getMessage() for r in caplog.records if "emulated" in r.getMessage()]
+    assert len(warned) == (0 if native else 1), warned
+    if not native:
+        assert warned[0].startswith("bfloat16 on this CPU (") and "--quantize int8" in warned[0]
+
+
 def test_int8_mode_stays_close_to_the_exact_one(timm_checkpoint: Path) -> None:
     exact = Classifier.load(str(timm_checkpoint))
     fast = Classifier.load(str(timm_checkpoint), quantize="int8")

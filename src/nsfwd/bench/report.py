@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from nsfwd.models.cpu import cpu_features
+
 SUITES = ("model", "pipeline", "parity", "server")
 
 
@@ -50,27 +52,6 @@ class BenchReport:
     config: dict[str, Any]
     machine: dict[str, Any]
     results: dict[str, Any] = field(default_factory=dict)
-
-
-_CPU_PROBES = (
-    ("VNNI", "_is_vnni_supported"),
-    ("BF16", "_is_avx512_bf16_supported"),
-    ("AMX", "_is_amx_tile_supported"),
-)
-
-
-def cpu_features() -> str:
-    """The CPU's vector extensions (AVX2, AVX512+VNNI+BF16, ...): they set fp32/bf16/int8 speed.
-
-    The same network runs ~2.5x faster in bf16 than in fp32 on a CPU with BF16, and ~5x slower on
-    one without, so CPU figures mean little without this beside them.
-    """
-    names = [torch.backends.cpu.get_cpu_capability()]
-    for name, probe in _CPU_PROBES:
-        supported = getattr(torch.cpu, probe, None)  # private probes: absent from some torch builds
-        if supported is not None and supported():
-            names.append(name)
-    return "+".join(names)
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:

@@ -6,6 +6,7 @@ and, later, a Ray Serve replica or a Ray Data ``map_batches`` worker.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Sequence
@@ -23,7 +24,10 @@ from nsfwd.models.compiled import (
     default_buckets,
     use_cache_dir,
 )
+from nsfwd.models.cpu import computes_natively, cpu_features
 from nsfwd.models.hub import DEFAULT_MODEL, resolve_model_dir, source_id
+
+log = logging.getLogger(__name__)
 
 Labels = dict[str, float]
 """Probability per label, summing to 1."""
@@ -39,7 +43,7 @@ def pick_device(device: str | None = None) -> torch.device:
 
 
 def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
-    """bf16 on a GPU; fp32 on the CPU, where bf16 without native support is ~7x slower."""
+    """bf16 on a GPU; fp32 on the CPU, where bf16 without native support is 4-7x slower."""
     if dtype:
         try:
             return DTYPES[dtype]
@@ -88,6 +92,17 @@ def _quantizable(root: torch.nn.Module, name: str) -> bool:
     if leaf != "qkv" or getattr(parent, "q_bias", None) is None:
         return True
     return hasattr(parent, "qkv_bias_separate")
+
+
+def _warn_if_slow_on_this_cpu(dtype: torch.dtype) -> None:
+    if not computes_natively(dtype):
+        name = str(dtype).removeprefix("torch.")
+        log.warning(
+            "%s on this CPU (%s) is emulated: it runs several times slower than float32, "
+            "the exact and default mode; --quantize int8 is the fast CPU mode",
+            name,
+            cpu_features(),
+        )
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -150,6 +165,7 @@ class Classifier:
         torch_dtype = pick_dtype(torch_device, dtype)
         if torch_device.type == "cpu":
             torch.set_num_threads(len(os.sched_getaffinity(0)))
+            _warn_if_slow_on_this_cpu(torch_dtype)
         loaded.module.to(device=torch_device, dtype=torch_dtype).eval()
         if quantize is not None:
             loaded = replace(loaded, module=_quantized(loaded.module, quantize, torch_device))

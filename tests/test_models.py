@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,41 @@ def test_timm_style_loads_with_labels_and_preprocessing(timm_checkpoint: Path) -
     assert loaded.prepare(IMAGES[0]).dtype == torch.uint8
     assert pixels.shape == (3, 224, 224)
     assert pixels.dtype == torch.float32
+
+
+def test_weights_load_without_a_random_init_and_match_a_normal_build(
+    timm_checkpoint: Path,
+) -> None:
+    import timm
+
+    from nsfwd.models.checkpoint import _build_uninitialised, _load_state_dict
+
+    config = json.loads((timm_checkpoint / "config.json").read_text())
+    build = partial(timm.create_model, config["architecture"], pretrained=False, num_classes=4)
+    assert _build_uninitialised(build) is not None, "EVA-02 is built without its random init"
+    normal = build().eval()
+    normal.load_state_dict(_load_state_dict(timm_checkpoint))
+    loaded = load_checkpoint(timm_checkpoint).module.eval()
+    # Every buffer, the RoPE ones the checkpoint does not hold included, equals a normal build's.
+    buffers = dict(normal.named_buffers())
+    assert any(name.startswith("rope.") for name in buffers)
+    for name, value in loaded.named_buffers():
+        assert torch.equal(value, buffers[name]), name
+    batch = torch.rand(2, 3, 224, 224)
+    with torch.inference_mode():
+        assert torch.equal(loaded(batch), normal(batch))
+
+
+def test_a_module_whose_computed_buffers_timm_cannot_refill_is_built_normally() -> None:
+    from nsfwd.models.checkpoint import _build_uninitialised
+
+    class Table(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("steps", torch.arange(4.0), persistent=False)
+
+    assert _build_uninitialised(Table) is None
+    assert _build_uninitialised(lambda: torch.nn.Linear(2, 2)) is not None
 
 
 def test_both_styles_give_the_same_probabilities(

@@ -17,6 +17,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,36 @@ def _load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix(TIMM_PREFIX): v for k, v in state.items()}
 
 
+def _build_uninitialised(build: Callable[[], torch.nn.Module]) -> torch.nn.Module | None:
+    """The network with memory for its weights but without their random initialisation, which
+    costs EVA-02-B about 2 s of start-up for values the checkpoint then overwrites: built on the
+    meta device, then given empty memory. Every weight and persistent buffer comes from the
+    checkpoint (loaded strictly); the buffers a checkpoint does not hold (RoPE frequencies, ...)
+    are recomputed by :func:`_recompute_buffers`. None, to build it the usual way, where that is
+    not safe: a timm without ``init_non_persistent_buffers``, a module whose computed buffers it
+    does not cover, or one that cannot be built on the meta device."""
+    try:
+        with torch.device("meta"):
+            module = build()
+    except Exception:  # any failure on the meta device: build it the usual way
+        return None
+    if not all(
+        hasattr(child, "init_non_persistent_buffers")
+        for child in module.modules()
+        if child._non_persistent_buffers_set
+    ):
+        return None
+    return module.to_empty(device="cpu")
+
+
+def _recompute_buffers(module: torch.nn.Module) -> None:
+    """Refill the buffers a checkpoint does not hold (a no-op for a normally built module)."""
+    for child in module.modules():
+        recompute = getattr(child, "init_non_persistent_buffers", None)
+        if child._non_persistent_buffers_set and callable(recompute):
+            recompute()
+
+
 def _load_timm(folder: Path, config: dict[str, Any], hub_id: str | None) -> LoadedModel:
     import timm
     from timm.data import create_transform, resolve_data_config
@@ -156,10 +187,15 @@ def _load_timm(folder: Path, config: dict[str, Any], hub_id: str | None) -> Load
     num_classes = int(config.get("num_classes") or len(config.get("label_names") or []))
     model_args = dict(config.get("model_args") or {})
     model_args.pop("num_classes", None)
+    build = partial(
+        timm.create_model,
+        config["architecture"],
+        pretrained=False,
+        num_classes=num_classes,
+        **model_args,
+    )
     try:
-        module = timm.create_model(
-            config["architecture"], pretrained=False, num_classes=num_classes, **model_args
-        )
+        module = _build_uninitialised(build) or build()
     except RuntimeError as exc:
         raise ModelNotAvailableError(
             f"timm {timm.__version__} cannot build {config['architecture']!r}: {exc}"
@@ -171,6 +207,7 @@ def _load_timm(folder: Path, config: dict[str, Any], hub_id: str | None) -> Load
             f"the weights in {folder} do not fit {config['architecture']!r} with "
             f"{num_classes} classes: {exc}"
         ) from exc
+    _recompute_buffers(module)
     data_config = resolve_data_config(pretrained_cfg=config["pretrained_cfg"], model=module)
     prepare, normalize = split_timm_transform(create_transform(**data_config, is_training=False))
     style = "timm_wrapper" if config.get("model_type") == "timm_wrapper" else "timm"

@@ -13,6 +13,7 @@ from PIL import Image
 
 from nsfwd.bench.images import folder_images, make_jpegs
 from nsfwd.bench.parity import compare
+from nsfwd.bench.suites import median_run
 from nsfwd.cli import build_parser, main
 from nsfwd.loadgen import percentile
 
@@ -105,14 +106,47 @@ def test_a_reference_that_cannot_run_keeps_the_other_figures(
     out = tmp_path / "bench.json"
     code = main([
         "bench", *TINY, "--suites", "pipeline", "--images", "2", "--decode", "pil",
-        "--compare-reference", "--reference-dtypes", "float32", "--json", str(out),
+        "--compare-reference", "--reference-dtypes", "float32", "--rounds", "2",
+        "--json", str(out),
     ])  # fmt: skip
     assert code == 0
     results = json.loads(out.read_text())["results"]
     assert results["pipeline"][0]["failed"] == 0
+    assert len(results["pipeline"][0]["rounds_s_per_image"]) == 2
     assert results["reference"] == []
     assert "doesn't match model" in results["reference_error"]
-    assert "reference failed: AssertionError" in capsys.readouterr().out
+    printed, progress = capsys.readouterr()
+    assert "reference failed: AssertionError" in printed
+    assert progress.count("reference: Freepik's package") == 1, "not tried again each round"
+
+
+def test_rounds_alternate_and_report_each_paths_median(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench.json"
+    code = main([
+        "bench", *TINY, "--suites", "pipeline", "--images", "2", "--batch-size", "2",
+        "--decode", "pil,tensor", "--rounds", "3", "--json", str(out),
+    ])  # fmt: skip
+    assert code == 0
+    printed, progress = capsys.readouterr()
+    order = [line.split("decode ")[1] for line in progress.splitlines() if "round " in line]
+    assert order == [
+        "pil (round 1 of 3) ...", "tensor (round 1 of 3) ...", "pil (round 2 of 3) ...",
+        "tensor (round 2 of 3) ...", "pil (round 3 of 3) ...", "tensor (round 3 of 3) ...",
+    ]  # fmt: skip
+    for run in json.loads(out.read_text())["results"]["pipeline"]:
+        rounds = run["rounds_s_per_image"]
+        assert len(rounds) == 3
+        assert run["s_per_image"] == sorted(rounds)[1]
+    assert printed.count("(median of 3 rounds)") == 2
+
+
+def test_the_median_run_of_an_even_count_is_the_slower_middle_one() -> None:
+    runs = [{"seconds": t, "s_per_image": t / 2} for t in (4.0, 1.0, 3.0, 2.0)]
+    assert median_run(runs) == {
+        "seconds": 3.0, "s_per_image": 1.5, "rounds_s_per_image": [2.0, 0.5, 1.5, 1.0]
+    }  # fmt: skip
 
 
 def test_compare_reports_decisions_that_change_with_both_scores() -> None:

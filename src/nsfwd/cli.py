@@ -216,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--reference-images", type=int, default=8, help="images for each reference run"
     )
+    bench.add_argument(
+        "--rounds",
+        type=_positive,
+        default=1,
+        help="run the pipeline suite and the reference this many times, alternating, and report "
+        "each figure as the median of its rounds: on a noisy machine the drift then falls on "
+        "both alike",
+    )
     bench.add_argument("--json", type=Path, help="write the full report here")
     _add_keys_parser(sub)
     return parser
@@ -449,6 +457,7 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
         compare_reference=args.compare_reference,
         reference_dtypes=[d for d in args.reference_dtypes.split(",") if d],
         reference_images=args.reference_images,
+        rounds=args.rounds,
         out=args.json,
     )
 

@@ -14,7 +14,9 @@ Suites (each optional):
   from the cache) a graph per batch size; the report says how long that took and whether the
   graphs came from the cache (run twice with one ``--compile-cache-dir`` for cold vs warm);
 * ``--compare-reference``: Freepik's ``nsfw-image-detector`` on the same checkpoint, images and
-  device in the same run, reported as ratios (machines are noisy; ratios travel better).
+  device in the same run, reported as ratios (machines are noisy; ratios travel better);
+* ``--rounds N``: the pipeline suite and the reference alternate N times, each figure the median
+  of its rounds, so that a noisy machine's drift falls on both alike.
 
 Without ``--model`` a random-weight checkpoint of ``--arch`` is written first (same compute).
 """
@@ -35,7 +37,14 @@ from nsfwd.bench.images import folder_images, make_jpegs, photographs
 from nsfwd.bench.parity import EXACT, bench_parity, describe, exact_labels
 from nsfwd.bench.report import SUITES, BenchConfig, BenchReport, format_report, machine_info
 from nsfwd.bench.server import bench_server
-from nsfwd.bench.suites import bench_model, bench_pipeline, bench_reference, timed, warm_up
+from nsfwd.bench.suites import (
+    bench_model,
+    bench_pipeline,
+    bench_reference,
+    median_run,
+    timed,
+    warm_up,
+)
 from nsfwd.models import Classifier
 from nsfwd.models.compiled import CACHE_ENV
 from nsfwd.models.tensor_decode import resolve_decode
@@ -105,6 +114,39 @@ def _reference(
     return found
 
 
+def _rounds(
+    cfg: BenchConfig,
+    model: str,
+    classifier: Classifier,
+    files: list[Path],
+    batch_size: int,
+    *,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """The pipeline suite per decode path and the reference per dtype, alternating for
+    ``cfg.rounds`` rounds; each figure is the median of its rounds (:func:`median_run`)."""
+    pipeline: dict[str, list[dict[str, Any]]] = {}
+    reference: dict[str, list[dict[str, Any]]] = {}
+    found: dict[str, Any] = {}
+    for round_ in range(cfg.rounds):
+        shown = f" (round {round_ + 1} of {cfg.rounds})" if cfg.rounds > 1 else ""
+        if "pipeline" in cfg.suites:
+            for decode in cfg.decode:
+                log(f"pipeline: {len(files)} images, decode {decode}{shown} ...")
+                run = bench_pipeline(classifier, files, batch_size, decode)
+                pipeline.setdefault(decode, []).append(run)
+        if cfg.compare_reference and "reference_error" not in found:
+            subset = files[: cfg.reference_images]
+            found = _reference(cfg, model, subset, classifier.device, batch_size, log=log)
+            for run in found["reference"]:
+                reference.setdefault(run["dtype"], []).append(run)
+    if "pipeline" in cfg.suites:
+        found["pipeline"] = [median_run(runs) for runs in pipeline.values()]
+    if cfg.compare_reference:
+        found["reference"] = [median_run(runs) for runs in reference.values()]
+    return found
+
+
 def _config(cfg: BenchConfig, model: str) -> dict[str, Any]:
     config = {k: v for k, v in asdict(cfg).items() if k != "out"}
     config.update(
@@ -143,20 +185,13 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchRepo
         if "model" in cfg.suites:
             log("model: ready tensors through the network ...")
             results["model"] = bench_model(classifier, cfg.batch_sizes)
-        if "pipeline" in cfg.suites:
-            results["pipeline"] = []
-            for decode in cfg.decode:
-                log(f"pipeline: {len(files)} images, decode {decode} ...")
-                results["pipeline"].append(bench_pipeline(classifier, files, batch_size, decode))
+        results.update(_rounds(cfg, model, classifier, files, batch_size, log=log))
         if "parity" in cfg.suites:
             log("parity: the mode under test against the exact mode on photographs ...")
             try:
                 results["parity"] = _parity(cfg, model, classifier, workdir, batch_size)
             except (ImportError, ValueError) as exc:
                 results["parity_error"] = str(exc)
-        if cfg.compare_reference:
-            subset = files[: cfg.reference_images]
-            results.update(_reference(cfg, model, subset, classifier.device, batch_size, log=log))
         del classifier  # the server suite loads its own copy in another process
         if "server" in cfg.suites:
             log(f"server: 1 client, then {cfg.concurrency} concurrent clients ...")

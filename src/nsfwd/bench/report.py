@@ -42,6 +42,7 @@ class BenchConfig:
     compare_reference: bool = False
     reference_dtypes: Sequence[str] = ("float32", "bfloat16")
     reference_images: int = 8
+    rounds: int = 1
     out: Path | None = None
 
 
@@ -89,18 +90,23 @@ def _model_lines(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _rounds(run: dict[str, Any]) -> str:
+    rounds = run.get("rounds_s_per_image", [])
+    return f"  (median of {len(rounds)} rounds)" if len(rounds) > 1 else ""
+
+
 def _pipeline_lines(results: dict[str, Any]) -> list[str]:
     lines = []
     pipelines = results.get("pipeline", [])
     for run in pipelines:
         lines.append(
             f"pipeline  {run['images']} images  {run['images_per_s']:9.2f} img/s  "
-            f"{run['s_per_image'] * 1e3:9.1f} ms/image  decode {run['decode']}"
+            f"{run['s_per_image'] * 1e3:9.1f} ms/image  decode {run['decode']}{_rounds(run)}"
         )
     for ref in results.get("reference", []):
         line = (
             f"reference {ref['dtype']:<9} {ref['images_per_s']:9.2f} img/s  "
-            f"{ref['s_per_image'] * 1e3:9.1f} ms/image"
+            f"{ref['s_per_image'] * 1e3:9.1f} ms/image{_rounds(ref)}"
         )
         ratios = ", ".join(
             f"{run['images_per_s'] / ref['images_per_s']:.2f}x ({run['decode']})"

@@ -115,3 +115,10 @@ def bench_reference(
         "images_per_s": len(files) / elapsed,
         "s_per_image": elapsed / len(files),
     }
+
+
+def median_run(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The run of ``runs`` (one per round) that took the median time, the slower of the middle
+    two for an even count, with every round's seconds per image beside it."""
+    ordered = sorted(runs, key=lambda run: run["seconds"])
+    return {**ordered[len(ordered) // 2], "rounds_s_per_image": [r["s_per_image"] for r in runs]}

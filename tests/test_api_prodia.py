@@ -153,7 +153,7 @@ def test_extra_config_is_echoed_and_both_model_names_work(
     server_url: str, classifier: Classifier
 ) -> None:
     for model in (MODEL, classifier.name):
-        files = [
+        files: list[tuple[str, tuple[str, str | bytes]]] = [
             ("job", ("job.json", json.dumps({"type": "inference.vit.img2label.v1",
                                               "config": {"model": model, "note": [1, "x"]}}))),
             ("input", ("x.jpg", astronaut_jpeg())),

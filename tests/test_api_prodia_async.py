@@ -163,7 +163,7 @@ def test_submitting_with_a_multipart_accept_gets_the_job_part(url: str) -> None:
 
 
 def test_extra_config_is_kept(url: str) -> None:
-    files = [
+    files: list[tuple[str, tuple[str, str | bytes]]] = [
         ("job", ("job.json", json.dumps({"type": V1, "config": {"model": MODEL, "note": [1]}}))),
         ("input", ("x.jpg", astronaut_jpeg())),
     ]

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -41,7 +42,7 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-def prodia_job() -> list[tuple[str, tuple[str, object, str]]]:
+def prodia_job() -> list[tuple[str, tuple[str, Any, str]]]:
     """A Prodia img2label job (the guide's multipart files) for the served model."""
     return job_files(image=astronaut_jpeg(), model=SERVED)
 
@@ -173,7 +174,9 @@ def test_one_set_of_keys_and_one_open_mode_rule_for_every_protocol(
     """No static key and no key ever made: Prodia (sync and async) and Eachlabs all need no key.
     Once `nsfwd keys create` makes one, all of them need a key, and that key works on each;
     revoking it does not reopen any of them."""
-    ping = [("job", ("job.json", json.dumps({"type": "inference.ping.v1"}), "application/json"))]
+    ping: list[tuple[str, tuple[str, str, str]]] = [
+        ("job", ("job.json", json.dumps({"type": "inference.ping.v1"}), "application/json"))
+    ]
 
     def bearer(key: str | None) -> dict[str, str]:
         return {} if key is None else {"Authorization": f"Bearer {key}"}

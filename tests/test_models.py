@@ -210,7 +210,7 @@ def test_int8_mode_stays_close_to_the_exact_one(timm_checkpoint: Path) -> None:
     fast = Classifier.load(str(timm_checkpoint), quantize="int8")
     fp32 = [n for n, m in fast.loaded.module.named_modules() if type(m) is torch.nn.Linear]
     assert fp32 == [], "every Linear layer is quantised, EVA's fused qkv ones included"
-    attention = fast.loaded.module.blocks[0].attn
+    attention = fast.loaded.module.get_submodule("blocks.0.attn")
     assert attention.q_bias is not None, "the test model must have a fused qkv with its own biases"
     assert attention.qkv_bias_separate, "timm adds the q and v biases after the quantised qkv"
     for a, b in zip(exact.classify(IMAGES), fast.classify(IMAGES), strict=True):

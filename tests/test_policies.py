@@ -28,8 +28,8 @@ def test_flagged_only_strictly_above_the_threshold() -> None:
 def test_binary_models_score_one_minus_the_safe_label() -> None:
     probs = {"normal": 0.3, "nsfw": 0.7}
     for name in ("strict", "moderate", "lenient"):
-        assert Policy(name).score(probs) == pytest.approx(0.7)  # type: ignore[arg-type]
-        assert Policy(name).flagged(probs)  # type: ignore[arg-type]
+        assert Policy(name).score(probs) == pytest.approx(0.7)
+        assert Policy(name).flagged(probs)
 
 
 def test_unscorable_labels_and_bad_settings_are_refused() -> None:

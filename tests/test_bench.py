@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,17 +21,23 @@ from nsfwd.loadgen import percentile
 TINY = ["--arch", "eva02_tiny_patch14_224", "--image-size", "320x240"]
 
 
+def bench_report(tmp_path: Path, *args: str) -> dict[str, Any]:
+    """`nsfwd bench` on the tiny EVA-02 with ``args``; the JSON report of the run, which must
+    succeed."""
+    out = tmp_path / "bench.json"
+    assert main(["bench", *TINY, *args, "--json", str(out)]) == 0
+    report: dict[str, Any] = json.loads(out.read_text())
+    return report
+
+
 def test_bench_runs_every_suite_and_writes_json(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = tmp_path / "bench.json"
-    code = main([
-        "bench", *TINY, "--batch-sizes", "1,2", "--images", "6", "--concurrency", "4",
-        "--requests", "12", "--load-processes", "2", "--json", str(out),
-    ])  # fmt: skip
-    assert code == 0
+    report = bench_report(
+        tmp_path, "--batch-sizes", "1,2", "--images", "6", "--concurrency", "4",
+        "--requests", "12", "--load-processes", "2",
+    )  # fmt: skip
     table = capsys.readouterr().out
-    report = json.loads(out.read_text())
     results = report["results"]
     assert [row["batch_size"] for row in results["model"]] == [1, 2]
     assert all(row["images_per_s"] > 0 for row in results["model"])
@@ -61,13 +68,10 @@ def test_bench_runs_every_suite_and_writes_json(
 def test_the_pipeline_suite_measures_both_decode_paths_in_one_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = tmp_path / "bench.json"
-    code = main([
-        "bench", *TINY, "--suites", "pipeline", "--images", "4", "--batch-size", "2",
-        "--decode", "pil,tensor", "--json", str(out),
-    ])  # fmt: skip
-    assert code == 0
-    report = json.loads(out.read_text())
+    report = bench_report(
+        tmp_path, "--suites", "pipeline", "--images", "4", "--batch-size", "2",
+        "--decode", "pil,tensor",
+    )  # fmt: skip
     assert report["config"]["decode"] == ["pil", "tensor"]
     runs = report["results"]["pipeline"]
     assert [run["decode"] for run in runs] == ["pil", "tensor"]
@@ -77,13 +81,8 @@ def test_the_pipeline_suite_measures_both_decode_paths_in_one_run(
 
 
 def test_bf16_parity_is_measured_and_larger_than_the_tensor_paths(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    code = main([
-        "bench", *TINY, "--suites", "parity", "--dtype", "bfloat16", "--decode", "pil",
-        "--json", str(out),
-    ])  # fmt: skip
-    assert code == 0
-    [parity] = json.loads(out.read_text())["results"]["parity"]
+    report = bench_report(tmp_path, "--suites", "parity", "--dtype", "bfloat16", "--decode", "pil")
+    [parity] = report["results"]["parity"]
     assert parity["tested"] == {
         "device": "cpu", "dtype": "bfloat16", "compile": "off", "decode": "pil"
     }  # fmt: skip
@@ -103,14 +102,10 @@ def test_a_reference_that_cannot_run_keeps_the_other_figures(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Freepik's package hard-codes a 448 px input; the tiny EVA-02 takes 224.
-    out = tmp_path / "bench.json"
-    code = main([
-        "bench", *TINY, "--suites", "pipeline", "--images", "2", "--decode", "pil",
+    results = bench_report(
+        tmp_path, "--suites", "pipeline", "--images", "2", "--decode", "pil",
         "--compare-reference", "--reference-dtypes", "float32", "--rounds", "2",
-        "--json", str(out),
-    ])  # fmt: skip
-    assert code == 0
-    results = json.loads(out.read_text())["results"]
+    )["results"]  # fmt: skip
     assert results["pipeline"][0]["failed"] == 0
     assert len(results["pipeline"][0]["rounds_s_per_image"]) == 2
     assert results["reference"] == []
@@ -123,19 +118,17 @@ def test_a_reference_that_cannot_run_keeps_the_other_figures(
 def test_rounds_alternate_and_report_each_paths_median(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = tmp_path / "bench.json"
-    code = main([
-        "bench", *TINY, "--suites", "pipeline", "--images", "2", "--batch-size", "2",
-        "--decode", "pil,tensor", "--rounds", "3", "--json", str(out),
-    ])  # fmt: skip
-    assert code == 0
+    report = bench_report(
+        tmp_path, "--suites", "pipeline", "--images", "2", "--batch-size", "2",
+        "--decode", "pil,tensor", "--rounds", "3",
+    )  # fmt: skip
     printed, progress = capsys.readouterr()
     order = [line.split("decode ")[1] for line in progress.splitlines() if "round " in line]
     assert order == [
         "pil (round 1 of 3) ...", "tensor (round 1 of 3) ...", "pil (round 2 of 3) ...",
         "tensor (round 2 of 3) ...", "pil (round 3 of 3) ...", "tensor (round 3 of 3) ...",
     ]  # fmt: skip
-    for run in json.loads(out.read_text())["results"]["pipeline"]:
+    for run in report["results"]["pipeline"]:
         rounds = run["rounds_s_per_image"]
         assert len(rounds) == 3
         assert run["s_per_image"] == sorted(rounds)[1]

@@ -236,15 +236,15 @@ class ProdiaJobs:
         header = request.headers.get("authorization")
         scheme, _, token = (header or "").strip().partition(" ")
         is_bearer = scheme.lower() == "bearer"
-        bearer = is_bearer and bool(token.strip())
+        has_token = is_bearer and bool(token.strip())
         try:
-            return await self.keys.identify(token if bearer else None)
+            return await self.keys.identify(token if has_token else None)
         except AuthenticationError as exc:
             if header is not None and not is_bearer:
                 raise UnauthorizedError(
                     "the Authorization header must be 'Bearer <token>'; no other scheme is accepted"
                 ) from None
-            if header is not None and not bearer:
+            if header is not None and not has_token:
                 raise UnauthorizedError(
                     "the Authorization header says 'Bearer' but has no token after it; send "
                     "'Authorization: Bearer <token>'"

@@ -127,7 +127,7 @@ def _rounds(
     ``cfg.rounds`` rounds; each figure is the median of its rounds (:func:`median_run`)."""
     pipeline: dict[str, list[dict[str, Any]]] = {}
     reference: dict[str, list[dict[str, Any]]] = {}
-    found: dict[str, Any] = {}
+    reference_error = None
     for round_ in range(cfg.rounds):
         shown = f" (round {round_ + 1} of {cfg.rounds})" if cfg.rounds > 1 else ""
         if "pipeline" in cfg.suites:
@@ -135,15 +135,19 @@ def _rounds(
                 log(f"pipeline: {len(files)} images, decode {decode}{shown} ...")
                 run = bench_pipeline(classifier, files, batch_size, decode)
                 pipeline.setdefault(decode, []).append(run)
-        if cfg.compare_reference and "reference_error" not in found:
+        if cfg.compare_reference and reference_error is None:
             subset = files[: cfg.reference_images]
-            found = _reference(cfg, model, subset, classifier.device, batch_size, log=log)
-            for run in found["reference"]:
+            runs = _reference(cfg, model, subset, classifier.device, batch_size, log=log)
+            reference_error = runs.get("reference_error")
+            for run in runs["reference"]:
                 reference.setdefault(run["dtype"], []).append(run)
+    found: dict[str, Any] = {}
     if "pipeline" in cfg.suites:
         found["pipeline"] = [median_run(runs) for runs in pipeline.values()]
     if cfg.compare_reference:
         found["reference"] = [median_run(runs) for runs in reference.values()]
+    if reference_error is not None:
+        found["reference_error"] = reference_error
     return found
 
 

@@ -90,7 +90,7 @@ def _model_lines(results: dict[str, Any]) -> list[str]:
     ]
 
 
-def _rounds(run: dict[str, Any]) -> str:
+def _rounds_note(run: dict[str, Any]) -> str:
     rounds = run.get("rounds_s_per_image", [])
     return f"  (median of {len(rounds)} rounds)" if len(rounds) > 1 else ""
 
@@ -101,12 +101,12 @@ def _pipeline_lines(results: dict[str, Any]) -> list[str]:
     for run in pipelines:
         lines.append(
             f"pipeline  {run['images']} images  {run['images_per_s']:9.2f} img/s  "
-            f"{run['s_per_image'] * 1e3:9.1f} ms/image  decode {run['decode']}{_rounds(run)}"
+            f"{run['s_per_image'] * 1e3:9.1f} ms/image  decode {run['decode']}{_rounds_note(run)}"
         )
     for ref in results.get("reference", []):
         line = (
             f"reference {ref['dtype']:<9} {ref['images_per_s']:9.2f} img/s  "
-            f"{ref['s_per_image'] * 1e3:9.1f} ms/image{_rounds(ref)}"
+            f"{ref['s_per_image'] * 1e3:9.1f} ms/image{_rounds_note(ref)}"
         )
         ratios = ", ".join(
             f"{run['images_per_s'] / ref['images_per_s']:.2f}x ({run['decode']})"

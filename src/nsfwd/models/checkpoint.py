@@ -173,7 +173,8 @@ def _build_uninitialised(build: Callable[[], torch.nn.Module]) -> torch.nn.Modul
 
 
 def _recompute_buffers(module: torch.nn.Module) -> None:
-    """Refill the buffers a checkpoint does not hold (a no-op for a normally built module)."""
+    """Refill the buffers a checkpoint does not hold (for a normally built module, with the
+    values they already have)."""
     for child in module.modules():
         recompute = getattr(child, "init_non_persistent_buffers", None)
         if child._non_persistent_buffers_set and callable(recompute):
@@ -195,7 +196,9 @@ def _load_timm(folder: Path, config: dict[str, Any], hub_id: str | None) -> Load
         **model_args,
     )
     try:
-        module = _build_uninitialised(build) or build()
+        module = _build_uninitialised(build)
+        if module is None:
+            module = build()
     except RuntimeError as exc:
         raise ModelNotAvailableError(
             f"timm {timm.__version__} cannot build {config['architecture']!r}: {exc}"

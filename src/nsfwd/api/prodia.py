@@ -10,10 +10,8 @@ Job types: ``inference.vit.img2label.v1`` (labels under ``config.labels``),
 ``inference.vit.img2label.v2`` (multipart: the job, then ``output`` parts ``labels.json`` and the
 original image byte for byte) and ``inference.ping.v1`` (Prodia's token check; no input).
 
-Failures answer with the job, ``state.current`` ``"failed"`` and its ``"error"`` message. A 4xx
-goes in the ``job`` part of a multipart body when the client accepts multipart, because that is
-where the npm client looks for the message it throws; a 5xx is always JSON, since that client
-would take any multipart answer, whatever its status, for a result. 401 is plain text.
+Failures answer with the job, ``state.current`` ``"failed"`` and its ``"error"`` message,
+rendered as :mod:`nsfwd.api.prodia_job` says.
 """
 
 from __future__ import annotations
@@ -22,158 +20,53 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Final
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import PlainTextResponse
 from starlette.types import Receive
 
+from nsfwd.api import strict_json
 from nsfwd.api.auth import AuthenticationError, Caller, KeyRing
 from nsfwd.api.errors import (
     ApiError,
     BadRequestError,
     ClientGoneError,
-    PayloadTooLargeError,
     TooBusyError,
     UnauthorizedError,
     UnavailableError,
     answer,
 )
-from nsfwd.api.multipart import Part, encode_form, read_form
+from nsfwd.api.multipart import Part, read_form
+from nsfwd.api.prodia_job import (
+    IMG2LABEL_V1,
+    IMG2LABEL_V2,
+    JOB_TYPES,
+    JSON_TYPE,
+    OPENAPI_REQUEST,
+    PING_V1,
+    Job,
+    failed_response,
+    image_refusal,
+    job_response,
+    json_bytes,
+    passthrough,
+    wants_multipart,
+)
 from nsfwd.engine import ClassifyEngine, EngineClosedError, QueueFullError
-from nsfwd.images import ImageError, ImageTooLargeError, sniff_format
+from nsfwd.images import ImageError
 from nsfwd.models import Labels
 from nsfwd.settings import Settings
 
 log = logging.getLogger(__name__)
 
 ROUTE: Final = "/v2/job"
-IMG2LABEL_V1: Final = "inference.vit.img2label.v1"
-IMG2LABEL_V2: Final = "inference.vit.img2label.v2"
-PING_V1: Final = "inference.ping.v1"
-JOB_TYPES: Final = (IMG2LABEL_V1, IMG2LABEL_V2, PING_V1)
-
 JOB_PART_MAX_BYTES: Final = 64 * 1024
 """Largest accepted ``job`` part; a real job is about 100 bytes."""
 MAX_PARTS: Final = 16
 """Most parts a request may have (a job is 2; the npm client sends a ``File`` input twice)."""
 FORM_OVERHEAD_BYTES: Final = 128 * 1024
 """What a request body may carry beyond the largest image: the job part and multipart framing."""
-
-_JSON: Final = "application/json"
-_FORM: Final = "multipart/form-data"
-_IMAGE_TYPES: Final = {"JPEG": ("image/jpeg", "jpg"), "PNG": ("image/png", "png"),
-                       "WEBP": ("image/webp", "webp")}  # fmt: skip
-_OPENAPI_BODY: Final[dict[str, Any]] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            _FORM: {
-                "schema": {
-                    "type": "object",
-                    "required": ["job"],
-                    "properties": {
-                        "job": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": 'job.json, e.g. {"type": "inference.vit.img2label.v1",'
-                            ' "config": {"model": "Freepik/nsfw_image_detector"}}',
-                        },
-                        "input": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "the image: JPEG, PNG or WebP, 128 to 2048 px a side",
-                        },
-                    },
-                }
-            }
-        },
-    }
-}
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _timestamp(moment: datetime) -> str:
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclass
-class Job:
-    """One job on its way through the route; :meth:`document` renders it as Prodia does."""
-
-    id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    created_at: datetime = field(default_factory=_now)
-    started: float = field(default_factory=time.perf_counter)
-    type: str | None = None
-    config: dict[str, Any] | None = None
-
-    def restart_clock(self) -> None:
-        """Mark the job as accepted now: its time counts from here, not from the upload."""
-        self.created_at = _now()
-        self.started = time.perf_counter()
-
-    def document(
-        self, state: str, *, labels: Labels | None = None, error: str | None = None
-    ) -> dict[str, Any]:
-        """The job as JSON: ``state.current`` ``state``, with ``labels`` or an ``error``."""
-        doc: dict[str, Any] = {} if self.type is None else {"type": self.type}
-        doc |= {
-            "id": self.id,
-            "created_at": _timestamp(self.created_at),
-            "updated_at": _timestamp(_now()),
-            "state": {"current": state},
-        }
-        if self.config is not None or labels is not None:
-            doc["config"] = dict(self.config or {})
-            if labels is not None:
-                doc["config"]["labels"] = labels
-        doc["metrics"] = {"elapsed": max(time.perf_counter() - self.started, 1e-6)}
-        if error is not None:
-            doc["error"] = error
-        return doc
-
-
-def wants_multipart(accept: str | None, *, default: bool) -> bool:
-    """Whether ``accept`` prefers multipart/form-data to JSON; ``default`` when it names neither.
-
-    The npm client sends ``multipart/form-data`` or ``multipart/form-data; <its accept option>``
-    (e.g. ``multipart/form-data; image/png``), so parameters without ``=`` are ignored.
-    """
-    best: tuple[float, int, bool] | None = None
-    for index, item in enumerate((accept or "").split(",")):
-        media, *params = (piece.strip() for piece in item.split(";"))
-        media = media.lower()
-        if media in (_FORM, "multipart/*"):
-            multipart = True
-        elif media in (_JSON, "application/*"):
-            multipart = False
-        else:
-            continue
-        quality = 1.0
-        for param in params:
-            key, _, value = param.partition("=")
-            if key.strip().lower() == "q":
-                with contextlib.suppress(ValueError):
-                    quality = float(value)
-        if quality > 0 and (best is None or quality > best[0]):
-            best = (quality, index, multipart)
-    return default if best is None else best[2]
-
-
-def _json_bytes(doc: object) -> bytes:
-    return json.dumps(doc, ensure_ascii=False, allow_nan=False).encode()
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON number")
 
 
 class ProdiaJobs:
@@ -270,8 +163,8 @@ class ProdiaJobs:
         image = self._single_input(parts)
         labels = await self._classify(request, image)
         outputs = [
-            Part("output", _json_bytes(labels), "labels.json", _JSON),
-            _passthrough(image),
+            Part("output", json_bytes(labels), "labels.json", JSON_TYPE),
+            passthrough(image),
         ]
         return self._completed(job, multipart, labels, outputs if job.type == IMG2LABEL_V2 else [])
 
@@ -286,7 +179,7 @@ class ProdiaJobs:
                 f"{names}); send e.g. {example}"
             )
         try:
-            doc = json.loads(found[0].data, parse_constant=_reject_constant)
+            doc = strict_json.loads(found[0].data)
         except RecursionError:
             raise BadRequestError(
                 "the job JSON is nested too deeply; send e.g. " + example
@@ -346,13 +239,10 @@ class ProdiaJobs:
             raise UnavailableError(
                 "the model is not ready (loading, or the server is stopping); retry in a moment"
             )
-        name = repr(image.filename) if image.filename else "image"
         try:
             return await _unless_disconnected(self.engine.classify(image.data), request.receive)
-        except ImageTooLargeError as exc:
-            raise PayloadTooLargeError(f"input {name}: {exc.message}") from None
         except ImageError as exc:
-            raise BadRequestError(f"input {name}: {exc.message}") from None
+            raise image_refusal(image, exc) from None
         except QueueFullError as exc:
             raise TooBusyError(str(exc), exc.retry_after) from None
         except EngineClosedError as exc:
@@ -365,32 +255,13 @@ class ProdiaJobs:
         labels: Labels | None = None,
         outputs: Sequence[Part] = (),
     ) -> Response:
-        document = _json_bytes(job.document("completed", labels=labels))
-        if not multipart:
-            return Response(document, media_type=_JSON)
-        body, content_type = encode_form([Part("job", document, "job.json", _JSON), *outputs])
-        return Response(body, media_type=content_type)
+        document = json_bytes(job.document("completed", labels=labels))
+        return job_response(document, multipart=multipart, outputs=outputs)
 
     def _failed(self, request: Request, job: Job, exc: ApiError) -> Response:
-        if exc.plain_text:
-            return PlainTextResponse(exc.message + "\n", exc.status, headers=exc.headers)
-        document = _json_bytes(job.document("failed", error=exc.message))
+        """A failed job; multipart by default for v2 jobs, the multipart ones."""
         accept = request.headers.get("accept")
-        if exc.status < 500 and wants_multipart(accept, default=job.type == IMG2LABEL_V2):
-            body, content_type = encode_form([Part("job", document, "job.json", _JSON)])
-            return Response(body, exc.status, exc.headers, media_type=content_type)
-        return Response(document, exc.status, exc.headers, media_type=_JSON)
-
-
-def _passthrough(image: Part) -> Part:
-    """The uploaded image as an output part, under its own filename and content type."""
-    content_type, extension = _IMAGE_TYPES.get(sniff_format(image.data) or "", ("", "bin"))
-    return Part(
-        "output",
-        image.data,
-        image.filename or f"input.{extension}",
-        image.content_type or content_type or "application/octet-stream",
-    )
+        return failed_response(accept, job, exc, multipart_by_default=job.type == IMG2LABEL_V2)
 
 
 async def _unless_disconnected(work: Any, receive: Receive) -> Labels:
@@ -428,7 +299,7 @@ def create_router(engine: ClassifyEngine, settings: Settings, keys: KeyRing) -> 
         jobs.post_job,
         methods=["POST"],
         summary="Run a job (Prodia v2 job API)",
-        openapi_extra=_OPENAPI_BODY,
+        openapi_extra=OPENAPI_REQUEST,
         response_class=Response,
     )
     return router

@@ -32,25 +32,25 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from nsfwd.api.auth import KeyRing
-from nsfwd.api.errors import (
-    ApiError,
-    BadRequestError,
-    PayloadTooLargeError,
-    TooBusyError,
-)
-from nsfwd.api.multipart import Part, encode_form
-from nsfwd.api.prodia import (
-    _OPENAPI_BODY,
+from nsfwd.api.errors import ApiError, BadRequestError, TooBusyError
+from nsfwd.api.multipart import Part
+from nsfwd.api.prodia import ProdiaJobs
+from nsfwd.api.prodia_job import (
     IMG2LABEL_V2,
+    JSON_TYPE,
+    OPENAPI_REQUEST,
     PING_V1,
     Job,
-    ProdiaJobs,
-    _json_bytes,
-    _passthrough,
+    failed_response,
+    image_refusal,
+    job_response,
+    json_bytes,
+    passthrough,
+    timestamp,
     wants_multipart,
 )
 from nsfwd.engine import ClassifyEngine
-from nsfwd.images import ImageError, ImageTooLargeError, load_image
+from nsfwd.images import ImageError, load_image
 from nsfwd.jobs import CapacityError, Limits, Prediction, Store, Upload
 from nsfwd.jobs.worker import Worker
 from nsfwd.settings import Settings
@@ -67,20 +67,14 @@ STATES: Final = {
 }
 """Prodia's ``state.current`` for each prediction status."""
 
-_JSON: Final = "application/json"
-
-
-def _timestamp(moment: datetime) -> str:
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
 
 def document(prediction: Prediction, now: datetime | None = None) -> dict[str, Any]:
     """The stored job as Prodia renders a job."""
     doc: dict[str, Any] = {
         "type": prediction.job_type,
         "id": prediction.id,
-        "created_at": _timestamp(prediction.created_at),
-        "updated_at": _timestamp(
+        "created_at": timestamp(prediction.created_at),
+        "updated_at": timestamp(
             prediction.finished_at or prediction.started_at or prediction.created_at
         ),
         "state": {"current": STATES[prediction.status]},
@@ -153,8 +147,8 @@ class ProdiaAsyncJobs(ProdiaJobs):
         self._check_model(job)
         image = self._single_input(parts)
         await self._validate(image)
-        passthrough = _passthrough(image)
-        unnamed = _passthrough(Part(image.name, image.data)).filename or "input"
+        output = passthrough(image)
+        unnamed = passthrough(Part(image.name, image.data)).filename or "input"
         assert job.type is not None
         try:
             prediction = await self.store.create_prediction(
@@ -166,7 +160,7 @@ class ProdiaAsyncJobs(ProdiaJobs):
                 upload=Upload(
                     data=image.data,
                     filename=output_name(image.filename, unnamed),
-                    content_type=passthrough.content_type or "application/octet-stream",
+                    content_type=output.content_type or "application/octet-stream",
                 ),
                 limits=Limits(max_unfinished=self.settings.max_async_queued),
             )
@@ -175,32 +169,21 @@ class ProdiaAsyncJobs(ProdiaJobs):
             raise TooBusyError(
                 f"the async job queue is full ({exc}); retry in {retry_after} s", retry_after
             ) from None
-        doc = _json_bytes(document(prediction))
-        if wants_multipart(request.headers.get("accept"), default=False):
-            body, content_type = encode_form([Part("job", doc, "job.json", _JSON)])
-            return Response(body, 201, media_type=content_type)
-        return Response(doc, 201, media_type=_JSON)
+        multipart = wants_multipart(request.headers.get("accept"), default=False)
+        return job_response(json_bytes(document(prediction)), multipart=multipart, status=201)
 
     async def _validate(self, image: Part) -> None:
         """Decode the image now (off the event loop), so a bad one is refused at submission."""
-        name = repr(image.filename) if image.filename else "image"
         try:
             await asyncio.to_thread(load_image, image.data, self.engine.limits)
-        except ImageTooLargeError as exc:
-            raise PayloadTooLargeError(f"input {name}: {exc.message}") from None
         except ImageError as exc:
-            raise BadRequestError(f"input {name}: {exc.message}") from None
+            raise image_refusal(image, exc) from None
 
     def _refuse(self, request: Request, job: Job, exc: ApiError) -> Response:
         """A refused submission, as a failed job: JSON, or a ``job`` part when multipart is
         asked for (as ``POST /v2/job`` does, but JSON by default for every job type)."""
-        if exc.plain_text:
-            return PlainTextResponse(exc.message + "\n", exc.status, headers=exc.headers)
-        doc = _json_bytes(job.document("failed", error=exc.message))
-        if exc.status < 500 and wants_multipart(request.headers.get("accept"), default=False):
-            body, content_type = encode_form([Part("job", doc, "job.json", _JSON)])
-            return Response(body, exc.status, exc.headers, media_type=content_type)
-        return Response(doc, exc.status, exc.headers, media_type=_JSON)
+        accept = request.headers.get("accept")
+        return failed_response(accept, job, exc, multipart_by_default=False)
 
     # --- GET /v2/job/async/{id}/... ----------------------------------------------------------
 
@@ -257,7 +240,7 @@ class ProdiaAsyncJobs(ProdiaJobs):
             )
         if filename == LABELS_FILE:
             assert prediction.labels is not None
-            return Response(_json_bytes(prediction.labels), media_type=_JSON)
+            return Response(json_bytes(prediction.labels), media_type=JSON_TYPE)
         upload = await self.store.get_input(job_id)
         if upload is None:
             raise ApiError(f"job {job_id} expired while its output was read", status=404)
@@ -286,7 +269,7 @@ def create_router(
         methods=["POST"],
         status_code=201,
         summary="Submit a job to run in the background (Prodia v2 async job API)",
-        openapi_extra=_OPENAPI_BODY,
+        openapi_extra=OPENAPI_REQUEST,
         response_class=Response,
     )
     get_routes: list[tuple[str, Callable[..., Awaitable[Response]], str]] = [

@@ -30,14 +30,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import datetime
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, PlainValidator, ValidationError, field_validator
+from pydantic_core import ErrorDetails, PydanticCustomError
 
+from nsfwd.api import strict_json
 from nsfwd.api.auth import AuthenticationError, Caller, KeyRing
 from nsfwd.api.errors import (
     ApiError,
@@ -46,6 +49,7 @@ from nsfwd.api.errors import (
     TooBusyError,
     answer,
 )
+from nsfwd.capped import OverCapError, read_capped
 from nsfwd.engine import ClassifyEngine
 from nsfwd.fetch import FetchFailedError, FetchPolicy, UnsafeURLError, check_url, validate_url
 from nsfwd.jobs import CapacityError, Limits, Prediction, Store
@@ -79,36 +83,6 @@ _DETAILS: Final = {
     429: "rate_limited",
     500: "internal_error",
     503: "unavailable",
-}
-_OPENAPI_BODY: Final[dict[str, Any]] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["model", "input"],
-                    "properties": {
-                        "model": {"type": "string", "example": MODEL_SLUG},
-                        "input": {
-                            "type": "object",
-                            "required": ["image"],
-                            "properties": {
-                                "image": {
-                                    "type": "string",
-                                    "description": "a public https URL of a JPEG, PNG or WebP",
-                                }
-                            },
-                        },
-                        "webhook_url": {
-                            "type": "string",
-                            "description": "where to POST the outcome (Standard Webhooks)",
-                        },
-                    },
-                }
-            }
-        },
-    }
 }
 
 
@@ -151,13 +125,99 @@ def document(prediction: Prediction) -> dict[str, Any]:
     return doc
 
 
-@dataclass(frozen=True)
-class CreateRequest:
-    """A parsed ``POST /v1/prediction/`` body."""
+def _text(value: object) -> str:
+    """Any string, as the JSON parser gave it; anything else is refused.
 
-    model: str
-    image: str
-    webhook_url: str | None
+    Not pydantic's own ``str``: it refuses strings with lone surrogates, which Python's JSON
+    parser produces, and those go on to the same checks as any other string (a 404 for an
+    unknown model, say).
+    """
+    if isinstance(value, str):
+        return value
+    raise PydanticCustomError("string_type", "Input should be a valid string")
+
+
+_Text = Annotated[str, PlainValidator(_text, json_schema_input_type=str)]
+
+
+class PredictionInput(BaseModel):
+    """What to classify: the image, by URL."""
+
+    image: _Text = Field(description="a public https URL of a JPEG, PNG or WebP")
+
+    @field_validator("image")
+    @classmethod
+    def _not_blank(cls, image: str) -> str:
+        if not image.strip():
+            raise ValueError("blank")
+        return image.strip()
+
+
+class CreateRequest(BaseModel):
+    """A prediction of the image at a URL; other keys are ignored."""
+
+    # The docstrings and descriptions here are the route's OpenAPI request body (see
+    # _openapi_request); parse_create_request turns a ValidationError into the client's message.
+
+    model: _Text = Field(examples=[MODEL_SLUG])
+    input: PredictionInput
+    webhook_url: _Text | None = Field(
+        None, description="where to POST the outcome (Standard Webhooks)"
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _not_empty(cls, model: str) -> str:
+        if not model:
+            raise ValueError("empty")
+        return model
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _blank_is_none(cls, webhook_url: str | None) -> str | None:
+        return (webhook_url or "").strip() or None
+
+
+_EXAMPLE: Final = (
+    f'{{"model": "{MODEL_SLUG}", "input": {{"image": "https://example.com/photo.jpg"}}}}'
+)
+_REFUSALS: Final[dict[tuple[int | str, ...], Callable[[str], str]]] = {
+    ("model",): lambda shown: (
+        f"model is {shown}; set it to {json.dumps(MODEL_SLUG)}, e.g. {_EXAMPLE}"
+    ),
+    ("input",): lambda shown: (
+        f"input is {shown}; it must be an object with the image URL, e.g. {_EXAMPLE}"
+    ),
+    ("input", "image"): lambda shown: (
+        f"input.image is {shown}; it must be the https URL of the image, e.g. {_EXAMPLE}"
+    ),
+    ("webhook_url",): lambda shown: f"webhook_url is {shown}; it must be an https URL, or left out",
+}
+"""What a client is told when a field of :class:`CreateRequest` is wrong, given the value."""
+
+
+def parse_create_request(body: bytes) -> CreateRequest:
+    """``body`` as a :class:`CreateRequest`, or a 400 that names the first field that is wrong
+    and shows its value."""
+    try:
+        doc = strict_json.loads(body)
+    except RecursionError:
+        raise BadRequestError(f"the body is nested too deeply; send e.g. {_EXAMPLE}") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN, huge integers
+        raise BadRequestError(f"the body is not valid JSON ({exc}); send e.g. {_EXAMPLE}") from None
+    if not isinstance(doc, dict):
+        raise BadRequestError(
+            f"the body must be a JSON object, got {type(doc).__name__}; send e.g. {_EXAMPLE}"
+        )
+    try:
+        return CreateRequest.model_validate(doc)
+    except ValidationError as exc:
+        raise BadRequestError(_refusal(exc.errors()[0])) from None
+
+
+def _refusal(error: ErrorDetails) -> str:
+    shown = "missing" if error["type"] == "missing" else _shown(error["input"])
+    return _REFUSALS[tuple(error["loc"])](shown)
 
 
 class EachlabsPredictions:
@@ -227,9 +287,9 @@ class EachlabsPredictions:
     async def _create(self, request: Request) -> Response:
         caller = await self._caller(request)
         body = await _read_body(request)
-        spec = self._parse(body)
+        spec = parse_create_request(body)
         self._check_model(spec.model)
-        image = _checked_url("input.image", spec.image, self.policy)
+        image = _checked_url("input.image", spec.input.image, self.policy)
         webhook_url = None
         if spec.webhook_url is not None:
             if not self.webhooks:
@@ -257,46 +317,6 @@ class EachlabsPredictions:
                 "predictionID": prediction.id,
             }
         )
-
-    def _parse(self, body: bytes) -> CreateRequest:
-        example = (
-            f'{{"model": "{MODEL_SLUG}", "input": {{"image": "https://example.com/photo.jpg"}}}}'
-        )
-        try:
-            doc = json.loads(body, parse_constant=_reject_constant)
-        except RecursionError:
-            raise BadRequestError(f"the body is nested too deeply; send e.g. {example}") from None
-        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN, huge integers
-            raise BadRequestError(
-                f"the body is not valid JSON ({exc}); send e.g. {example}"
-            ) from None
-        if not isinstance(doc, dict):
-            raise BadRequestError(
-                f"the body must be a JSON object, got {type(doc).__name__}; send e.g. {example}"
-            )
-        model = doc.get("model")
-        if not isinstance(model, str) or not model:
-            raise BadRequestError(
-                f"model is {_shown(model)}; set it to {json.dumps(MODEL_SLUG)}, e.g. {example}"
-            )
-        inputs = doc.get("input")
-        if not isinstance(inputs, dict):
-            raise BadRequestError(
-                f"input is {_shown(inputs)}; it must be an object with the image URL, e.g. "
-                f"{example}"
-            )
-        image = inputs.get("image")
-        if not isinstance(image, str) or not image.strip():
-            raise BadRequestError(
-                f"input.image is {_shown(image)}; it must be the https URL of the image, e.g. "
-                f"{example}"
-            )
-        webhook_url = doc.get("webhook_url")
-        if webhook_url is not None and not isinstance(webhook_url, str):
-            raise BadRequestError(
-                f"webhook_url is {_shown(webhook_url)}; it must be an https URL, or left out"
-            )
-        return CreateRequest(model, image.strip(), (webhook_url or "").strip() or None)
 
     def _check_model(self, model: str) -> None:
         if model not in self.models:
@@ -361,15 +381,13 @@ class EachlabsPredictions:
 
 async def _read_body(request: Request) -> bytes:
     """The whole body, refused (413) once it is over :data:`MAX_BODY_BYTES`."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _too_large(f"{int(declared):,} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise _too_large(f"over {len(body):,} bytes")
-    return bytes(body)
+    declared = request.headers.get("content-length")
+    try:
+        return await read_capped(request.stream(), MAX_BODY_BYTES, content_length=declared)
+    except OverCapError as exc:
+        raise _too_large(
+            f"{exc.size:,} bytes" if exc.declared else f"over {exc.size:,} bytes"
+        ) from None
 
 
 def _too_large(size: str) -> PayloadTooLargeError:
@@ -427,8 +445,31 @@ def _shown(value: object) -> str:
     return "missing" if value is None else json.dumps(value)[:200]
 
 
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON number")
+def _openapi_request() -> dict[str, Any]:
+    """The route's OpenAPI request body: :class:`CreateRequest`'s JSON schema, its nested
+    models written in place (an operation's schema cannot point into the model's ``$defs``)."""
+    schema = CreateRequest.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(value) for value in node]
+        return node
+
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": inline(schema)}},
+        }
+    }
+
+
+_OPENAPI_REQUEST: Final = _openapi_request()
 
 
 def create_router(
@@ -444,7 +485,7 @@ def create_router(
             predictions.create,
             methods=["POST"],
             summary="Create a prediction of an image URL (Eachlabs prediction API)",
-            openapi_extra=_OPENAPI_BODY,
+            openapi_extra=_OPENAPI_REQUEST,
             response_class=Response,
             include_in_schema=shown,
         )

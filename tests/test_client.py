@@ -86,6 +86,15 @@ def test_async_client_classifies_concurrently(server_url: str) -> None:
     assert all(list(item) == SEVERITY for item in labels)
 
 
+def test_async_client_pings_as_the_sync_client_does(server_url: str) -> None:
+    async def ping(token: str) -> bool:
+        async with AsyncClient(server_url, token=token) as client:
+            return await client.ping()
+
+    assert asyncio.run(ping("test-key")) is True
+    assert asyncio.run(ping("wrong")) is False
+
+
 def _flaky_server(failures: list[Response]) -> Starlette:
     """Answers with each of ``failures`` in turn, then with a completed v1 job."""
     calls: list[int] = []

@@ -31,6 +31,8 @@ DEFAULT_MODEL = "Freepik/nsfw_image_detector"
 V1 = "inference.vit.img2label.v1"
 V2 = "inference.vit.img2label.v2"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+PING_JOB = b'{"type": "inference.ping.v1", "config": {}}'
+PING_FILES = [("job", ("job.json", PING_JOB, "application/json"))]
 
 ImageInput = bytes | str | os.PathLike[str]
 
@@ -146,6 +148,13 @@ def _parse(response: httpx.Response) -> Classification:
     )
 
 
+def _ping_refused(error: NsfwdError) -> bool:
+    """False for a refused token; any other error is raised again."""
+    if error.status in (401, 403):
+        return False
+    raise error
+
+
 def _retry_delay(response: httpx.Response, attempt: int) -> float:
     """Seconds to wait before retrying: Retry-After when given, else 0.5 s doubling, max 30."""
     retry_after = response.headers.get("retry-after", "")
@@ -215,13 +224,10 @@ class Client(_Base):
 
     def ping(self) -> bool:
         """Check the token: True when the server accepts it (raises on other errors)."""
-        job = json.dumps({"type": "inference.ping.v1", "config": {}})
         try:
-            self._post(files=[("job", ("job.json", job.encode(), "application/json"))])
+            self._post(files=PING_FILES)
         except NsfwdError as exc:
-            if exc.status in (401, 403):
-                return False
-            raise
+            return _ping_refused(exc)
         return True
 
     def healthy(self) -> bool:
@@ -279,6 +285,14 @@ class AsyncClient(_Base):
     ) -> Classification:
         """Labels plus the image as the server returns it (a v2 job)."""
         return _parse(await self._post(**_request(V2, self.model, image, filename)))
+
+    async def ping(self) -> bool:
+        """Check the token: True when the server accepts it (raises on other errors)."""
+        try:
+            await self._post(files=PING_FILES)
+        except NsfwdError as exc:
+            return _ping_refused(exc)
+        return True
 
     async def healthy(self) -> bool:
         """Whether the server answers /healthz with 200 (model loaded)."""

@@ -168,7 +168,7 @@ def test_a_bad_file_is_reported_and_skipped(binary: dict[str, Any]) -> None:
     assert skipped["path"].endswith("broken.jpg") and skipped["error"]
     assert doc["counts"]["found"]["unsafe"] == 7
     assert all(not image["path"].endswith("broken.jpg") for image in doc["images"])
-    assert "1 file could not be classified" in run.out
+    assert "skipped 1 file that could not be classified" in run.out
 
 
 def test_the_report_opens_in_headless_chromium_with_its_plots(

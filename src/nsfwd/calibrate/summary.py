@@ -22,8 +22,8 @@ def format_summary(calibration: Calibration) -> str:
     ]
     if calibration.skipped:
         header.append(
-            f"{_plural(len(calibration.skipped), 'file')} could not be classified and "
-            "were skipped (listed above)"
+            f"skipped {_plural(len(calibration.skipped), 'file')} that could not be "
+            "classified (listed above)"
         )
     blocks = ["\n".join(header)]
     blocks += [_policy_block(result) for result in calibration.policies.values()]

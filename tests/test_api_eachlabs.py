@@ -157,6 +157,20 @@ def test_a_prediction_that_fails_says_why_and_sends_failed(
     assert payload["output"] == "" and payload["error"] == doc["message"]
 
 
+@pytest.mark.parametrize(("threshold", "output"), [(0.0, "nsfw"), (1.0, "normal")])
+def test_output_follows_the_servers_policy_and_threshold(
+    classifier: Classifier,
+    tmp_path: Path,
+    host: tuple[str, Host],
+    threshold: float,
+    output: str,
+) -> None:
+    base, _ = host
+    with eachlabs_server(classifier, tmp_path, policy="strict", threshold=threshold) as (url, _):
+        doc = poll(url, created_id(create(url, f"{base}/photo.jpg")))
+    assert doc["status"] == "success" and doc["output"] == output, doc
+
+
 def test_processing_is_reported_until_the_image_arrives(url: str, host: tuple[str, Host]) -> None:
     base, receiver = host
     gate = f"processing-{uuid.uuid4().hex}"

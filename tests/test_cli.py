@@ -16,6 +16,7 @@ from PIL import Image
 
 from nsfwd.cli import main
 from nsfwd.policies import Policy
+from nsfwd.settings import Settings
 
 NSFWD = [sys.executable, "-m", "nsfwd"]
 
@@ -104,6 +105,35 @@ def test_policy_threshold_and_csv(
         assert float(row["score"]) == pytest.approx(score, abs=1e-5)
         assert row["flagged"] == "true"  # any mass above 0 is flagged at threshold 0
         assert row["policy"] == "lenient"
+
+
+def test_policy_and_threshold_default_to_the_settings_and_the_options_win(
+    tmp_path: Path,
+    timm_checkpoint: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _write_images(tmp_path, 2)
+    monkeypatch.setenv("NSFWD_POLICY", "strict")
+    monkeypatch.setenv("NSFWD_THRESHOLD", "0.0")
+
+    def verdicts(*options: str) -> set[tuple[str, float, bool]]:
+        assert main(["classify", "--model", str(timm_checkpoint), *options, str(tmp_path)]) == 0
+        records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        return {(r["policy"], r["threshold"], r["flagged"]) for r in records}
+
+    assert verdicts() == {("strict", 0.0, True)}
+    assert verdicts("--threshold", "1") == {("strict", 1.0, False)}
+    assert verdicts("--policy", "lenient") == {("lenient", 0.0, True)}
+
+
+def test_serve_takes_the_policy_and_threshold_its_verdicts_follow() -> None:
+    from nsfwd.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--policy", "lenient", "--threshold", "0.37"])
+    assert (args.policy, args.threshold) == ("lenient", 0.37)
+    assert Settings(policy="lenient", threshold=0.37).verdict_policy == Policy("lenient", 0.37)
+    assert Settings().verdict_policy == Policy("moderate", 0.5)
 
 
 def test_nothing_classifiable_exits_non_zero(

@@ -1,4 +1,4 @@
-"""The `nsfwd` command: serve, classify, download, bench, keys."""
+"""The `nsfwd` command: serve, classify, calibrate, download, bench, keys."""
 
 from __future__ import annotations
 
@@ -13,8 +13,11 @@ from nsfwd.logs import configure_logging
 from nsfwd.policies import DEFAULT_POLICY, DEFAULT_THRESHOLD, POLICIES, Policy
 
 if TYPE_CHECKING:
+    from rich.progress import Progress
+
     from nsfwd.bench import BenchConfig
     from nsfwd.jobs import ApiKey, Store
+    from nsfwd.models import Classifier
     from nsfwd.settings import Settings
 
 PROGRESS_MIN_FILES = 8
@@ -91,19 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     _add_model_options(classify)
     classify.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
-    classify.add_argument(
-        "--policy",
-        choices=list(POLICIES),
-        default=DEFAULT_POLICY,
-        help="strict flags P(high), moderate P(medium)+P(high), lenient P(low)+P(medium)+P(high)"
-        f" (default: {DEFAULT_POLICY})",
-    )
-    classify.add_argument(
-        "--threshold",
-        type=float,
-        default=DEFAULT_THRESHOLD,
-        help=f"flag when the policy's score is above this (default: {DEFAULT_THRESHOLD})",
-    )
+    _add_policy_options(classify)
     classify.add_argument(
         "--batch-size", type=int, default=None, help="images per batch (default: 2 CPU, 32 GPU)"
     )
@@ -141,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="HTTP worker processes feeding one inference process that owns the model "
         "(default: 1, everything in one process)",
     )
+    _add_policy_options(serve, applies_to=" in Eachlabs' output (nsfw/normal)")
     serve.add_argument(
         "--insecure-no-auth",
         action="store_true",
@@ -226,7 +218,84 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--json", type=Path, help="write the full report here")
     _add_keys_parser(sub)
+    _add_calibrate_parser(sub)
     return parser
+
+
+def _add_policy_options(parser: argparse.ArgumentParser, applies_to: str = "") -> None:
+    parser.add_argument(
+        "--policy",
+        choices=list(POLICIES),
+        default=None,
+        help="strict flags P(high), moderate P(medium)+P(high), lenient P(low)+P(medium)+P(high)"
+        f"{applies_to} (default: $NSFWD_POLICY, else {DEFAULT_POLICY})",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="flag when the policy's score is above this; `nsfwd calibrate` chooses one from "
+        f"your labelled images (default: $NSFWD_THRESHOLD, else {DEFAULT_THRESHOLD})",
+    )
+
+
+def _add_calibrate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    calibrate = sub.add_parser(
+        "calibrate",
+        help="choose a policy's threshold from your own labelled images",
+        description="Classify the labelled images under DIR once (as `nsfwd classify` does), "
+        "then per policy compute the precision/recall curve, ROC and AUC, and choose the "
+        "threshold that meets --target-precision or --target-recall (else the best F1). DIR "
+        "holds one subfolder per true class: safe/ (or neutral/, sfw/, normal/) and unsafe/ "
+        "(or nsfw/), or Freepik's buckets neutral/, low/, medium/, high/ (each policy's truth "
+        "then follows its definition: moderate should flag medium and high). An image is "
+        "flagged when its score is above the threshold.",
+    )
+    calibrate.add_argument("dir", type=Path, metavar="DIR", help="the labelled images")
+    _add_model_options(calibrate)
+    calibrate.add_argument(
+        "--policy",
+        dest="calibrate_policy",
+        choices=[*POLICIES, "all"],
+        default="all",
+        help="the policy to calibrate (default: all three)",
+    )
+    target = calibrate.add_mutually_exclusive_group()
+    target.add_argument(
+        "--target-precision",
+        type=float,
+        metavar="P",
+        help="choose the threshold with the highest recall whose precision is at least P",
+    )
+    target.add_argument(
+        "--target-recall",
+        type=float,
+        metavar="R",
+        help="choose the threshold with the highest precision whose recall is at least R",
+    )
+    calibrate.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE.html",
+        help="write a self-contained HTML report: curves, histograms, confusion matrices and "
+        "the images nearest the threshold (needs `pip install 'nsfwd[calibrate]'`)",
+    )
+    calibrate.add_argument(
+        "--json",
+        type=Path,
+        metavar="FILE.json",
+        help="write everything, curve points and per-image scores included",
+    )
+    calibrate.add_argument(
+        "--batch-size", type=int, default=None, help="images per batch (default: 2 CPU, 32 GPU)"
+    )
+    calibrate.add_argument(
+        "--workers", type=int, default=None, help="decoding threads (default: CPU count)"
+    )
+    calibrate.add_argument(
+        "--decode", choices=DECODE_CHOICES, default="auto", help=f"{DECODE_HELP} (default: auto)"
+    )
+    calibrate.add_argument("--no-progress", action="store_true", help="never show a progress bar")
 
 
 def _add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -280,6 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _bench(args)
         if args.command == "keys":
             return _keys(args)
+        if args.command == "calibrate":
+            return _calibrate(args)
         return _serve(args)
     except (ModelNotAvailableError, ValueError) as exc:  # a missing model, or options that clash
         print(f"nsfwd: {exc}", file=sys.stderr)
@@ -302,6 +373,8 @@ def _settings_for(args: argparse.Namespace) -> Settings:
             "port",
             "http_workers",
             "compile_cache_dir",
+            "policy",
+            "threshold",
         )
         if (value := getattr(args, key, None)) is not None
     }
@@ -321,26 +394,23 @@ def _compile_choice(flag: bool, configured: str) -> str:
     return configured if configured != "off" else "on"
 
 
-def _classify(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+def _policy_for(args: argparse.Namespace) -> Policy:
+    """``--policy`` and ``--threshold``, else ``$NSFWD_POLICY`` and ``$NSFWD_THRESHOLD``."""
+    if args.policy is not None and args.threshold is not None:
+        return Policy(args.policy, args.threshold)
+    from nsfwd.settings import Settings
 
+    settings = Settings()
+    return Policy(
+        args.policy or settings.policy,
+        settings.threshold if args.threshold is None else args.threshold,
+    )
+
+
+def _load_classifier(settings: Settings) -> Classifier:
     from nsfwd.models import Classifier
-    from nsfwd.models.tensor_decode import resolve_decode
-    from nsfwd.output import CsvWriter, JsonLinesWriter, Writer
-    from nsfwd.pipeline import classify_files, find_images
 
-    try:
-        policy = Policy(args.policy, args.threshold)
-    except ValueError as exc:
-        print(f"nsfwd classify: {exc}", file=sys.stderr)
-        return 2
-    settings = _settings_for(args)
-    paths = list(find_images(args.paths))
-    if not paths:
-        print("nsfwd classify: no image files found under the given paths", file=sys.stderr)
-        return 1
-    classifier = Classifier.load(
+    return Classifier.load(
         settings.model,
         revision=settings.revision,
         device=settings.device,
@@ -349,6 +419,39 @@ def _classify(args: argparse.Namespace) -> int:
         compile=settings.compile,
         compile_cache_dir=settings.compile_cache_dir,
     )
+
+
+def _progress(*, show: bool) -> Progress:
+    """A progress bar on stderr (disabled unless ``show``)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not show,
+    )
+
+
+def _classify(args: argparse.Namespace) -> int:
+    from nsfwd.models.tensor_decode import resolve_decode
+    from nsfwd.output import CsvWriter, JsonLinesWriter, Writer
+    from nsfwd.pipeline import classify_files, find_images
+
+    try:
+        policy = _policy_for(args)
+    except ValueError as exc:
+        print(f"nsfwd classify: {exc}", file=sys.stderr)
+        return 2
+    settings = _settings_for(args)
+    paths = list(find_images(args.paths))
+    if not paths:
+        print("nsfwd classify: no image files found under the given paths", file=sys.stderr)
+        return 1
+    classifier = _load_classifier(settings)
     policy.check(classifier.labels)
     decode = resolve_decode(args.decode, classifier)  # refuse `tensor` before any output
     writer: Writer
@@ -369,15 +472,7 @@ def _classify(args: argparse.Namespace) -> int:
         decode=decode,
     )
     classified = 0
-    show = len(paths) >= PROGRESS_MIN_FILES and not args.no_progress
-    progress = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not show,
-    )
+    progress = _progress(show=len(paths) >= PROGRESS_MIN_FILES and not args.no_progress)
     with progress:
         task = progress.add_task("classifying", total=len(paths))
         for result in results:
@@ -388,6 +483,25 @@ def _classify(args: argparse.Namespace) -> int:
         print("nsfwd classify: no image could be classified", file=sys.stderr)
         return 1
     return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from nsfwd.calibrate.command import CalibrateOptions, run_calibrate
+
+    options = CalibrateOptions(
+        root=args.dir,
+        policy=args.calibrate_policy,
+        target_precision=args.target_precision,
+        target_recall=args.target_recall,
+        report=args.report,
+        json=args.json,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        decode=args.decode,
+        progress=not args.no_progress,
+    )
+    settings = _settings_for(args)
+    return run_calibrate(options, settings, lambda: _load_classifier(settings), _progress)
 
 
 def _download(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from nsfwd.fetch import FetchPolicy, parse_networks
 from nsfwd.images import ImageLimits
 from nsfwd.models import DEFAULT_MODEL
+from nsfwd.policies import DEFAULT_POLICY, DEFAULT_THRESHOLD, Policy, PolicyName
 
 WEBHOOK_SECRET_PREFIX = "whsec_"
 _SECRET_HINT = (
@@ -81,6 +82,18 @@ class Settings(BaseSettings):
         description="Folder for compiled graphs (inductor's FX graph and AOTAutograd caches), "
         "kept across restarts; unset: ~/.cache/nsfwd/torch-compile. Keep it on a persistent "
         "volume, or every start compiles from scratch.",
+    )
+    policy: PolicyName = Field(
+        DEFAULT_POLICY,
+        description="The policy the served model's verdicts follow (Eachlabs' output nsfw/normal) "
+        "and `nsfwd classify` applies by default: strict, moderate or lenient.",
+    )
+    threshold: float = Field(
+        DEFAULT_THRESHOLD,
+        ge=0.0,
+        le=1.0,
+        description="An image is flagged when the policy's score is above this; `nsfwd "
+        "calibrate` chooses one from labelled images. Prodia's labels stay raw either way.",
     )
     host: str = Field("127.0.0.1", description="Address to bind; loopback unless keys are set.")
     port: int = Field(8000, ge=0, le=65535, description="Port to bind.")
@@ -263,6 +276,11 @@ class Settings(BaseSettings):
             max_side=self.max_image_side,
             max_pixels=self.max_image_side * self.max_image_side,
         )
+
+    @property
+    def verdict_policy(self) -> Policy:
+        """The policy and threshold the server's verdicts follow."""
+        return Policy(self.policy, self.threshold)
 
     @property
     def fetch_policy(self) -> FetchPolicy:

@@ -45,6 +45,7 @@ def create_app(engine: ClassifyEngine, settings: Settings, store: Store | None =
             concurrency=settings.workers or default_workers(engine),
             lease_s=settings.lease_s,
             fetch_policy=settings.fetch_policy,
+            policy=settings.verdict_policy,
             purge_every_s=min(PURGE_EVERY_S, settings.result_ttl_s / 2),
         )
     webhooks = None if store is None else WebhookSender.from_settings(store, settings)

@@ -11,7 +11,8 @@ when a ``webhook_url`` was given, :mod:`nsfwd.jobs.webhooks` sends the outcome t
 
 ``GET /v1/prediction/{id}`` answers ``{"status": "processing" | "success" | "error",
 "predictionID", "output", "metrics": {"predict_time"}, "labels"}``: ``output`` is ``"nsfw"``
-when the moderate policy (threshold 0.5) flags the image, else ``"normal"``; ``labels`` are
+when the server's policy flags the image (``NSFWD_POLICY`` and ``NSFWD_THRESHOLD``, moderate
+at 0.5 by default), else ``"normal"``; ``labels`` are
 the four probabilities; a failed prediction carries ``message`` and ``details``.
 
 Every refusal is ``{"status": "error", "message": <what is wrong and what to do>, "details":

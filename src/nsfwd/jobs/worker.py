@@ -80,6 +80,7 @@ class Worker:
         concurrency: int,
         lease_s: float = 30.0,
         fetch_policy: FetchPolicy | None = None,
+        policy: Policy = DEFAULT_POLICY,
         poll_s: float = POLL_S,
         purge_every_s: float = PURGE_EVERY_S,
         name: str | None = None,
@@ -87,8 +88,8 @@ class Worker:
         """Run up to ``concurrency`` predictions at once, each under a lease of ``lease_s``.
 
         ``fetch_policy`` says where image URLs may be fetched from (without it, URL inputs fail
-        with a message); ``poll_s`` is how often to look for work queued elsewhere;
-        ``purge_every_s`` how often to purge.
+        with a message); ``policy`` decides Eachlabs' verdict (``output``); ``poll_s`` is how
+        often to look for work queued elsewhere; ``purge_every_s`` how often to purge.
         """
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -97,6 +98,7 @@ class Worker:
         self.concurrency = concurrency
         self.lease_s = lease_s
         self.fetch_policy = fetch_policy
+        self.policy = policy
         self.poll_s = poll_s
         self.purge_every_s = purge_every_s
         self.name = name or worker_name()
@@ -229,7 +231,7 @@ class Worker:
             prediction.id,
             self.name,
             labels=labels,
-            output=None if labels is None else verdict(labels),
+            output=None if labels is None else verdict(labels, self.policy),
             error=error,
             predict_time=elapsed if labels is not None else None,
         )

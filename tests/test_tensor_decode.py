@@ -259,6 +259,19 @@ def test_a_model_whose_geometry_is_not_resize_and_crop_stays_on_pil(
         resolve_decode("nvjpeg", keep_ratio)
 
 
+def test_without_torchcodec_auto_stays_on_pil_and_tensor_is_refused(
+    classifier: Classifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a CPU-only torch gives with PyPI's (CUDA) TorchCodec wheel.
+    missing = "OSError: Could not load this library: libtorchcodec_image.so"
+    monkeypatch.setattr(tensor_decode, "_decoder_missing", lambda: missing)
+    assert resolve_decode("auto", classifier) == "pil"
+    with pytest.raises(TensorDecodeUnavailableError, match="TorchCodec, which did not load"):
+        resolve_decode("tensor", classifier)
+    with pytest.raises(TensorDecodeUnavailableError, match="libtorchcodec_image"):
+        TensorDecoder(classifier)
+
+
 def test_auto_picks_the_path_measured_faster_on_the_cpu(classifier: Classifier) -> None:
     assert resolve_decode("auto", classifier) == AUTO_ON_CPU
     assert resolve_decode("pil", classifier) == "pil"

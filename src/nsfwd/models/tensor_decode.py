@@ -31,6 +31,8 @@ See tests/test_tensor_decode.py.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -130,6 +132,27 @@ class Geometry:
         )
 
 
+@functools.cache
+def _decoder_missing() -> str | None:
+    """Why TorchCodec's image decoders cannot be loaded here, or ``None`` when they can. Its
+    Linux wheels on PyPI are CUDA builds that need torch's CUDA libraries, so a CPU-only torch
+    needs TorchCodec's CPU wheel from PyTorch's own index."""
+    try:
+        importlib.import_module("torchcodec.decoders")
+    except (ImportError, OSError, RuntimeError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _require_decoder() -> None:
+    reason = _decoder_missing()
+    if reason is not None:
+        raise TensorDecodeUnavailableError(
+            "the tensor decode path decodes JPEGs with TorchCodec, which did not load "
+            f"({reason}); install the torchcodec build made for this torch, or use --decode pil"
+        )
+
+
 def _describe(prepare: Prepare, steps: list[Any]) -> str:
     if steps:
         return " + ".join(type(step).__name__ for step in steps)
@@ -140,8 +163,9 @@ def resolve_decode(mode: str, classifier: Classifier) -> str:
     """``pil`` or ``tensor`` for a ``--decode`` choice.
 
     ``auto`` is the tensor path on CUDA, :data:`AUTO_ON_CPU` on the CPU, and ``pil`` on other
-    devices (not measured) and for a model whose preprocessing the tensor path cannot reproduce;
-    ``tensor`` for such a model raises :class:`TensorDecodeUnavailableError`.
+    devices (not measured), for a model whose preprocessing the tensor path cannot reproduce,
+    and where TorchCodec does not load; ``tensor`` in those two cases raises
+    :class:`TensorDecodeUnavailableError`.
     """
     if mode not in DECODE_MODES:
         raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, not {mode!r}")
@@ -149,6 +173,7 @@ def resolve_decode(mode: str, classifier: Classifier) -> str:
         return "pil"
     try:
         Geometry.of(classifier.loaded.prepare)
+        _require_decoder()
     except TensorDecodeUnavailableError:
         if mode == "tensor":
             raise
@@ -236,6 +261,7 @@ class TensorDecoder:
         self.classifier = classifier
         self.limits = limits or ImageLimits()
         self.geometry = Geometry.of(classifier.loaded.prepare)
+        _require_decoder()
         self.resize_in_float = resize_in_float
         self._stream: torch.cuda.Stream | None = None
         if self.device.type == "cuda":

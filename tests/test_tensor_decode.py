@@ -15,7 +15,9 @@ import shutil
 import struct
 from collections.abc import Iterator
 from dataclasses import replace
+from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,6 +32,7 @@ from nsfwd.models.tensor_decode import (
     Geometry,
     TensorDecoder,
     TensorDecodeUnavailableError,
+    hide_app1,
     orient,
     resolve_decode,
 )
@@ -154,6 +157,36 @@ def test_orient_turns_pixels_as_pillow_does(orientation: int) -> None:
     assert torch.equal(turned.permute(1, 2, 0), torch.from_numpy(np.array(expected)))
 
 
+def test_hide_app1_leaves_the_decoder_no_orientation_to_apply() -> None:
+    from torchcodec.decoders import decode_jpeg
+
+    data = JPEGS["jpeg_exif_6"]
+    hidden = hide_app1(data)
+    assert hidden is not None and len(hidden) == len(data) and b"\xff\xe1" not in hidden
+    with Image.open(BytesIO(data)) as image:
+        stored = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # as stored, not turned
+    decoded = decode_jpeg(bytes(hidden))
+    assert isinstance(decoded, torch.Tensor) and torch.equal(decoded, stored)
+    assert hide_app1(JPEGS["jpeg_baseline"]) == bytearray(JPEGS["jpeg_baseline"])  # no APP1
+
+
+def test_a_jpeg_with_an_app1_after_its_scan_takes_the_pil_path(
+    classifier: Classifier, pil_calls: list[bytes]
+) -> None:
+    # Pillow reads no marker past the scan; libjpeg saves one and TorchCodec would turn by it.
+    exif = Image.Exif()
+    exif[0x0112] = 3
+    app1 = exif.tobytes()  # b"Exif\0\0" and the TIFF block
+    late = JPEGS["jpeg_baseline"][:-2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1
+    late += b"\xff\xd9"
+    assert hide_app1(late) is None
+    (got,) = TensorDecoder(classifier).prepare([late])
+    assert pil_calls == [late]
+    reference = _pil_prepare(classifier, late)
+    assert isinstance(got, torch.Tensor) and isinstance(reference, torch.Tensor)
+    assert torch.equal(got, reference)
+
+
 def _fallback_batch() -> dict[str, bytes]:
     jpeg = JPEGS["jpeg_baseline"]
     half = len(jpeg) // 2
@@ -180,17 +213,17 @@ def _fallback_batch() -> dict[str, bytes]:
 def test_other_formats_and_bad_jpegs_give_what_the_pil_path_gives_in_order(
     classifier: Classifier, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import torchvision.io
+    import torchcodec.decoders
 
     batch = _fallback_batch()
     seen: list[bytes] = []
-    real_decode_jpeg = torchvision.io.decode_jpeg
+    real_decode_jpeg = torchcodec.decoders.decode_jpeg
 
-    def spy(data: list[torch.Tensor], **kwargs: object) -> object:
+    def spy(data: list[torch.Tensor], **kwargs: Any) -> object:
         seen.extend(item.numpy().tobytes() for item in data)
         return real_decode_jpeg(data, **kwargs)
 
-    monkeypatch.setattr(torchvision.io, "decode_jpeg", spy)
+    monkeypatch.setattr(torchcodec.decoders, "decode_jpeg", spy)
     got = TensorDecoder(classifier).prepare(list(batch.values()))
     assert len(got) == len(batch)
     for (name, data), ours in zip(batch.items(), got, strict=True):
@@ -224,6 +257,19 @@ def test_a_model_whose_geometry_is_not_resize_and_crop_stays_on_pil(
         Geometry.of(keep_ratio.loaded.prepare)
     with pytest.raises(ValueError, match="decode must be one of auto, pil, tensor"):
         resolve_decode("nvjpeg", keep_ratio)
+
+
+def test_without_torchcodec_auto_stays_on_pil_and_tensor_is_refused(
+    classifier: Classifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a CPU-only torch gives with PyPI's (CUDA) TorchCodec wheel.
+    missing = "OSError: Could not load this library: libtorchcodec_image.so"
+    monkeypatch.setattr(tensor_decode, "_decoder_missing", lambda: missing)
+    assert resolve_decode("auto", classifier) == "pil"
+    with pytest.raises(TensorDecodeUnavailableError, match="TorchCodec, which did not load"):
+        resolve_decode("tensor", classifier)
+    with pytest.raises(TensorDecodeUnavailableError, match="libtorchcodec_image"):
+        TensorDecoder(classifier)
 
 
 def test_auto_picks_the_path_measured_faster_on_the_cpu(classifier: Classifier) -> None:

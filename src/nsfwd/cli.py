@@ -26,7 +26,7 @@ PROGRESS_MIN_FILES = 8
 DECODE_CHOICES = ("auto", "pil", "tensor")  # nsfwd.models.tensor_decode.DECODE_MODES
 DECODE_HELP = (
     "how files become the model's pixels: pil (Pillow decodes and resizes on the CPU), tensor "
-    "(JPEGs decoded by torchvision onto the model's device, with nvjpeg on CUDA, and resized "
+    "(JPEGs decoded by TorchCodec onto the model's device, with nvjpeg on CUDA, and resized "
     "there with torch; PNG, WebP, CMYK JPEGs and JPEGs it refuses go the PIL way) or auto "
     "(tensor, which measured faster on the CPU too; pil for a model whose preprocessing it "
     "cannot reproduce)"

@@ -6,17 +6,21 @@ CPU. :class:`TensorDecoder` gives the same uint8 CHW tensors from encoded bytes 
 1. :func:`nsfwd.images.read_header` runs the intake's checks that come before decoding (byte
    size, format by content, dimensions from the header, decompression bombs), so nothing that
    :func:`~nsfwd.images.load_image` would refuse there reaches a decoder;
-2. JPEGs whose pixels are gray or YCbCr/RGB are decoded by ``torchvision.io.decode_jpeg``, all of
-   a batch in one call, onto the classifier's device (nvjpeg on CUDA, libjpeg-turbo on the CPU);
+2. JPEGs whose pixels are gray or YCbCr/RGB are decoded by TorchCodec's ``decode_jpeg`` onto
+   the classifier's device: all of a batch in one nvjpeg call on CUDA, libjpeg-turbo image by
+   image on the CPU;
 3. the EXIF orientation that Pillow reads from the header (the one ``load_image`` applies) turns
-   the pixels with torch ops: torchvision applies it only on the CPU, so it is never asked to;
+   the pixels with torch ops. TorchCodec always applies the orientation its own EXIF reader
+   finds, which is not always Pillow's (Pillow also reads XMP), so the decoder is handed a copy
+   whose APP1 segments (EXIF, XMP) are retagged as comments and finds none (see
+   :func:`hide_app1`);
 4. the checkpoint's own ``Resize`` and ``CenterCrop`` run on the tensors with
    ``torchvision.transforms.v2.functional`` (same size rule, same bicubic antialiased kernel).
 
 Everything else goes the PIL way, image by image, in place: PNG, WebP, CMYK JPEGs (rare; on
-Pillow's conversion their colours are the PIL path's on every device), and any JPEG that
-``decode_jpeg`` refuses (truncated, corrupt), whose :class:`~nsfwd.images.ImageError` is then
-the very one ``load_image`` gives.
+Pillow's conversion their colours are the PIL path's on every device), JPEGs whose segments
+:func:`hide_app1` cannot walk, and any JPEG that ``decode_jpeg`` refuses (truncated, corrupt),
+whose :class:`~nsfwd.images.ImageError` is then the very one ``load_image`` gives.
 
 On the CPU, decoding matched Pillow's bit for bit on every test photograph (both use
 libjpeg-turbo); the resize rounds a little differently: with torch's uint8 kernels (the CPU)
@@ -27,10 +31,12 @@ See tests/test_tensor_decode.py.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import torch
 from PIL import Image
@@ -51,6 +57,7 @@ __all__ = [
     "Geometry",
     "TensorDecodeUnavailableError",
     "TensorDecoder",
+    "hide_app1",
     "orient",
     "resolve_decode",
 ]
@@ -63,12 +70,19 @@ DECODE_MODES: Final = ("auto", "pil", "tensor")
 
 AUTO_ON_CPU: Final = "tensor"
 """What ``auto`` picks on the CPU: the faster path measured there. On 2 cores, with 1024x768
-JPEGs, torchvision's decode plus torch's uint8 resize prepare an image in 3.7 ms on one core
-where Pillow takes 8.1 ms, and ``nsfwd classify`` with a tiny EVA-02 ran 1.10 to 1.12 times as
-many images a second; with EVA-02-B/448 the model's 1.2 s an image hides the difference."""
+JPEGs, a libjpeg-turbo decode to a tensor (torchvision's then; TorchCodec's takes as long) plus
+torch's uint8 resize prepare an image in 3.7 ms on one core where Pillow takes 8.1 ms, and
+``nsfwd classify`` with a tiny EVA-02 ran 1.10 to 1.12 times as many images a second; with
+EVA-02-B/448 the model's 1.2 s an image hides the difference."""
 
 # Pillow modes of JPEGs that decode_jpeg turns into the RGB that load_image gives.
 _TENSOR_MODES: Final = frozenset({"L", "RGB"})
+
+# JPEG markers (ITU T.81, table B.1) that hide_app1 walks.
+_APP1: Final = 0xE1
+_COM: Final = 0xFE
+_SOS: Final = 0xDA
+_STANDALONE: Final = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RST0-7: no length follows
 
 
 class TensorDecodeUnavailableError(ValueError):
@@ -118,6 +132,27 @@ class Geometry:
         )
 
 
+@functools.cache
+def _decoder_missing() -> str | None:
+    """Why TorchCodec's image decoders cannot be loaded here, or ``None`` when they can. Its
+    Linux wheels on PyPI are CUDA builds that need torch's CUDA libraries, so a CPU-only torch
+    needs TorchCodec's CPU wheel from PyTorch's own index."""
+    try:
+        importlib.import_module("torchcodec.decoders")
+    except (ImportError, OSError, RuntimeError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _require_decoder() -> None:
+    reason = _decoder_missing()
+    if reason is not None:
+        raise TensorDecodeUnavailableError(
+            "the tensor decode path decodes JPEGs with TorchCodec, which did not load "
+            f"({reason}); install the torchcodec build made for this torch, or use --decode pil"
+        )
+
+
 def _describe(prepare: Prepare, steps: list[Any]) -> str:
     if steps:
         return " + ".join(type(step).__name__ for step in steps)
@@ -128,8 +163,9 @@ def resolve_decode(mode: str, classifier: Classifier) -> str:
     """``pil`` or ``tensor`` for a ``--decode`` choice.
 
     ``auto`` is the tensor path on CUDA, :data:`AUTO_ON_CPU` on the CPU, and ``pil`` on other
-    devices (not measured) and for a model whose preprocessing the tensor path cannot reproduce;
-    ``tensor`` for such a model raises :class:`TensorDecodeUnavailableError`.
+    devices (not measured), for a model whose preprocessing the tensor path cannot reproduce,
+    and where TorchCodec does not load; ``tensor`` in those two cases raises
+    :class:`TensorDecodeUnavailableError`.
     """
     if mode not in DECODE_MODES:
         raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, not {mode!r}")
@@ -137,6 +173,7 @@ def resolve_decode(mode: str, classifier: Classifier) -> str:
         return "pil"
     try:
         Geometry.of(classifier.loaded.prepare)
+        _require_decoder()
     except TensorDecodeUnavailableError:
         if mode == "tensor":
             raise
@@ -167,6 +204,40 @@ def orient(pixels: torch.Tensor, orientation: int | None) -> torch.Tensor:
     return pixels.transpose(-2, -1).flip(-2, -1)  # TRANSVERSE
 
 
+def hide_app1(data: bytes) -> bytearray | None:
+    """A copy of a JPEG whose APP1 segments (EXIF, XMP) before the first scan are retagged as
+    comments, which decoders skip, so that TorchCodec finds no orientation to apply and
+    :func:`orient` alone turns the pixels, by Pillow's reading.
+
+    ``None`` when the segments cannot be walked up to the scan, or an APP1 marker may follow it
+    (libjpeg would read one between a progressive JPEG's scans; any ``FF E1`` there counts,
+    trailing bytes included): such a JPEG takes the PIL path.
+    """
+    buffer = bytearray(data)
+    end = len(buffer)
+    pos = 2  # after SOI, which read_header has seen
+    while pos < end and buffer[pos] == 0xFF:
+        while pos < end and buffer[pos] == 0xFF:  # fill bytes may pad a marker
+            pos += 1
+        if pos >= end:
+            return None
+        marker = buffer[pos]
+        if marker == _SOS:
+            return None if buffer.find(b"\xff\xe1", pos) != -1 else buffer
+        if marker in _STANDALONE:
+            pos += 1
+            continue
+        if pos + 2 >= end:
+            return None
+        length = buffer[pos + 1] << 8 | buffer[pos + 2]
+        if length < 2:
+            return None
+        if marker == _APP1:
+            buffer[pos] = _COM
+        pos += 1 + length
+    return None
+
+
 Prepared = torch.Tensor | ImageError
 """A prepared image (uint8 CHW on the classifier's device), or why there is none."""
 
@@ -190,6 +261,7 @@ class TensorDecoder:
         self.classifier = classifier
         self.limits = limits or ImageLimits()
         self.geometry = Geometry.of(classifier.loaded.prepare)
+        _require_decoder()
         self.resize_in_float = resize_in_float
         self._stream: torch.cuda.Stream | None = None
         if self.device.type == "cuda":
@@ -202,7 +274,7 @@ class TensorDecoder:
 
     def prepare(self, encoded: Sequence[bytes]) -> list[Prepared]:
         """Prepared pixels, or the :class:`ImageError` that refuses them, for each image in
-        order. The JPEGs among them are decoded in one ``decode_jpeg`` call.
+        order. On CUDA the JPEGs among them are decoded in one ``decode_jpeg`` call.
 
         On CUDA the work runs on a stream of the decoder's own, so a batch decodes while the
         model runs the one before on the default stream; the call returns once its pixels are
@@ -222,6 +294,7 @@ class TensorDecoder:
     def _prepare(self, encoded: Sequence[bytes]) -> list[Prepared]:
         results: list[Prepared | None] = [None] * len(encoded)
         headers: dict[int, ImageHeader] = {}
+        buffers: list[bytearray] = []
         for index, data in enumerate(encoded):
             try:
                 header = read_header(data, self.limits)
@@ -229,8 +302,11 @@ class TensorDecoder:
                 results[index] = exc
                 continue
             if header.format == "JPEG" and header.mode in _TENSOR_MODES:
-                headers[index] = header
-        decoded = self._decode([encoded[index] for index in headers])
+                buffer = hide_app1(data)
+                if buffer is not None:
+                    headers[index] = header
+                    buffers.append(buffer)
+        decoded = self._decode(buffers)
         for (index, header), pixels in zip(headers.items(), decoded, strict=True):
             if pixels is not None and tuple(pixels.shape[-2:]) == (header.height, header.width):
                 results[index] = self._geometry(orient(pixels, header.orientation))
@@ -239,26 +315,26 @@ class TensorDecoder:
             for data, result in zip(encoded, results, strict=True)
         ]
 
-    def _decode(self, encoded: list[bytes]) -> list[torch.Tensor | None]:
-        """Decode JPEGs in one call; if it fails, one by one (``None`` for those that fail)."""
+    def _decode(self, encoded: list[bytearray]) -> list[torch.Tensor | None]:
+        """Decode JPEGs onto the device (``None`` for those the decoder refuses): on CUDA in one
+        nvjpeg call, or one by one if that fails; elsewhere one by one on the CPU, which a batch
+        would not speed up."""
         if not encoded:
             return []
-        from torchvision.io import ImageReadMode, decode_jpeg
+        from torchcodec.decoders import decode_jpeg
 
-        # apply_exif_orientation stays off: torchvision honours it only on the CPU, and
-        # orient() applies the orientation Pillow reads, as load_image does, on any device.
-        # Devices other than CUDA get CPU tensors from decode_jpeg, hence the .to() below.
+        cuda = self.device.type == "cuda"
+
         def run(data: list[torch.Tensor]) -> list[torch.Tensor]:
-            out: list[torch.Tensor] = decode_jpeg(
-                data, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=False
-            )
-            return out
+            out = decode_jpeg(data, mode="RGB", device=self.device if cuda else "cpu")
+            return cast("list[torch.Tensor]", out)  # a list in, a list out
 
-        buffers = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in encoded]
-        try:
-            return [pixels.to(self.device) for pixels in run(buffers)]
-        except (RuntimeError, ValueError):
-            pass
+        buffers = [torch.frombuffer(data, dtype=torch.uint8) for data in encoded]
+        if cuda:
+            try:
+                return list(run(buffers))
+            except (RuntimeError, ValueError):
+                pass
         decoded: list[torch.Tensor | None] = []
         for buffer in buffers:
             try:

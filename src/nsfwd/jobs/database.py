@@ -1,5 +1,7 @@
 """The database under the job store: which one, how to connect, and bringing its schema up to date.
 
+:class:`Database` is one open database that the store's parts share.
+
 SQLite (a file under ``NSFWD_DATA_DIR``) is the default, for one server with no set-up;
 PostgreSQL (``NSFWD_DATABASE_URL``), through asyncpg, lets several replicas share the work.
 

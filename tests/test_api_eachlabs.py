@@ -37,7 +37,7 @@ from nsfwd.jobs import Delivery, Store, Upload
 from nsfwd.jobs.database import database_url
 from nsfwd.models import Classifier
 from nsfwd.policies import Policy
-from store_handles import make_key, with_store
+from store_handles import delivery_for, make_key, with_store
 
 
 @pytest.fixture(autouse=True)
@@ -76,7 +76,7 @@ def settled(store_url: str, prediction_id: str) -> Delivery:
     """The prediction's webhook delivery, once delivered or given up."""
 
     async def body(store: Store) -> Delivery | None:
-        found = await store.delivery_for(prediction_id)
+        found = await delivery_for(store, prediction_id)
         return None if found is None or found.status == "pending" else found
 
     result: Delivery = wait_for(lambda: with_store(store_url, body), what="the delivery")
@@ -343,7 +343,7 @@ def test_keys_are_required_and_checked(server: tuple[str, str], host: tuple[str,
     assert poll(url, own, key=stored)["status"] == "success"
 
     async def revoke(store: Store) -> None:
-        assert await store.revoke_key(stored) is not None
+        assert await store.keys.revoke(stored) is not None
 
     with_store(store_url, revoke)
     assert_error(create(url, image, key=stored), 401, "invalid_api_key", "revoked")
@@ -360,7 +360,7 @@ def test_unknown_and_other_keys_predictions_are_404(
 
     async def prodia_job(store: Store) -> str:
         upload = Upload(b"x", "x.png", "image/png")
-        job = await store.create_prediction(
+        job = await store.predictions.create(
             protocol="prodia", job_type="inference.vit.img2label.v1", model=SERVED, upload=upload
         )
         return job.id

@@ -269,8 +269,8 @@ def test_a_key_from_the_store_works_on_every_prodia_route_until_revoked(
         assert session(TOKEN).get(f"{url}/v2/job/async/{job_id}/{path}").status_code == 404
 
     async def owner_and_revoke(other: Store) -> tuple[str | None, str]:
-        job = await other.get_prediction(job_id)
-        revoked = await other.revoke_key(key)
+        job = await other.predictions.get(job_id)
+        revoked = await other.keys.revoke(key)
         assert job is not None and revoked is not None
         return job.api_key, revoked.id
 
@@ -303,7 +303,7 @@ def _create_eachlabs(store: Store) -> str:
 
     async def create() -> str:
         async with Store(store.url) as other:
-            prediction = await other.create_prediction(
+            prediction = await other.predictions.create(
                 protocol="eachlabs", job_type="x", model=MODEL, input_url="https://e.com/a.png"
             )
             return prediction.id

@@ -260,12 +260,12 @@ def test_the_key_ring_asks_the_store_until_a_key_exists(tmp_path: Path) -> None:
         async with Store(database_url(tmp_path)) as store:
             ring = KeyRing(Settings(api_keys=[]), store)
             assert not await ring.required() and await ring.identify(None) is None
-            plaintext, record = await store.create_key("first", max_in_flight=3)
+            plaintext, record = await store.keys.create("first", max_in_flight=3)
             assert await ring.required()
             caller = await ring.identify(plaintext)
             assert caller is not None and caller.ref == record.id
             assert caller.limits.max_in_flight == 3
-            await store.revoke_key(record.id)
+            await store.keys.revoke(record.id)
             assert await KeyRing(Settings(api_keys=[]), store).required()  # a fresh ring too
             for presented in (None, plaintext):
                 with pytest.raises(AuthenticationError):

@@ -77,7 +77,7 @@ def test_serve_binds_publicly_with_only_keys_from_the_store(
 
     async def make_key() -> str:
         async with Store(database_url(data_dir)) as store:
-            return (await store.create_key("only-one"))[0]
+            return (await store.keys.create("only-one"))[0]
 
     key = asyncio.run(make_key())
     port = free_port("0.0.0.0")

@@ -29,6 +29,13 @@ from nsfwd.jobs import (
 )
 from nsfwd.jobs.database import DatabaseUrlError, create_engine, database_url
 from nsfwd.jobs.schema import metadata
+from store_handles import (
+    count_created_since,
+    count_in_flight,
+    count_unfinished,
+    delivery_for,
+    get_delivery,
+)
 
 T = TypeVar("T")
 IMAGE = Upload(data=b"\x89PNG fake image bytes", filename="cat.png", content_type="image/png")
@@ -65,7 +72,7 @@ async def queue(store: Store, count: int = 1, **fields: Any) -> list[Prediction]
     for _ in range(count):
         options: dict[str, Any] = {"upload": IMAGE} | fields
         created.append(
-            await store.create_prediction(
+            await store.predictions.create(
                 protocol="prodia", job_type="inference.vit.img2label.v1", model="m", **options
             )
         )
@@ -77,21 +84,22 @@ def test_create_then_get_returns_the_same_prediction_and_its_upload(database: st
         (created,) = await queue(store, api_key="abc123", config={"model": "m", "extra": [1, 2]})
         assert created.status == "queued" and created.attempts == 0
         assert created.created_at == clock.now
-        assert await store.get_prediction(created.id) == created
-        assert await store.get_input(created.id) == IMAGE
-        by_url = await store.create_prediction(
+        assert await store.predictions.get(created.id) == created
+        assert await store.predictions.get_input(created.id) == IMAGE
+        by_url = await store.predictions.create(
             protocol="eachlabs",
             job_type="nsfw-image-detection",
             model="m",
             input_url="https://example.com/a.jpg",
             webhook_url="https://example.com/hook",
         )
-        fetched = await store.get_prediction(by_url.id)
+        fetched = await store.predictions.get(by_url.id)
         assert fetched is not None and fetched.input_url == "https://example.com/a.jpg"
-        assert fetched.input_filename is None and await store.get_input(by_url.id) is None
-        assert await store.get_prediction("no-such-id") is None
-        assert await store.count_unfinished() == 2
-        assert await store.count_in_flight("abc123") == 1
+        assert fetched.input_filename is None
+        assert await store.predictions.get_input(by_url.id) is None
+        assert await store.predictions.get("no-such-id") is None
+        assert await count_unfinished(store) == 2
+        assert await count_in_flight(store, "abc123") == 1
 
     run_with_store(database, body)
 
@@ -118,7 +126,7 @@ def test_concurrent_claimers_never_get_the_same_prediction(database: str) -> Non
 
             async def claimer(store: Store, owner: str) -> list[str]:
                 mine: list[str] = []
-                while batch := await store.claim_predictions(owner, 7, LEASE_S):
+                while batch := await store.predictions.claim(owner, 7, LEASE_S):
                     mine += [p.id for p in batch]
                     await asyncio.sleep(0)
                 return mine
@@ -126,7 +134,7 @@ def test_concurrent_claimers_never_get_the_same_prediction(database: str) -> Non
             claims = await asyncio.gather(
                 *(claimer(store, f"replica-{i}") for i, store in enumerate(stores))
             )
-            final = [await stores[0].get_prediction(i) for i in ids]
+            final = [await stores[0].predictions.get(i) for i in ids]
         finally:
             await asyncio.gather(*(store.close() for store in stores))
         return claims, ids, [p for p in final if p is not None]
@@ -147,15 +155,15 @@ def test_claims_take_the_oldest_first_and_respect_the_limit(database: str) -> No
         for _ in range(5):
             created += await queue(store)
             clock.advance(1)
-        first = await store.claim_predictions("w", 2, LEASE_S)
+        first = await store.predictions.claim("w", 2, LEASE_S)
         assert [p.id for p in first] == [p.id for p in created[:2]]
         assert all(p.status == "processing" and p.lease_owner == "w" for p in first)
         assert first[0].started_at == clock.now
         assert first[0].lease_expires_at == clock.now + timedelta(seconds=LEASE_S)
-        assert await store.claim_predictions("w", 0, LEASE_S) == []
-        rest = await store.claim_predictions("w", 10, LEASE_S)
+        assert await store.predictions.claim("w", 0, LEASE_S) == []
+        rest = await store.predictions.claim("w", 10, LEASE_S)
         assert [p.id for p in rest] == [p.id for p in created[2:]]
-        assert await store.claim_predictions("w", 10, LEASE_S) == []
+        assert await store.predictions.claim("w", 10, LEASE_S) == []
 
     run_with_store(database, body)
 
@@ -163,19 +171,20 @@ def test_claims_take_the_oldest_first_and_respect_the_limit(database: str) -> No
 def test_an_expired_lease_is_reclaimed_and_the_stale_owner_cannot_finish(database: str) -> None:
     async def body(store: Store, clock: Clock) -> None:
         (created,) = await queue(store)
-        (mine,) = await store.claim_predictions("stalled", 1, LEASE_S)
+        (mine,) = await store.predictions.claim("stalled", 1, LEASE_S)
         clock.advance(LEASE_S / 2)
-        assert await store.renew_leases("stalled", [created.id], LEASE_S) == {created.id}
+        held = await store.predictions.renew_leases("stalled", [created.id], LEASE_S)
+        assert held == {created.id}
         clock.advance(LEASE_S - 1)
-        assert await store.claim_predictions("other", 1, LEASE_S) == []  # renewed: still held
+        assert await store.predictions.claim("other", 1, LEASE_S) == []  # renewed: still held
         clock.advance(2)
-        (taken,) = await store.claim_predictions("other", 1, LEASE_S)
+        (taken,) = await store.predictions.claim("other", 1, LEASE_S)
         assert taken.id == created.id and taken.attempts == 2 and taken.lease_owner == "other"
         assert taken.started_at == mine.started_at  # first start is kept
-        assert await store.renew_leases("stalled", [created.id], LEASE_S) == set()
-        assert await store.finish_prediction(created.id, "stalled", labels={"a": 1.0}) is None
-        assert await store.release_predictions("stalled", [created.id]) == 0
-        done = await store.finish_prediction(
+        assert await store.predictions.renew_leases("stalled", [created.id], LEASE_S) == set()
+        assert await store.predictions.finish(created.id, "stalled", labels={"a": 1.0}) is None
+        assert await store.predictions.release("stalled", [created.id]) == 0
+        done = await store.predictions.finish(
             created.id, "other", labels={"neutral": 0.9, "high": 0.1}, output="normal",
             predict_time=0.25,
         )  # fmt: skip
@@ -183,9 +192,9 @@ def test_an_expired_lease_is_reclaimed_and_the_stale_owner_cannot_finish(databas
         assert done.labels == {"neutral": 0.9, "high": 0.1} and done.output == "normal"
         assert done.finished_at == clock.now and done.predict_time == 0.25
         assert done.lease_owner is None and done.lease_expires_at is None
-        assert await store.get_prediction(created.id) == done
-        assert await store.finish_prediction(created.id, "other", error="twice") is None
-        assert await store.count_unfinished() == 0
+        assert await store.predictions.get(created.id) == done
+        assert await store.predictions.finish(created.id, "other", error="twice") is None
+        assert await count_unfinished(store) == 0
 
     run_with_store(database, body)
 
@@ -194,10 +203,10 @@ def test_times_never_run_backwards_when_replica_clocks_disagree(database: str) -
     async def body(store: Store, clock: Clock) -> None:
         (created,) = await queue(store)
         clock.advance(-5)  # the claiming replica's clock is behind the creating one's
-        (claimed,) = await store.claim_predictions("behind", 1, LEASE_S)
+        (claimed,) = await store.predictions.claim("behind", 1, LEASE_S)
         assert claimed.started_at == created.created_at
         clock.advance(-5)
-        done = await store.finish_prediction(created.id, "behind", error="x")
+        done = await store.predictions.finish(created.id, "behind", error="x")
         assert done is not None and done.finished_at == created.created_at
 
     run_with_store(database, body)
@@ -206,13 +215,13 @@ def test_times_never_run_backwards_when_replica_clocks_disagree(database: str) -
 def test_a_released_prediction_is_queued_again_without_counting_an_attempt(database: str) -> None:
     async def body(store: Store, clock: Clock) -> None:
         (created,) = await queue(store)
-        await store.claim_predictions("leaving", 1, LEASE_S)
-        store.work_available.clear()
-        assert await store.release_predictions("leaving", [created.id]) == 1
-        assert store.work_available.is_set()
-        again = await store.get_prediction(created.id)
+        await store.predictions.claim("leaving", 1, LEASE_S)
+        store.predictions.work_available.clear()
+        assert await store.predictions.release("leaving", [created.id]) == 1
+        assert store.predictions.work_available.is_set()
+        again = await store.predictions.get(created.id)
         assert again is not None and again.status == "queued" and again.attempts == 0
-        (claimed,) = await store.claim_predictions("next", 1, LEASE_S)
+        (claimed,) = await store.predictions.claim("next", 1, LEASE_S)
         assert claimed.attempts == 1
 
     run_with_store(database, body)
@@ -222,32 +231,36 @@ def test_a_prediction_abandoned_max_attempts_times_fails_with_a_message(database
     async def body(store: Store, clock: Clock) -> None:
         (created,) = await queue(store, webhook_url="https://example.com/hook")
         for attempt in (1, 2, 3):
-            (claimed,) = await store.claim_predictions(f"crashing-{attempt}", 1, LEASE_S)
+            (claimed,) = await store.predictions.claim(f"crashing-{attempt}", 1, LEASE_S)
             assert claimed.attempts == attempt
             clock.advance(LEASE_S + 1)  # the server dies; the lease runs out
-        assert await store.claim_predictions("survivor", 1, LEASE_S) == []
-        failed = await store.get_prediction(created.id)
+        assert await store.predictions.claim("survivor", 1, LEASE_S) == []
+        failed = await store.predictions.get(created.id)
         assert failed is not None and failed.status == "failed"
         assert failed.error == "the server stopped while running this prediction 3 times; giving up"
         assert failed.finished_at == clock.now and failed.lease_owner is None
-        delivery = await store.delivery_for(created.id)
+        delivery = await delivery_for(store, created.id)
         assert delivery is not None
         assert json.loads(delivery.payload) == {
             "exec_id": created.id, "status": "failed", "output": "", "error": failed.error,
         }  # fmt: skip
-        assert await store.fail_abandoned() == []
+        assert await store.predictions.claim("late", 1, LEASE_S) == []
+        assert await store.predictions.get(created.id) == failed  # failed once, then left alone
 
     run_with_store(database, body, max_attempts=3)
 
 
-def test_fail_abandoned_settles_without_claiming(database: str) -> None:
+def test_a_claim_fails_what_was_abandoned_after_its_last_attempt(database: str) -> None:
     async def body(store: Store, clock: Clock) -> None:
         (created,) = await queue(store)
-        await store.claim_predictions("gone", 1, LEASE_S)
-        assert await store.fail_abandoned() == []  # lease still running
+        await store.predictions.claim("gone", 1, LEASE_S)
+        assert await store.predictions.claim("next", 1, LEASE_S) == []  # lease still running
+        running = await store.predictions.get(created.id)
+        assert running is not None and running.status == "processing"
         clock.advance(LEASE_S + 1)
-        (failed,) = await store.fail_abandoned()
-        assert failed.id == created.id and failed.status == "failed"
+        assert await store.predictions.claim("next", 1, LEASE_S) == []
+        failed = await store.predictions.get(created.id)
+        assert failed is not None and failed.id == created.id and failed.status == "failed"
         assert failed.error is not None and "1 times; giving up" in failed.error
 
     run_with_store(database, body, max_attempts=1)
@@ -259,12 +272,12 @@ def test_finishing_enqueues_exactly_one_webhook_delivery(database: str) -> None:
             await queue(store, webhook_url="https://example.com/hook"),
             await queue(store),
         )
-        await store.claim_predictions("w", 2, LEASE_S)
-        store.deliveries_available.clear()
-        await store.finish_prediction(hooked[0].id, "w", labels={"a": 1.0}, output="nsfw")
-        assert store.deliveries_available.is_set()
-        await store.finish_prediction(plain[0].id, "w", error="bad image")
-        delivery = await store.delivery_for(hooked[0].id)
+        await store.predictions.claim("w", 2, LEASE_S)
+        store.deliveries.work_available.clear()
+        await store.predictions.finish(hooked[0].id, "w", labels={"a": 1.0}, output="nsfw")
+        assert store.deliveries.work_available.is_set()
+        await store.predictions.finish(plain[0].id, "w", error="bad image")
+        delivery = await delivery_for(store, hooked[0].id)
         assert delivery is not None and delivery.id.startswith("msg_")
         assert delivery.status == "pending" and delivery.attempts == 0
         assert delivery.url == "https://example.com/hook"
@@ -272,8 +285,8 @@ def test_finishing_enqueues_exactly_one_webhook_delivery(database: str) -> None:
         assert json.loads(delivery.payload) == {
             "exec_id": hooked[0].id, "status": "succeeded", "output": "nsfw", "error": "",
         }  # fmt: skip
-        assert await store.delivery_for(plain[0].id) is None
-        assert await store.get_delivery(delivery.id) == delivery
+        assert await delivery_for(store, plain[0].id) is None
+        assert await get_delivery(store, delivery.id) == delivery
         # The unique constraint: a second delivery for one prediction cannot exist.
         engine = create_engine(database)
         try:
@@ -301,13 +314,13 @@ def test_a_payload_builder_shapes_the_webhook_or_skips_it(database: str) -> None
 
     async def body(store: Store, clock: Clock) -> None:
         good, bad = await queue(store, 2, webhook_url="https://example.com/hook")
-        await store.claim_predictions("w", 2, LEASE_S)
-        await store.finish_prediction(good.id, "w", labels={"a": 0.5, "b": 0.5})
-        await store.finish_prediction(bad.id, "w", error="nope")
-        delivery = await store.delivery_for(good.id)
+        await store.predictions.claim("w", 2, LEASE_S)
+        await store.predictions.finish(good.id, "w", labels={"a": 0.5, "b": 0.5})
+        await store.predictions.finish(bad.id, "w", error="nope")
+        delivery = await delivery_for(store, good.id)
         assert delivery is not None
         assert json.loads(delivery.payload) == {"id": good.id, "labels": {"a": 0.5, "b": 0.5}}
-        assert await store.delivery_for(bad.id) is None
+        assert await delivery_for(store, bad.id) is None
 
     run_with_store(database, body, webhook_payload=payload)
 
@@ -317,39 +330,39 @@ def test_deliveries_are_leased_retried_and_settled(database: str) -> None:
         ids = []
         for _ in range(3):
             (created,) = await queue(store, webhook_url="https://example.com/hook")
-            await store.claim_predictions("w", 1, LEASE_S)
-            await store.finish_prediction(created.id, "w", labels={"a": 1.0})
+            await store.predictions.claim("w", 1, LEASE_S)
+            await store.predictions.finish(created.id, "w", labels={"a": 1.0})
             ids.append(created.id)
             clock.advance(1)
-        claimed = await store.claim_deliveries("sender", 10, LEASE_S)
+        claimed = await store.deliveries.claim("sender", 10, LEASE_S)
         assert [d.prediction_id for d in claimed] == ids  # most overdue first
         assert all(d.lease_owner == "sender" for d in claimed)
-        assert await store.claim_deliveries("other", 10, LEASE_S) == []
+        assert await store.deliveries.claim("other", 10, LEASE_S) == []
         first, second, third = claimed
 
-        retried = await store.record_delivery_attempt(
+        retried = await store.deliveries.record_attempt(
             first.id, "sender", ok=False, status=500, error="answered 500",
             next_attempt_at=clock.now + timedelta(seconds=60),
         )  # fmt: skip
         assert retried is not None and retried.status == "pending" and retried.attempts == 1
         assert retried.last_status == 500 and retried.last_error == "answered 500"
         assert retried.lease_owner is None
-        delivered = await store.record_delivery_attempt(second.id, "sender", ok=True, status=204)
+        delivered = await store.deliveries.record_attempt(second.id, "sender", ok=True, status=204)
         assert delivered is not None and delivered.status == "delivered"
         assert delivered.delivered_at == clock.now and delivered.last_error is None
-        gave_up = await store.record_delivery_attempt(third.id, "sender", ok=False, error="x")
+        gave_up = await store.deliveries.record_attempt(third.id, "sender", ok=False, error="x")
         assert gave_up is not None and gave_up.status == "failed"
-        assert await store.record_delivery_attempt(second.id, "sender", ok=True) is None
+        assert await store.deliveries.record_attempt(second.id, "sender", ok=True) is None
 
-        assert await store.claim_deliveries("other", 10, LEASE_S) == []  # not due yet
+        assert await store.deliveries.claim("other", 10, LEASE_S) == []  # not due yet
         clock.advance(61)
-        (again,) = await store.claim_deliveries("other", 10, LEASE_S)
+        (again,) = await store.deliveries.claim("other", 10, LEASE_S)
         assert again.id == first.id and again.attempts == 1
         clock.advance(LEASE_S + 1)  # "other" died mid-send: its lease runs out
-        assert await store.record_delivery_attempt(first.id, "sender", ok=True) is None
-        (taken,) = await store.claim_deliveries("third", 10, LEASE_S)
+        assert await store.deliveries.record_attempt(first.id, "sender", ok=True) is None
+        (taken,) = await store.deliveries.claim("third", 10, LEASE_S)
         assert taken.id == first.id
-        done = await store.record_delivery_attempt(first.id, "third", ok=True, status=200)
+        done = await store.deliveries.record_attempt(first.id, "third", ok=True, status=200)
         assert done is not None and done.status == "delivered" and done.attempts == 2
 
     run_with_store(database, body)
@@ -359,27 +372,27 @@ def test_purge_removes_expired_results_with_inputs_and_settled_deliveries(databa
     async def body(store: Store, clock: Clock) -> None:
         old, hooked = await queue(store), await queue(store, webhook_url="https://e.com/h")
         waiting = await queue(store)
-        await store.claim_predictions("w", 2, LEASE_S)
-        await store.finish_prediction(old[0].id, "w", labels={"a": 1.0})
-        await store.finish_prediction(hooked[0].id, "w", labels={"a": 1.0})
-        finished = await store.get_prediction(old[0].id)
+        await store.predictions.claim("w", 2, LEASE_S)
+        await store.predictions.finish(old[0].id, "w", labels={"a": 1.0})
+        await store.predictions.finish(hooked[0].id, "w", labels={"a": 1.0})
+        finished = await store.predictions.get(old[0].id)
         assert finished is not None and finished.expires_at == clock.now + timedelta(hours=1)
 
         clock.advance(3599)
-        assert await store.purge_expired() == 0
+        assert await store.predictions.purge_expired() == 0
         clock.advance(2)
-        assert await store.purge_expired() == 1  # the hooked one waits for its delivery
-        assert await store.get_prediction(old[0].id) is None
-        assert await store.get_input(old[0].id) is None
-        assert await store.get_prediction(hooked[0].id) is not None
-        assert await store.get_prediction(waiting[0].id) is not None  # unfinished: never purged
+        assert await store.predictions.purge_expired() == 1  # the hooked one waits for its delivery
+        assert await store.predictions.get(old[0].id) is None
+        assert await store.predictions.get_input(old[0].id) is None
+        assert await store.predictions.get(hooked[0].id) is not None
+        assert await store.predictions.get(waiting[0].id) is not None  # unfinished: never purged
 
-        (delivery,) = await store.claim_deliveries("sender", 1, LEASE_S)
-        await store.record_delivery_attempt(delivery.id, "sender", ok=True, status=200)
-        assert await store.purge_expired() == 1
-        assert await store.get_prediction(hooked[0].id) is None
-        assert await store.get_delivery(delivery.id) is None
-        assert await store.get_input(hooked[0].id) is None
+        (delivery,) = await store.deliveries.claim("sender", 1, LEASE_S)
+        await store.deliveries.record_attempt(delivery.id, "sender", ok=True, status=200)
+        assert await store.predictions.purge_expired() == 1
+        assert await store.predictions.get(hooked[0].id) is None
+        assert await get_delivery(store, delivery.id) is None
+        assert await store.predictions.get_input(hooked[0].id) is None
         engine = create_engine(database)
         try:
             async with engine.connect() as connection:
@@ -398,7 +411,7 @@ def test_limits_refuse_creates_atomically(database: str) -> None:
             *(queue(store, limits=server) for _ in range(6)), return_exceptions=True
         )
         refused = [r for r in results if isinstance(r, CapacityError)]
-        assert len(refused) == 3 and await store.count_unfinished() == 3
+        assert len(refused) == 3 and await count_unfinished(store) == 3
         assert refused[0].scope == "server" and refused[0].limit == 3
         assert "the limit is 3" in str(refused[0])
 
@@ -414,7 +427,7 @@ def test_limits_refuse_creates_atomically(database: str) -> None:
         with pytest.raises(CapacityError) as caught:
             await queue(store, api_key="k2", limits=rate)
         assert caught.value.scope == "rate"
-        assert await store.count_created_since("k2", clock.now - timedelta(minutes=1)) == 3
+        assert await count_created_since(store, "k2", clock.now - timedelta(minutes=1)) == 3
         clock.advance(61)
         await queue(store, api_key="k2", limits=rate)
 
@@ -423,38 +436,38 @@ def test_limits_refuse_creates_atomically(database: str) -> None:
 
 def test_api_keys_are_created_found_listed_and_revoked(database: str) -> None:
     async def body(store: Store, clock: Clock) -> None:
-        assert not await store.has_keys()
-        secret, key = await store.create_key("ci", creates_per_minute=5, max_in_flight=2)
-        assert await store.has_keys()
+        assert not await store.keys.any_created()
+        secret, key = await store.keys.create("ci", creates_per_minute=5, max_in_flight=2)
+        assert await store.keys.any_created()
         assert secret.startswith("nsfwd_") and len(secret) > 40
         assert key.prefix == secret[:12] and secret not in key.key_hash
         assert (key.creates_per_minute, key.max_in_flight) == (5, 2)
         clock.advance(1)
-        other_secret, other = await store.create_key("default")
+        other_secret, other = await store.keys.create("default")
         assert (other.creates_per_minute, other.max_in_flight) == (100, 10)
-        assert await store.find_key(secret) == key
-        assert await store.find_key(secret + "x") is None
-        assert await store.find_key("") is None
-        assert [k.name for k in await store.list_keys()] == ["ci", "default"]
+        assert await store.keys.find(secret) == key
+        assert await store.keys.find(secret + "x") is None
+        assert await store.keys.find("") is None
+        assert [k.name for k in await store.keys.all()] == ["ci", "default"]
 
         clock.advance(5)
-        revoked = await store.revoke_key(key.prefix)
+        revoked = await store.keys.revoke(key.prefix)
         assert revoked is not None and revoked.revoked and revoked.revoked_at == clock.now
-        assert await store.find_key(secret) is None
-        assert await store.revoke_key(key.id) == revoked  # again: unchanged
-        assert await store.revoke_key("nsfwd_nope") is None
-        by_secret = await store.revoke_key(other_secret)
+        assert await store.keys.find(secret) is None
+        assert await store.keys.revoke(key.id) == revoked  # again: unchanged
+        assert await store.keys.revoke("nsfwd_nope") is None
+        by_secret = await store.keys.revoke(other_secret)
         assert by_secret is not None and by_secret.id == other.id
-        assert all(k.revoked for k in await store.list_keys())
-        assert await store.has_keys()  # revoked keys count: the API stays closed
+        assert all(k.revoked for k in await store.keys.all())
+        assert await store.keys.any_created()  # revoked keys count: the API stays closed
 
     run_with_store(database, body)
 
 
 def test_an_ambiguous_key_name_is_refused(database: str) -> None:
     async def body(store: Store, clock: Clock) -> None:
-        _, first = await store.create_key("a")
-        _, second = await store.create_key("b")
+        _, first = await store.keys.create("a")
+        _, second = await store.keys.create("b")
         engine = create_engine(database)
         try:
             async with engine.begin() as connection:  # force the same display prefix
@@ -464,8 +477,8 @@ def test_an_ambiguous_key_name_is_refused(database: str) -> None:
         finally:
             await engine.dispose()
         with pytest.raises(AmbiguousKeyError, match="matches 2 keys"):
-            await store.revoke_key(first.prefix)
-        revoked = await store.revoke_key(second.id)
+            await store.keys.revoke(first.prefix)
+        revoked = await store.keys.revoke(second.id)
         assert revoked is not None and revoked.name == "b"
 
     run_with_store(database, body)
@@ -531,4 +544,4 @@ def test_database_urls_are_normalised(tmp_path: Path) -> None:
 def test_a_store_must_be_opened_first(tmp_path: Path) -> None:
     store = Store(database_url(tmp_path))
     with pytest.raises(RuntimeError, match="not open"):
-        asyncio.run(store.get_prediction("x"))
+        asyncio.run(store.predictions.get("x"))

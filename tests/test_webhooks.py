@@ -36,6 +36,7 @@ from nsfwd.jobs.webhooks import (
 )
 from nsfwd.settings import Settings
 from servers import free_port
+from store_handles import delivery_for
 
 T = TypeVar("T")
 # --- The receiver and image host on 127.0.0.2 ---------------------------------------------------
@@ -75,7 +76,7 @@ async def finished(
     error: str | None = None,
 ) -> Prediction:
     """A prediction with a webhook, finished as the worker finishes one (the outbox fills)."""
-    created = await store.create_prediction(
+    created = await store.predictions.create(
         protocol="eachlabs",
         job_type="nsfw-image-detection",
         model="nsfw-image-detection",
@@ -83,16 +84,16 @@ async def finished(
         webhook_url=webhook_url,
     )
     owner = f"test-worker-{created.id}"
-    [claimed] = await store.claim_predictions(owner, 1, 30)
+    [claimed] = await store.predictions.claim(owner, 1, 30)
     assert claimed.id == created.id
     if error is None:
         labels = labels or {"neutral": 0.7, "low": 0.1, "medium": 0.1, "high": 0.1}
         output = "nsfw" if labels["medium"] + labels["high"] > 0.5 else "normal"
-        done = await store.finish_prediction(
+        done = await store.predictions.finish(
             created.id, owner, labels=labels, output=output, predict_time=0.01
         )
     else:
-        done = await store.finish_prediction(created.id, owner, error=error)
+        done = await store.predictions.finish(created.id, owner, error=error)
     assert done is not None
     return done
 
@@ -101,7 +102,7 @@ async def settled(store: Store, prediction_id: str, timeout: float = 15) -> Deli
     """The prediction's delivery once it is delivered or given up."""
     deadline = time.monotonic() + timeout
     while True:
-        delivery = await store.delivery_for(prediction_id)
+        delivery = await delivery_for(store, prediction_id)
         assert delivery is not None
         if delivery.status != "pending":
             return delivery
@@ -286,7 +287,7 @@ def test_a_scheduled_retry_survives_a_restart(tmp_path: Path, host: tuple[str, H
             prediction = await finished(store, f"{base}/hook/{name}?fail=1")
             deadline = time.monotonic() + 10
             while True:
-                delivery = await store.delivery_for(prediction.id)
+                delivery = await delivery_for(store, prediction.id)
                 assert delivery is not None, "the outbox holds a delivery for every prediction"
                 if delivery.attempts > 0:
                     break

@@ -58,12 +58,12 @@ async def wait_until(
 
 
 async def all_finished(store: Store, ids: list[str]) -> list[Prediction]:
-    found = [await store.get_prediction(i) for i in ids]
+    found = [await store.predictions.get(i) for i in ids]
     return [p for p in found if p is not None and p.finished]
 
 
 async def upload(store: Store, data: bytes, filename: str = "photo.png", **fields: Any) -> str:
-    prediction = await store.create_prediction(
+    prediction = await store.predictions.create(
         protocol="prodia",
         job_type="inference.vit.img2label.v1",
         model="m",
@@ -183,7 +183,7 @@ def test_url_inputs_are_fetched_under_the_policy(classifier: Classifier, tmp_pat
         async def body(store: Store, worker: Worker) -> list[Prediction]:
             ids = []
             for url in urls:
-                created = await store.create_prediction(
+                created = await store.predictions.create(
                     protocol="eachlabs", job_type="nsfw-image-detection", model="m", input_url=url
                 )
                 ids.append(created.id)
@@ -207,7 +207,7 @@ def test_without_a_fetch_policy_url_inputs_fail_with_a_message(
     classifier: Classifier, tmp_path: Path
 ) -> None:
     async def body(store: Store, worker: Worker) -> Prediction:
-        created = await store.create_prediction(
+        created = await store.predictions.create(
             protocol="eachlabs", job_type="x", model="m", input_url="https://example.com/a.png"
         )
         await wait_until(lambda: _count(all_finished(store, [created.id]), 1))
@@ -254,7 +254,7 @@ def test_a_dead_workers_predictions_are_taken_over_after_the_lease(
     async def crash() -> list[str]:
         async with Store(url) as store:
             ids = [await upload(store, noise_png(i)) for i in range(2)]
-            claimed = await store.claim_predictions("dead", 2, 0.5)  # ... and it never returns
+            claimed = await store.predictions.claim("dead", 2, 0.5)  # ... and it never returns
             assert len(claimed) == 2
             return ids
 
@@ -285,7 +285,7 @@ def test_a_prediction_out_of_attempts_is_failed_not_run(
         async with Store(url) as store:
             prediction_id = await upload(store, noise_png(1))
             for _ in range(2):
-                await store.claim_predictions("crashing", 1, 0.01)
+                await store.predictions.claim("crashing", 1, 0.01)
                 await asyncio.sleep(0.05)
             return prediction_id
 
@@ -311,7 +311,7 @@ def test_leases_are_renewed_while_a_slow_prediction_runs(
         stolen = []
         for _ in range(6):  # 1.8 s: three leases' worth
             await asyncio.sleep(0.3)
-            stolen += await store.claim_predictions("thief", 5, 0.6)
+            stolen += await store.predictions.claim("thief", 5, 0.6)
         gated.gate.set()
         await wait_until(lambda: _count(all_finished(store, [prediction_id]), 1))
         (done,) = await all_finished(store, [prediction_id])
@@ -348,9 +348,9 @@ def test_a_worker_that_loses_its_lease_drops_its_run(
         await database.dispose()
         await wait_until(lambda: _no_running(worker), what="the run to be dropped")
         gated.gate.set()
-        assert await store.finish_prediction(prediction_id, "thief", error="the thief's")
+        assert await store.predictions.finish(prediction_id, "thief", error="the thief's")
         await asyncio.sleep(0.3)
-        found = await store.get_prediction(prediction_id)
+        found = await store.predictions.get(prediction_id)
         assert found is not None
         return found
 
@@ -377,7 +377,7 @@ def test_stopping_hands_running_predictions_back(classifier: Classifier, tmp_pat
             await worker.stop()
             gated.gate.set()
             await engine.stop()
-            found = [await store.get_prediction(i) for i in ids]
+            found = [await store.predictions.get(i) for i in ids]
             return [p for p in found if p is not None]
 
     after = asyncio.run(main())
@@ -423,12 +423,12 @@ async def _count(found: Awaitable[list[Prediction]], expected: int) -> bool:
 
 
 async def _running(store: Store, prediction_id: str) -> bool:
-    prediction = await store.get_prediction(prediction_id)
+    prediction = await store.predictions.get(prediction_id)
     return prediction is not None and prediction.status == "processing"
 
 
 async def _processing_count(store: Store, ids: list[str], expected: int) -> bool:
-    found = [await store.get_prediction(i) for i in ids]
+    found = [await store.predictions.get(i) for i in ids]
     return sum(p is not None and p.status == "processing" for p in found) == expected
 
 
@@ -437,4 +437,4 @@ async def _no_running(worker: Worker) -> bool:
 
 
 async def _gone(store: Store, prediction_id: str) -> bool:
-    return await store.get_prediction(prediction_id) is None
+    return await store.predictions.get(prediction_id) is None

@@ -615,7 +615,7 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 async def _create_key(store: Store, settings: Settings, args: argparse.Namespace) -> int:
-    plaintext, key = await store.create_key(
+    plaintext, key = await store.keys.create(
         args.name,
         creates_per_minute=args.creates_per_minute or settings.key_creates_per_minute,
         max_in_flight=args.max_in_flight or settings.key_max_in_flight,
@@ -645,7 +645,7 @@ def _key_fields(key: ApiKey) -> dict[str, object]:
 async def _list_keys(store: Store, as_json: bool) -> int:
     import json
 
-    rows = [_key_fields(key) for key in await store.list_keys()]
+    rows = [_key_fields(key) for key in await store.keys.all()]
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -665,7 +665,7 @@ async def _revoke_key(store: Store, id_or_prefix: str) -> int:
     from nsfwd.jobs import AmbiguousKeyError
 
     try:
-        key = await store.revoke_key(id_or_prefix)
+        key = await store.keys.revoke(id_or_prefix)
     except AmbiguousKeyError as exc:
         print(f"nsfwd keys revoke: {exc}", file=sys.stderr)
         return 2

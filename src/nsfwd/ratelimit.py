@@ -64,8 +64,7 @@ class CreateRateLimiter:
 
     def __init__(self) -> None:
         """A limiter with empty windows."""
-        self._storage = MemoryStorage()
-        self._limiter = MovingWindowRateLimiter(self._storage)
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
 
     async def check(self, key: str, limits: KeyLimits) -> None:
         """Raise :class:`RateLimitedError` when ``key`` already has ``limits.creates_per_minute``
@@ -81,15 +80,6 @@ class CreateRateLimiter:
         """Count one create by ``key``: call it once the prediction exists, so a request refused
         for any reason (a bad URL, a full queue) costs the key nothing."""
         await self._limiter.hit(RateLimitItemPerMinute(limits.creates_per_minute), key)
-
-    async def remaining(self, key: str, limits: KeyLimits) -> int:
-        """Creates ``key`` has left in the current window."""
-        item = RateLimitItemPerMinute(limits.creates_per_minute)
-        return (await self._limiter.get_window_stats(item, key)).remaining
-
-    async def reset(self) -> None:
-        """Forget every window."""
-        await self._storage.reset()
 
 
 def store_rate_retry_after(error: CapacityError) -> int:

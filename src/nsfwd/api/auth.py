@@ -78,7 +78,7 @@ class KeyRing:
         store (revoked ones count). Asks the store until the answer is yes, so a key created by
         another process (``nsfwd keys create``) closes the API at once."""
         if not self._required and self.store is not None:
-            self._required = await self.store.has_keys()
+            self._required = await self.store.keys.any_created()
         return self._required
 
     async def identify(self, presented: str | None) -> Caller | None:
@@ -90,7 +90,7 @@ class KeyRing:
             if key_matches(key, self.static_keys):
                 return Caller(static_key_ref(key), self.static_limits)
             if self.store is not None:
-                record = await self.store.find_key(key)
+                record = await self.store.keys.find(key)
                 if record is not None:
                     self._required = True
                     return Caller(

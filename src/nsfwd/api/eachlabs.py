@@ -342,7 +342,7 @@ class EachlabsPredictions:
                 creates_per_minute=caller.limits.creates_per_minute,
             )
         try:
-            return await self.store.create_prediction(
+            return await self.store.predictions.create(
                 protocol="eachlabs",
                 job_type=MODEL_SLUG,
                 model=model,
@@ -362,7 +362,7 @@ class EachlabsPredictions:
 
     async def _get(self, request: Request, prediction_id: str) -> Response:
         caller = await self._caller(request)
-        prediction = await self.store.get_prediction(prediction_id)
+        prediction = await self.store.predictions.get(prediction_id)
         if (
             prediction is None
             or prediction.protocol != "eachlabs"

@@ -151,7 +151,7 @@ class ProdiaAsyncJobs(ProdiaJobs):
         unnamed = passthrough(Part(image.name, image.data)).filename or "input"
         assert job.type is not None
         try:
-            prediction = await self.store.create_prediction(
+            prediction = await self.store.predictions.create(
                 protocol="prodia",
                 job_type=job.type,
                 model=str((job.config or {})["model"]),
@@ -189,7 +189,7 @@ class ProdiaAsyncJobs(ProdiaJobs):
 
     async def _find(self, request: Request, job_id: str) -> Prediction:
         owner = await self._owner(request)
-        prediction = await self.store.get_prediction(job_id)
+        prediction = await self.store.predictions.get(job_id)
         if (
             prediction is None
             or prediction.protocol != "prodia"
@@ -241,7 +241,7 @@ class ProdiaAsyncJobs(ProdiaJobs):
         if filename == LABELS_FILE:
             assert prediction.labels is not None
             return Response(json_bytes(prediction.labels), media_type=JSON_TYPE)
-        upload = await self.store.get_input(job_id)
+        upload = await self.store.predictions.get_input(job_id)
         if upload is None:
             raise ApiError(f"job {job_id} expired while its output was read", status=404)
         return Response(upload.data, media_type=upload.content_type)

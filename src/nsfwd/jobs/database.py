@@ -1,5 +1,7 @@
 """The database under the job store: which one, how to connect, and bringing its schema up to date.
 
+:class:`Database` is one open database that the store's parts share.
+
 SQLite (a file under ``NSFWD_DATA_DIR``) is the default, for one server with no set-up;
 PostgreSQL (``NSFWD_DATABASE_URL``), through asyncpg, lets several replicas share the work.
 
@@ -14,13 +16,15 @@ commits in between).
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from nsfwd.jobs.schema import VERSION_TABLE
 
@@ -103,6 +107,58 @@ def create_engine(url: str) -> AsyncEngine:
 def writer(engine: AsyncEngine) -> AsyncEngine:
     """A view of ``engine`` whose transactions take SQLite's write lock at ``BEGIN``."""
     return engine.execution_options(**{WRITE_OPTION: True})
+
+
+class Database:
+    """One database the job store's parts share: open (migrated) or closed, and the two kinds of
+    connection they use, one to read and one transaction to write.
+
+    Each part's method is one short transaction on it; a change that spans parts (finishing a
+    prediction and enqueueing its webhook) passes the write connection along, so it commits
+    as one.
+    """
+
+    def __init__(self, url: str) -> None:
+        """The database at ``url`` (from :func:`database_url`), not yet open."""
+        self.url = url
+        self._engine: AsyncEngine | None = None
+        self._writer: AsyncEngine | None = None
+
+    async def open(self) -> None:
+        """Connect and migrate the schema to the newest revision."""
+        engine = create_engine(self.url)
+        try:
+            await migrate(engine)
+        except BaseException:
+            await engine.dispose()
+            raise
+        self._engine, self._writer = engine, writer(engine)
+
+    async def close(self) -> None:
+        """Close every connection; the database can be opened again."""
+        if self._engine is not None:
+            await self._engine.dispose()
+        self._engine = self._writer = None
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A connection to read with."""
+        async with self._opened().connect() as connection:
+            yield connection
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction that writes (on SQLite it holds the write lock from ``BEGIN``), committed
+        when the block ends and rolled back if it raises."""
+        self._opened()
+        assert self._writer is not None
+        async with self._writer.begin() as connection:
+            yield connection
+
+    def _opened(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("the store is not open; call `await store.open()` first")
+        return self._engine
 
 
 async def migrate(engine: AsyncEngine) -> None:

@@ -50,7 +50,8 @@ class Prediction:
     input_url: str | None = None
     """Where the image is fetched from (Eachlabs), when it was not uploaded."""
     input_filename: str | None = None
-    """Filename of the uploaded image, when there is one (its bytes: ``Store.get_input``)."""
+    """Filename of the uploaded image, when there is one (its bytes:
+    ``store.predictions.get_input``)."""
     input_content_type: str | None = None
     labels: dict[str, float] | None = None
     """Probability per label, once succeeded."""

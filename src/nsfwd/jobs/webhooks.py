@@ -1,23 +1,24 @@
 """Webhook delivery: the outbox the store fills, sent out signed, retried until taken or given up.
 
-When a prediction with a ``webhook_url`` finishes, :meth:`Store.finish_prediction` enqueues its
-delivery in the same transaction (the JSON body already rendered, the Standard Webhooks message
-id ``msg_...`` already chosen). Each replica runs a :class:`WebhookSender`, which:
+When a prediction with a ``webhook_url`` finishes, the store enqueues its delivery in the same
+transaction (:mod:`nsfwd.jobs.deliveries`: the JSON body already rendered, the Standard Webhooks
+message id ``msg_...`` already chosen). Each replica runs a :class:`WebhookSender`, which:
 
-1. claims deliveries that are due under a lease (:meth:`Store.claim_deliveries`), so replicas
-   sharing one PostgreSQL never send the same attempt twice;
+1. claims deliveries that are due under a lease (``store.deliveries.claim``, in a
+   :class:`~nsfwd.jobs.claims.ClaimLoop`), so replicas sharing one PostgreSQL never send the
+   same attempt twice;
 2. POSTs each body to its URL through :func:`nsfwd.fetch.safe_async_client` (the receiver's
    addresses checked and pinned like an image host's; redirects are not followed), signed the
    Standard Webhooks way: headers ``webhook-id`` (the delivery id, the same on every retry, so
    receivers can drop duplicates), ``webhook-timestamp`` and ``webhook-signature``;
-3. records the attempt (:meth:`Store.record_delivery_attempt`): a 2xx answer within
+3. records the attempt (``store.deliveries.record_attempt``): a 2xx answer within
    ``timeout_s`` is delivered; anything else (another status, a timeout, a network error, a
    refused address) is retried after the next of ``retry_delays``, and given up (``failed``)
    once they are used up.
 
 Everything is in the store, so a retry scheduled before a restart is sent after it, by whichever
 replica looks first. A sender wakes when this replica finishes a prediction with a webhook
-(:attr:`Store.deliveries_available`), when one of its own retries falls due, and every
+(``store.deliveries.work_available``), when one of its own retries falls due, and every
 ``poll_s`` for work from other replicas.
 
 The signing secret is ``NSFWD_WEBHOOK_SECRET``; without it, a SQLite server generates one into
@@ -36,24 +37,21 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import httpx
 from standardwebhooks import Webhook
 
 from nsfwd.fetch import FetchError, FetchPolicy, FetchTimeouts, safe_async_client
+from nsfwd.jobs.claims import ClaimLoop, worker_name
 from nsfwd.jobs.records import Delivery
 from nsfwd.jobs.store import Store
-from nsfwd.jobs.worker import DB_RETRY_S, worker_name
-
-if TYPE_CHECKING:
-    from nsfwd.settings import Settings
+from nsfwd.settings import WEBHOOK_SECRET_PREFIX, Settings
 
 log = logging.getLogger(__name__)
 
 SECRET_FILE: Final = "webhook_secret"
 """Where a generated secret is kept, under ``NSFWD_DATA_DIR``."""
-SECRET_PREFIX: Final = "whsec_"
 POLL_S: Final = 2.0
 CONCURRENCY: Final = 16
 STOP_GRACE_S: Final = 5.0
@@ -65,7 +63,7 @@ MAX_ERROR_CHARS: Final = 500
 
 def generate_secret() -> str:
     """A new Standard Webhooks secret: ``whsec_`` and 32 random bytes in base64."""
-    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+    return WEBHOOK_SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def webhooks_enabled(settings: Settings) -> bool:
@@ -154,9 +152,15 @@ class WebhookSender:
         )
         self._settings: Settings | None = None
         self._client: httpx.AsyncClient | None = None
-        self._loop: asyncio.Task[None] | None = None
-        self._sending: set[asyncio.Task[None]] = set()
-        self._wake = asyncio.Event()
+        self._claims = ClaimLoop(
+            store.deliveries,
+            self._send,
+            owner=self.name,
+            slots=concurrency,
+            lease_s=self.lease_s,
+            poll_s=poll_s,
+            name="webhook",
+        )
         self._timers: set[asyncio.TimerHandle] = set()
 
     @classmethod
@@ -175,7 +179,7 @@ class WebhookSender:
     @property
     def running(self) -> bool:
         """Whether the delivery loop runs."""
-        return self._loop is not None and not self._loop.done()
+        return self._claims.claiming
 
     async def start(self) -> None:
         """Start sending (the store must be open). Without a secret, log and do nothing."""
@@ -189,72 +193,20 @@ class WebhookSender:
             return
         Webhook(self.secret)  # a bad secret fails here, at start, not at the first delivery
         self._client = safe_async_client(self.policy)
-        self._wake = asyncio.Event()
-        self._loop = asyncio.create_task(self._claim_loop(), name="nsfwd-webhooks")
+        self._claims.start()
 
     async def stop(self) -> None:
         """Stop claiming; let attempts under way finish for a moment, then cancel the rest
         (their leases run out and another sender, or this one after a restart, retries them)."""
-        if self._loop is not None:
-            self._loop.cancel()
-            await asyncio.gather(self._loop, return_exceptions=True)
-            self._loop = None
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
-        if self._sending:
-            _, pending = await asyncio.wait(set(self._sending), timeout=STOP_GRACE_S)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        await self._claims.stop(grace_s=STOP_GRACE_S)
         if self._client is not None:
             await self._client.aclose()
             self._client = None
 
-    # --- the loop ----------------------------------------------------------------------------
-
-    async def _claim_loop(self) -> None:
-        store = self.store
-        while True:
-            free = self.concurrency - len(self._sending)
-            if free <= 0:
-                self._wake.clear()
-                await self._wake.wait()  # an attempt ends
-                continue
-            store.deliveries_available.clear()  # before claiming: a finish after this wakes us
-            self._wake.clear()
-            try:
-                claimed = await store.claim_deliveries(self.name, free, self.lease_s)
-            except Exception:
-                log.exception("claiming webhook deliveries failed; retrying in %g s", DB_RETRY_S)
-                await asyncio.sleep(DB_RETRY_S)
-                continue
-            for delivery in claimed:
-                self._start(delivery)
-            if len(claimed) < free:
-                await self._sleep()
-
-    async def _sleep(self) -> None:
-        """Until this replica enqueues a delivery, a slot frees, a retry is due or poll_s."""
-        waits = [
-            asyncio.ensure_future(self.store.deliveries_available.wait()),
-            asyncio.ensure_future(self._wake.wait()),
-        ]
-        try:
-            await asyncio.wait(waits, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for wait in waits:
-                wait.cancel()
-
-    def _start(self, delivery: Delivery) -> None:
-        task = asyncio.create_task(self._send(delivery), name=f"nsfwd-webhook-{delivery.id}")
-        self._sending.add(task)
-
-        def done(_: asyncio.Task[None]) -> None:
-            self._sending.discard(task)
-            self._wake.set()
-
-        task.add_done_callback(done)
+    # --- retries ---------------------------------------------------------------------------
 
     def _wake_at(self, moment: datetime) -> None:
         """Look for due deliveries again at ``moment`` (a retry this sender scheduled)."""
@@ -265,7 +217,7 @@ class WebhookSender:
         def wake() -> None:
             if handle is not None:
                 self._timers.discard(handle)
-            self._wake.set()
+            self.store.deliveries.work_available.set()
 
         handle = loop.call_later(delay, wake)
         self._timers.add(handle)
@@ -280,7 +232,7 @@ class WebhookSender:
         if not ok and attempt <= len(self.retry_delays):
             next_attempt_at = self.store.clock() + timedelta(seconds=self.retry_delays[attempt - 1])
         try:
-            recorded = await self.store.record_delivery_attempt(
+            recorded = await self.store.deliveries.record_attempt(
                 delivery.id,
                 self.name,
                 ok=ok,

@@ -1,13 +1,14 @@
 """The worker: runs the predictions in the store on this replica's engine.
 
-One claim loop keeps up to ``concurrency`` predictions running: it claims as many as there are
-free slots (:meth:`Store.claim_predictions`, under a lease of ``lease_s``), starts a task for
-each, and when the queue is empty sleeps until this replica queues work
-(:attr:`Store.work_available`) or ``poll_s`` passes (work queued by other replicas). Each task
-gets the image (the stored upload, or the URL fetched under the SSRF policy), classifies it on
-the engine and records labels or an error message. A renewal loop extends the leases of
-everything running every third of ``lease_s``; a prediction whose lease was lost (this replica
-stalled and another took it over) is cancelled here. A purge loop deletes expired results.
+A claim loop (:class:`~nsfwd.jobs.claims.ClaimLoop`) keeps up to ``concurrency`` predictions
+running: it claims as many as there are free slots (:meth:`Predictions.claim
+<nsfwd.jobs.predictions.Predictions.claim>`, under a lease of ``lease_s``), starts a task for
+each, and when the queue is empty sleeps until this replica queues work or ``poll_s`` passes
+(work queued by other replicas). Each task gets the image (the stored upload, or the URL fetched
+under the SSRF policy), classifies it on the engine and records labels or an error message. The
+leases of everything running are renewed every third of ``lease_s``; a prediction whose lease
+was lost (this replica stalled and another took it over) is cancelled here. A purge loop deletes
+expired results.
 
 A replica that is killed leaves its predictions ``processing`` with leases that run out; any
 replica's next claim takes them over (counting an attempt), and after ``max_attempts`` fails them
@@ -21,15 +22,13 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
-import socket
 import time
-import uuid
 from typing import Final
 
 from nsfwd.engine import ClassifyEngine, EngineClosedError, QueueFullError
 from nsfwd.fetch import FetchError, FetchPolicy, fetch
 from nsfwd.images import ImageError
+from nsfwd.jobs.claims import ClaimLoop, worker_name
 from nsfwd.jobs.records import Prediction
 from nsfwd.jobs.store import Store
 from nsfwd.models import Labels
@@ -39,8 +38,6 @@ log = logging.getLogger(__name__)
 
 POLL_S: Final = 0.5
 PURGE_EVERY_S: Final = 60.0
-DB_RETRY_S: Final = 2.0
-"""Pause after a store error in a loop (database restarting, locked, unreachable)."""
 
 
 class InputError(Exception):
@@ -50,11 +47,6 @@ class InputError(Exception):
         """Create the error with the client-facing ``message``."""
         super().__init__(message)
         self.message = message
-
-
-def worker_name() -> str:
-    """A name unique to this worker among replicas: host, process id and a random suffix."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 DEFAULT_POLICY: Final = Policy()
@@ -102,36 +94,39 @@ class Worker:
         self.poll_s = poll_s
         self.purge_every_s = purge_every_s
         self.name = name or worker_name()
-        self._running: dict[str, asyncio.Task[None]] = {}
-        self._slot_freed = asyncio.Event()
-        self._loops: list[asyncio.Task[None]] = []
+        self._claims = ClaimLoop(
+            store.predictions,
+            self._run,
+            owner=self.name,
+            slots=concurrency,
+            lease_s=lease_s,
+            poll_s=poll_s,
+            name="prediction",
+            renew=store.predictions.renew_leases,
+        )
+        self._purge: asyncio.Task[None] | None = None
         self._seconds_per_prediction = 1.0  # refined as predictions finish; feeds retry_after
 
     @property
     def running(self) -> int:
         """Predictions this worker is running now."""
-        return len(self._running)
+        return self._claims.running
 
     async def start(self) -> None:
         """Start claiming work (the engine must be started)."""
-        self._loops = [
-            asyncio.create_task(self._claim_loop(), name="nsfwd-claim"),
-            asyncio.create_task(self._renew_loop(), name="nsfwd-renew"),
-            asyncio.create_task(self._purge_loop(), name="nsfwd-purge"),
-        ]
+        self._claims.start()
+        self._purge = asyncio.create_task(self._purge_loop(), name="nsfwd-purge")
 
     async def stop(self) -> None:
         """Stop claiming, cancel what is running and hand it back to the queue."""
-        for task in self._loops:
-            task.cancel()
-        running = dict(self._running)
-        for task in running.values():
-            task.cancel()
-        await asyncio.gather(*self._loops, *running.values(), return_exceptions=True)
-        self._loops = []
+        if self._purge is not None:
+            self._purge.cancel()
+            await asyncio.gather(self._purge, return_exceptions=True)
+            self._purge = None
+        running = await self._claims.stop()
         if running:
             try:
-                released = await self.store.release_predictions(self.name, list(running))
+                released = await self.store.predictions.release(self.name, running)
             except Exception:
                 log.exception("could not hand %d predictions back; their leases will expire",
                               len(running))  # fmt: skip
@@ -143,62 +138,12 @@ class Worker:
         seconds = excess * self._seconds_per_prediction / self.concurrency
         return min(60, max(1, math.ceil(seconds)))
 
-    # --- loops -----------------------------------------------------------------------------
-
-    async def _claim_loop(self) -> None:
-        while True:
-            free = self.concurrency - len(self._running)
-            if free <= 0:
-                self._slot_freed.clear()
-                await self._slot_freed.wait()
-                continue
-            self.store.work_available.clear()  # before claiming: a create after this wakes us
-            try:
-                claimed = await self.store.claim_predictions(self.name, free, self.lease_s)
-            except Exception:
-                log.exception("claiming predictions failed; retrying in %g s", DB_RETRY_S)
-                await asyncio.sleep(DB_RETRY_S)
-                continue
-            for prediction in claimed:
-                self._start(prediction)
-            if len(claimed) < free:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.store.work_available.wait(), self.poll_s)
-
-    def _start(self, prediction: Prediction) -> None:
-        if prediction.attempts > 1:
-            log.warning("prediction %s: attempt %d (a previous run was interrupted)",
-                        prediction.id, prediction.attempts)  # fmt: skip
-        task = asyncio.create_task(self._run(prediction), name=f"nsfwd-prediction-{prediction.id}")
-        self._running[prediction.id] = task
-
-        def done(_: asyncio.Task[None]) -> None:
-            self._running.pop(prediction.id, None)
-            self._slot_freed.set()
-
-        task.add_done_callback(done)
-
-    async def _renew_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.lease_s / 3)
-            running = dict(self._running)
-            if not running:
-                continue
-            try:
-                held = await self.store.renew_leases(self.name, list(running), self.lease_s)
-            except Exception:
-                log.exception("renewing leases failed; retrying")
-                continue
-            for prediction_id, task in running.items():
-                if prediction_id not in held and not task.done():
-                    log.warning("prediction %s: lease lost (another worker took it over); "
-                                "dropping this run", prediction_id)  # fmt: skip
-                    task.cancel()
+    # --- purging -----------------------------------------------------------------------------
 
     async def _purge_loop(self) -> None:
         while True:
             try:
-                await self.store.purge_expired()
+                await self.store.predictions.purge_expired()
             except Exception:
                 log.exception("purging expired predictions failed")
             await asyncio.sleep(self.purge_every_s)
@@ -206,6 +151,9 @@ class Worker:
     # --- one prediction ----------------------------------------------------------------------
 
     async def _run(self, prediction: Prediction) -> None:
+        if prediction.attempts > 1:
+            log.warning("prediction %s: attempt %d (a previous run was interrupted)",
+                        prediction.id, prediction.attempts)  # fmt: skip
         started = time.perf_counter()
         labels: Labels | None = None
         error: str | None = None
@@ -218,7 +166,7 @@ class Worker:
         except EngineClosedError:
             log.info("prediction %s: the engine stopped; handing it back", prediction.id)
             with contextlib.suppress(Exception):  # else its lease runs out: same end, later
-                await self.store.release_predictions(self.name, [prediction.id])
+                await self.store.predictions.release(self.name, [prediction.id])
             return
         except Exception:
             log.exception("prediction %s failed", prediction.id)
@@ -227,7 +175,7 @@ class Worker:
                 "report the id to the server's operator if it persists"
             )
         elapsed = time.perf_counter() - started
-        finished = await self.store.finish_prediction(
+        finished = await self.store.predictions.finish(
             prediction.id,
             self.name,
             labels=labels,
@@ -243,7 +191,7 @@ class Worker:
 
     async def _image(self, prediction: Prediction) -> bytes:
         if prediction.input_url is None:
-            upload = await self.store.get_input(prediction.id)
+            upload = await self.store.predictions.get_input(prediction.id)
             if upload is None:
                 raise InputError("the uploaded image is gone (the job expired); submit it again")
             return upload.data

@@ -36,6 +36,7 @@ from nsfwd.jobs.webhooks import (
 )
 from nsfwd.settings import Settings
 from servers import free_port
+from waiting import until
 
 T = TypeVar("T")
 # --- The receiver and image host on 127.0.0.2 ---------------------------------------------------
@@ -88,14 +89,13 @@ async def finished(
 
 async def settled(store: Store, prediction_id: str, timeout: float = 15) -> Delivery:
     """The prediction's delivery once it is delivered or given up."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def done() -> Delivery | None:
         delivery = await store.delivery_for(prediction_id)
         assert delivery is not None
-        if delivery.status != "pending":
-            return delivery
-        assert time.monotonic() < deadline, f"delivery still pending: {delivery}"
-        await asyncio.sleep(0.05)
+        return None if delivery.status == "pending" else delivery
+
+    return await until(done, timeout, "the delivery to be delivered or given up")
 
 
 def run(coroutine: Awaitable[T]) -> T:
@@ -273,14 +273,13 @@ def test_a_scheduled_retry_survives_a_restart(tmp_path: Path, host: tuple[str, H
             webhooks = sender(store, [1.0])
             await webhooks.start()
             prediction = await finished(store, f"{base}/hook/{name}?fail=1")
-            deadline = time.monotonic() + 10
-            while True:
+
+            async def attempted() -> Delivery | None:
                 delivery = await store.delivery_for(prediction.id)
                 assert delivery is not None, "the outbox holds a delivery for every prediction"
-                if delivery.attempts > 0:
-                    break
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.02)
+                return delivery if delivery.attempts > 0 else None
+
+            delivery = await until(attempted, 10, "the first attempt")
             await webhooks.stop()
             return prediction, delivery
 

@@ -1,7 +1,13 @@
-"""Shared fixtures: random-weight checkpoints in every on-disk style the loader accepts."""
+"""Shared fixtures: random-weight checkpoints in every on-disk style the loader accepts, a
+server on them, job store databases, and the image host with its canary.
+
+Whatever is costly to build (checkpoints, the PostgreSQL server, a migrated schema) is built
+once a session and shared.
+"""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,9 +78,56 @@ def postgres_url() -> Iterator[str]:
         pytest.fail(str(exc), pytrace=False)
 
 
+@pytest.fixture(scope="session")
+def postgres_template(postgres_url: str) -> Iterator[str]:
+    """The name of a database on the session's server holding the newest schema, migrated once
+    for :func:`database` to copy."""
+    from postgres import migrated_template
+
+    with migrated_template(postgres_url) as name:
+        yield name
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite job store file holding the newest schema, migrated once for :func:`database`
+    to copy."""
+    import asyncio
+
+    from nsfwd.jobs import Store
+    from nsfwd.jobs.database import DATABASE_FILE, database_url
+
+    folder = tmp_path_factory.mktemp("sqlite-template")
+
+    async def migrate() -> None:
+        async with Store(database_url(folder)):
+            pass
+
+    asyncio.run(migrate())
+    return folder / DATABASE_FILE
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """The URL of a new, empty job store database: a SQLite file, then a PostgreSQL database."""
+    """The URL of a new job store database holding the newest schema (a copy of a template
+    migrated once a session): a SQLite file, then a PostgreSQL database."""
+    from nsfwd.jobs.database import DATABASE_FILE, database_url
+
+    if request.param == "sqlite":
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), tmp_path / DATABASE_FILE)
+        yield database_url(tmp_path)
+        return
+    from postgres import fresh_database
+
+    template = request.getfixturevalue("postgres_template")
+    with fresh_database(request.getfixturevalue("postgres_url"), template) as url:
+        yield database_url(tmp_path, url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of a new, empty job store database, for tests of migrating from nothing: a
+    SQLite file, then a PostgreSQL database."""
     from nsfwd.jobs.database import database_url
 
     if request.param == "sqlite":
@@ -88,10 +141,17 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def eva02_b448_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A full-size EVA-02-B/448 (random weights, timm style): about 1.2 s an image on 2 cores,
-    slow enough to catch a server mid-prediction."""
+    """A full-size EVA-02-B/448 (random weights) in the style Freepik ships: transformers'
+    TimmWrapper, bf16 weights. Written once for the session: the parity test compares it with
+    Freepik's package, and at about 1.2 s an image on 2 cores it is slow enough to catch a
+    server mid-prediction."""
+    import torch
+
     return write_timm_checkpoint(
-        tmp_path_factory.mktemp("eva02-b448-timm"), arch="eva02_base_patch14_448"
+        tmp_path_factory.mktemp("eva02-b448"),
+        arch="eva02_base_patch14_448",
+        style="timm_wrapper",
+        dtype=torch.bfloat16,
     )
 
 
@@ -106,10 +166,28 @@ def host() -> Iterator[tuple[str, Host]]:
 
 
 @pytest.fixture(scope="module")
-def canary(host: tuple[str, Host]) -> Iterator[Canary]:
-    """A listener on 127.0.0.1 at the host's port; nothing may ever reach it."""
+def canary_port(host: tuple[str, Host]) -> int:
+    """The canary's port: the image host's (a module with a host of its own overrides this)."""
     import httpx
 
-    canary = Canary(httpx.URL(host[0]).port or 0)
+    return httpx.URL(host[0]).port or 0
+
+
+@pytest.fixture(scope="module")
+def canary(canary_port: int) -> Iterator[Canary]:
+    """A listener on 127.0.0.1 at the host's port; nothing may ever reach it."""
+    canary = Canary(canary_port)
     yield canary
     canary.close()
+
+
+@pytest.fixture(autouse=True)
+def nothing_reaches_the_canary(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After every test that uses the canary, it has received no connection."""
+    if "canary" not in request.fixturenames:
+        yield
+        return
+    canary: Canary = request.getfixturevalue("canary")
+    yield
+    canary.settle()
+    assert canary.hits == [], f"the canary on 127.0.0.1 was reached: {canary.hits}"

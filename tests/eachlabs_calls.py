@@ -7,7 +7,6 @@ The server fetches images and sends webhooks only to the loopback host of ``host
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ from nsfwd.jobs import Store
 from nsfwd.models import Classifier
 from nsfwd.settings import Settings
 from servers import serve_app
+from waiting import wait_for
 
 KEY, OTHER = "eachlabs-test-key", "eachlabs-other-key"
 SERVED = "Freepik/nsfw_image_detector"
@@ -70,15 +70,15 @@ def created_id(response: requests.Response) -> str:
 
 def poll(url: str, prediction_id: str, key: str = KEY, timeout: float = 30) -> dict[str, Any]:
     """GET the prediction until it is no longer processing."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def finished() -> dict[str, Any] | None:
         res = requests.get(f"{url}{ROUTE}/{prediction_id}", headers={"X-API-Key": key}, timeout=10)
         assert res.status_code == 200, res.text
         doc: dict[str, Any] = res.json()
-        if doc["status"] != "processing":
-            return doc
-        assert time.monotonic() < deadline, "the prediction never finished"
-        time.sleep(0.05)
+        return None if doc["status"] == "processing" else doc
+
+    done: dict[str, Any] = wait_for(finished, timeout, "the prediction to finish")
+    return done
 
 
 def assert_error(res: requests.Response, status: int, details: str, *words: str) -> str:

@@ -8,11 +8,9 @@ serves the engine and worker tests: it only waits, and runs the batch anyway aft
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -55,14 +53,6 @@ def gated_server(
             yield url, gated, engine
         finally:
             gated.gate.set()
-
-
-def wait_for(condition: Any, timeout: float = 10.0) -> None:
-    """Poll ``condition()`` until it is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.02)
 
 
 @dataclass

@@ -13,6 +13,7 @@ import io
 import socket
 import threading
 import time
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -167,6 +168,19 @@ class Canary:
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\ncanary")
                 except OSError:
                     pass
+
+    def settle(self) -> None:
+        """Return once every connection made so far is in :attr:`hits`.
+
+        The canary serves connections one at a time, in the order they arrived, and records
+        each before answering it: once a marker connection of its own is answered, every
+        earlier one is recorded. The marker is then taken out of the record.
+        """
+        marker = f"MARKER {uuid.uuid4().hex}".encode()
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as conn:
+            conn.sendall(marker)
+            conn.recv(1024)
+        self.hits.remove(marker)
 
     def close(self) -> None:
         self._stop.set()

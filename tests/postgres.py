@@ -122,12 +122,44 @@ async def _admin(server_url: str, statement: str) -> None:
         await connection.close()
 
 
+def _url(server_url: str, database: str) -> str:
+    return make_url(server_url).set(database=database).render_as_string(hide_password=False)
+
+
 @contextlib.contextmanager
-def fresh_database(server_url: str) -> Iterator[str]:
-    """A new, empty database on the server for one test; dropped after. Yields its URL."""
+def fresh_database(server_url: str, template: str | None = None) -> Iterator[str]:
+    """A new database on the server for one test, dropped after; yields its URL.
+
+    Empty, or a copy of ``template`` (see :func:`migrated_template`).
+    """
     name = f"nsfwd_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
+    copy = f' TEMPLATE "{template}"' if template is not None else ""
+    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"{copy}'))
     try:
-        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+        yield _url(server_url, name)
     finally:
         asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _migrate(url: str) -> None:
+    from nsfwd.jobs.database import create_engine, database_url, migrate
+
+    engine = create_engine(database_url(".", url))
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()  # a template must have no connections left to be copied
+
+
+@contextlib.contextmanager
+def migrated_template(server_url: str) -> Iterator[str]:
+    """A database holding the newest job store schema, to copy for each test; yields its name.
+
+    ``CREATE DATABASE ... TEMPLATE`` copies it in about the time an empty database takes, so
+    the schema is migrated once a session rather than once a test.
+    """
+    with fresh_database(server_url) as url:
+        asyncio.run(_migrate(url))
+        name = make_url(url).database
+        assert name is not None
+        yield name

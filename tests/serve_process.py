@@ -6,26 +6,20 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import requests
 
 from servers import free_port
+from waiting import wait_for
 
 
-def wait(condition: Callable[[], Any], timeout: float, what: str, log: Path) -> Any:
-    """Poll ``condition`` until it is truthy (and return it); fail with the server's log."""
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; server log:\n{log.read_text()}")
-        time.sleep(0.1)
-    return result
+def log_of(log: Path) -> Callable[[], str]:
+    """The ``detail`` of a :func:`waiting.wait_for` on a server: its log, read on failure."""
+    return lambda: f"server log:\n{log.read_text()}"
 
 
 @dataclass
@@ -77,7 +71,7 @@ def nsfwd_serve(
             return False
 
     try:
-        wait(healthy, start_timeout, "the server to start", log)
+        wait_for(healthy, start_timeout, "the server to start", interval=0.1, detail=log_of(log))
         yield Served(url, process, log)
     finally:
         if process.poll() is None:

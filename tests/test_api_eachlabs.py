@@ -12,7 +12,7 @@ import io
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -38,14 +38,10 @@ from nsfwd.jobs.database import database_url
 from nsfwd.models import Classifier
 from nsfwd.policies import Policy
 from store_handles import delivery_for, make_key, with_store
+from waiting import wait_for
 
-
-@pytest.fixture(autouse=True)
-def nothing_reaches_the_canary(canary: Canary) -> Iterator[None]:
-    """Every test here runs beside the canary, and none may reach it."""
-    yield
-    time.sleep(0.05)
-    assert canary.hits == [], f"the canary on 127.0.0.1 was reached: {canary.hits}"
+# Every test here runs beside the canary, and none may reach it (conftest.py checks).
+pytestmark = pytest.mark.usefixtures("canary")
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +58,6 @@ def url(server: tuple[str, str]) -> str:
 
 
 # --- Helpers ------------------------------------------------------------------------------------
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 15, what: str = "it") -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
 
 
 def settled(store_url: str, prediction_id: str) -> Delivery:
@@ -130,7 +118,7 @@ def test_a_prediction_succeeds_and_its_webhook_arrives_once_after_a_refusal(
     assert (
         sent.status == "delivered" and sent.attempts == 2 and sent.id == first.headers["webhook-id"]
     )
-    time.sleep(0.6)  # past the remaining retry delay: nothing more is sent
+    time.sleep(0.4)  # twice the last retry delay (0.2 s): nothing more is sent
     assert len(receiver.received(hook)) == 2
 
 

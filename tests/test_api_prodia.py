@@ -15,7 +15,7 @@ import requests
 from PIL import Image
 from requests_toolbelt.multipart import decoder
 
-from gates import gated_server, wait_for
+from gates import gated_server
 from nsfwd.api import create_app
 from nsfwd.engine import Engine
 from nsfwd.images import load_image
@@ -33,6 +33,7 @@ from prodia_jobs import (
     raw_request,
 )
 from servers import metric, serve_app
+from waiting import wait_for
 
 
 def assert_job_shape(job: dict[str, Any], job_type: str) -> None:

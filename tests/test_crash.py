@@ -14,11 +14,13 @@ import time
 from contextlib import AbstractContextManager, closing
 from pathlib import Path
 
+import pytest
 import requests
 
 from photos import photo
 from prodia_jobs import MODEL, TOKEN, job_files
-from serve_process import Served, nsfwd_serve, wait
+from serve_process import Served, log_of, nsfwd_serve
+from waiting import wait_for
 
 JOBS = 8
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -46,6 +48,7 @@ def statuses(database: Path) -> dict[str, tuple[str, int, str | None]]:
         return {row[0]: (row[1], row[2], row[3]) for row in rows}
 
 
+@pytest.mark.slow
 def test_a_killed_server_loses_no_job(eva02_b448_checkpoint: Path, tmp_path: Path) -> None:
     data_dir, log = tmp_path / "data", tmp_path / "server.log"
     database = data_dir / "nsfwd.db"
@@ -58,9 +61,9 @@ def test_a_killed_server_loses_no_job(eva02_b448_checkpoint: Path, tmp_path: Pat
             )
             assert res.status_code == 201, res.text
             ids.append(res.json()["id"])
-        wait(
+        wait_for(
             lambda: any(s == "processing" for s, _, _ in statuses(database).values()),
-            30, "a job to be processing", log,
+            30, "a job to be processing", detail=log_of(log),
         )  # fmt: skip
         time.sleep(0.5)  # well inside a prediction (about 1.2 s each)
         process.send_signal(signal.SIGKILL)
@@ -81,7 +84,9 @@ def test_a_killed_server_loses_no_job(eva02_b448_checkpoint: Path, tmp_path: Pat
             }  # fmt: skip
             return None if "processing" in states.values() else states
 
-        states = wait(settled, 60, "every job to finish after the restart", log)
+        states = wait_for(
+            settled, 60, "every job to finish after the restart", interval=0.1, detail=log_of(log)
+        )
         jobs = {
             i: requests.get(f"{url}/v2/job/async/{i}/job.json", headers=AUTH, timeout=10).json()
             for i in ids

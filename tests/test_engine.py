@@ -13,6 +13,7 @@ from noise import noise_png
 from nsfwd.engine import Engine, EngineClosedError, QueueFullError
 from nsfwd.images import ImageError
 from nsfwd.models import Classifier
+from waiting import until
 
 
 def _histogram_mean(engine: Engine) -> float:
@@ -53,7 +54,7 @@ def test_a_full_queue_is_refused_with_retry_after(classifier: Classifier) -> Non
         await engine.start()
         gated.gate.clear()  # type: ignore[union-attr]
         tasks = [asyncio.create_task(engine.classify(noise_png(i))) for i in range(3)]
-        await asyncio.sleep(0.3)
+        await until(lambda: engine.in_flight == 3, what="the three images to be admitted")
         with pytest.raises(QueueFullError) as refused:
             await engine.classify(noise_png(99))
         assert refused.value.retry_after >= 1
@@ -73,17 +74,20 @@ def test_cancelled_requests_are_dropped_before_inference(classifier: Classifier)
         gated.gate.set()  # type: ignore[union-attr]
         await engine.start()
         gated.gate.clear()  # type: ignore[union-attr]
+        registry = engine.metrics.registry
         first = asyncio.create_task(engine.classify(noise_png(1)))  # holds the model at the gate
-        await asyncio.sleep(0.3)
+        await until(lambda: registry.get_sample_value("nsfwd_queue_seconds_count") == 1.0)
         doomed = [asyncio.create_task(engine.classify(noise_png(i))) for i in range(2, 6)]
-        await asyncio.sleep(0.3)
+        # Decoded and queued behind the first: cancelled now, each is a drop (cancelled while
+        # decoding, it would never reach the queue).
+        await until(lambda: engine.queued == 4, what="the four images to be queued")
         for task in doomed:
             task.cancel()
         gated.gate.set()  # type: ignore[union-attr]
         await first
         survivor = await engine.classify(noise_png(7))
         assert set(survivor) == set(classifier.labels)
-        assert engine.metrics.registry.get_sample_value("nsfwd_dropped_total") == 4.0
+        assert registry.get_sample_value("nsfwd_dropped_total") == 4.0
         assert engine.in_flight == 0
         await engine.stop()
 

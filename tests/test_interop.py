@@ -18,11 +18,12 @@ import pytest
 import requests
 from PIL import Image
 
-from gates import gated_server, wait_for
+from gates import gated_server
 from nsfwd.models import Classifier
 from photos import ASTRONAUT, astronaut_jpeg
 from prodia_jobs import LABELS, MODEL, TOKEN, guide_session, job_files
 from servers import metric
+from waiting import wait_for
 
 INTEROP = Path(__file__).parent / "interop"
 CLIENT_VERSION = "1.6.0"

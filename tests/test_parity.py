@@ -2,7 +2,8 @@
 
 The package hard-codes eva02_base_patch14_448's transform, so the checkpoint is the real
 architecture (random weights with a scaled head, see checkpoints.py) in the style Freepik ships:
-transformers' TimmWrapper with bf16 weights. Both sides run in fp32 on the CPU on the same
+transformers' TimmWrapper with bf16 weights (conftest.py's ``eva02_b448_checkpoint``, written
+once for the session and shared with the crash test). Both sides run in fp32 on the CPU on the same
 decoded images: every accepted format and shape, decoded by nsfwd's intake (the package does
 no EXIF or colour-mode handling of its own).
 """
@@ -15,7 +16,7 @@ import pytest
 import torch
 from nsfw_image_detector import NSFWDetector
 
-from checkpoints import SEVERITY, write_timm_checkpoint
+from checkpoints import SEVERITY
 from nsfwd.images import load_image
 from nsfwd.models import Classifier
 from nsfwd.policies import Policy
@@ -34,21 +35,15 @@ def per_bucket(cumulative: dict[str, float]) -> dict[str, float]:
     }
 
 
-@pytest.fixture(scope="module")
-def eva02_b448(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("eva02-b448")
-    return write_timm_checkpoint(
-        folder, arch="eva02_base_patch14_448", style="timm_wrapper", dtype=torch.bfloat16
-    )
-
-
 @pytest.mark.slow
-def test_labels_match_freepiks_package(eva02_b448: Path) -> None:
+def test_labels_match_freepiks_package(eva02_b448_checkpoint: Path) -> None:
     files = variants()
     images = [load_image(data) for data in files.values()]
-    ours = Classifier.load(str(eva02_b448), device="cpu")
+    ours = Classifier.load(str(eva02_b448_checkpoint), device="cpu")
     assert ours.input_size == (3, 448, 448)
-    reference = NSFWDetector(model_name=str(eva02_b448), device="cpu", dtype=torch.float32)
+    reference = NSFWDetector(
+        model_name=str(eva02_b448_checkpoint), device="cpu", dtype=torch.float32
+    )
 
     got: list[dict[str, float]] = []
     want: list[dict[str, float]] = []

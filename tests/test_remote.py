@@ -20,6 +20,7 @@ from nsfwd.engine import Engine, EngineClosedError, QueueFullError
 from nsfwd.images import ImageError, ImageLimits, load_image
 from nsfwd.models import Classifier
 from nsfwd.remote import InferenceServer, RemoteEngine
+from waiting import until
 
 
 @dataclass
@@ -70,13 +71,6 @@ async def held(classifier: Classifier, folder: Path, max_queue: int) -> AsyncIte
             gated.gate.set()
 
 
-async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
-    """Wait for ``condition``; a TimeoutError fails the test instead of hanging it."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
-
-
 def run(classifier: Classifier, folder: Path, test: Callable[..., Awaitable[None]]) -> None:
     async def main() -> None:
         async with remote(Engine(classifier, max_batch_size=4, max_queue=8), folder) as served:
@@ -105,6 +99,9 @@ def test_remote_labels_are_the_local_labels(classifier: Classifier, tmp_path: Pa
 def test_image_errors_arrive_with_their_type_and_message(
     classifier: Classifier, tmp_path: Path
 ) -> None:
+    good = noise_png(3)
+    want = classifier.classify([Image.open(io.BytesIO(good)).convert("RGB")])[0]
+
     async def test(client: RemoteEngine, engine: Engine) -> None:
         for bad in (noise_png(1)[:300], noise_png(2, size=(100, 100)), b"GIF89a" + bytes(64)):
             with pytest.raises(ImageError) as local:
@@ -113,7 +110,9 @@ def test_image_errors_arrive_with_their_type_and_message(
                 await client.classify(bad)
             assert type(forwarded.value) is type(local.value)
             assert forwarded.value.message == local.value.message
-        assert (await client.classify(noise_png(3)))["neutral"] >= 0  # and the connection lives on
+        got = await client.classify(good)  # and the connection lives on, answering right
+        assert sum(got.values()) == pytest.approx(1.0, abs=1e-5)
+        assert got == pytest.approx(want, abs=1e-5)
 
     run(classifier, tmp_path, test)
 

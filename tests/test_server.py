@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -16,6 +15,7 @@ import httpx
 from nsfwd.jobs import Store
 from nsfwd.jobs.database import database_url
 from servers import free_port
+from waiting import wait_for
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -24,17 +24,14 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _wait_healthy(port: int, server: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 60
-    status = None
-    while time.monotonic() < deadline and server.poll() is None:
+    def healthy() -> bool:
+        assert server.poll() is None, "the server exited before it became healthy"
         try:
-            status = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
         except httpx.TransportError:
-            status = None
-        if status == 200:
-            return
-        time.sleep(0.2)
-    raise AssertionError("the server never became healthy")
+            return False
+
+    wait_for(healthy, 60, "the server to become healthy", interval=0.1)
 
 
 def test_serve_answers_healthz_and_metrics_once_loaded(

@@ -1,6 +1,7 @@
 """The job store on real databases: a SQLite file and a throwaway PostgreSQL server.
 
-Each test runs on both (the ``database`` fixture), on a new database migrated from nothing.
+Each test runs on both (the ``database`` fixture), on a new database copied from one migrated
+once a session; the migration test starts from an empty one (``empty_database``).
 Time is a clock the test moves, so lease expiry and purging are exact, not slept for.
 """
 
@@ -485,8 +486,10 @@ def test_an_ambiguous_key_name_is_refused(database: str) -> None:
 
 
 def test_the_migrated_schema_matches_the_tables_and_replicas_can_start_at_once(
-    database: str,
+    empty_database: str,
 ) -> None:
+    database = empty_database
+
     async def main() -> list[Any]:
         stores = [Store(database) for _ in range(3)]
         await asyncio.gather(*(store.open() for store in stores))  # all migrate at once

@@ -28,8 +28,9 @@ from nsfwd.settings import Settings
 from nsfwd.supervisor import tcp_listener
 from photos import astronaut_jpeg
 from prodia_jobs import MODEL, TOKEN, job_files
-from serve_process import Served, nsfwd_serve, wait
+from serve_process import Served, log_of, nsfwd_serve
 from servers import free_port, metric
+from waiting import wait_for
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ENV = {"NSFWD_API_KEYS": TOKEN, "NSFWD_SERVED_MODEL_NAME": MODEL}
@@ -61,7 +62,10 @@ def alive(pid: int) -> bool:
 def all_exit(pids: list[int], served: Served) -> None:
     """Wait (a little) until none of ``pids`` runs; multiprocessing's resource tracker, for
     one, leaves only once every process holding its pipe has."""
-    wait(lambda: not [pid for pid in pids if alive(pid)], 30, "every process to exit", served.log)
+    wait_for(
+        lambda: not [pid for pid in pids if alive(pid)], 30, "every process to exit",
+        detail=log_of(served.log),
+    )  # fmt: skip
 
 
 def spawned(pid: int) -> list[int]:
@@ -118,11 +122,12 @@ def test_workers_answer_like_one_server(
         )
         assert job.status_code == 201, job.text
         state = f"{served.url}/v2/job/async/{job.json()['id']}/job.state.current"
-        wait(
+        wait_for(
             lambda: requests.get(state, headers=AUTH, timeout=10).text == "processed",
             60,
             "the background job",
-            served.log,
+            interval=0.1,
+            detail=log_of(served.log),
         )
 
         # Whichever worker answers /metrics, it counts every process: the sync requests from

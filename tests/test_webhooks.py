@@ -13,7 +13,7 @@ import itertools
 import json
 import stat
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,20 +37,10 @@ from nsfwd.jobs.webhooks import (
 from nsfwd.settings import Settings
 from servers import free_port
 from store_handles import delivery_for
+from waiting import until
 
 T = TypeVar("T")
 # --- The receiver and image host on 127.0.0.2 ---------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def nothing_reaches_the_canary(request: pytest.FixtureRequest) -> Iterator[None]:
-    if "canary" not in request.fixturenames:
-        yield
-        return
-    canary: Canary = request.getfixturevalue("canary")
-    yield
-    time.sleep(0.05)
-    assert canary.hits == [], f"the canary on 127.0.0.1 was reached: {canary.hits}"
 
 
 # --- Helpers ------------------------------------------------------------------------------------
@@ -100,14 +90,13 @@ async def finished(
 
 async def settled(store: Store, prediction_id: str, timeout: float = 15) -> Delivery:
     """The prediction's delivery once it is delivered or given up."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def done() -> Delivery | None:
         delivery = await delivery_for(store, prediction_id)
         assert delivery is not None
-        if delivery.status != "pending":
-            return delivery
-        assert time.monotonic() < deadline, f"delivery still pending: {delivery}"
-        await asyncio.sleep(0.05)
+        return None if delivery.status == "pending" else delivery
+
+    return await until(done, timeout, "the delivery to be delivered or given up")
 
 
 def run(coroutine: Awaitable[T]) -> T:
@@ -285,14 +274,13 @@ def test_a_scheduled_retry_survives_a_restart(tmp_path: Path, host: tuple[str, H
             webhooks = sender(store, [1.0])
             await webhooks.start()
             prediction = await finished(store, f"{base}/hook/{name}?fail=1")
-            deadline = time.monotonic() + 10
-            while True:
+
+            async def attempted() -> Delivery | None:
                 delivery = await delivery_for(store, prediction.id)
                 assert delivery is not None, "the outbox holds a delivery for every prediction"
-                if delivery.attempts > 0:
-                    break
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.02)
+                return delivery if delivery.attempts > 0 else None
+
+            delivery = await until(attempted, 10, "the first attempt")
             await webhooks.stop()
             return prediction, delivery
 

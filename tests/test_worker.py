@@ -27,6 +27,7 @@ from nsfwd.jobs.schema import predictions
 from nsfwd.jobs.worker import Worker, verdict
 from nsfwd.models import Classifier, Labels
 from nsfwd.policies import Policy
+from waiting import until
 
 T = TypeVar("T")
 PNG = "image/png"
@@ -46,15 +47,6 @@ class CountingEngine(Engine):
 
 def expected_labels(classifier: Classifier, data: bytes) -> Labels:
     return classifier.classify([Image.open(io.BytesIO(data)).convert("RGB")])[0]
-
-
-async def wait_until(
-    condition: Callable[[], Awaitable[bool]], timeout: float = 20.0, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def all_finished(store: Store, ids: list[str]) -> list[Prediction]:
@@ -102,7 +94,7 @@ def test_uploads_are_classified_with_the_engine(classifier: Classifier, tmp_path
 
     async def body(store: Store, worker: Worker) -> list[Prediction]:
         ids = [await upload(store, data) for data in images]
-        await wait_until(lambda: _count(all_finished(store, ids), 6), what="predictions")
+        await until(lambda: _count(all_finished(store, ids), 6), what="predictions")
         return [p for p in await all_finished(store, ids)]
 
     done = run(database_url(tmp_path), engine, body)
@@ -128,7 +120,7 @@ def test_bad_uploads_fail_with_the_image_error(classifier: Classifier, tmp_path:
             await upload(store, b"GIF89a" + bytes(100), "anim.gif"),
             await upload(store, noise_png(1, size=(64, 64)), "tiny.png"),
         ]
-        await wait_until(lambda: _count(all_finished(store, ids), 2))
+        await until(lambda: _count(all_finished(store, ids), 2))
         return await all_finished(store, ids)
 
     gif, tiny = run(database_url(tmp_path), engine, body)
@@ -187,7 +179,7 @@ def test_url_inputs_are_fetched_under_the_policy(classifier: Classifier, tmp_pat
                     protocol="eachlabs", job_type="nsfw-image-detection", model="m", input_url=url
                 )
                 ids.append(created.id)
-            await wait_until(lambda: _count(all_finished(store, ids), len(ids)))
+            await until(lambda: _count(all_finished(store, ids), len(ids)))
             return await all_finished(store, ids)
 
         good, missing, page, private = run(
@@ -210,7 +202,7 @@ def test_without_a_fetch_policy_url_inputs_fail_with_a_message(
         created = await store.predictions.create(
             protocol="eachlabs", job_type="x", model="m", input_url="https://example.com/a.png"
         )
-        await wait_until(lambda: _count(all_finished(store, [created.id]), 1))
+        await until(lambda: _count(all_finished(store, [created.id]), 1))
         (done,) = await all_finished(store, [created.id])
         return done
 
@@ -233,7 +225,7 @@ def test_replicas_share_the_queue_without_running_anything_twice(
         try:
             ids = [await upload(stores[i % 2], data) for i, data in enumerate(images)]
             await asyncio.gather(*(worker.start() for worker in workers))
-            await wait_until(lambda: _count(all_finished(stores[0], ids), len(ids)))
+            await until(lambda: _count(all_finished(stores[0], ids), len(ids)))
             return await all_finished(stores[0], ids)
         finally:
             await asyncio.gather(*(worker.stop() for worker in workers))
@@ -262,7 +254,7 @@ def test_a_dead_workers_predictions_are_taken_over_after_the_lease(
     started = time.monotonic()
 
     async def body(store: Store, worker: Worker) -> list[Prediction]:
-        await wait_until(lambda: _count(all_finished(store, ids), 2))
+        await until(lambda: _count(all_finished(store, ids), 2))
         return await all_finished(store, ids)
 
     done = run(url, Engine(classifier), body, lease_s=0.5, poll_s=0.05)
@@ -277,7 +269,7 @@ def test_a_prediction_out_of_attempts_is_failed_not_run(
     engine = CountingEngine(classifier)
 
     async def body(store: Store, worker: Worker) -> Prediction:
-        await wait_until(lambda: _count(all_finished(store, [prediction_id]), 1))
+        await until(lambda: _count(all_finished(store, [prediction_id]), 1))
         (done,) = await all_finished(store, [prediction_id])
         return done
 
@@ -307,13 +299,13 @@ def test_leases_are_renewed_while_a_slow_prediction_runs(
         assert gated.gate is not None
         gated.gate.clear()
         prediction_id = await upload(store, noise_png(1))
-        await wait_until(lambda: _running(store, prediction_id))
+        await until(lambda: _running(store, prediction_id))
         stolen = []
         for _ in range(6):  # 1.8 s: three leases' worth
             await asyncio.sleep(0.3)
             stolen += await store.predictions.claim("thief", 5, 0.6)
         gated.gate.set()
-        await wait_until(lambda: _count(all_finished(store, [prediction_id]), 1))
+        await until(lambda: _count(all_finished(store, [prediction_id]), 1))
         (done,) = await all_finished(store, [prediction_id])
         return done, stolen
 
@@ -335,7 +327,7 @@ def test_a_worker_that_loses_its_lease_drops_its_run(
         assert gated.gate is not None
         gated.gate.clear()
         prediction_id = await upload(store, noise_png(1))
-        await wait_until(lambda: _running(store, prediction_id))
+        await until(lambda: _running(store, prediction_id))
         from nsfwd.jobs.database import create_engine
 
         database = create_engine(url)  # another replica takes it over behind the worker's back
@@ -346,7 +338,7 @@ def test_a_worker_that_loses_its_lease_drops_its_run(
                 .values(lease_owner="thief")
             )
         await database.dispose()
-        await wait_until(lambda: _no_running(worker), what="the run to be dropped")
+        await until(lambda: _no_running(worker), what="the run to be dropped")
         gated.gate.set()
         assert await store.predictions.finish(prediction_id, "thief", error="the thief's")
         await asyncio.sleep(0.3)
@@ -373,7 +365,7 @@ def test_stopping_hands_running_predictions_back(classifier: Classifier, tmp_pat
             worker = Worker(store, engine, concurrency=2, poll_s=0.05)
             await worker.start()
             ids = [await upload(store, noise_png(i)) for i in range(3)]
-            await wait_until(lambda: _processing_count(store, ids, 2))
+            await until(lambda: _processing_count(store, ids, 2))
             await worker.stop()
             gated.gate.set()
             await engine.stop()
@@ -390,7 +382,7 @@ def test_new_work_wakes_the_worker_at_once(classifier: Classifier, tmp_path: Pat
         await asyncio.sleep(0.2)  # the worker is idle, waiting for its (long) poll
         started = time.monotonic()
         prediction_id = await upload(store, noise_png(1))
-        await wait_until(lambda: _count(all_finished(store, [prediction_id]), 1))
+        await until(lambda: _count(all_finished(store, [prediction_id]), 1))
         return time.monotonic() - started
 
     assert run(database_url(tmp_path), Engine(classifier), body, poll_s=30) < 5
@@ -399,8 +391,8 @@ def test_new_work_wakes_the_worker_at_once(classifier: Classifier, tmp_path: Pat
 def test_expired_results_are_purged(classifier: Classifier, tmp_path: Path) -> None:
     async def body(store: Store, worker: Worker) -> None:
         prediction_id = await upload(store, noise_png(1))
-        await wait_until(lambda: _count(all_finished(store, [prediction_id]), 1))
-        await wait_until(lambda: _gone(store, prediction_id), what="the purge")
+        await until(lambda: _count(all_finished(store, [prediction_id]), 1))
+        await until(lambda: _gone(store, prediction_id), what="the purge")
 
     run(
         database_url(tmp_path),

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from nsfwd import __version__
 from nsfwd.logs import configure_logging
+from nsfwd.model_types import ModelNotAvailableError
 from nsfwd.policies import DEFAULT_POLICY, DEFAULT_THRESHOLD, POLICIES, Policy
 
 if TYPE_CHECKING:
@@ -269,7 +270,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
     configure_logging()
-    from nsfwd.models import ModelNotAvailableError
 
     try:
         if args.command == "classify":
@@ -325,7 +325,7 @@ def _classify(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from nsfwd.models import Classifier
+    from nsfwd.inference import load_classifier
     from nsfwd.models.tensor_decode import resolve_decode
     from nsfwd.output import CsvWriter, JsonLinesWriter, Writer
     from nsfwd.pipeline import classify_files, find_images
@@ -340,15 +340,7 @@ def _classify(args: argparse.Namespace) -> int:
     if not paths:
         print("nsfwd classify: no image files found under the given paths", file=sys.stderr)
         return 1
-    classifier = Classifier.load(
-        settings.model,
-        revision=settings.revision,
-        device=settings.device,
-        dtype=settings.dtype,
-        quantize=settings.quantize,
-        compile=settings.compile,
-        compile_cache_dir=settings.compile_cache_dir,
-    )
+    classifier = load_classifier(settings)
     policy.check(classifier.labels)
     decode = resolve_decode(args.decode, classifier)  # refuse `tensor` before any output
     writer: Writer
@@ -391,7 +383,8 @@ def _classify(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from nsfwd.models import DEFAULT_MODEL, download
+    from nsfwd.model_types import DEFAULT_MODEL
+    from nsfwd.models import download
     from nsfwd.settings import Settings
 
     model = args.model or Settings().model or DEFAULT_MODEL

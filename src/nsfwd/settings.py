@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from nsfwd.fetch import FetchPolicy, parse_networks
 from nsfwd.images import ImageLimits
-from nsfwd.models import DEFAULT_MODEL
+from nsfwd.model_types import DEFAULT_MODEL
 
 WEBHOOK_SECRET_PREFIX = "whsec_"
 _SECRET_HINT = (

@@ -45,9 +45,9 @@ from nsfwd.api.errors import (
     answer,
 )
 from nsfwd.api.multipart import Part, encode_form, read_form
-from nsfwd.engine import ClassifyEngine, EngineClosedError, QueueFullError
+from nsfwd.engine_protocol import ClassifyEngine, EngineClosedError, QueueFullError
 from nsfwd.images import ImageError, ImageTooLargeError, sniff_format
-from nsfwd.models import Labels
+from nsfwd.model_types import Labels
 from nsfwd.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -270,7 +270,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
     configure_logging()
-
     try:
         if args.command == "classify":
             return _classify(args)

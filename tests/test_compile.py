@@ -21,7 +21,8 @@ from PIL import Image
 
 from nsfwd.cli import main
 from nsfwd.engine import Engine
-from nsfwd.models import Classifier, Labels
+from nsfwd.model_types import Labels
+from nsfwd.models import Classifier
 from nsfwd.models.compiled import (
     CACHE_ENV,
     COMPILE_CHOICES,

@@ -10,7 +10,8 @@ from PIL import Image
 
 from gates import simple_gated_classifier
 from noise import noise_png
-from nsfwd.engine import Engine, EngineClosedError, QueueFullError
+from nsfwd.engine import Engine
+from nsfwd.engine_protocol import EngineClosedError, QueueFullError
 from nsfwd.images import ImageError
 from nsfwd.models import Classifier
 from waiting import until

@@ -16,7 +16,8 @@ from PIL import Image
 
 from gates import simple_gated_classifier
 from noise import noise_png
-from nsfwd.engine import Engine, EngineClosedError, QueueFullError
+from nsfwd.engine import Engine
+from nsfwd.engine_protocol import EngineClosedError, QueueFullError
 from nsfwd.images import ImageError, ImageLimits, load_image
 from nsfwd.models import Classifier
 from nsfwd.remote import InferenceServer, RemoteEngine

@@ -25,7 +25,8 @@ from nsfwd.jobs import Prediction, Store, Upload
 from nsfwd.jobs.database import database_url
 from nsfwd.jobs.schema import predictions
 from nsfwd.jobs.worker import Worker, verdict
-from nsfwd.models import Classifier, Labels
+from nsfwd.model_types import Labels
+from nsfwd.models import Classifier
 from nsfwd.policies import Policy
 from waiting import until
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from nsfwd import __version__
 from nsfwd.logs import configure_logging
+from nsfwd.model_types import ModelNotAvailableError
 from nsfwd.policies import DEFAULT_POLICY, DEFAULT_THRESHOLD, POLICIES, Policy
 
 if TYPE_CHECKING:
@@ -17,7 +18,6 @@ if TYPE_CHECKING:
 
     from nsfwd.bench import BenchConfig
     from nsfwd.jobs import ApiKey, Store
-    from nsfwd.models import Classifier
     from nsfwd.settings import Settings
 
 PROGRESS_MIN_FILES = 8
@@ -338,8 +338,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
     configure_logging()
-    from nsfwd.models import ModelNotAvailableError
-
     try:
         if args.command == "classify":
             return _classify(args)
@@ -407,20 +405,6 @@ def _policy_for(args: argparse.Namespace) -> Policy:
     )
 
 
-def _load_classifier(settings: Settings) -> Classifier:
-    from nsfwd.models import Classifier
-
-    return Classifier.load(
-        settings.model,
-        revision=settings.revision,
-        device=settings.device,
-        dtype=settings.dtype,
-        quantize=settings.quantize,
-        compile=settings.compile,
-        compile_cache_dir=settings.compile_cache_dir,
-    )
-
-
 def _progress(*, show: bool) -> Progress:
     """A progress bar on stderr (disabled unless ``show``)."""
     from rich.console import Console
@@ -437,6 +421,7 @@ def _progress(*, show: bool) -> Progress:
 
 
 def _classify(args: argparse.Namespace) -> int:
+    from nsfwd.inference import load_classifier
     from nsfwd.models.tensor_decode import resolve_decode
     from nsfwd.output import CsvWriter, JsonLinesWriter, Writer
     from nsfwd.pipeline import classify_files, find_images
@@ -451,7 +436,7 @@ def _classify(args: argparse.Namespace) -> int:
     if not paths:
         print("nsfwd classify: no image files found under the given paths", file=sys.stderr)
         return 1
-    classifier = _load_classifier(settings)
+    classifier = load_classifier(settings)
     policy.check(classifier.labels)
     decode = resolve_decode(args.decode, classifier)  # refuse `tensor` before any output
     writer: Writer
@@ -487,6 +472,7 @@ def _classify(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from nsfwd.calibrate.command import CalibrateOptions, run_calibrate
+    from nsfwd.inference import load_classifier
 
     options = CalibrateOptions(
         root=args.dir,
@@ -501,11 +487,12 @@ def _calibrate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     settings = _settings_for(args)
-    return run_calibrate(options, settings, lambda: _load_classifier(settings), _progress)
+    return run_calibrate(options, settings, lambda: load_classifier(settings), _progress)
 
 
 def _download(args: argparse.Namespace) -> int:
-    from nsfwd.models import DEFAULT_MODEL, download
+    from nsfwd.model_types import DEFAULT_MODEL
+    from nsfwd.models import download
     from nsfwd.settings import Settings
 
     model = args.model or Settings().model or DEFAULT_MODEL

@@ -19,49 +19,14 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
+from nsfwd.engine_protocol import EngineClosedError, QueueFullError
 from nsfwd.images import ImageLimits, load_image
 from nsfwd.metrics import Metrics
-from nsfwd.models import Classifier, Labels
-
-
-class QueueFullError(RuntimeError):
-    """The engine holds as many images as it may; the caller should retry later."""
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"the server is at capacity; retry in {retry_after} s")
-        self.retry_after = retry_after
-
-
-class EngineClosedError(RuntimeError):
-    """The engine is not running (not started yet, or shutting down)."""
-
-
-class ClassifyEngine(Protocol):
-    """What the HTTP routes and the job worker need of an engine: :class:`Engine` in this
-    process, or :class:`nsfwd.remote.RemoteEngine` in front of an inference process."""
-
-    max_batch_size: int
-    max_queue: int
-    limits: ImageLimits
-    metrics: Metrics
-    ready: bool
-
-    @property
-    def model_name(self) -> str:
-        """The loaded model's Hub id (or folder)."""
-
-    async def start(self) -> None:
-        """Get ready to classify."""
-
-    async def stop(self) -> None:
-        """Stop; waiting requests fail with :class:`EngineClosedError`."""
-
-    async def classify(self, data: bytes) -> Labels:
-        """Label probabilities for one encoded image."""
+from nsfwd.model_types import Labels
+from nsfwd.models import Classifier
 
 
 @dataclass

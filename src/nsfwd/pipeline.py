@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from nsfwd.images import ImageError, ImageLimits, load_image_file, read_image_file
-from nsfwd.models import Classifier, Labels
+from nsfwd.model_types import Labels
+from nsfwd.models import Classifier
 from nsfwd.models.tensor_decode import TensorDecoder, resolve_decode
 
 # Folders are searched for these; a file named on the command line is tried whatever its name.

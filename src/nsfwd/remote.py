@@ -22,15 +22,18 @@ import logging
 import struct
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nsfwd import images
-from nsfwd.engine import Engine, EngineClosedError, QueueFullError
+from nsfwd.engine_protocol import EngineClosedError, QueueFullError
 from nsfwd.images import ImageError, ImageLimits
 from nsfwd.metrics import Metrics
-from nsfwd.models import Labels
+from nsfwd.model_types import Labels
 
-log = logging.getLogger("nsfwd.remote")
+if TYPE_CHECKING:
+    from nsfwd.engine import Engine  # torch: only the inference process holds one
+
+log = logging.getLogger(__name__)
 
 _LENGTHS = struct.Struct("!II")
 MAX_HEADER_BYTES = 64 * 1024

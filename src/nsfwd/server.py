@@ -1,4 +1,8 @@
-"""`nsfwd serve`: load the model, build the app, run uvicorn."""
+"""`nsfwd serve`: load the model, build the app, run uvicorn.
+
+With ``--http-workers`` above 1 this process only supervises (:mod:`nsfwd.supervisor`) and
+never loads the model, so it imports the inference side (torch) only when it serves alone.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +16,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from nsfwd.api import create_app
 from nsfwd.api.auth import KeyRing
-from nsfwd.engine import Engine
 from nsfwd.jobs import Store
 from nsfwd.jobs.database import DatabaseUrlError, redacted
-from nsfwd.models import Classifier
 from nsfwd.settings import Settings
 
-log = logging.getLogger("nsfwd.server")
+log = logging.getLogger(__name__)
 
 
 def is_loopback(host: str) -> bool:
@@ -35,35 +37,6 @@ def is_loopback(host: str) -> bool:
             )
         except OSError:
             return False
-
-
-def build_engine(settings: Settings) -> Engine:
-    """Load the classifier the settings name and wrap it in an engine."""
-    classifier = Classifier.load(
-        settings.model,
-        revision=settings.revision,
-        device=settings.device,
-        dtype=settings.dtype,
-        quantize=settings.quantize,
-        compile=settings.compile,
-        compile_cache_dir=settings.compile_cache_dir,
-    )
-    log.info(
-        "loaded %s (%s) on %s in %s; labels %s",
-        classifier.name,
-        classifier.loaded.style,
-        classifier.device,
-        classifier.dtype,
-        ", ".join(classifier.labels),
-    )
-    return Engine(
-        classifier,
-        max_batch_size=settings.max_batch_size or classifier.batch_size,
-        batch_wait_ms=settings.batch_wait_ms,
-        max_queue=settings.max_queue,
-        decode_workers=settings.decode_workers,
-        limits=settings.image_limits,
-    )
 
 
 async def _keys_required(settings: Settings, url: str) -> bool:
@@ -104,6 +77,8 @@ def run(settings: Settings, *, insecure_no_auth: bool = False) -> int:
 
         resolve_secret(settings)  # generated here, once, not raced for by every worker
         return run_workers(settings)
+    from nsfwd.inference import build_engine  # torch: only this process's model needs it
+
     app = create_app(build_engine(settings), settings, store)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
     return 0

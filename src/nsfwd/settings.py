@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from nsfwd.fetch import FetchPolicy, parse_networks
 from nsfwd.images import ImageLimits
-from nsfwd.models import DEFAULT_MODEL
+from nsfwd.model_types import DEFAULT_MODEL
 from nsfwd.policies import DEFAULT_POLICY, DEFAULT_THRESHOLD, Policy, PolicyName
 
 WEBHOOK_SECRET_PREFIX = "whsec_"

@@ -53,7 +53,7 @@ from nsfwd.logs import configure_logging
 from nsfwd.remote import InferenceServer, RemoteEngine
 from nsfwd.settings import Settings
 
-log = logging.getLogger("nsfwd.supervisor")
+log = logging.getLogger(__name__)
 
 RUNTIME_ENV = "_NSFWD_RUNTIME_DIR"
 """Names the runtime folder (socket, settings, model facts, metrics) for worker processes."""
@@ -216,7 +216,7 @@ def _when_closed(
 
 
 async def _serve_inference(settings: Settings, runtime: Path, lifeline: Connection) -> None:
-    from nsfwd.server import build_engine
+    from nsfwd.inference import build_engine  # torch: this process alone loads it
 
     engine = build_engine(settings)
     stop = asyncio.Event()

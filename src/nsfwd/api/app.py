@@ -14,7 +14,7 @@ from nsfwd.api import eachlabs, prodia, prodia_async
 from nsfwd.api.auth import KeyRing
 from nsfwd.api.errors import install_error_handlers
 from nsfwd.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from nsfwd.engine import ClassifyEngine
+from nsfwd.engine_protocol import ClassifyEngine
 from nsfwd.jobs import Store
 from nsfwd.jobs.webhooks import WebhookSender
 from nsfwd.jobs.worker import PURGE_EVERY_S, Worker

@@ -51,7 +51,7 @@ from nsfwd.api.errors import (
     answer,
 )
 from nsfwd.capped import OverCapError, read_capped
-from nsfwd.engine import ClassifyEngine
+from nsfwd.engine_protocol import ClassifyEngine
 from nsfwd.fetch import FetchFailedError, FetchPolicy, UnsafeURLError, check_url, validate_url
 from nsfwd.jobs import CapacityError, Limits, Prediction, Store
 from nsfwd.jobs.webhooks import webhooks_enabled

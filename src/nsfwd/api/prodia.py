@@ -53,9 +53,9 @@ from nsfwd.api.prodia_job import (
     passthrough,
     wants_multipart,
 )
-from nsfwd.engine import ClassifyEngine, EngineClosedError, QueueFullError
+from nsfwd.engine_protocol import ClassifyEngine, EngineClosedError, QueueFullError
 from nsfwd.images import ImageError
-from nsfwd.models import Labels
+from nsfwd.model_types import Labels
 from nsfwd.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -49,7 +49,7 @@ from nsfwd.api.prodia_job import (
     timestamp,
     wants_multipart,
 )
-from nsfwd.engine import ClassifyEngine
+from nsfwd.engine_protocol import ClassifyEngine
 from nsfwd.images import ImageError, load_image
 from nsfwd.jobs import CapacityError, Limits, Prediction, Store, Upload
 from nsfwd.jobs.worker import Worker

@@ -26,7 +26,7 @@ from fastapi.responses import PlainTextResponse
 from nsfwd.api.errors import ApiError, BadRequestError, PayloadTooLargeError
 from nsfwd.api.multipart import Part, encode_form
 from nsfwd.images import ImageError, ImageTooLargeError, sniff_format
-from nsfwd.models import Labels
+from nsfwd.model_types import Labels
 
 IMG2LABEL_V1: Final = "inference.vit.img2label.v1"
 IMG2LABEL_V2: Final = "inference.vit.img2label.v2"

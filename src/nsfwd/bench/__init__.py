@@ -45,6 +45,7 @@ from nsfwd.bench.suites import (
     timed,
     warm_up,
 )
+from nsfwd.inference import load_classifier
 from nsfwd.models import Classifier
 from nsfwd.models.compiled import CACHE_ENV
 from nsfwd.models.tensor_decode import resolve_decode
@@ -167,14 +168,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchRepo
     with tempfile.TemporaryDirectory(prefix="nsfwd-bench-") as tmp:
         workdir = Path(tmp)
         model = prepare_model(cfg, workdir)
-        classifier = Classifier.load(
-            model,
-            device=cfg.device,
-            dtype=cfg.dtype,
-            quantize=cfg.quantize,
-            compile=cfg.compile,
-            compile_cache_dir=cfg.compile_cache_dir,
-        )
+        classifier = load_classifier(cfg, model)
         report = BenchReport(config=_config(cfg, model), machine=machine_info(classifier.device))
         report.machine["dtype"] = str(classifier.dtype).removeprefix("torch.")
         results = report.results

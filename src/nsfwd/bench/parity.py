@@ -15,7 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from nsfwd.models import Classifier, Labels
+from nsfwd.model_types import Labels
+from nsfwd.models import Classifier
 from nsfwd.models.tensor_decode import resolve_decode
 from nsfwd.pipeline import FileResult, classify_files
 from nsfwd.policies import Policy

@@ -22,6 +22,8 @@ class BenchConfig:
     """What to measure and how much."""
 
     model: str | None = None
+    revision: str | None = None
+    """The Hub revision of ``model``, when it names a Hub id."""
     arch: str = "eva02_base_patch14_448"
     device: str | None = None
     dtype: str | None = None

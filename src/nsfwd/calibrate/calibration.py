@@ -26,7 +26,8 @@ from nsfwd.calibrate.metrics import (
     roc_auc,
 )
 from nsfwd.images import ImageLimits
-from nsfwd.models import Classifier, Labels
+from nsfwd.model_types import Labels
+from nsfwd.models import Classifier
 from nsfwd.pipeline import FileResult, classify_files
 from nsfwd.policies import DEFAULT_THRESHOLD, Policy, PolicyName
 

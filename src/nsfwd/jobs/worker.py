@@ -25,13 +25,13 @@ import math
 import time
 from typing import Final
 
-from nsfwd.engine import ClassifyEngine, EngineClosedError, QueueFullError
+from nsfwd.engine_protocol import ClassifyEngine, EngineClosedError, QueueFullError
 from nsfwd.fetch import FetchError, FetchPolicy, fetch
 from nsfwd.images import ImageError
 from nsfwd.jobs.claims import ClaimLoop, worker_name
 from nsfwd.jobs.records import Prediction
 from nsfwd.jobs.store import Store
-from nsfwd.models import Labels
+from nsfwd.model_types import Labels
 from nsfwd.policies import Policy
 
 log = logging.getLogger(__name__)

@@ -1,14 +1,13 @@
 """Model loading, preprocessing and the batch classifier."""
 
+from nsfwd.model_types import ModelNotAvailableError
 from nsfwd.models.checkpoint import SEVERITY_LABELS, LoadedModel, load_checkpoint
-from nsfwd.models.classifier import Classifier, Labels
-from nsfwd.models.hub import DEFAULT_MODEL, ModelNotAvailableError, download, resolve_model_dir
+from nsfwd.models.classifier import Classifier
+from nsfwd.models.hub import download, resolve_model_dir
 
 __all__ = [
-    "DEFAULT_MODEL",
     "SEVERITY_LABELS",
     "Classifier",
-    "Labels",
     "LoadedModel",
     "ModelNotAvailableError",
     "download",

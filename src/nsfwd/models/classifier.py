@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from nsfwd.model_types import DEFAULT_MODEL, Labels
 from nsfwd.models.checkpoint import LoadedModel, load_checkpoint
 from nsfwd.models.compiled import (
     CompiledForward,
@@ -25,12 +26,9 @@ from nsfwd.models.compiled import (
     use_cache_dir,
 )
 from nsfwd.models.cpu import computes_natively, cpu_features
-from nsfwd.models.hub import DEFAULT_MODEL, resolve_model_dir, source_id
+from nsfwd.models.hub import resolve_model_dir, source_id
 
 log = logging.getLogger(__name__)
-
-Labels = dict[str, float]
-"""Probability per label, summing to 1."""
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -25,7 +25,7 @@ import torch
 
 from nsfwd.models.checkpoint import Normalize
 
-log = logging.getLogger("nsfwd.models.compiled")
+log = logging.getLogger(__name__)
 
 COMPILE_CHOICES = (
     "off",

@@ -13,17 +13,13 @@ from pathlib import Path
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-DEFAULT_MODEL = "Freepik/nsfw_image_detector"
+from nsfwd.model_types import ModelNotAvailableError
 
 # Only what loading needs: the config, the weights and a transformers image processor.
 MODEL_FILES = ["config.json", "*.safetensors", "preprocessor_config.json"]
 
 # Written by `nsfwd download` beside the model files, so a copied folder still knows its Hub id.
 SOURCE_FILE = "nsfwd-source.json"
-
-
-class ModelNotAvailableError(RuntimeError):
-    """The model could not be found locally nor fetched from the Hub."""
 
 
 def offline_hint(model: str) -> str:

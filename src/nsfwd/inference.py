@@ -1,0 +1,90 @@
+"""The inference side, built from settings: the classifier they name and the engine around it.
+
+``nsfwd classify``, ``nsfwd serve`` (in its own process or in the inference process that
+``--http-workers`` starts) and ``nsfwd bench`` all load their classifier here, so a loading
+option added to the settings reaches every one of them. This module imports torch; the HTTP
+side never imports it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from nsfwd.engine import Engine
+from nsfwd.model_types import DEFAULT_MODEL
+from nsfwd.models import Classifier
+
+if TYPE_CHECKING:
+    from nsfwd.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ClassifierOptions(Protocol):
+    """Which classifier to load and how: :class:`~nsfwd.settings.Settings` and
+    :class:`~nsfwd.bench.BenchConfig` both carry these."""
+
+    @property
+    def model(self) -> str | None:
+        """Hub id or folder; None for the default model."""
+
+    @property
+    def revision(self) -> str | None:
+        """Hub revision to pin."""
+
+    @property
+    def device(self) -> str | None:
+        """torch device; auto-detected when None."""
+
+    @property
+    def dtype(self) -> str | None:
+        """float32, bfloat16 or float16; chosen for the device when None."""
+
+    @property
+    def quantize(self) -> str | None:
+        """``int8`` or None."""
+
+    @property
+    def compile(self) -> str | None:
+        """``on``, a ``torch.compile`` mode, or ``off``/None."""
+
+    @property
+    def compile_cache_dir(self) -> Path | None:
+        """Where compiled graphs are kept."""
+
+
+def load_classifier(options: ClassifierOptions, model: str | None = None) -> Classifier:
+    """Load the classifier ``options`` describe; ``model``, when given, replaces their model
+    (say, a folder prepared from it)."""
+    return Classifier.load(
+        model or options.model or DEFAULT_MODEL,
+        revision=options.revision,
+        device=options.device,
+        dtype=options.dtype,
+        quantize=options.quantize,
+        compile=options.compile,
+        compile_cache_dir=options.compile_cache_dir,
+    )
+
+
+def build_engine(settings: Settings) -> Engine:
+    """Load the classifier the settings name and wrap it in an engine."""
+    classifier = load_classifier(settings)
+    log.info(
+        "loaded %s (%s) on %s in %s; labels %s",
+        classifier.name,
+        classifier.loaded.style,
+        classifier.device,
+        classifier.dtype,
+        ", ".join(classifier.labels),
+    )
+    return Engine(
+        classifier,
+        max_batch_size=settings.max_batch_size or classifier.batch_size,
+        batch_wait_ms=settings.batch_wait_ms,
+        max_queue=settings.max_queue,
+        decode_workers=settings.decode_workers,
+        limits=settings.image_limits,
+    )

@@ -13,6 +13,7 @@ from sqlalchemy import ColumnElement, and_, func, select
 from nsfwd.jobs import Delivery, Store
 from nsfwd.jobs.records import UNFINISHED
 from nsfwd.jobs.schema import predictions, webhook_deliveries
+from nsfwd.policies import PolicyName
 
 T = TypeVar("T")
 
@@ -27,11 +28,19 @@ def with_store(store_url: str, body: Callable[[Store], Awaitable[T]]) -> T:
     return asyncio.run(main())
 
 
-def make_key(store_url: str, name: str, **limits: int) -> str:
-    """Create an API key called ``name`` with ``limits`` in the store; returns its secret."""
+def make_key(
+    store_url: str,
+    name: str,
+    *,
+    policy: PolicyName | None = None,
+    threshold: float | None = None,
+    **limits: int,
+) -> str:
+    """Create an API key called ``name`` with ``limits`` (and its own ``policy`` and
+    ``threshold``, if given) in the store; returns its secret."""
 
     async def body(store: Store) -> str:
-        return (await store.keys.create(name, **limits))[0]
+        return (await store.keys.create(name, policy=policy, threshold=threshold, **limits))[0]
 
     return with_store(store_url, body)
 

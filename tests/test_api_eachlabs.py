@@ -159,6 +159,33 @@ def test_output_follows_the_servers_policy_and_threshold(
     assert doc["status"] == "success" and doc["output"] == output, doc
 
 
+@pytest.mark.parametrize(("server_threshold", "key_threshold"), [(1.0, 0.0), (0.0, 1.0)])
+def test_output_follows_the_keys_own_policy_and_threshold(
+    classifier: Classifier,
+    tmp_path: Path,
+    host: tuple[str, Host],
+    server_threshold: float,
+    key_threshold: float,
+) -> None:
+    """A key made with its own policy and threshold gets verdicts by them; a static key, and a
+    store key without its own, get the server's."""
+    image = f"{host[0]}/photo.jpg"
+    by_threshold = {0.0: "nsfw", 1.0: "normal"}  # strict's score is above 0, never above 1
+    settings = {"policy": "strict", "threshold": server_threshold}
+    with eachlabs_server(classifier, tmp_path, **settings) as (url, store_url):
+        own = make_key(store_url, "own", policy="strict", threshold=key_threshold)
+        plain = make_key(store_url, "plain")
+        outputs = {
+            name: poll(url, created_id(create(url, image, key=key)), key=key)
+            for name, key in (("own", own), ("plain", plain), ("static", KEY))
+        }
+    assert all(doc["status"] == "success" for doc in outputs.values()), outputs
+    assert outputs["own"]["output"] == by_threshold[key_threshold]
+    server = by_threshold[server_threshold]
+    assert outputs["plain"]["output"] == outputs["static"]["output"] == server
+    assert outputs["own"]["labels"] == outputs["static"]["labels"]  # the labels stay raw
+
+
 def test_processing_is_reported_until_the_image_arrives(url: str, host: tuple[str, Host]) -> None:
     base, receiver = host
     gate = f"processing-{uuid.uuid4().hex}"

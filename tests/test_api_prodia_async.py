@@ -23,6 +23,7 @@ from nsfwd.api import create_app
 from nsfwd.engine import Engine
 from nsfwd.jobs import Store
 from nsfwd.models import Classifier
+from nsfwd.policies import Policy
 from nsfwd.settings import Settings
 from photos import ASTRONAUT, astronaut_jpeg
 from prodia_jobs import MODEL, TOKEN, assert_labels, job_files, parts_of
@@ -289,6 +290,31 @@ def test_a_key_from_the_store_works_on_every_prodia_route_until_revoked(
     missing = requests.post(f"{url}/v2/job", files=job_files(image=astronaut_jpeg()))
     assert missing.status_code == 401
     assert "NSFWD_API_KEYS" in missing.text and "nsfwd keys create" in missing.text
+
+
+def test_a_keys_own_policy_is_stored_on_its_jobs_and_the_labels_stay_raw(
+    server: tuple[str, Store],
+) -> None:
+    """A job carries its key's policy and threshold (whichever replica's worker runs it applies
+    them to the verdict); Prodia answers with the labels alone, the same as for any key."""
+    url, store = server
+    key = make_key(store.url, "strict-client", policy="strict", threshold=0.0)
+    jobs = {token: submit(url, token=token).json()["id"] for token in (key, TOKEN)}
+    labels = {}
+    for token, job_id in jobs.items():
+        assert wait_for_state(url, job_id, token=token) == "processed"
+        res = session(token).get(f"{url}/v2/job/async/{job_id}/output/labels.json")
+        assert res.status_code == 200, res.text
+        labels[token] = res.json()
+        assert_labels(labels[token])
+    assert labels[key] == labels[TOKEN]
+
+    async def stored(other: Store) -> list[tuple[str | None, float | None, str | None]]:
+        found = [await other.predictions.get(job_id) for job_id in jobs.values()]
+        return [(p.policy, p.threshold, p.output) for p in found if p is not None]
+
+    default = "nsfw" if Policy().flagged(labels[TOKEN]) else "normal"  # moderate at 0.5
+    assert with_store(store.url, stored) == [("strict", 0.0, "nsfw"), (None, None, default)]
 
 
 def test_jobs_from_another_protocol_are_not_prodia_jobs(server: tuple[str, Store]) -> None:

@@ -17,7 +17,15 @@ from typing import Any
 import pytest
 import requests
 
-from eachlabs_calls import SERVED, assert_error, create, created_id, eachlabs_server, poll
+from eachlabs_calls import (
+    KEY,
+    SERVED,
+    assert_error,
+    create,
+    created_id,
+    eachlabs_server,
+    poll,
+)
 from hosts import Host, jpeg
 from nsfwd.api.auth import AuthenticationError, KeyRing
 from nsfwd.cli import main
@@ -96,8 +104,8 @@ def test_keys_are_created_listed_and_revoked(
     status, table, _ = keys(capsys, "list")
     assert status == 0
     header, *lines = table.splitlines()
-    assert header.split() == ["ID", "NAME", "PREFIX", "CREATES/MIN", "IN", "FLIGHT", "CREATED",
-                              "REVOKED"]  # fmt: skip
+    assert header.split() == ["ID", "NAME", "PREFIX", "CREATES/MIN", "IN", "FLIGHT", "POLICY",
+                              "THRESHOLD", "CREATED", "REVOKED"]  # fmt: skip
     assert len(lines) == 2 and str(rows[1]["id"]) in lines[1] and " 5 " in lines[1]
     for key in (alice, bob):
         assert key not in table
@@ -130,6 +138,62 @@ def test_limits_default_to_the_settings_and_are_checked(
         main(["keys", "create", "zero", "--max-in-flight", "0"])
     assert refused.value.code == 2
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_a_key_gets_its_own_policy_and_threshold(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, _, err = keys(capsys, "create", "strict", "--policy", "strict", "--threshold", "0.37")
+    assert status == 0 and "strict at 0.37" in err
+    status, _, err = keys(capsys, "create", "lower", "--threshold", "0.2")
+    assert status == 0 and "the server's policy at 0.2" in err
+    status, _, err = keys(capsys, "create", "plain")
+    assert status == 0 and "the server's policy and threshold" in err
+
+    rows = listed(capsys)
+    assert [(row["policy"], row["threshold"]) for row in rows] == [
+        ("strict", 0.37),
+        (None, 0.2),
+        (None, None),
+    ]
+    status, table, err = keys(capsys, "list")
+    assert status == 0
+    header, *lines = table.splitlines()
+    policy, threshold = header.index("POLICY"), header.index("THRESHOLD")
+    assert [(line[policy:].split()[0], line[threshold:].split()[0]) for line in lines] == [
+        ("strict", "0.37"),
+        ("-", "0.2"),
+        ("-", "-"),
+    ]
+    assert "-: the server's" in err and "NSFWD_POLICY" in err
+
+    for bad in ("1.5", "-0.1", "nan"):
+        status, out, err = keys(capsys, "create", "bad", "--threshold", bad)
+        assert status == 2 and out == "" and "threshold must be between 0 and 1" in err
+    with pytest.raises(SystemExit) as refused:
+        main(["keys", "create", "bad", "--policy", "loose"])
+    assert refused.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+    assert len(listed(capsys)) == 3
+
+
+def test_a_keys_own_threshold_decides_its_eachlabs_output(
+    data_dir: Path, classifier: Classifier, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`nsfwd keys create --policy strict --threshold 0` flags what the server's setting (here
+    strict at 1: nothing is flagged) calls normal."""
+    host = Host()
+    host.photo = jpeg(seed=1)
+    with (
+        serve_app(host.app, host="127.0.0.2", timeout_graceful_shutdown=1) as base,
+        eachlabs_server(classifier, data_dir, policy="strict", threshold=1.0) as (url, _),
+    ):
+        status, out, _ = keys(capsys, "create", "strict", "--policy", "strict", "--threshold", "0")
+        assert status == 0
+        key = out.strip()
+        for presented, output in ((key, "nsfw"), (KEY, "normal")):
+            doc = poll(url, created_id(create(url, f"{base}/photo.jpg", key=presented)), presented)
+            assert (doc["status"], doc["output"]) == ("success", output), doc
 
 
 def test_a_created_key_works_against_the_api_until_revoked(

@@ -28,8 +28,9 @@ from nsfwd.jobs import (
     Store,
     Upload,
 )
-from nsfwd.jobs.database import DatabaseUrlError, create_engine, database_url
-from nsfwd.jobs.schema import metadata
+from nsfwd.jobs.database import DatabaseUrlError, create_engine, database_url, migrate
+from nsfwd.jobs.keys import hash_key
+from nsfwd.jobs.schema import api_keys, metadata
 from store_handles import (
     count_created_since,
     count_in_flight,
@@ -463,6 +464,62 @@ def test_api_keys_are_created_found_listed_and_revoked(database: str) -> None:
         assert await store.keys.any_created()  # revoked keys count: the API stays closed
 
     run_with_store(database, body)
+
+
+def test_a_key_and_its_predictions_carry_its_own_policy(database: str) -> None:
+    async def body(store: Store, clock: Clock) -> None:
+        secret, key = await store.keys.create("strict", policy="strict", threshold=0.25)
+        clock.advance(1)
+        _, plain = await store.keys.create("plain")
+        assert (key.policy, key.threshold) == ("strict", 0.25)
+        assert (plain.policy, plain.threshold) == (None, None)
+        assert await store.keys.find(secret) == key
+        assert [(k.policy, k.threshold) for k in await store.keys.all()] == [
+            ("strict", 0.25),
+            (None, None),
+        ]
+        for bad in ({"policy": "loose"}, {"threshold": 1.5}, {"threshold": -0.1}):
+            with pytest.raises(ValueError, match=r"^(policy|threshold) must be"):
+                await store.keys.create("bad", **bad)
+        assert len(await store.keys.all()) == 2
+
+        [own] = await queue(store, api_key=key.id, policy="lenient", threshold=0.0)
+        [server] = await queue(store)
+        assert (own.policy, own.threshold) == ("lenient", 0.0)
+        assert await store.predictions.get(own.id) == own
+        claimed = {p.id: p for p in await store.predictions.claim("w", limit=2, lease_s=LEASE_S)}
+        assert (claimed[own.id].policy, claimed[own.id].threshold) == ("lenient", 0.0)
+        assert (claimed[server.id].policy, claimed[server.id].threshold) == (None, None)
+
+    run_with_store(database, body)
+
+
+def test_upgrading_a_database_made_by_the_first_revision_keeps_its_keys(database: str) -> None:
+    async def main() -> None:
+        engine = create_engine(database)
+        try:
+            await migrate(engine, "0001")
+            async with engine.begin() as connection:  # only the columns 0001 made
+                await connection.execute(
+                    api_keys.insert().values(
+                        id="k1",
+                        name="old",
+                        prefix="nsfwd_old",
+                        key_hash=hash_key("nsfwd_old-secret"),
+                        created_at=datetime(2025, 1, 1, tzinfo=UTC),
+                    )
+                )
+        finally:
+            await engine.dispose()
+        async with Store(database) as store:  # migrates to the newest revision
+            old = await store.keys.find("nsfwd_old-secret")
+            assert old is not None and (old.id, old.name) == ("k1", "old")
+            assert (old.creates_per_minute, old.max_in_flight) == (100, 10)
+            assert (old.policy, old.threshold) == (None, None)  # follows the server's
+            _, new = await store.keys.create("new", policy="moderate", threshold=0.37)
+            assert await store.keys.all() == [old, new]
+
+    asyncio.run(main())
 
 
 def test_an_ambiguous_key_name_is_refused(database: str) -> None:

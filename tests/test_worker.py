@@ -404,6 +404,36 @@ def test_expired_results_are_purged(classifier: Classifier, tmp_path: Path) -> N
     )
 
 
+def test_a_predictions_own_policy_decides_its_output_over_the_servers(
+    classifier: Classifier, tmp_path: Path
+) -> None:
+    """What a prediction carries (its API key's policy and threshold) wins; what it leaves
+    unset, and a value that is not a policy at all, comes from the worker's."""
+    own: dict[str, dict[str, Any]] = {
+        "strict at 0": {"policy": "strict", "threshold": 0.0},
+        "threshold 0": {"threshold": 0.0},
+        "lenient": {"policy": "lenient"},
+        "none": {},
+        "hand-edited": {"policy": "loose", "threshold": 0.0},  # the store does not check
+    }
+
+    async def body(store: Store, worker: Worker) -> dict[str, str | None]:
+        ids = {name: await upload(store, noise_png(1), **fields) for name, fields in own.items()}
+        await wait_until(lambda: _count(all_finished(store, list(ids.values())), len(ids)))
+        done = {p.id: p for p in await all_finished(store, list(ids.values()))}
+        return {name: done[ids[name]].output for name in own}
+
+    server = Policy("strict", 1.0)  # never flags: a score is never above 1
+    outputs = run(database_url(tmp_path), Engine(classifier), body, policy=server)
+    assert outputs == {
+        "strict at 0": "nsfw",
+        "threshold 0": "nsfw",  # strict from the server, at the prediction's 0
+        "lenient": "normal",  # lenient at the server's 1
+        "none": "normal",
+        "hand-edited": "normal",  # not a policy: the server's
+    }
+
+
 def test_verdict_follows_the_moderate_policy() -> None:
     assert verdict({"neutral": 0.2, "low": 0.2, "medium": 0.3, "high": 0.3}) == "nsfw"
     assert verdict({"neutral": 0.5, "low": 0.3, "medium": 0.1, "high": 0.1}) == "normal"

@@ -222,20 +222,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_policy_options(parser: argparse.ArgumentParser, applies_to: str = "") -> None:
+def _add_policy_options(
+    parser: argparse.ArgumentParser, applies_to: str = "", default: str | None = None
+) -> None:
+    """``--policy`` and ``--threshold``; ``default`` words what applies without them (else
+    ``$NSFWD_POLICY`` / ``$NSFWD_THRESHOLD`` and the built-in defaults)."""
     parser.add_argument(
         "--policy",
         choices=list(POLICIES),
         default=None,
         help="strict flags P(high), moderate P(medium)+P(high), lenient P(low)+P(medium)+P(high)"
-        f"{applies_to} (default: $NSFWD_POLICY, else {DEFAULT_POLICY})",
+        f"{applies_to} (default: {default or f'$NSFWD_POLICY, else {DEFAULT_POLICY}'})",
     )
     parser.add_argument(
         "--threshold",
         type=float,
         default=None,
         help="flag when the policy's score is above this; `nsfwd calibrate` chooses one from "
-        f"your labelled images (default: $NSFWD_THRESHOLD, else {DEFAULT_THRESHOLD})",
+        "your labelled images (default: "
+        f"{default or f'$NSFWD_THRESHOLD, else {DEFAULT_THRESHOLD}'})",
     )
 
 
@@ -320,6 +325,11 @@ def _add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         type=_positive,
         metavar="N",
         help="predictions it may have waiting or running (default: $NSFWD_KEY_MAX_IN_FLIGHT, 10)",
+    )
+    _add_policy_options(
+        create,
+        applies_to=" in this key's Eachlabs output (nsfw/normal)",
+        default="the server's",
     )
     listing = action.add_parser("list", help="show every key (never the key itself)")
     listing.add_argument("--json", action="store_true", help="print a JSON array")
@@ -602,19 +612,34 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 async def _create_key(store: Store, settings: Settings, args: argparse.Namespace) -> int:
-    plaintext, key = await store.keys.create(
-        args.name,
-        creates_per_minute=args.creates_per_minute or settings.key_creates_per_minute,
-        max_in_flight=args.max_in_flight or settings.key_max_in_flight,
-    )
+    try:
+        plaintext, key = await store.keys.create(
+            args.name,
+            creates_per_minute=args.creates_per_minute or settings.key_creates_per_minute,
+            max_in_flight=args.max_in_flight or settings.key_max_in_flight,
+            policy=args.policy,
+            threshold=args.threshold,
+        )
+    except ValueError as exc:
+        print(f"nsfwd keys create: {exc}", file=sys.stderr)
+        return 2
     print(plaintext)
     print(
         f"created key {key.id} ({key.name!r}, prefix {key.prefix}): "
-        f"{key.creates_per_minute} creates a minute, {key.max_in_flight} in flight. "
-        "It is shown only this once: store it now.",
+        f"{key.creates_per_minute} creates a minute, {key.max_in_flight} in flight, "
+        f"{_key_verdicts(key)}. It is shown only this once: store it now.",
         file=sys.stderr,
     )
     return 0
+
+
+def _key_verdicts(key: ApiKey) -> str:
+    """What decides the key's verdicts, in words."""
+    if key.policy is None and key.threshold is None:
+        return "the server's policy and threshold"
+    policy = key.policy or "the server's policy"
+    threshold = "the server's threshold" if key.threshold is None else f"{key.threshold:g}"
+    return f"{policy} at {threshold}"
 
 
 def _key_fields(key: ApiKey) -> dict[str, object]:
@@ -624,6 +649,8 @@ def _key_fields(key: ApiKey) -> dict[str, object]:
         "prefix": key.prefix,
         "creates_per_minute": key.creates_per_minute,
         "max_in_flight": key.max_in_flight,
+        "policy": key.policy,
+        "threshold": key.threshold,
         "created": key.created_at.isoformat(timespec="seconds"),
         "revoked": key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else None,
     }
@@ -639,13 +666,26 @@ async def _list_keys(store: Store, as_json: bool) -> int:
     if not rows:
         print("no keys; create one with `nsfwd keys create NAME`", file=sys.stderr)
         return 0
-    header = ["ID", "NAME", "PREFIX", "CREATES/MIN", "IN FLIGHT", "CREATED", "REVOKED"]
-    table = [header] + [["" if v is None else str(v) for v in row.values()] for row in rows]
+    header = ["ID", "NAME", "PREFIX", "CREATES/MIN", "IN FLIGHT", "POLICY", "THRESHOLD",
+              "CREATED", "REVOKED"]  # fmt: skip
+    table = [header] + [[_key_cell(name, v) for name, v in row.items()] for row in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     for line in table:
         cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
         print("  ".join(cells).rstrip())
+    if any(row["policy"] is None or row["threshold"] is None for row in rows):
+        print(
+            "-: the server's (NSFWD_POLICY and NSFWD_THRESHOLD, or `nsfwd serve --policy "
+            "--threshold`)",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _key_cell(name: str, value: object) -> str:
+    if value is None:
+        return "-" if name in ("policy", "threshold") else ""
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 async def _revoke_key(store: Store, id_or_prefix: str) -> int:

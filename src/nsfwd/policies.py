@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 PolicyName = Literal["strict", "moderate", "lenient"]
 POLICIES: dict[str, tuple[str, ...]] = {
@@ -41,6 +41,13 @@ class Policy:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, not {self.name!r}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be between 0 and 1, not {self.threshold}")
+
+    def overridden(self, name: str | None = None, threshold: float | None = None) -> Policy:
+        """This policy with ``name`` and ``threshold`` in place of its own where they are given:
+        an API key's own setting over the server's. Raises ValueError when either is invalid."""
+        return Policy(
+            cast(PolicyName, name or self.name), self.threshold if threshold is None else threshold
+        )
 
     def check(self, labels: Sequence[str]) -> None:
         """Raise ValueError when a model with these labels cannot be scored by this policy."""

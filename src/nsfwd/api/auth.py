@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from nsfwd.jobs import Store
 from nsfwd.jobs.keys import static_key_ref
+from nsfwd.policies import PolicyName
 from nsfwd.ratelimit import KeyLimits
 from nsfwd.settings import Settings
 
@@ -32,6 +33,11 @@ class Caller:
     """What its jobs record as their owner (``predictions.api_key``): a store key's id, or a
     hash prefix of a static key."""
     limits: KeyLimits
+    policy: PolicyName | None = None
+    """The key's own verdict policy, which its predictions carry; ``None`` (static keys, and
+    store keys without one): the server's."""
+    threshold: float | None = None
+    """The key's own threshold; ``None``: the server's."""
 
 
 class AuthenticationError(Exception):
@@ -94,7 +100,10 @@ class KeyRing:
                 if record is not None:
                     self._required = True
                     return Caller(
-                        record.id, KeyLimits(record.creates_per_minute, record.max_in_flight)
+                        record.id,
+                        KeyLimits(record.creates_per_minute, record.max_in_flight),
+                        policy=record.policy,
+                        threshold=record.threshold,
                     )
         if not await self.required():
             return None

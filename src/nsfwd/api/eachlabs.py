@@ -11,8 +11,9 @@ when a ``webhook_url`` was given, :mod:`nsfwd.jobs.webhooks` sends the outcome t
 
 ``GET /v1/prediction/{id}`` answers ``{"status": "processing" | "success" | "error",
 "predictionID", "output", "metrics": {"predict_time"}, "labels"}``: ``output`` is ``"nsfw"``
-when the server's policy flags the image (``NSFWD_POLICY`` and ``NSFWD_THRESHOLD``, moderate
-at 0.5 by default), else ``"normal"``; ``labels`` are
+when the policy flags the image, else ``"normal"``: the key's own policy and threshold (``nsfwd
+keys create --policy --threshold``), else the server's (``NSFWD_POLICY`` and
+``NSFWD_THRESHOLD``, moderate at 0.5 by default); ``labels`` are
 the four probabilities; a failed prediction carries ``message`` and ``details``.
 
 Every refusal is ``{"status": "error", "message": <what is wrong and what to do>, "details":
@@ -350,6 +351,8 @@ class EachlabsPredictions:
                 input_url=image,
                 webhook_url=webhook_url,
                 limits=limits,
+                policy=None if caller is None else caller.policy,
+                threshold=None if caller is None else caller.threshold,
             )
         except CapacityError as exc:
             raise _capacity_error(exc, self.worker) from None

@@ -137,7 +137,7 @@ class ProdiaAsyncJobs(ProdiaJobs):
         )
 
     async def _submit(self, request: Request, job: Job) -> Response:
-        owner = await self._owner(request)
+        caller = await self._identify(request)
         parts = await self._read_parts(request, job)
         job.restart_clock()
         if job.type == PING_V1:
@@ -155,7 +155,7 @@ class ProdiaAsyncJobs(ProdiaJobs):
                 protocol="prodia",
                 job_type=job.type,
                 model=str((job.config or {})["model"]),
-                api_key=owner,
+                api_key=None if caller is None else caller.ref,
                 config=job.config,
                 upload=Upload(
                     data=image.data,
@@ -163,6 +163,8 @@ class ProdiaAsyncJobs(ProdiaJobs):
                     content_type=output.content_type or "application/octet-stream",
                 ),
                 limits=Limits(max_unfinished=self.settings.max_async_queued),
+                policy=None if caller is None else caller.policy,
+                threshold=None if caller is None else caller.threshold,
             )
         except CapacityError as exc:
             retry_after = self.worker.retry_after(exc.count - exc.limit + 1)

@@ -161,8 +161,9 @@ class Database:
         return self._engine
 
 
-async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest revision, in one transaction.
+async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` (the newest, unless a test asks for an older one, to
+    check that upgrading from it keeps the data), in one transaction.
 
     Safe when several replicas start at once: on PostgreSQL they queue on an advisory lock held
     until the transaction ends; on SQLite, on the write lock (``BEGIN IMMEDIATE``). The first
@@ -173,10 +174,10 @@ async def migrate(engine: AsyncEngine) -> None:
             await connection.execute(
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_ID}
             )
-        await connection.run_sync(_upgrade)
+        await connection.run_sync(_upgrade, revision)
 
 
-def _upgrade(connection: Connection) -> None:
+def _upgrade(connection: Connection, target: str) -> None:
     # Alembic narrates every plugin it loads and every step at INFO; one line of ours is enough.
     for name in ("alembic.runtime.plugins", "alembic.runtime.migration"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -192,7 +193,7 @@ def _upgrade(connection: Connection) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    command.upgrade(config, target)
     after = revision()
     if after != before:
         log.info("job store schema migrated from %s to %s", before or "nothing", after)

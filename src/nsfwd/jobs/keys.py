@@ -21,6 +21,7 @@ from sqlalchemy import Row, or_, select, update
 from nsfwd.jobs.database import Database
 from nsfwd.jobs.records import ApiKey
 from nsfwd.jobs.schema import api_keys
+from nsfwd.policies import Policy, PolicyName
 
 KEY_PREFIX: Final = "nsfwd_"
 DISPLAY_CHARS: Final = 12
@@ -69,9 +70,20 @@ class ApiKeys:
         self.clock = clock
 
     async def create(
-        self, name: str, *, creates_per_minute: int = 100, max_in_flight: int = 10
+        self,
+        name: str,
+        *,
+        creates_per_minute: int = 100,
+        max_in_flight: int = 10,
+        policy: PolicyName | None = None,
+        threshold: float | None = None,
     ) -> tuple[str, ApiKey]:
-        """Create an API key; returns its secret (shown once, never stored) and its record."""
+        """Create an API key; returns its secret (shown once, never stored) and its record.
+
+        ``policy`` and ``threshold`` decide its predictions' verdicts (Eachlabs' ``output``);
+        what is left ``None`` follows the server's. Raises ValueError when either is invalid.
+        """
+        Policy().overridden(policy, threshold)  # validates both
         plaintext = generate_key()
         record = ApiKey(
             id=str(uuid.uuid4()),
@@ -81,6 +93,8 @@ class ApiKeys:
             creates_per_minute=creates_per_minute,
             max_in_flight=max_in_flight,
             created_at=self.clock(),
+            policy=policy,
+            threshold=threshold,
         )
         values = {column.name: getattr(record, column.name) for column in api_keys.columns}
         async with self.database.write() as connection:

@@ -54,6 +54,7 @@ from nsfwd.jobs.database import Database
 from nsfwd.jobs.deliveries import Deliveries
 from nsfwd.jobs.records import UNFINISHED, Prediction, Protocol, Upload
 from nsfwd.jobs.schema import UtcDateTime, inputs, predictions
+from nsfwd.policies import PolicyName
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +137,13 @@ class Predictions:
         upload: Upload | None = None,
         webhook_url: str | None = None,
         limits: Limits | None = None,
+        policy: PolicyName | None = None,
+        threshold: float | None = None,
     ) -> Prediction:
         """Queue a prediction of an uploaded image or of an image URL.
 
-        Raises :class:`CapacityError` when ``limits`` are reached.
+        ``policy`` and ``threshold`` are its API key's own (``None``: the worker applies the
+        server's). Raises :class:`CapacityError` when ``limits`` are reached.
         """
         if (input_url is None) == (upload is None):
             raise ValueError("a prediction needs exactly one of input_url and upload")
@@ -158,6 +162,8 @@ class Predictions:
                 input_filename=upload.filename if upload else None,
                 input_content_type=upload.content_type if upload else None,
                 webhook_url=webhook_url,
+                policy=policy,
+                threshold=threshold,
             )
             if limits is not None:
                 await _check_limits(connection, api_key, limits, now)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal
 
+from nsfwd.policies import PolicyName
+
 Protocol = Literal["eachlabs", "prodia"]
 Status = Literal["queued", "processing", "succeeded", "failed"]
 DeliveryStatus = Literal["pending", "delivered", "failed"]
@@ -71,6 +73,11 @@ class Prediction:
     """How many times a worker has claimed it."""
     expires_at: datetime | None = None
     """When the finished result is purged."""
+    policy: PolicyName | None = None
+    """The verdict policy of the key that created it (``None``: the server's decides
+    ``output``)."""
+    threshold: float | None = None
+    """The threshold of the key that created it (``None``: the server's)."""
 
     @property
     def finished(self) -> bool:
@@ -116,6 +123,12 @@ class ApiKey:
     max_in_flight: int
     created_at: datetime
     revoked_at: datetime | None = None
+    policy: PolicyName | None = None
+    """The verdict policy its predictions follow (Eachlabs' ``output``); ``None``: the
+    server's (``NSFWD_POLICY``)."""
+    threshold: float | None = None
+    """The threshold its predictions' policy is applied at; ``None``: the server's
+    (``NSFWD_THRESHOLD``)."""
 
     @property
     def revoked(self) -> bool:

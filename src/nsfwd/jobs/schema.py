@@ -91,6 +91,8 @@ predictions = Table(
     Column("lease_expires_at", UtcDateTime, nullable=True),
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("expires_at", UtcDateTime, nullable=True),
+    Column("policy", String(16), nullable=True),
+    Column("threshold", Float, nullable=True),
     CheckConstraint("protocol IN ('eachlabs', 'prodia')", name="protocol"),
     CheckConstraint("status IN ('queued', 'processing', 'succeeded', 'failed')", name="status"),
     Index(None, "status", "created_at"),
@@ -150,5 +152,7 @@ api_keys = Table(
     Column("max_in_flight", Integer, nullable=False, server_default="10"),
     Column("created_at", UtcDateTime, nullable=False),
     Column("revoked_at", UtcDateTime, nullable=True),
+    Column("policy", String(16), nullable=True),
+    Column("threshold", Float, nullable=True),
     UniqueConstraint("key_hash"),
 )

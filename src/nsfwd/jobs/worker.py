@@ -80,7 +80,8 @@ class Worker:
         """Run up to ``concurrency`` predictions at once, each under a lease of ``lease_s``.
 
         ``fetch_policy`` says where image URLs may be fetched from (without it, URL inputs fail
-        with a message); ``policy`` decides Eachlabs' verdict (``output``); ``poll_s`` is how
+        with a message); ``policy`` decides Eachlabs' verdict (``output``) where the prediction
+        does not carry its key's own (what it leaves unset comes from here); ``poll_s`` is how
         often to look for work queued elsewhere; ``purge_every_s`` how often to purge.
         """
         if concurrency < 1:
@@ -179,7 +180,7 @@ class Worker:
             prediction.id,
             self.name,
             labels=labels,
-            output=None if labels is None else verdict(labels, self.policy),
+            output=None if labels is None else verdict(labels, self._policy(prediction)),
             error=error,
             predict_time=elapsed if labels is not None else None,
         )
@@ -188,6 +189,14 @@ class Worker:
                         prediction.id)  # fmt: skip
         elif labels is not None:
             self._seconds_per_prediction = 0.8 * self._seconds_per_prediction + 0.2 * elapsed
+
+    def _policy(self, prediction: Prediction) -> Policy:
+        """The policy of the prediction's API key, where it has its own; else the server's."""
+        try:
+            return self.policy.overridden(prediction.policy, prediction.threshold)
+        except ValueError as exc:  # only a hand-edited row; keys are checked when created
+            log.warning("prediction %s: %s; applying the server's policy", prediction.id, exc)
+            return self.policy
 
     async def _image(self, prediction: Prediction) -> bytes:
         if prediction.input_url is None:

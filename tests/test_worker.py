@@ -419,7 +419,7 @@ def test_a_predictions_own_policy_decides_its_output_over_the_servers(
 
     async def body(store: Store, worker: Worker) -> dict[str, str | None]:
         ids = {name: await upload(store, noise_png(1), **fields) for name, fields in own.items()}
-        await wait_until(lambda: _count(all_finished(store, list(ids.values())), len(ids)))
+        await until(lambda: _count(all_finished(store, list(ids.values())), len(ids)))
         done = {p.id: p for p in await all_finished(store, list(ids.values()))}
         return {name: done[ids[name]].output for name in own}
 

@@ -95,16 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(classify)
     classify.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     _add_policy_options(classify)
-    classify.add_argument(
-        "--batch-size", type=int, default=None, help="images per batch (default: 2 CPU, 32 GPU)"
-    )
-    classify.add_argument(
-        "--workers", type=int, default=None, help="decoding threads (default: CPU count)"
-    )
-    classify.add_argument(
-        "--decode", choices=DECODE_CHOICES, default="auto", help=f"{DECODE_HELP} (default: auto)"
-    )
-    classify.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    _add_pipeline_options(classify)
 
     download = sub.add_parser(
         "download",
@@ -291,16 +282,21 @@ def _add_calibrate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParse
         metavar="FILE.json",
         help="write everything, curve points and per-image scores included",
     )
-    calibrate.add_argument(
+    _add_pipeline_options(calibrate)
+
+
+def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
+    """The batch pipeline's options, shared by the commands that classify folders."""
+    parser.add_argument(
         "--batch-size", type=int, default=None, help="images per batch (default: 2 CPU, 32 GPU)"
     )
-    calibrate.add_argument(
+    parser.add_argument(
         "--workers", type=int, default=None, help="decoding threads (default: CPU count)"
     )
-    calibrate.add_argument(
+    parser.add_argument(
         "--decode", choices=DECODE_CHOICES, default="auto", help=f"{DECODE_HELP} (default: auto)"
     )
-    calibrate.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
 
 
 def _add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,40 +1,10 @@
 """Image intake: bytes in, a validated upright RGB image out, or a typed error saying why not.
 
-Every upload (HTTP or batch CLI) passes through :func:`load_image` before the model sees it, and
-inputs are hostile, so the checks run cheapest first and nothing is decoded before it is known
-to be small enough:
-
-1. byte size against :attr:`ImageLimits.max_bytes` (:class:`ImageTooLargeError`);
-2. the format from magic bytes, not from a file name or a client's content type: only JPEG, PNG
-   and WebP are accepted (:class:`UnsupportedFormatError`, which names what the data looks like);
-3. width and height against the side and pixel limits, before any pixel is decoded
-   (:class:`ImageDimensionsError`; Pillow's own decompression-bomb guard maps to it too). They
-   are read twice: by a small header parser here, before Pillow is involved (its WebP plugin
-   creates the decoder, canvas and all, inside ``Image.open``), and from Pillow's lazy
-   ``Image.open`` (for a JPEG with several frame headers, ours reads the first, which libjpeg
-   uses, and Pillow the last; both must pass);
-4. for PNG, every chunk's CRC and the presence of ``IEND``, because Pillow skips the CRC of
-   image data and tolerates a missing ``IEND`` (:class:`CorruptImageError`);
-5. the first frame is decoded with ``ImageFile.LOAD_TRUNCATED_IMAGES`` left off, so truncated or
-   undecodable data fails (:class:`CorruptImageError`);
-6. the EXIF orientation is applied (a broken EXIF block is ignored, not fatal);
-7. the pixels are converted to 8-bit RGB.
-
-Steps 1 to 3 also run alone, as :func:`read_header`, for decoders that take over from there
-(the tensor decode path, :mod:`nsfwd.models.tensor_decode`): they see only bytes that passed.
-
-Transparency is flattened onto an opaque **white** background. The classifier should judge
-what a person sees, and a person sees a transparent upload in a viewer or on a web page over a
-light background, where fully transparent pixels show nothing at all. Pillow's plain
-``convert("RGB")`` would instead drop the alpha channel and expose whatever colour values
-happen to be stored under fully transparent pixels. Content hidden there is invisible to
-people, so it must neither trigger a verdict nor be able to hide one by pushing the visible
-picture around: after flattening, a fully transparent pixel is always (255, 255, 255), whatever
-its stored colour. White, not black, because white is the usual page and viewer background
-and the colour that transparent logos and stickers are designed against.
-
-Nothing here changes Pillow's global state: ``Image.MAX_IMAGE_PIXELS`` and
-``ImageFile.LOAD_TRUNCATED_IMAGES`` are only read.
+Every upload (HTTP or batch CLI) passes through :func:`load_image`; the checks run cheapest
+first, and nothing is decoded before it is known to be small enough. :func:`read_header` runs
+the checks that come before decoding alone, for decoders that take over from there.
+Transparency is flattened onto white. docs/ARCHITECTURE.md ("Image intake") gives the order of
+the checks and the reasons. Nothing here changes Pillow's global state.
 """
 
 from __future__ import annotations

@@ -1,19 +1,7 @@
-"""Per-key limits on the Eachlabs API: creates per minute, and predictions in flight.
-
-Two limits, checked in this order when a key creates a prediction:
-
-* **Creates per minute**, a moving window of 60 s per key (:class:`CreateRateLimiter`, the
-  ``limits`` package's ``MovingWindowRateLimiter`` over its in-memory storage). It answers
-  without touching the database, so a client hammering past its limit costs one dictionary
-  lookup, not a write transaction. Being in memory, it counts what this replica saw. Only
-  predictions that were created count: a request refused for a bad URL or a full queue does
-  not use up the key's minute.
-* **In flight** (queued or processing), and creates per minute again, counted in the store in
-  the transaction that creates the prediction (:class:`nsfwd.jobs.Limits`), so they hold across
-  replicas that share one PostgreSQL, and concurrent creates cannot all slip under them.
-
-:class:`KeyLimits` are a key's own numbers: keys made with ``nsfwd keys create`` carry theirs in
-the store; static keys (``NSFWD_API_KEYS``) get the defaults from the settings.
+"""Per-key limits on the Eachlabs API: a key's own numbers (:class:`KeyLimits`), and creates per
+minute counted in memory (:class:`CreateRateLimiter`), so a client hammering past its limit costs
+a dictionary lookup, not a write transaction. In-flight counts, and creates per minute across
+replicas, are checked in the store's transaction (:class:`nsfwd.jobs.Limits`).
 """
 
 from __future__ import annotations

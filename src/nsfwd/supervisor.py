@@ -1,25 +1,7 @@
 """``nsfwd serve --http-workers N``: N HTTP worker processes feeding one inference process.
 
-One Python process parses HTTP and multipart bodies under one interpreter lock, which caps it
-near 150 uploads a second (BENCHMARKS.md), while a GPU classifies thousands. So, as LitServe and
-text-embeddings-inference do, the work is split:
-
-* this process, the *supervisor*, checks the store (its migrations run here, once, before any
-  worker races to run them), starts the inference process, waits until it listens, then runs
-  uvicorn's multi-process server, whose workers share the listening socket;
-* the *inference process* loads the model, runs the :class:`~nsfwd.engine.Engine` (decoding
-  threads, dynamic batcher, admission control) and serves it with
-  :class:`~nsfwd.remote.InferenceServer` on a Unix socket in a private runtime folder;
-* each *HTTP worker* builds the usual app (:func:`worker_app`) around a
-  :class:`~nsfwd.remote.RemoteEngine` and runs its own share of the background jobs; the job
-  store's leases already let several workers share one queue safely.
-
-Metrics: ``PROMETHEUS_MULTIPROC_DIR`` points every process at one folder, so ``GET /metrics`` on
-any worker sums all of them. Shutdown: SIGINT or SIGTERM stops uvicorn's workers first (they
-finish their requests), then the supervisor closes the inference process's lifeline pipe. If
-the inference process dies, the whole server stops with an error, for the process manager to
-restart it; if the supervisor is killed, its children notice (a closed pipe, a new parent) and
-stop too.
+The supervisor starts the inference process, then uvicorn's multi-process server, and makes
+sure none of them outlives the others (docs/ARCHITECTURE.md, "Server with --http-workers N").
 """
 
 from __future__ import annotations

@@ -1,31 +1,8 @@
-"""Eachlabs' prediction API: create a prediction of an image URL, then poll it (or get a webhook).
+"""Eachlabs' prediction API: ``POST /v1/prediction/`` creates a prediction of an image URL,
+``GET /v1/prediction/{id}`` polls it, and a ``webhook_url`` gets its outcome.
 
-The request path of ``POST /v1/prediction/``, step by step: the ``X-API-Key`` (static keys from
-``NSFWD_API_KEYS``, or keys from ``nsfwd keys create``) -> the JSON body, read as it streams in
-(at most 64 KiB) -> the request, checked (model, ``input.image``, ``webhook_url``; both URLs
-refused when they are not public https, as far as that can be known before fetching) -> the
-key's creates per minute (in memory) -> the prediction, stored under the key's in-flight limit
-(in the store's transaction) -> ``{"status": "success", "message": ..., "predictionID": ...}``.
-A worker (:mod:`nsfwd.jobs.worker`) fetches the image under the SSRF policy and classifies it;
-when a ``webhook_url`` was given, :mod:`nsfwd.jobs.webhooks` sends the outcome there.
-
-``GET /v1/prediction/{id}`` answers ``{"status": "processing" | "success" | "error",
-"predictionID", "output", "metrics": {"predict_time"}, "labels"}``: ``output`` is ``"nsfw"``
-when the policy flags the image, else ``"normal"``: the key's own policy and threshold (``nsfwd
-keys create --policy --threshold``), else the server's (``NSFWD_POLICY`` and
-``NSFWD_THRESHOLD``, moderate at 0.5 by default); ``labels`` are
-the four probabilities; a failed prediction carries ``message`` and ``details``.
-
-Every refusal is ``{"status": "error", "message": <what is wrong and what to do>, "details":
-<a stable code>}``: 400 ``invalid_input``, 401 ``invalid_api_key``, 404 ``model_not_found`` or
-``prediction_not_found`` (another key's prediction too), 413 ``payload_too_large``, 429
-``rate_limited``, ``too_many_in_flight`` or ``server_busy`` (with ``Retry-After``), 5xx
-``internal_error`` or ``unavailable``.
-
-Keys are checked by :class:`nsfwd.api.auth.KeyRing`, as on the Prodia routes: with no
-``NSFWD_API_KEYS`` and no key ever created in the store, no key is needed (the server then
-listens on loopback only, see :mod:`nsfwd.server`); without a key there are no per-key limits
-either, only the server's queue bound.
+Refusals are ``{"status": "error", "message": <what is wrong and what to do>, "details": <a
+stable code>}``. The request path, step by step, is in docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations

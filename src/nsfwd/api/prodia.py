@@ -1,17 +1,7 @@
 """Prodia's synchronous job API: ``POST /v2/job``, as the official ``prodia`` npm client speaks it.
 
-The request path, step by step: the bearer token (a key from ``NSFWD_API_KEYS`` or ``nsfwd keys
-create``, checked by :class:`nsfwd.api.auth.KeyRing`) -> the multipart body, read as it streams in
-(a part ``job`` with the job JSON, parts ``input`` with the image) -> the job, checked (type,
-model, input) -> the engine, raced against the client going away -> the finished job, as JSON or
-as multipart/form-data as the ``Accept`` header asks.
-
-Job types: ``inference.vit.img2label.v1`` (labels under ``config.labels``),
-``inference.vit.img2label.v2`` (multipart: the job, then ``output`` parts ``labels.json`` and the
-original image byte for byte) and ``inference.ping.v1`` (Prodia's token check; no input).
-
-Failures answer with the job, ``state.current`` ``"failed"`` and its ``"error"`` message,
-rendered as :mod:`nsfwd.api.prodia_job` says.
+A multipart job and image in; the finished job out, as JSON or as multipart/form-data as the
+``Accept`` header asks (docs/ARCHITECTURE.md says where each error goes, and why).
 """
 
 from __future__ import annotations

@@ -1,23 +1,6 @@
-"""Prodia's asynchronous job API: submit a job, then poll it and fetch its outputs.
-
-* ``POST /v2/job/async``: the same multipart request as ``POST /v2/job`` (a ``job`` part, an
-  ``input`` image), checked the same way and the image decoded at once, so a bad job or image
-  is a 400 (413 when too large) right away. The job and its image are stored and the answer is
-  201 with the job, ``state.current`` ``"processing"``; a worker runs it later (see
-  :mod:`nsfwd.jobs.worker`). 429 with ``Retry-After`` when ``max_async_queued`` jobs are
-  already waiting or running.
-* ``GET /v2/job/async/{id}/job.state.current``: the state as plain text: ``processing``,
-  ``processed`` or ``failed``.
-* ``GET /v2/job/async/{id}/job.json``: the whole job: labels under ``config.labels`` once
-  processed, ``error`` once failed.
-* ``GET /v2/job/async/{id}/output``: the output files' names as a JSON array: ``labels.json``,
-  and for ``inference.vit.img2label.v2`` the original image's filename (empty until processed).
-* ``GET /v2/job/async/{id}/output/{filename}``: one output: ``labels.json`` as JSON, the image
-  byte for byte with its uploaded content type.
-
-Same Bearer auth as ``POST /v2/job`` (static keys and keys from ``nsfwd keys create``). A job is
-visible only to the key that submitted it (when keys are needed); an unknown, expired or foreign
-id is 404. Results are kept ``result_ttl_s`` after they finish.
+"""Prodia's asynchronous job API: ``POST /v2/job/async`` stores a job checked as ``POST /v2/job``
+checks it, then ``GET /v2/job/async/{id}/...`` gives its state, the whole job, its outputs'
+names and each output. A job is visible only to the key that submitted it.
 """
 
 from __future__ import annotations

@@ -1,24 +1,8 @@
-"""`nsfwd bench`: measure the model, the classify pipeline and the server on this machine.
-
-Suites (each optional):
-
-* ``model``: images/s and latency per batch size on ready tensors (no decoding);
-* ``pipeline``: ``nsfwd classify``'s path end to end over a folder of JPEGs, decoding included,
-  once per ``--decode`` path (Pillow's, the tensor path), so the paths compare in one run;
-* ``parity``: the mode under test (device, dtype, compiled graphs, int8, decode path) against
-  the exact mode (fp32 on the CPU, Pillow decoding) on real photographs: max |dp| per label and
-  the moderate-policy decisions that change (:mod:`nsfwd.bench.parity`);
-* ``server``: a real ``nsfwd serve`` process on loopback under N concurrent clients posting
-  Prodia v1 jobs, against one client at a time: req/s, p50/p95/p99 latency, mean batch size;
-* ``--compile``: the same suites through the ``torch.compile`` mode, after compiling (or loading
-  from the cache) a graph per batch size; the report says how long that took and whether the
-  graphs came from the cache (run twice with one ``--compile-cache-dir`` for cold vs warm);
-* ``--compare-reference``: Freepik's ``nsfw-image-detector`` on the same checkpoint, images and
-  device in the same run, reported as ratios (machines are noisy; ratios travel better);
-* ``--rounds N``: the pipeline suite and the reference alternate N times, each figure the median
-  of its rounds, so that a noisy machine's drift falls on both alike.
+"""`nsfwd bench`: measure the model, the classify pipeline and the server on this machine, each
+suite optional, against Freepik's package in the same run when asked (:func:`run_bench`).
 
 Without ``--model`` a random-weight checkpoint of ``--arch`` is written first (same compute).
+README.md's "Benchmarks" lists the suites and options; BENCHMARKS.md holds the figures.
 """
 
 from __future__ import annotations

@@ -1,29 +1,5 @@
-"""Webhook delivery: the outbox the store fills, sent out signed, retried until taken or given up.
-
-When a prediction with a ``webhook_url`` finishes, the store enqueues its delivery in the same
-transaction (:mod:`nsfwd.jobs.deliveries`: the JSON body already rendered, the Standard Webhooks
-message id ``msg_...`` already chosen). Each replica runs a :class:`WebhookSender`, which:
-
-1. claims deliveries that are due under a lease (``store.deliveries.claim``, in a
-   :class:`~nsfwd.jobs.claims.ClaimLoop`), so replicas sharing one PostgreSQL never send the
-   same attempt twice;
-2. POSTs each body to its URL through :func:`nsfwd.fetch.safe_async_client` (the receiver's
-   addresses checked and pinned like an image host's; redirects are not followed), signed the
-   Standard Webhooks way: headers ``webhook-id`` (the delivery id, the same on every retry, so
-   receivers can drop duplicates), ``webhook-timestamp`` and ``webhook-signature``;
-3. records the attempt (``store.deliveries.record_attempt``): a 2xx answer within
-   ``timeout_s`` is delivered; anything else (another status, a timeout, a network error, a
-   refused address) is retried after the next of ``retry_delays``, and given up (``failed``)
-   once they are used up.
-
-Everything is in the store, so a retry scheduled before a restart is sent after it, by whichever
-replica looks first. A sender wakes when this replica finishes a prediction with a webhook
-(``store.deliveries.work_available``), when one of its own retries falls due, and every
-``poll_s`` for work from other replicas.
-
-The signing secret is ``NSFWD_WEBHOOK_SECRET``; without it, a SQLite server generates one into
-``data_dir/webhook_secret`` on first start (:func:`resolve_secret`), and a server on
-PostgreSQL accepts no webhooks, since its replicas would not sign alike.
+"""Webhook delivery: the outbox the store fills, sent out signed (Standard Webhooks), retried
+until taken or given up (:class:`WebhookSender`), and the signing secret (:func:`resolve_secret`).
 """
 
 from __future__ import annotations

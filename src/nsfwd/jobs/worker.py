@@ -1,19 +1,5 @@
-"""The worker: runs the predictions in the store on this replica's engine.
-
-A claim loop (:class:`~nsfwd.jobs.claims.ClaimLoop`) keeps up to ``concurrency`` predictions
-running: it claims as many as there are free slots (:meth:`Predictions.claim
-<nsfwd.jobs.predictions.Predictions.claim>`, under a lease of ``lease_s``), starts a task for
-each, and when the queue is empty sleeps until this replica queues work or ``poll_s`` passes
-(work queued by other replicas). Each task gets the image (the stored upload, or the URL fetched
-under the SSRF policy), classifies it on the engine and records labels or an error message. The
-leases of everything running are renewed every third of ``lease_s``; a prediction whose lease
-was lost (this replica stalled and another took it over) is cancelled here. A purge loop deletes
-expired results.
-
-A replica that is killed leaves its predictions ``processing`` with leases that run out; any
-replica's next claim takes them over (counting an attempt), and after ``max_attempts`` fails them
-with a message, so nothing stays ``processing`` forever. A replica that stops cleanly hands its
-unfinished predictions back to the queue at once.
+"""The worker: runs the predictions in the store on this replica's engine, under leases, so that
+replicas sharing one store share the queue and a killed replica's work is taken over.
 """
 
 from __future__ import annotations

@@ -1,16 +1,5 @@
-"""The optional ``torch.compile`` mode: fixed batch buckets and a compile cache that persists.
-
-Compiling trades a slower start for faster batches. Shapes are static, so every batch size is a
-graph of its own: :class:`CompiledForward` pads each batch up to the next *bucket* (powers of
-two up to the server's batch size, or sizes the caller gives), runs the graph compiled for that
-bucket and drops the padded rows. On CUDA the ``on`` mode is ``reduce-overhead``, which records a
-CUDA graph per bucket. Rows never mix inside the network (no batch norm in eval), so padding
-changes nothing but the work done.
-
-Inductor keeps compiled graphs on disk (its FX graph and AOTAutograd caches) under
-``TORCHINDUCTOR_CACHE_DIR``; :func:`use_cache_dir` points that at a folder that outlives the
-process, so the next start of the same model with the same buckets on the same machine loads the
-graphs instead of compiling them. Dynamo still traces the model at every start.
+"""The optional ``torch.compile`` mode: fixed batch buckets, padding up to them, and a compile
+cache that outlives the process (docs/ARCHITECTURE.md, "Model loading").
 """
 
 from __future__ import annotations

@@ -1,32 +1,9 @@
-"""The tensor decode path: JPEG bytes to the classifier's uint8 input with torch ops, on its device.
+"""The tensor decode path: encoded JPEGs to the classifier's uint8 input with torch ops, on its
+device (:class:`TensorDecoder`), giving what :meth:`Classifier.prepare` gives from Pillow.
 
-:meth:`Classifier.prepare` takes a decoded PIL image and resizes and crops it with Pillow on the
-CPU. :class:`TensorDecoder` gives the same uint8 CHW tensors from encoded bytes instead:
-
-1. :func:`nsfwd.images.read_header` runs the intake's checks that come before decoding (byte
-   size, format by content, dimensions from the header, decompression bombs), so nothing that
-   :func:`~nsfwd.images.load_image` would refuse there reaches a decoder;
-2. JPEGs whose pixels are gray or YCbCr/RGB are decoded by TorchCodec's ``decode_jpeg`` onto
-   the classifier's device: all of a batch in one nvjpeg call on CUDA, libjpeg-turbo image by
-   image on the CPU;
-3. the EXIF orientation that Pillow reads from the header (the one ``load_image`` applies) turns
-   the pixels with torch ops. TorchCodec always applies the orientation its own EXIF reader
-   finds, which is not always Pillow's (Pillow also reads XMP), so the decoder is handed a copy
-   whose APP1 segments (EXIF, XMP) are retagged as comments and finds none (see
-   :func:`hide_app1`);
-4. the checkpoint's own ``Resize`` and ``CenterCrop`` run on the tensors with
-   ``torchvision.transforms.v2.functional`` (same size rule, same bicubic antialiased kernel).
-
-Everything else goes the PIL way, image by image, in place: PNG, WebP, CMYK JPEGs (rare; on
-Pillow's conversion their colours are the PIL path's on every device), JPEGs whose segments
-:func:`hide_app1` cannot walk, and any JPEG that ``decode_jpeg`` refuses (truncated, corrupt),
-whose :class:`~nsfwd.images.ImageError` is then the very one ``load_image`` gives.
-
-On the CPU, decoding matched Pillow's bit for bit on every test photograph (both use
-libjpeg-turbo); the resize rounds a little differently: with torch's uint8 kernels (the CPU)
-pixels are at most 2 levels apart and almost all equal; resizing in float32, as torchvision
-does on a GPU, up to about 10 levels where bicubic overshoots at hard edges (mean about 0.15).
-See tests/test_tensor_decode.py.
+The intake's checks run first (:func:`nsfwd.images.read_header`); images the decoder cannot
+take go the PIL way in place. docs/ARCHITECTURE.md describes the steps; tests/test_tensor_decode.py
+holds the tolerances against the PIL path.
 """
 
 from __future__ import annotations

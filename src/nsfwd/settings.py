@@ -101,7 +101,7 @@ class Settings(BaseSettings):
         1,
         ge=1,
         description="HTTP worker processes. Above 1, that many processes parse requests (one "
-        "Python process spends ~6.5 ms of CPU per upload, so it tops out near 150 a second) "
+        "Python process caps the request rate well below a GPU's; BENCHMARKS.md) "
         "and forward images to one inference process that owns the model and batches for all "
         "of them.",
     )

@@ -106,9 +106,8 @@ def tcp_listener(bound: socket.socket) -> socket.socket:
     """``bound`` re-wrapped with ``proto`` IPPROTO_TCP.
 
     uvicorn binds the shared socket with ``proto`` 0; connections accepted from it inherit that,
-    and asyncio then skips TCP_NODELAY, so on Linux every keep-alive answer waited ~40 ms for
-    the client's delayed ACK (measured: 44 ms against 1.5 ms for a 300 KB upload;
-    uvicorn issue #3149).
+    and asyncio then skips TCP_NODELAY, so on Linux every keep-alive answer waits for the
+    client's delayed ACK (uvicorn issue #3149; BENCHMARKS.md has the figures).
     """
     if bound.family not in (socket.AF_INET, socket.AF_INET6):
         return bound

@@ -152,7 +152,7 @@ def _load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
 
 def _build_uninitialised(build: Callable[[], torch.nn.Module]) -> torch.nn.Module | None:
     """The network with memory for its weights but without their random initialisation, which
-    costs EVA-02-B about 2 s of start-up for values the checkpoint then overwrites: built on the
+    costs seconds of start-up for values the checkpoint then overwrites: built on the
     meta device, then given empty memory. Every weight and persistent buffer comes from the
     checkpoint (loaded strictly); the buffers a checkpoint does not hold (RoPE frequencies, ...)
     are recomputed by :func:`_recompute_buffers`. None, to build it the usual way, where that is

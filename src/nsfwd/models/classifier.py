@@ -41,7 +41,7 @@ def pick_device(device: str | None = None) -> torch.device:
 
 
 def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
-    """bf16 on a GPU; fp32 on the CPU, where bf16 without native support is 4-7x slower."""
+    """bf16 on a GPU; fp32 on the CPU, where bf16 without native support is several times slower."""
     if dtype:
         try:
             return DTYPES[dtype]

@@ -1,8 +1,8 @@
 """What this CPU computes fast: its vector extensions decide the speed of fp32, bf16 and int8.
 
-The same network runs ~2.5x faster in bf16 than in fp32 on a CPU with AVX512_BF16 or AMX, and
-~4x slower on one without (PyTorch then converts around every operation), so a CPU figure means
-little without these beside it, and bf16 on such a CPU deserves a warning.
+The same network runs faster in bf16 than in fp32 on a CPU with AVX512_BF16 or AMX, and several
+times slower on one without (PyTorch then converts around every operation; BENCHMARKS.md), so a
+CPU figure means little without these beside it, and bf16 on such a CPU deserves a warning.
 """
 
 from __future__ import annotations

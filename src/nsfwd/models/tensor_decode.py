@@ -46,11 +46,8 @@ DECODE_MODES: Final = ("auto", "pil", "tensor")
 ``auto``: the tensor path where the model allows it (see :func:`resolve_decode`)."""
 
 AUTO_ON_CPU: Final = "tensor"
-"""What ``auto`` picks on the CPU: the faster path measured there. On 2 cores, with 1024x768
-JPEGs, a libjpeg-turbo decode to a tensor (torchvision's then; TorchCodec's takes as long) plus
-torch's uint8 resize prepare an image in 3.7 ms on one core where Pillow takes 8.1 ms, and
-``nsfwd classify`` with a tiny EVA-02 ran 1.10 to 1.12 times as many images a second; with
-EVA-02-B/448 the model's 1.2 s an image hides the difference."""
+"""What ``auto`` picks on the CPU: the path that measured faster there (BENCHMARKS.md, the
+pipeline suite's ``--decode pil,tensor``)."""
 
 # Pillow modes of JPEGs that decode_jpeg turns into the RGB that load_image gives.
 _TENSOR_MODES: Final = frozenset({"L", "RGB"})

@@ -18,6 +18,7 @@ import pytest
 import requests
 import torch
 from PIL import Image
+from requests.adapters import HTTPAdapter, Retry
 
 from gates import GatedClassifier
 from nsfwd.api import create_app
@@ -185,7 +186,7 @@ def test_extra_config_is_kept(url: str) -> None:
         (job_files("inference.nope.v1", astronaut_jpeg()), 400, "unknown job type"),
         (job_files(V1), 400, "no input image"),
         ([("job", ("job.json", json.dumps({"type": "inference.ping.v1"})))], 400, "POST it to"),
-        (job_files(V1, b"\xff\xd8\xff" + bytes(11 * 1024 * 1024)), 413, "10,485,760"),
+        (job_files(V1, b"\xff\xd8\xff" + bytes(11 * 1024 * 1024)), 400, "10,485,760"),
     ],
 )
 def test_bad_jobs_are_refused_at_once_and_not_stored(
@@ -200,6 +201,20 @@ def test_bad_jobs_are_refused_at_once_and_not_stored(
     after = metric(url, "nsfwd_requests_total", route="/v2/job/async", status=str(status))
     assert after == before + 1
     assert session().get(f"{url}/v2/job/async/{job['id']}/job.json").status_code == 404
+
+
+def test_the_guides_retrying_session_reads_the_size_refusal(url: str) -> None:
+    """urllib3's Retry(status_forcelist=RETRY_AFTER_STATUS_CODES) re-sends a 413; the size
+    refusal is a 400 whose message names the limit."""
+    s = session()
+    retries = Retry(total=3, status_forcelist=Retry.RETRY_AFTER_STATUS_CODES, allowed_methods=None)
+    s.mount("http://", HTTPAdapter(max_retries=retries))
+    image = b"\xff\xd8\xff" + bytes(11 * 1024 * 1024)
+    res = s.post(
+        f"{url}/v2/job/async", headers={"Accept": "application/json"}, files=job_files(V1, image)
+    )
+    assert res.status_code == 400, res.text[:300]
+    assert "10,485,760 bytes" in res.json()["error"]
 
 
 def test_a_refusal_goes_in_the_job_part_when_multipart_is_accepted(url: str) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import requests
 from PIL import Image
+from requests.adapters import HTTPAdapter, Retry
 
 from nsfwd.api import create_app
 from nsfwd.api.middleware import BodyLimitMiddleware
@@ -140,7 +141,7 @@ CASES: dict[str, tuple[Callable[[], dict[str, Any]], int, str]] = {
     "job a string": (lambda: multipart_request(job_part(V1)), 400, "JSON object, got str"),
     "job part over 64 KiB": (
         lambda: multipart_request(job_part({"type": V1, "pad": "x" * 70_000})),
-        413, "part 'job'",
+        400, "part 'job'",
     ),
     "no type": (
         lambda: multipart_request(job_part({"config": {"model": MODEL}}), input_part(_good())),
@@ -294,7 +295,7 @@ def test_bad_requests_get_a_clear_4xx(server_url: str, case: str, accept: str) -
     good_request_succeeds(server_url)
 
 
-def test_an_11_mb_image_is_refused_with_413_quickly(server_url: str) -> None:
+def test_an_11_mb_image_is_refused_with_400_quickly(server_url: str) -> None:
     image = b"\xff\xd8\xff\xe0" + random.Random(11).randbytes(11 * 1024 * 1024)
     started = time.perf_counter()
     res = requests.post(
@@ -304,17 +305,48 @@ def test_an_11_mb_image_is_refused_with_413_quickly(server_url: str) -> None:
         timeout=30,
     )
     assert time.perf_counter() - started < 5
-    assert res.status_code == 413
+    assert res.status_code == 400
     assert "send an image of at most 10,485,760 bytes" in res.json()["error"]
     good_request_succeeds(server_url)
 
 
+def retrying_session() -> requests.Session:
+    """A session like the guide's: urllib3 retries every status in RETRY_AFTER_STATUS_CODES
+    (413, 429, 503), so a refusal it should read must not be one of them."""
+    session = requests.Session()
+    retries = Retry(total=3, status_forcelist=Retry.RETRY_AFTER_STATUS_CODES, allowed_methods=None)
+    session.mount("http://", HTTPAdapter(max_retries=retries))
+    session.headers.update(AUTH)
+    return session
+
+
+@pytest.mark.parametrize("accept", ["application/json", "multipart/form-data"])
+def test_the_guides_retrying_session_reads_the_size_refusal(server_url: str, accept: str) -> None:
+    image = b"\xff\xd8\xff\xe0" + random.Random(12).randbytes(11 * 1024 * 1024)
+    with retrying_session() as session:
+        res = session.post(
+            f"{server_url}/v2/job",
+            headers={"Accept": accept},
+            files=[job_part(GOOD_JOB), input_part(image, "huge.jpg")],
+            timeout=30,
+        )
+    assert res.status_code == 400, res.text[:300]
+    if accept == "application/json":
+        job = res.json()
+    else:
+        name, _, _, data = parts_of(res)[0]
+        assert name == "job"
+        job = json.loads(data)
+    assert job["state"] == {"current": "failed"}
+    assert "10,485,760 bytes" in job["error"], job["error"]
+
+
 def test_the_image_limit_is_exact(server_url: str) -> None:
-    """10 MiB passes the size checks (and then fails to decode); one byte more is a 413."""
+    """10 MiB passes the size checks (and then fails to decode); one byte more is a 400."""
     at_limit = b"\xff\xd8\xff\xe0" + bytes(LIMIT - 4)
     for data, status, message in (
         (at_limit, 400, "truncated or corrupt"),
-        (at_limit + b"!", 413, "part 'input' ('big.jpg') is over 10,485,760 bytes"),
+        (at_limit + b"!", 400, "part 'input' ('big.jpg') is over 10,485,760 bytes"),
     ):
         res = requests.post(
             f"{server_url}/v2/job",
@@ -353,10 +385,10 @@ def test_an_oversized_content_length_is_refused_before_the_body(
     )
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         started = time.perf_counter()
-        sock.sendall(head.encode())  # the headers alone: the 413 must not wait for a body
+        sock.sendall(head.encode())  # the headers alone: the 400 must not wait for a body
         answer = read_response(sock)
         assert time.perf_counter() - started < 3
-    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
     assert b"100 Continue" not in answer
     assert b"11,534,336 bytes (Content-Length)" in answer
     good_request_succeeds(server_url)
@@ -401,7 +433,7 @@ def test_a_chunked_body_is_refused_while_it_streams(
                 break
         assert answered, "no answer while the body kept coming"
         answer = read_response(sock)
-    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
     assert message in answer
     assert sent < 64 * 1024 * 1024  # refused long before the client was done
     good_request_succeeds(server_url)

@@ -164,7 +164,7 @@ class ImageError(ValueError):
 
 
 class ImageTooLargeError(ImageError):
-    """The encoded input is larger than :attr:`ImageLimits.max_bytes` (HTTP 413)."""
+    """The encoded input is larger than :attr:`ImageLimits.max_bytes` (HTTP 400)."""
 
     code: ClassVar[str] = "too_large"
 

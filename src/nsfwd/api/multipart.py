@@ -141,7 +141,7 @@ async def read_form(
 ) -> list[Part]:
     """Parse a multipart/form-data body as it streams in; return its parts in order.
 
-    Parts whose name is in ``part_limits`` keep their data, each refused with 413
+    Parts whose name is in ``part_limits`` keep their data, each refused with a 400
     (:class:`PayloadTooLargeError`) as soon as it grows past its limit; other parts are returned
     with empty data. Raises :class:`FormError` for a body that is not well-formed
     multipart/form-data.

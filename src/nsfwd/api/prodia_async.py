@@ -2,10 +2,10 @@
 
 * ``POST /v2/job/async``: the same multipart request as ``POST /v2/job`` (a ``job`` part, an
   ``input`` image), checked the same way and the image decoded at once, so a bad job or image
-  is a 400 (413 when too large) right away. The job and its image are stored and the answer is
-  201 with the job, ``state.current`` ``"processing"``; a worker runs it later (see
-  :mod:`nsfwd.jobs.worker`). 429 with ``Retry-After`` when ``max_async_queued`` jobs are
-  already waiting or running.
+  is a 400 (one that names the limit when too large) right away. The job and its image are
+  stored and the answer is 201 with the job, ``state.current`` ``"processing"``; a worker runs
+  it later (see :mod:`nsfwd.jobs.worker`). 429 with ``Retry-After`` when ``max_async_queued``
+  jobs are already waiting or running.
 * ``GET /v2/job/async/{id}/job.state.current``: the state as plain text: ``processing``,
   ``processed`` or ``failed``.
 * ``GET /v2/job/async/{id}/job.json``: the whole job: labels under ``config.labels`` once

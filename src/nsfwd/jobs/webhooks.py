@@ -8,7 +8,8 @@ message id ``msg_...`` already chosen). Each replica runs a :class:`WebhookSende
    :class:`~nsfwd.jobs.claims.ClaimLoop`), so replicas sharing one PostgreSQL never send the
    same attempt twice;
 2. POSTs each body to its URL through :func:`nsfwd.fetch.safe_async_client` (the receiver's
-   addresses checked and pinned like an image host's; redirects are not followed), signed the
+   addresses checked and pinned like an image host's, against the webhooks' own allowed networks,
+   ``NSFWD_WEBHOOK_ALLOW_NETWORKS``; redirects are not followed), signed the
    Standard Webhooks way: headers ``webhook-id`` (the delivery id, the same on every retry, so
    receivers can drop duplicates), ``webhook-timestamp`` and ``webhook-signature``;
 3. records the attempt (``store.deliveries.record_attempt``): a 2xx answer within
@@ -169,7 +170,7 @@ class WebhookSender:
         sender = cls(
             store,
             None,
-            settings.fetch_policy,
+            settings.webhook_policy,
             retry_delays=settings.webhook_retry_delays,
             timeout_s=settings.webhook_timeout_s,
         )

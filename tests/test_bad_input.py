@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import requests
+import torch
 from PIL import Image
 from requests.adapters import HTTPAdapter, Retry
 
@@ -475,6 +476,34 @@ def test_a_stalled_body_is_let_go_with_408(classifier: Classifier) -> None:
             assert b"no request body data for 0.5 s after 1,000 bytes" in answer
             assert sock.recv(1) == b""  # and the connection is closed
         good_request_succeeds(url)
+
+
+class NaNClassifier(Classifier):
+    """The real classifier, except that every score comes out NaN (a model gone wrong)."""
+
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        return torch.full((batch.shape[0], len(self.labels)), float("nan"))
+
+
+def test_scores_that_come_out_nan_fail_closed(classifier: Classifier) -> None:
+    """NaN is not above any threshold, so it would pass as unflagged: an error instead."""
+    broken = NaNClassifier(classifier.loaded, classifier.device, classifier.dtype, classifier.name)
+    settings = Settings(model=classifier.name, served_model_name=MODEL, api_keys=[TOKEN])
+    engine = Engine(broken, limits=settings.image_limits)
+    with serve_app(create_app(engine, settings)) as url:
+        for version in ("v1", "v2"):
+            job = json.dumps({"type": f"inference.vit.img2label.{version}",
+                              "config": {"model": MODEL}}).encode()  # fmt: skip
+            res = requests.post(
+                f"{url}/v2/job",
+                headers={**AUTH, "Accept": "application/json"},
+                files=[job_part(job), input_part(_good())],
+                timeout=30,
+            )
+            assert res.status_code == 400, res.text
+            answer = res.json()
+            assert answer["state"] == {"current": "failed"} and "labels" not in answer["config"]
+            assert "not finite" in answer["error"], answer["error"]
 
 
 def test_huge_headers_are_refused(server_url: str) -> None:

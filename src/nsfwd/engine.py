@@ -23,9 +23,10 @@ from typing import Protocol
 
 import torch
 
-from nsfwd.images import ImageLimits, load_image
+from nsfwd.images import ImageLimits, UnscorableImageError, load_image
 from nsfwd.metrics import Metrics
 from nsfwd.models import Classifier, Labels
+from nsfwd.policies import nonfinite_labels
 
 
 class QueueFullError(RuntimeError):
@@ -219,5 +220,9 @@ class Engine:
             self.metrics.batch_size.observe(len(live))
             self.metrics.inference_seconds.observe(elapsed)
             for item, labels in zip(live, self.classifier.to_labels(probs), strict=True):
-                if not item.future.done():
+                if item.future.done():
+                    continue
+                if bad := nonfinite_labels(labels):  # fail closed: NaN is never flagged
+                    item.future.set_exception(UnscorableImageError.for_labels(bad))
+                else:
                     item.future.set_result(labels)

@@ -13,7 +13,8 @@
 * ``GET /v2/job/async/{id}/output``: the output files' names as a JSON array: ``labels.json``,
   and for ``inference.vit.img2label.v2`` the original image's filename (empty until processed).
 * ``GET /v2/job/async/{id}/output/{filename}``: one output: ``labels.json`` as JSON, the image
-  byte for byte with its uploaded content type.
+  byte for byte, as ``image/jpeg``, ``image/png`` or ``image/webp`` by the format its bytes have
+  (never the type the client claimed), with ``X-Content-Type-Options: nosniff``.
 
 Same Bearer auth as ``POST /v2/job`` (static keys and keys from ``nsfwd keys create``). A job is
 visible only to the key that submitted it (when keys are needed); an unknown, expired or foreign
@@ -50,7 +51,7 @@ from nsfwd.api.prodia_job import (
     wants_multipart,
 )
 from nsfwd.engine import ClassifyEngine
-from nsfwd.images import ImageError, load_image
+from nsfwd.images import ImageError, load_image, sniff_format
 from nsfwd.jobs import CapacityError, Limits, Prediction, Store, Upload
 from nsfwd.jobs.worker import Worker
 from nsfwd.settings import Settings
@@ -244,7 +245,19 @@ class ProdiaAsyncJobs(ProdiaJobs):
         upload = await self.store.predictions.get_input(job_id)
         if upload is None:
             raise ApiError(f"job {job_id} expired while its output was read", status=404)
-        return Response(upload.data, media_type=upload.content_type)
+        return image_response(upload.data)
+
+
+IMAGE_TYPES: Final = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+"""The media type a stored image is served under, by the format its bytes have."""
+
+
+def image_response(data: bytes) -> Response:
+    """A stored image, served as the image its bytes are, never under the type its uploader
+    claimed (a "text/html" upload served as such would run in the browser of whoever opens the
+    link), with ``nosniff`` so browsers do not guess either."""
+    media_type = IMAGE_TYPES.get(sniff_format(data) or "", "application/octet-stream")
+    return Response(data, media_type=media_type, headers={"X-Content-Type-Options": "nosniff"})
 
 
 def _output_names(prediction: Prediction) -> list[str]:

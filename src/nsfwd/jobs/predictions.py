@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -91,6 +92,15 @@ class CapacityError(Exception):
         self.scope = scope
         self.limit = limit
         self.count = count
+
+
+_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def possible_id(prediction_id: str) -> bool:
+    """Whether ``prediction_id`` could name a prediction (ids are uuid4 text). Anything else is
+    unknown without a query: PostgreSQL cannot even compare text holding a NUL."""
+    return _ID.fullmatch(prediction_id) is not None
 
 
 def _prediction(row: Row[Any]) -> Prediction:
@@ -178,6 +188,8 @@ class Predictions:
 
     async def get(self, prediction_id: str) -> Prediction | None:
         """The prediction with this id, or ``None`` (unknown, or purged)."""
+        if not possible_id(prediction_id):
+            return None
         async with self.database.read() as connection:
             row = (
                 await connection.execute(
@@ -188,6 +200,8 @@ class Predictions:
 
     async def get_input(self, prediction_id: str) -> Upload | None:
         """The uploaded image of a prediction, or ``None`` when it has none (or is purged)."""
+        if not possible_id(prediction_id):
+            return None
         query = (
             select(
                 inputs.c.data,

@@ -188,9 +188,9 @@ class Predictions:
 
     async def get(self, prediction_id: str) -> Prediction | None:
         """The prediction with this id, or ``None`` (unknown, or purged)."""
-        if not possible_id(prediction_id):
-            return None
         async with self.database.read() as connection:
+            if not possible_id(prediction_id):
+                return None
             row = (
                 await connection.execute(
                     select(predictions).where(predictions.c.id == prediction_id)
@@ -200,8 +200,6 @@ class Predictions:
 
     async def get_input(self, prediction_id: str) -> Upload | None:
         """The uploaded image of a prediction, or ``None`` when it has none (or is purged)."""
-        if not possible_id(prediction_id):
-            return None
         query = (
             select(
                 inputs.c.data,
@@ -212,6 +210,8 @@ class Predictions:
             .where(inputs.c.prediction_id == prediction_id)
         )
         async with self.database.read() as connection:
+            if not possible_id(prediction_id):
+                return None
             row = (await connection.execute(query)).first()
         if row is None:
             return None

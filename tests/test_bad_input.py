@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import pathlib
 import random
 import select
 import socket
@@ -504,6 +505,18 @@ def test_scores_that_come_out_nan_fail_closed(classifier: Classifier) -> None:
             answer = res.json()
             assert answer["state"] == {"current": "failed"} and "labels" not in answer["config"]
             assert "not finite" in answer["error"], answer["error"]
+
+
+def test_nsfwd_classify_records_nan_scores_as_errors(
+    classifier: Classifier, tmp_path: pathlib.Path
+) -> None:
+    from nsfwd.pipeline import classify_files
+
+    broken = NaNClassifier(classifier.loaded, classifier.device, classifier.dtype, classifier.name)
+    (tmp_path / "photo.jpg").write_bytes(_good())
+    [result] = classify_files(broken, [tmp_path / "photo.jpg"], batch_size=1, decode="pil")
+    assert result.labels is None
+    assert result.error is not None and "not finite" in result.error
 
 
 def test_huge_headers_are_refused(server_url: str) -> None:

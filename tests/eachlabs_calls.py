@@ -1,8 +1,8 @@
 """Eachlabs' prediction API as the tests call it: a server on loopback, creating and polling
 predictions, and checking Eachlabs' error body.
 
-The server fetches images and sends webhooks only to the loopback host of ``hosts.py``
-(``ALLOWED``, plain http) and signs webhooks with its ``SECRET``.
+The server fetches images and sends webhooks (each allowed separately) only to the loopback host
+of ``hosts.py`` (``ALLOWED``, plain http) and signs webhooks with its ``SECRET``.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def eachlabs_server(
         "api_keys": [KEY, OTHER],
         "data_dir": data_dir,
         "fetch_allow_networks": ALLOWED,
+        "webhook_allow_networks": ALLOWED,
         "fetch_allow_http": True,
         "webhook_secret": SECRET,
         "webhook_retry_delays": [0.2, 0.2],

@@ -1,8 +1,9 @@
 """Eachlabs' prediction API (POST /v1/prediction/, GET /v1/prediction/{id}) on a real server.
 
 The server runs the tiny EVA-02 with a SQLite store; images and webhooks go to a real host on
-127.0.0.2 (allowed through NSFWD_FETCH_ALLOW_NETWORKS), and a canary on 127.0.0.1 at the same
-port must never be reached: every SSRF refusal would land there if it failed.
+127.0.0.2 (allowed through NSFWD_FETCH_ALLOW_NETWORKS and NSFWD_WEBHOOK_ALLOW_NETWORKS), and a
+canary on 127.0.0.1 at the same port must never be reached: every SSRF refusal would land there
+if it failed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from urllib.parse import quote
 import pytest
 import requests
 from PIL import Image
+from requests.adapters import HTTPAdapter, Retry
 
 from eachlabs_calls import (
     KEY,
@@ -322,6 +324,19 @@ def test_private_webhook_urls_are_400(url: str, host: tuple[str, Host], canary: 
         assert word in message, (name, message)
 
 
+def test_a_network_allowed_only_for_images_is_400_for_webhooks(
+    classifier: Classifier, tmp_path: Path, host: tuple[str, Host]
+) -> None:
+    """NSFWD_FETCH_ALLOW_NETWORKS opens a network to image URLs only; webhooks need it in
+    NSFWD_WEBHOOK_ALLOW_NETWORKS, and the refusal says so."""
+    base, _ = host
+    with eachlabs_server(classifier, tmp_path, webhook_allow_networks=[]) as (url, _store):
+        res = create(url, f"{base}/photo.jpg", webhook_url=f"{base}/hook/image-only")
+        message = assert_error(res, 400, "invalid_input", "webhook_url")
+        assert "NSFWD_WEBHOOK_ALLOW_NETWORKS" in message and "loopback" in message
+        assert poll(url, created_id(create(url, f"{base}/photo.jpg")))["status"] == "success"
+
+
 def test_redirects_to_the_canary_are_refused_when_fetching_and_delivering(
     server: tuple[str, str], host: tuple[str, Host], canary: Canary
 ) -> None:
@@ -387,7 +402,7 @@ def test_unknown_and_other_keys_predictions_are_404(
         assert len(message) < 600
 
 
-def test_bodies_over_64_kib_are_413(url: str, host: tuple[str, Host]) -> None:
+def test_bodies_over_64_kib_are_400(url: str, host: tuple[str, Host]) -> None:
     big = {
         "model": "nsfw-image-detection",
         "input": {"image": f"{host[0]}/photo.jpg", "pad": "x" * 70_000},
@@ -395,7 +410,7 @@ def test_bodies_over_64_kib_are_413(url: str, host: tuple[str, Host]) -> None:
     data = json.dumps(big).encode()
     headers = {"X-API-Key": KEY, "Content-Type": "application/json"}
     res = requests.post(f"{url}{ROUTE}/", data=data, headers=headers, timeout=10)
-    assert_error(res, 413, "payload_too_large", "65,536")
+    assert_error(res, 400, "payload_too_large", "65,536")
 
     def chunked() -> Iterator[bytes]:  # no Content-Length: counted as it streams
         for start in range(0, len(data), 8192):
@@ -403,7 +418,15 @@ def test_bodies_over_64_kib_are_413(url: str, host: tuple[str, Host]) -> None:
 
     res = requests.post(f"{url}{ROUTE}/", data=chunked(), headers=headers, timeout=10)
     assert "content-length" not in res.request.headers
-    assert_error(res, 413, "payload_too_large")
+    assert_error(res, 400, "payload_too_large", "65,536")
+
+    with requests.Session() as retrying:  # the guide's retries: 413 would be sent again
+        retries = Retry(
+            total=3, status_forcelist=Retry.RETRY_AFTER_STATUS_CODES, allowed_methods=None
+        )
+        retrying.mount("http://", HTTPAdapter(max_retries=retries))
+        res = retrying.post(f"{url}{ROUTE}/", data=data, headers=headers, timeout=10)
+    assert_error(res, 400, "payload_too_large", "65,536")
 
 
 def test_the_101st_create_in_a_minute_is_429(
@@ -493,6 +516,7 @@ def test_defaults_refuse_http_and_private_hosts_and_need_no_key_without_keys(
         tmp_path,
         api_keys=[],
         fetch_allow_networks=[],
+        webhook_allow_networks=[],
         fetch_allow_http=False,
         webhook_secret=None,
     ) as (url, store_url):

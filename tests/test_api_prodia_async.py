@@ -7,7 +7,7 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +17,7 @@ import pytest
 import requests
 import torch
 from PIL import Image
+from requests.adapters import HTTPAdapter, Retry
 
 from gates import GatedClassifier
 from nsfwd.api import create_app
@@ -126,17 +127,24 @@ def test_v1_is_accepted_then_processed_with_the_sync_labels(url: str) -> None:
     assert labels.json() == done["config"]["labels"]
 
 
+def webp_bytes() -> bytes:
+    webp = io.BytesIO()
+    Image.open(ASTRONAUT).convert("RGB").resize((200, 200)).save(webp, "WEBP")
+    return webp.getvalue()
+
+
 def test_v2_outputs_the_labels_and_the_image_byte_for_byte(url: str) -> None:
     png = io.BytesIO()
     Image.open(ASTRONAUT).save(png, "PNG")
+    # The image goes back under the type its bytes have, never the one the client claimed: a
+    # stored "text/html" served as such would run in the browser of whoever opens the link.
     for image, filename, content_type, served_type in [
         (astronaut_jpeg(), "sunny-day.jpg", "image/jpeg", "image/jpeg"),
-        (png.getvalue(), "photo \u00e9t\u00e9.jpg", "image/jpeg", "image/jpeg"),  # lies: echoed
+        (png.getvalue(), "photo \u00e9t\u00e9.jpg", "image/jpeg", "image/png"),  # lies: sniffed
         (png.getvalue(), "labels.json", "image/png", "image/png"),  # would clash: renamed
-        (png.getvalue(), "a.png", "image/png; q=1", "image/png; q=1"),
-        # Control bytes cannot go back in a response header: only the media type is kept.
-        (png.getvalue(), "b.png", "image/png\x00", "image/png"),
-        (png.getvalue(), "c.png", "image/png; x=\x01", "image/png"),
+        (png.getvalue(), "a.png", "image/png; q=1", "image/png"),
+        (png.getvalue(), "page.html", "text/html", "image/png"),
+        (webp_bytes(), "w.webp", "application/octet-stream", "image/webp"),
     ]:
         res = submit(url, V2, image, filename=filename, content_type=content_type)
         assert res.status_code == 201, res.text
@@ -149,6 +157,7 @@ def test_v2_outputs_the_labels_and_the_image_byte_for_byte(url: str) -> None:
         assert got.status_code == 200
         assert got.content == image
         assert got.headers["content-type"] == served_type
+        assert got.headers["x-content-type-options"] == "nosniff"
         labels = session().get(f"{url}/v2/job/async/{job_id}/output/labels.json").json()
         job = session().get(f"{url}/v2/job/async/{job_id}/job.json").json()
         assert labels == job["config"]["labels"]
@@ -186,7 +195,7 @@ def test_extra_config_is_kept(url: str) -> None:
         (job_files("inference.nope.v1", astronaut_jpeg()), 400, "unknown job type"),
         (job_files(V1), 400, "no input image"),
         ([("job", ("job.json", json.dumps({"type": "inference.ping.v1"})))], 400, "POST it to"),
-        (job_files(V1, b"\xff\xd8\xff" + bytes(11 * 1024 * 1024)), 413, "10,485,760"),
+        (job_files(V1, b"\xff\xd8\xff" + bytes(11 * 1024 * 1024)), 400, "10,485,760"),
     ],
 )
 def test_bad_jobs_are_refused_at_once_and_not_stored(
@@ -201,6 +210,20 @@ def test_bad_jobs_are_refused_at_once_and_not_stored(
     after = metric(url, "nsfwd_requests_total", route="/v2/job/async", status=str(status))
     assert after == before + 1
     assert session().get(f"{url}/v2/job/async/{job['id']}/job.json").status_code == 404
+
+
+def test_the_guides_retrying_session_reads_the_size_refusal(url: str) -> None:
+    """urllib3's Retry(status_forcelist=RETRY_AFTER_STATUS_CODES) re-sends a 413; the size
+    refusal is a 400 whose message names the limit."""
+    s = session()
+    retries = Retry(total=3, status_forcelist=Retry.RETRY_AFTER_STATUS_CODES, allowed_methods=None)
+    s.mount("http://", HTTPAdapter(max_retries=retries))
+    image = b"\xff\xd8\xff" + bytes(11 * 1024 * 1024)
+    res = s.post(
+        f"{url}/v2/job/async", headers={"Accept": "application/json"}, files=job_files(V1, image)
+    )
+    assert res.status_code == 400, res.text[:300]
+    assert "10,485,760 bytes" in res.json()["error"]
 
 
 def test_a_refusal_goes_in_the_job_part_when_multipart_is_accepted(url: str) -> None:
@@ -434,3 +457,69 @@ def test_the_sync_app_has_no_async_routes_without_a_store(server_url: str) -> No
     # answers 404; a 405 would mean some route matched the path under another method.
     assert res.status_code == 404
     assert res.json() == {"detail": "Not Found"}
+
+
+def raw_form(filename: bytes, content_type: bytes) -> tuple[bytes, str]:
+    """A v2 job with the input part's filename and Content-Type as raw bytes (a NUL stays a NUL;
+    requests would percent-encode it in a filename)."""
+    job = json.dumps({"type": V2, "config": {"model": MODEL}}).encode()
+    body = (
+        b'--b0undary\r\nContent-Disposition: form-data; name="job"; filename="job.json"\r\n'
+        b"Content-Type: application/json\r\n\r\n" + job + b"\r\n"
+        b'--b0undary\r\nContent-Disposition: form-data; name="input"; filename="'
+        + filename
+        + b'"\r\nContent-Type: '
+        + content_type
+        + b"\r\n\r\n"
+        + astronaut_jpeg()
+        + b"\r\n"
+        b"--b0undary--\r\n"
+    )
+    return body, "multipart/form-data; boundary=b0undary"
+
+
+ODD_PARTS = {
+    "NUL in the filename": (b"a\x00.jpg", b"image/jpeg", "filename"),
+    "300-character filename": (b"x" * 300 + b".jpg", b"image/jpeg", "filename"),
+    "NUL in the Content-Type": (b"a.jpg", b"image/jpeg\x00", "Content-Type"),
+    "300-character Content-Type": (b"a.jpg", b"image/jpeg; x=" + b"y" * 300, "Content-Type"),
+}
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_odd_ids_and_part_headers_are_4xx_on_every_store(
+    classifier: Classifier, tmp_path: Path, request: pytest.FixtureRequest, store: str
+) -> None:
+    """What PostgreSQL cannot store or compare (a NUL, a Content-Type over its column) is refused
+    or unknown before it reaches the store: a 4xx, never a 500."""
+    with ExitStack() as stack:
+        options: dict[str, Any] = {}
+        if store == "postgresql":
+            from postgres import fresh_database
+
+            admin = request.getfixturevalue("postgres_url")
+            options["database_url"] = stack.enter_context(fresh_database(admin))
+        url, _ = stack.enter_context(async_server(classifier, tmp_path, **options))
+        for path in ("/v2/job/async/%00/job.json", "/v2/job/async/%00/output/x.png",
+                     "/v2/job/async/%00/job.state.current"):  # fmt: skip
+            res = session().get(f"{url}{path}")
+            assert res.status_code == 404, (path, res.status_code, res.text)
+        res = requests.get(f"{url}/v1/prediction/%00", headers={"X-API-Key": TOKEN}, timeout=10)
+        assert res.status_code == 404, res.text
+        for name, (filename, content_type, word) in ODD_PARTS.items():
+            body, form_type = raw_form(filename, content_type)
+            for route in ("/v2/job/async", "/v2/job"):
+                res = session().post(
+                    f"{url}{route}",
+                    data=body,
+                    headers={"Content-Type": form_type, "Accept": "application/json"},
+                )
+                assert res.status_code == 400, (name, route, res.status_code, res.text)
+                assert word in res.json()["error"], (name, res.text)
+        job = json.dumps({"type": V1, "config": {"model": MODEL, "n": "\x00"}})
+        files: list[tuple[str, tuple[str, str | bytes]]] = [
+            ("job", ("job.json", job)),
+            ("input", ("x.jpg", astronaut_jpeg())),
+        ]
+        res = session().post(f"{url}/v2/job/async", files=files)  # a NUL inside the job's JSON
+        assert res.status_code < 500, res.text

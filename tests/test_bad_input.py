@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import pathlib
 import random
 import select
 import socket
@@ -17,7 +18,9 @@ from typing import Any
 
 import pytest
 import requests
+import torch
 from PIL import Image
+from requests.adapters import HTTPAdapter, Retry
 
 from nsfwd.api import create_app
 from nsfwd.api.middleware import BodyLimitMiddleware
@@ -140,7 +143,7 @@ CASES: dict[str, tuple[Callable[[], dict[str, Any]], int, str]] = {
     "job a string": (lambda: multipart_request(job_part(V1)), 400, "JSON object, got str"),
     "job part over 64 KiB": (
         lambda: multipart_request(job_part({"type": V1, "pad": "x" * 70_000})),
-        413, "part 'job'",
+        400, "part 'job'",
     ),
     "no type": (
         lambda: multipart_request(job_part({"config": {"model": MODEL}}), input_part(_good())),
@@ -294,7 +297,7 @@ def test_bad_requests_get_a_clear_4xx(server_url: str, case: str, accept: str) -
     good_request_succeeds(server_url)
 
 
-def test_an_11_mb_image_is_refused_with_413_quickly(server_url: str) -> None:
+def test_an_11_mb_image_is_refused_with_400_quickly(server_url: str) -> None:
     image = b"\xff\xd8\xff\xe0" + random.Random(11).randbytes(11 * 1024 * 1024)
     started = time.perf_counter()
     res = requests.post(
@@ -304,17 +307,48 @@ def test_an_11_mb_image_is_refused_with_413_quickly(server_url: str) -> None:
         timeout=30,
     )
     assert time.perf_counter() - started < 5
-    assert res.status_code == 413
+    assert res.status_code == 400
     assert "send an image of at most 10,485,760 bytes" in res.json()["error"]
     good_request_succeeds(server_url)
 
 
+def retrying_session() -> requests.Session:
+    """A session like the guide's: urllib3 retries every status in RETRY_AFTER_STATUS_CODES
+    (413, 429, 503), so a refusal it should read must not be one of them."""
+    session = requests.Session()
+    retries = Retry(total=3, status_forcelist=Retry.RETRY_AFTER_STATUS_CODES, allowed_methods=None)
+    session.mount("http://", HTTPAdapter(max_retries=retries))
+    session.headers.update(AUTH)
+    return session
+
+
+@pytest.mark.parametrize("accept", ["application/json", "multipart/form-data"])
+def test_the_guides_retrying_session_reads_the_size_refusal(server_url: str, accept: str) -> None:
+    image = b"\xff\xd8\xff\xe0" + random.Random(12).randbytes(11 * 1024 * 1024)
+    with retrying_session() as session:
+        res = session.post(
+            f"{server_url}/v2/job",
+            headers={"Accept": accept},
+            files=[job_part(GOOD_JOB), input_part(image, "huge.jpg")],
+            timeout=30,
+        )
+    assert res.status_code == 400, res.text[:300]
+    if accept == "application/json":
+        job = res.json()
+    else:
+        name, _, _, data = parts_of(res)[0]
+        assert name == "job"
+        job = json.loads(data)
+    assert job["state"] == {"current": "failed"}
+    assert "10,485,760 bytes" in job["error"], job["error"]
+
+
 def test_the_image_limit_is_exact(server_url: str) -> None:
-    """10 MiB passes the size checks (and then fails to decode); one byte more is a 413."""
+    """10 MiB passes the size checks (and then fails to decode); one byte more is a 400."""
     at_limit = b"\xff\xd8\xff\xe0" + bytes(LIMIT - 4)
     for data, status, message in (
         (at_limit, 400, "truncated or corrupt"),
-        (at_limit + b"!", 413, "part 'input' ('big.jpg') is over 10,485,760 bytes"),
+        (at_limit + b"!", 400, "part 'input' ('big.jpg') is over 10,485,760 bytes"),
     ):
         res = requests.post(
             f"{server_url}/v2/job",
@@ -353,10 +387,10 @@ def test_an_oversized_content_length_is_refused_before_the_body(
     )
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         started = time.perf_counter()
-        sock.sendall(head.encode())  # the headers alone: the 413 must not wait for a body
+        sock.sendall(head.encode())  # the headers alone: the 400 must not wait for a body
         answer = read_response(sock)
         assert time.perf_counter() - started < 3
-    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
     assert b"100 Continue" not in answer
     assert b"11,534,336 bytes (Content-Length)" in answer
     good_request_succeeds(server_url)
@@ -401,7 +435,7 @@ def test_a_chunked_body_is_refused_while_it_streams(
                 break
         assert answered, "no answer while the body kept coming"
         answer = read_response(sock)
-    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
     assert message in answer
     assert sent < 64 * 1024 * 1024  # refused long before the client was done
     good_request_succeeds(server_url)
@@ -443,6 +477,46 @@ def test_a_stalled_body_is_let_go_with_408(classifier: Classifier) -> None:
             assert b"no request body data for 0.5 s after 1,000 bytes" in answer
             assert sock.recv(1) == b""  # and the connection is closed
         good_request_succeeds(url)
+
+
+class NaNClassifier(Classifier):
+    """The real classifier, except that every score comes out NaN (a model gone wrong)."""
+
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        return torch.full((batch.shape[0], len(self.labels)), float("nan"))
+
+
+def test_scores_that_come_out_nan_fail_closed(classifier: Classifier) -> None:
+    """NaN is not above any threshold, so it would pass as unflagged: an error instead."""
+    broken = NaNClassifier(classifier.loaded, classifier.device, classifier.dtype, classifier.name)
+    settings = Settings(model=classifier.name, served_model_name=MODEL, api_keys=[TOKEN])
+    engine = Engine(broken, limits=settings.image_limits)
+    with serve_app(create_app(engine, settings)) as url:
+        for version in ("v1", "v2"):
+            job = json.dumps({"type": f"inference.vit.img2label.{version}",
+                              "config": {"model": MODEL}}).encode()  # fmt: skip
+            res = requests.post(
+                f"{url}/v2/job",
+                headers={**AUTH, "Accept": "application/json"},
+                files=[job_part(job), input_part(_good())],
+                timeout=30,
+            )
+            assert res.status_code == 400, res.text
+            answer = res.json()
+            assert answer["state"] == {"current": "failed"} and "labels" not in answer["config"]
+            assert "not finite" in answer["error"], answer["error"]
+
+
+def test_nsfwd_classify_records_nan_scores_as_errors(
+    classifier: Classifier, tmp_path: pathlib.Path
+) -> None:
+    from nsfwd.pipeline import classify_files
+
+    broken = NaNClassifier(classifier.loaded, classifier.device, classifier.dtype, classifier.name)
+    (tmp_path / "photo.jpg").write_bytes(_good())
+    [result] = classify_files(broken, [tmp_path / "photo.jpg"], batch_size=1, decode="pil")
+    assert result.labels is None
+    assert result.error is not None and "not finite" in result.error
 
 
 def test_huge_headers_are_refused(server_url: str) -> None:

@@ -10,6 +10,7 @@ through an injected resolver.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import re
 import socket
 import ssl
@@ -121,6 +122,13 @@ async def stream(request: Request) -> Response:
     return StreamingResponse(_counted(request, "stream", chunks, delay))
 
 
+async def encoded(request: Request) -> Response:
+    """A body labelled with ``?encoding=`` (gzip: 20 MiB of zeros, gzipped to about 20 KiB)."""
+    encoding = request.query_params["encoding"]
+    body = gzip.compress(bytes(20 * 1024 * 1024)) if encoding == "gzip" else IMAGE
+    return Response(body, headers={"content-encoding": encoding})
+
+
 async def stall(request: Request) -> Response:
     """Answers nothing until the client gives up (or 5 s pass)."""
     deadline = time.monotonic() + 5
@@ -140,6 +148,7 @@ APP = Starlette(
         Route("/declared", declared),
         Route("/stream", stream),
         Route("/stall", stall),
+        Route("/encoded", encoded),
     ]
 )
 
@@ -266,12 +275,17 @@ def test_allowed_networks_exempt_their_addresses_only() -> None:
     assert allowing.allow_networks == ("10.1.0.0/16", "fd00::/8", "127.0.0.2/32")
 
 
-def test_a_refusal_names_the_host_and_the_address() -> None:
-    with pytest.raises(UnsafeURLError) as caught:
-        check_address("10.0.0.1", FetchPolicy(), host="intranet.test")
-    assert caught.value.message.startswith(
-        "intranet.test resolves to 10.0.0.1, which is a private address (10.0.0.0/8)"
-    )
+def test_a_refusal_names_the_host_but_not_what_it_resolves_to() -> None:
+    """Saying which internal address a name leads to would map the intranet for an attacker."""
+    for address in ("10.0.0.1", "::ffff:10.0.0.1"):
+        with pytest.raises(UnsafeURLError) as caught:
+            check_address(address, FetchPolicy(), host="intranet.test")
+        message = caught.value.message
+        assert message.startswith("intranet.test resolves to a private address;"), message
+        assert "10.0" not in message and "ffff" not in message
+    with pytest.raises(UnsafeURLError) as caught:  # a literal address in the URL is the caller's
+        check_address("10.0.0.1", FetchPolicy())
+    assert caught.value.message.startswith("10.0.0.1 is a private address (10.0.0.0/8)")
 
 
 def test_networks_must_be_cidrs() -> None:
@@ -292,6 +306,27 @@ def test_settings_build_the_policy(monkeypatch: pytest.MonkeyPatch) -> None:
     assert built.max_bytes == 12345
     monkeypatch.setenv("NSFWD_FETCH_ALLOW_NETWORKS", "intranet")
     with pytest.raises(ValueError, match="fetch_allow_networks"):
+        Settings()
+
+
+def test_webhooks_have_their_own_allowed_networks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NSFWD_WEBHOOK_ALLOW_NETWORKS is parsed like NSFWD_FETCH_ALLOW_NETWORKS and builds the
+    webhook policy alone; NSFWD_FETCH_ALLOW_HTTP applies to both."""
+    monkeypatch.setenv("NSFWD_FETCH_ALLOW_NETWORKS", "10.0.0.0/8")
+    monkeypatch.setenv("NSFWD_WEBHOOK_ALLOW_NETWORKS", " 10.9.0.7/16 ,,")
+    monkeypatch.setenv("NSFWD_FETCH_ALLOW_HTTP", "1")
+    settings = Settings()
+    assert settings.webhook_allow_networks == ["10.9.0.0/16"]
+    hooks, images = settings.webhook_policy, settings.fetch_policy
+    assert hooks.allow_networks == ("10.9.0.0/16",) and hooks.allow_http
+    assert images.allow_networks == ("10.0.0.0/8",)
+    with pytest.raises(UnsafeURLError, match="NSFWD_WEBHOOK_ALLOW_NETWORKS"):
+        check_address("10.1.2.3", hooks)
+    assert check_address("10.9.2.3", hooks) == ip_address("10.9.2.3")
+    monkeypatch.delenv("NSFWD_WEBHOOK_ALLOW_NETWORKS")
+    assert Settings().webhook_policy.allow_networks == ()
+    monkeypatch.setenv("NSFWD_WEBHOOK_ALLOW_NETWORKS", "intranet")
+    with pytest.raises(ValueError, match="webhook_allow_networks"):
         Settings()
 
 
@@ -374,10 +409,10 @@ def test_good_urls_pass() -> None:
 @pytest.mark.parametrize(
     ("url", "why"),
     [
-        ("https://canary.test/", "canary.test resolves to 127.0.0.1, which is a loopback"),
-        ("https://metadata.test/", "169.254.169.254, which is a link-local"),
-        ("https://mixed.test/", "mixed.test resolves to 127.0.0.1"),
-        ("https://mixed-first.test/", "mixed-first.test resolves to 127.0.0.1"),
+        ("https://canary.test/", "canary.test resolves to a loopback address"),
+        ("https://metadata.test/", "metadata.test resolves to a link-local address"),
+        ("https://mixed.test/", "mixed.test resolves to a loopback address"),
+        ("https://mixed-first.test/", "mixed-first.test resolves to a loopback address"),
     ],
 )
 def test_check_url_refuses_names_that_lead_to_refused_addresses(url: str, why: str) -> None:
@@ -495,7 +530,7 @@ def test_a_redirect_chain_to_the_canary_is_refused_at_its_last_hop(
         run(fetch(f"{image_host}/chain/4?to={to}", policy()))
     message = caught.value.message
     assert f"redirected (hop 4) to http://canary.test:{canary.port}/stolen" in message
-    assert "canary.test resolves to 127.0.0.1, which is a loopback address" in message
+    assert "canary.test resolves to a loopback address" in message
 
 
 def test_redirects_to_data_and_other_schemes_are_refused(image_host: str, canary: Canary) -> None:
@@ -542,7 +577,8 @@ def test_dns_rebinding_cannot_reach_the_canary(image_host: str, canary: Canary) 
         await check_url(url, rebinding_policy)  # sees 127.0.0.2
         return await fetch(url, rebinding_policy)  # sees 127.0.0.1: refused, not reached
 
-    with pytest.raises(UnsafeURLError, match=re.escape("rebind.test resolves to 127.0.0.1")):
+    refusal = re.escape("rebind.test resolves to a loopback address")
+    with pytest.raises(UnsafeURLError, match=refusal):
         run(check_then_fetch())
 
 
@@ -580,6 +616,22 @@ def test_a_chunked_body_over_the_limit_is_cut_off(image_host: str, canary: Canar
     assert time.monotonic() - started < 1
     time.sleep(0.1)
     assert produced["stream"] < chunks // 10
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "deflate", "x-bomb"])
+def test_encoded_bodies_are_refused_before_reading(
+    image_host: str, canary: Canary, encoding: str
+) -> None:
+    """The fetch asks for identity; a body the server encoded anyway (a 20 KiB gzip that inflates
+    to 20 MiB) is refused unread, rather than inflated past the size cap."""
+    with pytest.raises(FetchFailedError) as caught:
+        run(fetch(f"{image_host}/encoded?encoding={encoding}", policy()))
+    message = caught.value.message
+    assert f"Content-Encoding {encoding}" in message and "not accepted" in message, message
+
+
+def test_identity_encoding_is_accepted(image_host: str, canary: Canary) -> None:
+    assert run(fetch(f"{image_host}/encoded?encoding=identity", policy())) == IMAGE
 
 
 def test_a_stalled_server_fails_quickly(image_host: str, canary: Canary) -> None:
@@ -656,7 +708,8 @@ def test_safe_client_checks_every_redirect(image_host: str, canary: Canary) -> N
         for target in [f"http://127.0.0.1:{port}/", "data:text/plain,hi", f"//localhost:{port}/"]:
             with pytest.raises(UnsafeURLError, match=r"redirects to .*, which is refused"):
                 run(get(target, follow))
-    with pytest.raises(UnsafeURLError, match=re.escape("canary.test resolves to 127.0.0.1")):
+    refusal = re.escape("canary.test resolves to a loopback address")
+    with pytest.raises(UnsafeURLError, match=refusal):
         run(get(f"http://canary.test:{port}/stolen", follow=True))
 
 

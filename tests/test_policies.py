@@ -41,3 +41,15 @@ def test_unscorable_labels_and_bad_settings_are_refused() -> None:
         Policy("harsh")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="threshold must be between 0 and 1"):
         Policy("strict", 1.5)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_scores_that_are_not_numbers_fail_closed(bad: float) -> None:
+    """NaN compares False with every threshold, so it would pass as unflagged: refused instead."""
+    for name in ("strict", "moderate", "lenient"):
+        policy = Policy(name)
+        for label in PROBS:
+            with pytest.raises(ValueError, match="not finite"):
+                policy.flagged(PROBS | {label: bad})
+    with pytest.raises(ValueError, match="not finite"):
+        Policy().flagged({"normal": bad, "nsfw": 0.5})

@@ -392,3 +392,35 @@ def test_payload_json_is_exactly_what_is_signed(tmp_path: Path, host: tuple[str,
     [hit] = receiver.received(name)
     assert json.loads(hit.body)["error"] == "l'image «x» a échoué"
     assert verified(hit)["error"] == "l'image «x» a échoué"
+
+
+def test_webhooks_reach_only_their_own_allowed_networks(
+    tmp_path: Path, host: tuple[str, Host], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A network opened for image fetching (NSFWD_FETCH_ALLOW_NETWORKS) is not open to
+    webhooks: a delivery there that slipped past the API is refused, naming the webhook setting;
+    NSFWD_WEBHOOK_ALLOW_NETWORKS opens it."""
+    base, receiver = host
+    name = f"image-only-{time.monotonic_ns()}"
+    monkeypatch.setenv("NSFWD_FETCH_ALLOW_NETWORKS", ",".join(ALLOWED))
+    monkeypatch.setenv("NSFWD_FETCH_ALLOW_HTTP", "1")
+    monkeypatch.setenv("NSFWD_WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv("NSFWD_WEBHOOK_RETRY_DELAYS", "")
+
+    async def main(settings: Settings) -> Delivery:
+        async with Store(database_url(tmp_path)) as store:
+            webhooks = WebhookSender.from_settings(store, settings)
+            await webhooks.start()
+            try:
+                return await settled(store, (await finished(store, f"{base}/hook/{name}")).id)
+            finally:
+                await webhooks.stop()
+
+    refused = asyncio.run(main(Settings()))
+    assert refused.status == "failed" and refused.last_status is None
+    assert refused.last_error is not None and "NSFWD_WEBHOOK_ALLOW_NETWORKS" in refused.last_error
+    assert receiver.received(name) == []
+    monkeypatch.setenv("NSFWD_WEBHOOK_ALLOW_NETWORKS", ",".join(ALLOWED))
+    delivered = asyncio.run(main(Settings()))
+    assert delivered.status == "delivered"
+    assert len(receiver.received(name)) == 1

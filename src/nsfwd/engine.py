@@ -23,10 +23,11 @@ from dataclasses import dataclass
 import torch
 
 from nsfwd.engine_protocol import EngineClosedError, QueueFullError
-from nsfwd.images import ImageLimits, load_image
+from nsfwd.images import ImageLimits, UnscorableImageError, load_image
 from nsfwd.metrics import Metrics
 from nsfwd.model_types import Labels
 from nsfwd.models import Classifier
+from nsfwd.policies import nonfinite_labels
 
 
 @dataclass
@@ -184,5 +185,9 @@ class Engine:
             self.metrics.batch_size.observe(len(live))
             self.metrics.inference_seconds.observe(elapsed)
             for item, labels in zip(live, self.classifier.to_labels(probs), strict=True):
-                if not item.future.done():
+                if item.future.done():
+                    continue
+                if bad := nonfinite_labels(labels):  # fail closed: NaN is never flagged
+                    item.future.set_exception(UnscorableImageError.for_labels(bad))
+                else:
                     item.future.set_result(labels)

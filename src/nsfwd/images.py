@@ -15,7 +15,7 @@ import struct
 import threading
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
@@ -34,6 +34,7 @@ __all__ = [
     "ImageHeader",
     "ImageLimits",
     "ImageTooLargeError",
+    "UnscorableImageError",
     "UnsupportedFormatError",
     "exif_orientation",
     "load_image",
@@ -133,8 +134,26 @@ class ImageError(ValueError):
         self.message = message
 
 
+class UnscorableImageError(ImageError):
+    """The model's scores for the image are not finite numbers (NaN or infinite).
+
+    NaN is not above any threshold, so such an image would pass every policy as unflagged;
+    it is refused instead (fail closed), like an image that breaks the limits.
+    """
+
+    code: ClassVar[str] = "unscorable"
+
+    @classmethod
+    def for_labels(cls, labels: Sequence[str]) -> UnscorableImageError:
+        """The error for an image whose scores for ``labels`` are not finite."""
+        return cls(
+            f"the model's scores for it ({', '.join(labels)}) are not finite numbers (NaN or "
+            "infinite); it cannot be judged, so it is refused rather than passed as safe"
+        )
+
+
 class ImageTooLargeError(ImageError):
-    """The encoded input is larger than :attr:`ImageLimits.max_bytes` (HTTP 413)."""
+    """The encoded input is larger than :attr:`ImageLimits.max_bytes` (HTTP 400)."""
 
     code: ClassVar[str] = "too_large"
 

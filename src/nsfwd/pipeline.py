@@ -22,10 +22,17 @@ from pathlib import Path
 
 import torch
 
-from nsfwd.images import ImageError, ImageLimits, load_image_file, read_image_file
+from nsfwd.images import (
+    ImageError,
+    ImageLimits,
+    UnscorableImageError,
+    load_image_file,
+    read_image_file,
+)
 from nsfwd.model_types import Labels
 from nsfwd.models import Classifier
 from nsfwd.models.tensor_decode import TensorDecoder, resolve_decode
+from nsfwd.policies import nonfinite_labels
 
 # Folders are searched for these; a file named on the command line is tried whatever its name.
 # Formats nsfwd refuses are listed too, so such files get an error record rather than vanish.
@@ -211,4 +218,8 @@ def _run_chunk(classifier: Classifier, chunk: _Chunk) -> Iterator[FileResult]:
             yield FileResult(str(path), error=error)
         else:
             assert labels is not None
-            yield FileResult(str(path), labels=next(labels))
+            scores = next(labels)
+            if bad := nonfinite_labels(scores):  # fail closed: NaN is never flagged
+                yield FileResult(str(path), error=UnscorableImageError.for_labels(bad).message)
+            else:
+                yield FileResult(str(path), labels=scores)

@@ -14,6 +14,7 @@ For a classifier without severity buckets (for example ``Falconsai/nsfw_image_de
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
@@ -58,7 +59,17 @@ class Policy:
             )
 
     def score(self, probs: Mapping[str, float]) -> float:
-        """The probability mass this policy counts as unsafe."""
+        """The probability mass this policy counts as unsafe.
+
+        Raises ValueError when a probability is NaN or infinite: NaN compares False with every
+        threshold, so such scores would pass as unflagged; refusing them fails closed.
+        """
+        bad = nonfinite_labels(probs)
+        if bad:
+            raise ValueError(
+                f"the scores for {', '.join(bad)} are not finite numbers (NaN or infinite); "
+                "they cannot be judged, and are refused rather than passed as safe"
+            )
         flagged = POLICIES[self.name]
         if set(flagged) <= probs.keys():
             return sum(probs[label] for label in flagged)
@@ -68,6 +79,11 @@ class Policy:
     def flagged(self, probs: Mapping[str, float]) -> bool:
         """Whether these probabilities are flagged: score strictly above the threshold."""
         return self.score(probs) > self.threshold
+
+
+def nonfinite_labels(probs: Mapping[str, float]) -> list[str]:
+    """The labels whose probability is NaN or infinite (an empty list for usable scores)."""
+    return [label for label, prob in probs.items() if not math.isfinite(prob)]
 
 
 def _safe_label(labels: Sequence[str]) -> str | None:

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from nsfwd.fetch import FetchPolicy, parse_networks
+from nsfwd.fetch import WEBHOOK_ALLOW_SETTING, FetchPolicy, parse_networks
 from nsfwd.images import ImageLimits
 from nsfwd.model_types import DEFAULT_MODEL
 from nsfwd.policies import DEFAULT_POLICY, DEFAULT_THRESHOLD, Policy, PolicyName
@@ -139,9 +139,16 @@ class Settings(BaseSettings):
     max_image_side: int = Field(2048, ge=1, description="Largest accepted width or height.")
     fetch_allow_networks: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Comma-separated CIDRs that image URLs and webhooks may reach although they "
-        "are private, loopback or otherwise non-public (for intranet image stores and tests); "
-        "everything else non-public is refused to stop server-side request forgery.",
+        description="Comma-separated CIDRs that image URLs may reach although they are private, "
+        "loopback or otherwise non-public (for intranet image stores and tests); everything else "
+        "non-public is refused to stop server-side request forgery. Webhooks do not get these "
+        "networks: see webhook_allow_networks.",
+    )
+    webhook_allow_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated CIDRs that webhook URLs may reach although they are "
+        "non-public (an intranet receiver, tests); separate from fetch_allow_networks, so that "
+        "opening an image store to fetching does not let any client make the server POST there.",
     )
     fetch_allow_http: bool = Field(
         False,
@@ -239,7 +246,7 @@ class Settings(BaseSettings):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
 
-    @field_validator("fetch_allow_networks", mode="before")
+    @field_validator("fetch_allow_networks", "webhook_allow_networks", mode="before")
     @classmethod
     def _split_networks(cls, value: object) -> object:
         if isinstance(value, str | list | tuple):
@@ -284,9 +291,20 @@ class Settings(BaseSettings):
 
     @property
     def fetch_policy(self) -> FetchPolicy:
-        """How image URLs (and webhook targets) may be fetched under these settings."""
+        """How image URLs may be fetched under these settings."""
         return FetchPolicy(
             allow_networks=self.fetch_allow_networks,
+            allow_http=self.fetch_allow_http,
+            max_bytes=self.max_image_bytes,
+        )
+
+    @property
+    def webhook_policy(self) -> FetchPolicy:
+        """Where webhooks may be sent under these settings: their own allowed networks, and
+        plain http when image URLs may use it."""
+        return FetchPolicy(
+            allow_networks=self.webhook_allow_networks,
+            allow_setting=WEBHOOK_ALLOW_SETTING,
             allow_http=self.fetch_allow_http,
             max_bytes=self.max_image_bytes,
         )

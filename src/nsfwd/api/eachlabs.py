@@ -58,7 +58,6 @@ _DETAILS: Final = {
     401: "invalid_api_key",
     404: "not_found",
     408: "request_timeout",
-    413: "payload_too_large",
     429: "rate_limited",
     500: "internal_error",
     503: "unavailable",
@@ -218,6 +217,7 @@ class EachlabsPredictions:
         self.store = store
         self.worker = worker
         self.policy: FetchPolicy = settings.fetch_policy
+        self.webhook_policy: FetchPolicy = settings.webhook_policy
         self.public_model = settings.served_model_name or engine.model_name
         self.models = {MODEL_SLUG, self.public_model, engine.model_name}
         self.rate_limiter = CreateRateLimiter()
@@ -277,7 +277,7 @@ class EachlabsPredictions:
                     "NSFWD_WEBHOOK_SECRET, which several replicas need); poll "
                     f"GET {ROUTE}/{{predictionID}} instead"
                 )
-            webhook_url = _checked_url("webhook_url", spec.webhook_url, self.policy)
+            webhook_url = _checked_url("webhook_url", spec.webhook_url, self.webhook_policy)
         if caller is not None:
             try:
                 await self.rate_limiter.check(caller.ref, caller.limits)
@@ -285,7 +285,7 @@ class EachlabsPredictions:
                 raise TooBusyError(str(exc), exc.retry_after) from None
         await _resolve("input.image", image, self.policy)
         if webhook_url is not None:
-            await _resolve("webhook_url", webhook_url, self.policy)
+            await _resolve("webhook_url", webhook_url, self.webhook_policy)
         prediction = await self._store(caller, spec.model, image, webhook_url)
         if caller is not None:
             await self.rate_limiter.count(caller.ref, caller.limits)
@@ -361,7 +361,8 @@ class EachlabsPredictions:
 
 
 async def _read_body(request: Request) -> bytes:
-    """The whole body, refused (413) once it is over :data:`MAX_BODY_BYTES`."""
+    """The whole body, refused (400 ``payload_too_large``) once it is over
+    :data:`MAX_BODY_BYTES`."""
     declared = request.headers.get("content-length")
     try:
         return await read_capped(request.stream(), MAX_BODY_BYTES, content_length=declared)

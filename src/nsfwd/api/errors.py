@@ -56,9 +56,17 @@ class UnauthorizedError(ApiError):
 
 
 class PayloadTooLargeError(ApiError):
-    """The request body or one of its parts is over its limit (413)."""
+    """The request body or one of its parts is over its limit: a 400 whose message names it.
 
-    status = 413
+    Not 413: clients that retry every status in urllib3's ``Retry.RETRY_AFTER_STATUS_CODES``
+    (413, 429, 503), as Prodia's Python guide sets them up, would send the same body again and
+    end in ``RetryError`` without ever reading the message. Like any other input requirement,
+    the size limit is a 400; 429 and 503 stay for what is worth retrying.
+    """
+
+    status = 400
+    details = "payload_too_large"
+    """Eachlabs' ``details`` code, which tells this 400 from other invalid input."""
 
 
 class RequestTimeoutError(ApiError):

@@ -64,7 +64,8 @@ def _incoming_request_id(scope: Scope) -> str | None:
 
 
 class BodyLimitMiddleware:
-    """Bound each HTTP request: header bytes (431), body bytes (413) and body idle time (408)."""
+    """Bound each HTTP request: header bytes (431), body bytes (400, see
+    :class:`~nsfwd.api.errors.PayloadTooLargeError`) and body idle time (408)."""
 
     def __init__(
         self,
@@ -75,7 +76,8 @@ class BodyLimitMiddleware:
         idle_timeout_s: float = BODY_IDLE_TIMEOUT_S,
         hint: str = "send a smaller body",
     ) -> None:
-        """Wrap ``app`` with these limits; ``hint`` ends the 413 message (what to do instead)."""
+        """Wrap ``app`` with these limits; ``hint`` ends the size refusal's message (what to do
+        instead)."""
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.hint = hint

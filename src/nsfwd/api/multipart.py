@@ -3,8 +3,9 @@
 The reader drives python-multipart's parser chunk by chunk as the body arrives and keeps parts in
 memory, each under a per-name byte limit (parts with other names are counted and discarded), with
 at most ``max_parts`` parts; python-multipart bounds the headers of each part (8 lines of about
-4 KiB). A body that does not parse, or ends before its closing boundary, is a
-:class:`FormError` that says what was wrong.
+4 KiB); a filename or Content-Type with control bytes, or over 255 characters, is refused. A body
+that does not parse, or ends before its closing boundary, is a :class:`FormError` that says what
+was wrong.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ if TYPE_CHECKING:
 FORM_DATA = "multipart/form-data"
 _TOKEN_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+")
 _PRINTABLE = re.compile(r"[\x20-\x7e]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_PART_HEADER_CHARS = 255
+"""Longest filename or Content-Type a part may carry: what file systems allow for a name, and
+what the job store keeps for a media type."""
 
 
 class FormError(BadRequestError):
@@ -101,6 +106,9 @@ class _FormCollector:
             filename=None if filename is None else _text(filename),
             content_type=_media_type(content_type),
         )
+        if part.filename is not None:
+            _check_header_text(part.name, "filename", part.filename)
+        _check_header_text(part.name, "Content-Type", content_type)
         self.current.part = part
         self.current.keep = part.name in self.part_limits
 
@@ -141,7 +149,7 @@ async def read_form(
 ) -> list[Part]:
     """Parse a multipart/form-data body as it streams in; return its parts in order.
 
-    Parts whose name is in ``part_limits`` keep their data, each refused with 413
+    Parts whose name is in ``part_limits`` keep their data, each refused with a 400
     (:class:`PayloadTooLargeError`) as soon as it grows past its limit; other parts are returned
     with empty data. Raises :class:`FormError` for a body that is not well-formed
     multipart/form-data.
@@ -199,10 +207,25 @@ def _text(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
+def _check_header_text(part: str, what: str, value: str) -> None:
+    """Refuse a part's filename or Content-Type that is too long, or that carries control bytes
+    (a NUL among them), which can be neither stored faithfully nor sent back in a header."""
+    shown = f"part {part[:64]!r}"
+    if _CONTROL.search(value):
+        raise FormError(
+            f"{shown} has a {what} with control characters (such as NUL); send plain text"
+        )
+    if len(value) > MAX_PART_HEADER_CHARS:
+        raise FormError(
+            f"{shown} has a {what} of {len(value):,} characters; at most "
+            f"{MAX_PART_HEADER_CHARS} are accepted"
+        )
+
+
 def _media_type(value: str) -> str | None:
     """A part's Content-Type as it may be echoed in a response header: the whole value when it
-    is printable ASCII, else just its ``type/subtype`` (a NUL or other control byte in it would
-    break the response, or be sent back to the client); None when it starts with no media type."""
+    is printable ASCII, else just its ``type/subtype``; None when it starts with no media type.
+    (Control bytes are refused before this, see :func:`_check_header_text`.)"""
     media_type = _TOKEN_TYPE.match(value)
     if media_type is None:
         return None

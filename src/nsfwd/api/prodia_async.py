@@ -33,7 +33,7 @@ from nsfwd.api.prodia_job import (
     wants_multipart,
 )
 from nsfwd.engine_protocol import ClassifyEngine
-from nsfwd.images import ImageError, load_image
+from nsfwd.images import ImageError, load_image, sniff_format
 from nsfwd.jobs import CapacityError, Limits, Prediction, Store, Upload
 from nsfwd.jobs.worker import Worker
 from nsfwd.settings import Settings
@@ -229,7 +229,19 @@ class ProdiaAsyncJobs(ProdiaJobs):
         upload = await self.store.predictions.get_input(job_id)
         if upload is None:
             raise ApiError(f"job {job_id} expired while its output was read", status=404)
-        return Response(upload.data, media_type=upload.content_type)
+        return image_response(upload.data)
+
+
+IMAGE_TYPES: Final = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+"""The media type a stored image is served under, by the format its bytes have."""
+
+
+def image_response(data: bytes) -> Response:
+    """A stored image, served as the image its bytes are, never under the type its uploader
+    claimed (a "text/html" upload served as such would run in the browser of whoever opens the
+    link), with ``nosniff`` so browsers do not guess either."""
+    media_type = IMAGE_TYPES.get(sniff_format(data) or "", "application/octet-stream")
+    return Response(data, media_type=media_type, headers={"X-Content-Type-Options": "nosniff"})
 
 
 def _output_names(prediction: Prediction) -> list[str]:

@@ -174,7 +174,8 @@ def failed_response(
 
 
 def image_refusal(image: Part, exc: ImageError) -> ApiError:
-    """An image the intake refused, as the job's error: 413 when too large, else 400."""
+    """An image the intake refused, as the job's error (a 400; when too large, one naming the
+    limit)."""
     name = repr(image.filename) if image.filename else "image"
     if isinstance(exc, ImageTooLargeError):
         return PayloadTooLargeError(f"input {name}: {exc.message}")

@@ -18,6 +18,8 @@ The names callers use are importable from here.
 
 from nsfwd.fetch.download import fetch
 from nsfwd.fetch.policy import (
+    FETCH_ALLOW_SETTING,
+    WEBHOOK_ALLOW_SETTING,
     FetchError,
     FetchFailedError,
     FetchPolicy,
@@ -34,7 +36,9 @@ from nsfwd.fetch.policy import (
 from nsfwd.fetch.transport import USER_AGENT, safe_async_client
 
 __all__ = [
+    "FETCH_ALLOW_SETTING",
     "USER_AGENT",
+    "WEBHOOK_ALLOW_SETTING",
     "FetchError",
     "FetchFailedError",
     "FetchPolicy",

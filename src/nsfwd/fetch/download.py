@@ -2,7 +2,8 @@
 
 Every hop is checked (:func:`nsfwd.fetch.policy.validate_url`) before it is requested through the
 pinned transport (:class:`nsfwd.fetch.transport.PinnedTransport`), which checks and pins its
-addresses; the body is streamed and refused once it exceeds ``policy.max_bytes``.
+addresses; the body is streamed and refused once it exceeds ``policy.max_bytes``, and refused
+unread when it comes with a Content-Encoding other than identity.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ async def _follow(transport: PinnedTransport, url: str, policy: FetchPolicy) -> 
             try:
                 if response.status_code not in REDIRECT_STATUSES:
                     _check_status(response)
+                    _check_encoding(response)
                     return await _read_capped(response, policy.max_bytes)
                 location = response.headers.get("location")
                 if not location:
@@ -131,12 +133,28 @@ def _check_status(response: httpx.Response) -> None:
         )
 
 
+def _check_encoding(response: httpx.Response) -> None:
+    """Refuse a body sent with any Content-Encoding but identity, before reading it.
+
+    The request asks for identity; inflating a body the server compressed anyway would let a
+    few kilobytes of gzip grow to any size before the byte cap could count them.
+    """
+    value = response.headers.get("content-encoding", "")
+    codings = [coding.strip().lower() for coding in value.split(",") if coding.strip()]
+    if any(coding != "identity" for coding in codings):
+        raise FetchFailedError(
+            f"{shorten(str(response.url))} sent its body with Content-Encoding "
+            f"{shorten(value.strip(), 40)}, which is not accepted: only unencoded (identity) "
+            "bodies are fetched"
+        )
+
+
 async def _read_capped(response: httpx.Response, max_bytes: int) -> bytes:
     """The body, refused as soon as its declared or counted size exceeds ``max_bytes``."""
     shown = shorten(str(response.url))
     declared = response.headers.get("content-length")
     try:
-        return await read_capped(response.aiter_bytes(), max_bytes, content_length=declared)
+        return await read_capped(response.aiter_raw(), max_bytes, content_length=declared)
     except OverCapError as exc:
         if exc.declared:
             raise FetchFailedError(

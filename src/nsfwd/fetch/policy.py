@@ -25,7 +25,8 @@ Resolver = Callable[[str, int], Awaitable[list[str]]]
 """An async callable (host, port) -> the IP addresses, as text, that the host name resolves to."""
 
 MAX_URL_LENGTH = 8192
-ALLOW_HINT = "set NSFWD_FETCH_ALLOW_NETWORKS to exempt trusted networks"
+FETCH_ALLOW_SETTING = "NSFWD_FETCH_ALLOW_NETWORKS"
+WEBHOOK_ALLOW_SETTING = "NSFWD_WEBHOOK_ALLOW_NETWORKS"
 
 
 class FetchError(ValueError):
@@ -65,11 +66,14 @@ class FetchPolicy:
     """Where and how URLs may be fetched.
 
     ``allow_networks`` lists CIDRs exempt from the refusal of non-public addresses (intranets,
-    tests); ``resolver`` turns host names into addresses and is injectable for tests;
-    ``ssl_context`` defaults to certifi's roots (or ``SSL_CERT_FILE``/``SSL_CERT_DIR``).
+    tests); ``allow_setting`` names the setting that lists them, for refusal messages (image
+    fetching and webhooks are allowed separately); ``resolver`` turns host names into addresses
+    and is injectable for tests; ``ssl_context`` defaults to certifi's roots (or
+    ``SSL_CERT_FILE``/``SSL_CERT_DIR``).
     """
 
     allow_networks: Sequence[str] = ()
+    allow_setting: str = FETCH_ALLOW_SETTING
     allow_http: bool = False
     max_bytes: int = 10 * 1024 * 1024
     timeouts: FetchTimeouts = FetchTimeouts()
@@ -159,13 +163,26 @@ def address_refusal(address: str | IPAddress) -> str | None:
 
     Returns None for a public address. Allowed networks are not consulted here; see
     :meth:`FetchPolicy.allows`. IPv6 forms that carry an IPv4 address (IPv4-mapped, NAT64,
-    6to4) are judged by the IPv4 address they lead to.
+    6to4) are judged by the IPv4 address they lead to. The answer quotes addresses and networks;
+    :func:`address_kind` is the version fit to tell about an address a name resolved to.
     """
     if isinstance(address, str):
         address = ip_address(address)
     if isinstance(address, IPv4Address):
         return _v4_refusal(address)
     return _v6_refusal(IPv6Address(address.packed))  # the packed form drops any %scope
+
+
+def address_kind(address: IPAddress) -> str:
+    """What kind of refused address ``address`` is ("a loopback address"), naming no address
+    or network, so that a refusal does not tell where an internal name leads."""
+    why = address_refusal(address) or "a public address"
+    if why.startswith(("an IPv4-mapped form of", "a NAT64 form of", "a 6to4 form of")):
+        why = why.split(", ", 1)[1]
+    return _NUMBERS.sub("", why).strip()
+
+
+_NUMBERS = re.compile(r"\s*\([^)]*[0-9:][^)]*\)|\s+the global unicast range.*")
 
 
 def _v4_refusal(address: IPv4Address) -> str | None:
@@ -216,8 +233,13 @@ def check_address(address: str | IPAddress, policy: FetchPolicy, *, host: str = 
     why = address_refusal(parsed)
     if why is None:
         return parsed
-    subject = f"{host} resolves to {parsed}, which is" if host else f"{parsed} is"
-    raise UnsafeURLError(f"{subject} {why}; only public addresses may be fetched ({ALLOW_HINT})")
+    hint = f"set {policy.allow_setting} to exempt trusted networks"
+    if host:  # the caller named a host: do not tell what it resolves to
+        raise UnsafeURLError(
+            f"{host} resolves to {address_kind(parsed)}; only public addresses may be fetched "
+            f"({hint})"
+        )
+    raise UnsafeURLError(f"{parsed} is {why}; only public addresses may be fetched ({hint})")
 
 
 # --- URLs --------------------------------------------------------------------------------------

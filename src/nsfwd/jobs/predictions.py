@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -92,6 +93,15 @@ class CapacityError(Exception):
         self.scope = scope
         self.limit = limit
         self.count = count
+
+
+_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def possible_id(prediction_id: str) -> bool:
+    """Whether ``prediction_id`` could name a prediction (ids are uuid4 text). Anything else is
+    unknown without a query: PostgreSQL cannot even compare text holding a NUL."""
+    return _ID.fullmatch(prediction_id) is not None
 
 
 def _prediction(row: Row[Any]) -> Prediction:
@@ -185,6 +195,8 @@ class Predictions:
     async def get(self, prediction_id: str) -> Prediction | None:
         """The prediction with this id, or ``None`` (unknown, or purged)."""
         async with self.database.read() as connection:
+            if not possible_id(prediction_id):
+                return None
             row = (
                 await connection.execute(
                     select(predictions).where(predictions.c.id == prediction_id)
@@ -204,6 +216,8 @@ class Predictions:
             .where(inputs.c.prediction_id == prediction_id)
         )
         async with self.database.read() as connection:
+            if not possible_id(prediction_id):
+                return None
             row = (await connection.execute(query)).first()
         if row is None:
             return None

@@ -145,7 +145,7 @@ class WebhookSender:
         sender = cls(
             store,
             None,
-            settings.fetch_policy,
+            settings.webhook_policy,
             retry_delays=settings.webhook_retry_delays,
             timeout_s=settings.webhook_timeout_s,
         )

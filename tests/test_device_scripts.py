@@ -60,6 +60,13 @@ def test_every_step_is_a_bench_command_this_version_accepts() -> None:
     assert sum(limits) <= 540
 
 
+def test_every_step_measures_the_default_precisions() -> None:
+    for step, args in bench_steps().items():
+        config = bench_config(build_parser().parse_args(["bench", *args]))
+        assert config.dtype is None, f"{step}: nsfwd's default, not a fixed dtype"
+        assert config.reference_dtypes is None, f"{step}: the package's faster mode here"
+
+
 def test_the_carried_wheels_cover_what_the_gpu_image_lacks() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     needed = {requirement_name(r) for r in project["dependencies"]}

@@ -13,7 +13,8 @@ from PIL import Image
 
 from checkpoints import SEVERITY, write_timm_checkpoint
 from nsfwd.models import Classifier, ModelNotAvailableError, load_checkpoint
-from nsfwd.models.classifier import pick_dtype
+from nsfwd.models.classifier import DTYPES, pick_dtype
+from nsfwd.models.cpu import cpu_flags, default_cpu_dtype
 
 
 def _image(color: tuple[int, int, int], size: tuple[int, int] = (300, 200)) -> Image.Image:
@@ -178,8 +179,9 @@ def test_weights_that_do_not_match_the_architecture_are_refused(
         Classifier.load(str(folder))
 
 
-def test_dtype_defaults_fp32_on_cpu_bf16_on_gpu() -> None:
-    assert pick_dtype(torch.device("cpu")) == torch.float32
+def test_dtype_defaults_follow_the_cpu_and_bf16_on_gpu() -> None:
+    # fp32 on this CPU unless it has native bf16 (tests/test_cpu_default.py: every CPU class)
+    assert pick_dtype(torch.device("cpu")) == DTYPES[default_cpu_dtype(cpu_flags())[0]]
     assert pick_dtype(torch.device("cuda")) == torch.bfloat16
     assert pick_dtype(torch.device("cpu"), "bfloat16") == torch.bfloat16
     with pytest.raises(ValueError, match="dtype must be one of"):
@@ -206,7 +208,7 @@ def test_bf16_on_a_cpu_that_emulates_it_is_warned_about(
 
 
 def test_int8_mode_stays_close_to_the_exact_one(timm_checkpoint: Path) -> None:
-    exact = Classifier.load(str(timm_checkpoint))
+    exact = Classifier.load(str(timm_checkpoint), dtype="float32")
     fast = Classifier.load(str(timm_checkpoint), quantize="int8")
     fp32 = [n for n, m in fast.loaded.module.named_modules() if type(m) is torch.nn.Linear]
     assert fp32 == [], "every Linear layer is quantised, EVA's fused qkv ones included"

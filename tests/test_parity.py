@@ -49,7 +49,7 @@ def test_labels_match_freepiks_package(eva02_b448_checkpoint: Path) -> None:
         same_as[name] = firsts.setdefault(pixels, name)
     names = list(firsts.values())
     images = [decoded[name] for name in names]
-    ours = Classifier.load(str(eva02_b448_checkpoint), device="cpu")
+    ours = Classifier.load(str(eva02_b448_checkpoint), device="cpu", dtype="float32")
     assert ours.input_size == (3, 448, 448)
     reference = NSFWDetector(
         model_name=str(eva02_b448_checkpoint), device="cpu", dtype=torch.float32

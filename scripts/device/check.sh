@@ -10,6 +10,10 @@
 # facts to $OUT/machine.txt: 7 files, within what the tool brings back (8). About 6 minutes on
 # an H200 with 16 cores; the limits below add up to 530 s.
 #
+# No step names --dtype or --reference-dtypes: each measures nsfwd's default precision (bf16 on
+# a GPU; on a CPU, bf16 where native, else fp32) against Freepik's package in its faster mode on
+# the same device (bf16 on a GPU; on a CPU, the same rule), as a new user would meet them.
+#
 # A dry run on a CPU, to see the plumbing work before spending device time:
 #   CHECK_IMAGES=16 CHECK_EXTRA="--device cpu --arch eva02_tiny_patch14_224 --images 16
 #     --requests 32 --reference-images 4 --batch-sizes 1,2 --batch-size 2" bash scripts/device/check.sh
@@ -39,6 +43,9 @@ import torch
 print("python", __import__("sys").version.split()[0], "cuda", torch.version.cuda)
 for name in ("torch", "torchvision", "timm", "transformers", "pillow", "fastapi", "uvicorn"):
     print(name, md.version(name))
+from nsfwd.models.cpu import cpu_class, cpu_features, cpu_flags, default_cpu_dtype
+flags = cpu_flags()
+print("cpu", cpu_class(flags), cpu_features(), "default cpu dtype", *default_cpu_dtype(flags))
 PY
 } >"$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
@@ -76,8 +83,7 @@ bench compiled 200 --suites model --compile --batch-sizes 1,64 --batch-size 64
 # nsfwd classify over 1024 JPEGs, both decode paths, Freepik's package in the same run, and
 # parity of bf16 + nvjpeg with fp32 + Pillow on the CPU (targets: 1,000 img/s, 5x the package).
 bench pipeline 120 --suites pipeline,parity --images 1024 --images-dir "$IMAGES" \
-    --decode pil,tensor --batch-size 64 --compare-reference --reference-dtypes bfloat16 \
-    --reference-images 256
+    --decode pil,tensor --batch-size 64 --compare-reference --reference-images 256
 # The server under 64 clients, in one process, then with 8 HTTP processes (targets: idle p50
 # 15 ms; 500 req/s with p99 250 ms).
 bench server1 60 --suites server --images 256 --images-dir "$IMAGES" --batch-size 32 \

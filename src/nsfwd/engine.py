@@ -57,6 +57,7 @@ class Engine:
         self.max_queue = max_queue
         self.limits = limits or ImageLimits()
         self.metrics = metrics or Metrics()
+        self.metrics.show_model(self.model_info)
         self._decode_workers = decode_workers or len(os.sched_getaffinity(0))
         self._admitted = 0
         self._batch_seconds = 1.0  # refined after every batch; feeds Retry-After
@@ -70,6 +71,16 @@ class Engine:
     def model_name(self) -> str:
         """The loaded model's Hub id (or folder)."""
         return self.classifier.name
+
+    @property
+    def model_info(self) -> dict[str, str]:
+        """Where and how the model runs: ``device``, ``dtype`` and ``dtype_reason``."""
+        classifier = self.classifier
+        return {
+            "device": str(classifier.device),
+            "dtype": str(classifier.dtype).removeprefix("torch."),
+            "dtype_reason": classifier.dtype_reason,
+        }
 
     @property
     def in_flight(self) -> int:

@@ -41,6 +41,11 @@ class ClassifyEngine(Protocol):
     def model_name(self) -> str:
         """The loaded model's Hub id (or folder)."""
 
+    @property
+    def model_info(self) -> dict[str, str]:
+        """Where and how the model runs: ``device``, ``dtype`` and ``dtype_reason`` (why that
+        precision), as :class:`nsfwd.engine.Engine` reports them."""
+
     async def start(self) -> None:
         """Get ready to classify."""
 

@@ -61,11 +61,24 @@ class Metrics:
         self.rejected = Counter(
             "nsfwd_rejected", "Images refused because the queue was full", registry=self.registry
         )
+        self.model = Gauge(
+            "nsfwd_model_info",
+            "The loaded model's device and precision (1 per combination in use)",
+            ["device", "dtype"],
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
         self.dropped = Counter(
             "nsfwd_dropped",
             "Images dropped before inference because their client went away",
             registry=self.registry,
         )
+
+    def show_model(self, info: dict[str, str]) -> None:
+        """Export the model's ``device`` and ``dtype`` (an :attr:`Engine.model_info`) as
+        ``nsfwd_model_info``; in multi-process mode, the inference process's value reaches every
+        worker's ``/metrics``."""
+        self.model.labels(device=info["device"], dtype=info["dtype"]).set(1)
 
     def render(self) -> bytes:
         """The registry (or every process's values, in multi-process mode) in Prometheus'

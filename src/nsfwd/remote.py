@@ -153,6 +153,7 @@ class RemoteEngine:
         path: Path,
         *,
         model_name: str,
+        model_info: dict[str, str] | None = None,
         max_batch_size: int,
         max_queue: int,
         limits: ImageLimits,
@@ -161,6 +162,8 @@ class RemoteEngine:
     ) -> None:
         self.path = path
         self.model_name = model_name
+        self.model_info = model_info or {}
+        """The inference process's :attr:`Engine.model_info` (its ``/metrics`` show it too)."""
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self.limits = limits

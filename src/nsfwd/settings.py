@@ -60,7 +60,9 @@ class Settings(BaseSettings):
         None, description="torch device ('cpu', 'cuda', 'cuda:1'); auto-detected when unset."
     )
     dtype: str | None = Field(
-        None, description="float32, bfloat16 or float16; bf16 on GPU and fp32 on CPU when unset."
+        None,
+        description="float32 (exact), bfloat16 or float16; when unset, bf16 on a GPU and on a "
+        "CPU with native bf16 (AMX, AVX512_BF16), fp32 on other CPUs.",
     )
     quantize: Literal["int8"] | None = Field(
         None,

@@ -207,6 +207,7 @@ async def _serve_inference(settings: Settings, runtime: Path, lifeline: Connecti
     await server.start()
     info = {
         "model_name": engine.model_name,
+        "model_info": engine.model_info,
         "max_batch_size": engine.max_batch_size,
         "max_queue": engine.max_queue,
     }
@@ -232,6 +233,7 @@ def worker_app() -> FastAPI:
     engine = RemoteEngine(
         runtime / SOCKET,
         model_name=info["model_name"],
+        model_info=info.get("model_info"),
         max_batch_size=info["max_batch_size"],
         max_queue=info["max_queue"],
         limits=settings.image_limits,

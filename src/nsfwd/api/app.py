@@ -27,6 +27,18 @@ def default_workers(engine: ClassifyEngine) -> int:
     return max(1, min(2 * engine.max_batch_size, engine.max_queue // 2))
 
 
+def _model_lines(info: dict[str, str]) -> str:
+    """``device: cpu`` and ``dtype: float32 (this CPU has no native bf16 (AVX2))``, as far as
+    ``info`` (an engine's ``model_info``) knows them."""
+    lines = []
+    if "device" in info:
+        lines.append(f"device: {info['device']}\n")
+    if "dtype" in info:
+        reason = f" ({info['dtype_reason']})" if info.get("dtype_reason") else ""
+        lines.append(f"dtype: {info['dtype']}{reason}\n")
+    return "".join(lines)
+
+
 def create_app(engine: ClassifyEngine, settings: Settings, store: Store | None = None) -> FastAPI:
     """Build the HTTP app around a (not yet started) engine; its lifespan starts and stops it.
 
@@ -94,9 +106,11 @@ def create_app(engine: ClassifyEngine, settings: Settings, store: Store | None =
 
     @app.get("/healthz", response_class=PlainTextResponse, tags=["ops"])
     async def healthz(request: Request) -> Response:
-        """200 while the model is loaded and warm, 503 when it is not (loading, or stopping)."""
+        """200 while the model is loaded and warm, 503 when it is not (loading, or stopping).
+        The 200's body is ``ok``, then the model's device and dtype (and why that dtype), a
+        line each."""
         if engine.ready:
-            return PlainTextResponse("ok\n")
+            return PlainTextResponse("ok\n" + _model_lines(engine.model_info))
         return PlainTextResponse("loading\n", status_code=503)
 
     @app.get("/metrics", tags=["ops"])

@@ -19,7 +19,14 @@ import torch
 
 from nsfwd.bench.images import folder_images, make_jpegs, photographs
 from nsfwd.bench.parity import EXACT, bench_parity, describe, exact_labels
-from nsfwd.bench.report import SUITES, BenchConfig, BenchReport, format_report, machine_info
+from nsfwd.bench.report import (
+    SUITES,
+    BenchConfig,
+    BenchReport,
+    format_report,
+    machine_info,
+    reference_dtypes,
+)
 from nsfwd.bench.server import bench_server
 from nsfwd.bench.suites import (
     bench_model,
@@ -85,10 +92,10 @@ def _reference(
     *,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Freepik's package in each of ``cfg.reference_dtypes``: ``reference``, the runs, and if
+    """Freepik's package in each of :func:`reference_dtypes`: ``reference``, the runs, and if
     it could not run, ``reference_error``, why."""
     found: dict[str, Any] = {"reference": []}
-    for dtype in cfg.reference_dtypes:
+    for dtype in reference_dtypes(cfg, device):
         log(f"reference: Freepik's package in {dtype} ...")
         try:
             found["reference"].append(bench_reference(model, files, device, dtype, batch_size))
@@ -155,6 +162,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchRepo
         classifier = load_classifier(cfg, model)
         report = BenchReport(config=_config(cfg, model), machine=machine_info(classifier.device))
         report.machine["dtype"] = str(classifier.dtype).removeprefix("torch.")
+        report.machine["dtype_reason"] = classifier.dtype_reason
+        if cfg.compare_reference:
+            report.config["reference_dtypes"] = reference_dtypes(cfg, classifier.device)
         results = report.results
         batch_size = cfg.batch_size or classifier.batch_size
         if classifier.compiled is not None and {"model", "pipeline", "parity"} & set(cfg.suites):

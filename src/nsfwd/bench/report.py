@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from nsfwd.models.cpu import cpu_features
+from nsfwd.models.cpu import cpu_class, cpu_features, cpu_flags, default_cpu_dtype
 
 SUITES = ("model", "pipeline", "parity", "server")
 
@@ -42,7 +42,8 @@ class BenchConfig:
     http_workers: int = 1
     load_processes: int | None = None
     compare_reference: bool = False
-    reference_dtypes: Sequence[str] = ("float32", "bfloat16")
+    reference_dtypes: Sequence[str] | None = None
+    """Freepik's package's dtypes; None for its faster mode here (:func:`reference_dtypes`)."""
     reference_images: int = 8
     rounds: int = 1
     out: Path | None = None
@@ -57,13 +58,26 @@ class BenchReport:
     results: dict[str, Any] = field(default_factory=dict)
 
 
+def reference_dtypes(cfg: BenchConfig, device: torch.device) -> list[str]:
+    """The dtypes to run Freepik's package in: ``cfg.reference_dtypes``, or by default its
+    faster mode on ``device``: bf16 on a GPU and on a CPU with native bf16, fp32 on other CPUs
+    (where its bf16 default is emulated, several times slower)."""
+    if cfg.reference_dtypes is not None:
+        return list(cfg.reference_dtypes)
+    if device.type == "cpu":
+        return [default_cpu_dtype(cpu_flags())[0]]
+    return ["bfloat16"]
+
+
 def machine_info(device: torch.device) -> dict[str, Any]:
-    """The facts a benchmark figure needs beside it."""
+    """The facts a benchmark figure needs beside it, the CPU's class (AVX2, AVX512,
+    AVX512_BF16, AMX: :func:`~nsfwd.models.cpu.cpu_class`) among them."""
     info: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": len(os.sched_getaffinity(0)),
+        "cpu_class": cpu_class(cpu_flags()),
         "cpu_features": cpu_features(),
         "torch": torch.__version__,
         "device": str(device),
@@ -158,14 +172,19 @@ def _server_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _reason(machine: dict[str, Any]) -> str:
+    reason = machine.get("dtype_reason")
+    return f" ({reason})" if reason else ""
+
+
 def format_report(report: BenchReport) -> str:
     """A plain-text table of the report, with ratios against the reference."""
     machine = report.machine
     header = (
         f"nsfwd bench  {machine['date']}  {machine['device']} "
         f"{machine.get('gpu', machine['cpu'])} x{machine['cpu_count']} cpu "
-        f"({machine.get('cpu_features', '?')})  "
-        f"{machine['dtype']}  model: {report.config['model']}"
+        f"{machine.get('cpu_class', '')} ({machine.get('cpu_features', '?')})  "
+        f"{machine['dtype']}{_reason(machine)}  model: {report.config['model']}"
     )
     results = report.results
     return "\n".join([

@@ -25,7 +25,7 @@ from nsfwd.models.compiled import (
     default_buckets,
     use_cache_dir,
 )
-from nsfwd.models.cpu import computes_natively, cpu_features
+from nsfwd.models.cpu import computes_natively, cpu_features, cpu_flags, default_cpu_dtype
 from nsfwd.models.hub import resolve_model_dir, source_id
 
 log = logging.getLogger(__name__)
@@ -40,14 +40,31 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
-    """bf16 on a GPU; fp32 on the CPU, where bf16 without native support is several times slower."""
+def choose_dtype(
+    device: torch.device, dtype: str | None = None, *, quantize: str | None = None
+) -> tuple[torch.dtype, str]:
+    """The precision to run in and why: ``dtype`` when given; else bf16 on a GPU; on the CPU,
+    what :func:`~nsfwd.models.cpu.default_cpu_dtype` answers for its flags (bf16 where native,
+    fp32 elsewhere), or fp32 for ``quantize``, which starts from fp32 weights; fp32 on any other
+    device."""
     if dtype:
         try:
-            return DTYPES[dtype]
+            return DTYPES[dtype], "as asked"
         except KeyError:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}") from None
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if device.type == "cuda":
+        return torch.bfloat16, "the GPU default"
+    if device.type != "cpu":
+        return torch.float32, f"the default on {device.type}"
+    if quantize is not None:
+        return torch.float32, f"{quantize} quantisation starts from float32"
+    name, reason = default_cpu_dtype(cpu_flags())
+    return DTYPES[name], reason
+
+
+def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
+    """The precision alone of :func:`choose_dtype`."""
+    return choose_dtype(device, dtype)[0]
 
 
 QUANTIZATIONS = ("int8",)
@@ -97,7 +114,7 @@ def _warn_if_slow_on_this_cpu(dtype: torch.dtype) -> None:
         name = str(dtype).removeprefix("torch.")
         log.warning(
             "%s on this CPU (%s) is emulated: it runs several times slower than float32, "
-            "the exact and default mode; --quantize int8 is the fast CPU mode",
+            "the exact mode and this CPU's default; --quantize int8 is the fast CPU mode",
             name,
             cpu_features(),
         )
@@ -131,6 +148,8 @@ class Classifier:
     """The ``torch.compile`` mode's runner, when the classifier was loaded with ``compile``."""
     quantized: str | None = None
     """The quantisation applied (``int8``), or None for the model's own weights."""
+    dtype_reason: str = "as asked"
+    """Why :attr:`dtype`: ``as asked``, or why the default for this device (and CPU) is it."""
 
     @classmethod
     def load(
@@ -160,10 +179,12 @@ class Classifier:
         hub_id = source_id(folder) or (None if Path(model).expanduser().is_dir() else model)
         loaded = load_checkpoint(folder, hub_id)
         torch_device = pick_device(device)
-        torch_dtype = pick_dtype(torch_device, dtype)
+        torch_dtype, reason = choose_dtype(torch_device, dtype, quantize=quantize)
+        log.info("dtype %s: %s", str(torch_dtype).removeprefix("torch."), reason)
         if torch_device.type == "cpu":
             torch.set_num_threads(len(os.sched_getaffinity(0)))
-            _warn_if_slow_on_this_cpu(torch_dtype)
+            if dtype:  # the default is native by construction
+                _warn_if_slow_on_this_cpu(torch_dtype)
         loaded.module.to(device=torch_device, dtype=torch_dtype).eval()
         if quantize is not None:
             loaded = replace(loaded, module=_quantized(loaded.module, quantize, torch_device))
@@ -178,6 +199,7 @@ class Classifier:
             name=hub_id or model,
             compiled=compiled,
             quantized=quantize,
+            dtype_reason=reason,
         )
 
     @property

@@ -41,8 +41,9 @@ def vit_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def classifier(timm_checkpoint: Path) -> Classifier:
-    """The tiny EVA-02 loaded on the CPU."""
-    return Classifier.load(str(timm_checkpoint))
+    """The tiny EVA-02 loaded on the CPU in fp32, the exact mode, whatever this CPU's default
+    (tests/test_cpu_default.py checks the default): the suite's tolerances are set for fp32."""
+    return Classifier.load(str(timm_checkpoint), dtype="float32")
 
 
 @pytest.fixture(scope="session")

@@ -52,7 +52,7 @@ def compiled(timm_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) ->
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv(CACHE_ENV, raising=False)  # restored afterwards; load() sets it
         classifier = Classifier.load(
-            str(timm_checkpoint), compile="on", compile_cache_dir=cache_dir
+            str(timm_checkpoint), dtype="float32", compile="on", compile_cache_dir=cache_dir
         )
         before = cache_stats()
         classifier.warm_up(4)  # the engine's call: default buckets
@@ -221,7 +221,7 @@ def test_a_second_start_loads_every_graph_from_the_cache(
     # A new start: dynamo forgets what it traced, as a new process would.
     torch.compiler.reset()
     again = Classifier.load(
-        str(timm_checkpoint), compile="on", compile_cache_dir=compiled.cache_dir
+        str(timm_checkpoint), dtype="float32", compile="on", compile_cache_dir=compiled.cache_dir
     )
     before = cache_stats()
     again.warm_up(4)

@@ -58,7 +58,7 @@ def squash(timm_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> C
     """The tiny EVA-02 with Freepik's geometry: squash to the input size, no crop margin."""
     folder = tmp_path_factory.mktemp("squash") / "model"
     _with_pretrained_cfg(timm_checkpoint, folder, crop_pct=1.0, crop_mode="squash")
-    return Classifier.load(str(folder), device="cpu")
+    return Classifier.load(str(folder), device="cpu", dtype="float32")
 
 
 @pytest.fixture(params=["center", "squash"], scope="module")
@@ -245,14 +245,14 @@ def test_other_formats_and_bad_jpegs_give_what_the_pil_path_gives_in_order(
 def test_a_model_whose_geometry_is_not_resize_and_crop_stays_on_pil(
     timm_checkpoint: Path, vit_checkpoint: Path, tmp_path: Path
 ) -> None:
-    vit = Classifier.load(str(vit_checkpoint), device="cpu")
+    vit = Classifier.load(str(vit_checkpoint), device="cpu", dtype="float32")
     with pytest.raises(TensorDecodeUnavailableError, match=r"transformers model.*--decode pil"):
         TensorDecoder(vit)
     assert resolve_decode("auto", vit) == "pil"
     with pytest.raises(TensorDecodeUnavailableError):
         resolve_decode("tensor", vit)
     border = _with_pretrained_cfg(timm_checkpoint, tmp_path / "border", crop_mode="border")
-    keep_ratio = Classifier.load(str(border), device="cpu")
+    keep_ratio = Classifier.load(str(border), device="cpu", dtype="float32")
     with pytest.raises(TensorDecodeUnavailableError, match="ResizeKeepRatio"):
         Geometry.of(keep_ratio.loaded.prepare)
     with pytest.raises(ValueError, match="decode must be one of auto, pil, tensor"):

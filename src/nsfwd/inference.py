@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from nsfwd.engine import Engine
-from nsfwd.model_types import DEFAULT_MODEL
+from nsfwd.model_types import DEFAULT_MODEL, OPEN_NSFW, ModelNotAvailableError
 from nsfwd.models import Classifier
 
 if TYPE_CHECKING:
@@ -69,9 +69,37 @@ def load_classifier(options: ClassifierOptions, model: str | None = None) -> Cla
     )
 
 
+def load_served_classifier(settings: Settings) -> Classifier:
+    """The classifier ``nsfwd serve`` runs: the one the settings name; with no model named at
+    all (no ``--model``, no ``NSFWD_MODEL``), :data:`DEFAULT_MODEL`, or, where that cannot be
+    had (no Hub and not cached), the built-in :data:`OPEN_NSFW` with a warning, so a fresh
+    install without the Hub still serves. A model named explicitly that cannot load raises
+    :class:`ModelNotAvailableError`, stopping the server."""
+    if "model" in settings.model_fields_set:
+        return load_classifier(settings)
+    try:
+        return load_classifier(settings)
+    except ModelNotAvailableError as exc:
+        log.warning(
+            "no model configured, and the default %s cannot be loaded: %s Serving the built-in "
+            "%s model instead, which needs no Hub. To serve %s, run `nsfwd download %s` where "
+            "the Hub is reachable and restart; set NSFWD_MODEL=%s to choose %s and silence this "
+            "warning.",
+            DEFAULT_MODEL,
+            exc,
+            OPEN_NSFW,
+            DEFAULT_MODEL,
+            DEFAULT_MODEL,
+            OPEN_NSFW,
+            OPEN_NSFW,
+        )
+        return load_classifier(settings, OPEN_NSFW)
+
+
 def build_engine(settings: Settings) -> Engine:
-    """Load the classifier the settings name and wrap it in an engine."""
-    classifier = load_classifier(settings)
+    """Load the classifier ``nsfwd serve`` runs (:func:`load_served_classifier`) and wrap it in
+    an engine."""
+    classifier = load_served_classifier(settings)
     log.info(
         "loaded %s (%s) on %s in %s; labels %s",
         classifier.name,

@@ -45,8 +45,9 @@ class Settings(BaseSettings):
 
     model: str = Field(
         DEFAULT_MODEL,
-        description="Hub id or local folder of the classifier; a folder keeps offline machines "
-        "working (prepare it with `nsfwd download`).",
+        description="Hub id or local folder of the classifier, or 'open-nsfw' (built in, no Hub "
+        "needed); a folder keeps offline machines working (prepare it with `nsfwd download`). "
+        "Left unset, `nsfwd serve` falls back to open-nsfw when the default cannot be had.",
     )
     revision: str | None = Field(
         None, description="Hub revision (branch, tag or commit) to pin, for reproducible verdicts."

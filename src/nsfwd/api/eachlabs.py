@@ -34,6 +34,7 @@ from nsfwd.fetch import FetchFailedError, FetchPolicy, UnsafeURLError, check_url
 from nsfwd.jobs import CapacityError, Limits, Prediction, Store
 from nsfwd.jobs.webhooks import webhooks_enabled
 from nsfwd.jobs.worker import Worker
+from nsfwd.model_types import not_loaded_hint
 from nsfwd.ratelimit import CreateRateLimiter, RateLimitedError, store_rate_retry_after
 from nsfwd.settings import Settings
 
@@ -304,7 +305,7 @@ class EachlabsPredictions:
             )
             raise EachlabsError(
                 f"unknown model {json.dumps(model)[:200]}: this server runs "
-                f"{json.dumps(MODEL_SLUG)}{also}; set model to that",
+                f"{json.dumps(MODEL_SLUG)}{also}; set model to that.{not_loaded_hint(model)}",
                 status=404,
                 details="model_not_found",
             )

@@ -45,7 +45,7 @@ from nsfwd.api.prodia_job import (
 )
 from nsfwd.engine_protocol import ClassifyEngine, EngineClosedError, QueueFullError
 from nsfwd.images import ImageError
-from nsfwd.model_types import Labels
+from nsfwd.model_types import Labels, not_loaded_hint
 from nsfwd.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,8 @@ class ProdiaJobs:
         if not isinstance(model, str) or model not in self.models:
             raise BadRequestError(
                 f"unknown model {json.dumps(model)[:200]}: this server runs "
-                f"{json.dumps(self.public_model)}; set job.config.model to that"
+                f"{json.dumps(self.public_model)}; set job.config.model to that."
+                f"{not_loaded_hint(model)}"
             )
 
     def _single_input(self, parts: Sequence[Part]) -> Part:

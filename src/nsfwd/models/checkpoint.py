@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from PIL import Image
@@ -54,7 +54,11 @@ class LoadedModel:
     """A batch of :attr:`prepare` outputs, on any device, to the network's float32 input."""
     input_size: tuple[int, int, int]
     style: str
-    """``timm`` (plain timm keys), ``timm_wrapper`` (transformers style) or ``transformers``."""
+    """``timm`` (plain timm keys), ``timm_wrapper`` (transformers style), ``transformers``, or
+    ``onnx`` (the built-in open-nsfw, :mod:`nsfwd.models.open_nsfw`)."""
+    outputs: Literal["logits", "probabilities"] = "logits"
+    """What :attr:`module` returns: logits, to which the classifier applies a softmax, or
+    probabilities already (a network whose graph ends in its own softmax)."""
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """One image to the network's normalised CHW float32 input (``prepare``, then

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from nsfwd.model_types import DEFAULT_MODEL, Labels
+from nsfwd.model_types import DEFAULT_MODEL, OPEN_NSFW, Labels
 from nsfwd.models.checkpoint import LoadedModel, load_checkpoint
 from nsfwd.models.compiled import (
     CompiledForward,
@@ -163,13 +163,19 @@ class Classifier:
         compile: str | None = None,
         compile_cache_dir: str | os.PathLike[str] | None = None,
     ) -> Classifier:
-        """Load ``model`` (a Hub id or a folder) onto ``device`` in ``dtype`` (auto when None).
+        """Load ``model`` (a Hub id, a folder, or :data:`~nsfwd.model_types.OPEN_NSFW`, the
+        built-in model, which wins over a folder of that name: write ``./open-nsfw`` for the
+        folder) onto ``device`` in ``dtype`` (auto when None).
 
         ``quantize="int8"`` trades a little agreement with the exact model for CPU speed.
         ``compile`` (``on`` or a ``torch.compile`` mode; see :mod:`nsfwd.models.compiled`)
         compiles the network for fixed batch sizes, caching the graphs in ``compile_cache_dir``
         (default: ``~/.cache/nsfwd/torch-compile``); call :meth:`warm_up` before serving.
         """
+        if model == OPEN_NSFW:
+            return cls._load_open_nsfw(
+                device=device, dtype=dtype, quantize=quantize, compile=compile
+            )
         mode = compile_mode(compile, pick_device(device))
         if mode is not None and quantize is not None:
             raise ValueError("compile and quantize do not combine; choose one")
@@ -200,6 +206,40 @@ class Classifier:
             compiled=compiled,
             quantized=quantize,
             dtype_reason=reason,
+        )
+
+    @classmethod
+    def _load_open_nsfw(
+        cls,
+        *,
+        device: str | None,
+        dtype: str | None,
+        quantize: str | None,
+        compile: str | None,
+    ) -> Classifier:
+        """The built-in open-nsfw: onnxruntime on the CPU in float32, so the torch options that
+        choose something else are refused rather than silently ignored."""
+        clashes = [
+            option
+            for option, clash in (
+                ("--device", device is not None and torch.device(device).type != "cpu"),
+                ("--dtype", dtype not in (None, "float32")),
+                ("--quantize", quantize is not None),
+                ("--compile", compile_mode(compile, torch.device("cpu")) is not None),
+            )
+            if clash
+        ]
+        if clashes:
+            raise ValueError(
+                f"{OPEN_NSFW} runs on onnxruntime on the CPU in float32; drop {', '.join(clashes)}"
+            )
+        from nsfwd.models.open_nsfw import load_open_nsfw
+
+        return cls(
+            loaded=load_open_nsfw(),
+            device=torch.device("cpu"),
+            dtype=torch.float32,
+            name=OPEN_NSFW,
         )
 
     @property
@@ -269,8 +309,10 @@ class Classifier:
             if self.compiled is not None:
                 return self.compiled(pixels).cpu()
             pixels = self.loaded.normalize(pixels)
-            logits = self.loaded.module(pixels.to(self.dtype))
-            return torch.softmax(logits.float(), dim=-1).cpu()
+            outputs: torch.Tensor = self.loaded.module(pixels.to(self.dtype)).float()
+            if self.loaded.outputs == "logits":
+                outputs = torch.softmax(outputs, dim=-1)
+            return outputs.cpu()
 
     def to_labels(self, probs: torch.Tensor) -> list[Labels]:
         """Rows of probabilities to dicts keyed by label name."""

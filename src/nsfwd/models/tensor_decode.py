@@ -130,7 +130,7 @@ def _require_decoder() -> None:
 def _describe(prepare: Prepare, steps: list[Any]) -> str:
     if steps:
         return " + ".join(type(step).__name__ for step in steps)
-    return "an image processor that works on PIL images (a transformers model)"
+    return "an image processor that works on PIL images (a transformers or ONNX model)"
 
 
 def resolve_decode(mode: str, classifier: Classifier) -> str:

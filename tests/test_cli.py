@@ -274,3 +274,25 @@ def test_output_files_and_resume_without_ray(
         if row["error"] is None:
             assert row["labels"] == pytest.approx(want["labels"], abs=1e-6)
             assert (row["flagged"], row["policy"]) == (want["flagged"], want["policy"])
+
+
+def test_ray_without_ray_installed_says_how_to_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nsfwd.cli import _split_ray_address, build_parser
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
+    _write_images(tmp_path, 1)
+    assert main(["classify", "--ray", str(tmp_path)]) == 2
+    assert "pip install 'nsfwd[ray]'" in capsys.readouterr().err
+    # --ray takes an address only when the word is one; else it is the first input
+    for argv, address, paths in (
+        (["--ray", "photos/"], "", ["photos/"]),
+        (["--ray", "auto", "photos/"], "auto", ["photos/"]),
+        (["--ray", "ray://head:10001", "a.jpg"], "ray://head:10001", ["a.jpg"]),
+        (["--ray", "10.0.0.5:6379", "s3://b/p/"], "10.0.0.5:6379", ["s3://b/p/"]),
+        (["--ray", "s3://b/p/", "x.txt"], "", ["s3://b/p/", "x.txt"]),
+    ):
+        args = build_parser().parse_args(["classify", *argv])
+        _split_ray_address(args)
+        assert (args.ray, args.paths) == (address, paths)

@@ -162,7 +162,7 @@ def test_records_match_the_single_machine_run_with_a_corrupt_file_among_them(
     assert_same_records(on_ray, read_jsonl(tmp_path / "one.jsonl"))
     assert "truncated" in on_ray[str(folder / "broken.jpg")]["error"]
     last = captured.err.strip().splitlines()[-1]
-    assert "8 images" in last and "images/s" in last and "1 errors" in last
+    assert "8 images" in last and "images/s" in last and "1 error" in last
 
 
 @pytest.mark.usefixtures("local_ray")
@@ -340,7 +340,7 @@ def test_two_node_cluster_joined_with_auto(
             env=env, capture_output=True, text=True, timeout=150, check=False,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
-        assert "7 images" in done.stderr and "1 errors" in done.stderr
+        assert "7 images" in done.stderr and "1 error" in done.stderr
     finally:
         for node in reversed(nodes):
             _stop_node(node)

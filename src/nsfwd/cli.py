@@ -566,6 +566,7 @@ def _classify_on_ray(args: argparse.Namespace, policy: Policy, done: set[str]) -
             settings,
             address=args.ray or None,
             batch_size=args.batch_size,
+            decode=args.decode,
             skip=done,
             progress=not args.no_progress,
         )
@@ -575,16 +576,19 @@ def _classify_on_ray(args: argparse.Namespace, policy: Policy, done: set[str]) -
     with job, ExitStack() as stack:
         try:
             labels = job.labels()
-        except StopIteration:
-            print("nsfwd classify: no inputs left to classify", file=sys.stderr)
-            return 0 if done else 1
+        except StopIteration:  # no records at all
+            if done:
+                print(f"nsfwd classify: every input is in {args.output} already", file=sys.stderr)
+                return 0
+            print("nsfwd classify: no image files found under the given paths", file=sys.stderr)
+            return 1
         policy.check(labels)
         writer = _writer(args, stack, policy, labels)
         for result in job.results():
             writer.write(result)
-    summary = job.summary
-    print(f"nsfwd classify: {summary.describe()}", file=sys.stderr)
-    if summary.classified == 0:
+        stack.close()  # the output complete before the last line says so
+        print(f"nsfwd classify: {job.summary.describe()}", file=sys.stderr)
+    if job.summary.classified == 0:
         print("nsfwd classify: no image could be classified", file=sys.stderr)
         return 1
     return 0

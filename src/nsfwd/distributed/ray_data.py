@@ -100,15 +100,26 @@ def _load(options: ModelOptions, threads: int) -> Classifier:
 class Preparer:
     """Stage 2: names -> the model's input pixels, or why the image cannot be classified.
 
-    Holds the classifier on the CPU for its :meth:`~nsfwd.models.Classifier.prepare` (the
-    checkpoint's own transform). Rows whose path is in ``skip`` (``--resume``) are dropped.
+    Holds the classifier on the CPU for its preprocessing, and prepares as ``nsfwd classify
+    --decode`` says on a CPU: each image through :func:`~nsfwd.images.load_image` and
+    :meth:`~nsfwd.models.Classifier.prepare` (``pil``), or the batch through one
+    :class:`~nsfwd.models.tensor_decode.TensorDecoder` call (``tensor``, and ``auto`` where the
+    model allows it), so the pixels are those of a single-machine run on a CPU. Rows whose
+    path is in ``skip`` (``--resume``) are dropped.
     """
 
-    def __init__(self, options: ModelOptions, limits: ImageLimits, skip: Any = None) -> None:
+    def __init__(
+        self, options: ModelOptions, limits: ImageLimits, decode: str = "auto", skip: Any = None
+    ) -> None:
         import ray
+
+        from nsfwd.models.tensor_decode import TensorDecoder, resolve_decode
 
         self.classifier = _load(options.on_cpu(), threads=1)
         self.limits = limits
+        self.decoder = None
+        if resolve_decode(decode, self.classifier) == "tensor":
+            self.decoder = TensorDecoder(self.classifier, limits)
         self.skip: frozenset[str] = frozenset(
             ray.get(skip) if isinstance(skip, ray.ObjectRef) else skip or ()
         )
@@ -120,7 +131,10 @@ class Preparer:
         keep = [i for i, path in enumerate(batch["path"]) if str(path) not in self.skip]
         paths = [str(batch["path"][i]) for i in keep]
         wheres = [str(batch["location"][i]) for i in keep]
-        prepared = list(self.pool.map(self._prepare, wheres))
+        if self.decoder is None:
+            prepared = list(self.pool.map(self._prepare, wheres))
+        else:
+            prepared = self._decode(list(self.pool.map(self._read, wheres)))
         errors = [item if isinstance(item, str) else "" for item in prepared]
         pixels = [self.blank if isinstance(item, str) else item for item in prepared]
         shape = (0, *self.blank.shape)
@@ -130,6 +144,9 @@ class Preparer:
             "pixels": np.stack(pixels) if pixels else np.zeros(shape, self.blank.dtype),
         }
 
+    def _read(self, where: str) -> bytes | str:
+        return sources.read(where, self.limits)
+
     def _prepare(self, where: str) -> np.ndarray | str:
         data = sources.read(where, self.limits)
         if isinstance(data, str):
@@ -138,6 +155,18 @@ class Preparer:
             return self.classifier.prepare(load_image(data, self.limits)).numpy()
         except ImageError as exc:
             return str(exc)
+
+    def _decode(self, reads: list[bytes | str]) -> list[np.ndarray | str]:
+        assert self.decoder is not None
+        decoded = iter(self.decoder.prepare([item for item in reads if isinstance(item, bytes)]))
+        results: list[np.ndarray | str] = []
+        for item in reads:
+            if isinstance(item, str):
+                results.append(item)
+                continue
+            pixels = next(decoded)
+            results.append(str(pixels) if isinstance(pixels, ImageError) else pixels.numpy())
+        return results
 
 
 class Labeller:
@@ -161,7 +190,7 @@ class Labeller:
         labels = pa.StructArray.from_arrays(
             [pa.array(probs[:, k]) for k in range(probs.shape[1])],
             names=list(self.classifier.labels),
-            mask=pa.array([error is not None for error in errors]),
+            mask=pa.array([error is not None for error in errors], pa.bool_()),
         )
         return pa.table(
             {
@@ -187,12 +216,12 @@ class Summary:
         return (self.finished or time.monotonic()) - self.started
 
     def describe(self) -> str:
-        """``N images in T s (R images/s), C classified, E errors``."""
+        """``N images in T s (R images/s), C classified, E errors``: the run's last line."""
         total = self.classified + self.errors
         rate = total / self.seconds if self.seconds > 0 else 0.0
         return (
             f"{total} images in {self.seconds:.1f} s ({rate:.1f} images/s), "
-            f"{self.classified} classified, {self.errors} errors"
+            f"{self.classified} classified, {self.errors} error{'' if self.errors == 1 else 's'}"
         )
 
 
@@ -223,13 +252,14 @@ class Plan:
                 preparer_cpus=1.0,
             )
         half = max(1, cpus // 2)
+        small = cpus < 2  # a single CPU: the stages share it
         return cls(
             batch_size=batch_size or 8,
             labellers=half,
             labeller_gpus=0.0,
-            labeller_cpus=1.0,
+            labeller_cpus=0.5 if small else 1.0,
             preparers=(1, half),
-            preparer_cpus=0.5,
+            preparer_cpus=0.25 if small else 0.5,
         )
 
 
@@ -256,12 +286,14 @@ class RayJob:
         *,
         address: str | None = None,
         batch_size: int | None = None,
+        decode: str = "auto",
         skip: set[str] | frozenset[str] = frozenset(),
         progress: bool = True,
     ) -> RayJob:
         """Connect to Ray (``address`` None: a local instance; ``auto``; ``ray://...``) and
         plan the pipeline over ``inputs``; nothing runs until records are asked for.
-        ``skip``: record paths to leave out (``--resume``)."""
+        ``decode``: as ``nsfwd classify --decode``; ``skip``: record paths to leave out
+        (``--resume``)."""
         ray = _import_ray()
         owns_ray = not ray.is_initialized()
         if owns_ray:
@@ -270,7 +302,7 @@ class RayJob:
             context = ray.data.DataContext.get_current()
             context.enable_progress_bars = progress
             plan = Plan.for_cluster(ray.cluster_resources(), batch_size)
-            dataset = _dataset(ray, list(inputs), settings, plan, skip)
+            dataset = _dataset(ray, list(inputs), settings, plan, decode=decode, skip=skip)
             return cls(dataset, owns_ray)
         except BaseException:
             if owns_ray:
@@ -347,7 +379,13 @@ def _connect(ray: Any, address: str | None) -> None:
 
 
 def _dataset(
-    ray: Any, inputs: list[str], settings: Settings, plan: Plan, skip: set[str] | frozenset[str]
+    ray: Any,
+    inputs: list[str],
+    settings: Settings,
+    plan: Plan,
+    *,
+    decode: str,
+    skip: set[str] | frozenset[str],
 ) -> Any:
     """The pipeline, lazily: names -> prepared pixels -> labels."""
     options = ModelOptions.from_settings(settings)
@@ -357,6 +395,7 @@ def _dataset(
         fn_constructor_kwargs={
             "options": options,
             "limits": settings.image_limits,
+            "decode": decode,
             "skip": ray.put(frozenset(skip)) if skip else None,
         },
         batch_size=plan.batch_size,
@@ -380,7 +419,9 @@ def _names(ray: Any, inputs: list[str]) -> Any:
     parts = []
     plain = [name for name in inputs if not sources.is_manifest(name)]
     if plain:
-        items = ray.data.from_items([{"input": name} for name in plain])
+        items = ray.data.from_items(
+            [{"input": name} for name in plain], override_num_blocks=len(plain)
+        )  # a listing task per input
         parts.append(items.flat_map(_expand, fn_kwargs={"cwd": cwd}, num_cpus=LIGHT_TASK_CPUS))
     for manifest in (name for name in inputs if sources.is_manifest(name)):
         parts.append(_manifest(ray, manifest, cwd))
@@ -396,22 +437,28 @@ def _expand(row: dict[str, Any], cwd: str) -> list[dict[str, str]]:
 
 def _manifest(ray: Any, manifest: str, cwd: str) -> Any:
     """The images a manifest lists, read by Ray's own readers (in tasks, streaming)."""
-    where = sources.location(manifest, cwd)
+    where, filesystem = sources.location(manifest, cwd), None
+    if sources.is_url(manifest):  # through fsspec, as the images are read
+        from fsspec.core import url_to_fs
+        from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+        fs, where = url_to_fs(manifest)
+        filesystem = PyFileSystem(FSSpecHandler(fs))
     suffix = Path(manifest.rstrip("/")).suffix.lower()
     if suffix == ".txt":
-        lines = ray.data.read_text(where, num_cpus=LIGHT_TASK_CPUS)
+        lines = ray.data.read_text(where, filesystem=filesystem, num_cpus=LIGHT_TASK_CPUS)
         return lines.map_batches(
             _named, fn_kwargs={"column": "text", "cwd": cwd}, num_cpus=LIGHT_TASK_CPUS
         )
     reader = ray.data.read_csv if suffix == ".csv" else ray.data.read_parquet
-    table = reader(where, num_cpus=LIGHT_TASK_CPUS)
-    columns = table.columns()
+    table = reader(where, filesystem=filesystem, num_cpus=LIGHT_TASK_CPUS)
+    columns = table.columns() or []
     column = next((name for name in sources.MANIFEST_COLUMNS if name in columns), None)
     if column is None:
         raise ValueError(
             f"the manifest {manifest} has no path or url column (its columns: {', '.join(columns)})"
         )
-    return table.select_columns([column]).map_batches(
+    return table.map_batches(
         _named, fn_kwargs={"column": column, "cwd": cwd}, num_cpus=LIGHT_TASK_CPUS
     )
 

@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from nsfwd.distributed import sources
 from nsfwd.images import ImageError, ImageLimits, load_image
@@ -41,6 +42,10 @@ if TYPE_CHECKING:
     from nsfwd.settings import Settings
 
 log = logging.getLogger(__name__)
+
+Pixels = NDArray[Any]
+Batch = dict[str, NDArray[Any]]
+"""A batch as Ray Data hands it to a stage: a column of values per name."""
 
 INSTALL_HINT = "pip install 'nsfwd[ray]'"
 READ_THREADS = 8
@@ -126,7 +131,7 @@ class Preparer:
         self.pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="nsfwd-read")
         self.blank = self.classifier.blank(1)[0].numpy()
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: Batch) -> Batch:
         """The batch's rows not skipped, with ``error`` ("" when none) and ``pixels``."""
         keep = [i for i, path in enumerate(batch["path"]) if str(path) not in self.skip]
         paths = [str(batch["path"][i]) for i in keep]
@@ -147,7 +152,7 @@ class Preparer:
     def _read(self, where: str) -> bytes | str:
         return sources.read(where, self.limits)
 
-    def _prepare(self, where: str) -> np.ndarray | str:
+    def _prepare(self, where: str) -> Pixels | str:
         data = sources.read(where, self.limits)
         if isinstance(data, str):
             return data
@@ -156,10 +161,10 @@ class Preparer:
         except ImageError as exc:
             return str(exc)
 
-    def _decode(self, reads: list[bytes | str]) -> list[np.ndarray | str]:
+    def _decode(self, reads: list[bytes | str]) -> list[Pixels | str]:
         assert self.decoder is not None
         decoded = iter(self.decoder.prepare([item for item in reads if isinstance(item, bytes)]))
-        results: list[np.ndarray | str] = []
+        results: list[Pixels | str] = []
         for item in reads:
             if isinstance(item, str):
                 results.append(item)
@@ -176,7 +181,7 @@ class Labeller:
         self.classifier = _load(options, threads=int(cpus))
         log.info("loaded %s on %s", self.classifier.name, self.classifier.device)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+    def __call__(self, batch: Batch) -> pa.Table:
         """Rows of path, error (null when none) and labels (a struct; null for an error)."""
         import pyarrow as pa
         import torch
@@ -463,7 +468,7 @@ def _manifest(ray: Any, manifest: str, cwd: str) -> Any:
     )
 
 
-def _named(batch: dict[str, np.ndarray], column: str, cwd: str) -> dict[str, np.ndarray]:
+def _named(batch: Batch, column: str, cwd: str) -> Batch:
     """Manifest rows -> (path, location), blank lines and ``#`` comments dropped."""
     names = [str(name).strip() for name in batch[column]]
     names = [name for name in names if name and not name.startswith("#")]

@@ -34,7 +34,7 @@ import ray
 
 from nsfwd.cli import main
 
-TEST_SECONDS = 240
+TEST_SECONDS = 150
 """No test here may run longer: a stuck cluster fails the test rather than the suite."""
 BUCKET = "photos"
 

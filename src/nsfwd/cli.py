@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     classify.add_argument(
         "paths",
-        nargs="+",
+        nargs="*",  # one or more, checked after --ray gives back an input it took
         metavar="PATH",
         help="image files or folders; with --ray also fsspec URLs (s3://bucket/prefix/, "
         "gs://...) and manifests (.txt of paths or URLs, .csv or .parquet with a path or url "
@@ -376,9 +376,12 @@ def _positive(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "classify":
         _split_ray_address(args)
+        if not args.paths:
+            parser.error("classify: the following arguments are required: PATH")
     configure_logging()
     try:
         if args.command == "classify":

@@ -404,7 +404,7 @@ def _dataset(
             "skip": ray.put(frozenset(skip)) if skip else None,
         },
         batch_size=plan.batch_size,
-        concurrency=plan.preparers,
+        compute=ray.data.ActorPoolStrategy(min_size=plan.preparers[0], max_size=plan.preparers[1]),
         num_cpus=plan.preparer_cpus,
     )
     return prepared.map_batches(
@@ -412,67 +412,44 @@ def _dataset(
         fn_constructor_kwargs={"options": options, "cpus": plan.labeller_cpus},
         batch_size=plan.batch_size,
         batch_format="numpy",
-        concurrency=plan.labellers,
+        compute=ray.data.ActorPoolStrategy(size=plan.labellers),
         num_cpus=plan.labeller_cpus,
         num_gpus=plan.labeller_gpus or None,
     )
 
 
+LISTING_ROWS = 4096
+"""Rows a listing task hands on at a time: a huge folder or manifest streams in such batches."""
+
+
 def _names(ray: Any, inputs: list[str]) -> Any:
-    """A dataset of (path, location) rows: each image named by the inputs."""
+    """A dataset of (path, location) rows, each image the inputs name, listed in a task per
+    input (manifests checked here first, so a wrong one is refused before anything runs)."""
     cwd = str(Path.cwd())
-    parts = []
-    plain = [name for name in inputs if not sources.is_manifest(name)]
-    if plain:
-        items = ray.data.from_items(
-            [{"input": name} for name in plain], override_num_blocks=len(plain)
-        )  # a listing task per input
-        parts.append(items.flat_map(_expand, fn_kwargs={"cwd": cwd}, num_cpus=LIGHT_TASK_CPUS))
-    for manifest in (name for name in inputs if sources.is_manifest(name)):
-        parts.append(_manifest(ray, manifest, cwd))
-    dataset = parts[0]
-    return dataset.union(*parts[1:]) if len(parts) > 1 else dataset
-
-
-def _expand(row: dict[str, Any], cwd: str) -> list[dict[str, str]]:
-    return [
-        {"path": path, "location": where} for path, where in sources.expand(str(row["input"]), cwd)
-    ]
-
-
-def _manifest(ray: Any, manifest: str, cwd: str) -> Any:
-    """The images a manifest lists, read by Ray's own readers (in tasks, streaming)."""
-    where, filesystem = sources.location(manifest, cwd), None
-    if sources.is_url(manifest):  # through fsspec, as the images are read
-        from fsspec.core import url_to_fs
-        from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-        fs, where = url_to_fs(manifest)
-        filesystem = PyFileSystem(FSSpecHandler(fs))
-    suffix = Path(manifest.rstrip("/")).suffix.lower()
-    if suffix == ".txt":
-        lines = ray.data.read_text(where, filesystem=filesystem, num_cpus=LIGHT_TASK_CPUS)
-        return lines.map_batches(
-            _named, fn_kwargs={"column": "text", "cwd": cwd}, num_cpus=LIGHT_TASK_CPUS
-        )
-    reader = ray.data.read_csv if suffix == ".csv" else ray.data.read_parquet
-    table = reader(where, filesystem=filesystem, num_cpus=LIGHT_TASK_CPUS)
-    columns = table.columns() or []
-    column = next((name for name in sources.MANIFEST_COLUMNS if name in columns), None)
-    if column is None:
-        raise ValueError(
-            f"the manifest {manifest} has no path or url column (its columns: {', '.join(columns)})"
-        )
-    return table.map_batches(
-        _named, fn_kwargs={"column": column, "cwd": cwd}, num_cpus=LIGHT_TASK_CPUS
+    for name in inputs:
+        if sources.is_manifest(name):
+            sources.manifest_column(name, cwd)
+    items = ray.data.from_items(
+        [{"input": name} for name in inputs], override_num_blocks=len(inputs)
     )
+    return items.map_batches(_list, batch_size=1, fn_kwargs={"cwd": cwd}, num_cpus=LIGHT_TASK_CPUS)
 
 
-def _named(batch: Batch, column: str, cwd: str) -> Batch:
-    """Manifest rows -> (path, location), blank lines and ``#`` comments dropped."""
-    names = [str(name).strip() for name in batch[column]]
-    names = [name for name in names if name and not name.startswith("#")]
+def _list(batch: Batch, cwd: str) -> Iterator[Batch]:
+    """The rows each input of ``batch`` names, :data:`LISTING_ROWS` at a time."""
+    rows: list[tuple[str, str]] = []
+    for name in batch["input"]:
+        for row in sources.expand(str(name), cwd):
+            rows.append(row)
+            if len(rows) == LISTING_ROWS:
+                yield _rows(rows)
+                rows = []
+    if rows:
+        yield _rows(rows)
+
+
+def _rows(rows: list[tuple[str, str]]) -> Batch:
     return {
-        "path": np.array(names, dtype=object),
-        "location": np.array([sources.location(name, cwd) for name in names], dtype=object),
+        "path": np.array([path for path, _ in rows], dtype=object),
+        "location": np.array([where for _, where in rows], dtype=object),
     }

@@ -10,9 +10,12 @@ command ran in (``cwd``), wherever the reading runs.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from nsfwd.images import ImageError, ImageLimits, check_file_size, read_image_file
 from nsfwd.pipeline import IMAGE_SUFFIXES, find_images
@@ -30,7 +33,7 @@ def is_url(name: str) -> bool:
 
 def is_manifest(name: str) -> bool:
     """Whether ``name`` is a list of images rather than an image or a folder."""
-    return PurePosixPath(name.rstrip("/")).suffix.lower() in MANIFEST_SUFFIXES
+    return _suffix(name) in MANIFEST_SUFFIXES
 
 
 def location(name: str, cwd: str) -> str:
@@ -41,8 +44,12 @@ def location(name: str, cwd: str) -> str:
 
 
 def expand(name: str, cwd: str) -> Iterator[tuple[str, str]]:
-    """The images an input names, as (record path, where to read it): the input itself, or the
-    image files under a folder or URL prefix (recursive, sorted, hidden ones skipped)."""
+    """The images an input names, as (record path, where to read it), one at a time: the input
+    itself, the image files under a folder or URL prefix (recursive, sorted, hidden ones
+    skipped), or the entries of a manifest (read as a stream, never whole)."""
+    if is_manifest(name):
+        yield from _manifest_entries(name, cwd)
+        return
     if is_url(name):
         yield from _expand_url(name)
         return
@@ -96,3 +103,56 @@ def _read_url(url: str, limits: ImageLimits) -> bytes:
     if len(data) > limits.max_bytes:
         check_file_size(size, limits, url)
     return data
+
+
+def manifest_column(name: str, cwd: str) -> str | None:
+    """The column of a CSV or Parquet manifest that names the images (None for ``.txt``);
+    ValueError when it has neither a ``path`` nor a ``url`` column. Reads the header only."""
+    suffix = _suffix(name)
+    if suffix == ".txt":
+        return None
+    with _open(location(name, cwd)) as file:
+        if suffix == ".csv":
+            columns = next(csv.reader(io.TextIOWrapper(file, encoding="utf-8", newline="")), [])
+        else:
+            import pyarrow.parquet as pq
+
+            columns = pq.ParquetFile(file).schema_arrow.names
+    column = next((c for c in MANIFEST_COLUMNS if c in columns), None)
+    if column is None:
+        raise ValueError(
+            f"the manifest {name} has no path or url column (its columns: {', '.join(columns)})"
+        )
+    return column
+
+
+def _open(where: str) -> Any:
+    import fsspec
+
+    return fsspec.open(where, "rb").open()
+
+
+def _manifest_entries(name: str, cwd: str) -> Iterator[tuple[str, str]]:
+    column = manifest_column(name, cwd)
+    with _open(location(name, cwd)) as file:
+        for raw in _manifest_names(file, _suffix(name), column):
+            entry = raw.strip()
+            if entry and not entry.startswith("#"):
+                yield entry, location(entry, cwd)
+
+
+def _suffix(name: str) -> str:
+    return PurePosixPath(name.rstrip("/")).suffix.lower()
+
+
+def _manifest_names(file: Any, suffix: str, column: str | None) -> Iterator[str]:
+    if suffix == ".txt":  # a name a line
+        yield from io.TextIOWrapper(file, encoding="utf-8")
+    elif suffix == ".csv":
+        for row in csv.DictReader(io.TextIOWrapper(file, encoding="utf-8", newline="")):
+            yield str(row.get(column or "") or "")
+    else:
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(file).iter_batches(columns=[column], batch_size=65_536):
+            yield from (str(value or "") for value in batch.column(0).to_pylist())

@@ -2,9 +2,9 @@
 
 The stages, as Ray Data runs batch inference (docs/ARCHITECTURE.md):
 
-1. inputs -> image names, listed in tasks (folders and URL prefixes through
-   :func:`~nsfwd.distributed.sources.expand`, manifests through Ray's own readers), never all
-   in the driver;
+1. inputs -> image names, listed in a task per input by
+   :func:`~nsfwd.distributed.sources.expand` (folders, URL prefixes, manifests read as a
+   stream), never all in the driver;
 2. :class:`Preparer`, an autoscaling pool of CPU actors: read each image's bytes (local or any
    fsspec URL), then the intake's checks and the model's preprocessing
    (:func:`~nsfwd.images.load_image`, :meth:`~nsfwd.models.Classifier.prepare`); a file that

@@ -225,3 +225,74 @@ def test_a_hub_id_loads_offline_from_the_cache(tmp_path: Path, wrapper_checkpoin
     assert done.returncode == 0, done.stderr
     records = [json.loads(line) for line in done.stdout.splitlines()]
     assert [list(r["labels"]) for r in records] == [["neutral", "low", "medium", "high"]] * 2
+
+
+def test_output_files_and_resume_without_ray(
+    tmp_path: Path, timm_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = _write_images(tmp_path / "imgs", 5)
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n nope")
+    model = ["classify", "--no-progress", "--model", str(timm_checkpoint)]
+    assert main([*model, str(tmp_path / "imgs")]) == 0
+    stdout = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    every = sorted(r["path"] for r in stdout)
+
+    jsonl, table = tmp_path / "out.jsonl", tmp_path / "out.csv"
+    assert main([*model, "--output", str(jsonl), str(tmp_path / "imgs")]) == 0
+    assert capsys.readouterr().out == ""
+    assert [json.loads(line) for line in jsonl.read_text().splitlines()] == stdout
+    assert main([*model, "--output", str(jsonl), str(tmp_path / "imgs")]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main([*model, "--resume", str(tmp_path / "imgs")]) == 2  # needs --output
+    assert main([*model, "--output", str(tmp_path / "out.txt"), str(images[0])]) == 2
+
+    # An interrupted run: two records and half of a third; --resume keeps and completes them.
+    jsonl.unlink()
+    for output in (jsonl, table):
+        assert main([*model, "--output", str(output), *map(str, images[:2])]) == 0
+        with output.open("a") as stream:
+            stream.write(str(images[2])[:7])
+        assert main([*model, "--resume", "--output", str(output), str(tmp_path / "imgs")]) == 0
+    assert sorted(json.loads(line)["path"] for line in jsonl.read_text().splitlines()) == every
+    rows = list(csv.DictReader(io.StringIO(table.read_text())))
+    assert sorted(row["path"] for row in rows) == every
+    assert next(r for r in rows if r["error"])["path"] == str(tmp_path / "imgs" / "broken.png")
+    assert main([*model, "--resume", "--output", str(jsonl), str(tmp_path / "imgs")]) == 0
+    assert "every input" in capsys.readouterr().err
+
+    pq = pytest.importorskip("pyarrow.parquet")
+    folder = tmp_path / "out.parquet"
+    assert main([*model, "--output", str(folder), *map(str, images[:3])]) == 0
+    assert main([*model, "--resume", "--output", str(folder), str(tmp_path / "imgs")]) == 0
+    parquet = pq.read_table(folder)
+    assert parquet.column_names == ["path", "labels", "score", "flagged", "policy", "error"]
+    assert sorted(parquet.column("path").to_pylist()) == every
+    by_path = {r["path"]: r for r in stdout}
+    for row in parquet.to_pylist():
+        want = by_path[row["path"]]
+        assert row["error"] == want.get("error")
+        if row["error"] is None:
+            assert row["labels"] == pytest.approx(want["labels"], abs=1e-6)
+            assert (row["flagged"], row["policy"]) == (want["flagged"], want["policy"])
+
+
+def test_ray_without_ray_installed_says_how_to_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nsfwd.cli import _split_ray_address, build_parser
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
+    _write_images(tmp_path, 1)
+    assert main(["classify", "--ray", str(tmp_path)]) == 2
+    assert "pip install 'nsfwd[ray]'" in capsys.readouterr().err
+    # --ray takes an address only when the word is one; else it is the first input
+    for argv, address, paths in (
+        (["--ray", "photos/"], "", ["photos/"]),
+        (["--ray", "auto", "photos/"], "auto", ["photos/"]),
+        (["--ray", "ray://head:10001", "a.jpg"], "ray://head:10001", ["a.jpg"]),
+        (["--ray", "10.0.0.5:6379", "s3://b/p/"], "10.0.0.5:6379", ["s3://b/p/"]),
+        (["--ray", "s3://b/p/", "x.txt"], "", ["s3://b/p/", "x.txt"]),
+    ):
+        args = build_parser().parse_args(["classify", *argv])
+        _split_ray_address(args)
+        assert (args.ray, args.paths) == (address, paths)

@@ -252,8 +252,14 @@ def read_image_file(path: str | os.PathLike[str], limits: ImageLimits = ImageLim
         data = file.read(limits.max_bytes + 1)
         if len(data) > limits.max_bytes:
             size = os.fstat(file.fileno()).st_size
-            _check_byte_size(max(size, len(data)), limits, where=f"file {os.fspath(path)!r}")
+            check_file_size(max(size, len(data)), limits, os.fspath(path))
     return data
+
+
+def check_file_size(size: int, limits: ImageLimits, name: str) -> None:
+    """Raise :class:`ImageTooLargeError`, naming the file or URL ``name``, when ``size`` bytes
+    exceed ``limits.max_bytes``."""
+    _check_byte_size(size, limits, where=f"file {name!r}")
 
 
 def load_image_file(

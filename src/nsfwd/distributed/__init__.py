@@ -1,0 +1,1 @@
+"""nsfwd on a cluster: hosts that run the same classifier and pipeline on Ray."""

@@ -1,0 +1,345 @@
+"""`nsfwd classify --ray` on real Ray: a local instance, a two-node cluster started here, and
+images in a real S3 server (moto's server mode) on loopback.
+
+Ray keeps its state private to the tests: its own short temp folder (its sockets live there,
+and a Unix socket path must stay short) and its own HOME. The two-node cluster is stopped by
+the ids of the processes this test started, never by ``ray stop``, which would stop every Ray
+on the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pytest
+from PIL import Image
+
+pytest.importorskip("ray.data", reason="needs nsfwd[ray]")
+pytest.importorskip("moto.server", reason="needs moto[server] (the dev install)")
+
+import ray
+
+from nsfwd.cli import main
+
+TEST_SECONDS = 150
+"""No test here may run longer: a stuck cluster fails the test rather than the suite."""
+BUCKET = "photos"
+
+
+@pytest.fixture(autouse=True)
+def time_limit() -> Iterator[None]:
+    """Fail the test with TimeoutError once it has run :data:`TEST_SECONDS`."""
+
+    def expire(signum: int, frame: FrameType | None) -> None:
+        raise TimeoutError(f"the test ran past {TEST_SECONDS} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(TEST_SECONDS)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def write_images(folder: Path, count: int, start: int = 0) -> list[Path]:
+    """``count`` small distinct images, JPEG, PNG and WebP in turn."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(start, start + count):
+        image = Image.new("RGB", (160 + 8 * i, 144), (30 * i % 256, 90, 200 - 7 * i % 200))
+        image.paste((255, 240 - 20 * i % 240, 0), (10, 10, 60 + 4 * i, 70))
+        path = folder / f"img{i:03d}.{['jpg', 'png', 'webp'][i % 3]}"
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def ray_home() -> Iterator[Path]:
+    """A short private folder for Ray's sessions and a HOME of its own, for the module."""
+    folder = Path(tempfile.mkdtemp(prefix="nsfwd-ray-", dir="/tmp"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOME", str(folder / "home"))
+        patch.setenv("RAY_TMPDIR", str(folder))
+        (folder / "home").mkdir()
+        yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def s3(ray_home: Path) -> Iterator[str]:
+    """A real S3 server on 127.0.0.1 holding a bucket; its endpoint, also in AWS_ENDPOINT_URL
+    (with test credentials) so that the Ray workers started after it read from it."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_ENDPOINT_URL", endpoint)
+        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        import boto3
+
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
+        try:
+            yield endpoint
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def local_ray(ray_home: Path, s3: str) -> Iterator[None]:
+    """A local Ray instance of two CPUs for the module; ``nsfwd classify --ray`` uses it."""
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=str(ray_home / "local"),
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def classify(*args: str) -> int:
+    return main(["classify", "--no-progress", *args])
+
+
+def read_jsonl(path: Path) -> dict[str, dict[str, Any]]:
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    by_path = {record["path"]: record for record in records}
+    assert len(by_path) == len(records), "a path recorded twice"
+    return by_path
+
+
+def assert_same_records(got: dict[str, dict[str, Any]], want: dict[str, dict[str, Any]]) -> None:
+    assert sorted(got) == sorted(want)
+    for path, record in want.items():
+        other = got[path]
+        assert set(other) == set(record), path
+        if "error" in record:
+            assert other == record
+            continue
+        assert list(other["labels"]) == list(record["labels"])
+        for label, prob in record["labels"].items():
+            assert other["labels"][label] == pytest.approx(prob, abs=1e-4)
+        assert other["score"] == pytest.approx(record["score"], abs=1e-4)
+        assert (other["flagged"], other["policy"]) == (record["flagged"], record["policy"])
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_records_match_the_single_machine_run_with_a_corrupt_file_among_them(
+    tmp_path: Path, timm_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "photos"
+    write_images(folder / "nested", 7)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (folder / "notes.txt").write_text("not an image, and not named like one")
+    model = ["--model", str(timm_checkpoint)]
+
+    assert classify(*model, "--output", str(tmp_path / "one.jsonl"), str(folder)) == 0
+    assert classify(*model, "--ray", str(folder)) == 0  # stdout, as without --ray
+    captured = capsys.readouterr()
+    on_ray = {r["path"]: r for r in map(json.loads, captured.out.splitlines())}
+    assert_same_records(on_ray, read_jsonl(tmp_path / "one.jsonl"))
+    assert "truncated" in on_ray[str(folder / "broken.jpg")]["error"]
+    last = captured.err.strip().splitlines()[-1]
+    assert "8 images" in last and "images/s" in last and "1 error" in last
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_manifests_and_parquet_output(tmp_path: Path, timm_checkpoint: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images = write_images(tmp_path / "imgs", 5)
+    (tmp_path / "list.txt").write_text(
+        "# a comment\n" + "\n".join(str(p) for p in images[:3]) + "\n\n"
+    )
+    pq.write_table(
+        pa.table({"url": [str(p) for p in images[3:]] + [str(tmp_path / "gone.png")]}),
+        tmp_path / "more.parquet",
+    )
+    out = tmp_path / "results.parquet"
+    argv = ["--model", str(timm_checkpoint), "--ray", "--output", str(out)]
+    assert classify(*argv, str(tmp_path / "list.txt"), str(tmp_path / "more.parquet")) == 0
+    table = pq.read_table(out)
+    assert table.column_names == ["path", "labels", "score", "flagged", "policy", "error"]
+    rows = {row["path"]: row for row in table.to_pylist()}
+    assert sorted(rows) == sorted([str(p) for p in images] + [str(tmp_path / "gone.png")])
+    assert rows[str(tmp_path / "gone.png")]["error"] == "no such file"
+    assert rows[str(tmp_path / "gone.png")]["labels"] is None
+    for path in images:
+        row = rows[str(path)]
+        assert row["error"] is None and row["policy"] == "moderate"
+        assert list(row["labels"]) == ["neutral", "low", "medium", "high"]
+        assert sum(row["labels"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_resume_after_an_interrupted_run(
+    tmp_path: Path, timm_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "photos"
+    images = write_images(folder, 9)
+    out = tmp_path / "out.jsonl"
+    model = ["--model", str(timm_checkpoint)]
+    # The interrupted run got through three images and was killed writing the fourth record.
+    assert classify(*model, "--ray", "--output", str(out), *map(str, images[:3])) == 0
+    with out.open("a") as stream:
+        stream.write('{"path": "' + str(images[3]))
+    before = out.read_text().splitlines()[:3]
+
+    assert classify(*model, "--ray", "--output", str(out), str(folder)) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert classify(*model, "--ray", "--resume", "--output", str(out), str(folder)) == 0
+    assert "6 images" in capsys.readouterr().err.strip().splitlines()[-1]
+    lines = out.read_text().splitlines()
+    assert lines[:3] == before  # kept as they were; the half-written record is gone
+    assert sorted(read_jsonl(out)) == sorted(map(str, images))
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_images_in_s3(tmp_path: Path, timm_checkpoint: Path, s3: str) -> None:
+    import boto3
+
+    local = write_images(tmp_path / "imgs", 6)
+    client = boto3.client("s3", endpoint_url=s3)
+    for path in local[:4]:
+        client.upload_file(str(path), BUCKET, f"set/{path.name}")
+    for path in local[4:]:  # named only by the manifest
+        client.upload_file(str(path), BUCKET, f"other/{path.name}")
+    client.put_object(Bucket=BUCKET, Key="set/broken.png", Body=b"\x89PNG\r\n\x1a\n nope")
+    client.put_object(Bucket=BUCKET, Key="set/.hidden/x.jpg", Body=b"skipped")
+    client.put_object(Bucket=BUCKET, Key="set/readme.md", Body=b"skipped")
+    keys = [f"s3://{BUCKET}/set/{path.name}" for path in local[:4]]
+    listed = [f"s3://{BUCKET}/other/{path.name}" for path in local[4:]]
+    client.put_object(Bucket=BUCKET, Key="list.txt", Body="\n".join(listed).encode())
+
+    model = ["--model", str(timm_checkpoint)]
+    out = tmp_path / "s3.jsonl"
+    inputs = [f"s3://{BUCKET}/set/", f"s3://{BUCKET}/list.txt"]
+    assert classify(*model, "--ray", "--output", str(out), *inputs) == 0
+    on_s3 = read_jsonl(out)
+    assert sorted(on_s3) == sorted([*keys, *listed, f"s3://{BUCKET}/set/broken.png"])
+    assert "PNG" in on_s3[f"s3://{BUCKET}/set/broken.png"]["error"]
+    assert classify(*model, "--output", str(tmp_path / "one.jsonl"), *map(str, local)) == 0
+    single = {
+        Path(path).name: r | {"path": "-"} for path, r in read_jsonl(tmp_path / "one.jsonl").items()
+    }
+    on_s3_by_name = {
+        k.rsplit("/", 1)[1]: r | {"path": "-"} for k, r in on_s3.items() if "broken" not in k
+    }
+    assert_same_records(on_s3_by_name, single)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _start_node(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``ray start --block ...`` in a session of its own: stopping it stops its processes."""
+    ray_cli = [sys.executable, "-c", "from ray.scripts.scripts import main; main()"]
+    with log.open("wb") as sink:
+        return subprocess.Popen(
+            [*ray_cli, "start", "--block", "--disable-usage-stats", *args],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _stop_node(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (Ray's node then stops the processes it started), then SIGKILL whatever is left
+    in the process group this test created for it."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _wait_until_started(node: subprocess.Popen[bytes], log: Path, deadline: float) -> None:
+    """Until ``ray start --block`` logs that its node runs (or exits, or time runs out)."""
+    while time.monotonic() < deadline:
+        if b"Ray runtime started" in log.read_bytes():
+            return
+        if node.poll() is not None:
+            raise RuntimeError(f"ray start exited: {log.read_text()[-2000:]}")
+        time.sleep(0.5)
+    raise TimeoutError(f"ray start did not start: {log.read_text()[-2000:]}")
+
+
+def test_two_node_cluster_joined_with_auto(
+    tmp_path: Path, timm_checkpoint: Path, ray_home: Path
+) -> None:
+    write_images(tmp_path / "photos", 6)
+    (tmp_path / "photos" / "broken.webp").write_bytes(b"RIFF\x10\x00\x00\x00WEBPVP8 ")
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    env = {**os.environ, "RAY_ADDRESS": address}
+    temp = ray_home / "cluster"
+    nodes = []
+    try:
+        nodes.append(
+            _start_node(
+                ["--head", "--port", str(port), "--num-cpus", "1", "--include-dashboard",
+                 "false", "--temp-dir", str(temp), "--node-ip-address", "127.0.0.1"],
+                env,
+                tmp_path / "head.log",
+            )
+        )  # fmt: skip
+        _wait_until_started(nodes[0], tmp_path / "head.log", time.monotonic() + 90)
+        nodes.append(
+            _start_node(
+                ["--address", address, "--num-cpus", "1", "--node-ip-address", "127.0.0.1"],
+                env,
+                tmp_path / "worker.log",
+            )
+        )
+        _wait_until_started(nodes[1], tmp_path / "worker.log", time.monotonic() + 60)
+        # One CPU a node: the labeller (1 CPU) and the preparer (half of one) cannot share a
+        # node, so the pipeline runs on both.
+        out = tmp_path / "cluster.jsonl"
+        done = subprocess.run(
+            [sys.executable, "-m", "nsfwd", "classify", "--no-progress", "--ray", "auto",
+             "--model", str(timm_checkpoint), "--output", str(out), str(tmp_path / "photos")],
+            env=env, capture_output=True, text=True, timeout=150, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "7 images" in done.stderr and "1 error" in done.stderr
+    finally:
+        for node in reversed(nodes):
+            _stop_node(node)
+    single = tmp_path / "single.jsonl"
+    assert (
+        classify("--model", str(timm_checkpoint), "--output", str(single), str(tmp_path / "photos"))
+        == 0
+    )
+    assert_same_records(read_jsonl(out), read_jsonl(single))

@@ -246,7 +246,8 @@ def test_a_model_whose_geometry_is_not_resize_and_crop_stays_on_pil(
     timm_checkpoint: Path, vit_checkpoint: Path, tmp_path: Path
 ) -> None:
     vit = Classifier.load(str(vit_checkpoint), device="cpu", dtype="float32")
-    with pytest.raises(TensorDecodeUnavailableError, match=r"transformers model.*--decode pil"):
+    refusal = r"transformers or ONNX model.*--decode pil"
+    with pytest.raises(TensorDecodeUnavailableError, match=refusal):
         TensorDecoder(vit)
     assert resolve_decode("auto", vit) == "pil"
     with pytest.raises(TensorDecodeUnavailableError):

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ pytest.importorskip("moto.server", reason="needs moto[server] (the dev install)"
 import ray
 
 from nsfwd.cli import main
+from servers import free_port
 
 TEST_SECONDS = 150
 """No test here may run longer: a stuck cluster fails the test rather than the suite."""
@@ -251,13 +251,6 @@ def test_images_in_s3(tmp_path: Path, timm_checkpoint: Path, s3: str) -> None:
     assert_same_records(on_s3_by_name, single)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _start_node(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """``ray start --block ...`` in a session of its own: stopping it stops its processes."""
     ray_cli = [sys.executable, "-c", "from ray.scripts.scripts import main; main()"]
@@ -301,7 +294,7 @@ def test_two_node_cluster_joined_with_auto(
 ) -> None:
     write_images(tmp_path / "photos", 6)
     (tmp_path / "photos" / "broken.webp").write_bytes(b"RIFF\x10\x00\x00\x00WEBPVP8 ")
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     env = {**os.environ, "RAY_ADDRESS": address}
     temp = ray_home / "cluster"

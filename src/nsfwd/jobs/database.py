@@ -5,17 +5,21 @@
 SQLite (a file under ``NSFWD_DATA_DIR``) is the default, for one server with no set-up;
 PostgreSQL (``NSFWD_DATABASE_URL``), through asyncpg, lets several replicas share the work.
 
-SQLite connections get WAL (readers never block the writer), a busy timeout (writers queue
-instead of failing with "database is locked") and foreign keys (off by default in SQLite, and
-purging relies on their cascades). SQLAlchemy, not the sqlite3 module, emits ``BEGIN``, so
-transactions are real; a transaction that will write starts with ``BEGIN IMMEDIATE`` (take the
-write lock first: a read-then-write transaction could otherwise fail when another writer
-commits in between).
+A SQLite file is switched to WAL (readers never block the writer) once, before any pooled
+connection opens: concurrent switches deadlock in SQLite itself, past any busy timeout. Its
+connections get a busy timeout (writers queue instead of failing with "database is locked") and
+foreign keys (off by default in SQLite, and purging relies on their cascades). SQLAlchemy, not
+the sqlite3 module, emits ``BEGIN``, so transactions are real; a transaction that will write
+starts with ``BEGIN IMMEDIATE`` (take the write lock first: a read-then-write transaction could
+otherwise fail when another writer commits in between).
 """
 
 from __future__ import annotations
 
 import logging
+import random
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -84,6 +88,7 @@ def create_engine(url: str) -> AsyncEngine:
         return create_async_engine(url, pool_pre_ping=True)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        use_wal(Path(parsed.database))
     engine = create_async_engine(url)
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -91,7 +96,6 @@ def create_engine(url: str) -> AsyncEngine:
         dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN (below), not sqlite3
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")  # with WAL: safe against a process crash
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
@@ -102,6 +106,30 @@ def create_engine(url: str) -> AsyncEngine:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
 
     return engine
+
+
+def use_wal(path: Path) -> None:
+    """Put the SQLite file at ``path`` (created if missing) in WAL mode, which it keeps.
+
+    Two connections switching a file at once can each wait for the other's lock until the busy
+    timeout ends, so a switch that meets a lock gives up at once and tries again a moment later,
+    and whoever comes second finds the file switched already.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        connection = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            (mode,) = connection.execute("PRAGMA journal_mode").fetchone()
+            if mode == "wal":
+                return
+            connection.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+        finally:
+            connection.close()
+        time.sleep(random.uniform(0.005, 0.05))
 
 
 def writer(engine: AsyncEngine) -> AsyncEngine:

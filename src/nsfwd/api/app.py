@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from nsfwd import __version__
+from nsfwd import __version__, demo
 from nsfwd.api import eachlabs, prodia, prodia_async
 from nsfwd.api.auth import KeyRing
 from nsfwd.api.errors import install_error_handlers
@@ -118,4 +118,5 @@ def create_app(engine: ClassifyEngine, settings: Settings, store: Store | None =
         """Prometheus metrics: queue size, batch sizes, inference and request latency."""
         return Response(engine.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    demo.install(app, settings, keys, settings.served_model_name or engine.model_name)
     return app

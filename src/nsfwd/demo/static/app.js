@@ -1,0 +1,319 @@
+// The demo page: a client of this server's public API, as any other would be.
+//
+// On load: /demo/config.json (policies, threshold, default model), then GET /v1/models for the
+// model list (a server without that route gets its default model alone). A chosen or dropped
+// image goes to POST /v2/job as a Prodia img2label job; its labels become bars, and each policy's
+// score is judged against the threshold slider here, with no further request. A 401 anywhere
+// asks for a token, kept in localStorage and sent as "Authorization: Bearer".
+
+import { formatPercent, isFlagged, scorePolicy } from "./policies.js";
+
+const TOKEN_KEY = "nsfwd.token";
+const JOB_TYPE = "inference.vit.img2label.v1";
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  tokenForm: $("token-form"),
+  token: $("token"),
+  tokenError: $("token-error"),
+  forgetToken: $("forget-token"),
+  model: $("model"),
+  drop: $("drop"),
+  file: $("file"),
+  preview: $("preview"),
+  status: $("status"),
+  error: $("error"),
+  result: $("result"),
+  labels: $("labels"),
+  threshold: $("threshold"),
+  thresholdValue: $("threshold-value"),
+  verdicts: document.querySelector("#verdicts tbody"),
+  timing: $("timing"),
+};
+
+const state = {
+  config: null,
+  file: null,
+  previewUrl: null,
+  result: null,
+  sequence: 0, // of classify calls: only the latest one's answer is shown
+  retry: null, // what to run again once a token is given
+};
+
+/** The server answered 401: a token is missing, or the one sent was refused. */
+class TokenNeeded extends Error {
+  constructor(message, sent) {
+    super(message);
+    this.sent = sent;
+  }
+}
+
+function storedToken() {
+  try {
+    return localStorage.getItem(TOKEN_KEY) || "";
+  } catch {
+    return ""; // storage disabled: the user is asked again after each reload
+  }
+}
+
+function storeToken(token) {
+  try {
+    if (token) localStorage.setItem(TOKEN_KEY, token);
+    else localStorage.removeItem(TOKEN_KEY);
+  } catch {
+    // storage disabled: nothing to keep
+  }
+  ui.forgetToken.hidden = !token;
+}
+
+/** fetch() on this server with the stored token; a 401 throws TokenNeeded. */
+async function call(path, init = {}) {
+  const headers = new Headers(init.headers);
+  const token = storedToken();
+  if (token) headers.set("Authorization", `Bearer ${token}`);
+  const response = await fetch(path, { ...init, headers, cache: "no-store" });
+  if (response.status === 401) throw new TokenNeeded((await response.text()).trim(), !!token);
+  return response;
+}
+
+/** What went wrong, from a refusal in any of the server's formats (job JSON, JSON, text). */
+async function refusal(response) {
+  const text = (await response.text()).trim();
+  try {
+    const doc = JSON.parse(text);
+    const message = doc.error ?? doc.message ?? doc.detail;
+    if (typeof message === "string") return `${response.status}: ${message}`;
+    if (typeof message?.message === "string") return `${response.status}: ${message.message}`;
+  } catch {
+    // not JSON: the text itself
+  }
+  return `${response.status}: ${text || response.statusText}`;
+}
+
+function showStatus(text) {
+  ui.status.textContent = text;
+}
+
+function showError(text) {
+  ui.error.textContent = text;
+  ui.error.hidden = !text;
+}
+
+/** Run `action`; a 401 asks for a token and runs it again once one is given. */
+async function attempt(action) {
+  try {
+    await action();
+  } catch (error) {
+    showStatus("");
+    if (error instanceof TokenNeeded) {
+      state.retry = action;
+      askForToken(error);
+    } else {
+      showError(error instanceof Error ? error.message : String(error));
+    }
+  }
+}
+
+function askForToken(error) {
+  ui.tokenError.textContent = error.sent
+    ? `The server refused this token: ${error.message}`
+    : "";
+  ui.tokenError.hidden = !error.sent;
+  ui.tokenForm.hidden = false;
+  ui.token.value = "";
+  ui.token.focus();
+}
+
+async function loadConfig() {
+  showStatus("Loading…");
+  const response = await call("/demo/config.json");
+  if (!response.ok) throw new Error(await refusal(response));
+  state.config = await response.json();
+  ui.threshold.value = String(state.config.threshold);
+  showThreshold();
+  await loadModels();
+  ui.file.disabled = false;
+  showStatus("");
+}
+
+async function loadModels() {
+  const response = await call("/v1/models");
+  let names = [];
+  if (response.ok) {
+    const doc = await response.json();
+    if (Array.isArray(doc?.data)) names = doc.data.map((model) => model.id).filter(Boolean);
+  } else if (response.status !== 404) {
+    throw new Error(await refusal(response));
+  }
+  if (names.length === 0) names = [state.config.model]; // no model list here: the default
+  const current = ui.model.value;
+  ui.model.replaceChildren(
+    ...names.map((name) => new Option(name, name, false, false)),
+  );
+  const wanted = [current, state.config.model].find((name) => names.includes(name));
+  ui.model.value = wanted ?? names[0];
+  ui.model.disabled = names.length < 2;
+}
+
+function choose(file) {
+  if (!file) return;
+  state.file = file;
+  if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+  state.previewUrl = URL.createObjectURL(file);
+  ui.preview.src = state.previewUrl;
+  ui.preview.hidden = false;
+  attempt(classify);
+}
+
+async function classify() {
+  const file = state.file;
+  if (!file || !state.config) return;
+  const sequence = ++state.sequence;
+  const model = ui.model.value;
+  const job = { type: JOB_TYPE, config: { model } };
+  const form = new FormData();
+  form.append("job", new Blob([JSON.stringify(job)], { type: "application/json" }), "job.json");
+  form.append("input", file, file.name || "image");
+  showError("");
+  showStatus(`Classifying ${file.name || "the image"}…`);
+  const started = performance.now();
+  const response = await call("/v2/job", {
+    method: "POST",
+    body: form,
+    headers: { Accept: "application/json" },
+  });
+  if (!response.ok) {
+    const message = await refusal(response);
+    if (sequence === state.sequence) throw new Error(message);
+    return;
+  }
+  const doc = await response.json();
+  const roundTrip = performance.now() - started;
+  if (sequence !== state.sequence) return; // a newer image was chosen meanwhile
+  state.result = {
+    model,
+    name: file.name,
+    labels: doc.config.labels,
+    elapsed: doc.metrics.elapsed,
+    roundTrip,
+  };
+  showStatus("");
+  showResult();
+}
+
+function showResult() {
+  const { labels } = state.result;
+  ui.labels.replaceChildren(
+    ...Object.entries(labels).map(([label, probability]) => {
+      const item = document.createElement("li");
+      item.dataset.label = label;
+      const name = document.createElement("span");
+      name.className = "name";
+      name.textContent = label;
+      const track = document.createElement("div");
+      track.className = "track";
+      const fill = document.createElement("div");
+      fill.className = "fill";
+      fill.style.width = `${Math.min(Math.max(probability, 0), 1) * 100}%`;
+      track.append(fill);
+      const percent = document.createElement("span");
+      percent.className = "pct";
+      percent.textContent = formatPercent(probability);
+      item.append(name, track, percent);
+      return item;
+    }),
+  );
+  const { elapsed, roundTrip, model } = state.result;
+  ui.timing.textContent =
+    `${model}: ${(elapsed * 1000).toFixed(1)} ms on the server, ` +
+    `${roundTrip.toFixed(1)} ms with the upload`;
+  ui.result.hidden = false;
+  showVerdicts();
+}
+
+function showThreshold() {
+  ui.thresholdValue.textContent = Number(ui.threshold.value).toFixed(2);
+}
+
+function showVerdicts() {
+  if (!state.result) return;
+  const threshold = Number(ui.threshold.value);
+  const { policies, safe_labels: safeLabels, policy: defaultPolicy } = state.config;
+  ui.verdicts.replaceChildren(
+    ...Object.entries(policies).map(([policy, buckets]) => {
+      const row = document.createElement("tr");
+      row.dataset.policy = policy;
+      const scored = scorePolicy(buckets, safeLabels, state.result.labels);
+      const name = document.createElement("td");
+      name.textContent = policy;
+      if (policy === defaultPolicy) {
+        const tag = document.createElement("span");
+        tag.className = "default";
+        tag.textContent = "(this server's)";
+        name.append(tag);
+      }
+      const counts = document.createElement("td");
+      const score = document.createElement("td");
+      score.className = "score";
+      const verdict = document.createElement("td");
+      verdict.className = "verdict";
+      if (scored === null) {
+        counts.textContent = "—";
+        score.textContent = "—";
+        verdict.textContent = "cannot score these labels";
+      } else {
+        const flagged = isFlagged(scored.score, threshold);
+        row.dataset.score = String(scored.score);
+        row.dataset.flagged = String(flagged);
+        counts.textContent = scored.counts;
+        score.textContent = formatPercent(scored.score);
+        verdict.textContent = flagged ? "flagged" : "passes";
+      }
+      row.append(name, counts, score, verdict);
+      return row;
+    }),
+  );
+}
+
+ui.tokenForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const token = ui.token.value.trim();
+  if (!token) return;
+  storeToken(token);
+  ui.tokenForm.hidden = true;
+  const retry = state.retry ?? loadConfig; // before the config, only loadConfig asks
+  state.retry = null;
+  attempt(retry);
+});
+
+ui.forgetToken.addEventListener("click", () => {
+  storeToken("");
+  attempt(loadConfig);
+});
+
+ui.model.addEventListener("change", () => attempt(classify));
+ui.file.addEventListener("change", () => choose(ui.file.files[0]));
+ui.threshold.addEventListener("input", () => {
+  showThreshold();
+  showVerdicts();
+});
+
+for (const type of ["dragenter", "dragover"]) {
+  ui.drop.addEventListener(type, (event) => {
+    event.preventDefault();
+    ui.drop.classList.add("over");
+  });
+}
+ui.drop.addEventListener("dragleave", () => ui.drop.classList.remove("over"));
+ui.drop.addEventListener("drop", (event) => {
+  event.preventDefault();
+  ui.drop.classList.remove("over");
+  if (!ui.file.disabled) choose(event.dataTransfer?.files[0]);
+});
+// A file dropped beside the zone must not make the browser leave the page to show it.
+for (const type of ["dragover", "drop"]) {
+  window.addEventListener(type, (event) => event.preventDefault());
+}
+
+storeToken(storedToken());
+attempt(loadConfig);

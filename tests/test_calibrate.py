@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import shutil
 from contextlib import redirect_stderr, redirect_stdout
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from browser import CHROMIUM_ARGS, chromium_driver
 from nsfwd.calibrate import EXPECTED_LAYOUT, Target, choose, find_labelled, operating_points
 from nsfwd.calibrate.metrics import counts_at, roc_auc, round_threshold
 from nsfwd.cli import main
@@ -39,15 +39,6 @@ PHOTOS = [
     "brick.png",
     "grass.png",
     "motorcycle_left.png",
-]
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
 ]
 
 
@@ -208,23 +199,6 @@ def test_the_report_opens_in_headless_chromium_with_its_plots(
     assert all(width > 0 for _, width in plots), plots
     assert thumbs and all(width > 0 for width in thumbs)
     assert shot.stat().st_size > 10_000
-
-
-def chromium_driver() -> Any:
-    """Playwright's sync API, with the system's Chromium there to drive; skips without them,
-    but fails under CI, where .ci/run installs Chromium and `make install` playwright."""
-    reason = None
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        reason = "the playwright package is not installed (pip install -e '.[dev]')"
-    if reason is None and shutil.which("chromium") is None:
-        reason = "Chromium is not installed (apt-get install chromium)"
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the report test needs a browser under CI: {reason}", pytrace=False)
-        pytest.skip(reason)
-    return sync_playwright
 
 
 def test_a_target_that_cannot_be_met_falls_back_to_the_best_f1(

@@ -227,6 +227,7 @@ function showResult() {
   ui.timing.textContent =
     `${model}: ${(elapsed * 1000).toFixed(1)} ms on the server, ` +
     `${roundTrip.toFixed(1)} ms with the upload`;
+  ui.result.dataset.image = state.result.name;
   ui.result.hidden = false;
   showVerdicts();
 }
@@ -308,7 +309,10 @@ ui.drop.addEventListener("dragleave", () => ui.drop.classList.remove("over"));
 ui.drop.addEventListener("drop", (event) => {
   event.preventDefault();
   ui.drop.classList.remove("over");
-  if (!ui.file.disabled) choose(event.dataTransfer?.files[0]);
+  const files = event.dataTransfer?.files;
+  if (ui.file.disabled || !files?.length) return;
+  ui.file.files = files; // the picker then names the dropped file, not the last one picked
+  choose(files[0]);
 });
 // A file dropped beside the zone must not make the browser leave the page to show it.
 for (const type of ["dragover", "drop"]) {

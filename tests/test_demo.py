@@ -37,11 +37,22 @@ WAIT_MS = 30_000
 
 
 @contextmanager
-def nsfwd_server(classifier: Classifier, **settings: Any) -> Iterator[str]:
-    """A real nsfwd server on loopback over ``classifier``; yields its URL."""
+def nsfwd_server(
+    classifier: Classifier, *, list_both_names: bool = False, **settings: Any
+) -> Iterator[str]:
+    """A real nsfwd server on loopback over ``classifier``; yields its URL.
+
+    ``list_both_names``: a server without ``GET /v1/models`` gets one listing the two names its
+    Prodia route answers to (the served name and the model's own), so the page has a choice.
+    """
     config = Settings(model=str(classifier.name), **settings)
     engine = Engine(classifier, max_batch_size=4, max_queue=16, limits=config.image_limits)
-    with serve_app(create_app(engine, config)) as url:
+    app = create_app(engine, config)
+    if list_both_names and not any(getattr(r, "path", "") == "/v1/models" for r in app.routes):
+        names = [config.served_model_name, engine.model_name]
+        listing = {"object": "list", "data": [{"id": n, "object": "model"} for n in names]}
+        app.add_api_route("/v1/models", lambda: listing, methods=["GET"])
+    with serve_app(app) as url:
         yield url
 
 
@@ -271,6 +282,33 @@ def test_the_page_shows_what_the_api_answers_and_judges_as_the_server_does(
         browser.requests
     )
     assert shot.stat().st_size > 10_000
+
+
+def test_the_model_is_chosen_from_the_served_ones(classifier: Classifier, tmp_path: Path) -> None:
+    astronaut = photo_file(tmp_path, "astronaut", "jpg")
+    served = "Freepik/nsfw_image_detector"
+    with (
+        nsfwd_server(classifier, served_model_name=served, list_both_names=True) as url,
+        chromium(NO_MODEL_LIST) as browser,
+    ):
+        listed = [
+            model["id"] for model in requests.get(f"{url}/v1/models", timeout=10).json()["data"]
+        ]
+        page = browser.page
+        page.goto(f"{url}/", wait_until="load")
+        page.wait_for_selector("#file:enabled")
+        options = page.eval_on_selector_all("#model option", "options => options.map(o => o.value)")
+        assert options == listed and len(listed) == 2
+        assert page.input_value("#model") == served  # the server's default model first
+        page.set_input_files("#file", str(astronaut))
+        page.wait_for_selector(f'#result[data-model="{served}"]:not([hidden])')
+        other = next(name for name in listed if name != served)
+        page.select_option("#model", other)  # the same image again, on the other model
+        page.wait_for_selector(f'#result[data-model="{other}"]')  # the model the job echoes
+        assert page.is_hidden("#error"), page.text_content("#error")
+        assert shown_labels(page) == percentages(api_labels(url, other, astronaut))
+        assert other in (page.text_content("#timing") or "")
+    assert browser.problems == []
 
 
 def test_the_page_asks_for_a_token_keeps_it_and_works_once_given(

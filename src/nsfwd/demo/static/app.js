@@ -191,7 +191,7 @@ async function classify() {
   const roundTrip = performance.now() - started;
   if (sequence !== state.sequence) return; // a newer image was chosen meanwhile
   state.result = {
-    model,
+    model: doc.config.model ?? model, // as the server ran it
     name: file.name,
     labels: doc.config.labels,
     elapsed: doc.metrics.elapsed,
@@ -202,7 +202,7 @@ async function classify() {
 }
 
 function showResult() {
-  const { labels } = state.result;
+  const { labels, elapsed, roundTrip, model } = state.result;
   ui.labels.replaceChildren(
     ...Object.entries(labels).map(([label, probability]) => {
       const item = document.createElement("li");
@@ -223,11 +223,11 @@ function showResult() {
       return item;
     }),
   );
-  const { elapsed, roundTrip, model } = state.result;
   ui.timing.textContent =
     `${model}: ${(elapsed * 1000).toFixed(1)} ms on the server, ` +
     `${roundTrip.toFixed(1)} ms with the upload`;
   ui.result.dataset.image = state.result.name;
+  ui.result.dataset.model = model;
   ui.result.hidden = false;
   showVerdicts();
 }

@@ -409,3 +409,9 @@ def test_the_page_is_public_and_its_config_is_not(keyed_server: str) -> None:
     assert doc["policy"] == "moderate" and doc["threshold"] == 0.5
     assert doc["policies"] == {name: list(labels) for name, labels in POLICIES.items()}
     assert doc["safe_labels"] == list(SAFE_LABELS)
+
+
+def test_the_page_starts_from_the_servers_policy_and_threshold(classifier: Classifier) -> None:
+    with nsfwd_server(classifier, policy="strict", threshold=0.25) as url:
+        doc = requests.get(f"{url}/demo/config.json", timeout=10).json()
+    assert (doc["policy"], doc["threshold"]) == ("strict", 0.25)

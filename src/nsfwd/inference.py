@@ -94,7 +94,11 @@ def load_served_classifiers(settings: Settings) -> dict[str, Classifier]:
         # on onnxruntime with its own.
         classifiers[OPEN_NSFW] = Classifier.load(OPEN_NSFW)
     for spec in specs:
-        classifier = load_classifier(settings, spec.source)
+        if spec.source == OPEN_NSFW and len(specs) > 1:
+            # Beside other models, the torch options are theirs; alone, it refuses them.
+            classifier = Classifier.load(OPEN_NSFW)
+        else:
+            classifier = load_classifier(settings, spec.source)
         name = spec.name or classifier.name
         if name in classifiers:
             raise ValueError(

@@ -63,7 +63,8 @@ class Settings(BaseSettings):
     )
     served_model_name: str | None = Field(
         None,
-        description="The name clients put in config.model; defaults to the Hub id, so clients "
+        description="The name clients put in config.model for the first model, when it has "
+        "no NAME=; defaults to the Hub id, so clients "
         "written for Prodia keep sending 'Freepik/nsfw_image_detector' whatever folder is loaded.",
     )
     device: str | None = Field(

@@ -67,6 +67,44 @@ _TEXT_REFUSAL: Final = (
 )
 
 
+_URL_SCHEMA: Final = {
+    "type": "object",
+    "required": ["url"],
+    "properties": {"url": {"type": "string", "description": "https URL or data: URI (base64)"}},
+}
+OPENAPI_REQUEST: Final[dict[str, Any]] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["input"],
+                    "properties": {
+                        "model": {"type": "string", "description": "a served model (default: "
+                                  "the first; GET /v1/models lists them)"},
+                        "input": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": MAX_INPUTS,
+                            "items": {
+                                "type": "object",
+                                "required": ["type", "image_url"],
+                                "properties": {
+                                    "type": {"type": "string", "enum": ["image_url"]},
+                                    "image_url": _URL_SCHEMA,
+                                },
+                            },
+                        },
+                    },
+                }
+            }
+        },
+    }
+}  # fmt: skip
+"""The route's OpenAPI request body: image inputs, one model."""
+
+
 def max_body_bytes(max_image_bytes: int) -> int:
     """The largest request body: one image of ``max_image_bytes`` as base64, and its JSON."""
     return 4 * math.ceil(max_image_bytes / 3) + JSON_OVERHEAD_BYTES
@@ -278,6 +316,7 @@ def create_router(models: ServedModels, settings: Settings, keys: KeyRing) -> AP
         methods=["POST"],
         summary=f"Judge images (OpenAI's moderation API; lists every category, scores "
         f"{JUDGED}; the models are {quoted(models.names)})",
+        openapi_extra=OPENAPI_REQUEST,
         response_class=Response,
     )
     return router

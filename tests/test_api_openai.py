@@ -19,7 +19,7 @@ import pytest
 import requests
 from openai import OpenAI
 
-from eachlabs_calls import create, created_id, poll
+from eachlabs_calls import KEY, create, created_id, eachlabs_server, poll
 from hosts import ALLOWED, Host, jpeg
 from nsfwd.api import create_app
 from nsfwd.api.openai_moderation import CATEGORIES
@@ -30,6 +30,7 @@ from nsfwd.policies import Policy
 from nsfwd.settings import Settings
 from prodia_jobs import MODEL, TOKEN, job_files
 from servers import serve_app
+from store_handles import make_key
 
 pytestmark = pytest.mark.usefixtures("canary")
 
@@ -75,11 +76,13 @@ def image_input(url: str) -> Any:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
-def prodia_labels(url: str, image: bytes, model: str = MODEL) -> dict[str, float]:
+def prodia_labels(
+    url: str, image: bytes, model: str = MODEL, token: str = TOKEN
+) -> dict[str, float]:
     answer = requests.post(
         f"{url}/v2/job",
         files=job_files(image=image, model=model),
-        headers={"Authorization": f"Bearer {TOKEN}", "Accept": "application/json"},
+        headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
         timeout=30,
     )
     assert answer.status_code == 200, answer.text
@@ -247,3 +250,24 @@ def test_per_key_limits_apply(classifier: Classifier, host: Any) -> None:
         with pytest.raises(openai.RateLimitError) as raised:
             client.moderations.create(input=[image_input(data_uri(host[1].photo))])
     assert int(raised.value.response.headers["retry-after"]) >= 1
+
+
+def test_a_keys_own_policy_and_threshold_decide_its_verdicts(
+    classifier: Classifier, tmp_path: Path, host: tuple[str, Host]
+) -> None:
+    """As on Eachlabs' route: a key made with its own policy and threshold is judged by them,
+    a static key by the server's."""
+    image = image_input(data_uri(host[1].photo))
+    with eachlabs_server(classifier, tmp_path, threshold=1.0) as (base, store_url):
+        own = make_key(store_url, "own", policy="strict", threshold=0.0)
+        results = {
+            key: OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+            .moderations.create(input=[image])
+            .results[0]
+            for key in (own, KEY)
+        }
+        labels = prodia_labels(base, host[1].photo, token=KEY)
+    assert results[own].flagged and not results[KEY].flagged
+    strict, moderate = Policy("strict").score(labels), Policy().score(labels)
+    assert results[own].category_scores.sexual == pytest.approx(strict, abs=1e-5)
+    assert results[KEY].category_scores.sexual == pytest.approx(moderate, abs=1e-5)

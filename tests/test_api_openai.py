@@ -164,6 +164,18 @@ def test_an_unknown_model_is_a_400_listing_the_served_ones(client: OpenAI, host:
     assert f'"{MODEL}", "{VIT}"' in body["message"]
 
 
+@pytest.mark.parametrize("model", [["a", "list"], {"an": "object"}, 3])
+def test_a_model_that_is_not_a_name_is_a_400(url: str, model: Any) -> None:
+    answer = requests.post(
+        f"{url}/v1/moderations",
+        json={"model": model, "input": [image_input("data:image/png;base64,AAAA")]},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=10,
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["code"] == "model_not_found"
+
+
 def test_a_wrong_or_missing_token_is_refused(url: str, host: Any) -> None:
     stranger = OpenAI(base_url=f"{url}/v1", api_key="not-a-key", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as raised:

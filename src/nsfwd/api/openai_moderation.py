@@ -238,13 +238,13 @@ class Moderations:
         labels = await asyncio.gather(*(self._judge(engine, each) for each in inputs))
         try:
             scores = [policy.score(each) for each in labels]
-        except ValueError as exc:  # a model without severity buckets or a safe label
+        except ValueError as exc:  # labels no policy scores, or scores that are NaN
             raise _invalid(f"model {name!r} cannot be judged: {exc}", param="model") from None
         results = [moderation(score, score > policy.threshold) for score in scores]
         return JSONResponse({"id": f"modr-{uuid.uuid4().hex}", "model": name, "results": results})
 
     def _model(self, requested: object) -> tuple[str, ClassifyEngine]:
-        if requested is None or requested in OPENAI_MODELS:
+        if requested is None or (isinstance(requested, str) and requested in OPENAI_MODELS):
             return self.models.default_name, self.models.default
         try:
             return self.models.resolve(requested)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from nsfwd.engine import Engine
 from nsfwd.metrics import Metrics
-from nsfwd.model_types import DEFAULT_MODEL, OPEN_NSFW, ModelNotAvailableError
+from nsfwd.model_types import DEFAULT_MODEL, OPEN_NSFW, ModelNotAvailableError, ModelSpec
 from nsfwd.models import Classifier
 
 if TYPE_CHECKING:
@@ -58,9 +58,11 @@ class ClassifierOptions(Protocol):
 
 def load_classifier(options: ClassifierOptions, model: str | None = None) -> Classifier:
     """Load the classifier ``options`` describe; ``model``, when given, replaces their model
-    (say, a folder prepared from it)."""
+    (say, a folder prepared from it). A ``NAME=`` before their model (a name to serve it
+    under) is dropped."""
+    source = ModelSpec.parse(options.model).source if options.model else DEFAULT_MODEL
     return Classifier.load(
-        model or options.model or DEFAULT_MODEL,
+        model or source,
         revision=options.revision,
         device=options.device,
         dtype=options.dtype,

@@ -47,6 +47,12 @@ def classifier(timm_checkpoint: Path) -> Classifier:
 
 
 @pytest.fixture(scope="session")
+def vit_classifier(vit_checkpoint: Path) -> Classifier:
+    """The tiny ViT (Hub format) on the CPU in fp32: a second model for servers that run two."""
+    return Classifier.load(str(vit_checkpoint), dtype="float32")
+
+
+@pytest.fixture(scope="session")
 def server_url(classifier: Classifier) -> Iterator[str]:
     """A real nsfwd server on loopback (tiny EVA-02, API key ``test-key``), shared by the suite."""
     from nsfwd.api import create_app

@@ -38,6 +38,7 @@ TORCH_FREE_MODULES = [
     "nsfwd.images",
     "nsfwd.engine_protocol",
     "nsfwd.model_types",
+    "nsfwd.served_models",
 ]
 
 # onnxruntime (the built-in open-nsfw model's runtime) is the inference side's too.

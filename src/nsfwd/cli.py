@@ -35,13 +35,24 @@ DECODE_HELP = (
 )
 
 
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        help="Hub id or local folder of the classifier, or open-nsfw (built in, no Hub needed) "
-        "(default: $NSFWD_MODEL or Freepik/nsfw_image_detector; `serve` falls back to "
-        "open-nsfw when neither is set and the Hub cannot be reached)",
-    )
+def _add_model_options(parser: argparse.ArgumentParser, *, several: bool = False) -> None:
+    if several:
+        parser.add_argument(
+            "--model",
+            action="append",
+            metavar="[NAME=]ID_OR_DIR",
+            help="a model to serve: Hub id, local folder or open-nsfw (built in, no Hub "
+            "needed), under NAME when given (else its id); repeat it to serve several, each on "
+            "its own batcher, the first being the default (replaces $NSFWD_MODEL and "
+            "$NSFWD_MODELS; without any: Freepik/nsfw_image_detector and open-nsfw, or "
+            "open-nsfw alone when the former cannot be had)",
+        )
+    else:
+        parser.add_argument(
+            "--model",
+            help="Hub id or local folder of the classifier, or open-nsfw (built in, no Hub "
+            "needed) (default: $NSFWD_MODEL or Freepik/nsfw_image_detector)",
+        )
     parser.add_argument("--revision", help="Hub revision to load (branch, tag or commit)")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default: auto)")
     parser.add_argument(
@@ -146,11 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve",
         help="start the HTTP server",
-        description="Serve the model over HTTP. Settings come from NSFWD_* environment variables;"
-        " these options override them.",
+        description="Serve one or more models over HTTP: Prodia's job API, Eachlabs' prediction "
+        "API and OpenAI's moderation API (images). Settings come from NSFWD_* environment "
+        "variables; these options override them.",
     )
-    _add_model_options(serve)
-    serve.add_argument("--served-model-name", help="the model name clients send (default: hub id)")
+    _add_model_options(serve, several=True)
+    serve.add_argument(
+        "--served-model-name",
+        help="the name clients send for the first model when --model gives it no NAME= "
+        "(default: its hub id)",
+    )
     serve.add_argument("--host", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default: 8000)")
     serve.add_argument(
@@ -429,6 +445,9 @@ def _settings_for(args: argparse.Namespace) -> Settings:
         )
         if (value := getattr(args, key, None)) is not None
     }
+    if isinstance(overrides.get("model"), list):  # serve: --model repeated
+        first, *more = overrides["model"]
+        overrides |= {"model": first, "models": more}  # replacing NSFWD_MODELS too
     settings = Settings(**overrides)
     compile_flag = getattr(args, "compile", None)
     if compile_flag is not None:

@@ -1,4 +1,4 @@
-"""The inference side, built from settings: the classifier they name and the engine around it.
+"""The inference side, built from settings: the classifiers they name and the engines around them.
 
 ``nsfwd classify``, ``nsfwd serve`` (in its own process or in the inference process that
 ``--http-workers`` starts) and ``nsfwd bench`` all load their classifier here, so a loading
@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from nsfwd.engine import Engine
-from nsfwd.model_types import DEFAULT_MODEL, OPEN_NSFW, ModelNotAvailableError
+from nsfwd.metrics import Metrics
+from nsfwd.model_types import DEFAULT_MODEL, OPEN_NSFW, ModelNotAvailableError, ModelSpec
 from nsfwd.models import Classifier
 
 if TYPE_CHECKING:
@@ -57,9 +58,11 @@ class ClassifierOptions(Protocol):
 
 def load_classifier(options: ClassifierOptions, model: str | None = None) -> Classifier:
     """Load the classifier ``options`` describe; ``model``, when given, replaces their model
-    (say, a folder prepared from it)."""
+    (say, a folder prepared from it). A ``NAME=`` before their model (a name to serve it
+    under) is dropped."""
+    source = ModelSpec.parse(options.model).source if options.model else DEFAULT_MODEL
     return Classifier.load(
-        model or options.model or DEFAULT_MODEL,
+        model or source,
         revision=options.revision,
         device=options.device,
         dtype=options.dtype,
@@ -69,50 +72,83 @@ def load_classifier(options: ClassifierOptions, model: str | None = None) -> Cla
     )
 
 
-def load_served_classifier(settings: Settings) -> Classifier:
-    """The classifier ``nsfwd serve`` runs: the one the settings name; with no model named at
-    all (no ``--model``, no ``NSFWD_MODEL``), :data:`DEFAULT_MODEL`, or, where that cannot be
-    had (no Hub and not cached), the built-in :data:`OPEN_NSFW` with a warning, so a fresh
-    install without the Hub still serves. A model named explicitly that cannot load raises
-    :class:`ModelNotAvailableError`, stopping the server."""
-    if "model" in settings.model_fields_set:
-        return load_classifier(settings)
-    try:
-        return load_classifier(settings)
-    except ModelNotAvailableError as exc:
-        log.warning(
-            "no model configured, and the default %s cannot be loaded: %s Serving the built-in "
-            "%s model instead, which needs no Hub. To serve %s, run `nsfwd download %s` where "
-            "the Hub is reachable and restart; set NSFWD_MODEL=%s to choose %s and silence this "
-            "warning.",
-            DEFAULT_MODEL,
-            exc,
-            OPEN_NSFW,
-            DEFAULT_MODEL,
-            DEFAULT_MODEL,
-            OPEN_NSFW,
-            OPEN_NSFW,
+def load_served_classifiers(settings: Settings) -> dict[str, Classifier]:
+    """The classifiers ``nsfwd serve`` runs, by the name clients pick each with, the default
+    first.
+
+    The models the settings name (:attr:`~nsfwd.settings.Settings.model_specs`), each under its
+    ``NAME=`` or the name it loads as; one that cannot load raises
+    :class:`ModelNotAvailableError`, stopping the server. With none named, :data:`DEFAULT_MODEL`
+    and the built-in :data:`OPEN_NSFW`; where the former cannot be had (no Hub, not cached), a
+    warning says how to get it and :data:`OPEN_NSFW` is served alone, so a fresh install
+    without the Hub still serves.
+    """
+    specs = settings.model_specs
+    classifiers: dict[str, Classifier] = {}
+    if not specs:
+        try:
+            default = load_classifier(settings, DEFAULT_MODEL)
+        except ModelNotAvailableError as exc:
+            _warn_default_missing(exc)
+        else:
+            classifiers[settings.served_model_name or default.name] = default
+        # The torch options (--device, --dtype, ...) are the Hub model's; the built-in runs
+        # on onnxruntime with its own.
+        classifiers[OPEN_NSFW] = Classifier.load(OPEN_NSFW)
+    for spec in specs:
+        if spec.source == OPEN_NSFW and len(specs) > 1:
+            # Beside other models, the torch options are theirs; alone, it refuses them.
+            classifier = Classifier.load(OPEN_NSFW)
+        else:
+            classifier = load_classifier(settings, spec.source)
+        name = spec.name or classifier.name
+        if name in classifiers:
+            raise ValueError(
+                f"two models are served as {name!r}; name them apart with NAME=ID_OR_DIR"
+            )
+        classifiers[name] = classifier
+    return classifiers
+
+
+def _warn_default_missing(exc: ModelNotAvailableError) -> None:
+    log.warning(
+        "no model configured, and the default %s cannot be loaded: %s Serving the built-in "
+        "%s model instead, which needs no Hub; requests naming %s are refused with a 400 that "
+        "says how to get it. To serve it, run `nsfwd download %s` where the Hub is reachable "
+        "and restart; set NSFWD_MODEL=%s to choose %s alone and silence this warning.",
+        DEFAULT_MODEL,
+        exc,
+        OPEN_NSFW,
+        DEFAULT_MODEL,
+        DEFAULT_MODEL,
+        OPEN_NSFW,
+        OPEN_NSFW,
+    )
+
+
+def build_engines(settings: Settings) -> dict[str, Engine]:
+    """An engine (its own batcher and queue) for each classifier ``nsfwd serve`` runs
+    (:func:`load_served_classifiers`), by served name, the default first. They share one
+    :class:`~nsfwd.metrics.Metrics`, so ``/metrics`` counts the whole server."""
+    metrics = Metrics()
+    engines: dict[str, Engine] = {}
+    for name, classifier in load_served_classifiers(settings).items():
+        log.info(
+            "loaded %s as %r (%s) on %s in %s; labels %s",
+            classifier.name,
+            name,
+            classifier.loaded.style,
+            classifier.device,
+            classifier.dtype,
+            ", ".join(classifier.labels),
         )
-        return load_classifier(settings, OPEN_NSFW)
-
-
-def build_engine(settings: Settings) -> Engine:
-    """Load the classifier ``nsfwd serve`` runs (:func:`load_served_classifier`) and wrap it in
-    an engine."""
-    classifier = load_served_classifier(settings)
-    log.info(
-        "loaded %s (%s) on %s in %s; labels %s",
-        classifier.name,
-        classifier.loaded.style,
-        classifier.device,
-        classifier.dtype,
-        ", ".join(classifier.labels),
-    )
-    return Engine(
-        classifier,
-        max_batch_size=settings.max_batch_size or classifier.batch_size,
-        batch_wait_ms=settings.batch_wait_ms,
-        max_queue=settings.max_queue,
-        decode_workers=settings.decode_workers,
-        limits=settings.image_limits,
-    )
+        engines[name] = Engine(
+            classifier,
+            max_batch_size=settings.max_batch_size or classifier.batch_size,
+            batch_wait_ms=settings.batch_wait_ms,
+            max_queue=settings.max_queue,
+            decode_workers=settings.decode_workers,
+            limits=settings.image_limits,
+            metrics=metrics,
+        )
+    return engines

@@ -7,6 +7,9 @@ names out of :mod:`nsfwd.models` lets all of them run without the inference stac
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 DEFAULT_MODEL = "Freepik/nsfw_image_detector"
 """The Hub id served when no model is named (EVA-02 base, labels neutral/low/medium/high)."""
 
@@ -34,3 +37,34 @@ def not_loaded_hint(model: object) -> str:
         f"`nsfwd download {DEFAULT_MODEL}` on a machine that reaches the Hugging Face Hub (add "
         "--to DIR to copy it to another machine) and restart the server."
     )
+
+
+EACHLABS_MODEL_SLUG = "nsfw-image-detection"
+"""Eachlabs' name for the model: it names the first model a server serves."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model a server is told to serve: ``source`` (Hub id, folder or ``open-nsfw``) and
+    the ``name`` clients pick it by (``None``: the name the model loads under)."""
+
+    source: str
+    name: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSpec:
+        """``NAME=ID_OR_DIR`` or a bare ``ID_OR_DIR``; ValueError when a part is empty.
+
+        An existing path is taken whole, so a folder whose name holds ``=`` still loads."""
+        text = text.strip()
+        name, sep, source = text.partition("=")
+        if not sep or Path(text).exists():
+            if not text:
+                raise ValueError("empty model: give a Hub id, a folder or open-nsfw")
+            return cls(text)
+        name, source = name.strip(), source.strip()
+        if not name or not source:
+            raise ValueError(
+                f"model {text!r}: write NAME=ID_OR_DIR with both parts, or just ID_OR_DIR"
+            )
+        return cls(source, name)

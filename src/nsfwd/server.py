@@ -1,4 +1,4 @@
-"""`nsfwd serve`: load the model, build the app, run uvicorn.
+"""`nsfwd serve`: load the models, build the app, run uvicorn.
 
 With ``--http-workers`` above 1 this process only supervises (:mod:`nsfwd.supervisor`) and
 never loads the model, so it imports the inference side (torch) only when it serves alone.
@@ -77,8 +77,8 @@ def run(settings: Settings, *, insecure_no_auth: bool = False) -> int:
 
         resolve_secret(settings)  # generated here, once, not raced for by every worker
         return run_workers(settings)
-    from nsfwd.inference import build_engine  # torch: only this process's model needs it
+    from nsfwd.inference import build_engines  # torch: only this process's models need it
 
-    app = create_app(build_engine(settings), settings, store)
+    app = create_app(build_engines(settings), settings, store)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
     return 0

@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from nsfwd.fetch import WEBHOOK_ALLOW_SETTING, FetchPolicy, parse_networks
 from nsfwd.images import ImageLimits
-from nsfwd.model_types import DEFAULT_MODEL
+from nsfwd.model_types import DEFAULT_MODEL, ModelSpec
 from nsfwd.policies import DEFAULT_POLICY, DEFAULT_THRESHOLD, Policy, PolicyName
 
 WEBHOOK_SECRET_PREFIX = "whsec_"
@@ -47,14 +47,24 @@ class Settings(BaseSettings):
         DEFAULT_MODEL,
         description="Hub id or local folder of the classifier, or 'open-nsfw' (built in, no Hub "
         "needed); a folder keeps offline machines working (prepare it with `nsfwd download`). "
-        "Left unset, `nsfwd serve` falls back to open-nsfw when the default cannot be had.",
+        "NAME=ID_OR_DIR serves it under NAME. Left unset (and models too), `nsfwd serve` "
+        "serves Freepik/nsfw_image_detector and open-nsfw, or open-nsfw alone when the former "
+        "cannot be had (no Hub, not in the cache).",
+    )
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="More models for `nsfwd serve`, comma-separated, each NAME=ID_OR_DIR or "
+        "ID_OR_DIR (named then by its Hub id, folder or 'open-nsfw'), served after model when "
+        "that is set; each runs on its own batcher, and requests pick one by name. The first "
+        "served is the default (Eachlabs' nsfw-image-detection).",
     )
     revision: str | None = Field(
         None, description="Hub revision (branch, tag or commit) to pin, for reproducible verdicts."
     )
     served_model_name: str | None = Field(
         None,
-        description="The name clients put in config.model; defaults to the Hub id, so clients "
+        description="The name clients put in config.model for the first model, when it has "
+        "no NAME=; defaults to the Hub id, so clients "
         "written for Prodia keep sending 'Freepik/nsfw_image_detector' whatever folder is loaded.",
     )
     device: str | None = Field(
@@ -242,6 +252,13 @@ class Settings(BaseSettings):
                     "": "off"}.get(value, value)  # fmt: skip
         return value
 
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [model.strip() for model in value.split(",") if model.strip()]
+        return value
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
@@ -276,6 +293,19 @@ class Settings(BaseSettings):
         if value is not None:
             check_webhook_secret(value.get_secret_value())
         return value
+
+    @property
+    def model_specs(self) -> list[ModelSpec]:
+        """The models ``nsfwd serve`` was told to serve: ``model`` when it was set (by
+        ``--model`` or ``NSFWD_MODEL``), then ``models``; empty when neither was set, which
+        leaves the choice to the server (:func:`nsfwd.inference.load_served_classifiers`).
+        ``served_model_name`` names the first when it has no ``NAME=``. ValueError for a
+        malformed entry."""
+        texts = ([self.model] if "model" in self.model_fields_set else []) + self.models
+        specs = [ModelSpec.parse(text) for text in texts]
+        if specs and specs[0].name is None and self.served_model_name:
+            specs[0] = ModelSpec(specs[0].source, self.served_model_name)
+        return specs
 
     @property
     def image_limits(self) -> ImageLimits:

@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -32,8 +32,12 @@ from nsfwd.api import create_app
 from nsfwd.api.app import default_workers
 from nsfwd.jobs import Store
 from nsfwd.logs import configure_logging
+from nsfwd.metrics import Metrics
 from nsfwd.remote import InferenceServer, RemoteEngine
 from nsfwd.settings import Settings
+
+if TYPE_CHECKING:
+    from nsfwd.engine import Engine  # torch: only the inference process holds one
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,7 @@ RUNTIME_ENV = "_NSFWD_RUNTIME_DIR"
 SUPERVISOR_ENV = "_NSFWD_SUPERVISOR_PID"
 """The supervisor's pid: a worker whose parent is another process has been orphaned."""
 SOCKET = "inference.sock"
+"""The first model's socket; the others' are ``inference-1.sock``, ``inference-2.sock``..."""
 SETTINGS = "settings.pickle"
 MODEL_INFO = "model.json"
 METRICS = "metrics"
@@ -196,30 +201,51 @@ def _when_closed(
     threading.Thread(target=wait, name="nsfwd-lifeline", daemon=True).start()
 
 
-async def _serve_inference(settings: Settings, runtime: Path, lifeline: Connection) -> None:
-    from nsfwd.inference import build_engine  # torch: this process alone loads it
+def socket_name(index: int) -> str:
+    """The socket file of the ``index``-th model (from 0) in the runtime folder."""
+    return SOCKET if index == 0 else f"inference-{index}.sock"
 
-    engine = build_engine(settings)
-    stop = asyncio.Event()
-    _when_closed(lifeline, asyncio.get_running_loop(), stop)
-    await engine.start()
-    server = InferenceServer(engine, runtime / SOCKET)
-    await server.start()
-    info = {
+
+def _engine_facts(engine: Engine) -> dict[str, Any]:
+    """What a worker's :class:`RemoteEngine` needs to know of ``engine``."""
+    return {
         "model_name": engine.model_name,
         "model_info": engine.model_info,
         "max_batch_size": engine.max_batch_size,
         "max_queue": engine.max_queue,
     }
-    partial = runtime / f"{MODEL_INFO}.partial"
-    partial.write_text(json.dumps(info))
-    partial.rename(runtime / MODEL_INFO)  # atomically: the supervisor waits for this name
-    log.info("inference process %d serving %s", os.getpid(), engine.model_name)
+
+
+async def _serve_inference(settings: Settings, runtime: Path, lifeline: Connection) -> None:
+    from nsfwd.inference import build_engines  # torch: this process alone loads it
+
+    engines = build_engines(settings)
+    stop = asyncio.Event()
+    _when_closed(lifeline, asyncio.get_running_loop(), stop)
+    servers: list[InferenceServer] = []
     try:
+        for index, engine in enumerate(engines.values()):
+            await engine.start()
+            server = InferenceServer(engine, runtime / socket_name(index))
+            servers.append(server)
+            await server.start()
+        # The first model's facts at the top, as a server of one model has always written
+        # them; every model's, with its served name and socket, under "models".
+        info = _engine_facts(next(iter(engines.values())))
+        info["models"] = [
+            {"name": name, "socket": socket_name(index), **_engine_facts(engine)}
+            for index, (name, engine) in enumerate(engines.items())
+        ]
+        partial = runtime / f"{MODEL_INFO}.partial"
+        partial.write_text(json.dumps(info))
+        partial.rename(runtime / MODEL_INFO)  # atomically: the supervisor waits for this name
+        log.info("inference process %d serving %s", os.getpid(), ", ".join(engines))
         await stop.wait()
     finally:
-        await server.stop()
-        await engine.stop()
+        for server in servers:
+            await server.stop()
+        for engine in engines.values():
+            await engine.stop()
 
 
 def worker_app() -> FastAPI:
@@ -230,16 +256,23 @@ def worker_app() -> FastAPI:
     runtime = Path(os.environ[RUNTIME_ENV])
     settings: Settings = pickle.loads((runtime / SETTINGS).read_bytes())
     info: dict[str, Any] = json.loads((runtime / MODEL_INFO).read_text())
-    engine = RemoteEngine(
-        runtime / SOCKET,
-        model_name=info["model_name"],
-        model_info=info.get("model_info"),
-        max_batch_size=info["max_batch_size"],
-        max_queue=info["max_queue"],
-        limits=settings.image_limits,
-        connect_timeout_s=WORKER_CONNECT_TIMEOUT_S,
-    )
+    metrics = Metrics()  # one for all the models, as in the inference process
+    served = info.get("models") or [{"socket": SOCKET, **info}]
+    engines = {
+        each.get("name") or settings.served_model_name or each["model_name"]: RemoteEngine(
+            runtime / each["socket"],
+            model_name=each["model_name"],
+            model_info=each.get("model_info"),
+            max_batch_size=each["max_batch_size"],
+            max_queue=each["max_queue"],
+            limits=settings.image_limits,
+            metrics=metrics,
+            connect_timeout_s=WORKER_CONNECT_TIMEOUT_S,
+        )
+        for each in served
+    }
+    first = next(iter(engines.values()))
     if settings.workers is None:  # the replica's share of background jobs, split over workers
-        share = max(1, default_workers(engine) // settings.http_workers)
+        share = max(1, default_workers(first) // settings.http_workers)
         settings = settings.model_copy(update={"workers": share})
-    return create_app(engine, settings, Store.from_settings(settings))
+    return create_app(engines, settings, Store.from_settings(settings))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
@@ -10,7 +10,7 @@ from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from nsfwd import __version__, demo
-from nsfwd.api import eachlabs, prodia, prodia_async
+from nsfwd.api import eachlabs, openai_models, openai_moderation, prodia, prodia_async
 from nsfwd.api.auth import KeyRing
 from nsfwd.api.errors import install_error_handlers
 from nsfwd.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
@@ -18,6 +18,7 @@ from nsfwd.engine_protocol import ClassifyEngine
 from nsfwd.jobs import Store
 from nsfwd.jobs.webhooks import WebhookSender
 from nsfwd.jobs.worker import PURGE_EVERY_S, Worker
+from nsfwd.served_models import ServedModels
 from nsfwd.settings import Settings
 
 
@@ -39,8 +40,16 @@ def _model_lines(info: dict[str, str]) -> str:
     return "".join(lines)
 
 
-def create_app(engine: ClassifyEngine, settings: Settings, store: Store | None = None) -> FastAPI:
-    """Build the HTTP app around a (not yet started) engine; its lifespan starts and stops it.
+def create_app(
+    engines: ClassifyEngine | Mapping[str, ClassifyEngine],
+    settings: Settings,
+    store: Store | None = None,
+) -> FastAPI:
+    """Build the HTTP app around (not yet started) engines; its lifespan starts and stops them.
+
+    ``engines`` is one engine, served as ``settings.served_model_name`` (default: the name its
+    model loaded as), or several by served name, the default first (as
+    :func:`nsfwd.inference.build_engines` returns them); requests pick one by name.
 
     With a (not yet open) ``store``, the app also serves Prodia's async job API, and its lifespan
     opens the store (migrating its schema), then runs a :class:`~nsfwd.jobs.worker.Worker` on
@@ -49,11 +58,14 @@ def create_app(engine: ClassifyEngine, settings: Settings, store: Store | None =
     holds the keys made with ``nsfwd keys create``: one :class:`~nsfwd.api.auth.KeyRing` accepts
     them, with the static ``NSFWD_API_KEYS``, on every route.
     """
+    models = ServedModels.of(engines, settings.served_model_name)
+    engine = models.default  # sizes the background work; its metrics count the requests
     worker = None
     if store is not None:
         worker = Worker(
             store,
             engine,
+            models=models,
             concurrency=settings.workers or default_workers(engine),
             lease_s=settings.lease_s,
             fetch_policy=settings.fetch_policy,
@@ -69,8 +81,8 @@ def create_app(engine: ClassifyEngine, settings: Settings, store: Store | None =
             if store is not None:  # first: a bad database fails before the model loads
                 await store.open()
                 stack.push_async_callback(store.close)
-            await engine.start()
-            stack.push_async_callback(engine.stop)
+            await models.start()
+            stack.push_async_callback(models.stop)
             if worker is not None:
                 await worker.start()
                 stack.push_async_callback(worker.stop)
@@ -82,11 +94,12 @@ def create_app(engine: ClassifyEngine, settings: Settings, store: Store | None =
     app = FastAPI(
         title="nsfwd",
         version=__version__,
-        description="Self-hosted NSFW image moderation, wire-compatible with Prodia's job API "
-        "and Eachlabs' prediction API.",
+        description="Self-hosted NSFW image moderation, wire-compatible with Prodia's job API, "
+        "Eachlabs' prediction API and OpenAI's moderation API (images).",
         lifespan=lifespan,
     )
     app.state.engine = engine
+    app.state.models = models
     app.state.settings = settings
     app.state.store = store
     app.state.worker = worker
@@ -96,27 +109,35 @@ def create_app(engine: ClassifyEngine, settings: Settings, store: Store | None =
         BodyLimitMiddleware,
         max_body_bytes=settings.max_image_bytes + prodia.FORM_OVERHEAD_BYTES,
         hint=f"send an image of at most {settings.max_image_bytes:,} bytes",
+        path_limits={
+            openai_moderation.ROUTE: openai_moderation.max_body_bytes(settings.max_image_bytes)
+        },
     )
     app.add_middleware(RequestIdMiddleware)  # outermost: its id is on every answer, 431 too
     install_error_handlers(app)
-    app.include_router(prodia.create_router(engine, settings, keys))
+    app.include_router(prodia.create_router(models, settings, keys))
+    app.include_router(openai_moderation.create_router(models, settings, keys))
+    app.include_router(openai_models.create_router(models, keys))
     if store is not None and worker is not None:
-        app.include_router(prodia_async.create_router(engine, settings, keys, store, worker))
-        app.include_router(eachlabs.create_router(engine, settings, keys, store, worker))
+        app.include_router(prodia_async.create_router(models, settings, keys, store, worker))
+        app.include_router(eachlabs.create_router(models, settings, keys, store, worker))
 
     @app.get("/healthz", response_class=PlainTextResponse, tags=["ops"])
     async def healthz(request: Request) -> Response:
         """200 while the model is loaded and warm, 503 when it is not (loading, or stopping).
         The 200's body is ``ok``, then the model's device and dtype (and why that dtype), a
-        line each."""
-        if engine.ready:
+        line each; with several models, each model's name on a line before its own."""
+        if not models.ready:
+            return PlainTextResponse("loading\n", status_code=503)
+        if len(models) == 1:
             return PlainTextResponse("ok\n" + _model_lines(engine.model_info))
-        return PlainTextResponse("loading\n", status_code=503)
+        lines = (f"model: {name}\n{_model_lines(each.model_info)}" for name, each in models.items())
+        return PlainTextResponse("ok\n" + "".join(lines))
 
     @app.get("/metrics", tags=["ops"])
     async def metrics() -> Response:
         """Prometheus metrics: queue size, batch sizes, inference and request latency."""
         return Response(engine.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    demo.install(app, settings, keys, settings.served_model_name or engine.model_name)
+    demo.install(app, settings, keys, models.default_name)
     return app

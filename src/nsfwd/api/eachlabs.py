@@ -34,15 +34,16 @@ from nsfwd.fetch import FetchFailedError, FetchPolicy, UnsafeURLError, check_url
 from nsfwd.jobs import CapacityError, Limits, Prediction, Store
 from nsfwd.jobs.webhooks import webhooks_enabled
 from nsfwd.jobs.worker import Worker
-from nsfwd.model_types import not_loaded_hint
+from nsfwd.model_types import EACHLABS_MODEL_SLUG, not_loaded_hint
 from nsfwd.ratelimit import CreateRateLimiter, RateLimitedError, store_rate_retry_after
+from nsfwd.served_models import ServedModels, quoted
 from nsfwd.settings import Settings
 
 log = logging.getLogger(__name__)
 
 ROUTE: Final = "/v1/prediction"
-MODEL_SLUG: Final = "nsfw-image-detection"
-"""Eachlabs' name for the model; it names whatever model this server runs."""
+MODEL_SLUG: Final = EACHLABS_MODEL_SLUG
+"""Eachlabs' name for the model; it names the first model this server runs."""
 MAX_BODY_BYTES: Final = 64 * 1024
 """Largest accepted request body; a real one is a few hundred bytes (the URLs)."""
 KEY_HEADER: Final = "x-api-key"
@@ -204,23 +205,24 @@ class EachlabsPredictions:
 
     def __init__(
         self,
-        engine: ClassifyEngine,
+        models: ClassifyEngine | ServedModels,
         settings: Settings,
         keys: KeyRing,
         store: Store,
         worker: Worker,
     ) -> None:
         """Serve predictions stored in ``store`` to the callers ``keys`` accept; ``settings``
-        give limits and policy."""
-        self.engine = engine
+        give limits and policy. ``models`` (one engine, or several by name) are what ``model``
+        may name, besides :data:`MODEL_SLUG` for the first."""
+        self.models = ServedModels.of(models, settings.served_model_name)
+        self.engine = self.models.default
         self.settings = settings
         self.keys = keys
         self.store = store
         self.worker = worker
         self.policy: FetchPolicy = settings.fetch_policy
         self.webhook_policy: FetchPolicy = settings.webhook_policy
-        self.public_model = settings.served_model_name or engine.model_name
-        self.models = {MODEL_SLUG, self.public_model, engine.model_name}
+        self.public_model = self.models.default_name
         self.rate_limiter = CreateRateLimiter()
         self.webhooks = webhooks_enabled(settings)
 
@@ -299,13 +301,17 @@ class EachlabsPredictions:
         )
 
     def _check_model(self, model: str) -> None:
-        if model not in self.models:
+        if model != MODEL_SLUG and self.models.name_of(model) is None:
             also = (
                 "" if self.public_model == MODEL_SLUG else f" (or {json.dumps(self.public_model)})"
             )
+            others = [name for name in self.models.names[1:] if name != MODEL_SLUG]
+            more = f", {quoted(others)}" if others else ""
+            which = "one of them" if others else "that"
             raise EachlabsError(
                 f"unknown model {json.dumps(model)[:200]}: this server runs "
-                f"{json.dumps(MODEL_SLUG)}{also}; set model to that.{not_loaded_hint(model)}",
+                f"{json.dumps(MODEL_SLUG)}{also}{more}; set model to {which}."
+                f"{not_loaded_hint(model)}",
                 status=404,
                 details="model_not_found",
             )
@@ -456,11 +462,15 @@ _OPENAPI_REQUEST: Final = _openapi_request()
 
 
 def create_router(
-    engine: ClassifyEngine, settings: Settings, keys: KeyRing, store: Store, worker: Worker
+    models: ClassifyEngine | ServedModels,
+    settings: Settings,
+    keys: KeyRing,
+    store: Store,
+    worker: Worker,
 ) -> APIRouter:
     """The Eachlabs routes over ``store``, whose predictions ``worker`` runs, for the callers
     ``keys`` accept."""
-    predictions = EachlabsPredictions(engine, settings, keys, store, worker)
+    predictions = EachlabsPredictions(models, settings, keys, store, worker)
     router = APIRouter(prefix=ROUTE, tags=["eachlabs"])
     for path, shown in (("/", True), ("", False)):
         router.add_api_route(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from collections.abc import Mapping
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -75,11 +76,14 @@ class BodyLimitMiddleware:
         max_header_bytes: int = MAX_HEADER_BYTES,
         idle_timeout_s: float = BODY_IDLE_TIMEOUT_S,
         hint: str = "send a smaller body",
+        path_limits: Mapping[str, int] | None = None,
     ) -> None:
         """Wrap ``app`` with these limits; ``hint`` ends the size refusal's message (what to do
-        instead)."""
+        instead); ``path_limits`` gives some paths a body limit of their own (OpenAI's
+        moderation API carries images as base64, a third larger than the bytes)."""
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.path_limits = dict(path_limits or {})
         self.hint = hint
         self.max_header_bytes = max_header_bytes
         self.idle_timeout_s = idle_timeout_s
@@ -98,21 +102,27 @@ class BodyLimitMiddleware:
                 f"{self.max_header_bytes:,}. Send fewer or shorter headers.",
             )
             return
-        await self.app(scope, _BoundedBody(self, _content_length(scope), receive), send)
+        limit = self.path_limits.get(scope.get("path", ""), self.max_body_bytes)
+        await self.app(scope, _BoundedBody(self, limit, _content_length(scope), receive), send)
 
-    def too_large(self, size: str) -> PayloadTooLargeError:
-        """The error for a body of ``size`` (a phrase) over the limit."""
+    def too_large(self, size: str, limit: int | None = None) -> PayloadTooLargeError:
+        """The error for a body of ``size`` (a phrase) over the limit (by default the
+        server-wide one)."""
+        limit = self.max_body_bytes if limit is None else limit
         return PayloadTooLargeError(
-            f"request body is {size}; this server accepts at most {self.max_body_bytes:,} bytes "
-            f"({self.max_body_bytes / _MIB:.2f} MiB) per request: {self.hint}"
+            f"request body is {size}; this server accepts at most {limit:,} bytes "
+            f"({limit / _MIB:.2f} MiB) per request: {self.hint}"
         )
 
 
 class _BoundedBody:
     """The ``receive`` callable handed to the app: counts, times and refuses body chunks."""
 
-    def __init__(self, limits: BodyLimitMiddleware, declared: int | None, receive: Receive) -> None:
+    def __init__(
+        self, limits: BodyLimitMiddleware, max_bytes: int, declared: int | None, receive: Receive
+    ) -> None:
         self.limits = limits
+        self.max_bytes = max_bytes
         self.declared = declared
         self.receive = receive
         self.received = 0
@@ -121,8 +131,8 @@ class _BoundedBody:
     async def __call__(self) -> Message:
         if self.complete:  # the body is in: later messages (http.disconnect) may take forever
             return await self.receive()
-        if self.declared is not None and self.declared > self.limits.max_body_bytes:
-            raise self.limits.too_large(f"{self.declared:,} bytes (Content-Length)")
+        if self.declared is not None and self.declared > self.max_bytes:
+            raise self.limits.too_large(f"{self.declared:,} bytes (Content-Length)", self.max_bytes)
         try:
             message = await asyncio.wait_for(self.receive(), self.limits.idle_timeout_s)
         except TimeoutError:
@@ -132,8 +142,10 @@ class _BoundedBody:
             ) from None
         if message["type"] == "http.request":
             self.received += len(message.get("body", b""))
-            if self.received > self.limits.max_body_bytes:
-                raise self.limits.too_large(f"over {self.received:,} bytes and still coming")
+            if self.received > self.max_bytes:
+                raise self.limits.too_large(
+                    f"over {self.received:,} bytes and still coming", self.max_bytes
+                )
             self.complete = not message.get("more_body", False)
         else:
             self.complete = True

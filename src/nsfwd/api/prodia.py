@@ -46,6 +46,7 @@ from nsfwd.api.prodia_job import (
 from nsfwd.engine_protocol import ClassifyEngine, EngineClosedError, QueueFullError
 from nsfwd.images import ImageError
 from nsfwd.model_types import Labels, not_loaded_hint
+from nsfwd.served_models import ServedModels, UnknownModelError
 from nsfwd.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,14 +63,18 @@ FORM_OVERHEAD_BYTES: Final = 128 * 1024
 class ProdiaJobs:
     """The ``POST /v2/job`` endpoint over one engine."""
 
-    def __init__(self, engine: ClassifyEngine, settings: Settings, keys: KeyRing) -> None:
-        """Serve jobs on ``engine`` to the callers ``keys`` accept; ``settings`` give the model
-        name and limits."""
-        self.engine = engine
+    def __init__(
+        self, models: ClassifyEngine | ServedModels, settings: Settings, keys: KeyRing
+    ) -> None:
+        """Serve jobs on ``models`` (one engine, or several by name; ``config.model`` picks
+        one) to the callers ``keys`` accept; ``settings`` give the limits, and the name of a
+        lone engine."""
+        self.models = ServedModels.of(models, settings.served_model_name)
+        self.engine = self.models.default
+        """The default model's engine: its metrics count the requests."""
         self.settings = settings
         self.keys = keys
-        self.public_model = settings.served_model_name or engine.model_name
-        self.models = {self.public_model, engine.model_name}
+        self.public_model = self.models.default_name
 
     async def post_job(self, request: Request) -> Response:
         """Run one job and answer with it, completed or failed; see the module docstring."""
@@ -149,9 +154,9 @@ class ProdiaJobs:
         multipart = wants_multipart(request.headers.get("accept"), default=job.type == IMG2LABEL_V2)
         if job.type == PING_V1:
             return self._completed(job, multipart)
-        self._check_model(job)
+        engine = self._check_model(job)
         image = self._single_input(parts)
-        labels = await self._classify(request, image)
+        labels = await self._classify(request, engine, image)
         outputs = [
             Part("output", json_bytes(labels), "labels.json", JSON_TYPE),
             passthrough(image),
@@ -195,18 +200,21 @@ class ProdiaJobs:
         if config is not None and not isinstance(config, dict):
             raise BadRequestError(f"job.config must be a JSON object; send e.g. {example}")
 
-    def _check_model(self, job: Job) -> None:
+    def _check_model(self, job: Job) -> ClassifyEngine:
+        """The engine of the model ``job.config.model`` names, or a 400 listing the served
+        ones."""
         model = (job.config or {}).get("model")
         if model is None:
             raise BadRequestError(
                 f"job.config.model is missing; set it to {json.dumps(self.public_model)}"
             )
-        if not isinstance(model, str) or model not in self.models:
+        try:
+            return self.models.resolve(model)[1]
+        except UnknownModelError as exc:
+            which = "that" if len(self.models) == 1 else "one of them"
             raise BadRequestError(
-                f"unknown model {json.dumps(model)[:200]}: this server runs "
-                f"{json.dumps(self.public_model)}; set job.config.model to that."
-                f"{not_loaded_hint(model)}"
-            )
+                f"{exc.message}; set job.config.model to {which}.{not_loaded_hint(model)}"
+            ) from None
 
     def _single_input(self, parts: Sequence[Part]) -> Part:
         """The one input image; identical repeats (the npm client sends a File twice) count once."""
@@ -224,14 +232,14 @@ class ProdiaJobs:
             )
         return inputs[0]
 
-    async def _classify(self, request: Request, image: Part) -> Labels:
-        """The engine's labels for ``image``, unless the client goes away first."""
-        if not self.engine.ready:
+    async def _classify(self, request: Request, engine: ClassifyEngine, image: Part) -> Labels:
+        """``engine``'s labels for ``image``, unless the client goes away first."""
+        if not engine.ready:
             raise UnavailableError(
                 "the model is not ready (loading, or the server is stopping); retry in a moment"
             )
         try:
-            return await _unless_disconnected(self.engine.classify(image.data), request.receive)
+            return await _unless_disconnected(engine.classify(image.data), request.receive)
         except ImageError as exc:
             raise image_refusal(image, exc) from None
         except QueueFullError as exc:
@@ -281,9 +289,11 @@ async def _disconnect(receive: Receive) -> None:
         pass
 
 
-def create_router(engine: ClassifyEngine, settings: Settings, keys: KeyRing) -> APIRouter:
-    """The Prodia routes over ``engine``, for the callers ``keys`` accept."""
-    jobs = ProdiaJobs(engine, settings, keys)
+def create_router(
+    models: ClassifyEngine | ServedModels, settings: Settings, keys: KeyRing
+) -> APIRouter:
+    """The Prodia routes over ``models``, for the callers ``keys`` accept."""
+    jobs = ProdiaJobs(models, settings, keys)
     router = APIRouter(tags=["prodia"])
     router.add_api_route(
         ROUTE,

@@ -36,6 +36,7 @@ from nsfwd.engine_protocol import ClassifyEngine
 from nsfwd.images import ImageError, load_image, sniff_format
 from nsfwd.jobs import CapacityError, Limits, Prediction, Store, Upload
 from nsfwd.jobs.worker import Worker
+from nsfwd.served_models import ServedModels
 from nsfwd.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -92,14 +93,14 @@ class ProdiaAsyncJobs(ProdiaJobs):
 
     def __init__(
         self,
-        engine: ClassifyEngine,
+        models: ClassifyEngine | ServedModels,
         settings: Settings,
         keys: KeyRing,
         store: Store,
         worker: Worker,
     ) -> None:
         """Serve async jobs stored in ``store`` and run by ``worker``."""
-        super().__init__(engine, settings, keys)
+        super().__init__(models, settings, keys)
         self.store = store
         self.worker = worker
 
@@ -254,11 +255,15 @@ def _output_names(prediction: Prediction) -> list[str]:
 
 
 def create_router(
-    engine: ClassifyEngine, settings: Settings, keys: KeyRing, store: Store, worker: Worker
+    models: ClassifyEngine | ServedModels,
+    settings: Settings,
+    keys: KeyRing,
+    store: Store,
+    worker: Worker,
 ) -> APIRouter:
     """The Prodia async routes over ``store``, whose jobs ``worker`` runs, for the callers
     ``keys`` accept."""
-    jobs = ProdiaAsyncJobs(engine, settings, keys, store, worker)
+    jobs = ProdiaAsyncJobs(models, settings, keys, store, worker)
     router = APIRouter(prefix=ROUTE, tags=["prodia"])
     router.add_api_route(
         "",

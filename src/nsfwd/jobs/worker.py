@@ -17,8 +17,9 @@ from nsfwd.images import ImageError
 from nsfwd.jobs.claims import ClaimLoop, worker_name
 from nsfwd.jobs.records import Prediction
 from nsfwd.jobs.store import Store
-from nsfwd.model_types import Labels
+from nsfwd.model_types import EACHLABS_MODEL_SLUG, Labels
 from nsfwd.policies import Policy
+from nsfwd.served_models import ServedModels, UnknownModelError
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class Worker:
         poll_s: float = POLL_S,
         purge_every_s: float = PURGE_EVERY_S,
         name: str | None = None,
+        models: ServedModels | None = None,
     ) -> None:
         """Run up to ``concurrency`` predictions at once, each under a lease of ``lease_s``.
 
@@ -69,11 +71,14 @@ class Worker:
         with a message); ``policy`` decides Eachlabs' verdict (``output``) where the prediction
         does not carry its key's own (what it leaves unset comes from here); ``poll_s`` is how
         often to look for work queued elsewhere; ``purge_every_s`` how often to purge.
+        ``models``, on a server of several, runs each prediction on the model it names
+        (Eachlabs' slug: the first); without them, every prediction runs on ``engine``.
         """
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         self.store = store
         self.engine = engine
+        self.models = models
         self.concurrency = concurrency
         self.lease_s = lease_s
         self.fetch_policy = fetch_policy
@@ -198,14 +203,30 @@ class Worker:
             raise InputError(exc.message) from None
 
     async def _classify(self, prediction: Prediction, data: bytes) -> Labels:
-        """The engine's labels; waits while the engine is full (it is shared with live traffic)."""
+        """The labels of the prediction's model; waits while its engine is full (it is shared
+        with live traffic)."""
+        engine = self._engine(prediction)
         while True:
             try:
-                return await self.engine.classify(data)
+                return await engine.classify(data)
             except QueueFullError as exc:
                 await asyncio.sleep(min(exc.retry_after, self.lease_s / 3))
             except ImageError as exc:
                 raise InputError(_input_error(prediction, exc.message)) from None
+
+    def _engine(self, prediction: Prediction) -> ClassifyEngine:
+        return self.engine if self.models is None else _engine_for(self.models, prediction)
+
+
+def _engine_for(models: ServedModels, prediction: Prediction) -> ClassifyEngine:
+    """The engine of the model ``prediction`` names; :class:`InputError` when this server no
+    longer runs it (it was restarted with other models)."""
+    if prediction.protocol == "eachlabs" and prediction.model == EACHLABS_MODEL_SLUG:
+        return models.default
+    try:
+        return models.resolve(prediction.model)[1]
+    except UnknownModelError as exc:
+        raise InputError(f"{exc.message} now; submit it again naming one of them") from None
 
 
 def _input_error(prediction: Prediction, message: str) -> str:

@@ -17,12 +17,12 @@ import struct
 import threading
 import warnings
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import ClassVar, Final
+from typing import ClassVar, Final, TypeVar
 
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
@@ -49,6 +49,7 @@ __all__ = [
     "exif_orientation",
     "load_image",
     "load_image_file",
+    "load_prepared",
     "load_views",
     "read_header",
     "read_image_file",
@@ -56,6 +57,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SUPPORTED_FORMATS: Final = ("JPEG", "PNG", "WEBP")
 """Pillow format names that :func:`load_image` accepts, as :func:`sniff_format` returns them."""
@@ -223,7 +225,7 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def load_views(data: bytes, limits: ImageLimits = ImageLimits()) -> Views:
+def load_views(data: bytes, limits: ImageLimits = ImageLimits()) -> Views[Image.Image]:
     """Validate and decode an uploaded image into what viewers see (:mod:`nsfwd.viewer`):
     every judged frame (all up to :data:`~nsfwd.viewer.MAX_JUDGED_FRAMES`, else that many
     spread evenly; an APNG's default image is frame 0), upright, in sRGB, and over white and
@@ -236,9 +238,23 @@ def load_views(data: bytes, limits: ImageLimits = ImageLimits()) -> Views:
     """
     if isinstance(data, bytearray | memoryview):
         data = bytes(data)
+    return load_prepared(data, _same, limits)
+
+
+def load_prepared(
+    data: bytes, prepare: Callable[[Image.Image], T], limits: ImageLimits = ImageLimits()
+) -> Views[T]:
+    """:func:`load_views`, each picture handed to ``prepare`` (e.g. the model's resize) as
+    soon as it is decoded, so that at most one full-size frame is held at a time."""
+    if isinstance(data, bytearray | memoryview):
+        data = bytes(data)
     fmt, header_size = _check_before_opening(data, limits)
     with _pillow_errors(fmt, header_size, limits):
-        return _decode_views(data, fmt, limits, first_only=False)
+        return _decode_views(data, fmt, limits, prepare, first_only=False)
+
+
+def _same(image: Image.Image) -> Image.Image:
+    return image
 
 
 def load_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
@@ -260,8 +276,8 @@ def load_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
         data = bytes(data)
     fmt, header_size = _check_before_opening(data, limits)
     with _pillow_errors(fmt, header_size, limits):
-        views = _decode_views(data, fmt, limits, first_only=True).views
-        return next(view.image for view in views if view.backdrop != "black")
+        views = _decode_views(data, fmt, limits, _same, first_only=True).views
+        return next(view.image for view in views if view.backdrop != "black")  # over white
 
 
 def read_header(data: bytes, limits: ImageLimits = ImageLimits()) -> ImageHeader:
@@ -603,19 +619,27 @@ def _png_chunk_problem(data: bytes) -> str | None:
 # --- decoding -----------------------------------------------------------------------------
 
 
-def _decode_views(data: bytes, fmt: str, limits: ImageLimits, *, first_only: bool) -> Views:
-    """Open, check, decode the frames (the first only, or all), orient and convert them;
-    Pillow errors propagate."""
+def _decode_views(
+    data: bytes,
+    fmt: str,
+    limits: ImageLimits,
+    prepare: Callable[[Image.Image], T],
+    *,
+    first_only: bool,
+) -> Views[T]:
+    """Open, check, decode the frames (the first only, or all), orient, convert and
+    ``prepare`` them; Pillow errors propagate."""
     with _open(data, fmt) as image:
         _check_dimensions(image.size, limits)
         frames = _check_frames(image, fmt, limits)
         if fmt == "PNG" and (problem := _png_chunk_problem(data)) is not None:
             raise CorruptImageError(f"PNG data is corrupt: {problem}")
-        views: list[View] = []
+        views: list[View[T]] = []
         for index in [0] if first_only else frames_to_judge(frames):
             image.seek(index)  # decodes the frames before it: each is drawn over the last
             image.load()
-            views += frame_views(_upright(image), index, fmt)  # a new, detached image
+            for view in frame_views(_upright(image), index, fmt):  # new, detached images
+                views.append(View(prepare(view.image), view.frame, view.backdrop))
     return Views(views, frames)
 
 
@@ -654,6 +678,12 @@ def _upright(image: Image.Image) -> Image.Image:
             "EXIF orientation applied without rewriting EXIF: %s: %s", type(exc).__name__, exc
         )
         return image.transpose(method)
+
+
+def _to_rgb(image: Image.Image, fmt: str = "") -> Image.Image:
+    """A loaded image of any Pillow mode as 8-bit RGB in sRGB, flattened onto white where it
+    is transparent (a fully transparent pixel is always white)."""
+    return next(view.image for view in frame_views(image, 0, fmt) if view.backdrop != "black")
 
 
 def _corrupt_error(fmt: str, exc: BaseException) -> CorruptImageError:

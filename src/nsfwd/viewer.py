@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any, Final, Literal
+from typing import Any, Final, Generic, Literal, TypeVar
 
 import numpy as np
 from PIL import Image, ImageCms
@@ -61,6 +61,8 @@ _WHITE: Final = (255, 255, 255)
 _BLACK: Final = (0, 0, 0)
 
 Backdrop = Literal["white", "black"]
+T = TypeVar("T")
+U = TypeVar("U")
 
 
 class ColourProfileError(ValueError):
@@ -70,10 +72,10 @@ class ColourProfileError(ValueError):
 
 
 @dataclass(frozen=True)
-class View:
-    """One picture to judge: an RGB image as displayed."""
+class View(Generic[T]):
+    """One picture to judge: an RGB image as displayed, or what a model made of it."""
 
-    image: Image.Image
+    image: T
     frame: int
     """The frame's index in the file, as Pillow counts (an APNG's default image is 0)."""
     backdrop: Backdrop | None
@@ -81,12 +83,26 @@ class View:
 
 
 @dataclass(frozen=True)
-class Views:
+class Views(Generic[T]):
     """The pictures to judge for one file, in frame order."""
 
-    views: list[View]
+    views: list[View[T]]
     frames: int
     """Frames in the file (1 for a still image)."""
+
+    @classmethod
+    def single(cls, image: T) -> Views[T]:
+        """One opaque still picture."""
+        return cls([View(image, 0, None)], 1)
+
+    @property
+    def images(self) -> list[T]:
+        """The pictures, in order."""
+        return [view.image for view in self.views]
+
+    def map(self, prepare: Callable[[T], U]) -> Views[U]:
+        """The same views, each picture made into ``prepare`` of it."""
+        return Views([View(prepare(v.image), v.frame, v.backdrop) for v in self.views], self.frames)
 
     @property
     def frames_judged(self) -> int:
@@ -132,7 +148,9 @@ class Judgement:
 
 
 def worst(
-    views: Views, labels: Sequence[dict[str, float]], score: Callable[[dict[str, float]], float]
+    views: Views[Any],
+    labels: Sequence[dict[str, float]],
+    score: Callable[[dict[str, float]], float],
 ) -> Judgement:
     """The judgement of the view whose ``score`` is highest (the earliest on a tie)."""
     if len(labels) != len(views.views) or not labels:
@@ -158,7 +176,7 @@ def frames_to_judge(count: int, cap: int = MAX_JUDGED_FRAMES) -> list[int]:
     return sorted({round(i * (count - 1) / (cap - 1)) for i in range(cap)})
 
 
-def frame_views(image: Image.Image, frame: int, fmt: str) -> list[View]:
+def frame_views(image: Image.Image, frame: int, fmt: str) -> list[View[Image.Image]]:
     """The views of one loaded frame: converted to sRGB, and over white and black when its
     alpha is not fully opaque. Raises :class:`ColourProfileError` for an unusable profile."""
     colour, alpha = _split_alpha(image)
@@ -171,7 +189,7 @@ def frame_views(image: Image.Image, frame: int, fmt: str) -> list[View]:
     ]
 
 
-def needs_colour_conversion(info: Mapping[str, Any], fmt: str, mode: str) -> bool:
+def needs_colour_conversion(info: Mapping[Any, Any], fmt: str, mode: str) -> bool:
     """Whether an image with this ``info`` displays in other colours than its stored pixels
     (an ICC profile that is not sRGB, or a PNG gAMA that is not sRGB's); raises
     :class:`ColourProfileError` for a profile that cannot be applied."""
@@ -232,7 +250,7 @@ def _composite(rgb: Image.Image, alpha: Image.Image, page: tuple[int, int, int])
 # --- colour -------------------------------------------------------------------------------
 
 
-def _to_srgb(colour: Image.Image, info: Mapping[str, Any], fmt: str) -> Image.Image:
+def _to_srgb(colour: Image.Image, info: Mapping[Any, Any], fmt: str) -> Image.Image:
     """``colour`` (mode L, RGB or CMYK) as an RGB image in sRGB: by its ICC profile, else a
     PNG's gAMA, else as stored (sRGB is what untagged images display as)."""
     profile = info.get("icc_profile")
@@ -248,7 +266,7 @@ def _to_srgb(colour: Image.Image, info: Mapping[str, Any], fmt: str) -> Image.Im
     return rgb if table is None else rgb.point(table * 3)
 
 
-def _gamma_table(info: Mapping[str, Any], fmt: str) -> list[int] | None:
+def _gamma_table(info: Mapping[Any, Any], fmt: str) -> list[int] | None:
     """The 256-entry table that shows a PNG's samples as its gAMA says, in sRGB; None when
     there is nothing to do (no gAMA, an sRGB chunk, a gAMA of about 1/2.2, an unusable one)."""
     gamma = info.get("gamma")

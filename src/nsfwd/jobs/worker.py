@@ -19,6 +19,7 @@ from nsfwd.jobs.records import Prediction
 from nsfwd.jobs.store import Store
 from nsfwd.model_types import Labels
 from nsfwd.policies import Policy
+from nsfwd.viewer import Judgement
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class Worker:
         try:
             data = await self._image(prediction)
             started = time.perf_counter()  # predict_time: decoding and inference, not the fetch
-            labels = await self._classify(prediction, data)
+            labels = (await self._judge(prediction, data)).labels
         except InputError as exc:
             error = exc.message
         except EngineClosedError:
@@ -197,11 +198,12 @@ class Worker:
         except FetchError as exc:
             raise InputError(exc.message) from None
 
-    async def _classify(self, prediction: Prediction, data: bytes) -> Labels:
-        """The engine's labels; waits while the engine is full (it is shared with live traffic)."""
+    async def _judge(self, prediction: Prediction, data: bytes) -> Judgement:
+        """The engine's judgement (the worst picture under the prediction's policy); waits while
+        the engine is full (it is shared with live traffic)."""
         while True:
             try:
-                return await self.engine.classify(data)
+                return await self.engine.judge(data, self._policy(prediction))
             except QueueFullError as exc:
                 await asyncio.sleep(min(exc.retry_after, self.lease_s / 3))
             except ImageError as exc:

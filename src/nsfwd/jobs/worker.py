@@ -9,7 +9,7 @@ import contextlib
 import logging
 import math
 import time
-from typing import Final
+from typing import Any, Final
 
 from nsfwd.engine_protocol import ClassifyEngine, EngineClosedError, QueueFullError
 from nsfwd.fetch import FetchError, FetchPolicy, fetch
@@ -144,11 +144,14 @@ class Worker:
                         prediction.id, prediction.attempts)  # fmt: skip
         started = time.perf_counter()
         labels: Labels | None = None
+        judged: dict[str, Any] | None = None
         error: str | None = None
         try:
             data = await self._image(prediction)
             started = time.perf_counter()  # predict_time: decoding and inference, not the fetch
-            labels = (await self._judge(prediction, data)).labels
+            judgement = await self._judge(prediction, data)
+            labels = judgement.labels
+            judged = judgement.details() if judgement.chosen else None
         except InputError as exc:
             error = exc.message
         except EngineClosedError:
@@ -170,6 +173,7 @@ class Worker:
             output=None if labels is None else verdict(labels, self._policy(prediction)),
             error=error,
             predict_time=elapsed if labels is not None else None,
+            judged=judged,
         )
         if finished is None:
             log.warning("prediction %s: lease lost before finishing; result dropped",

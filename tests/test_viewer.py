@@ -322,7 +322,7 @@ def post_job(
         files=[
             ("job", ("job.json", job.encode(), "application/json")),
             ("input", ("upload.bin", image, "application/octet-stream")),
-        ],  # fmt: skip
+        ],
         timeout=60,
     )
 

@@ -422,3 +422,18 @@ def test_nsfwd_classify_command_writes_judged(
     }
     assert records["anim.webp"]["judged"]["frames_judged"] == 3
     assert "judged" not in records["still.png"]
+
+
+def test_the_tensor_path_leaves_animations_and_colour_profiles_to_pillow(
+    classifier: Classifier,
+) -> None:
+    from nsfwd.models.tensor_decode import TensorDecoder
+
+    decoder = TensorDecoder(classifier)
+    anim, tagged = decoder.prepare_views([webp_benign_for_one_ms(), red_tagged_blue("JPEG")])
+    assert isinstance(anim, Views) and [view.frame for view in anim.views] == [0, 1, 2]
+    assert isinstance(tagged, Views) and len(tagged.views) == 1
+    red, _, blue = tagged.images[0].float().mean(dim=(1, 2)).tolist()
+    assert red < 40 and blue > 200  # converted by its profile, as Pillow does
+    [first] = decoder.prepare([webp_benign_for_one_ms()])  # prepare: the first frame, as before
+    assert int(first.float().mean()) == 255

@@ -436,4 +436,38 @@ def test_the_tensor_path_leaves_animations_and_colour_profiles_to_pillow(
     red, _, blue = tagged.images[0].float().mean(dim=(1, 2)).tolist()
     assert red < 40 and blue > 200  # converted by its profile, as Pillow does
     [first] = decoder.prepare([webp_benign_for_one_ms()])  # prepare: the first frame, as before
-    assert int(first.float().mean()) == 255
+    assert isinstance(first, torch.Tensor) and int(first.float().mean()) == 255
+
+
+def test_which_picture_answered_crosses_the_inference_socket(
+    redless: RedlessClassifier, tmp_path: Path
+) -> None:
+    """``serve --http-workers``: the worker's RemoteEngine gets the judgement, and sends the
+    request's policy, which decides the worst picture."""
+    from nsfwd.remote import InferenceServer, RemoteEngine
+
+    async def main() -> None:
+        engine = Engine(redless, max_batch_size=8, limits=ImageLimits())
+        await engine.start()
+        server = InferenceServer(engine, tmp_path / "inference.sock")
+        await server.start()
+        client = RemoteEngine(
+            server.path, model_name="redless", max_batch_size=8, max_queue=8, limits=engine.limits
+        )
+        await client.start()
+        try:
+            judged = await client.judge(webp_benign_for_one_ms(), Policy("strict", 0.3))
+            assert judged.details() == {
+                "frame": 1, "frames": 3, "frames_judged": 3, "backdrop": None
+            }  # fmt: skip
+            assert judged.labels["high"] == pytest.approx(1.0)
+            alpha = await client.judge(alpha_carries_the_picture())
+            assert alpha.backdrop == "black"
+            with pytest.raises(ImageDimensionsError, match="width x height x frames"):
+                await client.judge(over_budget_apng())
+        finally:
+            await client.stop()
+            await server.stop()
+            await engine.stop()
+
+    asyncio.run(main())

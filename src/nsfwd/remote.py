@@ -140,8 +140,11 @@ def _policy(value: Any) -> Policy | None:
     """The policy a request names as ``[name, threshold]``, or None."""
     if value is None:
         return None
-    name, threshold = value
-    return Policy(name, float(threshold))
+    try:
+        name, threshold = value
+        return Policy(name, float(threshold))
+    except TypeError as exc:  # a malformed frame, refused like any other
+        raise ValueError(f"bad policy {value!r}") from exc
 
 
 def _forget(tasks: dict[int, asyncio.Task[None]], request_id: int, _: object) -> None:

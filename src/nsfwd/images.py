@@ -1,12 +1,12 @@
 """Image intake: bytes in, a validated upright RGB image out, or a typed error saying why not.
 
-Every upload (HTTP or batch CLI) passes through :func:`load_image`; the checks run cheapest
-first, and nothing is decoded before it is known to be small enough. :func:`read_header` runs
-the checks that come before decoding alone, for decoders that take over from there.
-:func:`load_views` decodes what a viewer sees (every judged frame, over white and black where
-it is transparent, in sRGB: :mod:`nsfwd.viewer`); :func:`load_image` the first frame over
-white. docs/ARCHITECTURE.md ("Image intake") gives the order of
-the checks and the reasons. Nothing here changes Pillow's global state.
+Every upload (HTTP or batch CLI) passes through :func:`load_views` (or :func:`load_prepared`),
+which decodes what a viewer sees: every judged frame, over white and black where it is
+transparent, in sRGB (:mod:`nsfwd.viewer`); :func:`load_image` gives the first frame over
+white. The checks run cheapest first, and nothing is decoded before it is known to be small
+enough. :func:`read_header` runs the checks that come before decoding alone, for decoders that
+take over from there. docs/ARCHITECTURE.md ("Image intake") gives the order of the checks and
+the reasons. Nothing here changes Pillow's global state.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from nsfwd.jobs.worker import Worker, verdict
 from nsfwd.model_types import Labels
 from nsfwd.models import Classifier
 from nsfwd.policies import Policy
+from nsfwd.viewer import Judgement
 from waiting import until
 
 T = TypeVar("T")
@@ -41,9 +42,9 @@ class CountingEngine(Engine):
         super().__init__(classifier, **options)
         self.calls: list[bytes] = []
 
-    async def classify(self, data: bytes) -> Labels:
+    async def judge(self, data: bytes, policy: Policy | None = None) -> Judgement:
         self.calls.append(data)
-        return await super().classify(data)
+        return await super().judge(data, policy)
 
 
 def expected_labels(classifier: Classifier, data: bytes) -> Labels:

@@ -570,6 +570,7 @@ def _classify(args: argparse.Namespace) -> int:
         workers=args.workers,
         limits=settings.image_limits,
         decode=decode,
+        policy=policy,
     )
     classified = 0
     progress = _progress(show=len(paths) >= PROGRESS_MIN_FILES and not args.no_progress)

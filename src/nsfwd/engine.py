@@ -1,9 +1,12 @@
 """The engine: a dynamic batcher between many concurrent requests and one model.
 
 Path of an upload: admission (a bounded count; over it, :class:`QueueFullError` and a 429) ->
-decode, validate and preprocess on a thread pool (off the event loop) -> the queue -> the batcher,
-which whenever the model is free takes everything queued (up to ``max_batch_size``, waiting at
-most ``batch_wait_ms`` for more) -> one dedicated inference thread -> each request's future.
+decode, validate and preprocess on a thread pool (off the event loop) into what viewers see
+(every judged frame, over white and black where transparent: :mod:`nsfwd.viewer`) -> the queue
+-> the batcher, which whenever the model is free takes everything queued (up to
+``max_batch_size`` pictures, waiting at most ``batch_wait_ms`` for more; an image's pictures stay
+in one batch where they fit) -> one dedicated inference thread -> each request's future, which
+answers with the worst picture under the request's policy.
 
 Like text-embeddings-inference's batcher, it needs no timer under load: requests pile up while
 the model runs and leave together in the next batch. A request whose caller was cancelled (its
@@ -23,17 +26,19 @@ from dataclasses import dataclass
 import torch
 
 from nsfwd.engine_protocol import EngineClosedError, QueueFullError
-from nsfwd.images import ImageLimits, UnscorableImageError, load_image
+from nsfwd.images import ImageLimits, UnscorableImageError, load_prepared
 from nsfwd.metrics import Metrics
 from nsfwd.model_types import Labels
 from nsfwd.models import Classifier
-from nsfwd.policies import nonfinite_labels
+from nsfwd.policies import Policy, nonfinite_labels
+from nsfwd.viewer import Judgement, Views, worst
 
 
 @dataclass
 class _Item:
-    pixels: torch.Tensor
-    future: asyncio.Future[Labels]
+    pixels: list[torch.Tensor]
+    """One prepared picture per view of the image."""
+    future: asyncio.Future[list[Labels]]
     queued_at: float
 
 
@@ -62,6 +67,7 @@ class Engine:
         self._admitted = 0
         self._batch_seconds = 1.0  # refined after every batch; feeds Retry-After
         self._queue: asyncio.Queue[_Item] | None = None
+        self._held: _Item | None = None  # taken from the queue, too big for the last batch
         self._batcher: asyncio.Task[None] | None = None
         self._decode_pool: ThreadPoolExecutor | None = None
         self._infer_pool: ThreadPoolExecutor | None = None
@@ -111,8 +117,11 @@ class Engine:
             self._batcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._batcher
+        waiting = [] if self._held is None else [self._held]
+        self._held = None
         while self._queue is not None and not self._queue.empty():
-            item = self._queue.get_nowait()
+            waiting.append(self._queue.get_nowait())
+        for item in waiting:
             if not item.future.done():
                 item.future.set_exception(EngineClosedError("the server is shutting down"))
         for pool in (self._decode_pool, self._infer_pool):
@@ -125,10 +134,20 @@ class Engine:
         return max(1, math.ceil(batches * self._batch_seconds))
 
     async def classify(self, data: bytes) -> Labels:
-        """Label probabilities for one encoded image.
+        """Label probabilities for one encoded image: its worst picture's under the default
+        (moderate) policy (see :meth:`judge`).
 
         Raises :class:`nsfwd.images.ImageError` for a bad image, :class:`QueueFullError` when
         the engine is full and :class:`EngineClosedError` when it is not running.
+        """
+        return (await self.judge(data)).labels
+
+    async def judge(self, data: bytes, policy: Policy | None = None) -> Judgement:
+        """Judge every picture a viewer may see of one encoded image (each judged frame, over
+        white and black where transparent) in one batch where it fits, and answer with the one
+        that ``policy`` (default: moderate) scores highest. Raises what :meth:`classify` does;
+        scores that are not finite for any picture fail the image
+        (:class:`~nsfwd.images.UnscorableImageError`).
         """
         if not self.ready or self._queue is None or self._decode_pool is None:
             raise EngineClosedError("the model is not loaded yet")
@@ -139,36 +158,51 @@ class Engine:
         self.metrics.queue_size.set(self._admitted)
         try:
             loop = asyncio.get_running_loop()
-            pixels = await loop.run_in_executor(self._decode_pool, self._prepare, data)
-            future: asyncio.Future[Labels] = loop.create_future()
-            self._queue.put_nowait(_Item(pixels, future, time.perf_counter()))
-            return await future
+            views = await loop.run_in_executor(self._decode_pool, self._prepare, data)
+            future: asyncio.Future[list[Labels]] = loop.create_future()
+            self._queue.put_nowait(_Item(views.images, future, time.perf_counter()))
+            labels = await future
         finally:
             self._admitted -= 1
             self.metrics.queue_size.set(self._admitted)
+        return worst(views, labels, (policy or Policy()).score)
 
-    def _prepare(self, data: bytes) -> torch.Tensor:
-        return self.classifier.prepare(load_image(data, self.limits))
+    def _prepare(self, data: bytes) -> Views[torch.Tensor]:
+        return load_prepared(data, self.classifier.prepare, self.limits)
 
     def _predict(self, pixels: list[torch.Tensor]) -> torch.Tensor:
         # Stacked here, on the inference thread, not on the event loop: a GPU batch is tens
-        # of megabytes to copy (into page-locked memory, see Classifier.stack).
-        return self.classifier.predict(self.classifier.stack(pixels))
+        # of megabytes to copy (into page-locked memory, see Classifier.stack). One image's
+        # pictures may outnumber max_batch_size; they run in batches of that size.
+        size = self.max_batch_size
+        parts = [
+            self.classifier.predict(self.classifier.stack(pixels[start : start + size]))
+            for start in range(0, len(pixels), size)
+        ]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     async def _next_batch(self, queue: asyncio.Queue[_Item]) -> list[_Item]:
-        batch = [await queue.get()]
+        """Queued items with at most ``max_batch_size`` pictures in all (an item with more
+        goes alone); an item that does not fit waits for the next batch, first in line."""
+        first, self._held = self._held or await queue.get(), None
+        batch, count = [first], len(first.pixels)
         deadline = time.perf_counter() + self.batch_wait
-        while len(batch) < self.max_batch_size:
+        while count < self.max_batch_size:
             if not queue.empty():
-                batch.append(queue.get_nowait())
-                continue
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
+                item = queue.get_nowait()
+            else:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(queue.get(), remaining)
+                except TimeoutError:
+                    break
+            if count + len(item.pixels) > self.max_batch_size:
+                self._held = item
                 break
-            try:
-                batch.append(await asyncio.wait_for(queue.get(), remaining))
-            except TimeoutError:
-                break
+            batch.append(item)
+            count += len(item.pixels)
         return batch
 
     async def _run_batches(self) -> None:
@@ -183,7 +217,7 @@ class Engine:
             now = time.perf_counter()
             for item in live:
                 self.metrics.queue_seconds.observe(now - item.queued_at)
-            pixels = [item.pixels for item in live]
+            pixels = [picture for item in live for picture in item.pixels]
             try:
                 probs = await loop.run_in_executor(self._infer_pool, self._predict, pixels)
             except Exception as exc:  # a model failure fails this batch, not the server
@@ -193,12 +227,15 @@ class Engine:
                 continue
             elapsed = time.perf_counter() - now
             self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
-            self.metrics.batch_size.observe(len(live))
+            self.metrics.batch_size.observe(len(pixels))
             self.metrics.inference_seconds.observe(elapsed)
-            for item, labels in zip(live, self.classifier.to_labels(probs), strict=True):
+            rows = iter(self.classifier.to_labels(probs))
+            for item in live:
+                labels = [next(rows) for _ in item.pixels]
                 if item.future.done():
                     continue
-                if bad := nonfinite_labels(labels):  # fail closed: NaN is never flagged
+                bad = sorted({label for row in labels for label in nonfinite_labels(row)})
+                if bad:  # fail closed: NaN is never flagged
                     item.future.set_exception(UnscorableImageError.for_labels(bad))
                 else:
                     item.future.set_result(labels)

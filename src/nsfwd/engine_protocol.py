@@ -13,6 +13,8 @@ from typing import Protocol
 from nsfwd.images import ImageLimits
 from nsfwd.metrics import Metrics
 from nsfwd.model_types import Labels
+from nsfwd.policies import Policy
+from nsfwd.viewer import Judgement
 
 
 class QueueFullError(RuntimeError):
@@ -53,4 +55,8 @@ class ClassifyEngine(Protocol):
         """Stop; waiting requests fail with :class:`EngineClosedError`."""
 
     async def classify(self, data: bytes) -> Labels:
-        """Label probabilities for one encoded image."""
+        """Label probabilities for one encoded image (its worst picture's, under moderate)."""
+
+    async def judge(self, data: bytes, policy: Policy | None = None) -> Judgement:
+        """The labels of the worst picture a viewer may see of one encoded image under
+        ``policy`` (default: moderate), and which picture that was."""

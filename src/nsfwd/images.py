@@ -1,10 +1,12 @@
 """Image intake: bytes in, a validated upright RGB image out, or a typed error saying why not.
 
-Every upload (HTTP or batch CLI) passes through :func:`load_image`; the checks run cheapest
-first, and nothing is decoded before it is known to be small enough. :func:`read_header` runs
-the checks that come before decoding alone, for decoders that take over from there.
-Transparency is flattened onto white. docs/ARCHITECTURE.md ("Image intake") gives the order of
-the checks and the reasons. Nothing here changes Pillow's global state.
+Every upload (HTTP or batch CLI) passes through :func:`load_views` (or :func:`load_prepared`),
+which decodes what a viewer sees: every judged frame, over white and black where it is
+transparent, in sRGB (:mod:`nsfwd.viewer`); :func:`load_image` gives the first frame over
+white. The checks run cheapest first, and nothing is decoded before it is known to be small
+enough. :func:`read_header` runs the checks that come before decoding alone, for decoders that
+take over from there. docs/ARCHITECTURE.md ("Image intake") gives the order of the checks and
+the reasons. Nothing here changes Pillow's global state.
 """
 
 from __future__ import annotations
@@ -15,15 +17,23 @@ import struct
 import threading
 import warnings
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import ClassVar, Final
+from typing import ClassVar, Final, TypeVar
 
-import numpy as np
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from nsfwd.viewer import (
+    ColourProfileError,
+    View,
+    Views,
+    frame_views,
+    frames_to_judge,
+    needs_colour_conversion,
+)
 
 __all__ = [
     "ORIENTATION_TRANSPOSE",
@@ -39,18 +49,20 @@ __all__ = [
     "exif_orientation",
     "load_image",
     "load_image_file",
+    "load_prepared",
+    "load_views",
     "read_header",
     "read_image_file",
     "sniff_format",
 ]
 
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SUPPORTED_FORMATS: Final = ("JPEG", "PNG", "WEBP")
 """Pillow format names that :func:`load_image` accepts, as :func:`sniff_format` returns them."""
 
 _MIB: Final = 1024 * 1024
-_WHITE: Final = (255, 255, 255)
 _PNG_MAGIC: Final = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC: Final = b"\xff\xd8\xff"
 # JPEG start-of-frame markers (SOF0..SOF15 without DHT, JPG and DAC, which share the range).
@@ -65,8 +77,6 @@ ORIENTATION_TRANSPOSE: Final = {
     8: Image.Transpose.ROTATE_90,
 }
 """The turn that shows an image upright, by EXIF orientation (1, upright, needs none)."""
-# Pillow modes holding more than 8 bits per sample, which Pillow's convert() clips.
-_WIDE_GRAY_MODES: Final = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 # catch_warnings() swaps process-wide state; serialise our own uses of it between threads.
 _WARNINGS_LOCK: Final = threading.Lock()
 # What Pillow and the codecs raise for bad data. Anything else is unexpected and gets logged.
@@ -99,10 +109,14 @@ class ImageLimits:
     """Largest accepted width and height in pixels."""
     max_pixels: int = 2048 * 2048
     """Largest accepted width times height."""
+    max_animation_pixels: int = 32 * 2048 * 2048
+    """Largest accepted width times height times frames: every frame of an animation is
+    decoded (each is drawn over the one before), so this bounds the work; checked from the
+    header, before decoding."""
 
     def __post_init__(self) -> None:
         """Refuse limits that no image could meet or that make no sense."""
-        for name in ("max_bytes", "min_side", "max_side", "max_pixels"):
+        for name in ("max_bytes", "min_side", "max_side", "max_pixels", "max_animation_pixels"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ImageLimits.{name} must be a positive int, got {value!r}")
@@ -190,6 +204,11 @@ class ImageHeader:
     """The EXIF orientation :func:`load_image` applies (1 when none), for JPEG, whose EXIF
     comes before the pixels; ``None`` for PNG and WebP, whose EXIF Pillow reads only while
     decoding."""
+    frames: int = 1
+    """Frames in the file (animated PNG and WebP; an APNG's default image counts)."""
+    colour_managed: bool = False
+    """Whether it displays in other colours than its stored pixels (an ICC profile other than
+    sRGB's, a PNG gAMA): decoders that do not convert colour must leave it to Pillow."""
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -206,12 +225,46 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+def load_views(data: bytes, limits: ImageLimits = ImageLimits()) -> Views[Image.Image]:
+    """Validate and decode an uploaded image into what viewers see (:mod:`nsfwd.viewer`):
+    every judged frame (all up to :data:`~nsfwd.viewer.MAX_JUDGED_FRAMES`, else that many
+    spread evenly; an APNG's default image is frame 0), upright, in sRGB, and over white and
+    over black where it is not fully opaque. Every frame is decoded, so corrupt data in any
+    frame refuses the image.
+
+    Raises what :func:`load_image` raises; an animation over
+    :attr:`ImageLimits.max_animation_pixels` is an :class:`ImageDimensionsError`, before any
+    frame is decoded.
+    """
+    if isinstance(data, bytearray | memoryview):
+        data = bytes(data)
+    return load_prepared(data, _same, limits)
+
+
+def load_prepared(
+    data: bytes, prepare: Callable[[Image.Image], T], limits: ImageLimits = ImageLimits()
+) -> Views[T]:
+    """:func:`load_views`, each picture handed to ``prepare`` (e.g. the model's resize) as
+    soon as it is decoded, so that at most one full-size frame is held at a time."""
+    if isinstance(data, bytearray | memoryview):
+        data = bytes(data)
+    fmt, header_size = _check_before_opening(data, limits)
+    with _pillow_errors(fmt, header_size, limits):
+        return _decode_views(data, fmt, limits, prepare, first_only=False)
+
+
+def _same(image: Image.Image) -> Image.Image:
+    return image
+
+
 def load_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
     """Validate and decode an uploaded image.
 
     Returns a fully loaded, detached ``PIL.Image.Image`` in mode ``"RGB"``, turned upright
-    according to its EXIF orientation, with any transparency flattened onto white (see the
-    module docstring). For animated PNG and WebP, the first frame.
+    according to its EXIF orientation, converted to sRGB by its ICC profile or PNG gAMA, with
+    any transparency flattened onto white. For animated PNG and WebP, the first frame (an
+    animation over :attr:`ImageLimits.max_animation_pixels` is refused all the same);
+    :func:`load_views` gives every frame and the dark-page view.
 
     Raises an :class:`ImageError` subclass for every input that is refused, and no other
     exception for any input bytes (``MemoryError`` excepted: that is the host's problem):
@@ -223,7 +276,8 @@ def load_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
         data = bytes(data)
     fmt, header_size = _check_before_opening(data, limits)
     with _pillow_errors(fmt, header_size, limits):
-        return _decode(data, fmt, limits)
+        views = _decode_views(data, fmt, limits, _same, first_only=True).views
+        return next(view.image for view in views if view.backdrop != "black")  # over white
 
 
 def read_header(data: bytes, limits: ImageLimits = ImageLimits()) -> ImageHeader:
@@ -239,8 +293,10 @@ def read_header(data: bytes, limits: ImageLimits = ImageLimits()) -> ImageHeader
     fmt, header_size = _check_before_opening(data, limits)
     with _pillow_errors(fmt, header_size, limits), _open(data, fmt) as image:
         _check_dimensions(image.size, limits)
+        frames = _check_frames(image, fmt, limits)
         orientation = exif_orientation(image) if fmt == "JPEG" else None
-        return ImageHeader(fmt, image.width, image.height, image.mode, orientation)
+        colour = needs_colour_conversion(image.info, fmt, image.mode)
+        return ImageHeader(fmt, image.width, image.height, image.mode, orientation, frames, colour)
 
 
 def read_image_file(path: str | os.PathLike[str], limits: ImageLimits = ImageLimits()) -> bytes:
@@ -306,6 +362,8 @@ def _pillow_errors(
         yield
     except ImageError:
         raise
+    except ColourProfileError as exc:
+        raise CorruptImageError(f"{fmt} image refused: {exc}") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _bomb_error(header_size, limits) from exc
     except _DECODE_ERRORS as exc:
@@ -561,15 +619,41 @@ def _png_chunk_problem(data: bytes) -> str | None:
 # --- decoding -----------------------------------------------------------------------------
 
 
-def _decode(data: bytes, fmt: str, limits: ImageLimits) -> Image.Image:
-    """Open, check, decode the first frame, orient and convert; Pillow errors propagate."""
+def _decode_views(
+    data: bytes,
+    fmt: str,
+    limits: ImageLimits,
+    prepare: Callable[[Image.Image], T],
+    *,
+    first_only: bool,
+) -> Views[T]:
+    """Open, check, decode the frames (the first only, or all), orient, convert and
+    ``prepare`` them; Pillow errors propagate."""
     with _open(data, fmt) as image:
         _check_dimensions(image.size, limits)
+        frames = _check_frames(image, fmt, limits)
         if fmt == "PNG" and (problem := _png_chunk_problem(data)) is not None:
             raise CorruptImageError(f"PNG data is corrupt: {problem}")
-        image.load()
-        upright = _upright(image)  # a new, detached image
-    return _to_rgb(upright)
+        views: list[View[T]] = []
+        for index in [0] if first_only else frames_to_judge(frames):
+            image.seek(index)  # decodes the frames before it: each is drawn over the last
+            image.load()
+            for view in frame_views(_upright(image), index, fmt):  # new, detached images
+                views.append(View(prepare(view.image), view.frame, view.backdrop))
+    return Views(views, frames)
+
+
+def _check_frames(image: ImageFile.ImageFile, fmt: str, limits: ImageLimits) -> int:
+    """The frames viewers see (a JPEG's extra MPO images are not shown), within the budget."""
+    frames = getattr(image, "n_frames", 1) if fmt in ("PNG", "WEBP") else 1
+    pixels = image.width * image.height * frames
+    if pixels > limits.max_animation_pixels:
+        raise ImageDimensionsError(
+            f"animation is {image.width}x{image.height} px x {frames:,} frames = {pixels:,} "
+            f"pixels to decode, above the limit of {limits.max_animation_pixels:,} pixels "
+            f"(width x height x frames)"
+        )
+    return frames
 
 
 def _open(data: bytes, fmt: str) -> ImageFile.ImageFile:
@@ -596,40 +680,10 @@ def _upright(image: Image.Image) -> Image.Image:
         return image.transpose(method)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Convert a loaded image of any Pillow mode to 8-bit RGB, flattening alpha onto white."""
-    if image.mode in _WIDE_GRAY_MODES:
-        image = _wide_gray_to_8bit(image)
-    elif image.mode == "F":
-        image = image.convert("L")  # Pillow's 0..255 float scale, clipped
-    if image.has_transparency_data:
-        return _flatten_on_white(image)
-    return image if image.mode == "RGB" else image.convert("RGB")
-
-
-def _wide_gray_to_8bit(image: Image.Image) -> Image.Image:
-    """Scale 16-bit (or 32-bit integer) grayscale to 8 bits by keeping the high byte.
-
-    Pillow's ``convert("L")`` clips such values at 255 instead of scaling them, which turns a
-    16-bit photograph white. A ``transparency`` colour key becomes an alpha channel.
-    """
-    values = np.clip(np.asarray(image).astype(np.int64), 0, 0xFFFF)
-    gray = (values >> 8).astype(np.uint8)
-    key = image.info.get("transparency")
-    if isinstance(key, int):
-        alpha = np.where(values == key, 0, 255).astype(np.uint8)
-        return Image.fromarray(np.stack([gray, alpha], axis=-1))
-    return Image.fromarray(gray)
-
-
-def _flatten_on_white(image: Image.Image) -> Image.Image:
-    """Composite an image with alpha (channel, palette alpha or colour key) over white."""
-    if image.mode == "La":  # premultiplied; Pillow converts it to RGBA only by way of LA
-        image = image.convert("LA")
-    rgba = image.convert("RGBA")
-    flat = Image.new("RGB", rgba.size, _WHITE)
-    flat.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
-    return flat
+def _to_rgb(image: Image.Image, fmt: str = "") -> Image.Image:
+    """A loaded image of any Pillow mode as 8-bit RGB in sRGB, flattened onto white where it
+    is transparent (a fully transparent pixel is always white)."""
+    return next(view.image for view in frame_views(image, 0, fmt) if view.backdrop != "black")
 
 
 def _corrupt_error(fmt: str, exc: BaseException) -> CorruptImageError:

@@ -20,11 +20,12 @@ from nsfwd.policies import Policy
 
 
 def record(result: FileResult, policy: Policy) -> dict[str, Any]:
-    """The JSON record for one file: labels and verdict, or the error."""
+    """The JSON record for one file: labels and verdict, or the error; ``judged`` (which frame
+    and backdrop the labels are of) where more than one picture of it was judged."""
     if result.labels is None:
         return {"path": result.path, "error": result.error}
     score = policy.score(result.labels)
-    return {
+    found = {
         "path": result.path,
         "labels": result.labels,
         "flagged": score > policy.threshold,
@@ -32,6 +33,9 @@ def record(result: FileResult, policy: Policy) -> dict[str, Any]:
         "score": score,
         "threshold": policy.threshold,
     }
+    if result.judged is not None:
+        found["judged"] = result.judged
+    return found
 
 
 class Writer(Protocol):

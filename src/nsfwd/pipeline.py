@@ -19,6 +19,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,13 +27,14 @@ from nsfwd.images import (
     ImageError,
     ImageLimits,
     UnscorableImageError,
-    load_image_file,
+    load_prepared,
     read_image_file,
 )
 from nsfwd.model_types import Labels
 from nsfwd.models import Classifier
 from nsfwd.models.tensor_decode import TensorDecoder, resolve_decode
-from nsfwd.policies import nonfinite_labels
+from nsfwd.policies import Policy, nonfinite_labels
+from nsfwd.viewer import Views, worst
 
 # Folders are searched for these; a file named on the command line is tried whatever its name.
 # Formats nsfwd refuses are listed too, so such files get an error record rather than vanish.
@@ -49,6 +51,9 @@ class FileResult:
     path: str
     labels: Labels | None = None
     error: str | None = None
+    judged: dict[str, Any] | None = None
+    """Which picture the labels are of (:meth:`~nsfwd.viewer.Judgement.details`), when more
+    than one was judged (an animation, or transparency judged over white and black)."""
 
 
 def find_images(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
@@ -66,8 +71,9 @@ def find_images(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
                 yield child
 
 
-Prepared = torch.Tensor | str
-"""A file's prepared pixels, or the reason it cannot be classified."""
+Prepared = Views[torch.Tensor] | str
+"""A file's prepared pictures (each judged frame, over white and black where transparent), or
+the reason it cannot be classified."""
 
 
 @dataclass(frozen=True)
@@ -75,16 +81,15 @@ class _Chunk:
     """Files made ready for one model batch."""
 
     paths: list[Path]
-    errors: list[str | None]
-    """Per file, why it cannot be classified, or None for the files in :attr:`batch`."""
+    prepared: list[Views[torch.Tensor] | str]
+    """Per file, its pictures (in :attr:`batch`), or why it cannot be classified."""
     batch: torch.Tensor | None
-    """The pixels of the files without errors, stacked by :meth:`Classifier.stack`."""
+    """The pictures of the files without errors, stacked by :meth:`Classifier.stack`."""
 
 
 def _chunk(classifier: Classifier, paths: list[Path], prepared: list[Prepared]) -> _Chunk:
-    errors = [item if isinstance(item, str) else None for item in prepared]
-    tensors = [item for item in prepared if isinstance(item, torch.Tensor)]
-    return _Chunk(paths, errors, classifier.stack(tensors) if tensors else None)
+    tensors = [pixels for item in prepared if isinstance(item, Views) for pixels in item.images]
+    return _Chunk(paths, prepared, classifier.stack(tensors) if tensors else None)
 
 
 def _file_error(exc: OSError) -> str:
@@ -96,9 +101,9 @@ def _file_error(exc: OSError) -> str:
 
 
 def _prepare(classifier: Classifier, path: Path, limits: ImageLimits) -> Prepared:
-    """The prepared pixels of ``path`` (the PIL path), or the reason it cannot be classified."""
+    """The prepared pictures of ``path`` (the PIL path), or the reason it cannot be classified."""
     try:
-        return classifier.prepare(load_image_file(path, limits))
+        return load_prepared(read_image_file(path, limits), classifier.prepare, limits)
     except ImageError as exc:
         return str(exc)
     except OSError as exc:
@@ -118,7 +123,7 @@ def _read(path: Path, limits: ImageLimits) -> bytes | str:
 def _decode(decoder: TensorDecoder, reads: list[bytes | str]) -> list[Prepared]:
     """Prepare the files that were read, in one :meth:`TensorDecoder.prepare` call."""
     encoded = [item for item in reads if isinstance(item, bytes)]
-    prepared = iter(decoder.prepare(encoded))
+    prepared = iter(decoder.prepare_views(encoded))
     results: list[Prepared] = []
     for item in reads:
         if isinstance(item, str):
@@ -137,8 +142,13 @@ def classify_files(
     workers: int | None = None,
     limits: ImageLimits | None = None,
     decode: str = "pil",
+    policy: Policy | None = None,
 ) -> Iterator[FileResult]:
     """Yield one result per path, in order, classifying ``batch_size`` images at a time.
+
+    Each image is judged on every picture a viewer may see of it (:mod:`nsfwd.viewer`), and
+    answers with the one ``policy`` (default: moderate) scores worst; the model runs at most
+    ``batch_size`` pictures at once.
 
     Worker threads decode and preprocess the next batches while the current one is on the model
     (Pillow and torch release the GIL), so on a CPU the cores stay busy with inference.
@@ -167,7 +177,7 @@ def classify_files(
         while pending:
             chunk = pending.popleft().result()
             submit_next_chunk()
-            yield from _run_chunk(classifier, chunk)
+            yield from _run_chunk(classifier, chunk, policy or Policy(), batch_size)
 
 
 def _submitter(
@@ -207,19 +217,24 @@ def _submitter(
     return batched
 
 
-def _run_chunk(classifier: Classifier, chunk: _Chunk) -> Iterator[FileResult]:
-    labels = (
-        iter(classifier.to_labels(classifier.predict(chunk.batch)))
-        if chunk.batch is not None
-        else None
-    )
-    for path, error in zip(chunk.paths, chunk.errors, strict=True):
-        if error is not None:
-            yield FileResult(str(path), error=error)
-        else:
-            assert labels is not None
-            scores = next(labels)
-            if bad := nonfinite_labels(scores):  # fail closed: NaN is never flagged
-                yield FileResult(str(path), error=UnscorableImageError.for_labels(bad).message)
-            else:
-                yield FileResult(str(path), labels=scores)
+def _run_chunk(
+    classifier: Classifier, chunk: _Chunk, policy: Policy, batch_size: int
+) -> Iterator[FileResult]:
+    rows: list[Labels] = []
+    if chunk.batch is not None:
+        for start in range(0, len(chunk.batch), batch_size):
+            probs = classifier.predict(chunk.batch[start : start + batch_size])
+            rows += classifier.to_labels(probs)
+    found = iter(rows)
+    for path, prepared in zip(chunk.paths, chunk.prepared, strict=True):
+        if isinstance(prepared, str):
+            yield FileResult(str(path), error=prepared)
+            continue
+        labels = [next(found) for _ in prepared.views]
+        bad = sorted({label for row in labels for label in nonfinite_labels(row)})
+        if bad:  # fail closed: NaN is never flagged
+            yield FileResult(str(path), error=UnscorableImageError.for_labels(bad).message)
+            continue
+        judgement = worst(prepared, labels, policy.score)
+        judged = judgement.details() if judgement.chosen else None
+        yield FileResult(str(path), labels=judgement.labels, judged=judged)

@@ -8,8 +8,10 @@ and answers with the labels, or raises the very error the local engine would hav
 caller that gives up cancels its request in the inference process too, so the batcher drops it.
 
 Frames, both ways: two big-endian uint32 (header length, body length), a JSON header, a body.
-Requests: ``{"op": "classify", "id": n}`` with the image as body, ``{"op": "cancel", "id": n}``.
-Answers: ``{"id": n, "labels": {...}}`` or ``{"id": n, "error": kind, ...}``.
+Requests: ``{"op": "classify", "id": n}`` with the image as body (``"policy": [name,
+threshold]`` optional: whose worst picture answers), ``{"op": "cancel", "id": n}``.
+Answers: ``{"id": n, "labels": {...}, "judged": {...}}`` (``judged``:
+:meth:`~nsfwd.viewer.Judgement.details`) or ``{"id": n, "error": kind, ...}``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from nsfwd.engine_protocol import EngineClosedError, QueueFullError
 from nsfwd.images import ImageError, ImageLimits
 from nsfwd.metrics import Metrics
 from nsfwd.model_types import Labels
+from nsfwd.policies import Policy
+from nsfwd.viewer import Judgement
 
 if TYPE_CHECKING:
     from nsfwd.engine import Engine  # torch: only the inference process holds one
@@ -96,7 +100,8 @@ class InferenceServer:
                     if (task := tasks.get(request_id)) is not None:
                         task.cancel()
                     continue
-                task = asyncio.create_task(self._classify(request_id, body, writer))
+                policy = _policy(header.get("policy"))
+                task = asyncio.create_task(self._classify(request_id, body, policy, writer))
                 tasks[request_id] = task
                 task.add_done_callback(partial(_forget, tasks, request_id))
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -109,10 +114,13 @@ class InferenceServer:
             self._connections.discard(writer)
             writer.close()
 
-    async def _classify(self, request_id: int, data: bytes, writer: asyncio.StreamWriter) -> None:
+    async def _classify(
+        self, request_id: int, data: bytes, policy: Policy | None, writer: asyncio.StreamWriter
+    ) -> None:
         answer: dict[str, Any] = {"id": request_id}
         try:
-            answer["labels"] = await self.engine.classify(data)
+            judgement = await self.engine.judge(data, policy)
+            answer.update(labels=judgement.labels, judged=judgement.details())
         except ImageError as exc:
             answer.update(error="image", type=type(exc).__name__, message=exc.message)
         except QueueFullError as exc:
@@ -126,6 +134,17 @@ class InferenceServer:
             writer.write(_frame(answer))
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
+
+
+def _policy(value: Any) -> Policy | None:
+    """The policy a request names as ``[name, threshold]``, or None."""
+    if value is None:
+        return None
+    try:
+        name, threshold = value
+        return Policy(name, float(threshold))
+    except TypeError as exc:  # a malformed frame, refused like any other
+        raise ValueError(f"bad policy {value!r}") from exc
 
 
 def _forget(tasks: dict[int, asyncio.Task[None]], request_id: int, _: object) -> None:
@@ -171,7 +190,7 @@ class RemoteEngine:
         self.connect_timeout_s = connect_timeout_s
         self.ready = False
         self._ids = itertools.count()
-        self._pending: dict[int, asyncio.Future[Labels]] = {}
+        self._pending: dict[int, asyncio.Future[Judgement]] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
 
@@ -209,14 +228,22 @@ class RemoteEngine:
         Raises what :meth:`Engine.classify` raises: :class:`~nsfwd.images.ImageError`,
         :class:`QueueFullError`, :class:`EngineClosedError`.
         """
+        return (await self.judge(data)).labels
+
+    async def judge(self, data: bytes, policy: Policy | None = None) -> Judgement:
+        """:meth:`Engine.judge`, computed by the inference process; raises what
+        :meth:`classify` raises."""
         writer = self._writer
         if not self.ready or writer is None:
             raise EngineClosedError("the model is not loaded yet")
         request_id = next(self._ids)
-        future: asyncio.Future[Labels] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Judgement] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
+        request: dict[str, Any] = {"op": "classify", "id": request_id}
+        if policy is not None:
+            request["policy"] = [policy.name, policy.threshold]
         try:
-            writer.write(_frame({"op": "classify", "id": request_id}, data))
+            writer.write(_frame(request, data))
             await writer.drain()
             return await future
         except asyncio.CancelledError:
@@ -236,7 +263,13 @@ class RemoteEngine:
                 if future is None or future.done():
                     continue  # cancelled meanwhile
                 if "labels" in answer:
-                    future.set_result(answer["labels"])
+                    judged = answer.get("judged")
+                    labels = answer["labels"]
+                    future.set_result(
+                        Judgement(labels)
+                        if judged is None
+                        else Judgement.from_details(labels, judged)
+                    )
                 else:
                     future.set_exception(_error(answer))
         except (asyncio.IncompleteReadError, ConnectionError, ValueError, KeyError) as exc:

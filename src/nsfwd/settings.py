@@ -315,6 +315,8 @@ class Settings(BaseSettings):
             min_side=self.min_image_side,
             max_side=self.max_image_side,
             max_pixels=self.max_image_side * self.max_image_side,
+            # an animation may decode as many pixels as 32 stills of the largest size
+            max_animation_pixels=32 * self.max_image_side * self.max_image_side,
         )
 
     @property

@@ -99,6 +99,8 @@ def document(prediction: Prediction) -> dict[str, Any]:
         "metrics": {"predict_time": prediction.predict_time},
         "labels": prediction.labels,
     }
+    if prediction.judged is not None:
+        doc["judged"] = prediction.judged  # which frame and backdrop the labels are of
     if status == "error":
         doc["message"] = prediction.error or "the prediction failed"
         doc["details"] = "prediction_failed"

@@ -235,7 +235,7 @@ class Moderations:
                     headers={"Retry-After": str(exc.retry_after)},
                 ) from None
             await self.rate_limiter.count(caller.ref, caller.limits)
-        labels = await asyncio.gather(*(self._judge(engine, each) for each in inputs))
+        labels = await asyncio.gather(*(self._judge(engine, each, policy) for each in inputs))
         try:
             scores = [policy.score(each) for each in labels]
         except ValueError as exc:  # labels no policy scores, or scores that are NaN
@@ -261,7 +261,9 @@ class Moderations:
         server = self.settings.verdict_policy
         return server if caller is None else server.overridden(caller.policy, caller.threshold)
 
-    async def _judge(self, engine: ClassifyEngine, image: ImageInput) -> Labels:
+    async def _judge(self, engine: ClassifyEngine, image: ImageInput, policy: Policy) -> Labels:
+        """The labels of the worst picture of ``image`` under ``policy`` (every frame of an
+        animation, a transparent image over black and over white)."""
         data = await self._image(image)
         if not engine.ready:
             raise OpenAIError(
@@ -270,7 +272,7 @@ class Moderations:
                 headers={"Retry-After": "5"},
             )
         try:
-            return await engine.classify(data)
+            return (await engine.judge(data, policy)).labels
         except ImageError as exc:
             raise _invalid(f"{image.shown}: {exc.message}", code="invalid_image") from None
         except QueueFullError as exc:

@@ -45,9 +45,10 @@ from nsfwd.api.prodia_job import (
 )
 from nsfwd.engine_protocol import ClassifyEngine, EngineClosedError, QueueFullError
 from nsfwd.images import ImageError
-from nsfwd.model_types import Labels, not_loaded_hint
+from nsfwd.model_types import not_loaded_hint
 from nsfwd.served_models import ServedModels, UnknownModelError
 from nsfwd.settings import Settings
+from nsfwd.viewer import Judgement
 
 log = logging.getLogger(__name__)
 
@@ -156,12 +157,15 @@ class ProdiaJobs:
             return self._completed(job, multipart)
         engine = self._check_model(job)
         image = self._single_input(parts)
-        labels = await self._classify(request, engine, image)
+        judgement = await self._judge(request, engine, image)
+        labels = judgement.labels
         outputs = [
             Part("output", json_bytes(labels), "labels.json", JSON_TYPE),
             passthrough(image),
         ]
-        return self._completed(job, multipart, labels, outputs if job.type == IMG2LABEL_V2 else [])
+        return self._completed(
+            job, multipart, judgement, outputs if job.type == IMG2LABEL_V2 else []
+        )
 
     def _read_job(self, parts: Sequence[Part], job: Job) -> None:
         """Parse the ``job`` part into ``job`` (type and config), or raise saying what is wrong."""
@@ -232,14 +236,15 @@ class ProdiaJobs:
             )
         return inputs[0]
 
-    async def _classify(self, request: Request, engine: ClassifyEngine, image: Part) -> Labels:
-        """``engine``'s labels for ``image``, unless the client goes away first."""
+    async def _judge(self, request: Request, engine: ClassifyEngine, image: Part) -> Judgement:
+        """``engine``'s judgement of ``image`` (the worst picture under the moderate policy;
+        Prodia's jobs name none), unless the client goes away first."""
         if not engine.ready:
             raise UnavailableError(
                 "the model is not ready (loading, or the server is stopping); retry in a moment"
             )
         try:
-            return await _unless_disconnected(engine.classify(image.data), request.receive)
+            return await _unless_disconnected(engine.judge(image.data), request.receive)
         except ImageError as exc:
             raise image_refusal(image, exc) from None
         except QueueFullError as exc:
@@ -251,10 +256,12 @@ class ProdiaJobs:
         self,
         job: Job,
         multipart: bool,
-        labels: Labels | None = None,
+        judgement: Judgement | None = None,
         outputs: Sequence[Part] = (),
     ) -> Response:
-        document = json_bytes(job.document("completed", labels=labels))
+        labels = None if judgement is None else judgement.labels
+        judged = None if judgement is None or not judgement.chosen else judgement.details()
+        document = json_bytes(job.document("completed", labels=labels, judged=judged))
         return job_response(document, multipart=multipart, outputs=outputs)
 
     def _failed(self, request: Request, job: Job, exc: ApiError) -> Response:
@@ -263,12 +270,12 @@ class ProdiaJobs:
         return failed_response(accept, job, exc, multipart_by_default=job.type == IMG2LABEL_V2)
 
 
-async def _unless_disconnected(work: Any, receive: Receive) -> Labels:
+async def _unless_disconnected(work: Any, receive: Receive) -> Judgement:
     """Await ``work``; if the client disconnects first, cancel it and raise ClientGoneError.
 
     Cancelling the engine call marks its queued image done, so the batcher skips it.
     """
-    task: asyncio.Task[Labels] = asyncio.ensure_future(work)
+    task: asyncio.Task[Judgement] = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnect(receive))
     try:
         await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)

@@ -66,6 +66,8 @@ def document(prediction: Prediction, now: datetime | None = None) -> dict[str, A
     }
     if prediction.labels is not None:
         doc["config"]["labels"] = prediction.labels
+    if prediction.judged is not None:
+        doc["config"]["judged"] = prediction.judged
     end = prediction.finished_at or now or datetime.now(UTC)
     doc["metrics"] = {"elapsed": max((end - prediction.created_at).total_seconds(), 1e-6)}
     if prediction.status == "failed":

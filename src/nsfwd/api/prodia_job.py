@@ -99,9 +99,16 @@ class Job:
         self.started = time.perf_counter()
 
     def document(
-        self, state: str, *, labels: Labels | None = None, error: str | None = None
+        self,
+        state: str,
+        *,
+        labels: Labels | None = None,
+        error: str | None = None,
+        judged: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """The job as JSON: ``state.current`` ``state``, with ``labels`` or an ``error``."""
+        """The job as JSON: ``state.current`` ``state``, with ``labels`` or an ``error``;
+        ``judged`` (:meth:`~nsfwd.viewer.Judgement.details`: which frame and backdrop the
+        labels are of) goes in ``config.judged`` beside the labels."""
         doc: dict[str, Any] = {} if self.type is None else {"type": self.type}
         doc |= {
             "id": self.id,
@@ -113,6 +120,8 @@ class Job:
             doc["config"] = dict(self.config or {})
             if labels is not None:
                 doc["config"]["labels"] = labels
+            if judged is not None:
+                doc["config"]["judged"] = judged
         doc["metrics"] = {"elapsed": max(time.perf_counter() - self.started, 1e-6)}
         if error is not None:
             doc["error"] = error

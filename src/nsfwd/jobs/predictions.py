@@ -296,8 +296,10 @@ class Predictions:
         output: str | None = None,
         error: str | None = None,
         predict_time: float | None = None,
+        judged: Mapping[str, Any] | None = None,
     ) -> Prediction | None:
-        """Record the outcome: ``labels`` (and ``output``) on success, or an ``error``.
+        """Record the outcome: ``labels`` (and ``output``, and ``judged``: which picture they
+        are of) on success, or an ``error``.
 
         Only while ``owner`` still holds the prediction; returns the finished prediction, or
         ``None`` when the lease was lost (the outcome is then discarded). Enqueues the webhook
@@ -311,6 +313,7 @@ class Predictions:
             "output": output,
             "error": error,
             "predict_time": predict_time,
+            "judged": dict(judged) if judged is not None else None,
             "lease_owner": None,
             "lease_expires_at": None,
         }

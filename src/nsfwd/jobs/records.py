@@ -78,6 +78,9 @@ class Prediction:
     ``output``)."""
     threshold: float | None = None
     """The threshold of the key that created it (``None``: the server's)."""
+    judged: dict[str, Any] | None = None
+    """Which picture the labels are of (:meth:`nsfwd.viewer.Judgement.details`), where more
+    than one was judged (an animation, or transparency over white and black)."""
 
     @property
     def finished(self) -> bool:

@@ -93,6 +93,7 @@ predictions = Table(
     Column("expires_at", UtcDateTime, nullable=True),
     Column("policy", String(16), nullable=True),
     Column("threshold", Float, nullable=True),
+    Column("judged", JSON, nullable=True),
     CheckConstraint("protocol IN ('eachlabs', 'prodia')", name="protocol"),
     CheckConstraint("status IN ('queued', 'processing', 'succeeded', 'failed')", name="status"),
     Index(None, "status", "created_at"),

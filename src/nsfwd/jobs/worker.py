@@ -9,7 +9,7 @@ import contextlib
 import logging
 import math
 import time
-from typing import Final
+from typing import Any, Final
 
 from nsfwd.engine_protocol import ClassifyEngine, EngineClosedError, QueueFullError
 from nsfwd.fetch import FetchError, FetchPolicy, fetch
@@ -20,6 +20,7 @@ from nsfwd.jobs.store import Store
 from nsfwd.model_types import EACHLABS_MODEL_SLUG, Labels
 from nsfwd.policies import Policy
 from nsfwd.served_models import ServedModels, UnknownModelError
+from nsfwd.viewer import Judgement
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +149,14 @@ class Worker:
                         prediction.id, prediction.attempts)  # fmt: skip
         started = time.perf_counter()
         labels: Labels | None = None
+        judged: dict[str, Any] | None = None
         error: str | None = None
         try:
             data = await self._image(prediction)
             started = time.perf_counter()  # predict_time: decoding and inference, not the fetch
-            labels = await self._classify(prediction, data)
+            judgement = await self._judge(prediction, data)
+            labels = judgement.labels
+            judged = judgement.details() if judgement.chosen else None
         except InputError as exc:
             error = exc.message
         except EngineClosedError:
@@ -174,6 +178,7 @@ class Worker:
             output=None if labels is None else verdict(labels, self._policy(prediction)),
             error=error,
             predict_time=elapsed if labels is not None else None,
+            judged=judged,
         )
         if finished is None:
             log.warning("prediction %s: lease lost before finishing; result dropped",
@@ -202,13 +207,13 @@ class Worker:
         except FetchError as exc:
             raise InputError(exc.message) from None
 
-    async def _classify(self, prediction: Prediction, data: bytes) -> Labels:
-        """The labels of the prediction's model; waits while its engine is full (it is shared
-        with live traffic)."""
+    async def _judge(self, prediction: Prediction, data: bytes) -> Judgement:
+        """The judgement of the prediction's model (the worst picture under the prediction's
+        policy); waits while its engine is full (it is shared with live traffic)."""
         engine = self._engine(prediction)
         while True:
             try:
-                return await engine.classify(data)
+                return await engine.judge(data, self._policy(prediction))
             except QueueFullError as exc:
                 await asyncio.sleep(min(exc.retry_after, self.lease_s / 3))
             except ImageError as exc:

@@ -24,10 +24,12 @@ from nsfwd.images import (
     ImageHeader,
     ImageLimits,
     load_image,
+    load_prepared,
     read_header,
 )
 from nsfwd.models.checkpoint import Prepare
 from nsfwd.models.classifier import Classifier
+from nsfwd.viewer import Views
 
 __all__ = [
     "DECODE_MODES",
@@ -214,6 +216,9 @@ def hide_app1(data: bytes) -> bytearray | None:
 
 Prepared = torch.Tensor | ImageError
 """A prepared image (uint8 CHW on the classifier's device), or why there is none."""
+PreparedViews = Views[torch.Tensor] | ImageError
+"""An image's prepared pictures (:mod:`nsfwd.viewer`: every judged frame, over white and black
+where transparent), or why there are none."""
 
 
 class TensorDecoder:
@@ -254,19 +259,32 @@ class TensorDecoder:
         model runs the one before on the default stream; the call returns once its pixels are
         ready, and they are marked as used by the default stream, where they are stacked and read.
         """
+        return [
+            result if isinstance(result, ImageError) else result.images[0]
+            for result in self.prepare_views(encoded, first_only=True)
+        ]
+
+    def prepare_views(
+        self, encoded: Sequence[bytes], *, first_only: bool = False
+    ) -> list[PreparedViews]:
+        """What :meth:`prepare` does, for every picture a viewer may see of each image (see
+        :func:`nsfwd.images.load_views`): a JPEG taken by TorchCodec is one picture; the rest
+        (animations, transparency, colour profiles) go the PIL way. ``first_only``: the first
+        frame over white alone, as :meth:`prepare` gives."""
         if self._stream is None:
-            return self._prepare(encoded)
+            return self._prepare(encoded, first_only)
         with torch.cuda.stream(self._stream):
-            results = self._prepare(encoded)
+            results = self._prepare(encoded, first_only)
         consumer = torch.cuda.default_stream(self.device)
         for result in results:
-            if isinstance(result, torch.Tensor):
-                result.record_stream(consumer)
+            if not isinstance(result, ImageError):
+                for pixels in result.images:
+                    pixels.record_stream(consumer)
         self._stream.synchronize()
         return results
 
-    def _prepare(self, encoded: Sequence[bytes]) -> list[Prepared]:
-        results: list[Prepared | None] = [None] * len(encoded)
+    def _prepare(self, encoded: Sequence[bytes], first_only: bool) -> list[PreparedViews]:
+        results: list[PreparedViews | None] = [None] * len(encoded)
         headers: dict[int, ImageHeader] = {}
         buffers: list[bytearray] = []
         for index, data in enumerate(encoded):
@@ -275,7 +293,11 @@ class TensorDecoder:
             except ImageError as exc:
                 results[index] = exc
                 continue
-            if header.format == "JPEG" and header.mode in _TENSOR_MODES:
+            if (
+                header.format == "JPEG"
+                and header.mode in _TENSOR_MODES
+                and not header.colour_managed  # TorchCodec ignores ICC profiles
+            ):
                 buffer = hide_app1(data)
                 if buffer is not None:
                     headers[index] = header
@@ -283,9 +305,9 @@ class TensorDecoder:
         decoded = self._decode(buffers)
         for (index, header), pixels in zip(headers.items(), decoded, strict=True):
             if pixels is not None and tuple(pixels.shape[-2:]) == (header.height, header.width):
-                results[index] = self._geometry(orient(pixels, header.orientation))
+                results[index] = Views.single(self._geometry(orient(pixels, header.orientation)))
         return [
-            self._pil(data) if result is None else result
+            self._pil(data, first_only) if result is None else result
             for data, result in zip(encoded, results, strict=True)
         ]
 
@@ -343,10 +365,14 @@ class TensorDecoder:
         cropped: torch.Tensor = F.center_crop(resized, geometry.crop)
         return cropped
 
-    def _pil(self, data: bytes) -> Prepared:
-        """The PIL path for one image: its prepared pixels, or the error that refuses it."""
+    def _pil(self, data: bytes, first_only: bool) -> PreparedViews:
+        """The PIL path for one image: its prepared pictures, or the error that refuses it."""
         try:
-            image = load_image(data, self.limits)
+            if first_only:
+                return Views.single(self._to_device(load_image(data, self.limits)))
+            return load_prepared(data, self._to_device, self.limits)
         except ImageError as exc:
             return exc
+
+    def _to_device(self, image: Image.Image) -> torch.Tensor:
         return self.classifier.prepare(image).to(self.device)

@@ -178,6 +178,9 @@ def _connect(ray: Any, options: RayServeOptions) -> bool:
     """Connect to Ray; True when this started the instance (and must stop it)."""
     address = options.address
     if address is None or address == "local":
+        from nsfwd.distributed.serve_proxy import CALLBACK
+
+        os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", CALLBACK)
         cpus = max(os.cpu_count() or 1, options.scale.most + 1)  # every replica placed
         ray.init(address="local", num_cpus=cpus, include_dashboard=False)
         return True

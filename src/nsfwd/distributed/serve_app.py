@@ -24,12 +24,13 @@ from ray import serve
 from nsfwd.api import create_app
 from nsfwd.distributed.ray_serve import Scale
 from nsfwd.distributed.serve_engine import ServeEngine
+from nsfwd.distributed.serve_proxy import without_request_id_header
 from nsfwd.images import ImageError, load_image
 from nsfwd.jobs import Store
 from nsfwd.settings import Settings
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
+    from starlette.types import ASGIApp
 
 APP_NAME = "nsfwd"
 INGRESS = "nsfwd-ingress"
@@ -133,7 +134,7 @@ class Ingress:
         self.settings = settings
         self.max_batch_size = max_batch_size
 
-    def __serve_build_asgi_app__(self) -> FastAPI:
+    def __serve_build_asgi_app__(self) -> ASGIApp:
         settings = self.settings
         engine = ServeEngine(
             self.models[0],  # one model today; the list carries one handle per served model
@@ -143,7 +144,8 @@ class Ingress:
             max_queue=settings.max_queue,
             max_batch_size=self.max_batch_size,
         )
-        return create_app(engine, settings, Store.from_settings(settings))
+        app = create_app(engine, settings, Store.from_settings(settings))
+        return without_request_id_header(app)  # Serve's proxy sets it
 
 
 def build_application(

@@ -20,6 +20,8 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -80,6 +82,7 @@ TEST_SECONDS = 180
 """No test here may run longer: a stuck deployment fails the test rather than the suite."""
 START_SECONDS = 240
 """Ray, Serve, three replicas: on two busy cores this takes a while."""
+START_FAILURES: list[BaseException] = []
 
 
 @pytest.fixture(autouse=True)
@@ -144,6 +147,8 @@ def served(
     last test stops it)."""
     from postgres import fresh_database
 
+    if START_FAILURES:  # pytest sets a failed fixture up again for every test: once is enough
+        pytest.fail(f"the server did not start: {START_FAILURES[0]}", pytrace=False)
     folder = tmp_path_factory.mktemp("ray-serve")
     with fresh_database(postgres_url) as database:
         env = {
@@ -161,22 +166,34 @@ def served(
             "NSFWD_WEBHOOK_RETRY_DELAYS": "0.2,0.2",
             "RAY_DEDUP_LOGS": "0",
         }
-        with nsfwd_serve(
-            timm_checkpoint,
-            folder,
-            folder / "serve.log",
-            "--ray",
-            "--replicas",
-            "2",
-            env=env,
-            start_timeout=START_SECONDS,
-        ) as server:
+        with (
+            _failures_kept(),
+            nsfwd_serve(
+                timm_checkpoint,
+                folder,
+                folder / "serve.log",
+                "--ray",
+                "--replicas",
+                "2",
+                env=env,
+                start_timeout=START_SECONDS,
+            ) as server,
+        ):
             wait_for(
                 lambda: "nsfwd-model HEALTHY (2 running)" in health(server.url),
                 60,
                 "both model replicas",
             )
             yield server
+
+
+@contextmanager
+def _failures_kept() -> Iterator[None]:
+    try:
+        yield
+    except BaseException as exc:
+        START_FAILURES.append(exc)
+        raise
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +241,7 @@ def test_eachlabs_with_webhooks_on_postgresql(served: Served, host: tuple[str, H
         assert list(done["labels"]) == ["neutral", "low", "medium", "high"]
     assert poll(served.url, bad, timeout=60)["status"] == "error"
     for i, prediction_id in enumerate(ids):
-        hits = wait_for(lambda i=i: receiver.received(f"serve{i}"), 30, "the webhook")
+        hits = wait_for(partial(receiver.received, f"serve{i}"), 30, "the webhook")
         assert verified(hits[0]) == {
             "exec_id": prediction_id,
             "status": "succeeded",

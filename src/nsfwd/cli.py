@@ -213,19 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--image-size", default="1024x768", help="WxH of the JPEGs")
     bench.add_argument("--concurrency", type=int, default=32, help="server suite clients")
     bench.add_argument("--requests", type=int, default=64, help="server suite requests")
-    bench.add_argument(
-        "--http-workers",
-        type=_positive,
-        default=1,
-        help="server suite: HTTP worker processes in front of the inference process",
-    )
-    bench.add_argument(
-        "--load-processes",
-        type=_positive,
-        help="server suite: processes the concurrent clients run in (default: one per 16 "
-        "clients, at most a quarter of the cores); one Python process cannot post much over "
-        "a few hundred uploads a second",
-    )
+    _add_bench_server_options(bench)
     bench.add_argument(
         "--compare-reference", action="store_true", help="also run Freepik's package"
     )
@@ -369,6 +357,29 @@ def _add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     listing.add_argument("--json", action="store_true", help="print a JSON array")
     revoke = action.add_parser("revoke", help="revoke a key; it stops working at once")
     revoke.add_argument("key", metavar="ID_OR_PREFIX", help="the key's id or prefix, from `list`")
+
+
+def _add_bench_server_options(bench: argparse.ArgumentParser) -> None:
+    """How the server suite runs its server and its clients."""
+    bench.add_argument(
+        "--http-workers",
+        type=_positive,
+        default=1,
+        help="server suite: HTTP worker processes in front of the inference process",
+    )
+    bench.add_argument(
+        "--load-processes",
+        type=_positive,
+        help="server suite: processes the concurrent clients run in (default: one per 16 "
+        "clients, at most a quarter of the cores); one Python process cannot post much over "
+        "a few hundred uploads a second",
+    )
+    bench.add_argument(
+        "--ray-replicas",
+        type=_positive,
+        help="server suite: serve through Ray Serve (`nsfwd serve --ray --replicas N`, a local "
+        "Ray instance) instead of uvicorn alone",
+    )
 
 
 def _add_scale_options(serve: argparse.ArgumentParser) -> None:
@@ -725,6 +736,7 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
         requests=args.requests,
         http_workers=args.http_workers,
         load_processes=args.load_processes,
+        ray_replicas=args.ray_replicas,
         compare_reference=args.compare_reference,
         reference_dtypes=(
             None

@@ -101,6 +101,22 @@ def time_limit() -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+THROUGH_THE_PROXY = {
+    "test_an_oversized_content_length_is_refused_before_the_body[True]": "Serve's proxy reads "
+    "the body to stream it to the ingress, so a client that sent `Expect: 100-continue` gets "
+    "100 Continue before the 400 (which still comes at once)",
+}
+"""Imported tests whose one case Serve's HTTP proxy answers differently, and why."""
+
+
+@pytest.fixture(autouse=True)
+def differences(request: pytest.FixtureRequest) -> None:
+    """Imported cases that cannot hold behind Serve's proxy are expected to fail, saying why."""
+    reason = THROUGH_THE_PROXY.get(request.node.name)
+    if reason is not None:
+        pytest.xfail(reason)
+
+
 def ray_processes(folder: Path) -> dict[int, str]:
     """The processes of the Ray instance whose temp folder is ``folder`` (they all carry it in
     their environment): pid -> command line."""

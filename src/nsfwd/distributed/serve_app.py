@@ -126,23 +126,19 @@ class Ingress:
     opens the store and runs the background job worker and webhook sender in each replica,
     which share the work through the store as separate servers do."""
 
-    def __init__(
-        self, models: list[Any], deployments: list[str], settings: Settings, max_batch_size: int
-    ) -> None:
+    def __init__(self, models: list[Any], deployments: list[str], settings: Settings) -> None:
         self.models = models
         self.deployments = deployments
         self.settings = settings
-        self.max_batch_size = max_batch_size
 
-    def __serve_build_asgi_app__(self) -> ASGIApp:
+    async def __serve_build_asgi_app__(self) -> ASGIApp:
         settings = self.settings
-        engine = ServeEngine(
+        engine = await ServeEngine.connect(
             self.models[0],  # one model today; the list carries one handle per served model
             app_name=APP_NAME,
             deployment=self.deployments[0],
             limits=settings.image_limits,
             max_queue=settings.max_queue,
-            max_batch_size=self.max_batch_size,
         )
         app = create_app(engine, settings, Store.from_settings(settings))
         return without_request_id_header(app)  # Serve's proxy sets it
@@ -185,4 +181,4 @@ def build_application(
         ray_actor_options={"num_cpus": 0.25},
         graceful_shutdown_timeout_s=DRAIN_TIMEOUT_S,
     )
-    return ingress.bind(models, [spec.deployment for spec in specs], settings, batch)
+    return ingress.bind(models, [spec.deployment for spec in specs], settings)

@@ -41,31 +41,40 @@ class ServeEngine:
     def __init__(
         self,
         handle: Any,
+        info: dict[str, Any],
         *,
         app_name: str,
         deployment: str,
         limits: ImageLimits,
         max_queue: int,
-        max_batch_size: int,
         metrics: Metrics | None = None,
     ) -> None:
+        """An engine over ``handle``, whose replicas answered ``info`` (see :meth:`connect`)."""
         self.handle = handle
         self.app_name = app_name
         self.deployment = deployment
         self.limits = limits
         self.max_queue = max_queue
-        self.max_batch_size = max_batch_size  # the deployment's own, once start() asks it
+        self.max_batch_size = int(info["max_batch_size"])
         self.metrics = metrics or Metrics()
         self.ready = False
         """Started, and at least one model replica running (as of the last status read)."""
         self._started = False
-        self._name = ""
-        self._info: dict[str, str] = {}
+        self._name = str(info["name"])
+        self._info = {key: str(info[key]) for key in ("device", "dtype", "dtype_reason")}
+        self.metrics.show_model(self._info)
         self._deployments = "unknown"
         self._running = 0
         self._in_flight = 0
         self._call_seconds = 1.0  # refined after every call; feeds Retry-After
         self._status_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def connect(cls, handle: Any, **options: Any) -> ServeEngine:
+        """Ask the model deployment what it runs (waiting for a replica to be up), and build
+        the engine over it: the routes need the model's name before they exist."""
+        info: dict[str, Any] = await handle.info.remote()
+        return cls(handle, info, **options)
 
     @property
     def model_name(self) -> str:
@@ -79,14 +88,9 @@ class ServeEngine:
         return {**self._info, "deployments": self._deployments}
 
     async def start(self) -> None:
-        """Ask the model deployment what it runs (waiting for a replica), then watch its state."""
-        info = await self.handle.info.remote()
-        self._name = str(info["name"])
-        self._info = {key: str(info[key]) for key in ("device", "dtype", "dtype_reason")}
-        self.max_batch_size = int(info["max_batch_size"])
-        self.metrics.show_model(self._info)
+        """Read the deployments' state, and keep reading it."""
         self._started = True
-        self._running = 1  # the replica that just answered
+        self._running = 1  # the replica that answered connect()
         self.ready = True
         await self._read_status()
         self._status_task = asyncio.create_task(self._watch_status(), name="nsfwd-serve-status")

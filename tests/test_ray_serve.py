@@ -106,7 +106,13 @@ THROUGH_THE_PROXY = {
     "the body to stream it to the ingress, so a client that sent `Expect: 100-continue` gets "
     "100 Continue before the 400 (which still comes at once)",
 }
-"""Imported tests whose one case Serve's HTTP proxy answers differently, and why."""
+"""Imported cases that Serve's HTTP proxy answers differently, and why."""
+SLOWER_THROUGH_THE_PROXY = {
+    "test_a_chunked_body_is_refused_while_it_streams[padding-and still coming]": "the proxy "
+    "streams the body ahead of the ingress, so on a loaded machine the refusal may reach the "
+    "client after more than the test's 64 MB",
+}
+"""Imported cases that may fail behind the proxy on a busy machine, and why."""
 
 
 @pytest.fixture(autouse=True)
@@ -115,6 +121,9 @@ def differences(request: pytest.FixtureRequest) -> None:
     reason = THROUGH_THE_PROXY.get(request.node.name)
     if reason is not None:
         pytest.xfail(reason)
+    reason = SLOWER_THROUGH_THE_PROXY.get(request.node.name)
+    if reason is not None:
+        request.node.add_marker(pytest.mark.xfail(reason=reason, strict=False))
 
 
 def ray_processes(folder: Path) -> dict[int, str]:

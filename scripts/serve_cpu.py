@@ -1,0 +1,148 @@
+"""CPU time per request of each process of `nsfwd serve --ray`: Serve's proxy, the ingress
+replica (nsfwd's HTTP app) and the model replicas, under load from `nsfwd.loadgen`.
+
+    PYTHONPATH=src python scripts/serve_cpu.py --requests 384 --concurrency 16
+
+Writes a tiny random-weight EVA-02 and ~290 KB JPEGs into a scratch folder, starts the server
+on a local Ray instance of its own (private temp folder and HOME), waits for every replica,
+reads /proc/PID/stat of each Ray process around the load, stops the server with SIGTERM and
+prints one JSON line: requests/s and CPU milliseconds per request by process kind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+KINDS = {
+    "ray::ProxyActor": "proxy",
+    "ray::ServeReplica:nsfwd:nsfwd-ingress": "ingress",
+    "ray::ServeReplica:nsfwd:nsfwd-model": "model",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def photo_jpegs(count: int) -> list[bytes]:
+    """Noisy 1024x768 JPEGs (about the bench's size)."""
+    bodies = []
+    for i in range(count):
+        image = Image.effect_noise((1024, 768), 40 + i).convert("RGB")
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=90)
+        bodies.append(buffer.getvalue())
+    return bodies
+
+
+def processes(marker: bytes) -> dict[int, str]:
+    """Ray processes carrying ``marker`` in their environment: pid -> kind."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        for prefix, kind in KINDS.items():
+            if line.startswith(prefix):
+                found[int(entry.name)] = kind
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=384)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+
+    from nsfwd.loadgen import run_load
+    from nsfwd.models.synthetic import write_timm_checkpoint
+
+    scratch = Path(tempfile.mkdtemp(prefix="nsfwd-servecpu-", dir="/tmp"))
+    (scratch / "home").mkdir()
+    model = write_timm_checkpoint(scratch / "model")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "HOME": str(scratch / "home"),
+        "RAY_TMPDIR": str(scratch),
+        "NSFWD_DATA_DIR": str(scratch / "data"),
+        "NSFWD_API_KEYS": "",
+        "NSFWD_MAX_BATCH_SIZE": str(args.batch_size),
+        "NSFWD_MAX_QUEUE": str(max(64, 2 * args.concurrency)),
+    }
+    command = [sys.executable, "-m", "nsfwd", "serve", "--model", str(model), "--device", "cpu",
+               "--port", str(port), "--ray", "--replicas", str(args.replicas)]  # fmt: skip
+    log = (scratch / "serve.log").open("wb")
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
+    try:
+        ready = f"nsfwd-model HEALTHY ({args.replicas} running)"
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError((scratch / "serve.log").read_text()[-3000:])
+            try:
+                if ready in httpx.get(f"{url}/healthz", timeout=5).text:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(1)
+        bodies = photo_jpegs(16)
+        run_load(url, bodies, 1, 8)  # warm every path
+        pids = processes(f"RAY_TMPDIR={scratch}".encode())
+        before = {pid: cpu_seconds(pid) for pid in pids}
+        result = run_load(url, bodies, args.concurrency, args.requests)
+        per_kind: dict[str, float] = {}
+        for pid, kind in pids.items():
+            per_kind[kind] = per_kind.get(kind, 0.0) + cpu_seconds(pid) - before[pid]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=120)
+    print(
+        json.dumps(
+            {
+                "replicas": args.replicas,
+                "requests": args.requests,
+                "concurrency": args.concurrency,
+                "jpeg_kb": round(sum(map(len, bodies)) / len(bodies) / 1024),
+                "requests_per_s": round(result["requests_per_s"], 2),
+                "p50_ms": round(result["p50_ms"], 1),
+                "statuses": result["statuses"],
+                "cpu_ms_per_request": {
+                    kind: round(1000 * seconds / args.requests, 2)
+                    for kind, seconds in sorted(per_kind.items())
+                },
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -49,7 +49,7 @@ class Scale:
     @property
     def most(self) -> int:
         """The most model replicas this scale may run."""
-        return self.max_replicas if self.replicas is None else self.replicas  # type: ignore[return-value]
+        return self.replicas if self.replicas is not None else self.max_replicas or 1
 
     def options(self, target_ongoing: int) -> dict[str, Any]:
         """Serve's deployment options for this scale; autoscaling keeps about
@@ -97,7 +97,7 @@ def run_on_ray(settings: Settings, options: RayServeOptions) -> int:
     owns_ray = False
     deployed = False
     try:
-        owns_ray = _connect(ray, options)
+        owns_ray = _connect(ray, options, settings.http_workers)
         signal.signal(signal.SIGTERM, handler)  # ray.init put its own in place
         refusal = _store_refusal(settings, alive_nodes(ray))
         if refusal:
@@ -174,14 +174,15 @@ def _portable(settings: Settings) -> Settings:
     return settings.model_copy(update=update)
 
 
-def _connect(ray: Any, options: RayServeOptions) -> bool:
+def _connect(ray: Any, options: RayServeOptions, ingress_replicas: int) -> bool:
     """Connect to Ray; True when this started the instance (and must stop it)."""
     address = options.address
     if address is None or address == "local":
         from nsfwd.distributed.serve_proxy import CALLBACK
 
         os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", CALLBACK)
-        cpus = max(os.cpu_count() or 1, options.scale.most + 1)  # every replica placed
+        # Every replica placed, even on a machine with fewer cores: one CPU each, ingress too.
+        cpus = max(os.cpu_count() or 1, options.scale.most + ingress_replicas)
         ray.init(address="local", num_cpus=cpus, include_dashboard=False)
         return True
     ray.init(address=address)

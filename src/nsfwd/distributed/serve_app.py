@@ -178,7 +178,7 @@ def build_application(
         name=INGRESS,
         num_replicas=ingress_replicas,
         max_ongoing_requests=INGRESS_MAX_ONGOING,
-        ray_actor_options={"num_cpus": 0.25},
+        ray_actor_options={"num_cpus": 1},  # HTTP parsing: one interpreter, one core
         graceful_shutdown_timeout_s=DRAIN_TIMEOUT_S,
     )
     return ingress.bind(models, [spec.deployment for spec in specs], settings)

@@ -12,7 +12,6 @@ prints one JSON line: requests/s and CPU milliseconds per request by process kin
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import signal
@@ -24,7 +23,6 @@ import time
 from pathlib import Path
 
 import httpx
-from PIL import Image
 
 KINDS = {
     "ray::ProxyActor": "proxy",
@@ -40,15 +38,11 @@ def free_port() -> int:
         return port
 
 
-def photo_jpegs(count: int) -> list[bytes]:
-    """Noisy 1024x768 JPEGs (about the bench's size)."""
-    bodies = []
-    for i in range(count):
-        image = Image.effect_noise((1024, 768), 40 + i).convert("RGB")
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=90)
-        bodies.append(buffer.getvalue())
-    return bodies
+def photo_jpegs(folder: Path, count: int) -> list[bytes]:
+    """``nsfwd bench``'s generated photo-like 1024x768 JPEGs."""
+    from nsfwd.bench.images import make_jpegs
+
+    return [path.read_bytes() for path in make_jpegs(folder, count, (1024, 768))]
 
 
 def processes(marker: bytes) -> dict[int, str]:
@@ -100,7 +94,8 @@ def main() -> None:
         "NSFWD_MAX_QUEUE": str(max(64, 2 * args.concurrency)),
     }
     command = [sys.executable, "-m", "nsfwd", "serve", "--model", str(model), "--device", "cpu",
-               "--port", str(port), "--ray", "--replicas", str(args.replicas)]  # fmt: skip
+               "--port", str(port), "--served-model-name", "bench",
+               "--ray", "--replicas", str(args.replicas)]  # fmt: skip
     log = (scratch / "serve.log").open("wb")
     server = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
     try:
@@ -114,7 +109,7 @@ def main() -> None:
             except httpx.TransportError:
                 pass
             time.sleep(1)
-        bodies = photo_jpegs(16)
+        bodies = photo_jpegs(scratch / "images", 16)
         run_load(url, bodies, 1, 8)  # warm every path
         pids = processes(f"RAY_TMPDIR={scratch}".encode())
         before = {pid: cpu_seconds(pid) for pid in pids}
@@ -134,7 +129,7 @@ def main() -> None:
                 "jpeg_kb": round(sum(map(len, bodies)) / len(bodies) / 1024),
                 "requests_per_s": round(result["requests_per_s"], 2),
                 "p50_ms": round(result["p50_ms"], 1),
-                "statuses": result["statuses"],
+                "statuses": result["statuses"],  # loadgen posts model "bench"
                 "cpu_ms_per_request": {
                     kind: round(1000 * seconds / args.requests, 2)
                     for kind, seconds in sorted(per_kind.items())

@@ -1,5 +1,6 @@
 """CPU time per request of each process of `nsfwd serve --ray`: Serve's proxy, the ingress
-replica (nsfwd's HTTP app) and the model replicas, under load from `nsfwd.loadgen`.
+replica (nsfwd's HTTP app) and the model replicas, under load from `nsfwd.loadgen`, above what
+each spends idle (measured first).
 
     PYTHONPATH=src python scripts/serve_cpu.py --requests 384 --concurrency 16
 
@@ -74,6 +75,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--idle-s", type=float, default=20.0, help="idle CPU measured first")
     args = parser.parse_args()
 
     from nsfwd.loadgen import run_load
@@ -112,11 +114,20 @@ def main() -> None:
         bodies = photo_jpegs(scratch / "images", 16)
         run_load(url, bodies, 1, 8)  # warm every path
         pids = processes(f"RAY_TMPDIR={scratch}".encode())
+        # Idle first: Serve's own upkeep and nsfwd's job pollers cost CPU without requests.
+        idle = {pid: cpu_seconds(pid) for pid in pids}
+        time.sleep(args.idle_s)
+        idle_rate = {pid: (cpu_seconds(pid) - idle[pid]) / args.idle_s for pid in pids}
         before = {pid: cpu_seconds(pid) for pid in pids}
+        started = time.monotonic()
         result = run_load(url, bodies, args.concurrency, args.requests)
+        seconds = time.monotonic() - started
         per_kind: dict[str, float] = {}
+        upkeep: dict[str, float] = {}
         for pid, kind in pids.items():
-            per_kind[kind] = per_kind.get(kind, 0.0) + cpu_seconds(pid) - before[pid]
+            spent = cpu_seconds(pid) - before[pid] - idle_rate[pid] * seconds
+            per_kind[kind] = per_kind.get(kind, 0.0) + spent
+            upkeep[kind] = upkeep.get(kind, 0.0) + idle_rate[pid]
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=120)
@@ -130,7 +141,8 @@ def main() -> None:
                 "requests_per_s": round(result["requests_per_s"], 2),
                 "p50_ms": round(result["p50_ms"], 1),
                 "statuses": result["statuses"],  # loadgen posts model "bench"
-                "cpu_ms_per_request": {
+                "idle_cpu_percent": {k: round(100 * v, 1) for k, v in sorted(upkeep.items())},
+                "cpu_ms_per_request_above_idle": {
                     kind: round(1000 * seconds / args.requests, 2)
                     for kind, seconds in sorted(per_kind.items())
                 },

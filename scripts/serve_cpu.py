@@ -64,6 +64,29 @@ def processes(marker: bytes) -> dict[int, str]:
     return found
 
 
+def plain_processes(root: int) -> dict[int, str]:
+    """``nsfwd serve --http-workers N``'s processes: the supervisor (``root``), the inference
+    process (the one that loaded torch) and the HTTP workers: pid -> kind."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = {root: "supervisor"}, list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            torch = "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            continue
+        found[pid] = "inference" if torch else "http"
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -75,6 +98,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--plain-http-workers",
+        type=int,
+        help="measure `nsfwd serve --http-workers N` instead of --ray, for comparison",
+    )
     parser.add_argument("--idle-s", type=float, default=20.0, help="idle CPU measured first")
     args = parser.parse_args()
 
@@ -98,10 +126,13 @@ def main() -> None:
     command = [sys.executable, "-m", "nsfwd", "serve", "--model", str(model), "--device", "cpu",
                "--port", str(port), "--served-model-name", "bench",
                "--ray", "--replicas", str(args.replicas)]  # fmt: skip
+    ready = f"nsfwd-model HEALTHY ({args.replicas} running)"
+    if args.plain_http_workers:
+        command[command.index("--ray"):] = ["--http-workers", str(args.plain_http_workers)]
+        ready = "ok"
     log = (scratch / "serve.log").open("wb")
     server = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
     try:
-        ready = f"nsfwd-model HEALTHY ({args.replicas} running)"
         while True:
             if server.poll() is not None:
                 raise RuntimeError((scratch / "serve.log").read_text()[-3000:])
@@ -113,7 +144,11 @@ def main() -> None:
             time.sleep(1)
         bodies = photo_jpegs(scratch / "images", 16)
         run_load(url, bodies, 1, 8)  # warm every path
-        pids = processes(f"RAY_TMPDIR={scratch}".encode())
+        pids = (
+            plain_processes(server.pid)
+            if args.plain_http_workers
+            else processes(f"RAY_TMPDIR={scratch}".encode())
+        )
         # Idle first: Serve's own upkeep and nsfwd's job pollers cost CPU without requests.
         idle = {pid: cpu_seconds(pid) for pid in pids}
         time.sleep(args.idle_s)
@@ -134,7 +169,9 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "replicas": args.replicas,
+                "server": f"--http-workers {args.plain_http_workers}"
+                if args.plain_http_workers
+                else f"--ray --replicas {args.replicas}",
                 "requests": args.requests,
                 "concurrency": args.concurrency,
                 "jpeg_kb": round(sum(map(len, bodies)) / len(bodies) / 1024),

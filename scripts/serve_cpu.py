@@ -92,7 +92,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=384)
     parser.add_argument("--concurrency", type=int, default=16)
@@ -104,7 +104,11 @@ def main() -> None:
         help="measure `nsfwd serve --http-workers N` instead of --ray, for comparison",
     )
     parser.add_argument("--idle-s", type=float, default=20.0, help="idle CPU measured first")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
 
     from nsfwd.loadgen import run_load
     from nsfwd.models.synthetic import write_timm_checkpoint
@@ -128,7 +132,7 @@ def main() -> None:
                "--ray", "--replicas", str(args.replicas)]  # fmt: skip
     ready = f"nsfwd-model HEALTHY ({args.replicas} running)"
     if args.plain_http_workers:
-        command[command.index("--ray"):] = ["--http-workers", str(args.plain_http_workers)]
+        command[command.index("--ray") :] = ["--http-workers", str(args.plain_http_workers)]
         ready = "ok"
     log = (scratch / "serve.log").open("wb")
     server = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)

@@ -7,7 +7,8 @@ each spends idle (measured first).
 Writes a tiny random-weight EVA-02 and ~290 KB JPEGs into a scratch folder, starts the server
 on a local Ray instance of its own (private temp folder and HOME), waits for every replica,
 reads /proc/PID/stat of each Ray process around the load, stops the server with SIGTERM and
-prints one JSON line: requests/s and CPU milliseconds per request by process kind.
+prints one JSON line: requests/s and CPU milliseconds per request by process kind, then removes
+the scratch folder.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -170,6 +172,7 @@ def main() -> None:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=120)
+        shutil.rmtree(scratch, ignore_errors=True)
     print(
         json.dumps(
             {

@@ -67,7 +67,7 @@ def nsfwd_serve(
         assert process.poll() is None, f"the server exited:\n{log.read_text()}"
         try:
             return requests.get(f"{url}/healthz", timeout=2).status_code == 200
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening, or not routing yet
             return False
 
     try:

@@ -39,6 +39,11 @@ TORCH_FREE_MODULES = [
     "nsfwd.engine_protocol",
     "nsfwd.model_types",
     "nsfwd.served_models",
+    # serve --ray: the driver and the ingress replicas (only the model replicas load torch)
+    "nsfwd.distributed.ray_serve",
+    "nsfwd.distributed.serve_app",
+    "nsfwd.distributed.serve_engine",
+    "nsfwd.distributed.serve_proxy",
 ]
 
 # onnxruntime (the built-in open-nsfw model's runtime) is the inference side's too.

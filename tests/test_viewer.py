@@ -359,9 +359,8 @@ def test_openai_moderations_flag_the_worst_picture(redless: RedlessClassifier) -
         client = OpenAI(base_url=f"{url}/v1", api_key=TOKEN, max_retries=0)
         for image in (webp_benign_for_one_ms(), apng_with_benign_default_image()):
             uri = "data:image/png;base64," + base64.b64encode(image).decode()
-            response = client.moderations.create(
-                model=MODEL, input=[{"type": "image_url", "image_url": {"url": uri}}]
-            )
+            picture: Any = {"type": "image_url", "image_url": {"url": uri}}
+            response = client.moderations.create(model=MODEL, input=[picture])
             (result,) = response.results
             assert result.flagged and result.category_scores.sexual > 0.5
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress
 
     from nsfwd.bench import BenchConfig
+    from nsfwd.distributed.ray_serve import RayServeOptions
     from nsfwd.jobs import ApiKey, Store
     from nsfwd.output import Writer
     from nsfwd.settings import Settings
@@ -169,12 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default: 8000)")
-    serve.add_argument(
-        "--http-workers",
-        type=_positive,
-        help="HTTP worker processes feeding one inference process that owns the model "
-        "(default: 1, everything in one process)",
-    )
+    _add_scale_options(serve)
     _add_policy_options(serve, applies_to=" in Eachlabs' output (nsfw/normal)")
     serve.add_argument(
         "--insecure-no-auth",
@@ -233,19 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--image-size", default="1024x768", help="WxH of the JPEGs")
     bench.add_argument("--concurrency", type=int, default=32, help="server suite clients")
     bench.add_argument("--requests", type=int, default=64, help="server suite requests")
-    bench.add_argument(
-        "--http-workers",
-        type=_positive,
-        default=1,
-        help="server suite: HTTP worker processes in front of the inference process",
-    )
-    bench.add_argument(
-        "--load-processes",
-        type=_positive,
-        help="server suite: processes the concurrent clients run in (default: one per 16 "
-        "clients, at most a quarter of the cores); one Python process cannot post much over "
-        "a few hundred uploads a second",
-    )
+    _add_bench_server_options(bench)
     bench.add_argument(
         "--compare-reference", action="store_true", help="also run Freepik's package"
     )
@@ -389,6 +373,61 @@ def _add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     listing.add_argument("--json", action="store_true", help="print a JSON array")
     revoke = action.add_parser("revoke", help="revoke a key; it stops working at once")
     revoke.add_argument("key", metavar="ID_OR_PREFIX", help="the key's id or prefix, from `list`")
+
+
+def _add_bench_server_options(bench: argparse.ArgumentParser) -> None:
+    """How the server suite runs its server and its clients."""
+    bench.add_argument(
+        "--http-workers",
+        type=_positive,
+        default=1,
+        help="server suite: HTTP worker processes in front of the inference process",
+    )
+    bench.add_argument(
+        "--load-processes",
+        type=_positive,
+        help="server suite: processes the concurrent clients run in (default: one per 16 "
+        "clients, at most a quarter of the cores); one Python process cannot post much over "
+        "a few hundred uploads a second",
+    )
+    bench.add_argument(
+        "--ray-replicas",
+        type=_positive,
+        help="server suite: serve through Ray Serve (`nsfwd serve --ray --replicas N`, a local "
+        "Ray instance) instead of uvicorn alone",
+    )
+
+
+def _add_scale_options(serve: argparse.ArgumentParser) -> None:
+    """``serve --http-workers``, ``--ray [ADDRESS]`` and how many model replicas it runs."""
+    serve.add_argument(
+        "--http-workers",
+        type=_positive,
+        help="HTTP worker processes feeding one inference process that owns the model "
+        "(default: 1, everything in one process); with --ray, ingress replicas",
+    )
+    serve.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="deploy on Ray Serve: without ADDRESS on a local Ray instance started (and stopped) "
+        "with the server; `auto` joins the cluster in $RAY_ADDRESS or the one running here; "
+        "ray://HOST:PORT through a Ray client. --host/--port set Serve's HTTP proxy, "
+        "--http-workers its ingress replicas (needs `pip install 'nsfwd[serve]'`)",
+    )
+    serve.add_argument(
+        "--replicas",
+        type=_positive,
+        help="with --ray: model replicas (one GPU each where the cluster has GPUs; default 1)",
+    )
+    serve.add_argument(
+        "--min-replicas",
+        type=_positive,
+        help="with --ray and --max-replicas: autoscale the model replicas on their queue length",
+    )
+    serve.add_argument("--max-replicas", type=_positive, help="with --ray: see --min-replicas")
 
 
 def _positive(text: str) -> int:
@@ -717,6 +756,7 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
         requests=args.requests,
         http_workers=args.http_workers,
         load_processes=args.load_processes,
+        ray_replicas=args.ray_replicas,
         compare_reference=args.compare_reference,
         reference_dtypes=(
             None
@@ -868,4 +908,25 @@ async def _revoke_key(store: Store, id_or_prefix: str) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from nsfwd.server import run
 
-    return run(_settings_for(args), insecure_no_auth=args.insecure_no_auth)
+    return run(
+        _settings_for(args), insecure_no_auth=args.insecure_no_auth, ray=_ray_serve_options(args)
+    )
+
+
+def _ray_serve_options(args: argparse.Namespace) -> RayServeOptions | None:
+    """``--ray`` and the replica options, checked; None without ``--ray``."""
+    autoscale = args.min_replicas is not None or args.max_replicas is not None
+    if args.ray is None:
+        if autoscale or args.replicas is not None:
+            raise ValueError("--replicas, --min-replicas and --max-replicas need --ray")
+        return None
+    if autoscale and args.replicas is not None:
+        raise ValueError("give either --replicas or --min-replicas/--max-replicas, not both")
+    from nsfwd.distributed.ray_serve import RayServeOptions, Scale
+
+    scale = (
+        Scale(None, args.min_replicas, args.max_replicas)
+        if autoscale
+        else Scale(args.replicas or 1)
+    )
+    return RayServeOptions(address=args.ray or None, scale=scale)

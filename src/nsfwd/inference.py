@@ -89,18 +89,14 @@ def load_served_classifiers(settings: Settings) -> dict[str, Classifier]:
         try:
             default = load_classifier(settings, DEFAULT_MODEL)
         except ModelNotAvailableError as exc:
-            _warn_default_missing(exc)
+            warn_default_missing(exc)
         else:
             classifiers[settings.served_model_name or default.name] = default
         # The torch options (--device, --dtype, ...) are the Hub model's; the built-in runs
         # on onnxruntime with its own.
         classifiers[OPEN_NSFW] = Classifier.load(OPEN_NSFW)
     for spec in specs:
-        if spec.source == OPEN_NSFW and len(specs) > 1:
-            # Beside other models, the torch options are theirs; alone, it refuses them.
-            classifier = Classifier.load(OPEN_NSFW)
-        else:
-            classifier = load_classifier(settings, spec.source)
+        classifier = load_spec(settings, spec, among_others=len(specs) > 1)
         name = spec.name or classifier.name
         if name in classifiers:
             raise ValueError(
@@ -110,7 +106,18 @@ def load_served_classifiers(settings: Settings) -> dict[str, Classifier]:
     return classifiers
 
 
-def _warn_default_missing(exc: ModelNotAvailableError) -> None:
+def load_spec(settings: Settings, spec: ModelSpec, *, among_others: bool = False) -> Classifier:
+    """The classifier of one served model, loaded with the settings' options (``--device``,
+    ``--dtype``...). The built-in :data:`OPEN_NSFW` runs on onnxruntime with its own: beside
+    other models (``among_others``) the torch options are theirs and it ignores them; alone,
+    it refuses them."""
+    if spec.source == OPEN_NSFW and among_others:
+        return Classifier.load(OPEN_NSFW)
+    return load_classifier(settings, spec.source)
+
+
+def warn_default_missing(exc: ModelNotAvailableError) -> None:
+    """Say the default model cannot be had, that open-nsfw is served instead, and how to fix it."""
     log.warning(
         "no model configured, and the default %s cannot be loaded: %s Serving the built-in "
         "%s model instead, which needs no Hub; requests naming %s are refused with a 400 that "

@@ -10,6 +10,7 @@ import asyncio
 import ipaddress
 import logging
 import socket
+from typing import TYPE_CHECKING
 
 import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
@@ -19,6 +20,9 @@ from nsfwd.api.auth import KeyRing
 from nsfwd.jobs import Store
 from nsfwd.jobs.database import DatabaseUrlError, redacted
 from nsfwd.settings import Settings
+
+if TYPE_CHECKING:
+    from nsfwd.distributed.ray_serve import RayServeOptions
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +49,11 @@ async def _keys_required(settings: Settings, url: str) -> bool:
         return await KeyRing(settings, store).required()
 
 
-def run(settings: Settings, *, insecure_no_auth: bool = False) -> int:
-    """Serve until interrupted; returns the exit status."""
+def run(
+    settings: Settings, *, insecure_no_auth: bool = False, ray: RayServeOptions | None = None
+) -> int:
+    """Serve until interrupted; returns the exit status. With ``ray``, on Ray Serve
+    (:mod:`nsfwd.distributed.ray_serve`)."""
     try:
         store = Store.from_settings(settings)
     except DatabaseUrlError as exc:
@@ -71,6 +78,12 @@ def run(settings: Settings, *, insecure_no_auth: bool = False) -> int:
             "no NSFWD_API_KEYS set and no key created with `nsfwd keys create`: the API accepts "
             "requests without a token until a key is created"
         )
+    if ray is not None:
+        from nsfwd.distributed.ray_serve import run_on_ray
+        from nsfwd.jobs.webhooks import resolve_secret
+
+        resolve_secret(settings)  # generated here, once, for every ingress replica
+        return run_on_ray(settings, ray)
     if settings.http_workers > 1:
         from nsfwd.jobs.webhooks import resolve_secret
         from nsfwd.supervisor import run_workers

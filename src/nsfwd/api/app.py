@@ -37,6 +37,8 @@ def _model_lines(info: dict[str, str]) -> str:
     if "dtype" in info:
         reason = f" ({info['dtype_reason']})" if info.get("dtype_reason") else ""
         lines.append(f"dtype: {info['dtype']}{reason}\n")
+    if "deployments" in info:  # on Ray Serve: each deployment's state and running replicas
+        lines.append(f"deployments: {info['deployments']}\n")
     return "".join(lines)
 
 

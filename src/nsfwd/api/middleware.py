@@ -45,7 +45,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_request_id(scope) or str(uuid.uuid4())
+        request_id = request_id_of(scope)
         scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_with_id(message: Message) -> None:
@@ -54,6 +54,11 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+def request_id_of(scope: Scope) -> str:
+    """The request's id: the client's ``x-request-id`` if it is sane, else a new uuid."""
+    return _incoming_request_id(scope) or str(uuid.uuid4())
 
 
 def _incoming_request_id(scope: Scope) -> str | None:

@@ -41,6 +41,8 @@ class BenchConfig:
     requests: int = 64
     http_workers: int = 1
     load_processes: int | None = None
+    ray_replicas: int | None = None
+    """Server suite on Ray Serve with this many model replicas; None: plain ``nsfwd serve``."""
     compare_reference: bool = False
     reference_dtypes: Sequence[str] | None = None
     """Freepik's package's dtypes; None for its faster mode here (:func:`reference_dtypes`)."""
@@ -168,6 +170,11 @@ def _server_lines(results: dict[str, Any]) -> list[str]:
         f"{server['speedup_vs_sequential']:.2f}x one-at-a-time  "
         f"cold start {server['cold_start_s']:.1f} s  "
         f"{server.get('http_workers', 1)} HTTP process(es)"
+        + (
+            f", Ray Serve with {server['ray_replicas']} model replica(s)"
+            if server.get("ray_replicas")
+            else ""
+        )
     )
     return lines
 

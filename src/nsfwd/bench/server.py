@@ -65,6 +65,10 @@ def bench_server(
         "--http-workers",
         str(cfg.http_workers),
     ]
+    ready = "ok"
+    if cfg.ray_replicas:
+        command += ["--ray", "--replicas", str(cfg.ray_replicas)]
+        ready = f"nsfwd-model HEALTHY ({cfg.ray_replicas} running)"  # every replica up
     if cfg.device:
         command += ["--device", cfg.device]
     if cfg.dtype:
@@ -82,19 +86,21 @@ def bench_server(
         subprocess.Popen(command, env=env, stdout=log_file, stderr=log_file) as process,
     ):
         try:
-            cold_start = _wait_healthy(url, process, log_path)
+            cold_start = _wait_healthy(url, process, log_path, ready)
             sequential_requests = max(4, min(cfg.requests // 4, 32))
             sequential = run_load(url, bodies, 1, sequential_requests)
             before = _mean_batch_size(url)
             concurrent = run_load(url, bodies, cfg.concurrency, cfg.requests, load_processes(cfg))
             after = _mean_batch_size(url)
         finally:
-            process.terminate()
+            process.terminate()  # on Ray, it stops the instance it started before it exits
+            process.wait(timeout=120)
     log_path.unlink()
     batches = after[1] - before[1]
     concurrent["mean_batch_size"] = (after[0] - before[0]) / batches if batches else 0.0
     return {
         "http_workers": cfg.http_workers,
+        "ray_replicas": cfg.ray_replicas,
         "cold_start_s": cold_start,
         "sequential": sequential,
         "concurrent": concurrent,
@@ -102,15 +108,19 @@ def bench_server(
     }
 
 
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], log_path: Path) -> float:
-    """Seconds until ``url``/healthz answers 200; raises with the server's log if it dies."""
+def _wait_healthy(
+    url: str, process: subprocess.Popen[bytes], log_path: Path, ready: str = "ok"
+) -> float:
+    """Seconds until ``url``/healthz answers 200 with ``ready`` in its body; raises with the
+    server's log if it dies."""
     started = time.perf_counter()
     while True:
         if process.poll() is not None:
             tail = "\n".join(log_path.read_text().splitlines()[-20:])
             raise RuntimeError(f"nsfwd serve exited during start-up:\n{tail}")
         try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+            res = httpx.get(f"{url}/healthz", timeout=2)
+            if res.status_code == 200 and ready in res.text:
                 return time.perf_counter() - started
         except httpx.TransportError:
             pass

@@ -1,0 +1,225 @@
+"""``nsfwd serve --ray [ADDRESS]``: deploy nsfwd on Ray Serve and keep it up until SIGTERM.
+
+Start-up: connect to Ray (no ADDRESS: a local instance of its own; ``auto`` or
+``ray://HOST:PORT``: an existing cluster) -> refuse a SQLite job store on a cluster of several
+nodes -> start Serve's HTTP proxy on ``--host``/``--port`` -> deploy the application of
+:mod:`nsfwd.distributed.serve_app` and wait until its replicas run. On SIGTERM or SIGINT:
+delete the application (its replicas finish the requests they hold first), then, when this
+process started the Ray instance, stop Serve and that instance, so no Ray process outlives it.
+On a cluster it joined, it deletes only its own application.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from nsfwd.jobs import Store
+from nsfwd.model_types import DEFAULT_MODEL, OPEN_NSFW, ModelNotAvailableError, ModelSpec
+from nsfwd.settings import Settings
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "install it with `pip install 'nsfwd[serve]'`"
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How many model replicas: a fixed ``replicas``, or autoscaling between ``min_replicas``
+    and ``max_replicas`` on the requests each one holds."""
+
+    replicas: int | None = 1
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.replicas is None and (self.min_replicas is None or self.max_replicas is None):
+            raise ValueError("give --replicas N, or both --min-replicas and --max-replicas")
+        low, high = self.min_replicas, self.max_replicas
+        if low is not None and high is not None and not 0 < low <= high:
+            raise ValueError(
+                f"--min-replicas ({low}) must be at least 1 and at most --max-replicas ({high})"
+            )
+
+    @property
+    def most(self) -> int:
+        """The most model replicas this scale may run."""
+        return self.replicas if self.replicas is not None else self.max_replicas or 1
+
+    def options(self, target_ongoing: int) -> dict[str, Any]:
+        """Serve's deployment options for this scale; autoscaling keeps about
+        ``target_ongoing`` requests on each replica (its queue length)."""
+        if self.replicas is not None:
+            return {"num_replicas": self.replicas}
+        return {
+            "autoscaling_config": {
+                "min_replicas": self.min_replicas,
+                "max_replicas": self.max_replicas,
+                "target_ongoing_requests": target_ongoing,
+                "upscale_delay_s": 3.0,
+                "downscale_delay_s": 60.0,
+            }
+        }
+
+
+@dataclass(frozen=True)
+class RayServeOptions:
+    """Where to deploy (``address`` None: a local Ray instance of this process's own) and how
+    many model replicas."""
+
+    address: str | None = None
+    scale: Scale = Scale()
+
+
+class _Stopped(Exception):
+    """SIGTERM or SIGINT arrived."""
+
+
+def served_specs(settings: Settings) -> list[ModelSpec]:
+    """The models to deploy: those the settings name; with none named, the default model and
+    the built-in ``open-nsfw`` as ``nsfwd serve`` runs them, or ``open-nsfw`` alone (with the
+    same warning) where the default cannot be had here."""
+    if specs := settings.model_specs:
+        return specs
+    from nsfwd.inference import warn_default_missing
+    from nsfwd.models import resolve_model_dir  # torch, in the driver only for this check
+
+    try:
+        resolve_model_dir(DEFAULT_MODEL, settings.revision)
+    except ModelNotAvailableError as exc:
+        warn_default_missing(exc)
+        return [ModelSpec(OPEN_NSFW)]
+    return [ModelSpec(DEFAULT_MODEL, settings.served_model_name), ModelSpec(OPEN_NSFW)]
+
+
+def run_on_ray(settings: Settings, options: RayServeOptions) -> int:
+    """Deploy and serve until SIGTERM/SIGINT; returns the exit status."""
+    try:
+        import ray
+        from ray import serve
+
+        from nsfwd.distributed.serve_app import APP_NAME, build_application
+    except ImportError as exc:
+        log.error("--ray needs Ray Serve, which is not installed (%s): %s", exc.name, INSTALL_HINT)
+        return 2
+    settings = _portable(settings)
+    stop = threading.Event()
+    handler = _raiser(stop)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    owns_ray = False
+    deployed = False
+    try:
+        owns_ray = _connect(ray, options, settings.http_workers)
+        signal.signal(signal.SIGTERM, handler)  # ray.init put its own in place
+        refusal = _store_refusal(settings, alive_nodes(ray))
+        if refusal:
+            log.error("%s", refusal)
+            return 2
+        gpus = ray.cluster_resources().get("GPU", 0) > 0
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+        application = build_application(
+            served_specs(settings),
+            settings,
+            options.scale,
+            gpus=gpus,
+            ingress_replicas=settings.http_workers,
+        )
+        deployed = True
+        serve.run(application, name=APP_NAME, route_prefix="/")
+        log.info(
+            "nsfwd is serving on Ray Serve at http://%s:%d (model replicas on %s); SIGTERM or "
+            "Ctrl-C stops it",
+            settings.host,
+            settings.port,
+            "GPUs" if gpus else "CPUs",
+        )
+        stop.wait()
+        return 0
+    except _Stopped:
+        return 0
+    except ConnectionError as exc:
+        log.error("cannot reach the Ray cluster at %s: %s", options.address, exc)
+        return 2
+    except RuntimeError as exc:  # serve.run: the application failed to deploy
+        log.error("the deployment failed: %s", exc)
+        return 1
+    finally:
+        for sig in previous:  # a second signal must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
+        _tear_down(ray, serve, APP_NAME, deployed=deployed, owns_ray=owns_ray)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def alive_nodes(ray: Any) -> int:
+    """How many nodes of the cluster are alive."""
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+def _store_refusal(settings: Settings, nodes: int) -> str | None:
+    """Why the job store cannot serve this cluster, or None when it can."""
+    url = Store.from_settings(settings).url
+    if nodes > 1 and url.startswith("sqlite"):
+        return (
+            f"this Ray cluster has {nodes} nodes, and the job store is a SQLite file, which "
+            "lives on one machine: ingress replicas on the other nodes could not see its jobs. "
+            "Set NSFWD_DATABASE_URL=postgresql://user:password@host/db (a PostgreSQL server "
+            "every node reaches) and start again."
+        )
+    return None
+
+
+def _raiser(stop: threading.Event) -> Any:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.info("%s: stopping", signal.Signals(signum).name)
+        stop.set()
+        raise _Stopped
+
+    return handler
+
+
+def _portable(settings: Settings) -> Settings:
+    """The settings with relative paths made absolute: the replicas run in other folders."""
+    update: dict[str, Any] = {"data_dir": Path(settings.data_dir).expanduser().resolve()}
+    if "model" in settings.model_fields_set and Path(settings.model).exists():
+        update["model"] = str(Path(settings.model).resolve())
+    return settings.model_copy(update=update)
+
+
+def _connect(ray: Any, options: RayServeOptions, ingress_replicas: int) -> bool:
+    """Connect to Ray; True when this started the instance (and must stop it)."""
+    address = options.address
+    if address is None or address == "local":
+        from nsfwd.distributed.serve_proxy import CALLBACK
+
+        os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", CALLBACK)
+        # Every replica placed, even on a machine with fewer cores: one CPU each, ingress too.
+        cpus = max(os.cpu_count() or 1, options.scale.most + ingress_replicas)
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False)
+        return True
+    ray.init(address=address)
+    return False
+
+
+def _tear_down(ray: Any, serve: Any, app_name: str, *, deployed: bool, owns_ray: bool) -> None:
+    """Delete the application (draining its replicas), then stop what this process started."""
+    if not ray.is_initialized():
+        return
+    try:
+        if deployed:
+            log.info("deleting the application (replicas finish their requests first)")
+            serve.delete(app_name)
+        if owns_ray:
+            serve.shutdown()
+    except Exception:
+        log.exception("clean-up of the Serve application failed")
+    finally:
+        ray.shutdown()
+        if owns_ray:
+            log.info("stopped the local Ray instance")

@@ -1,0 +1,159 @@
+"""ServeEngine without a cluster: what Serve's handle raises becomes what the routes and the job
+worker already handle (the real thing runs in test_ray_serve.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("ray.serve", reason="needs nsfwd[serve]")
+
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError
+
+from nsfwd.distributed.ray_serve import Scale
+from nsfwd.distributed.serve_engine import RETRIES, ServeEngine
+from nsfwd.engine_protocol import EngineClosedError, QueueFullError
+from nsfwd.images import ImageLimits, ImageTooLargeError
+from nsfwd.settings import Settings
+from nsfwd.viewer import Judgement
+
+INFO = {
+    "name": "tiny",
+    "device": "cpu",
+    "dtype": "float32",
+    "dtype_reason": "exact",
+    "max_batch_size": 4,
+}
+LABELS = {"neutral": 0.7, "low": 0.1, "medium": 0.1, "high": 0.1}
+
+
+class Method:
+    """A handle method: ``remote()`` gives an awaitable of what ``answer`` returns or raises."""
+
+    def __init__(self, answer: Callable[[], Any]) -> None:
+        self.answer = answer
+        self.calls = 0
+
+    def remote(self, *args: Any) -> Any:
+        self.calls += 1
+
+        async def call() -> Any:
+            return self.answer()
+
+        return call()
+
+
+class Handle:
+    def __init__(self, judge: Callable[[], Any]) -> None:
+        self.info = Method(lambda: INFO)
+        self.judge = Method(judge)
+
+
+def engine_over(handle: Handle) -> ServeEngine:
+    async def connect() -> ServeEngine:
+        engine = await ServeEngine.connect(
+            handle,
+            app_name="nsfwd",
+            deployment="nsfwd-model",
+            limits=ImageLimits(),
+            max_queue=8,
+        )
+        engine.ready = True  # start() would also watch Serve's status, which needs a cluster
+        return engine
+
+    return asyncio.run(connect())
+
+
+def test_the_model_is_described_before_the_routes_need_it() -> None:
+    engine = engine_over(Handle(lambda: {"judgement": Judgement(LABELS)}))
+    assert (engine.model_name, engine.max_batch_size) == ("tiny", 4)
+    assert engine.model_info["device"] == "cpu" and engine.model_info["dtype"] == "float32"
+
+
+def test_labels_and_batch_metrics_arrive() -> None:
+    judged = Judgement(LABELS, frame=2, frames=3, frames_judged=3)
+    answer = {"judgement": judged, "queue_seconds": 0.01, "batches": [(3, 0.2)]}
+    engine = engine_over(Handle(lambda: answer))
+    assert asyncio.run(engine.judge(b"webp")) == judged
+    assert asyncio.run(engine.classify(b"webp")) == LABELS
+    text = engine.metrics.render().decode()
+    assert "nsfwd_batch_size_sum 6.0" in text and "nsfwd_queue_seconds_count 2.0" in text
+
+
+def test_an_image_error_is_raised_as_itself() -> None:
+    engine = engine_over(Handle(lambda: {"error": ImageTooLargeError("too big")}))
+    with pytest.raises(ImageTooLargeError, match="too big"):
+        asyncio.run(engine.classify(b"jpeg"))
+
+
+def test_full_replicas_are_a_queue_full_error() -> None:
+    def refuse() -> Any:
+        raise BackPressureError(num_queued_requests=8, max_queued_requests=8)
+
+    engine = engine_over(Handle(refuse))
+    with pytest.raises(QueueFullError) as caught:
+        asyncio.run(engine.classify(b"jpeg"))
+    assert caught.value.retry_after >= 1
+    assert "nsfwd_rejected_total 1.0" in engine.metrics.render().decode()
+
+
+def test_a_dead_replica_is_retried_then_reported_closed() -> None:
+    deaths = iter(range(RETRIES))
+
+    def die_then_answer() -> Any:
+        if next(deaths, None) is not None:
+            raise RayActorError()
+        return {"judgement": Judgement(LABELS)}
+
+    handle = Handle(die_then_answer)
+    assert asyncio.run(engine_over(handle).classify(b"jpeg")) == LABELS
+    assert handle.judge.calls == RETRIES + 1
+
+    def always_dead() -> Any:
+        raise RayActorError()
+
+    with pytest.raises(EngineClosedError, match="restarting"):
+        asyncio.run(engine_over(Handle(always_dead)).classify(b"jpeg"))
+
+
+def test_scale_options() -> None:
+    assert Scale(2).options(8) == {"num_replicas": 2}
+    autoscaled = Scale(None, 1, 4).options(8)["autoscaling_config"]
+    assert (autoscaled["min_replicas"], autoscaled["max_replicas"]) == (1, 4)
+    assert autoscaled["target_ongoing_requests"] == 8
+    assert Scale(None, 1, 4).most == 4
+    with pytest.raises(ValueError, match="at most --max-replicas"):
+        Scale(None, 3, 2)
+
+
+def test_sqlite_is_refused_on_a_cluster_of_several_nodes(tmp_path: Path) -> None:
+    from nsfwd.distributed.ray_serve import _store_refusal
+
+    on_sqlite = Settings(data_dir=tmp_path)
+    assert _store_refusal(on_sqlite, 1) is None
+    refusal = _store_refusal(on_sqlite, 3)
+    assert refusal is not None and "3 nodes" in refusal and "NSFWD_DATABASE_URL" in refusal
+    on_postgres = Settings(database_url="postgresql://u:p@db.example/nsfwd")
+    assert _store_refusal(on_postgres, 3) is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--replicas", "2"], "need --ray"),
+        (["--ray", "--replicas", "2", "--min-replicas", "1", "--max-replicas", "3"], "not both"),
+        (["--ray", "--min-replicas", "2"], "both --min-replicas and --max-replicas"),
+    ],
+)
+def test_replica_options_are_checked(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nsfwd.cli import main
+
+    assert main(["serve", *argv]) == 2
+    assert message in capsys.readouterr().err

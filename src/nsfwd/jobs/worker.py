@@ -9,6 +9,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Final
 
 from nsfwd.engine_protocol import ClassifyEngine, EngineClosedError, QueueFullError
@@ -62,13 +63,16 @@ class Worker:
         poll_s: float = POLL_S,
         purge_every_s: float = PURGE_EVERY_S,
         name: str | None = None,
+        keeps_input: Callable[[Prediction], bool] | None = None,
     ) -> None:
         """Run up to ``concurrency`` predictions at once, each under a lease of ``lease_s``.
 
         ``fetch_policy`` says where image URLs may be fetched from (without it, URL inputs fail
         with a message); ``policy`` decides Eachlabs' verdict (``output``) where the prediction
         does not carry its key's own (what it leaves unset comes from here); ``poll_s`` is how
-        often to look for work queued elsewhere; ``purge_every_s`` how often to purge.
+        often to look for work queued elsewhere; ``purge_every_s`` how often to purge;
+        ``keeps_input`` says which predictions' uploads their results need (the others' bytes
+        are deleted when they succeed; ``None``: every upload is kept until it expires).
         """
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -81,6 +85,7 @@ class Worker:
         self.poll_s = poll_s
         self.purge_every_s = purge_every_s
         self.name = name or worker_name()
+        self.keeps_input = keeps_input
         self._claims = ClaimLoop(
             store.predictions,
             self._run,
@@ -169,6 +174,7 @@ class Worker:
             output=None if labels is None else verdict(labels, self._policy(prediction)),
             error=error,
             predict_time=elapsed if labels is not None else None,
+            keep_input=self.keeps_input is None or self.keeps_input(prediction),
         )
         if finished is None:
             log.warning("prediction %s: lease lost before finishing; result dropped",

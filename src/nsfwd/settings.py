@@ -217,9 +217,11 @@ class Settings(BaseSettings):
         None,
         ge=1,
         description="Prodia requests (POST /v2/job, and POST /v2/job/async while its upload is "
-        "read and checked) one key may have in progress at once in each HTTP process, before "
-        "429 with Retry-After; so one key cannot fill the engine's queue or every upload slot. "
-        "Unset: an eighth of max_queue (at least 1).",
+        "read and checked) one key may have in progress at once in each HTTP process, its fair "
+        "share: past it, a key gets 429 with Retry-After once the process has half of max_queue "
+        "requests in progress (below that it may use what nobody else is using), so one key "
+        "cannot fill the engine's queue or every upload slot. Unset: an eighth of max_queue "
+        "(at least 1).",
     )
     key_max_async_jobs: int = Field(
         100,

@@ -2,10 +2,13 @@
 
 The engine's queue and the upload slots are shared by every caller, so without a bound per key
 one client sending many requests at once fills them and everyone else gets 429 or 503.
-:class:`KeySlots` counts the requests each key has in progress in this process and refuses one
-past the key's share with 429 and ``Retry-After``, while other keys still get through. The
-count lives in memory: it is a bound on what one process holds, not a quota (the store's
-:class:`~nsfwd.jobs.Limits` hold across replicas).
+:class:`KeySlots` counts the requests each key has in progress in this process. A key within
+its share (``limit``) always gets a slot. Past its share it may still borrow capacity nobody
+else is using, while the process has fewer than ``busy_at`` requests in progress in all (so a
+lone client still fills a GPU's batches); once that many are in progress, a key past its share
+is refused with 429 and ``Retry-After``, and what is left of the queue is kept for the keys
+within theirs. The count lives in memory: it bounds what one process holds, not a quota (the
+store's :class:`~nsfwd.jobs.Limits` hold across replicas).
 
 A route takes a slot with :meth:`KeySlots.hold` once it knows the caller, before it reads the
 body, and :func:`release` gives it back when the answer is ready, whatever happened.
@@ -29,13 +32,16 @@ _STATE: Final = "nsfwd_key_slot"
 class KeySlots:
     """Requests in progress per key, at most ``limit`` each (see the module docstring)."""
 
-    def __init__(self, limit: int, *, what: str = "requests") -> None:
-        """Allow each key ``limit`` at once; ``what`` names them in the refusal."""
+    def __init__(self, limit: int, *, busy_at: int | None = None, what: str = "requests") -> None:
+        """Allow each key ``limit`` at once, more while fewer than ``busy_at`` are in progress
+        in all (``None``: never more); ``what`` names them in the refusal."""
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         self.limit = limit
+        self.busy_at = limit if busy_at is None else busy_at
         self.what = what
         self._held: Counter[str] = Counter()
+        self._total = 0
 
     def in_progress(self, key: str) -> int:
         """The slots ``key`` holds now."""
@@ -46,17 +52,19 @@ class KeySlots:
         count); raise :class:`~nsfwd.api.errors.TooBusyError` when it holds all of them."""
         if key is None or getattr(request.state, _STATE, None) is not None:
             return
-        if self._held[key] >= self.limit:
+        if self._held[key] >= self.limit and self._total >= self.busy_at:
             raise TooBusyError(
-                f"this API key has {self._held[key]} {self.what} in progress, its share of "
-                f"this server ({self.limit}); wait for one to finish, then retry in "
+                f"this API key has {self._held[key]} {self.what} in progress, past its share of "
+                f"this busy server ({self.limit}); wait for one to finish, then retry in "
                 f"{RETRY_AFTER_S} s",
                 RETRY_AFTER_S,
             )
         self._held[key] += 1
+        self._total += 1
         setattr(request.state, _STATE, (self, key))
 
     def _release(self, key: str) -> None:
+        self._total -= 1
         self._held[key] -= 1
         if self._held[key] <= 0:
             del self._held[key]

@@ -340,6 +340,13 @@ class Settings(BaseSettings):
         return self.key_max_requests or max(1, self.max_queue // 8)
 
     @property
+    def key_requests_busy_at(self) -> int:
+        """Prodia requests in progress in a process from which a key past its share is refused:
+        half of ``max_queue``, and never below 2 (with a queue of one to three, the engine's
+        own admission decides, as before)."""
+        return max(2, self.max_queue // 2)
+
+    @property
     def verdict_policy(self) -> Policy:
         """The policy and threshold the server's verdicts follow."""
         return Policy(self.policy, self.threshold)

@@ -70,9 +70,7 @@ class KeyRing:
             creates_per_minute=settings.key_creates_per_minute,
             max_in_flight=settings.key_max_in_flight,
         )
-        self.requests = KeySlots(
-            settings.key_requests_limit, busy_at=max(1, settings.max_queue // 2)
-        )
+        self.requests = KeySlots(settings.key_requests_limit, busy_at=settings.key_requests_busy_at)
         """Each key's Prodia requests in progress in this process (its fair share)."""
         self._required = bool(self.static_keys)
         """Cached once true: keys are never deleted, only revoked, so it stays true."""

@@ -332,6 +332,28 @@ def test_one_keys_backlog_to_a_slow_receiver_does_not_delay_another_keys_deliver
     assert a_started == 2  # key A's share: two at once, however many it has waiting
 
 
+def test_workers_claim_round_the_keys_so_a_backlog_does_not_hold_up_another_key(
+    database: str,
+) -> None:
+    async def main() -> list[str | None]:
+        async with Store(database) as store:
+            for key in ["key-a"] * 6 + ["key-b"]:  # A's backlog is older than B's one job
+                await store.predictions.create(
+                    protocol="prodia",
+                    job_type=V1,
+                    model=MODEL,
+                    api_key=key,
+                    input_url="https://images.example/photo.jpg",
+                )
+            first = await store.predictions.claim("worker", 2, 30)
+            second = await store.predictions.claim("worker", 2, 30)
+            return [p.api_key for p in first] + [p.api_key for p in second]
+
+    claimed = asyncio.run(main())
+    assert sorted(claimed[:2]) == ["key-a", "key-b"]  # B's job is in the first claim
+    assert claimed[2:] == ["key-a", "key-a"]
+
+
 def test_the_fairness_settings_have_sane_defaults() -> None:
     settings = Settings()
     assert settings.key_requests_limit == 8  # an eighth of the engine's queue of 64

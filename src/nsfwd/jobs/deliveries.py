@@ -131,7 +131,7 @@ class Deliveries:
             ),
         )
         turns = _turns(due, now)
-        fair = select(turns.c.id).order_by(turns.c.turn, turns.c.next_attempt_at, turns.c.id)
+        fair = select(turns.c.id).order_by(turns.c.turn, turns.c.next_attempt_at)
         if self.key_concurrency is not None:
             fair = fair.where(turns.c.turn <= self.key_concurrency)
         candidates = (
@@ -214,7 +214,7 @@ def _turns(due: tuple[ColumnElement[bool], ...], now: datetime) -> Subquery:
     )
     place = func.row_number().over(
         partition_by=key,
-        order_by=(webhook_deliveries.c.next_attempt_at, webhook_deliveries.c.id),
+        order_by=webhook_deliveries.c.next_attempt_at,
     )
     return (
         select(

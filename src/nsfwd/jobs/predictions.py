@@ -37,6 +37,7 @@ from sqlalchemy import (
     ColumnElement,
     Row,
     String,
+    Subquery,
     Update,
     and_,
     case,
@@ -239,7 +240,10 @@ class Predictions:
         )
 
     async def claim(self, owner: str, limit: int, lease_s: float) -> list[Prediction]:
-        """Lease up to ``limit`` predictions to ``owner`` for ``lease_s`` seconds, oldest first.
+        """Lease up to ``limit`` predictions to ``owner`` for ``lease_s`` seconds, shared
+        fairly between API keys: the key with the fewest running goes first, then round the
+        keys, each key's oldest first (one key's backlog does not make another key's job
+        wait behind all of it); with one key, or none, that is simply oldest first.
 
         Takes queued predictions and reclaims processing ones whose lease expired; each claim
         counts an attempt. Abandoned predictions (their lease expired after the last allowed
@@ -400,19 +404,15 @@ class Predictions:
 
 
 def _claim(owner: str, limit: int, lease_s: float, now: datetime) -> Update:
+    claimable = or_(
+        predictions.c.status == "queued",
+        and_(predictions.c.status == "processing", predictions.c.lease_expires_at < now),
+    )
+    turns = _turns(claimable, now)
+    fair = select(turns.c.id).order_by(turns.c.turn, turns.c.created_at, turns.c.id).limit(limit)
     candidates = (
         select(predictions.c.id)
-        .where(
-            or_(
-                predictions.c.status == "queued",
-                and_(
-                    predictions.c.status == "processing",
-                    predictions.c.lease_expires_at < now,
-                ),
-            )
-        )
-        .order_by(predictions.c.created_at)
-        .limit(limit)
+        .where(predictions.c.id.in_(fair), claimable)
         .with_for_update(skip_locked=True)  # PostgreSQL; SQLite has one writer anyway
     )
     return (
@@ -429,6 +429,30 @@ def _claim(owner: str, limit: int, lease_s: float, now: datetime) -> Update:
             ),
         )
         .returning(*predictions.c)
+    )
+
+
+def _turns(claimable: ColumnElement[bool], now: datetime) -> Subquery:
+    """The claimable predictions (``id``, ``created_at``) with their ``turn``: the key's
+    predictions running now, plus the prediction's place among the key's claimable ones
+    (oldest first). Claiming in order of turn goes round the keys, least busy first."""
+    key = func.coalesce(predictions.c.api_key, "")
+    running = (
+        select(key.label("key"), func.count().label("running"))
+        .where(predictions.c.status == "processing", predictions.c.lease_expires_at >= now)
+        .group_by(key)
+        .subquery()
+    )
+    place = func.row_number().over(partition_by=key, order_by=predictions.c.created_at)
+    return (
+        select(
+            predictions.c.id,
+            predictions.c.created_at,
+            (place + func.coalesce(running.c.running, 0)).label("turn"),
+        )
+        .select_from(predictions.outerjoin(running, running.c.key == key))
+        .where(claimable)
+        .subquery()
     )
 
 

@@ -335,7 +335,7 @@ def test_one_keys_backlog_to_a_slow_receiver_does_not_delay_another_keys_deliver
 def test_workers_claim_round_the_keys_so_a_backlog_does_not_hold_up_another_key(
     database: str,
 ) -> None:
-    async def main() -> list[str | None]:
+    async def main() -> list[str]:
         async with Store(database) as store:
             for key in ["key-a"] * 6 + ["key-b"]:  # A's backlog is older than B's one job
                 await store.predictions.create(
@@ -347,7 +347,7 @@ def test_workers_claim_round_the_keys_so_a_backlog_does_not_hold_up_another_key(
                 )
             first = await store.predictions.claim("worker", 2, 30)
             second = await store.predictions.claim("worker", 2, 30)
-            return [p.api_key for p in first] + [p.api_key for p in second]
+            return [str(p.api_key) for p in [*first, *second]]
 
     claimed = asyncio.run(main())
     assert sorted(claimed[:2]) == ["key-a", "key-b"]  # B's job is in the first claim

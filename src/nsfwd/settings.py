@@ -223,6 +223,52 @@ class Settings(BaseSettings):
         description="Eachlabs predictions a static key may have waiting or running at once, "
         "across replicas, before 429 (Eachlabs' limit); `nsfwd keys` keys carry their own.",
     )
+    key_max_requests: int | None = Field(
+        None,
+        ge=1,
+        description="Prodia requests (POST /v2/job, and POST /v2/job/async while its upload is "
+        "read and checked) one key may have in progress at once in each HTTP process, its fair "
+        "share: past it, a key gets 429 with Retry-After once the process has half of max_queue "
+        "requests in progress (below that it may use what nobody else is using), so one key "
+        "cannot fill the engine's queue or every upload slot. Unset: an eighth of max_queue "
+        "(at least 1).",
+    )
+    key_max_async_jobs: int = Field(
+        100,
+        ge=1,
+        description="Prodia async jobs one key may have waiting or running, across replicas, "
+        "before its submissions get 429 with Retry-After (a tenth of max_async_queued by "
+        "default), so one key cannot fill the async queue.",
+    )
+    max_stored_upload_bytes: int = Field(
+        2 * 1024**3,
+        ge=1,
+        description="Bytes of uploaded images the job store may hold, across replicas: "
+        "unfinished async jobs, and finished v2 jobs (whose image is handed back) until they "
+        "expire; v1 uploads are dropped once classified. Past it, submissions get 503 with "
+        "Retry-After. Raise it, with the disk, for heavy v2 async use.",
+    )
+    max_uploads: int = Field(
+        32,
+        ge=1,
+        description="Request bodies each HTTP process reads at once; one more gets 503 with "
+        "Retry-After. Bounds the memory slow or many uploads can hold (at most this many "
+        "bodies of max_image_bytes).",
+    )
+    body_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a request body may take to arrive in full, counted from its first "
+        "read; a slower one gets 408 and its connection is closed (a slow-body client cannot "
+        "hold an upload slot for long). 10 MB in 60 s needs about 1.4 Mbit/s.",
+    )
+    webhook_key_concurrency: int = Field(
+        4,
+        ge=1,
+        description="Webhook deliveries of one key's predictions in progress at once, across "
+        "replicas; deliveries are claimed least-busy key first, so one key's backlog to a slow "
+        "receiver does not delay another key's.",
+    )
     webhook_secret: SecretStr | None = Field(
         None,
         description="Standard Webhooks signing secret (whsec_ + base64 of 24 to 64 random bytes) "
@@ -318,6 +364,19 @@ class Settings(BaseSettings):
             # an animation may decode as many pixels as 32 stills of the largest size
             max_animation_pixels=32 * self.max_image_side * self.max_image_side,
         )
+
+    @property
+    def key_requests_limit(self) -> int:
+        """Prodia requests one key may have in progress per HTTP process
+        (``key_max_requests``, or an eighth of ``max_queue``)."""
+        return self.key_max_requests or max(1, self.max_queue // 8)
+
+    @property
+    def key_requests_busy_at(self) -> int:
+        """Prodia requests in progress in a process from which a key past its share is refused:
+        half of ``max_queue``, and never below 2 (with a queue of one to three, the engine's
+        own admission decides, as before)."""
+        return max(2, self.max_queue // 2)
 
     @property
     def verdict_policy(self) -> Policy:

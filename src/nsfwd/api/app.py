@@ -73,6 +73,7 @@ def create_app(
             fetch_policy=settings.fetch_policy,
             policy=settings.verdict_policy,
             purge_every_s=min(PURGE_EVERY_S, settings.result_ttl_s / 2),
+            keeps_input=prodia_async.hands_back_input,
         )
     webhooks = None if store is None else WebhookSender.from_settings(store, settings)
     keys = KeyRing(settings, store)  # one rule for who may call, on every route
@@ -110,6 +111,8 @@ def create_app(
     app.add_middleware(
         BodyLimitMiddleware,
         max_body_bytes=settings.max_image_bytes + prodia.FORM_OVERHEAD_BYTES,
+        body_timeout_s=settings.body_timeout_s,
+        max_uploads=settings.max_uploads,
         hint=f"send an image of at most {settings.max_image_bytes:,} bytes",
         path_limits={
             openai_moderation.ROUTE: openai_moderation.max_body_bytes(settings.max_image_bytes)

@@ -18,6 +18,7 @@ import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from nsfwd.api.fairness import KeySlots
 from nsfwd.jobs import Store
 from nsfwd.jobs.keys import static_key_ref
 from nsfwd.policies import PolicyName
@@ -69,6 +70,8 @@ class KeyRing:
             creates_per_minute=settings.key_creates_per_minute,
             max_in_flight=settings.key_max_in_flight,
         )
+        self.requests = KeySlots(settings.key_requests_limit, busy_at=settings.key_requests_busy_at)
+        """Each key's Prodia requests in progress in this process (its fair share)."""
         self._required = bool(self.static_keys)
         """Cached once true: keys are never deleted, only revoked, so it stays true."""
 

@@ -3,9 +3,14 @@
 :class:`BodyLimitMiddleware` refuses an oversized body while it streams in, never after
 buffering it: a ``Content-Length`` over the limit is refused before the first byte is read (so a
 client that sent ``Expect: 100-continue`` never sends it), and a chunked body is counted as it
-arrives. A client that stops sending mid-body is let go after ``idle_timeout_s``. The refusals
-are raised from ``receive()`` as :class:`~nsfwd.api.errors.ApiError`, so the route that is reading
-renders them in its own protocol's format.
+arrives. A client that stops sending mid-body is let go after ``idle_timeout_s``, and one that
+trickles it (slowloris) once the whole body has taken ``body_timeout_s`` (408: a slow body is the
+client's fault, so not a status retrying clients send again). At most ``max_uploads`` bodies are
+read at once; the slot is taken when the app first reads the body (after the route has checked
+the caller's key and its share) and given back once the body is in, so one more is refused with
+503 and ``Retry-After``. The refusals are raised from ``receive()`` as
+:class:`~nsfwd.api.errors.ApiError`, so the route that is reading renders them in its own
+protocol's format.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from collections.abc import Mapping
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from nsfwd.api.errors import PayloadTooLargeError, RequestTimeoutError
+from nsfwd.api.errors import PayloadTooLargeError, RequestTimeoutError, UnavailableError
 
 REQUEST_ID_HEADER = "x-request-id"
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+/=-]{0,127}")
@@ -27,6 +32,10 @@ MAX_HEADER_BYTES = 8 * 1024
 """Largest total size of a request's header lines (nginx and Apache use 8 KiB per line)."""
 BODY_IDLE_TIMEOUT_S = 30.0
 """How long a client may go without sending any of its body before it gets 408."""
+BODY_TIMEOUT_S = 60.0
+"""How long a whole body may take to arrive, from the app's first read, before 408."""
+UPLOADS_RETRY_AFTER_S = 1
+"""What a request refused for want of an upload slot is told to wait."""
 _MIB = 1024 * 1024
 
 
@@ -71,7 +80,8 @@ def _incoming_request_id(scope: Scope) -> str | None:
 
 class BodyLimitMiddleware:
     """Bound each HTTP request: header bytes (431), body bytes (400, see
-    :class:`~nsfwd.api.errors.PayloadTooLargeError`) and body idle time (408)."""
+    :class:`~nsfwd.api.errors.PayloadTooLargeError`), body idle time and total time (408), and
+    bodies read at once (503)."""
 
     def __init__(
         self,
@@ -80,18 +90,25 @@ class BodyLimitMiddleware:
         max_body_bytes: int,
         max_header_bytes: int = MAX_HEADER_BYTES,
         idle_timeout_s: float = BODY_IDLE_TIMEOUT_S,
+        body_timeout_s: float = BODY_TIMEOUT_S,
+        max_uploads: int | None = None,
         hint: str = "send a smaller body",
         path_limits: Mapping[str, int] | None = None,
     ) -> None:
-        """Wrap ``app`` with these limits; ``hint`` ends the size refusal's message (what to do
-        instead); ``path_limits`` gives some paths a body limit of their own (OpenAI's
-        moderation API carries images as base64, a third larger than the bytes)."""
+        """Wrap ``app`` with these limits (``max_uploads`` ``None``: no cap on bodies read at
+        once); ``hint`` ends the size refusal's message (what to do instead); ``path_limits``
+        gives some paths a body limit of their own (OpenAI's moderation API carries images as
+        base64, a third larger than the bytes)."""
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.path_limits = dict(path_limits or {})
         self.hint = hint
         self.max_header_bytes = max_header_bytes
         self.idle_timeout_s = idle_timeout_s
+        self.body_timeout_s = body_timeout_s
+        self.max_uploads = max_uploads
+        self.uploads = 0
+        """Bodies being read now (their upload slots)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Refuse oversized headers at once; hand the app a ``receive`` that enforces the rest."""
@@ -108,7 +125,21 @@ class BodyLimitMiddleware:
             )
             return
         limit = self.path_limits.get(scope.get("path", ""), self.max_body_bytes)
-        await self.app(scope, _BoundedBody(self, limit, _content_length(scope), receive), send)
+        body = _BoundedBody(self, limit, _content_length(scope), receive)
+        try:
+            await self.app(scope, body, send)
+        finally:
+            body.release_slot()
+
+    def take_slot(self) -> None:
+        """Take an upload slot, or raise 503 when every one is taken."""
+        if self.max_uploads is not None and self.uploads >= self.max_uploads:
+            raise UnavailableError(
+                f"the server is reading {self.uploads} request bodies, as many as it reads at "
+                f"once; retry in {UPLOADS_RETRY_AFTER_S} s",
+                UPLOADS_RETRY_AFTER_S,
+            )
+        self.uploads += 1
 
     def too_large(self, size: str, limit: int | None = None) -> PayloadTooLargeError:
         """The error for a body of ``size`` (a phrase) over the limit (by default the
@@ -132,15 +163,30 @@ class _BoundedBody:
         self.receive = receive
         self.received = 0
         self.complete = False
+        self.deadline: float | None = None
+        """When the whole body must be in (event-loop time), set by the first read."""
+        self.holds_slot = False
 
     async def __call__(self) -> Message:
         if self.complete:  # the body is in: later messages (http.disconnect) may take forever
             return await self.receive()
         if self.declared is not None and self.declared > self.max_bytes:
             raise self.limits.too_large(f"{self.declared:,} bytes (Content-Length)", self.max_bytes)
+        loop = asyncio.get_running_loop()
+        if self.deadline is None:
+            self.limits.take_slot()
+            self.holds_slot = True
+            self.deadline = loop.time() + self.limits.body_timeout_s
+        left = self.deadline - loop.time()
         try:
-            message = await asyncio.wait_for(self.receive(), self.limits.idle_timeout_s)
+            message = await asyncio.wait_for(self.receive(), min(self.limits.idle_timeout_s, left))
         except TimeoutError:
+            self.release_slot()
+            if self.deadline - loop.time() <= 0:
+                raise RequestTimeoutError(
+                    f"the request body did not arrive within {self.limits.body_timeout_s:g} s "
+                    f"({self.received:,} bytes came); send it faster, or a smaller image"
+                ) from None
             raise RequestTimeoutError(
                 f"no request body data for {self.limits.idle_timeout_s:g} s after "
                 f"{self.received:,} bytes; send the whole body without pausing"
@@ -148,13 +194,22 @@ class _BoundedBody:
         if message["type"] == "http.request":
             self.received += len(message.get("body", b""))
             if self.received > self.max_bytes:
+                self.release_slot()
                 raise self.limits.too_large(
                     f"over {self.received:,} bytes and still coming", self.max_bytes
                 )
             self.complete = not message.get("more_body", False)
         else:
             self.complete = True
+        if self.complete:
+            self.release_slot()
         return message
+
+    def release_slot(self) -> None:
+        """Give the upload slot back (the body is in, refused, or the request is over)."""
+        if self.holds_slot:
+            self.holds_slot = False
+            self.limits.uploads -= 1
 
 
 def _content_length(scope: Scope) -> int | None:

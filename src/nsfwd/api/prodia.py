@@ -16,7 +16,7 @@ from typing import Any, Final
 from fastapi import APIRouter, Request, Response
 from starlette.types import Receive
 
-from nsfwd.api import strict_json
+from nsfwd.api import fairness, strict_json
 from nsfwd.api.auth import AuthenticationError, Caller, KeyRing
 from nsfwd.api.errors import (
     ApiError,
@@ -97,16 +97,19 @@ class ProdiaJobs:
     ) -> Response:
         """Await a route's ``work``; refusals and crashes become ``fail``'s answer (a failed
         job), and every answer is counted and timed in the metrics."""
-        return await answer(
-            request,
-            route,
-            work,
-            refuse=lambda exc: fail(request, job, exc),
-            metrics=self.engine.metrics,
-            internal=f"internal error; {not_done}. Retry, and report request id {{request_id}} "
-            "if it persists",
-            what=f"job {job.id} ",
-        )
+        try:
+            return await answer(
+                request,
+                route,
+                work,
+                refuse=lambda exc: fail(request, job, exc),
+                metrics=self.engine.metrics,
+                internal=f"internal error; {not_done}. Retry, and report request id "
+                "{request_id} if it persists",
+                what=f"job {job.id} ",
+            )
+        finally:
+            fairness.release(request)  # the key's slot, taken by _hold_slot
 
     async def _read_parts(self, request: Request, job: Job) -> list[Part]:
         """The request's multipart body, read as it streams in, and its job part checked."""
@@ -148,8 +151,13 @@ class ProdiaJobs:
                 "revoked; check the token you were given"
             ) from None
 
+    def _hold_slot(self, request: Request, caller: Caller | None) -> None:
+        """Take one of the caller's request slots, or refuse it 429 past its fair share;
+        :meth:`_guard` gives the slot back."""
+        self.keys.requests.hold(request, None if caller is None else caller.ref)
+
     async def _run(self, request: Request, job: Job) -> Response:
-        await self._identify(request)
+        self._hold_slot(request, await self._identify(request))
         parts = await self._read_parts(request, job)
         job.restart_clock()
         multipart = wants_multipart(request.headers.get("accept"), default=job.type == IMG2LABEL_V2)

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from nsfwd.api.auth import KeyRing
-from nsfwd.api.errors import ApiError, BadRequestError, TooBusyError
+from nsfwd.api.errors import ApiError, BadRequestError, TooBusyError, UnavailableError
 from nsfwd.api.multipart import Part
 from nsfwd.api.prodia import ProdiaJobs
 from nsfwd.api.prodia_job import (
@@ -124,6 +124,7 @@ class ProdiaAsyncJobs(ProdiaJobs):
 
     async def _submit(self, request: Request, job: Job) -> Response:
         caller = await self._identify(request)
+        self._hold_slot(request, caller)
         parts = await self._read_parts(request, job)
         job.restart_clock()
         if job.type == PING_V1:
@@ -148,17 +149,44 @@ class ProdiaAsyncJobs(ProdiaJobs):
                     filename=output_name(image.filename, unnamed),
                     content_type=output.content_type or "application/octet-stream",
                 ),
-                limits=Limits(max_unfinished=self.settings.max_async_queued),
+                limits=self._limits(),
                 policy=None if caller is None else caller.policy,
                 threshold=None if caller is None else caller.threshold,
             )
         except CapacityError as exc:
-            retry_after = self.worker.retry_after(exc.count - exc.limit + 1)
-            raise TooBusyError(
-                f"the async job queue is full ({exc}); retry in {retry_after} s", retry_after
-            ) from None
+            raise self._capacity_error(exc) from None
         multipart = wants_multipart(request.headers.get("accept"), default=False)
         return job_response(json_bytes(document(prediction)), multipart=multipart, status=201)
+
+    def _limits(self) -> Limits:
+        """What a new job must fit in: the async queue, the caller's share of it (the store
+        counts only a key's jobs; the open API has none) and the stored upload bytes."""
+        return Limits(
+            max_unfinished=self.settings.max_async_queued,
+            max_in_flight=self.settings.key_max_async_jobs,
+            max_stored_bytes=self.settings.max_stored_upload_bytes,
+        )
+
+    def _capacity_error(self, exc: CapacityError) -> ApiError:
+        """The refusal for a limit the store found reached: the key's share or the queue is a
+        429, full storage a 503 (the server's state, not the caller's); both with Retry-After."""
+        retry_after = self.worker.retry_after(exc.count - exc.limit + 1)
+        if exc.scope == "storage":
+            retry_after = self.worker.retry_after(self.worker.concurrency)
+            return UnavailableError(
+                f"the server is holding as many uploaded images as it may ({exc}); retry in "
+                f"{retry_after} s, after running jobs have finished",
+                retry_after,
+            )
+        if exc.scope == "key":
+            return TooBusyError(
+                f"this API key has as many async jobs as it may ({exc}); retry in "
+                f"{retry_after} s, after some of them have finished",
+                retry_after,
+            )
+        return TooBusyError(
+            f"the async job queue is full ({exc}); retry in {retry_after} s", retry_after
+        )
 
     async def _validate(self, image: Part) -> None:
         """Decode the image now (off the event loop), so a bad one is refused at submission."""
@@ -245,6 +273,12 @@ def image_response(data: bytes) -> Response:
     link), with ``nosniff`` so browsers do not guess either."""
     media_type = IMAGE_TYPES.get(sniff_format(data) or "", "application/octet-stream")
     return Response(data, media_type=media_type, headers={"X-Content-Type-Options": "nosniff"})
+
+
+def hands_back_input(prediction: Prediction) -> bool:
+    """Whether a prediction's result includes its uploaded image (Prodia v2 jobs), so the store
+    keeps the upload until the result expires; the others' uploads are dropped once classified."""
+    return prediction.protocol == "prodia" and prediction.job_type == IMG2LABEL_V2
 
 
 def _output_names(prediction: Prediction) -> list[str]:

@@ -5,6 +5,11 @@ pattern): the outcome and the notification are committed together or not at all,
 constraint keeps it to one delivery per prediction. Senders then lease due deliveries
 (:meth:`Deliveries.claim`, ``FOR UPDATE SKIP LOCKED`` on PostgreSQL) and record each attempt
 (:meth:`Deliveries.record_attempt`) only while they still hold the lease.
+
+Claims are shared fairly between API keys: the due deliveries of the key with the fewest in
+progress (leased, across replicas) come first, then the next key's, round and round, each key's
+oldest first; and with ``key_concurrency`` a key never has more than that many in progress. So
+one key's thousands of deliveries to a slow receiver do not hold up another key's.
 """
 
 from __future__ import annotations
@@ -16,13 +21,13 @@ from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Insert, Row, Select, or_, select, update
+from sqlalchemy import ColumnElement, Insert, Row, Select, Subquery, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from nsfwd.jobs.database import Database
 from nsfwd.jobs.records import Delivery, Prediction
-from nsfwd.jobs.schema import webhook_deliveries
+from nsfwd.jobs.schema import predictions, webhook_deliveries
 
 PayloadBuilder = Callable[[Prediction], Mapping[str, Any] | None]
 """Builds a finished prediction's webhook body; ``None`` sends no webhook."""
@@ -52,12 +57,17 @@ class Deliveries:
         *,
         clock: Callable[[], datetime],
         webhook_payload: PayloadBuilder = default_webhook_payload,
+        key_concurrency: int | None = None,
     ) -> None:
         """Deliveries in ``database``; ``webhook_payload`` renders each prediction's body,
-        ``clock`` tells the current UTC time."""
+        ``clock`` tells the current UTC time; ``key_concurrency`` caps one key's deliveries in
+        progress (``None``: no cap, but still least busy key first)."""
+        if key_concurrency is not None and key_concurrency < 1:
+            raise ValueError(f"key_concurrency must be at least 1, got {key_concurrency}")
         self.database = database
         self.clock = clock
         self.webhook_payload = webhook_payload
+        self.key_concurrency = key_concurrency
         self.work_available = asyncio.Event()
         """Set whenever this store enqueues a delivery (or one falls due); senders wait on it."""
 
@@ -106,23 +116,27 @@ class Deliveries:
         )
 
     async def claim(self, owner: str, limit: int, lease_s: float) -> list[Delivery]:
-        """Lease up to ``limit`` deliveries that are due to ``owner`` for ``lease_s`` seconds,
-        most overdue first (also those whose previous sender's lease expired)."""
+        """Lease up to ``limit`` deliveries that are due to ``owner`` for ``lease_s`` seconds
+        (also those whose previous sender's lease expired), shared fairly between keys (see
+        the module docstring)."""
         if limit < 1:
             return []
         now = self.clock()
+        due = (
+            webhook_deliveries.c.status == "pending",
+            webhook_deliveries.c.next_attempt_at <= now,
+            or_(
+                webhook_deliveries.c.lease_expires_at.is_(None),
+                webhook_deliveries.c.lease_expires_at < now,
+            ),
+        )
+        turns = _turns(due, now)
+        fair = select(turns.c.id).order_by(turns.c.turn, turns.c.next_attempt_at)
+        if self.key_concurrency is not None:
+            fair = fair.where(turns.c.turn <= self.key_concurrency)
         candidates = (
             select(webhook_deliveries.c.id)
-            .where(
-                webhook_deliveries.c.status == "pending",
-                webhook_deliveries.c.next_attempt_at <= now,
-                or_(
-                    webhook_deliveries.c.lease_expires_at.is_(None),
-                    webhook_deliveries.c.lease_expires_at < now,
-                ),
-            )
-            .order_by(webhook_deliveries.c.next_attempt_at)
-            .limit(limit)
+            .where(webhook_deliveries.c.id.in_(fair.limit(limit)), *due)
             .with_for_update(skip_locked=True)
         )
         claim = (
@@ -178,6 +192,40 @@ class Deliveries:
         async with self.database.write() as connection:
             row = (await connection.execute(record)).first()
         return None if row is None else _delivery(row)
+
+
+def _turns(due: tuple[ColumnElement[bool], ...], now: datetime) -> Subquery:
+    """The due deliveries (``id``, ``next_attempt_at``) with their ``turn``: the key's
+    deliveries in progress now, plus the delivery's place among the key's due ones (oldest
+    first). Claiming in order of turn goes round the keys, least busy first."""
+    key = func.coalesce(predictions.c.api_key, "")
+    owned = webhook_deliveries.join(
+        predictions, predictions.c.id == webhook_deliveries.c.prediction_id
+    )
+    busy = (
+        select(key.label("key"), func.count().label("busy"))
+        .select_from(owned)
+        .where(
+            webhook_deliveries.c.status == "pending",
+            webhook_deliveries.c.lease_expires_at >= now,
+        )
+        .group_by(key)
+        .subquery()
+    )
+    place = func.row_number().over(
+        partition_by=key,
+        order_by=webhook_deliveries.c.next_attempt_at,
+    )
+    return (
+        select(
+            webhook_deliveries.c.id,
+            webhook_deliveries.c.next_attempt_at,
+            (place + func.coalesce(busy.c.busy, 0)).label("turn"),
+        )
+        .select_from(owned.outerjoin(busy, busy.c.key == key))
+        .where(*due)
+        .subquery()
+    )
 
 
 __all__ = ["Deliveries", "PayloadBuilder", "default_webhook_payload"]

@@ -37,6 +37,7 @@ from sqlalchemy import (
     ColumnElement,
     Row,
     String,
+    Subquery,
     Update,
     and_,
     case,
@@ -76,18 +77,26 @@ class Limits:
     """Most queued and processing predictions of the creating key."""
     creates_per_minute: int | None = None
     """Most predictions the creating key may create in 60 seconds."""
+    max_stored_bytes: int | None = None
+    """Most bytes of uploaded images the whole store may hold, the new upload included."""
+
+
+Scope = Literal["server", "key", "rate", "storage"]
+"""Which limit of :class:`Limits` a create ran into."""
 
 
 class CapacityError(Exception):
     """A limit in :class:`Limits` is reached; nothing was created."""
 
-    def __init__(self, scope: Literal["server", "key", "rate"], limit: int, count: int) -> None:
+    def __init__(self, scope: Scope, limit: int, count: int) -> None:
         """``scope`` names the limit (``server``: max_unfinished, ``key``: max_in_flight,
-        ``rate``: creates_per_minute); ``count`` is what was found."""
+        ``rate``: creates_per_minute, ``storage``: max_stored_bytes); ``count`` is what was
+        found (for ``storage``, the bytes stored with the new upload)."""
         what = {
             "server": "predictions waiting or running on this server",
             "key": "predictions waiting or running for this API key",
             "rate": "predictions created by this API key in the last minute",
+            "storage": "bytes of uploaded images stored, with this one",
         }[scope]
         super().__init__(f"{count} {what}; the limit is {limit}")
         self.scope = scope
@@ -176,7 +185,10 @@ class Predictions:
                 threshold=threshold,
             )
             if limits is not None:
-                await _check_limits(connection, api_key, limits, now)
+                size = 0 if upload is None else len(upload.data)
+                await _check_limits(
+                    connection, protocol, api_key, limits, now=now, upload_bytes=size
+                )
             await connection.execute(
                 predictions.insert().values(
                     {
@@ -228,7 +240,10 @@ class Predictions:
         )
 
     async def claim(self, owner: str, limit: int, lease_s: float) -> list[Prediction]:
-        """Lease up to ``limit`` predictions to ``owner`` for ``lease_s`` seconds, oldest first.
+        """Lease up to ``limit`` predictions to ``owner`` for ``lease_s`` seconds, shared
+        fairly between API keys: the key with the fewest running goes first, then round the
+        keys, each key's oldest first (one key's backlog does not make another key's job
+        wait behind all of it); with one key, or none, that is simply oldest first.
 
         Takes queued predictions and reclaims processing ones whose lease expired; each claim
         counts an attempt. Abandoned predictions (their lease expired after the last allowed
@@ -297,13 +312,16 @@ class Predictions:
         error: str | None = None,
         predict_time: float | None = None,
         judged: Mapping[str, Any] | None = None,
+        keep_input: bool = True,
     ) -> Prediction | None:
         """Record the outcome: ``labels`` (and ``output``, and ``judged``: which picture they
         are of) on success, or an ``error``.
 
         Only while ``owner`` still holds the prediction; returns the finished prediction, or
         ``None`` when the lease was lost (the outcome is then discarded). Enqueues the webhook
-        delivery, if the prediction has a ``webhook_url``, in the same transaction.
+        delivery, if the prediction has a ``webhook_url``, in the same transaction. The
+        uploaded image is deleted with it unless the prediction succeeded and ``keep_input``
+        (its result hands the image back, as Prodia's v2 jobs do): nothing reads it again.
         """
         if (labels is None) == (error is None):
             raise ValueError("finish a prediction with either labels or an error")
@@ -338,6 +356,8 @@ class Predictions:
             if row is None:
                 return None
             finished = _prediction(row)
+            if error is not None or not keep_input:
+                await connection.execute(delete(inputs).where(inputs.c.prediction_id == row.id))
             await self.outbox.enqueue(connection, finished, now)
         self.outbox.notify([finished])
         return finished
@@ -387,19 +407,15 @@ class Predictions:
 
 
 def _claim(owner: str, limit: int, lease_s: float, now: datetime) -> Update:
+    claimable = or_(
+        predictions.c.status == "queued",
+        and_(predictions.c.status == "processing", predictions.c.lease_expires_at < now),
+    )
+    turns = _turns(claimable, now)
+    fair = select(turns.c.id).order_by(turns.c.turn, turns.c.created_at, turns.c.id).limit(limit)
     candidates = (
         select(predictions.c.id)
-        .where(
-            or_(
-                predictions.c.status == "queued",
-                and_(
-                    predictions.c.status == "processing",
-                    predictions.c.lease_expires_at < now,
-                ),
-            )
-        )
-        .order_by(predictions.c.created_at)
-        .limit(limit)
+        .where(predictions.c.id.in_(fair), claimable)
         .with_for_update(skip_locked=True)  # PostgreSQL; SQLite has one writer anyway
     )
     return (
@@ -419,19 +435,57 @@ def _claim(owner: str, limit: int, lease_s: float, now: datetime) -> Update:
     )
 
 
+def _turns(claimable: ColumnElement[bool], now: datetime) -> Subquery:
+    """The claimable predictions (``id``, ``created_at``) with their ``turn``: the key's
+    predictions running now, plus the prediction's place among the key's claimable ones
+    (oldest first). Claiming in order of turn goes round the keys, least busy first."""
+    key = func.coalesce(predictions.c.api_key, "")
+    running = (
+        select(key.label("key"), func.count().label("running"))
+        .where(predictions.c.status == "processing", predictions.c.lease_expires_at >= now)
+        .group_by(key)
+        .subquery()
+    )
+    place = func.row_number().over(partition_by=key, order_by=predictions.c.created_at)
+    return (
+        select(
+            predictions.c.id,
+            predictions.c.created_at,
+            (place + func.coalesce(running.c.running, 0)).label("turn"),
+        )
+        .select_from(predictions.outerjoin(running, running.c.key == key))
+        .where(claimable)
+        .subquery()
+    )
+
+
 async def _check_limits(
-    connection: AsyncConnection, api_key: str | None, limits: Limits, now: datetime
+    connection: AsyncConnection,
+    protocol: Protocol,
+    api_key: str | None,
+    limits: Limits,
+    *,
+    now: datetime,
+    upload_bytes: int,
 ) -> None:
+    """Raise :class:`CapacityError` for the first of ``limits`` the new prediction breaks. A
+    key's counts are of its predictions in the same ``protocol``: each protocol's share of a
+    key is limited on its own (Eachlabs' 10 in flight are not taken by Prodia jobs)."""
     if connection.dialect.name == "postgresql":
         await connection.execute(
             text("SELECT pg_advisory_xact_lock(:key)"), {"key": CREATE_LOCK_ID}
         )
+    if limits.max_stored_bytes is not None:
+        stored = select(func.coalesce(func.sum(func.length(inputs.c.data)), 0))
+        total = int((await connection.execute(stored)).scalar_one()) + upload_bytes
+        if total > limits.max_stored_bytes:
+            raise CapacityError("storage", limits.max_stored_bytes, total)
     unfinished = predictions.c.status.in_(UNFINISHED)
-    checks: list[tuple[Literal["server", "key", "rate"], int | None, ColumnElement[bool]]] = [
+    checks: list[tuple[Scope, int | None, ColumnElement[bool]]] = [
         ("server", limits.max_unfinished, unfinished)
     ]
     if api_key is not None:
-        mine = predictions.c.api_key == api_key
+        mine = and_(predictions.c.api_key == api_key, predictions.c.protocol == protocol)
         checks += [
             ("key", limits.max_in_flight, and_(mine, unfinished)),
             ("rate", limits.creates_per_minute,
@@ -452,4 +506,4 @@ def _not_before(column: ColumnElement[datetime], moment: datetime) -> ColumnElem
     return case((column > bound, column), else_=bound)
 
 
-__all__ = ["CapacityError", "Limits", "Predictions"]
+__all__ = ["CapacityError", "Limits", "Predictions", "Scope"]

@@ -23,7 +23,8 @@ FINISHED: Final = ("succeeded", "failed")
 
 @dataclass(frozen=True)
 class Upload:
-    """An image uploaded with a prediction (Prodia async), kept until the result expires."""
+    """An image uploaded with a prediction (Prodia async), kept until the result expires when
+    the result hands it back (v2), else dropped once the prediction is classified."""
 
     data: bytes
     filename: str

@@ -50,17 +50,24 @@ class Store:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         webhook_payload: PayloadBuilder = default_webhook_payload,
         clock: Callable[[], datetime] = _utcnow,
+        webhook_key_concurrency: int | None = None,
     ) -> None:
         """A store on ``url`` (see :func:`nsfwd.jobs.database.database_url`), not yet open.
 
         ``result_ttl_s``: how long finished predictions are kept; ``max_attempts``: claims before
         an abandoned prediction is failed; ``webhook_payload``: the body of each prediction's
-        webhook; ``clock``: the current UTC time (tests move it).
+        webhook; ``clock``: the current UTC time (tests move it); ``webhook_key_concurrency``:
+        most deliveries of one key in progress at once (``None``: no cap).
         """
         self.url = url
         self.clock = clock
         self.database = Database(url)
-        self.deliveries = Deliveries(self.database, clock=clock, webhook_payload=webhook_payload)
+        self.deliveries = Deliveries(
+            self.database,
+            clock=clock,
+            webhook_payload=webhook_payload,
+            key_concurrency=webhook_key_concurrency,
+        )
         self.predictions = Predictions(
             self.database,
             self.deliveries,
@@ -77,6 +84,7 @@ class Store:
             database.database_url(settings.data_dir, settings.database_url),
             result_ttl_s=settings.result_ttl_s,
             max_attempts=settings.max_attempts,
+            webhook_key_concurrency=settings.webhook_key_concurrency,
         )
 
     async def open(self) -> None:

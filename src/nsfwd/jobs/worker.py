@@ -9,6 +9,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 from nsfwd.engine_protocol import ClassifyEngine, EngineClosedError, QueueFullError
@@ -65,6 +66,7 @@ class Worker:
         purge_every_s: float = PURGE_EVERY_S,
         name: str | None = None,
         models: ServedModels | None = None,
+        keeps_input: Callable[[Prediction], bool] | None = None,
     ) -> None:
         """Run up to ``concurrency`` predictions at once, each under a lease of ``lease_s``.
 
@@ -74,6 +76,8 @@ class Worker:
         often to look for work queued elsewhere; ``purge_every_s`` how often to purge.
         ``models``, on a server of several, runs each prediction on the model it names
         (Eachlabs' slug: the first); without them, every prediction runs on ``engine``.
+        ``keeps_input`` says which predictions' uploads their results need (the others' bytes
+        are deleted when they succeed; ``None``: every upload is kept until it expires).
         """
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -87,6 +91,7 @@ class Worker:
         self.poll_s = poll_s
         self.purge_every_s = purge_every_s
         self.name = name or worker_name()
+        self.keeps_input = keeps_input
         self._claims = ClaimLoop(
             store.predictions,
             self._run,
@@ -179,6 +184,7 @@ class Worker:
             error=error,
             predict_time=elapsed if labels is not None else None,
             judged=judged,
+            keep_input=self.keeps_input is None or self.keeps_input(prediction),
         )
         if finished is None:
             log.warning("prediction %s: lease lost before finishing; result dropped",

@@ -1,9 +1,11 @@
 """The engine: a dynamic batcher between many concurrent requests and one model.
 
 Path of an upload: admission (a bounded count; over it, :class:`QueueFullError` and a 429) ->
-decode, validate and preprocess on a thread pool (off the event loop) -> the queue -> the batcher,
-which whenever the model is free takes everything queued (up to ``max_batch_size``, waiting at
-most ``batch_wait_ms`` for more) -> one dedicated inference thread -> each request's future.
+decode, validate and preprocess on the bounded ``decode`` pool (:mod:`nsfwd.pools`: off the
+event loop, under a deadline, a late or abandoned decode holding no slot) -> the queue -> the
+batcher, which whenever the model is free takes everything queued (up to ``max_batch_size``,
+waiting at most ``batch_wait_ms`` for more) -> one dedicated inference thread -> each
+request's future.
 
 Like text-embeddings-inference's batcher, it needs no timer under load: requests pile up while
 the model runs and leave together in the next batch. A request whose caller was cancelled (its
@@ -15,14 +17,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
-from nsfwd.engine_protocol import EngineClosedError, QueueFullError
+from nsfwd import pools
+from nsfwd.engine_protocol import (
+    DECODE_TIMEOUT_S,
+    EngineClosedError,
+    QueueFullError,
+    run_intake,
+)
 from nsfwd.images import ImageLimits, UnscorableImageError, load_image
 from nsfwd.metrics import Metrics
 from nsfwd.model_types import Labels
@@ -48,9 +56,13 @@ class Engine:
         batch_wait_ms: float = 2.0,
         max_queue: int = 64,
         decode_workers: int | None = None,
+        decode_timeout_s: float = DECODE_TIMEOUT_S,
         limits: ImageLimits | None = None,
         metrics: Metrics | None = None,
     ) -> None:
+        """Batch onto ``classifier``. Images are decoded on the process's ``decode`` pool
+        (:mod:`nsfwd.pools`), or on a pool of ``decode_workers`` threads of the engine's own,
+        each for at most ``decode_timeout_s``."""
         self.classifier = classifier
         self.max_batch_size = max_batch_size
         self.batch_wait = batch_wait_ms / 1000
@@ -58,12 +70,16 @@ class Engine:
         self.limits = limits or ImageLimits()
         self.metrics = metrics or Metrics()
         self.metrics.show_model(self.model_info)
-        self._decode_workers = decode_workers or len(os.sched_getaffinity(0))
+        self.decode_timeout_s = decode_timeout_s
+        self.decode_pool = (
+            pools.named(pools.DECODE)
+            if decode_workers is None
+            else pools.BoundedPool(pools.DECODE, decode_workers)
+        )
         self._admitted = 0
         self._batch_seconds = 1.0  # refined after every batch; feeds Retry-After
         self._queue: asyncio.Queue[_Item] | None = None
         self._batcher: asyncio.Task[None] | None = None
-        self._decode_pool: ThreadPoolExecutor | None = None
         self._infer_pool: ThreadPoolExecutor | None = None
         self.ready = False
 
@@ -95,7 +111,6 @@ class Engine:
     async def start(self) -> None:
         """Start the worker threads and the batcher, and warm the model up (compiled: every
         batch size up to ``max_batch_size``)."""
-        self._decode_pool = ThreadPoolExecutor(self._decode_workers, "nsfwd-decode")
         self._infer_pool = ThreadPoolExecutor(1, "nsfwd-infer")
         self._queue = asyncio.Queue()
         await asyncio.get_running_loop().run_in_executor(
@@ -115,9 +130,8 @@ class Engine:
             item = self._queue.get_nowait()
             if not item.future.done():
                 item.future.set_exception(EngineClosedError("the server is shutting down"))
-        for pool in (self._decode_pool, self._infer_pool):
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+        if self._infer_pool is not None:
+            self._infer_pool.shutdown(wait=True, cancel_futures=True)
 
     def retry_after(self) -> int:
         """Seconds a refused client should wait: roughly the time to drain the queue."""
@@ -130,7 +144,7 @@ class Engine:
         Raises :class:`nsfwd.images.ImageError` for a bad image, :class:`QueueFullError` when
         the engine is full and :class:`EngineClosedError` when it is not running.
         """
-        if not self.ready or self._queue is None or self._decode_pool is None:
+        if not self.ready or self._queue is None:
             raise EngineClosedError("the model is not loaded yet")
         if self._admitted >= self.max_queue:
             self.metrics.rejected.inc()
@@ -139,7 +153,8 @@ class Engine:
         self.metrics.queue_size.set(self._admitted)
         try:
             loop = asyncio.get_running_loop()
-            pixels = await loop.run_in_executor(self._decode_pool, self._prepare, data)
+            prepare = partial(self._prepare, data)
+            pixels = await run_intake(self.decode_pool, prepare, self.decode_timeout_s)
             future: asyncio.Future[Labels] = loop.create_future()
             self._queue.put_nowait(_Item(pixels, future, time.perf_counter()))
             return await future

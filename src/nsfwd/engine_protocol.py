@@ -8,11 +8,30 @@ this interface lives apart from it.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Final, Protocol, TypeVar
 
-from nsfwd.images import ImageLimits
+from nsfwd.images import ImageComplexityError, ImageLimits
 from nsfwd.metrics import Metrics
 from nsfwd.model_types import Labels
+from nsfwd.pools import BoundedPool, PoolDeadlineError
+
+T = TypeVar("T")
+
+DECODE_TIMEOUT_S: Final = 10.0
+"""How long decoding one image may run by default (``NSFWD_DECODE_TIMEOUT_S``)."""
+
+
+async def run_intake(pool: BoundedPool, fn: Callable[[], T], deadline_s: float) -> T:
+    """Run image intake work (checks, decoding) on ``pool``; an image whose decoding runs past
+    ``deadline_s`` is refused with :class:`~nsfwd.images.ImageComplexityError`, and its thread
+    written off (:mod:`nsfwd.pools`), so that it holds no slot while it runs on."""
+    try:
+        return await pool.run(fn, deadline_s=deadline_s)
+    except PoolDeadlineError:
+        raise ImageComplexityError(
+            f"decoding it took longer than {deadline_s:g} s, the server's limit for one image"
+        ) from None
 
 
 class QueueFullError(RuntimeError):

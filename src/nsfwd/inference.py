@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from nsfwd import pools
 from nsfwd.engine import Engine
 from nsfwd.model_types import DEFAULT_MODEL, OPEN_NSFW, ModelNotAvailableError
 from nsfwd.models import Classifier
@@ -100,6 +101,7 @@ def build_engine(settings: Settings) -> Engine:
     """Load the classifier ``nsfwd serve`` runs (:func:`load_served_classifier`) and wrap it in
     an engine."""
     classifier = load_served_classifier(settings)
+    pools.configure(decode=settings.decode_workers)
     log.info(
         "loaded %s (%s) on %s in %s; labels %s",
         classifier.name,
@@ -113,6 +115,6 @@ def build_engine(settings: Settings) -> Engine:
         max_batch_size=settings.max_batch_size or classifier.batch_size,
         batch_wait_ms=settings.batch_wait_ms,
         max_queue=settings.max_queue,
-        decode_workers=settings.decode_workers,
+        decode_timeout_s=settings.decode_timeout_s,
         limits=settings.image_limits,
     )

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from nsfwd import __version__
+from nsfwd import __version__, pools
 from nsfwd.api import eachlabs, prodia, prodia_async
 from nsfwd.api.auth import KeyRing
 from nsfwd.api.errors import install_error_handlers
@@ -49,6 +49,9 @@ def create_app(engine: ClassifyEngine, settings: Settings, store: Store | None =
     holds the keys made with ``nsfwd keys create``: one :class:`~nsfwd.api.auth.KeyRing` accepts
     them, with the static ``NSFWD_API_KEYS``, on every route.
     """
+    pools.configure(
+        decode=settings.decode_workers, dns=settings.dns_workers, webhooks=settings.webhook_workers
+    )
     worker = None
     if store is not None:
         worker = Worker(

@@ -7,6 +7,7 @@ import asyncio
 import socket
 import threading
 import time
+from functools import partial
 from typing import Any
 
 import pytest
@@ -60,7 +61,7 @@ def test_at_most_size_tasks_run_at_once_on_named_threads() -> None:
         return value * 2
 
     async def main() -> list[int]:
-        return list(await asyncio.gather(*(pool.run(lambda v=v: task(v)) for v in range(8))))
+        return list(await asyncio.gather(*(pool.run(partial(task, v)) for v in range(8))))
 
     assert asyncio.run(main()) == [v * 2 for v in range(8)]
     assert most == 2 and names == {"nsfwd-test"}

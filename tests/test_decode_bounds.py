@@ -24,6 +24,7 @@ from nsfwd.images import ImageComplexityError
 from nsfwd.models import Classifier
 from photos import astronaut_jpeg
 from prodia_jobs import job_files
+from waiting import wait_for
 
 V1 = "inference.vit.img2label.v1"
 REFUSAL = "more than 100 scans"
@@ -120,3 +121,33 @@ def test_a_decode_past_its_deadline_is_refused_and_holds_no_slot(classifier: Cla
     assert "decoding it took longer than 0.02 s" in str(outcomes[0])
     assert took < 10
     assert threading.active_count() < 100
+
+
+def test_an_async_upload_is_decoded_once(
+    classifier: Classifier, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checked at submission on the decode pool, classified by the job from the pixels kept
+    then: one decode, not two."""
+    import nsfwd.engine
+    import nsfwd.images
+
+    decoded: list[str] = []
+    real = nsfwd.images.load_image
+
+    def counting(data: bytes, *args: Any) -> Any:
+        decoded.append(threading.current_thread().name)
+        return real(data, *args)
+
+    monkeypatch.setattr(nsfwd.engine, "load_image", counting)
+    with eachlabs_server(classifier, tmp_path) as (url, _):
+        res = prodia(url, "/v2/job/async", astronaut_jpeg())
+        assert res.status_code == 201, res.text
+        job = res.json()["id"]
+        auth = {"Authorization": f"Bearer {KEY}"}
+
+        def state() -> str | None:
+            got = requests.get(f"{url}/v2/job/async/{job}/job.state.current", headers=auth)
+            return None if got.text == "processing" else got.text
+
+        assert wait_for(state, 30, "the job to finish") == "processed"
+    assert decoded == ["nsfwd-decode"]

@@ -73,3 +73,9 @@ class ClassifyEngine(Protocol):
 
     async def classify(self, data: bytes) -> Labels:
         """Label probabilities for one encoded image."""
+
+    async def check(self, data: bytes) -> None:
+        """Run the image intake on ``data`` as :meth:`classify` would (decoding it on the
+        bounded decode pool), raising the same :class:`~nsfwd.images.ImageError`, and keep what
+        it made for a while, so that a :meth:`classify` of the same bytes soon after (an async
+        job's) does not decode them again."""

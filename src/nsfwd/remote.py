@@ -20,6 +20,7 @@ import itertools
 import json
 import logging
 import struct
+from collections.abc import Awaitable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,7 +97,8 @@ class InferenceServer:
                     if (task := tasks.get(request_id)) is not None:
                         task.cancel()
                     continue
-                task = asyncio.create_task(self._classify(request_id, body, writer))
+                work = self._check if header.get("op") == "check" else self._classify
+                task = asyncio.create_task(work(request_id, body, writer))
                 tasks[request_id] = task
                 task.add_done_callback(partial(_forget, tasks, request_id))
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -110,9 +112,17 @@ class InferenceServer:
             writer.close()
 
     async def _classify(self, request_id: int, data: bytes, writer: asyncio.StreamWriter) -> None:
+        await self._answer(request_id, self.engine.classify(data), writer)
+
+    async def _check(self, request_id: int, data: bytes, writer: asyncio.StreamWriter) -> None:
+        await self._answer(request_id, self.engine.check(data), writer)
+
+    async def _answer(
+        self, request_id: int, work: Awaitable[Labels | None], writer: asyncio.StreamWriter
+    ) -> None:
         answer: dict[str, Any] = {"id": request_id}
         try:
-            answer["labels"] = await self.engine.classify(data)
+            answer["labels"] = await work
         except ImageError as exc:
             answer.update(error="image", type=type(exc).__name__, message=exc.message)
         except QueueFullError as exc:
@@ -171,7 +181,7 @@ class RemoteEngine:
         self.connect_timeout_s = connect_timeout_s
         self.ready = False
         self._ids = itertools.count()
-        self._pending: dict[int, asyncio.Future[Labels]] = {}
+        self._pending: dict[int, asyncio.Future[Labels | None]] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
 
@@ -209,14 +219,24 @@ class RemoteEngine:
         Raises what :meth:`Engine.classify` raises: :class:`~nsfwd.images.ImageError`,
         :class:`QueueFullError`, :class:`EngineClosedError`.
         """
+        labels = await self._call("classify", data)
+        assert labels is not None
+        return labels
+
+    async def check(self, data: bytes) -> None:
+        """:meth:`Engine.check` in the inference process, which keeps the pixels for the
+        classify that follows (this worker's or another's)."""
+        await self._call("check", data)
+
+    async def _call(self, op: str, data: bytes) -> Labels | None:
         writer = self._writer
         if not self.ready or writer is None:
             raise EngineClosedError("the model is not loaded yet")
         request_id = next(self._ids)
-        future: asyncio.Future[Labels] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Labels | None] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            writer.write(_frame({"op": "classify", "id": request_id}, data))
+            writer.write(_frame({"op": op, "id": request_id}, data))
             await writer.drain()
             return await future
         except asyncio.CancelledError:

@@ -8,13 +8,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any, Final
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from nsfwd import pools
 from nsfwd.api.auth import KeyRing
 from nsfwd.api.errors import ApiError, BadRequestError, TooBusyError
 from nsfwd.api.multipart import Part
@@ -33,8 +31,8 @@ from nsfwd.api.prodia_job import (
     timestamp,
     wants_multipart,
 )
-from nsfwd.engine_protocol import ClassifyEngine, run_intake
-from nsfwd.images import ImageError, load_image, sniff_format
+from nsfwd.engine_protocol import ClassifyEngine
+from nsfwd.images import ImageError, sniff_format
 from nsfwd.jobs import CapacityError, Limits, Prediction, Store, Upload
 from nsfwd.jobs.worker import Worker
 from nsfwd.settings import Settings
@@ -159,11 +157,11 @@ class ProdiaAsyncJobs(ProdiaJobs):
         return job_response(json_bytes(document(prediction)), multipart=multipart, status=201)
 
     async def _validate(self, image: Part) -> None:
-        """Decode the image now, on the bounded ``decode`` pool under the decode deadline, so
-        that a bad one is refused at submission."""
-        check = partial(load_image, image.data, self.engine.limits)
+        """Decode the image now, on the engine's bounded decode pool, so that a bad one is
+        refused at submission; the engine keeps the pixels for the job, which then does not
+        decode it again."""
         try:
-            await run_intake(pools.named(pools.DECODE), check, self.settings.decode_timeout_s)
+            await self.engine.check(image.data)
         except ImageError as exc:
             raise image_refusal(image, exc) from None
 

@@ -45,7 +45,8 @@ class Host:
     ``POST /hook/{name}``: records the request; ``?fail=N`` answers 500 to the first N,
     ``?status=S`` always answers S, ``?sleep=T`` sleeps T seconds before answering the first.
     ``GET /photo.jpg`` a JPEG, ``/text`` not an image, ``/missing`` 404, ``/slow?gate=G`` holds
-    the answer until :meth:`open_gate` (G), ``/redirect?to=URL`` a 302.
+    the answer until :meth:`open_gate` (G), ``/redirect?to=URL`` a 302, ``/files/{name}``
+    what :meth:`serve` put there, byte for byte, with its headers.
     """
 
     def __init__(self) -> None:
@@ -53,6 +54,7 @@ class Host:
         self.gates: dict[str, threading.Event] = defaultdict(threading.Event)
         self.lock = threading.Lock()
         self.photo = jpeg()
+        self.files: dict[str, tuple[bytes, dict[str, str]]] = {}
         self.app = Starlette(
             routes=[
                 Route("/hook/{name}", self.hook, methods=["POST"]),
@@ -60,6 +62,7 @@ class Host:
                 Route("/text", self.text),
                 Route("/slow", self.slow),
                 Route("/redirect", self.redirect, methods=["GET", "POST"]),
+                Route("/files/{name}", self.file),
             ]
         )
 
@@ -90,6 +93,16 @@ class Host:
 
     async def redirect(self, request: Request) -> Response:
         return Response(status_code=302, headers={"location": request.query_params["to"]})
+
+    async def file(self, request: Request) -> Response:
+        data, headers = self.files[request.path_params["name"]]
+        return Response(data, headers=headers)
+
+    def serve(self, name: str, data: bytes, headers: dict[str, str] | None = None) -> str:
+        """Serve ``data`` at ``/files/{name}`` with ``headers`` (as given: a Content-Encoding
+        is not applied); returns the path."""
+        self.files[name] = (data, {"content-type": "image/jpeg"} | (headers or {}))
+        return f"/files/{name}"
 
     def open_gate(self, name: str) -> None:
         self.gates[name].set()

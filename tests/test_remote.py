@@ -188,3 +188,28 @@ def test_a_missing_inference_process_is_a_clear_error(tmp_path: Path) -> None:
     )
     with pytest.raises(EngineClosedError, match="cannot reach the inference process"):
         asyncio.run(client.start())
+
+
+def test_a_check_over_the_socket_decodes_once_for_the_classify_after_it(
+    classifier: Classifier, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nsfwd.engine
+
+    decoded: list[bytes] = []
+
+    def counting(data: bytes, *args: object) -> Image.Image:
+        decoded.append(data)
+        return load_image(data, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(nsfwd.engine, "load_image", counting)
+    image = noise_png(7)
+
+    async def test(client: RemoteEngine, engine: Engine) -> None:
+        await client.check(image)
+        assert len(decoded) == 1
+        assert await client.classify(image) == await engine.classify(image)
+        assert len(decoded) == 2  # the remote classify used the checked pixels; the local one not
+        with pytest.raises(ImageError, match="unsupported image format"):
+            await client.check(b"GIF89a" + bytes(64))
+
+    run(classifier, tmp_path, test)

@@ -1,7 +1,8 @@
 """The engine: a dynamic batcher between many concurrent requests and one model.
 
 Path of an upload: admission (a bounded count; over it, :class:`QueueFullError` and a 429) ->
-decode, validate and preprocess on a thread pool (off the event loop) into what viewers see
+decode, validate and preprocess on the bounded ``decode`` pool (:mod:`nsfwd.pools`: off the
+event loop, under a deadline, a late or abandoned decode holding no slot) into what viewers see
 (every judged frame, over white and black where transparent: :mod:`nsfwd.viewer`) -> the queue
 -> the batcher, which whenever the model is free takes everything queued (up to
 ``max_batch_size`` pictures, waiting at most ``batch_wait_ms`` for more; an image's pictures stay
@@ -17,21 +18,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import math
-import os
+import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
-from nsfwd.engine_protocol import EngineClosedError, QueueFullError
+from nsfwd import pools
+from nsfwd.engine_protocol import (
+    DECODE_TIMEOUT_S,
+    EngineClosedError,
+    QueueFullError,
+    run_intake,
+)
 from nsfwd.images import ImageLimits, UnscorableImageError, load_prepared
 from nsfwd.metrics import Metrics
 from nsfwd.model_types import Labels
 from nsfwd.models import Classifier
 from nsfwd.policies import Policy, nonfinite_labels
 from nsfwd.viewer import Judgement, Views, worst
+
+CHECKED_KEPT = 64
+"""Images :meth:`Engine.check` keeps prepared for a later :meth:`Engine.judge` (about 600 KB a
+picture at 448x448)."""
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 @dataclass
@@ -53,9 +71,13 @@ class Engine:
         batch_wait_ms: float = 2.0,
         max_queue: int = 64,
         decode_workers: int | None = None,
+        decode_timeout_s: float = DECODE_TIMEOUT_S,
         limits: ImageLimits | None = None,
         metrics: Metrics | None = None,
     ) -> None:
+        """Batch onto ``classifier``. Images are decoded on the process's ``decode`` pool
+        (:mod:`nsfwd.pools`), or on a pool of ``decode_workers`` threads of the engine's own,
+        each for at most ``decode_timeout_s``."""
         self.classifier = classifier
         self.max_batch_size = max_batch_size
         self.batch_wait = batch_wait_ms / 1000
@@ -63,13 +85,19 @@ class Engine:
         self.limits = limits or ImageLimits()
         self.metrics = metrics or Metrics()
         self.metrics.show_model(self.model_info)
-        self._decode_workers = decode_workers or len(os.sched_getaffinity(0))
+        self.decode_timeout_s = decode_timeout_s
+        self._checked: OrderedDict[bytes, Views[torch.Tensor]] = OrderedDict()
+        self._checked_lock = threading.Lock()
+        self.decode_pool = (
+            pools.named(pools.DECODE)
+            if decode_workers is None
+            else pools.BoundedPool(pools.DECODE, decode_workers)
+        )
         self._admitted = 0
         self._batch_seconds = 1.0  # refined after every batch; feeds Retry-After
         self._queue: asyncio.Queue[_Item] | None = None
         self._held: _Item | None = None  # taken from the queue, too big for the last batch
         self._batcher: asyncio.Task[None] | None = None
-        self._decode_pool: ThreadPoolExecutor | None = None
         self._infer_pool: ThreadPoolExecutor | None = None
         self.ready = False
 
@@ -101,7 +129,6 @@ class Engine:
     async def start(self) -> None:
         """Start the worker threads and the batcher, and warm the model up (compiled: every
         batch size up to ``max_batch_size``)."""
-        self._decode_pool = ThreadPoolExecutor(self._decode_workers, "nsfwd-decode")
         self._infer_pool = ThreadPoolExecutor(1, "nsfwd-infer")
         self._queue = asyncio.Queue()
         await asyncio.get_running_loop().run_in_executor(
@@ -124,9 +151,8 @@ class Engine:
         for item in waiting:
             if not item.future.done():
                 item.future.set_exception(EngineClosedError("the server is shutting down"))
-        for pool in (self._decode_pool, self._infer_pool):
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+        if self._infer_pool is not None:
+            self._infer_pool.shutdown(wait=True, cancel_futures=True)
 
     def retry_after(self) -> int:
         """Seconds a refused client should wait: roughly the time to drain the queue."""
@@ -149,7 +175,7 @@ class Engine:
         scores that are not finite for any picture fail the image
         (:class:`~nsfwd.images.UnscorableImageError`).
         """
-        if not self.ready or self._queue is None or self._decode_pool is None:
+        if not self.ready or self._queue is None:
             raise EngineClosedError("the model is not loaded yet")
         if self._admitted >= self.max_queue:
             self.metrics.rejected.inc()
@@ -158,7 +184,9 @@ class Engine:
         self.metrics.queue_size.set(self._admitted)
         try:
             loop = asyncio.get_running_loop()
-            views = await loop.run_in_executor(self._decode_pool, self._prepare, data)
+            loop = asyncio.get_running_loop()
+            prepare = partial(self._prepare, data)
+            views = await run_intake(self.decode_pool, prepare, self.decode_timeout_s)
             future: asyncio.Future[list[Labels]] = loop.create_future()
             self._queue.put_nowait(_Item(views.images, future, time.perf_counter()))
             labels = await future
@@ -167,7 +195,27 @@ class Engine:
             self.metrics.queue_size.set(self._admitted)
         return worst(views, labels, (policy or Policy()).score)
 
+    async def check(self, data: bytes) -> None:
+        """Decode and prepare ``data`` as :meth:`judge` does, on the decode pool, raising
+        its :class:`~nsfwd.images.ImageError`; the pictures are kept (the last
+        :data:`CHECKED_KEPT` images) for a :meth:`judge` of the same bytes."""
+        if not self.ready:
+            raise EngineClosedError("the model is not loaded yet")
+        await run_intake(self.decode_pool, partial(self._check, data), self.decode_timeout_s)
+
+    def _check(self, data: bytes) -> None:
+        views = load_prepared(data, self.classifier.prepare, self.limits)
+        with self._checked_lock:
+            self._checked[_digest(data)] = views
+            while len(self._checked) > CHECKED_KEPT:
+                self._checked.popitem(last=False)
+
     def _prepare(self, data: bytes) -> Views[torch.Tensor]:
+        if self._checked:
+            with self._checked_lock:
+                views = self._checked.pop(_digest(data), None)
+            if views is not None:
+                return views
         return load_prepared(data, self.classifier.prepare, self.limits)
 
     def _predict(self, pixels: list[torch.Tensor]) -> torch.Tensor:

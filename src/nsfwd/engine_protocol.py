@@ -8,13 +8,32 @@ this interface lives apart from it.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Final, Protocol, TypeVar
 
-from nsfwd.images import ImageLimits
+from nsfwd.images import ImageComplexityError, ImageLimits
 from nsfwd.metrics import Metrics
 from nsfwd.model_types import Labels
 from nsfwd.policies import Policy
+from nsfwd.pools import BoundedPool, PoolDeadlineError
 from nsfwd.viewer import Judgement
+
+T = TypeVar("T")
+
+DECODE_TIMEOUT_S: Final = 10.0
+"""How long decoding one image may run by default (``NSFWD_DECODE_TIMEOUT_S``)."""
+
+
+async def run_intake(pool: BoundedPool, fn: Callable[[], T], deadline_s: float) -> T:
+    """Run image intake work (checks, decoding) on ``pool``; an image whose decoding runs past
+    ``deadline_s`` is refused with :class:`~nsfwd.images.ImageComplexityError`, and its thread
+    written off (:mod:`nsfwd.pools`), so that it holds no slot while it runs on."""
+    try:
+        return await pool.run(fn, deadline_s=deadline_s)
+    except PoolDeadlineError:
+        raise ImageComplexityError(
+            f"decoding it took longer than {deadline_s:g} s, the server's limit for one image"
+        ) from None
 
 
 class QueueFullError(RuntimeError):
@@ -60,3 +79,9 @@ class ClassifyEngine(Protocol):
     async def judge(self, data: bytes, policy: Policy | None = None) -> Judgement:
         """The labels of the worst picture a viewer may see of one encoded image under
         ``policy`` (default: moderate), and which picture that was."""
+
+    async def check(self, data: bytes) -> None:
+        """Run the image intake on ``data`` as :meth:`judge` would (decoding it on the
+        bounded decode pool), raising the same :class:`~nsfwd.images.ImageError`, and keep what
+        it made for a while, so that a :meth:`judge` of the same bytes soon after (an async
+        job's) does not decode them again."""

@@ -26,6 +26,7 @@ from typing import ClassVar, Final, TypeVar
 
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from nsfwd import jpeg_structure
 from nsfwd.viewer import (
     ColourProfileError,
     View,
@@ -39,6 +40,7 @@ __all__ = [
     "ORIENTATION_TRANSPOSE",
     "SUPPORTED_FORMATS",
     "CorruptImageError",
+    "ImageComplexityError",
     "ImageDimensionsError",
     "ImageError",
     "ImageHeader",
@@ -188,6 +190,13 @@ class CorruptImageError(ImageError):
     """The data is in a supported format but truncated, corrupt or otherwise undecodable."""
 
     code: ClassVar[str] = "corrupt"
+
+
+class ImageComplexityError(ImageError):
+    """Decoding the image would cost far more than its size suggests (a JPEG with hundreds of
+    scans, or megabytes of padding), or it took longer than the server allows."""
+
+    code: ClassVar[str] = "too_complex"
 
 
 @dataclass(frozen=True)
@@ -347,10 +356,20 @@ def _check_before_opening(data: bytes, limits: ImageLimits) -> tuple[str, tuple[
     """Size, format and header dimensions; returns the format and the header's size if found."""
     _check_byte_size(len(data), limits, where="input")
     fmt = _require_supported_format(data)
+    if fmt == "JPEG":  # first: our own header parser would skip fill bytes one at a time
+        _check_jpeg_structure(data)
     header_size = _header_size(data, fmt)
     if header_size is not None:
         _check_dimensions(header_size, limits)
     return fmt, header_size
+
+
+def _check_jpeg_structure(data: bytes) -> None:
+    """Refuse a JPEG whose structure predicts far more decoding work than its size suggests
+    (:mod:`nsfwd.jpeg_structure`: too many scans or segments, long runs of fill bytes)."""
+    excess = jpeg_structure.read_structure(data).excess
+    if excess is not None:
+        raise ImageComplexityError(f"JPEG refused before decoding: {excess}")
 
 
 @contextmanager

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from nsfwd import pools
 from nsfwd.engine import Engine
 from nsfwd.metrics import Metrics
 from nsfwd.model_types import DEFAULT_MODEL, OPEN_NSFW, ModelNotAvailableError, ModelSpec
@@ -139,6 +140,7 @@ def build_engines(settings: Settings) -> dict[str, Engine]:
     :class:`~nsfwd.metrics.Metrics`, so ``/metrics`` counts the whole server."""
     metrics = Metrics()
     engines: dict[str, Engine] = {}
+    pools.configure(decode=settings.decode_workers)
     for name, classifier in load_served_classifiers(settings).items():
         log.info(
             "loaded %s as %r (%s) on %s in %s; labels %s",
@@ -154,7 +156,7 @@ def build_engines(settings: Settings) -> dict[str, Engine]:
             max_batch_size=settings.max_batch_size or classifier.batch_size,
             batch_wait_ms=settings.batch_wait_ms,
             max_queue=settings.max_queue,
-            decode_workers=settings.decode_workers,
+            decode_timeout_s=settings.decode_timeout_s,
             limits=settings.image_limits,
             metrics=metrics,
         )

@@ -22,6 +22,7 @@ import itertools
 import json
 import logging
 import struct
+from collections.abc import Coroutine
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -100,8 +101,11 @@ class InferenceServer:
                     if (task := tasks.get(request_id)) is not None:
                         task.cancel()
                     continue
-                policy = _policy(header.get("policy"))
-                task = asyncio.create_task(self._classify(request_id, body, policy, writer))
+                if header.get("op") == "check":
+                    work = self._check(body)
+                else:
+                    work = self._judge(body, _policy(header.get("policy")))
+                task = asyncio.create_task(self._answer(request_id, work, writer))
                 tasks[request_id] = task
                 task.add_done_callback(partial(_forget, tasks, request_id))
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -114,13 +118,23 @@ class InferenceServer:
             self._connections.discard(writer)
             writer.close()
 
-    async def _classify(
-        self, request_id: int, data: bytes, policy: Policy | None, writer: asyncio.StreamWriter
+    async def _judge(self, data: bytes, policy: Policy | None) -> dict[str, Any]:
+        judgement = await self.engine.judge(data, policy)
+        return {"labels": judgement.labels, "judged": judgement.details()}
+
+    async def _check(self, data: bytes) -> dict[str, Any]:
+        await self.engine.check(data)
+        return {"checked": True}
+
+    async def _answer(
+        self,
+        request_id: int,
+        work: Coroutine[Any, Any, dict[str, Any]],
+        writer: asyncio.StreamWriter,
     ) -> None:
         answer: dict[str, Any] = {"id": request_id}
         try:
-            judgement = await self.engine.judge(data, policy)
-            answer.update(labels=judgement.labels, judged=judgement.details())
+            answer.update(await work)
         except ImageError as exc:
             answer.update(error="image", type=type(exc).__name__, message=exc.message)
         except QueueFullError as exc:
@@ -190,7 +204,7 @@ class RemoteEngine:
         self.connect_timeout_s = connect_timeout_s
         self.ready = False
         self._ids = itertools.count()
-        self._pending: dict[int, asyncio.Future[Judgement]] = {}
+        self._pending: dict[int, asyncio.Future[Judgement | None]] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
 
@@ -233,17 +247,27 @@ class RemoteEngine:
     async def judge(self, data: bytes, policy: Policy | None = None) -> Judgement:
         """:meth:`Engine.judge`, computed by the inference process; raises what
         :meth:`classify` raises."""
+        request: dict[str, Any] = {"op": "classify"}
+        if policy is not None:
+            request["policy"] = [policy.name, policy.threshold]
+        judgement = await self._call(request, data)
+        assert judgement is not None
+        return judgement
+
+    async def check(self, data: bytes) -> None:
+        """:meth:`Engine.check` in the inference process, which keeps the pixels for the
+        judgement that follows (this worker's or another's)."""
+        await self._call({"op": "check"}, data)
+
+    async def _call(self, request: dict[str, Any], data: bytes) -> Judgement | None:
         writer = self._writer
         if not self.ready or writer is None:
             raise EngineClosedError("the model is not loaded yet")
         request_id = next(self._ids)
-        future: asyncio.Future[Judgement] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Judgement | None] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
-        request: dict[str, Any] = {"op": "classify", "id": request_id}
-        if policy is not None:
-            request["policy"] = [policy.name, policy.threshold]
         try:
-            writer.write(_frame(request, data))
+            writer.write(_frame({**request, "id": request_id}, data))
             await writer.drain()
             return await future
         except asyncio.CancelledError:
@@ -270,6 +294,8 @@ class RemoteEngine:
                         if judged is None
                         else Judgement.from_details(labels, judged)
                     )
+                elif answer.get("checked"):
+                    future.set_result(None)
                 else:
                     future.set_exception(_error(answer))
         except (asyncio.IncompleteReadError, ConnectionError, ValueError, KeyError) as exc:

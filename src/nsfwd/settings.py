@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from nsfwd.fetch import WEBHOOK_ALLOW_SETTING, FetchPolicy, parse_networks
+from nsfwd.fetch import WEBHOOK_ALLOW_SETTING, FetchPolicy, parse_networks, webhook_resolver
 from nsfwd.images import ImageLimits
 from nsfwd.model_types import DEFAULT_MODEL, ModelSpec
 from nsfwd.policies import DEFAULT_POLICY, DEFAULT_THRESHOLD, Policy, PolicyName
@@ -146,6 +146,16 @@ class Settings(BaseSettings):
         None,
         ge=1,
         description="Threads decoding and preprocessing uploads; defaults to the CPU count.",
+    )
+    decode_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="How long decoding one image may run before it is refused as too costly "
+        "(400); its thread is written off so that it holds no slot.",
+    )
+    dns_workers: int = Field(8, ge=1, description="Threads resolving the host names of image URLs.")
+    webhook_workers: int = Field(
+        4, ge=1, description="Threads resolving webhook receivers' host names."
     )
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest accepted image.")
     min_image_side: int = Field(128, ge=1, description="Smallest accepted width or height.")
@@ -401,4 +411,5 @@ class Settings(BaseSettings):
             allow_setting=WEBHOOK_ALLOW_SETTING,
             allow_http=self.fetch_allow_http,
             max_bytes=self.max_image_bytes,
+            resolver=webhook_resolver,
         )

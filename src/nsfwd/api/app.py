@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from nsfwd import __version__, demo
+from nsfwd import __version__, demo, pools
 from nsfwd.api import eachlabs, openai_models, openai_moderation, prodia, prodia_async
 from nsfwd.api.auth import KeyRing
 from nsfwd.api.errors import install_error_handlers
@@ -60,6 +60,9 @@ def create_app(
     holds the keys made with ``nsfwd keys create``: one :class:`~nsfwd.api.auth.KeyRing` accepts
     them, with the static ``NSFWD_API_KEYS``, on every route.
     """
+    pools.configure(
+        decode=settings.decode_workers, dns=settings.dns_workers, webhooks=settings.webhook_workers
+    )
     models = ServedModels.of(engines, settings.served_model_name)
     engine = models.default  # sizes the background work; its metrics count the requests
     worker = None

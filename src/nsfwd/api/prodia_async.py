@@ -5,7 +5,6 @@ names and each output. A job is visible only to the key that submitted it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -33,7 +32,7 @@ from nsfwd.api.prodia_job import (
     wants_multipart,
 )
 from nsfwd.engine_protocol import ClassifyEngine
-from nsfwd.images import ImageError, load_image, sniff_format
+from nsfwd.images import ImageError, sniff_format
 from nsfwd.jobs import CapacityError, Limits, Prediction, Store, Upload
 from nsfwd.jobs.worker import Worker
 from nsfwd.served_models import ServedModels
@@ -189,9 +188,11 @@ class ProdiaAsyncJobs(ProdiaJobs):
         )
 
     async def _validate(self, image: Part) -> None:
-        """Decode the image now (off the event loop), so a bad one is refused at submission."""
+        """Decode the image now, on the engine's bounded decode pool, so that a bad one is
+        refused at submission; the engine keeps the pixels for the job, which then does not
+        decode it again."""
         try:
-            await asyncio.to_thread(load_image, image.data, self.engine.limits)
+            await self.engine.check(image.data)
         except ImageError as exc:
             raise image_refusal(image, exc) from None
 

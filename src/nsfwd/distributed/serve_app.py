@@ -114,6 +114,14 @@ class ModelServer:
             "batches": [answer["batch"] for answer in answers if "batch" in answer],
         }
 
+    async def check(self, data: bytes) -> dict[str, Any]:
+        """Run the image intake on ``data`` (an async job's upload): ``{}``, or ``error``."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._decode, self._prepare, data)
+        except ImageError as exc:
+            return {"error": exc}
+        return {}
+
     def _prepare(self, data: bytes) -> Any:
         from nsfwd.images import load_prepared
 

@@ -128,17 +128,31 @@ class ServeEngine:
         self.metrics.queue_size.set(self._in_flight)
         started = time.perf_counter()
         try:
-            answer = await self._call(data, policy)
+            answer = await self._call("judge", data, policy)
         finally:
             self._in_flight -= 1
             self.metrics.queue_size.set(self._in_flight)
         self._call_seconds = 0.8 * self._call_seconds + 0.2 * (time.perf_counter() - started)
         return self._judgement(answer)
 
-    async def _call(self, data: bytes, policy: Policy | None) -> dict[str, Any]:
+    async def check(self, data: bytes) -> None:
+        """Run the image intake on ``data`` in a model replica (an async job's upload, checked
+        before it is accepted), raising its :class:`~nsfwd.images.ImageError`. Replicas keep
+        nothing: the job's judgement, on whichever replica, decodes the image again."""
+        if not self.ready:
+            raise EngineClosedError("the model is not loaded yet")
+        answer = await self._call("check", data)
+        error = answer.get("error")
+        if isinstance(error, ImageError):
+            raise error
+
+    async def _call(self, method: str, *args: Any) -> dict[str, Any]:
+        """``method`` of a model replica, called with ``args``; retried on another replica
+        when the one it ran on died."""
+        call = getattr(self.handle, method)
         for attempt in range(RETRIES + 1):
             try:
-                answer: dict[str, Any] = await self.handle.judge.remote(data, policy)
+                answer: dict[str, Any] = await call.remote(*args)
                 return answer
             except BackPressureError:
                 self.metrics.rejected.inc()

@@ -32,6 +32,7 @@ from nsfwd.fetch.policy import (
     resolve,
     system_resolver,
     validate_url,
+    webhook_resolver,
 )
 from nsfwd.fetch.transport import USER_AGENT, safe_async_client
 
@@ -53,4 +54,5 @@ __all__ = [
     "safe_async_client",
     "system_resolver",
     "validate_url",
+    "webhook_resolver",
 ]

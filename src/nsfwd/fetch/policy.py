@@ -15,9 +15,12 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 import httpx
+
+from nsfwd import pools
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -55,9 +58,21 @@ class FetchTimeouts:
 
 
 async def system_resolver(host: str, port: int) -> list[str]:
-    """The addresses the operating system's resolver gives for ``host``, in its order."""
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    """The addresses the operating system's resolver gives for ``host``, in its order, looked
+    up on the ``dns`` pool (:mod:`nsfwd.pools`), not asyncio's shared default one."""
+    return await _lookup(pools.DNS, host, port)
+
+
+async def webhook_resolver(host: str, port: int) -> list[str]:
+    """:func:`system_resolver` for webhook receivers, on the ``webhooks`` pool, so that slow
+    names given as webhooks cannot hold up image fetching, nor the reverse."""
+    return await _lookup(pools.WEBHOOKS, host, port)
+
+
+async def _lookup(pool: str, host: str, port: int) -> list[str]:
+    infos = await pools.named(pool).run(
+        partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    )
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 

@@ -18,6 +18,7 @@ from typing import Final
 import httpx
 from standardwebhooks import Webhook
 
+from nsfwd import pools
 from nsfwd.fetch import FetchError, FetchPolicy, FetchTimeouts, safe_async_client
 from nsfwd.jobs.claims import ClaimLoop, worker_name
 from nsfwd.jobs.records import Delivery
@@ -160,7 +161,8 @@ class WebhookSender:
     async def start(self) -> None:
         """Start sending (the store must be open). Without a secret, log and do nothing."""
         if self.secret is None and self._settings is not None:
-            self.secret = await asyncio.to_thread(resolve_secret, self._settings)
+            settings = self._settings
+            self.secret = await pools.named(pools.WEBHOOKS).run(lambda: resolve_secret(settings))
         if self.secret is None:
             log.warning(
                 "webhooks are off: NSFWD_WEBHOOK_SECRET is not set (required with "

@@ -132,13 +132,13 @@ def test_an_async_upload_is_decoded_once(
     import nsfwd.images
 
     decoded: list[str] = []
-    real = nsfwd.images.load_image
+    real = nsfwd.images.load_prepared
 
     def counting(data: bytes, *args: Any) -> Any:
         decoded.append(threading.current_thread().name)
         return real(data, *args)
 
-    monkeypatch.setattr(nsfwd.engine, "load_image", counting)
+    monkeypatch.setattr(nsfwd.engine, "load_prepared", counting)
     with eachlabs_server(classifier, tmp_path) as (url, _):
         res = prodia(url, "/v2/job/async", astronaut_jpeg())
         assert res.status_code == 201, res.text

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -18,7 +19,7 @@ from gates import simple_gated_classifier
 from noise import noise_png
 from nsfwd.engine import Engine
 from nsfwd.engine_protocol import EngineClosedError, QueueFullError
-from nsfwd.images import ImageError, ImageLimits, load_image
+from nsfwd.images import ImageError, ImageLimits, load_image, load_prepared
 from nsfwd.models import Classifier
 from nsfwd.remote import InferenceServer, RemoteEngine
 from waiting import until
@@ -197,11 +198,11 @@ def test_a_check_over_the_socket_decodes_once_for_the_classify_after_it(
 
     decoded: list[bytes] = []
 
-    def counting(data: bytes, *args: object) -> Image.Image:
+    def counting(data: bytes, *args: Any) -> Any:
         decoded.append(data)
-        return load_image(data, *args)  # type: ignore[arg-type]
+        return load_prepared(data, *args)
 
-    monkeypatch.setattr(nsfwd.engine, "load_image", counting)
+    monkeypatch.setattr(nsfwd.engine, "load_prepared", counting)
     image = noise_png(7)
 
     async def test(client: RemoteEngine, engine: Engine) -> None:

@@ -14,6 +14,7 @@ from nsfwd.api import eachlabs, prodia, prodia_async
 from nsfwd.api.auth import KeyRing
 from nsfwd.api.errors import install_error_handlers
 from nsfwd.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from nsfwd.api.openapi import install_openapi
 from nsfwd.engine_protocol import ClassifyEngine
 from nsfwd.jobs import Store
 from nsfwd.jobs.webhooks import WebhookSender
@@ -118,4 +119,5 @@ def create_app(engine: ClassifyEngine, settings: Settings, store: Store | None =
         """Prometheus metrics: queue size, batch sizes, inference and request latency."""
         return Response(engine.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    install_openapi(app)
     return app

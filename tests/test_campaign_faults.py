@@ -1,0 +1,119 @@
+"""The reliability campaign, part 4: faults with real parts.
+
+* PostgreSQL stopped mid-flight, then started again: while it is down, the routes that need the
+  store answer 503 with ``Retry-After`` (never 500) and the ones that do not keep answering;
+  afterwards every job accepted before the outage ends.
+* A webhook receiver down for a while (its port closed), then back: each delivery arrives once,
+  under the same ``webhook-id`` it would have had.
+* SQLite on a full disk (a small tmpfs when this process may mount one, else a file-size limit
+  on the server process): uploads are refused with 507 (503 under the file-size limit), never
+  500, and the store passes ``PRAGMA integrity_check`` afterwards.
+* SIGKILL of the inference process under ``--http-workers``: the server exits for its
+  supervisor, and a restart on the same store finishes every accepted job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from nsfwd.api import create_app
+from nsfwd.engine import Engine
+from nsfwd.jobs import Store
+from nsfwd.models import Classifier
+from nsfwd.settings import Settings
+from photos import astronaut_jpeg
+from postgres import restartable_postgres
+from prodia_jobs import MODEL, TOKEN, job_files
+from servers import serve_app
+from waiting import wait_for
+
+PRODIA = {"Authorization": f"Bearer {TOKEN}", "Accept": "application/json"}
+EACHLABS = {"X-API-Key": TOKEN}
+
+
+def settings(**values: Any) -> Settings:
+    return Settings(served_model_name=MODEL, api_keys=[TOKEN], **values)
+
+
+@contextlib.contextmanager
+def server(classifier: Classifier, config: Settings) -> Iterator[str]:
+    """A server on loopback with its store, as ``nsfwd serve`` builds it."""
+    engine = Engine(classifier, max_batch_size=4, limits=config.image_limits)
+    app = create_app(engine, config.model_copy(update={"model": classifier.name}),
+                     Store.from_settings(config))  # fmt: skip
+    with serve_app(app) as url:
+        yield url
+
+
+def submit(url: str, size: tuple[int, int] = (256, 256)) -> requests.Response:
+    return requests.post(
+        f"{url}/v2/job/async", headers=PRODIA, files=job_files(image=astronaut_jpeg(size)),
+        timeout=30,
+    )  # fmt: skip
+
+
+def state(url: str, job_id: str) -> requests.Response:
+    return requests.get(f"{url}/v2/job/async/{job_id}/job.state.current", headers=PRODIA,
+                        timeout=30)  # fmt: skip
+
+
+def all_ended(url: str, ids: list[str]) -> dict[str, str] | None:
+    """Each job's state once none is processing (None until then, or while the store is down)."""
+    states = {}
+    for job_id in ids:
+        answer = state(url, job_id)
+        if answer.status_code != 200 or answer.text == "processing":
+            return None
+        states[job_id] = answer.text
+    return states
+
+
+# --- PostgreSQL stopped and restarted -------------------------------------------------------
+
+
+def test_postgresql_down_is_503_and_every_accepted_job_ends(
+    classifier: Classifier, tmp_path: Path
+) -> None:
+    with restartable_postgres() as database:
+        config = settings(data_dir=tmp_path, database_url=database.url, lease_s=2)
+        with server(classifier, config) as url:
+            ids = []
+            for index in range(12):
+                answer = submit(url, (200 + 8 * index, 200))
+                assert answer.status_code == 201, answer.text
+                ids.append(answer.json()["id"])
+            database.stop()  # mid-flight: the worker is running the first jobs
+            down = {
+                "submit": submit(url),
+                "state": state(url, ids[0]),
+                "job.json": requests.get(f"{url}/v2/job/async/{ids[0]}/job.json",
+                                         headers=PRODIA, timeout=30),
+                "eachlabs create": requests.post(
+                    f"{url}/v1/prediction/", headers=EACHLABS, timeout=30,
+                    json={"model": "nsfw-image-detection",
+                          "input": {"image": "https://images.test/a.jpg"}},
+                ),
+                "eachlabs get": requests.get(f"{url}/v1/prediction/{ids[0]}",
+                                             headers=EACHLABS, timeout=30),
+            }  # fmt: skip
+            for what, answer in down.items():
+                assert answer.status_code == 503, f"{what}: {answer.status_code} {answer.text}"
+                assert int(answer.headers["Retry-After"]) >= 1, what
+                assert "store" in answer.text, answer.text
+            sync = requests.post(f"{url}/v2/job", headers=PRODIA, timeout=30,
+                                 files=job_files(image=astronaut_jpeg()))  # fmt: skip
+            assert sync.status_code == 200, sync.text  # no store needed
+            time.sleep(3)  # the worker's loops meet the outage (leases run out meanwhile)
+            database.start()
+            states = wait_for(
+                lambda: all_ended(url, ids), 90, "every accepted job to end", interval=0.2,
+                detail=lambda: str([(state(url, i).status_code, state(url, i).text) for i in ids]),
+            )  # fmt: skip
+    assert set(states.values()) <= {"processed", "failed"}
+    assert list(states.values()).count("processed") >= len(ids) - 2, states

@@ -15,13 +15,16 @@
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import requests
 
+from hosts import ALLOWED, SECRET, Host, verified
 from nsfwd.api import create_app
 from nsfwd.engine import Engine
 from nsfwd.jobs import Store
@@ -30,7 +33,7 @@ from nsfwd.settings import Settings
 from photos import astronaut_jpeg
 from postgres import restartable_postgres
 from prodia_jobs import MODEL, TOKEN, job_files
-from servers import serve_app
+from servers import free_port, serve_app
 from waiting import wait_for
 
 PRODIA = {"Authorization": f"Bearer {TOKEN}", "Accept": "application/json"}
@@ -117,3 +120,58 @@ def test_postgresql_down_is_503_and_every_accepted_job_ends(
             )  # fmt: skip
     assert set(states.values()) <= {"processed", "failed"}
     assert list(states.values()).count("processed") >= len(ids) - 2, states
+
+
+# --- A webhook receiver down for a while, then back ---------------------------------------------
+
+
+def deliveries(database: Path) -> dict[str, tuple[str, str, int]]:
+    """prediction id -> (delivery id, status, attempts), read straight from the SQLite file."""
+    with closing(sqlite3.connect(database, timeout=30)) as connection:
+        rows = connection.execute(
+            "SELECT prediction_id, id, status, attempts FROM webhook_deliveries"
+        )
+        return {row[0]: (row[1], row[2], row[3]) for row in rows}
+
+
+def test_a_webhook_receiver_down_for_a_while_gets_each_delivery_once(
+    classifier: Classifier, tmp_path: Path
+) -> None:
+    images, receiver = Host(), Host()
+    hook_port = free_port("127.0.0.2")  # nothing listens there yet
+    config = settings(
+        data_dir=tmp_path, webhook_secret=SECRET, webhook_allow_networks=ALLOWED,
+        fetch_allow_networks=ALLOWED, fetch_allow_http=True, webhook_retry_delays=[0.5] * 30,
+    )  # fmt: skip
+    database = tmp_path / "nsfwd.db"
+    with (
+        serve_app(images.app, host="127.0.0.2", timeout_graceful_shutdown=1) as image_host,
+        server(classifier, config) as url,
+    ):
+        ids = []
+        for index in range(4):
+            body = {"model": "nsfw-image-detection", "input": {"image": f"{image_host}/photo.jpg"},
+                    "webhook_url": f"http://127.0.0.2:{hook_port}/hook/{index}"}  # fmt: skip
+            answer = requests.post(f"{url}/v1/prediction/", headers=EACHLABS, json=body,
+                                   timeout=30)  # fmt: skip
+            assert answer.status_code == 200, answer.text
+            ids.append(answer.json()["predictionID"])
+        wait_for(
+            lambda: len(found := deliveries(database)) == len(ids)
+            and all(attempts >= 3 for _, _, attempts in found.values()),
+            60, "every delivery to have failed a few times",
+        )  # fmt: skip
+        with serve_app(receiver.app, host="127.0.0.2", port=hook_port, timeout_graceful_shutdown=1):
+            wait_for(
+                lambda: all(row[1] == "delivered" for row in deliveries(database).values()),
+                60, "every delivery to arrive once the receiver is back",
+            )  # fmt: skip
+            time.sleep(1.5)  # three retry delays: a duplicate would have arrived by now
+        final = deliveries(database)
+    for index, prediction_id in enumerate(ids):
+        hits = receiver.received(str(index))
+        assert len(hits) == 1, f"hook {index} got {len(hits)} deliveries"
+        delivery_id, _, attempts = final[prediction_id]
+        assert attempts >= 4
+        assert hits[0].headers["webhook-id"] == delivery_id
+        assert verified(hits[0])["exec_id"] == prediction_id

@@ -15,7 +15,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import resource
+import signal
 import sqlite3
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -24,7 +28,7 @@ from typing import Any
 
 import requests
 
-from hosts import ALLOWED, SECRET, Host, verified
+from hosts import ALLOWED, SECRET, Host, jpeg, verified
 from nsfwd.api import create_app
 from nsfwd.engine import Engine
 from nsfwd.jobs import Store
@@ -33,6 +37,7 @@ from nsfwd.settings import Settings
 from photos import astronaut_jpeg
 from postgres import restartable_postgres
 from prodia_jobs import MODEL, TOKEN, job_files
+from serve_process import nsfwd_serve
 from servers import free_port, serve_app
 from waiting import wait_for
 
@@ -59,6 +64,12 @@ def submit(url: str, size: tuple[int, int] = (256, 256)) -> requests.Response:
         f"{url}/v2/job/async", headers=PRODIA, files=job_files(image=astronaut_jpeg(size)),
         timeout=30,
     )  # fmt: skip
+
+
+def submit_bytes(url: str, image: bytes) -> requests.Response:
+    return requests.post(
+        f"{url}/v2/job/async", headers=PRODIA, files=job_files(image=image), timeout=30
+    )
 
 
 def state(url: str, job_id: str) -> requests.Response:
@@ -175,3 +186,62 @@ def test_a_webhook_receiver_down_for_a_while_gets_each_delivery_once(
         assert attempts >= 4
         assert hits[0].headers["webhook-id"] == delivery_id
         assert verified(hits[0])["exec_id"] == prediction_id
+
+
+# --- SQLite on a full disk ---------------------------------------------------------------------
+
+DISK_BYTES = 4 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path) -> Iterator[bool]:
+    """A tmpfs of :data:`DISK_BYTES` mounted on ``folder`` (yields True), or, where this process
+    may not mount one, just the folder (yields False: the caller limits file sizes instead)."""
+    folder.mkdir()
+    if os.environ.get("NSFWD_CAMPAIGN_NO_TMPFS"):  # to try the substitute where mounting works
+        yield False
+        return
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs", str(folder)]
+    mounted = subprocess.run(mount, capture_output=True, check=False).returncode == 0
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_sqlite_on_a_full_disk_refuses_clearly_and_stays_intact(
+    timm_checkpoint: Path, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "disk"
+    env = {"NSFWD_SERVED_MODEL_NAME": MODEL, "NSFWD_API_KEYS": TOKEN}
+    with (
+        small_disk(data_dir) as tmpfs,
+        nsfwd_serve(timm_checkpoint, data_dir, tmp_path / "server.log", env=env) as served,
+    ):
+        if not tmpfs:  # the honest substitute: SQLite's files may not grow past the limit
+            resource.prlimit(served.process.pid, resource.RLIMIT_FSIZE, (DISK_BYTES,) * 2)
+        accepted, refused = [], None
+        for index in range(60):
+            answer = submit_bytes(served.url, jpeg((512, 512), seed=index))
+            if answer.status_code != 201:
+                refused = answer
+                break
+            accepted.append(answer.json()["id"])
+        assert refused is not None, "the disk never filled"
+        print(f"{len(accepted)} accepted, then {refused.status_code}: {refused.text[:300]}")
+        assert refused.status_code == (507 if tmpfs else 503), refused.text
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert "disk is full" in refused.text if tmpfs else "store" in refused.text
+        assert accepted, "nothing was stored before the disk filled"
+        for job_id in accepted:  # what was stored can still be read
+            assert state(served.url, job_id).status_code == 200
+        health = requests.get(f"{served.url}/healthz", timeout=10)
+        assert health.status_code == 200
+        served.process.send_signal(signal.SIGTERM)
+        served.process.wait(timeout=60)
+        log = served.log.read_text()
+        with closing(sqlite3.connect(data_dir / "nsfwd.db", timeout=30)) as connection:
+            assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)], log
+            stored = {row[0] for row in connection.execute("SELECT id FROM predictions")}
+    assert set(accepted) <= stored, "an accepted job was lost"

@@ -9,7 +9,9 @@
   on the server process): uploads are refused with 507 (503 under the file-size limit), never
   500, and the store passes ``PRAGMA integrity_check`` afterwards.
 * SIGKILL of the inference process under ``--http-workers``: the server exits for its
-  supervisor, and a restart on the same store finishes every accepted job.
+  supervisor, and a restart on the same store finishes every accepted job (tests/test_crash.py
+  kills a whole single-process server; tests/test_supervisor.py checks that the processes go
+  away together).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -37,8 +40,9 @@ from nsfwd.settings import Settings
 from photos import astronaut_jpeg
 from postgres import restartable_postgres
 from prodia_jobs import MODEL, TOKEN, job_files
-from serve_process import nsfwd_serve
+from serve_process import log_of, nsfwd_serve
 from servers import free_port, serve_app
+from test_supervisor import inference_pid
 from waiting import wait_for
 
 PRODIA = {"Authorization": f"Bearer {TOKEN}", "Accept": "application/json"}
@@ -245,3 +249,36 @@ def test_sqlite_on_a_full_disk_refuses_clearly_and_stays_intact(
             assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)], log
             stored = {row[0] for row in connection.execute("SELECT id FROM predictions")}
     assert set(accepted) <= stored, "an accepted job was lost"
+
+
+# --- SIGKILL of the inference process under --http-workers --------------------------------------
+
+
+def statuses(database: Path) -> dict[str, str]:
+    """id -> status, read straight from the SQLite file."""
+    with closing(sqlite3.connect(database, timeout=30)) as connection:
+        return dict(connection.execute("SELECT id, status FROM predictions").fetchall())
+
+
+def test_a_killed_inference_process_stops_the_server_and_loses_no_job(
+    timm_checkpoint: Path, tmp_path: Path
+) -> None:
+    data_dir, log = tmp_path / "data", tmp_path / "server.log"
+    env = {"NSFWD_SERVED_MODEL_NAME": MODEL, "NSFWD_API_KEYS": TOKEN, "NSFWD_LEASE_S": "2"}
+    workers = ("--http-workers", "2")
+    images = [jpeg((384, 384), seed=index) for index in range(32)]
+    with nsfwd_serve(timm_checkpoint, data_dir, log, *workers, env=env) as served:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda image: submit_bytes(served.url, image), images))
+        assert all(answer.status_code == 201 for answer in answers), answers
+        ids = [answer.json()["id"] for answer in answers]
+        os.kill(inference_pid(served), signal.SIGKILL)
+        assert served.process.wait(timeout=60) == 1, log.read_text()  # for its supervisor
+    assert "the inference process died" in log.read_text()
+    unfinished = [i for i, s in statuses(data_dir / "nsfwd.db").items() if s != "succeeded"]
+    assert unfinished, "every job had finished before the kill: the test proves nothing"
+
+    with nsfwd_serve(timm_checkpoint, data_dir, log, *workers, env=env) as served:
+        states = wait_for(lambda: all_ended(served.url, ids), 90, "every job to end after the "
+                          "restart", interval=0.2, detail=log_of(log))  # fmt: skip
+    assert set(states.values()) == {"processed"}, states

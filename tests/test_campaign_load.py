@@ -65,7 +65,7 @@ async def open_loop(url: str, bodies: list[bytes], rate: float, seconds: float) 
 
     async def one(session: httpx.AsyncClient, index: int) -> None:
         image = bodies[index % len(bodies)]
-        files = [
+        files: list[tuple[str, tuple[str, bytes | str, str]]] = [
             ("job", ("job.json", JOB, "application/json")),
             ("input", (f"{index}.jpg", image, "image/jpeg")),
         ]

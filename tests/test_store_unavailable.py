@@ -54,7 +54,7 @@ def test_driver_errors_that_mean_not_now_are_store_unavailable() -> None:
     refused = ConnectionRefusedError(111, "Connect call failed")
     closed = DBAPIError("SELECT 1", None, pg.ConnectionDoesNotExistError("closed mid-operation"))
     busy = sqlite3.OperationalError("database is locked")
-    busy.sqlite_errorcode = 5  # type: ignore[attr-defined]
+    busy.sqlite_errorcode = 5
     for error in (refused, closed, busy):
         found = unavailable(error)
         assert isinstance(found, StoreUnavailableError) and found.status == 503, error

@@ -135,6 +135,7 @@ def test_postgresql_down_is_503_and_every_accepted_job_ends(
             )  # fmt: skip
     assert set(states.values()) <= {"processed", "failed"}
     assert list(states.values()).count("processed") >= len(ids) - 2, states
+    print(f"after the outage: {sorted(states.values())}")
 
 
 # --- A webhook receiver down for a while, then back ---------------------------------------------
@@ -266,7 +267,7 @@ def test_a_killed_inference_process_stops_the_server_and_loses_no_job(
     data_dir, log = tmp_path / "data", tmp_path / "server.log"
     env = {"NSFWD_SERVED_MODEL_NAME": MODEL, "NSFWD_API_KEYS": TOKEN, "NSFWD_LEASE_S": "2"}
     workers = ("--http-workers", "2")
-    images = [jpeg((384, 384), seed=index) for index in range(32)]
+    images = [jpeg((384, 384), seed=index) for index in range(16)]
     with nsfwd_serve(timm_checkpoint, data_dir, log, *workers, env=env) as served:
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(lambda image: submit_bytes(served.url, image), images))
@@ -277,8 +278,9 @@ def test_a_killed_inference_process_stops_the_server_and_loses_no_job(
     assert "the inference process died" in log.read_text()
     unfinished = [i for i, s in statuses(data_dir / "nsfwd.db").items() if s != "succeeded"]
     assert unfinished, "every job had finished before the kill: the test proves nothing"
+    print(f"{len(ids)} jobs accepted, {len(unfinished)} unfinished at the kill")
 
-    with nsfwd_serve(timm_checkpoint, data_dir, log, *workers, env=env) as served:
+    with nsfwd_serve(timm_checkpoint, data_dir, log, env=env) as served:  # one process will do
         states = wait_for(lambda: all_ended(served.url, ids), 90, "every job to end after the "
                           "restart", interval=0.2, detail=log_of(log))  # fmt: skip
     assert set(states.values()) == {"processed"}, states

@@ -134,7 +134,7 @@ def test_postgresql_down_is_503_and_every_accepted_job_ends(
                 detail=lambda: str([(state(url, i).status_code, state(url, i).text) for i in ids]),
             )  # fmt: skip
     assert set(states.values()) <= {"processed", "failed"}
-    assert list(states.values()).count("processed") >= len(ids) - 2, states
+    assert set(states.values()) == {"processed"}, states  # an outage is no reason to fail a job
     print(f"after the outage: {sorted(states.values())}")
 
 

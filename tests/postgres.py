@@ -74,6 +74,50 @@ def _run(command: list[str], cwd: Path) -> None:
         )
 
 
+class PostgresServer:
+    """A throwaway PostgreSQL server in a folder of its own, which tests may stop and start."""
+
+    def __init__(self, *, durable: bool = False) -> None:
+        """Create the data folder (initdb); the server is not running yet.
+
+        Not ``durable``: commits return before their WAL is written (``synchronous_commit=off``),
+        which is fast, and loses the last transactions if the server crashes (``stop()``).
+        ``durable``: PostgreSQL's default, so a crash loses no committed transaction.
+        """
+        self.binaries = find_binaries()
+        # Not under pytest's tmp_path: that is private to root, and the server may run as postgres.
+        self.folder = Path(tempfile.mkdtemp(prefix="nsfwd-pg-"))
+        self.data, sockets = self.folder / "data", self.folder / "sockets"
+        sockets.mkdir()
+        self.prefix = _as_server_user(self.folder)
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.options = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {sockets} -c fsync=off "
+            "-c full_page_writes=off -c max_connections=100"
+        )
+        if not durable:
+            self.options += " -c synchronous_commit=off"
+        initdb = [str(self.binaries / "initdb"), "-D", str(self.data), "-U", "postgres"]
+        initdb += ["-A", "trust", "-E", "UTF8", "--no-sync", "--no-instructions"]
+        _run([*self.prefix, *initdb], self.folder)
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        _run([*self.prefix, str(self.binaries / "pg_ctl"), "start", "-D", str(self.data), "-w",
+              "-t", "60", "-l", str(self.folder / "server.log"), "-o", self.options],
+             self.folder)  # fmt: skip
+
+    def stop(self, mode: str = "immediate") -> None:
+        """Stop the server (``immediate``: as if it crashed; ``fast``: a clean shutdown)."""
+        _run([*self.prefix, str(self.binaries / "pg_ctl"), "stop", "-D", str(self.data),
+              "-m", mode], self.folder)  # fmt: skip
+
+    def remove(self) -> None:
+        """Delete the data folder (the server must be stopped)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def postgres_server() -> Iterator[str]:
     """Start a PostgreSQL server; yields the URL of its ``postgres`` database; stops it after."""
@@ -81,31 +125,23 @@ def postgres_server() -> Iterator[str]:
     if external:
         yield external
         return
-    binaries = find_binaries()
-    # Not under pytest's tmp_path: that is private to root, and the server may run as postgres.
-    folder = Path(tempfile.mkdtemp(prefix="nsfwd-pg-"))
-    data, sockets = folder / "data", folder / "sockets"
-    sockets.mkdir()
-    prefix = _as_server_user(folder)
-    port = free_port()
+    with restartable_postgres(durable=False) as server:
+        yield server.url
+
+
+@contextlib.contextmanager
+def restartable_postgres(*, durable: bool = True) -> Iterator[PostgresServer]:
+    """A server of this test's own, started, that it may stop and start; removed after."""
+    server = PostgresServer(durable=durable)
     try:
-        _run([*prefix, str(binaries / "initdb"), "-D", str(data), "-U", "postgres",
-              "-A", "trust", "-E", "UTF8", "--no-sync", "--no-instructions"], folder)  # fmt: skip
-        options = (
-            f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100"
-        )
-        _run([*prefix, str(binaries / "pg_ctl"), "start", "-D", str(data), "-w", "-t", "60",
-              "-l", str(folder / "server.log"), "-o", options], folder)  # fmt: skip
+        server.start()
         try:
-            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+            yield server
         finally:
-            _run(
-                [*prefix, str(binaries / "pg_ctl"), "stop", "-D", str(data), "-m", "immediate"],
-                folder,
-            )
+            with contextlib.suppress(RuntimeError):  # already stopped by the test
+                server.stop()
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        server.remove()
 
 
 async def _admin(server_url: str, statement: str) -> None:

@@ -22,9 +22,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @contextmanager
-def serve_app(app: Any, host: str = "127.0.0.1", **config: Any) -> Iterator[str]:
-    """Run ``app`` on a free port of ``host`` (loopback) until the block ends; yields its URL."""
-    port = free_port(host)
+def serve_app(
+    app: Any, host: str = "127.0.0.1", port: int | None = None, **config: Any
+) -> Iterator[str]:
+    """Run ``app`` on ``port`` (else a free one) of ``host`` (loopback) until the block ends;
+    yields its URL."""
+    port = port or free_port(host)
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, log_level="warning", **config)
     )

@@ -14,6 +14,7 @@ from nsfwd.api import eachlabs, openai_models, openai_moderation, prodia, prodia
 from nsfwd.api.auth import KeyRing
 from nsfwd.api.errors import install_error_handlers
 from nsfwd.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from nsfwd.api.openapi import install_openapi
 from nsfwd.engine_protocol import ClassifyEngine
 from nsfwd.jobs import Store
 from nsfwd.jobs.webhooks import WebhookSender
@@ -148,4 +149,5 @@ def create_app(
         return Response(engine.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     demo.install(app, settings, keys, models.default_name)
+    install_openapi(app)
     return app

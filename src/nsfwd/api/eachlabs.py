@@ -63,6 +63,7 @@ _DETAILS: Final = {
     429: "rate_limited",
     500: "internal_error",
     503: "unavailable",
+    507: "insufficient_storage",
 }
 
 

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.requests import ClientDisconnect
 
+from nsfwd.jobs.database import StoreUnavailableError
 from nsfwd.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,11 @@ class UnavailableError(ApiError):
         super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
+def store_refusal(exc: StoreUnavailableError) -> ApiError:
+    """The job store out of reach (503) or full (507), as a refusal with ``Retry-After``."""
+    return ApiError(exc.message, status=exc.status, headers={"Retry-After": str(exc.retry_after)})
+
+
 class ClientGoneError(Exception):
     """The client disconnected before its answer was ready; nothing can be sent."""
 
@@ -128,14 +134,18 @@ async def answer(
     """Await a route's ``work`` and count the answer in ``metrics``.
 
     Refusals are rendered by the protocol's ``refuse``; a client gone away is recorded as 499;
-    anything unexpected is logged and refused as a 500 whose message is ``internal`` with the
-    request id filled in (``{request_id}``), so no route ever answers a bare server error.
+    the job store out of reach is a 503 (full: 507); anything unexpected is logged and refused
+    as a 500 whose message is ``internal`` with the request id filled in (``{request_id}``), so
+    no route ever answers a bare server error.
     """
     started = time.perf_counter()
     try:
         response = await work
     except ApiError as exc:
         response = refuse(exc)
+    except StoreUnavailableError as exc:
+        log.warning("%s %s: %s", request.method, route, exc)
+        response = refuse(store_refusal(exc))
     except (ClientGoneError, ClientDisconnect):
         response = Response(status_code=CLIENT_CLOSED_REQUEST)
     except Exception:
@@ -148,10 +158,17 @@ async def answer(
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Render :class:`ApiError` raised in any route with :func:`error_response`."""
+    """Render :class:`ApiError` raised in any route with :func:`error_response`, and the job
+    store out of reach as the matching refusal (:func:`store_refusal`)."""
 
     async def handle(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
         return error_response(exc)
 
+    async def handle_store(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StoreUnavailableError)
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return error_response(store_refusal(exc))
+
     app.add_exception_handler(ApiError, handle)
+    app.add_exception_handler(StoreUnavailableError, handle_store)

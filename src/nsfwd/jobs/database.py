@@ -20,8 +20,8 @@ import logging
 import random
 import sqlite3
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Final
 
@@ -45,6 +45,87 @@ MIGRATIONS: Final = Path(__file__).with_name("migrations")
 
 class DatabaseUrlError(ValueError):
     """``NSFWD_DATABASE_URL`` names a database nsfwd cannot use."""
+
+
+class StoreUnavailableError(Exception):
+    """The database cannot be reached or written right now (stopped, restarting, unreachable,
+    locked past the busy timeout): worth retrying later, so the API answers 503."""
+
+    status = 503
+    retry_after = 5
+
+    def __init__(self, message: str) -> None:
+        """Create the error; ``message`` is for the client."""
+        super().__init__(message)
+        self.message = message
+
+
+class StoreFullError(StoreUnavailableError):
+    """The database's disk is full: nothing more can be stored until its operator frees space
+    (507 Insufficient Storage)."""
+
+    status = 507
+    retry_after = 60
+
+
+_SQLITE_FULL: Final = 13
+_SQLITE_IOERR: Final = 10
+_SQLITE_BUSY: Final = 5
+_SQLITE_LOCKED: Final = 6
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        stack += [getattr(current, "orig", None), current.__cause__, current.__context__]
+
+
+def unavailable(exc: BaseException) -> StoreUnavailableError | None:
+    """What ``exc``, raised by the database driver, means for callers: the store is full, or
+    out of reach for now; ``None`` for anything else (a bug, a constraint), which stays as is."""
+    import asyncpg.exceptions as pg
+
+    for cause in _causes(exc):
+        code = getattr(cause, "sqlite_errorcode", None)
+        if isinstance(code, int):
+            if code & 0xFF == _SQLITE_FULL:
+                return StoreFullError(
+                    "the job store's disk is full; nothing more can be stored until its "
+                    "operator frees space"
+                )
+            if code & 0xFF in (_SQLITE_IOERR, _SQLITE_BUSY, _SQLITE_LOCKED):
+                return StoreUnavailableError(
+                    f"the job store cannot be written right now ({cause}); retry in a moment"
+                )
+        if isinstance(
+            cause,
+            OSError | pg.PostgresConnectionError | pg.OperatorInterventionError
+            | pg.InterfaceError,
+        ):  # fmt: skip
+            return StoreUnavailableError(
+                "the job store's database cannot be reached right now; retry in a moment"
+            )
+    return None
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Raise what :func:`unavailable` makes of a driver error; other errors pass unchanged."""
+    try:
+        yield
+    except StoreUnavailableError:
+        raise
+    except Exception as exc:
+        mapped = unavailable(exc)
+        if mapped is None:
+            raise
+        raise mapped from exc
 
 
 def database_url(data_dir: Path | str, url: str | None = None) -> str:
@@ -170,18 +251,22 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A connection to read with."""
-        async with self._opened().connect() as connection:
-            yield connection
+        """A connection to read with. A database out of reach raises
+        :class:`StoreUnavailableError`."""
+        with _translated():
+            async with self._opened().connect() as connection:
+                yield connection
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A transaction that writes (on SQLite it holds the write lock from ``BEGIN``), committed
-        when the block ends and rolled back if it raises."""
+        when the block ends and rolled back if it raises. A database out of reach raises
+        :class:`StoreUnavailableError`; a full disk, :class:`StoreFullError`."""
         self._opened()
         assert self._writer is not None
-        async with self._writer.begin() as connection:
-            yield connection
+        with _translated():
+            async with self._writer.begin() as connection:
+                yield connection
 
     def _opened(self) -> AsyncEngine:
         if self._engine is None:

@@ -16,6 +16,7 @@ from nsfwd.engine_protocol import ClassifyEngine, EngineClosedError, QueueFullEr
 from nsfwd.fetch import FetchError, FetchPolicy, fetch
 from nsfwd.images import ImageError
 from nsfwd.jobs.claims import ClaimLoop, worker_name
+from nsfwd.jobs.database import StoreUnavailableError
 from nsfwd.jobs.records import Prediction
 from nsfwd.jobs.store import Store
 from nsfwd.model_types import EACHLABS_MODEL_SLUG, Labels
@@ -169,6 +170,10 @@ class Worker:
             with contextlib.suppress(Exception):  # else its lease runs out: same end, later
                 await self.store.predictions.release(self.name, [prediction.id])
             return
+        except StoreUnavailableError as exc:  # not the job's fault: it runs again later
+            log.warning("prediction %s: %s; it runs again once its lease runs out",
+                        prediction.id, exc)  # fmt: skip
+            return
         except Exception:
             log.exception("prediction %s failed", prediction.id)
             error = (
@@ -176,16 +181,21 @@ class Worker:
                 "report the id to the server's operator if it persists"
             )
         elapsed = time.perf_counter() - started
-        finished = await self.store.predictions.finish(
-            prediction.id,
-            self.name,
-            labels=labels,
-            output=None if labels is None else verdict(labels, self._policy(prediction)),
-            error=error,
-            predict_time=elapsed if labels is not None else None,
-            judged=judged,
-            keep_input=self.keeps_input is None or self.keeps_input(prediction),
-        )
+        try:
+            finished = await self.store.predictions.finish(
+                prediction.id,
+                self.name,
+                labels=labels,
+                output=None if labels is None else verdict(labels, self._policy(prediction)),
+                error=error,
+                predict_time=elapsed if labels is not None else None,
+                judged=judged,
+                keep_input=self.keeps_input is None or self.keeps_input(prediction),
+            )
+        except StoreUnavailableError as exc:
+            log.warning("prediction %s: its result could not be stored (%s); it runs again "
+                        "once its lease runs out", prediction.id, exc)  # fmt: skip
+            return
         if finished is None:
             log.warning("prediction %s: lease lost before finishing; result dropped",
                         prediction.id)  # fmt: skip

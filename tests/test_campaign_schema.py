@@ -60,6 +60,9 @@ OPERATIONS = [
     "GET /v2/job/async/{job_id}/output/{filename}",
     "POST /v1/prediction/",
     "GET /v1/prediction/{prediction_id}",
+    "POST /v1/moderations",
+    "GET /v1/models",
+    "GET /v1/models/{model}",
     "GET /healthz",
     "GET /metrics",
 ]
@@ -70,7 +73,7 @@ def credentials(path: str) -> dict[str, str]:
     """The key each route family takes, in its own header."""
     if path.startswith("/v1/prediction"):
         return {"X-API-Key": TOKEN}
-    if path.startswith("/v2/"):
+    if path.startswith(("/v2/", "/v1/moderations", "/v1/models")):
         return {"Authorization": f"Bearer {TOKEN}"}
     return {}
 

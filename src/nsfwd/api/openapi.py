@@ -94,6 +94,66 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
             "details": {"type": "string"},
         },
     },
+    "OpenAIError": {
+        "type": "object",
+        "description": "OpenAI's error body (a refusal at the edge carries the message alone).",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "anyOf": [
+                    {
+                        "type": "object",
+                        "required": ["message", "type"],
+                        "properties": {
+                            "message": {"type": "string"},
+                            "type": {"type": "string"},
+                            "param": {"type": ["string", "null"]},
+                            "code": {"type": ["string", "null"]},
+                        },
+                    },
+                    {"type": "string"},
+                ]
+            }
+        },
+    },
+    "Moderation": {
+        "type": "object",
+        "description": "OpenAI's moderation answer: one result per image input.",
+        "required": ["id", "model", "results"],
+        "properties": {
+            "id": {"type": "string"},
+            "model": {"type": "string"},
+            "results": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["flagged", "categories", "category_scores"],
+                    "properties": {
+                        "flagged": {"type": "boolean"},
+                        "categories": {
+                            "type": "object",
+                            "additionalProperties": {"type": "boolean"},
+                        },
+                        "category_scores": _NUMBER_MAP,
+                        "category_applied_input_types": {
+                            "type": "object",
+                            "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                        },
+                    },
+                },
+            },
+        },
+    },
+    "Model": {
+        "type": "object",
+        "required": ["id", "object", "created", "owned_by"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": ["model"]},
+            "created": {"type": "integer"},
+            "owned_by": {"type": "string"},
+        },
+    },
 }
 """Component schemas the answers refer to."""
 
@@ -171,6 +231,16 @@ def _eachlabs(success: dict[str, Any], statuses: tuple[str, ...]) -> dict[str, A
     return answers
 
 
+def _openai(success: dict[str, Any], statuses: tuple[str, ...]) -> dict[str, Any]:
+    error = {JSON: {"schema": _ref("OpenAIError")}}
+    answers = {"200": success, "431": _HEADERS_TOO_LARGE}
+    for status in statuses:
+        answers[status] = _answer(
+            "A refusal in OpenAI's error format", error, retry_after=status in ("429", "503")
+        )
+    return answers
+
+
 RESPONSES: Final[dict[tuple[str, str], dict[str, Any]]] = {
     ("post", "/v2/job"): _job_routes("The completed job (v2: its outputs follow it)", "200"),
     ("post", "/v2/job/async"): _job_routes("The stored job, processing", "201"),
@@ -206,6 +276,31 @@ RESPONSES: Final[dict[tuple[str, str], dict[str, Any]]] = {
         _answer("The prediction", {JSON: {"schema": _ref("EachlabsPrediction")}}),
         ("401", "404", "500", "503"),
     ),
+    ("post", "/v1/moderations"): _openai(
+        _answer("One result per image", {JSON: {"schema": _ref("Moderation")}}),
+        ("400", "401", "408", "429", "500", "503"),
+    ),
+    ("get", "/v1/models"): _openai(
+        _answer(
+            "The served models, the default first",
+            {
+                JSON: {
+                    "schema": {
+                        "type": "object",
+                        "required": ["object", "data"],
+                        "properties": {
+                            "object": {"type": "string", "enum": ["list"]},
+                            "data": {"type": "array", "items": _ref("Model")},
+                        },
+                    }
+                }
+            },
+        ),
+        ("401",),
+    ),
+    ("get", "/v1/models/{model}"): _openai(
+        _answer("A served model", {JSON: {"schema": _ref("Model")}}), ("401", "404")
+    ),
     ("get", "/healthz"): {
         "200": _text("ok, then the model's device and dtype"),
         "431": _HEADERS_TOO_LARGE,
@@ -218,7 +313,12 @@ RESPONSES: Final[dict[tuple[str, str], dict[str, Any]]] = {
 }
 """Each operation's answers, by (method, path) as ``/openapi.json`` lists them."""
 
-SECURITY: Final = {"/v2/job": "bearer", "/v1/prediction": "apiKey"}
+SECURITY: Final = {
+    "/v2/job": "bearer",
+    "/v1/prediction": "apiKey",
+    "/v1/moderations": "bearer",
+    "/v1/models": "bearer",
+}
 """Which key each route family takes (by path prefix)."""
 
 

@@ -20,7 +20,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import pytest
@@ -33,6 +32,7 @@ import ray
 
 from nsfwd.cli import main
 from servers import free_port
+from waiting import time_limit
 
 TEST_SECONDS = 150
 """No test here may run longer: a stuck cluster fails the test rather than the suite."""
@@ -40,19 +40,10 @@ BUCKET = "photos"
 
 
 @pytest.fixture(autouse=True)
-def time_limit() -> Iterator[None]:
+def bounded() -> Iterator[None]:
     """Fail the test with TimeoutError once it has run :data:`TEST_SECONDS`."""
-
-    def expire(signum: int, frame: FrameType | None) -> None:
-        raise TimeoutError(f"the test ran past {TEST_SECONDS} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(TEST_SECONDS)
-    try:
+    with time_limit(TEST_SECONDS):
         yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def write_images(folder: Path, count: int, start: int = 0) -> list[Path]:

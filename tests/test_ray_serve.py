@@ -23,7 +23,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import pytest
@@ -76,7 +75,7 @@ from test_interop import (  # noqa: F401
     test_v1_labels_arrive_in_the_job,
     test_v2_outputs_are_the_labels_then_the_image_byte_for_byte,
 )
-from waiting import wait_for
+from waiting import time_limit, wait_for
 
 TEST_SECONDS = 180
 """No test here may run longer: a stuck deployment fails the test rather than the suite."""
@@ -86,19 +85,10 @@ START_FAILURES: list[BaseException] = []
 
 
 @pytest.fixture(autouse=True)
-def time_limit() -> Iterator[None]:
+def bounded() -> Iterator[None]:
     """Fail the test with TimeoutError once it has run :data:`TEST_SECONDS`."""
-
-    def expire(signum: int, frame: FrameType | None) -> None:
-        raise TimeoutError(f"the test ran past {TEST_SECONDS} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(TEST_SECONDS)
-    try:
+    with time_limit(TEST_SECONDS):
         yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 THROUGH_THE_PROXY = {

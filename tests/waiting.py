@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
 from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
@@ -84,3 +87,20 @@ async def until(
         if time.monotonic() > deadline:
             raise _timed_out(what, timeout, None)
         await asyncio.sleep(interval)
+
+
+@contextmanager
+def time_limit(seconds: int) -> Iterator[None]:
+    """Raise TimeoutError in the main thread once the block has run ``seconds``: a stuck
+    cluster or deployment fails its test rather than hanging the suite."""
+
+    def expire(signum: int, frame: FrameType | None) -> None:
+        raise TimeoutError(f"the test ran past {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -396,6 +396,10 @@ def test_an_oversized_content_length_is_refused_before_the_body(
     good_request_succeeds(server_url)
 
 
+REFUSED_WITHIN = 64 * 1024 * 1024
+"""How much of an endless chunked body a client may send before the refusal reaches it."""
+
+
 @pytest.mark.parametrize(
     ("part", "message"),
     [
@@ -437,7 +441,7 @@ def test_a_chunked_body_is_refused_while_it_streams(
         answer = read_response(sock)
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
     assert message in answer
-    assert sent < 64 * 1024 * 1024  # refused long before the client was done
+    assert sent < REFUSED_WITHIN  # refused long before the client was done
     good_request_succeeds(server_url)
 
 

@@ -36,6 +36,7 @@ from prodia_jobs import MODEL, TOKEN, encoded_job, job_files
 from servers import metric, serve_app
 from store_handles import with_store
 from test_api_prodia_async import OTHER_TOKEN, V1, V2, gated, session, submit, wait_for_state
+from test_bad_input import read_response
 from waiting import until, wait_for
 
 # --- the sync route: a key's requests in progress ---------------------------------------------
@@ -220,18 +221,6 @@ def open_body(url: str, body: bytes, content_type: str, sent: int) -> socket.soc
     return sock
 
 
-def answer_of(sock: socket.socket, timeout: float = 5.0) -> bytes:
-    sock.settimeout(timeout)
-    data = sock.recv(65536)
-    sock.settimeout(0.2)
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except TimeoutError:
-        pass
-    return data
-
-
 def good(url: str) -> int:
     return post_sync(url, TOKEN).status_code
 
@@ -253,7 +242,7 @@ def test_a_slow_body_is_cut_off_at_its_deadline_while_others_are_served(
                     break
                 assert good(url) == 200
             assert answered, f"still reading the trickle after {time.monotonic() - started:.1f} s"
-            answer = answer_of(sock)
+            answer = read_response(sock)
         assert 1.4 < time.monotonic() - started < 4
         assert answer.startswith(b"HTTP/1.1 408 "), answer[:300]
         assert b"did not arrive within 1.5 s" in answer

@@ -15,12 +15,10 @@ import base64
 import itertools
 import json
 import struct
-import threading
 import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -50,6 +48,7 @@ from nsfwd.settings import Settings
 from nsfwd.viewer import MAX_JUDGED_FRAMES, View, Views, frames_to_judge, worst
 from prodia_jobs import MODEL, TOKEN
 from servers import serve_app
+from test_worker import image_host
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SIZE = (160, 160)
@@ -365,39 +364,14 @@ def test_openai_moderations_flag_the_worst_picture(redless: RedlessClassifier) -
             assert result.flagged and result.category_scores.sexual > 0.5
 
 
-@contextmanager
-def image_host(files: dict[str, bytes]) -> Iterator[str]:
-    """A plain-HTTP server on 127.0.0.2 serving ``files`` (path -> body)."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = files.get(self.path)
-            if body is None:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.2", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.2:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_eachlabs_predictions_flag_the_worst_frame_and_say_which(
     redless: RedlessClassifier, tmp_path: Path
 ) -> None:
-    files = {"/anim.webp": webp_benign_for_one_ms(), "/alpha.png": alpha_carries_the_picture()}
+    octets = "application/octet-stream"
+    files = {
+        "/anim.webp": (webp_benign_for_one_ms(), octets),
+        "/alpha.png": (alpha_carries_the_picture(), octets),
+    }
     with image_host(files) as images, eachlabs_server(redless, tmp_path) as (url, _):
         anim = poll(url, created_id(create(url, f"{images}/anim.webp")))
         assert anim["status"] == "success" and anim["output"] == "nsfw", anim

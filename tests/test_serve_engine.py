@@ -4,6 +4,9 @@ worker already handle (the real thing runs in test_ray_serve.py)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -157,3 +160,29 @@ def test_replica_options_are_checked(
 
     assert main(["serve", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_driver_chooses_the_models_without_torch(tmp_path: Path) -> None:
+    """``nsfwd serve --ray`` looks for the default model without importing torch: only the
+    model replicas need it."""
+    script = (
+        "import sys\n"
+        "from nsfwd.settings import Settings\n"
+        "from nsfwd.distributed.ray_serve import served_specs\n"
+        "print([spec.source for spec in served_specs(Settings())])\n"
+        "print('torch' in sys.modules)\n"
+    )
+    env = {**os.environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    env.pop("NSFWD_MODEL", None)
+    env.pop("NSFWD_MODELS", None)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["['open-nsfw']", "False"], done.stdout
+    assert "Serving the built-in open-nsfw" in done.stderr

@@ -86,7 +86,7 @@ def test_without_the_hub_open_nsfw_is_served_alone_with_a_warning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     _hub_with(monkeypatch, None)
-    with caplog.at_level(logging.WARNING, logger="nsfwd.inference"):
+    with caplog.at_level(logging.WARNING, logger="nsfwd.model_types"):
         served = inference.load_served_classifiers(Settings())
     assert list(served) == [OPEN_NSFW]
     assert f"nsfwd download {DEFAULT_MODEL}" in caplog.text

@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Protocol
 from nsfwd import pools
 from nsfwd.engine import Engine
 from nsfwd.metrics import Metrics
-from nsfwd.model_types import DEFAULT_MODEL, OPEN_NSFW, ModelNotAvailableError, ModelSpec
+from nsfwd.model_types import (
+    DEFAULT_MODEL,
+    OPEN_NSFW,
+    ModelNotAvailableError,
+    ModelSpec,
+    warn_default_missing,
+)
 from nsfwd.models import Classifier
 
 if TYPE_CHECKING:
@@ -115,23 +121,6 @@ def load_spec(settings: Settings, spec: ModelSpec, *, among_others: bool = False
     if spec.source == OPEN_NSFW and among_others:
         return Classifier.load(OPEN_NSFW)
     return load_classifier(settings, spec.source)
-
-
-def warn_default_missing(exc: ModelNotAvailableError) -> None:
-    """Say the default model cannot be had, that open-nsfw is served instead, and how to fix it."""
-    log.warning(
-        "no model configured, and the default %s cannot be loaded: %s Serving the built-in "
-        "%s model instead, which needs no Hub; requests naming %s are refused with a 400 that "
-        "says how to get it. To serve it, run `nsfwd download %s` where the Hub is reachable "
-        "and restart; set NSFWD_MODEL=%s to choose %s alone and silence this warning.",
-        DEFAULT_MODEL,
-        exc,
-        OPEN_NSFW,
-        DEFAULT_MODEL,
-        DEFAULT_MODEL,
-        OPEN_NSFW,
-        OPEN_NSFW,
-    )
 
 
 def build_engines(settings: Settings) -> dict[str, Engine]:

@@ -7,8 +7,11 @@ names out of :mod:`nsfwd.models` lets all of them run without the inference stac
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "Freepik/nsfw_image_detector"
 """The Hub id served when no model is named (EVA-02 base, labels neutral/low/medium/high)."""
@@ -36,6 +39,23 @@ def not_loaded_hint(model: object) -> str:
         f" {DEFAULT_MODEL} is not loaded on this server; to serve it, run "
         f"`nsfwd download {DEFAULT_MODEL}` on a machine that reaches the Hugging Face Hub (add "
         "--to DIR to copy it to another machine) and restart the server."
+    )
+
+
+def warn_default_missing(exc: ModelNotAvailableError) -> None:
+    """Say the default model cannot be had, that open-nsfw is served instead, and how to fix it."""
+    log.warning(
+        "no model configured, and the default %s cannot be loaded: %s Serving the built-in "
+        "%s model instead, which needs no Hub; requests naming %s are refused with a 400 that "
+        "says how to get it. To serve it, run `nsfwd download %s` where the Hub is reachable "
+        "and restart; set NSFWD_MODEL=%s to choose %s alone and silence this warning.",
+        DEFAULT_MODEL,
+        exc,
+        OPEN_NSFW,
+        DEFAULT_MODEL,
+        DEFAULT_MODEL,
+        OPEN_NSFW,
+        OPEN_NSFW,
     )
 
 

@@ -21,7 +21,13 @@ from types import FrameType
 from typing import Any
 
 from nsfwd.jobs import Store
-from nsfwd.model_types import DEFAULT_MODEL, OPEN_NSFW, ModelNotAvailableError, ModelSpec
+from nsfwd.model_types import (
+    DEFAULT_MODEL,
+    OPEN_NSFW,
+    ModelNotAvailableError,
+    ModelSpec,
+    warn_default_missing,
+)
 from nsfwd.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -87,8 +93,7 @@ def served_specs(settings: Settings) -> list[ModelSpec]:
     same warning) where the default cannot be had here."""
     if specs := settings.model_specs:
         return specs
-    from nsfwd.inference import warn_default_missing
-    from nsfwd.models import resolve_model_dir  # torch, in the driver only for this check
+    from nsfwd.hub import resolve_model_dir
 
     try:
         resolve_model_dir(DEFAULT_MODEL, settings.revision)

@@ -1,9 +1,9 @@
 """Model loading, preprocessing and the batch classifier."""
 
+from nsfwd.hub import download, resolve_model_dir
 from nsfwd.model_types import ModelNotAvailableError
 from nsfwd.models.checkpoint import SEVERITY_LABELS, LoadedModel, load_checkpoint
 from nsfwd.models.classifier import Classifier
-from nsfwd.models.hub import download, resolve_model_dir
 
 __all__ = [
     "SEVERITY_LABELS",

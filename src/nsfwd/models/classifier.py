@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from nsfwd.hub import resolve_model_dir, source_id
 from nsfwd.model_types import DEFAULT_MODEL, OPEN_NSFW, Labels
 from nsfwd.models.checkpoint import LoadedModel, load_checkpoint
 from nsfwd.models.compiled import (
@@ -26,7 +27,6 @@ from nsfwd.models.compiled import (
     use_cache_dir,
 )
 from nsfwd.models.cpu import computes_natively, cpu_features, cpu_flags, default_cpu_dtype
-from nsfwd.models.hub import resolve_model_dir, source_id
 
 log = logging.getLogger(__name__)
 

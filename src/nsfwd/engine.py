@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import math
-import threading
 import time
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -30,26 +27,19 @@ from functools import partial
 import torch
 
 from nsfwd import pools
+from nsfwd.checked import KEPT, CheckedImages
 from nsfwd.engine_protocol import (
     DECODE_TIMEOUT_S,
     EngineClosedError,
     QueueFullError,
     run_intake,
 )
-from nsfwd.images import ImageLimits, UnscorableImageError, load_prepared
+from nsfwd.images import ImageLimits, UnscorableImageError
 from nsfwd.metrics import Metrics
 from nsfwd.model_types import Labels
 from nsfwd.models import Classifier
 from nsfwd.policies import Policy, nonfinite_labels
-from nsfwd.viewer import Judgement, Views, worst
-
-CHECKED_KEPT = 64
-"""Images :meth:`Engine.check` keeps prepared for a later :meth:`Engine.judge` (about 600 KB a
-picture at 448x448)."""
-
-
-def _digest(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=16).digest()
+from nsfwd.viewer import Judgement, worst
 
 
 @dataclass
@@ -86,8 +76,7 @@ class Engine:
         self.metrics = metrics or Metrics()
         self.metrics.show_model(self.model_info)
         self.decode_timeout_s = decode_timeout_s
-        self._checked: OrderedDict[bytes, Views[torch.Tensor]] = OrderedDict()
-        self._checked_lock = threading.Lock()
+        self._checked = CheckedImages(classifier.prepare, self.limits, KEPT)
         self.decode_pool = (
             pools.named(pools.DECODE)
             if decode_workers is None
@@ -185,7 +174,7 @@ class Engine:
         try:
             loop = asyncio.get_running_loop()
             loop = asyncio.get_running_loop()
-            prepare = partial(self._prepare, data)
+            prepare = partial(self._checked.load, data)
             views = await run_intake(self.decode_pool, prepare, self.decode_timeout_s)
             future: asyncio.Future[list[Labels]] = loop.create_future()
             self._queue.put_nowait(_Item(views.images, future, time.perf_counter()))
@@ -198,25 +187,12 @@ class Engine:
     async def check(self, data: bytes) -> None:
         """Decode and prepare ``data`` as :meth:`judge` does, on the decode pool, raising
         its :class:`~nsfwd.images.ImageError`; the pictures are kept (the last
-        :data:`CHECKED_KEPT` images) for a :meth:`judge` of the same bytes."""
+        :data:`~nsfwd.checked.KEPT` images) for a :meth:`judge` of the same bytes."""
         if not self.ready:
             raise EngineClosedError("the model is not loaded yet")
-        await run_intake(self.decode_pool, partial(self._check, data), self.decode_timeout_s)
-
-    def _check(self, data: bytes) -> None:
-        views = load_prepared(data, self.classifier.prepare, self.limits)
-        with self._checked_lock:
-            self._checked[_digest(data)] = views
-            while len(self._checked) > CHECKED_KEPT:
-                self._checked.popitem(last=False)
-
-    def _prepare(self, data: bytes) -> Views[torch.Tensor]:
-        if self._checked:
-            with self._checked_lock:
-                views = self._checked.pop(_digest(data), None)
-            if views is not None:
-                return views
-        return load_prepared(data, self.classifier.prepare, self.limits)
+        await run_intake(
+            self.decode_pool, partial(self._checked.check, data), self.decode_timeout_s
+        )
 
     def _predict(self, pixels: list[torch.Tensor]) -> torch.Tensor:
         # Stacked here, on the inference thread, not on the event loop: a GPU batch is tens

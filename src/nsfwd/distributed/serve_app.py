@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ray import serve
 
 from nsfwd.api import create_app
+from nsfwd.checked import KEPT, CheckedImages
 from nsfwd.distributed.ray_serve import Scale
 from nsfwd.distributed.serve_engine import ServeEngine
 from nsfwd.distributed.serve_proxy import without_request_id_header
@@ -71,7 +72,7 @@ class ModelServer:
         settings = model.settings
         self.classifier = load_spec(settings, model.spec, among_others=model.among_others)
         self.max_batch_size = settings.max_batch_size or self.classifier.batch_size
-        self.limits = settings.image_limits
+        self._checked = CheckedImages(self.classifier.prepare, settings.image_limits, KEPT)
         self.classifier.warm_up(self.max_batch_size)
         workers = settings.decode_workers or len(os.sched_getaffinity(0))
         self._decode = ThreadPoolExecutor(workers, "nsfwd-decode")
@@ -99,7 +100,7 @@ class ModelServer:
         loop = asyncio.get_running_loop()
         queued_at = time.perf_counter()
         try:
-            views = await loop.run_in_executor(self._decode, self._prepare, data)
+            views = await loop.run_in_executor(self._decode, self._checked.load, data)
         except ImageError as exc:
             return {"error": exc}
         answers = await asyncio.gather(*(self._batched(image) for image in views.images))
@@ -115,17 +116,15 @@ class ModelServer:
         }
 
     async def check(self, data: bytes) -> dict[str, Any]:
-        """Run the image intake on ``data`` (an async job's upload): ``{}``, or ``error``."""
+        """Run the image intake on ``data`` (an async job's upload): ``{}``, or ``error``. The
+        pictures are kept for a :meth:`judge` of the same bytes on this replica."""
         try:
-            await asyncio.get_running_loop().run_in_executor(self._decode, self._prepare, data)
+            await asyncio.get_running_loop().run_in_executor(
+                self._decode, self._checked.check, data
+            )
         except ImageError as exc:
             return {"error": exc}
         return {}
-
-    def _prepare(self, data: bytes) -> Any:
-        from nsfwd.images import load_prepared
-
-        return load_prepared(data, self.classifier.prepare, self.limits)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)  # type: ignore[untyped-decorator]
     async def _batched(self, pixels: list[Any]) -> list[dict[str, Any]]:

@@ -137,8 +137,9 @@ class ServeEngine:
 
     async def check(self, data: bytes) -> None:
         """Run the image intake on ``data`` in a model replica (an async job's upload, checked
-        before it is accepted), raising its :class:`~nsfwd.images.ImageError`. Replicas keep
-        nothing: the job's judgement, on whichever replica, decodes the image again."""
+        before it is accepted), raising its :class:`~nsfwd.images.ImageError`. The replica keeps
+        the pictures for the job's judgement; one that lands on another replica decodes the
+        image again."""
         if not self.ready:
             raise EngineClosedError("the model is not loaded yet")
         answer = await self._call("check", data)

@@ -22,6 +22,14 @@ def log_of(log: Path) -> Callable[[], str]:
     return lambda: f"server log:\n{log.read_text()}"
 
 
+def health(url: str) -> str:
+    """The text of the server's ``/healthz``; empty while it does not answer."""
+    try:
+        return requests.get(f"{url}/healthz", timeout=5).text
+    except (requests.ConnectionError, requests.Timeout):
+        return ""
+
+
 @dataclass
 class Served:
     """A running server: its URL, its process and its log file."""

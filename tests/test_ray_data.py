@@ -12,11 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +29,7 @@ pytest.importorskip("moto.server", reason="needs moto[server] (the dev install)"
 import ray
 
 from nsfwd.cli import main
+from ray_instance import environment, private_folder
 from servers import free_port
 from waiting import time_limit
 
@@ -61,14 +60,11 @@ def write_images(folder: Path, count: int, start: int = 0) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def ray_home() -> Iterator[Path]:
-    """A short private folder for Ray's sessions and a HOME of its own, for the module."""
-    folder = Path(tempfile.mkdtemp(prefix="nsfwd-ray-", dir="/tmp"))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HOME", str(folder / "home"))
-        patch.setenv("RAY_TMPDIR", str(folder))
-        (folder / "home").mkdir()
+    """A private folder for the module's Ray instance, and a HOME of its own."""
+    with private_folder("nsfwd-ray-") as folder, pytest.MonkeyPatch.context() as patch:
+        for name, value in environment(folder).items():
+            patch.setenv(name, value)
         yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,10 @@ that what the test waits on can progress, and takes coroutine conditions as well
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import inspect
 import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -104,3 +106,35 @@ def time_limit(seconds: int) -> Iterator[None]:
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+@contextmanager
+def watchdog(seconds: float, expire: Callable[[], None]) -> Iterator[None]:
+    """Bound a block that waits on other processes (a server, a cluster): once it has run
+    ``seconds``, write every thread's stack to stderr (where the test was stuck) and call
+    ``expire`` on a timer thread, which must make the wait end (kill what it waits on); the
+    block then fails, saying it ran too long.
+
+    Unlike :func:`time_limit`'s alarm, nothing is raised inside whatever the main thread
+    happened to be running (pytest's own code, a garbage collector callback)."""
+    fired = threading.Event()
+
+    def fire() -> None:
+        fired.set()
+        faulthandler.dump_traceback(all_threads=True)
+        expire()
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    message = f"the test ran past {seconds:g} s; what it waited on was stopped"
+    try:
+        yield
+    except BaseException as exc:
+        if fired.is_set():
+            raise AssertionError(message) from exc
+        raise
+    finally:
+        timer.cancel()
+    if fired.is_set():
+        raise AssertionError(message)

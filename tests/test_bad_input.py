@@ -23,7 +23,7 @@ from PIL import Image
 from requests.adapters import HTTPAdapter, Retry
 
 from nsfwd.api import create_app
-from nsfwd.api.middleware import BodyLimitMiddleware
+from nsfwd.api.middleware import BodyLimitMiddleware, BodyLimits
 from nsfwd.engine import Engine
 from nsfwd.models import Classifier
 from nsfwd.settings import Settings
@@ -468,7 +468,7 @@ def test_a_slow_body_does_not_hold_up_others(server_url: str) -> None:
 def test_a_stalled_body_is_let_go_with_408(classifier: Classifier) -> None:
     settings = Settings(model=classifier.name, served_model_name=MODEL, api_keys=[TOKEN])
     app = create_app(Engine(classifier, limits=settings.image_limits), settings)
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=LIMIT * 2, idle_timeout_s=0.5)
+    app.add_middleware(BodyLimitMiddleware, limits=BodyLimits(LIMIT * 2), idle_timeout_s=0.5)
     body, content_type = encoded_job(_good())
     with serve_app(app) as url:
         sock = raw_request(url, b"", content_type, **{"Content-Length": str(len(body))})

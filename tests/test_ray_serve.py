@@ -13,9 +13,7 @@ kill a replica, to check that none outlives the server, and to stop leftovers, b
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -30,14 +28,13 @@ import requests
 
 pytest.importorskip("ray.serve", reason="needs nsfwd[serve]")
 
-import contextlib
 
-import test_bad_input
 from eachlabs_calls import KEY, OTHER, SERVED, create, created_id, poll
 from hosts import ALLOWED, SECRET, Host, verified
 from photos import astronaut_jpeg
 from prodia_jobs import TOKEN, job_files
-from serve_process import Served, nsfwd_serve
+from ray_instance import environment, kill_all, private_folder, ray_processes, replicas
+from serve_process import Served, health, nsfwd_serve
 
 # The suites, run again through Serve (their server_url is this module's).
 from test_api_prodia import (  # noqa: F401
@@ -76,7 +73,7 @@ from test_interop import (  # noqa: F401
     test_v1_labels_arrive_in_the_job,
     test_v2_outputs_are_the_labels_then_the_image_byte_for_byte,
 )
-from waiting import time_limit, wait_for
+from waiting import wait_for, watchdog
 
 TEST_SECONDS = 180
 """No test here may run longer: a stuck deployment fails the test rather than the suite."""
@@ -85,67 +82,31 @@ START_SECONDS = 240
 START_FAILURES: list[BaseException] = []
 
 
+STOPPED_AFTER: list[str] = []
+"""The test that ran past :data:`TEST_SECONDS`, after which the server was stopped."""
+
+
 @pytest.fixture(autouse=True)
-def bounded() -> Iterator[None]:
-    """Fail the test with TimeoutError once it has run :data:`TEST_SECONDS`."""
-    with time_limit(TEST_SECONDS):
+def bounded(request: pytest.FixtureRequest, ray_home: Path) -> Iterator[None]:
+    """Once a test has run :data:`TEST_SECONDS`, kill the server and its Ray instance (every
+    process that carries this module's Ray folder), so that whatever the test waits on fails;
+    the tests after it fail at once, naming it."""
+    if STOPPED_AFTER:
+        pytest.fail(f"the server was stopped after {STOPPED_AFTER[0]} ran too long")
+
+    def expire() -> None:
+        STOPPED_AFTER.append(request.node.name)
+        kill_all(list(ray_processes(ray_home)))
+
+    with watchdog(TEST_SECONDS, expire):
         yield
-
-
-THROUGH_THE_PROXY = {
-    "test_an_oversized_content_length_is_refused_before_the_body[True]": "Serve's proxy reads "
-    "the body to stream it to the ingress, so a client that sent `Expect: 100-continue` gets "
-    "100 Continue before the 400 (which still comes at once)",
-}
-"""Imported cases that Serve's HTTP proxy answers differently, and why."""
-PROXY_REFUSED_WITHIN = 160 * 1024 * 1024
-"""Serve's proxy streams a body ahead of the ingress, so on a loaded machine the refusal of an
-endless chunked body reaches the client later than from one process (71 MB was seen); it must
-still come long before the client's 200 MB are sent."""
-
-
-@pytest.fixture(autouse=True)
-def differences(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Imported cases that cannot hold behind Serve's proxy are expected to fail, saying why;
-    the chunked body's refusal may come later (:data:`PROXY_REFUSED_WITHIN`)."""
-    monkeypatch.setattr(test_bad_input, "REFUSED_WITHIN", PROXY_REFUSED_WITHIN)
-    reason = THROUGH_THE_PROXY.get(request.node.name)
-    if reason is not None:
-        pytest.xfail(reason)
-
-
-def ray_processes(folder: Path) -> dict[int, str]:
-    """The processes of the Ray instance whose temp folder is ``folder`` (they all carry it in
-    their environment): pid -> command line."""
-    marker = f"RAY_TMPDIR={folder}".encode()
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if marker in (entry / "environ").read_bytes().split(b"\0"):
-                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-    return {pid: line.decode(errors="replace") for pid, line in found.items()}
-
-
-def kill_all(pids: Iterator[int] | list[int]) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
 def ray_home() -> Iterator[Path]:
-    """A short private folder for Ray's session files (its sockets live there)."""
-    folder = Path(tempfile.mkdtemp(prefix="nsfwd-serve-", dir="/tmp"))
-    (folder / "home").mkdir()
-    try:
+    """A private folder for this module's Ray instance."""
+    with private_folder("nsfwd-serve-") as folder:
         yield folder
-    finally:
-        kill_all(list(ray_processes(folder)))  # only if a test failed before the clean stop
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -165,8 +126,7 @@ def served(
     folder = tmp_path_factory.mktemp("ray-serve")
     with fresh_database(postgres_url) as database:
         env = {
-            "HOME": str(ray_home / "home"),
-            "RAY_TMPDIR": str(ray_home),
+            **environment(ray_home),
             "NSFWD_DATABASE_URL": database,
             "NSFWD_API_KEYS": ",".join([TOKEN, KEY, OTHER]),
             "NSFWD_SERVED_MODEL_NAME": SERVED,
@@ -177,7 +137,6 @@ def served(
             "NSFWD_FETCH_ALLOW_HTTP": "1",
             "NSFWD_WEBHOOK_SECRET": SECRET,
             "NSFWD_WEBHOOK_RETRY_DELAYS": "0.2,0.2",
-            "RAY_DEDUP_LOGS": "0",
         }
         with (
             _failures_kept(),
@@ -213,13 +172,6 @@ def _failures_kept() -> Iterator[None]:
 def server_url(served: Served) -> str:
     """The imported suites' server: Serve's HTTP proxy."""
     return served.url
-
-
-def health(url: str) -> str:
-    try:
-        return requests.get(f"{url}/healthz", timeout=5).text
-    except requests.ConnectionError:
-        return ""
 
 
 def classify(url: str) -> requests.Response:
@@ -265,20 +217,12 @@ def test_eachlabs_with_webhooks_on_postgresql(served: Served, host: tuple[str, H
     assert verified(failed[0])["status"] == "failed"
 
 
-def model_replicas(folder: Path) -> list[int]:
-    return sorted(
-        pid
-        for pid, line in ray_processes(folder).items()
-        if line.startswith("ray::ServeReplica:nsfwd:nsfwd-model")
-    )
-
-
 def test_a_model_replica_killed_under_load(
     served: Served, ray_home: Path, host: tuple[str, Host]
 ) -> None:
     base, _ = host
-    replicas = model_replicas(ray_home)
-    assert len(replicas) == 2, ray_processes(ray_home)
+    running = replicas(ray_home, "nsfwd-model")
+    assert len(running) == 2, ray_processes(ray_home)
     stop = threading.Event()
     answers: list[tuple[int, dict[str, str]]] = []
 
@@ -292,7 +236,7 @@ def test_a_model_replica_killed_under_load(
         for _ in range(4):
             pool.submit(load)
         wait_for(lambda: len(answers) >= 4, 60, "the load to run")
-        os.kill(replicas[0], signal.SIGKILL)
+        os.kill(running[0], signal.SIGKILL)
         killed_at = len(answers)
         wait_for(lambda: len(answers) >= killed_at + 12, 90, "answers after the kill")
         stop.set()
@@ -309,7 +253,7 @@ def test_a_model_replica_killed_under_load(
         90,
         "Serve to restart the replica",
     )
-    assert replicas[0] not in model_replicas(ray_home)
+    assert running[0] not in replicas(ray_home, "nsfwd-model")
     assert classify(served.url).status_code == 200
 
 

@@ -13,7 +13,7 @@ from nsfwd import __version__, demo, pools
 from nsfwd.api import eachlabs, openai_models, openai_moderation, prodia, prodia_async
 from nsfwd.api.auth import KeyRing
 from nsfwd.api.errors import install_error_handlers
-from nsfwd.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from nsfwd.api.middleware import BodyLimitMiddleware, BodyLimits, RequestIdMiddleware
 from nsfwd.api.openapi import install_openapi
 from nsfwd.engine_protocol import ClassifyEngine
 from nsfwd.jobs import Store
@@ -21,6 +21,16 @@ from nsfwd.jobs.webhooks import WebhookSender
 from nsfwd.jobs.worker import PURGE_EVERY_S, Worker
 from nsfwd.served_models import ServedModels
 from nsfwd.settings import Settings
+
+
+def body_limits(settings: Settings) -> BodyLimits:
+    """The largest request body of each route: an image of ``max_image_bytes`` and its form
+    (or, on OpenAI's route, its base64 and JSON)."""
+    return BodyLimits(
+        default=settings.max_image_bytes + prodia.FORM_OVERHEAD_BYTES,
+        paths={openai_moderation.ROUTE: openai_moderation.max_body_bytes(settings.max_image_bytes)},
+        hint=f"send an image of at most {settings.max_image_bytes:,} bytes",
+    )
 
 
 def default_workers(engine: ClassifyEngine) -> int:
@@ -114,13 +124,9 @@ def create_app(
     app.state.keys = keys
     app.add_middleware(
         BodyLimitMiddleware,
-        max_body_bytes=settings.max_image_bytes + prodia.FORM_OVERHEAD_BYTES,
+        limits=body_limits(settings),
         body_timeout_s=settings.body_timeout_s,
         max_uploads=settings.max_uploads,
-        hint=f"send an image of at most {settings.max_image_bytes:,} bytes",
-        path_limits={
-            openai_moderation.ROUTE: openai_moderation.max_body_bytes(settings.max_image_bytes)
-        },
     )
     app.add_middleware(RequestIdMiddleware)  # outermost: its id is on every answer, 431 too
     install_error_handlers(app)

@@ -19,6 +19,7 @@ import asyncio
 import re
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -78,6 +79,28 @@ def _incoming_request_id(scope: Scope) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class BodyLimits:
+    """The largest request body: ``paths`` gives some paths a limit of their own (OpenAI's
+    moderation API carries images as base64, a third larger than the bytes), ``default`` is
+    everyone else's; ``hint`` ends a refusal's message (what to do instead)."""
+
+    default: int
+    paths: Mapping[str, int] = field(default_factory=dict)
+    hint: str = "send a smaller body"
+
+    def of(self, path: str) -> int:
+        """The limit of a request to ``path``."""
+        return self.paths.get(path, self.default)
+
+    def refusal(self, size: str, limit: int) -> str:
+        """Why a body of ``size`` (a phrase) is refused under ``limit``, and what to do."""
+        return (
+            f"request body is {size}; this server accepts at most {limit:,} bytes "
+            f"({limit / _MIB:.2f} MiB) per request: {self.hint}"
+        )
+
+
 class BodyLimitMiddleware:
     """Bound each HTTP request: header bytes (431), body bytes (400, see
     :class:`~nsfwd.api.errors.PayloadTooLargeError`), body idle time and total time (408), and
@@ -87,22 +110,16 @@ class BodyLimitMiddleware:
         self,
         app: ASGIApp,
         *,
-        max_body_bytes: int,
+        limits: BodyLimits,
         max_header_bytes: int = MAX_HEADER_BYTES,
         idle_timeout_s: float = BODY_IDLE_TIMEOUT_S,
         body_timeout_s: float = BODY_TIMEOUT_S,
         max_uploads: int | None = None,
-        hint: str = "send a smaller body",
-        path_limits: Mapping[str, int] | None = None,
     ) -> None:
         """Wrap ``app`` with these limits (``max_uploads`` ``None``: no cap on bodies read at
-        once); ``hint`` ends the size refusal's message (what to do instead); ``path_limits``
-        gives some paths a body limit of their own (OpenAI's moderation API carries images as
-        base64, a third larger than the bytes)."""
+        once)."""
         self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.path_limits = dict(path_limits or {})
-        self.hint = hint
+        self.limits = limits
         self.max_header_bytes = max_header_bytes
         self.idle_timeout_s = idle_timeout_s
         self.body_timeout_s = body_timeout_s
@@ -117,15 +134,15 @@ class BodyLimitMiddleware:
             return
         header_bytes = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
         if header_bytes > self.max_header_bytes:
-            await _send_text(
+            await send_text(
                 send,
                 431,
                 f"request headers are {header_bytes:,} bytes; this server accepts at most "
                 f"{self.max_header_bytes:,}. Send fewer or shorter headers.",
             )
             return
-        limit = self.path_limits.get(scope.get("path", ""), self.max_body_bytes)
-        body = _BoundedBody(self, limit, _content_length(scope), receive)
+        limit = self.limits.of(scope.get("path", ""))
+        body = _BoundedBody(self, limit, content_length(scope), receive)
         try:
             await self.app(scope, body, send)
         finally:
@@ -141,14 +158,9 @@ class BodyLimitMiddleware:
             )
         self.uploads += 1
 
-    def too_large(self, size: str, limit: int | None = None) -> PayloadTooLargeError:
-        """The error for a body of ``size`` (a phrase) over the limit (by default the
-        server-wide one)."""
-        limit = self.max_body_bytes if limit is None else limit
-        return PayloadTooLargeError(
-            f"request body is {size}; this server accepts at most {limit:,} bytes "
-            f"({limit / _MIB:.2f} MiB) per request: {self.hint}"
-        )
+    def too_large(self, size: str, limit: int) -> PayloadTooLargeError:
+        """The error for a body of ``size`` (a phrase) over ``limit``."""
+        return PayloadTooLargeError(self.limits.refusal(size, limit))
 
 
 class _BoundedBody:
@@ -212,7 +224,8 @@ class _BoundedBody:
             self.limits.uploads -= 1
 
 
-def _content_length(scope: Scope) -> int | None:
+def content_length(scope: Scope) -> int | None:
+    """The request's ``Content-Length``; None when absent (a chunked body) or not a number."""
     for name, value in scope["headers"]:
         if name == b"content-length":
             try:
@@ -222,7 +235,9 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _send_text(send: Send, status: int, text: str) -> None:
+async def send_text(send: Send, status: int, text: str) -> None:
+    """Answer ``status`` with ``text`` as plain text, and close the connection: for refusals
+    made before any route runs."""
     body = (text + "\n").encode()
     await send(
         {

@@ -120,7 +120,7 @@ def run_on_ray(settings: Settings, options: RayServeOptions) -> int:
     owns_ray = False
     deployed = False
     try:
-        owns_ray = _connect(ray, options, settings.http_workers)
+        owns_ray = _connect(ray, options, settings)
         signal.signal(signal.SIGTERM, handler)  # ray.init put its own in place
         refusal = _store_refusal(settings, alive_nodes(ray))
         if refusal:
@@ -197,15 +197,17 @@ def _portable(settings: Settings) -> Settings:
     return settings.model_copy(update=update)
 
 
-def _connect(ray: Any, options: RayServeOptions, ingress_replicas: int) -> bool:
+def _connect(ray: Any, options: RayServeOptions, settings: Settings) -> bool:
     """Connect to Ray; True when this started the instance (and must stop it)."""
     address = options.address
     if address is None or address == "local":
-        from nsfwd.distributed.serve_proxy import CALLBACK
+        from nsfwd.api.app import body_limits
+        from nsfwd.distributed.serve_proxy import CALLBACK, limits_to_environment
 
         os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", CALLBACK)
+        limits_to_environment(body_limits(settings))
         # Every replica placed, even on a machine with fewer cores: one CPU each, ingress too.
-        cpus = max(os.cpu_count() or 1, options.scale.most + ingress_replicas)
+        cpus = max(os.cpu_count() or 1, options.scale.most + settings.http_workers)
         ray.init(address="local", num_cpus=cpus, include_dashboard=False)
         return True
     ray.init(address=address)

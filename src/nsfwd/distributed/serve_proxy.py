@@ -104,11 +104,18 @@ class ReadAheadLimitMiddleware:
 
 
 def proxy_middlewares() -> list[Middleware]:
-    """The middlewares Serve's proxy runs around itself (outermost first)."""
-    middlewares = [Middleware(SaneRequestIdMiddleware)]
-    if (limits := limits_from_environment()) is not None:
-        middlewares.append(Middleware(ReadAheadLimitMiddleware, limits=limits))
-    return middlewares
+    """The middlewares Serve's proxy runs around itself (outermost first), with the limits the
+    driver handed over, or else those of the ``NSFWD_*`` settings in the proxy's environment."""
+    limits = limits_from_environment()
+    if limits is None:  # a cluster started without nsfwd's driver: the settings of its env
+        from nsfwd.api.app import body_limits
+        from nsfwd.settings import Settings
+
+        limits = body_limits(Settings())
+    return [
+        Middleware(SaneRequestIdMiddleware),
+        Middleware(ReadAheadLimitMiddleware, limits=limits),
+    ]
 
 
 def without_request_id_header(app: ASGIApp) -> ASGIApp:

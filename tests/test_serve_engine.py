@@ -130,6 +130,8 @@ def test_scale_options() -> None:
     assert (autoscaled["min_replicas"], autoscaled["max_replicas"]) == (1, 4)
     assert autoscaled["target_ongoing_requests"] == 8
     assert Scale(None, 1, 4).most == 4
+    assert autoscaled["downscale_delay_s"] == 60
+    assert Scale(None, 1, 4, 5).options(8)["autoscaling_config"]["downscale_delay_s"] == 5
     with pytest.raises(ValueError, match="at most --max-replicas"):
         Scale(None, 3, 2)
 
@@ -145,12 +147,38 @@ def test_sqlite_is_refused_on_a_cluster_of_several_nodes(tmp_path: Path) -> None
     assert _store_refusal(on_postgres, 3) is None
 
 
+class Runtime:
+    def get_node_id(self) -> str:
+        return "node-1"
+
+
+class Ray:
+    """What ``_store_node`` asks of ``ray``: the node this driver runs on."""
+
+    def get_runtime_context(self) -> Runtime:
+        return Runtime()
+
+
+def test_ingress_replicas_stay_on_the_node_of_a_sqlite_store(tmp_path: Path) -> None:
+    from nsfwd.distributed.ray_serve import _store_node
+    from nsfwd.distributed.serve_app import _ingress_actor_options
+
+    assert _store_node(Ray(), Settings(data_dir=tmp_path)) == "node-1"
+    assert _store_node(Ray(), Settings(database_url="postgresql://u:p@db/nsfwd")) is None
+    assert _ingress_actor_options("node-1") == {
+        "num_cpus": 1,
+        "label_selector": {"ray.io/node-id": "node-1"},
+    }
+    assert _ingress_actor_options(None) == {"num_cpus": 1}
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--replicas", "2"], "need --ray"),
         (["--ray", "--replicas", "2", "--min-replicas", "1", "--max-replicas", "3"], "not both"),
         (["--ray", "--min-replicas", "2"], "both --min-replicas and --max-replicas"),
+        (["--ray", "--replicas", "2", "--downscale-delay", "5"], "--downscale-delay needs"),
     ],
 )
 def test_replica_options_are_checked(
@@ -186,3 +214,22 @@ def test_the_driver_chooses_the_models_without_torch(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["['open-nsfw']", "False"], done.stdout
     assert "Serving the built-in open-nsfw" in done.stderr
+
+
+def test_the_proxy_gets_the_apps_body_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nsfwd.api.app import body_limits
+    from nsfwd.api.middleware import BodyLimits
+    from nsfwd.distributed import serve_proxy
+
+    def limits() -> BodyLimits:
+        last = serve_proxy.proxy_middlewares()[-1]
+        assert getattr(last.cls, "__name__", None) == "ReadAheadLimitMiddleware"
+        found = last.kwargs["limits"]
+        assert isinstance(found, BodyLimits)
+        return found
+
+    monkeypatch.delenv(serve_proxy.LIMITS_VARIABLE, raising=False)
+    assert limits() == body_limits(Settings())  # a cluster started without the driver
+    monkeypatch.setenv(serve_proxy.LIMITS_VARIABLE, "")
+    serve_proxy.limits_to_environment(BodyLimits(5000, {"/v1/moderations": 7000}))
+    assert (limits().of("/v2/job"), limits().of("/v1/moderations")) == (5000, 7000)

@@ -428,6 +428,13 @@ def _add_scale_options(serve: argparse.ArgumentParser) -> None:
         help="with --ray and --max-replicas: autoscale the model replicas on their queue length",
     )
     serve.add_argument("--max-replicas", type=_positive, help="with --ray: see --min-replicas")
+    serve.add_argument(
+        "--downscale-delay",
+        type=float,
+        metavar="SECONDS",
+        help="with --min-replicas/--max-replicas: how long the queue must stay short before a "
+        "model replica is let go (default: 60)",
+    )
 
 
 def _positive(text: str) -> int:
@@ -916,6 +923,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _ray_serve_options(args: argparse.Namespace) -> RayServeOptions | None:
     """``--ray`` and the replica options, checked; None without ``--ray``."""
     autoscale = args.min_replicas is not None or args.max_replicas is not None
+    if args.downscale_delay is not None and not autoscale:
+        raise ValueError("--downscale-delay needs --min-replicas and --max-replicas")
     if args.ray is None:
         if autoscale or args.replicas is not None:
             raise ValueError("--replicas, --min-replicas and --max-replicas need --ray")
@@ -924,9 +933,8 @@ def _ray_serve_options(args: argparse.Namespace) -> RayServeOptions | None:
         raise ValueError("give either --replicas or --min-replicas/--max-replicas, not both")
     from nsfwd.distributed.ray_serve import RayServeOptions, Scale
 
-    scale = (
-        Scale(None, args.min_replicas, args.max_replicas)
-        if autoscale
-        else Scale(args.replicas or 1)
-    )
+    if not autoscale:
+        return RayServeOptions(address=args.ray or None, scale=Scale(args.replicas or 1))
+    delay = {} if args.downscale_delay is None else {"downscale_delay_s": args.downscale_delay}
+    scale = Scale(None, args.min_replicas, args.max_replicas, **delay)
     return RayServeOptions(address=args.ray or None, scale=scale)

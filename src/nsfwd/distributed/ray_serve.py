@@ -43,6 +43,8 @@ class Scale:
     replicas: int | None = 1
     min_replicas: int | None = None
     max_replicas: int | None = None
+    downscale_delay_s: float = 60.0
+    """How long the queue must stay short before an autoscaled replica is let go."""
 
     def __post_init__(self) -> None:
         if self.replicas is None and (self.min_replicas is None or self.max_replicas is None):
@@ -52,6 +54,8 @@ class Scale:
             raise ValueError(
                 f"--min-replicas ({low}) must be at least 1 and at most --max-replicas ({high})"
             )
+        if self.downscale_delay_s < 0:
+            raise ValueError("--downscale-delay must not be negative")
 
     @property
     def most(self) -> int:
@@ -69,7 +73,7 @@ class Scale:
                 "max_replicas": self.max_replicas,
                 "target_ongoing_requests": target_ongoing,
                 "upscale_delay_s": 3.0,
-                "downscale_delay_s": 60.0,
+                "downscale_delay_s": self.downscale_delay_s,
             }
         }
 
@@ -134,6 +138,7 @@ def run_on_ray(settings: Settings, options: RayServeOptions) -> int:
             options.scale,
             gpus=gpus,
             ingress_replicas=settings.http_workers,
+            ingress_node=_store_node(ray, settings),
         )
         deployed = True
         serve.run(application, name=APP_NAME, route_prefix="/")
@@ -177,6 +182,16 @@ def _store_refusal(settings: Settings, nodes: int) -> str | None:
             "Set NSFWD_DATABASE_URL=postgresql://user:password@host/db (a PostgreSQL server "
             "every node reaches) and start again."
         )
+    return None
+
+
+def _store_node(ray: Any, settings: Settings) -> str | None:
+    """The node the ingress replicas must run on: this one when the job store is a SQLite file
+    (it lives here; a node that joins later must not get an ingress replica that would open
+    another file), else None (anywhere)."""
+    if Store.from_settings(settings).url.startswith("sqlite"):
+        node: str = ray.get_runtime_context().get_node_id()
+        return node
     return None
 
 

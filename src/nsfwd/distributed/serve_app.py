@@ -40,6 +40,8 @@ APP_NAME = "nsfwd"
 INGRESS = "nsfwd-ingress"
 INGRESS_MAX_ONGOING = 1024
 """Requests one ingress replica holds at once; the app's own limits (429s) act well before."""
+NODE_ID_LABEL = "ray.io/node-id"
+"""The label Ray gives every node: its id."""
 DRAIN_TIMEOUT_S = 30.0
 """How long a replica being stopped waits for the requests it holds to finish."""
 
@@ -188,10 +190,13 @@ def build_application(
     *,
     gpus: bool,
     ingress_replicas: int = 1,
+    ingress_node: str | None = None,
 ) -> Any:
     """The bound application: an ingress over one model deployment per spec.
 
     ``gpus``: whether the cluster has GPUs (then each model replica takes one; else a CPU).
+    ``ingress_node``: the Ray node id every ingress replica must run on (where a SQLite job
+    store lives), or None for anywhere.
     Each model replica holds at most ``max_queue`` requests, and each ingress replica queues at
     most ``max_queue`` more for the deployment; beyond that the handle refuses at once and the
     client gets 429 with Retry-After, as from a single server.
@@ -220,7 +225,16 @@ def build_application(
         name=INGRESS,
         num_replicas=ingress_replicas,
         max_ongoing_requests=INGRESS_MAX_ONGOING,
-        ray_actor_options={"num_cpus": 1},  # HTTP parsing: one interpreter, one core
+        ray_actor_options=_ingress_actor_options(ingress_node),
         graceful_shutdown_timeout_s=DRAIN_TIMEOUT_S,
     )
     return ingress.bind(models, deployments, settings)
+
+
+def _ingress_actor_options(node: str | None) -> dict[str, Any]:
+    """An ingress replica's actor options: one CPU (HTTP parsing: one interpreter, one core),
+    on ``node`` when given."""
+    options: dict[str, Any] = {"num_cpus": 1}
+    if node is not None:
+        options["label_selector"] = {NODE_ID_LABEL: node}
+    return options

@@ -1,0 +1,145 @@
+"""``nsfwd serve --ray --min-replicas 1 --max-replicas 2``: Serve adds a model replica while
+requests queue, and lets it go once the queue has stayed short; on a SQLite job store (the
+ingress pinned to this node), with a clean stop.
+
+Each request is an animated WebP whose frames are all judged, so a replica holds it long enough
+for a queue to build on two cores. Ray's state is private to the module, as in
+test_ray_serve.py.
+"""
+
+from __future__ import annotations
+
+import io
+import signal
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+pytest.importorskip("ray.serve", reason="needs nsfwd[serve]")
+
+from photos import resized
+from prodia_jobs import MODEL, TOKEN, job_files
+from ray_instance import environment, kill_all, private_folder, ray_processes, replicas
+from serve_process import Served, health, log_of, nsfwd_serve
+from waiting import wait_for, watchdog
+
+MODULE_SECONDS = 480
+"""The whole module, start and stop included: past this, its Ray instance is killed."""
+DOWNSCALE_DELAY_S = 2
+"""--downscale-delay: Serve's own 30 s look-back on the queue length comes first anyway."""
+CLIENTS = 6
+
+
+@pytest.fixture(scope="module")
+def ray_home() -> Iterator[Path]:
+    """A private folder for this module's Ray instance; its processes are killed if the
+    module runs past :data:`MODULE_SECONDS`."""
+    with (
+        private_folder("nsfwd-scale-") as folder,
+        watchdog(MODULE_SECONDS, lambda: kill_all(ray_processes(folder))),
+    ):
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def served(
+    ray_home: Path, timm_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    folder = tmp_path_factory.mktemp("ray-autoscaling")
+    env = {
+        **environment(ray_home),
+        "NSFWD_API_KEYS": TOKEN,
+        "NSFWD_SERVED_MODEL_NAME": MODEL,
+        "NSFWD_MAX_BATCH_SIZE": "1",
+    }
+    with nsfwd_serve(
+        timm_checkpoint,
+        folder,
+        folder / "serve.log",
+        "--ray",
+        "--min-replicas",
+        "1",
+        "--max-replicas",
+        "2",
+        "--downscale-delay",
+        str(DOWNSCALE_DELAY_S),
+        env=env,
+        start_timeout=240,
+    ) as server:
+        yield server
+
+
+def animation(frames: int = 16) -> bytes:
+    """An animated WebP of ``frames`` different 512x512 photographs' worth of pixels."""
+    names = ["astronaut", "chelsea", "coffee", "rocket"]
+    images = [resized(names[i % 4], (512, 512)).rotate(i * 7) for i in range(frames)]
+    out = io.BytesIO()
+    images[0].save(out, "WEBP", save_all=True, append_images=images[1:], duration=100, loop=0)
+    return out.getvalue()
+
+
+def classify(url: str, image: bytes) -> int:
+    res = requests.post(
+        f"{url}/v2/job",
+        headers={"Authorization": f"Bearer {TOKEN}", "Accept": "application/json"},
+        files=job_files(image=image, filename="moving.webp", content_type="image/webp"),
+        timeout=60,
+    )
+    return res.status_code
+
+
+def test_model_replicas_follow_the_queue(served: Served, ray_home: Path) -> None:
+    assert len(replicas(ray_home, "nsfwd-model")) == 1, ray_processes(ray_home)
+    image = animation()
+    assert getattr(Image.open(io.BytesIO(image)), "n_frames", 1) == 16
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def load() -> None:
+        while not stop.is_set():
+            statuses.append(classify(served.url, image))
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        for _ in range(CLIENTS):
+            pool.submit(load)
+        try:
+            wait_for(
+                lambda: len(replicas(ray_home, "nsfwd-model")) == 2,
+                120,
+                "Serve to add a model replica under load",
+                detail=log_of(served.log),
+            )
+            wait_for(
+                lambda: "nsfwd-model HEALTHY (2 running)" in health(served.url),
+                120,
+                "the second replica to run",
+            )
+            answered = len(statuses)
+            wait_for(lambda: len(statuses) >= answered + 10, 60, "answers from both replicas")
+        finally:
+            stop.set()
+    assert statuses and set(statuses) <= {200, 429}, statuses
+    assert statuses.count(200) >= len(statuses) // 2, statuses
+    wait_for(
+        lambda: len(replicas(ray_home, "nsfwd-model")) == 1,
+        120,
+        "Serve to let the idle replica go",
+        detail=log_of(served.log),
+    )
+    assert classify(served.url, image) == 200
+
+
+def test_a_clean_stop_leaves_no_ray_process(served: Served, ray_home: Path) -> None:
+    served.process.send_signal(signal.SIGTERM)
+    assert served.process.wait(timeout=90) == 0, served.log.read_text()[-3000:]
+    wait_for(
+        lambda: not ray_processes(ray_home),
+        30,
+        "every Ray process to end",
+        detail=lambda: str(ray_processes(ray_home)),
+    )

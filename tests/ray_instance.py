@@ -42,8 +42,8 @@ def kill_all(pids: Iterable[int]) -> None:
 
 def replicas(folder: Path, deployment: str) -> list[int]:
     """The pids of ``deployment``'s Serve replicas in the Ray instance of ``folder``."""
-    prefix = f"ray::ServeReplica:nsfwd:{deployment}"
-    return sorted(pid for pid, line in ray_processes(folder).items() if line.startswith(prefix))
+    name = f"ray::ServeReplica:nsfwd:{deployment}"
+    return sorted(pid for pid, line in ray_processes(folder).items() if line.split()[:1] == [name])
 
 
 def environment(folder: Path) -> dict[str, str]:

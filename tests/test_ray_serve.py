@@ -1,13 +1,15 @@
-"""``nsfwd serve --ray --replicas 2`` on a real local Ray instance: the API suites through it,
-Eachlabs with webhooks on PostgreSQL, a model replica killed under load, a clean stop.
+"""``nsfwd serve --ray --replicas 2`` on a real local Ray instance, two models, a PostgreSQL
+store: the API suites through it, Eachlabs with webhooks, a model replica killed under load, a
+clean stop.
 
-One server serves the whole module (Ray and Serve take tens of seconds to start): the tests
-of test_interop.py (the official npm client), test_api_prodia.py (the guide's flows) and
-test_bad_input.py that run against the shared ``server_url`` are imported here and run again
-with ``server_url`` pointing at Serve's proxy; then the tests below; the last one stops the
-server. Ray's state is private to the module (its own temp folder and HOME); every process of
-that Ray instance carries the folder in its environment, which is how the tests find them (to
-kill a replica, to check that none outlives the server, and to stop leftovers, by id).
+One server serves the whole module (Ray and Serve take tens of seconds to start). Every test
+of the API suites that runs against a shared server is imported here and run again with that
+server (``server_url``, ``url``, ``server``, ``client``) being Serve's proxy:
+test_interop.py (the official npm client), test_api_prodia.py (the guide's flows),
+test_bad_input.py, test_api_prodia_async.py, test_api_eachlabs.py and test_api_openai.py (the
+official SDK). Tests of those suites that start a server of their own, with other settings,
+are not. Then the tests below; the last one stops the server. Ray's state is private to the
+module (:mod:`ray_instance`).
 """
 
 from __future__ import annotations
@@ -31,12 +33,48 @@ pytest.importorskip("ray.serve", reason="needs nsfwd[serve]")
 
 from eachlabs_calls import KEY, OTHER, SERVED, create, created_id, poll
 from hosts import ALLOWED, SECRET, Host, verified
+from nsfwd.jobs import Store
+from nsfwd.settings import Settings
 from photos import astronaut_jpeg
 from prodia_jobs import TOKEN, job_files
 from ray_instance import environment, kill_all, private_folder, ray_processes, replicas
 from serve_process import Served, health, nsfwd_serve
 
-# The suites, run again through Serve (their server_url is this module's).
+# The suites, run again through Serve (their server_url, url, server and client are this
+# module's).
+from test_api_eachlabs import (  # noqa: F401
+    test_a_keys_own_creates_per_minute_apply,
+    test_a_prediction_succeeds_and_its_webhook_arrives_once_after_a_refusal,
+    test_a_prediction_that_fails_says_why_and_sends_failed,
+    test_bodies_over_64_kib_are_400,
+    test_every_name_of_the_model_works_and_slashes_are_optional,
+    test_image_urls_that_are_not_public_https_are_400,
+    test_keys_are_required_and_checked,
+    test_malformed_requests_are_400_with_the_error_body,
+    test_private_webhook_urls_are_400,
+    test_processing_is_reported_until_the_image_arrives,
+    test_redirects_to_the_canary_are_refused_when_fetching_and_delivering,
+    test_refused_creates_do_not_use_up_the_keys_minute,
+    test_the_11th_prediction_in_flight_is_429,
+    test_the_101st_create_in_a_minute_is_429,
+    test_unknown_and_other_keys_predictions_are_404,
+    test_unknown_models_are_404,
+)
+from test_api_openai import (  # noqa: F401
+    VIT,
+    client,
+    test_a_bad_data_uri_is_refused_clearly,
+    test_a_model_that_is_not_a_name_is_a_400,
+    test_a_private_url_is_refused,
+    test_a_wrong_or_missing_token_is_refused,
+    test_an_image_by_data_uri_gets_the_prodia_verdict,
+    test_an_image_by_url_and_several_inputs_in_order,
+    test_an_unknown_model_is_a_400_listing_the_served_ones,
+    test_models_are_listed_in_openai_s_shape,
+    test_prodia_and_eachlabs_pick_the_model_by_name,
+    test_text_is_refused_in_openai_s_error_format,
+    test_the_model_is_picked_by_name_and_defaults_to_the_first,
+)
 from test_api_prodia import (  # noqa: F401
     test_a_missing_or_wrong_token_is_401_plain_text,
     test_extra_config_is_echoed_and_both_model_names_work,
@@ -51,6 +89,25 @@ from test_api_prodia import (  # noqa: F401
     test_v2_echoes_the_uploaded_name_and_type_even_when_they_lie,
     test_v2_multipart_as_the_guide_does_it,
     test_v2_with_a_json_accept_gets_the_job_as_json,
+)
+from test_api_prodia_async import (  # noqa: F401
+    OTHER_TOKEN,
+    test_a_key_from_the_store_works_on_every_prodia_route_until_revoked,
+    test_a_keys_own_policy_is_stored_on_its_jobs_and_the_labels_stay_raw,
+    test_a_refusal_goes_in_the_job_part_when_multipart_is_accepted,
+    test_an_unknown_output_file_is_404_naming_the_outputs,
+    test_another_keys_job_is_404,
+    test_bad_jobs_are_refused_at_once_and_not_stored,
+    test_every_route_needs_the_token,
+    test_extra_config_is_kept,
+    test_jobs_from_another_protocol_are_not_prodia_jobs,
+    test_submitting_with_a_multipart_accept_gets_the_job_part,
+    test_unknown_ids_are_404,
+    test_v1_is_accepted_then_processed_with_the_sync_labels,
+    test_v2_outputs_the_labels_and_the_image_byte_for_byte,
+)
+from test_api_prodia_async import (  # noqa: F401
+    test_the_guides_retrying_session_reads_the_size_refusal as test_async_retrying_session,
 )
 from test_bad_input import (  # noqa: F401
     test_a_chunked_body_is_refused_while_it_streams,
@@ -80,6 +137,8 @@ TEST_SECONDS = 180
 START_SECONDS = 240
 """Ray, Serve, three replicas: on two busy cores this takes a while."""
 START_FAILURES: list[BaseException] = []
+MODELS = ("nsfwd-model", "nsfwd-model-1")
+"""The model deployments: Freepik's model (the tiny EVA-02) and ``vit``."""
 
 
 STOPPED_AFTER: list[str] = []
@@ -110,53 +169,62 @@ def ray_home() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
+def database(postgres_url: str) -> Iterator[str]:
+    """The URL of the module's PostgreSQL database, the server's job store."""
+    from postgres import fresh_database
+
+    with fresh_database(postgres_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
 def served(
     ray_home: Path,
     timm_checkpoint: Path,
-    postgres_url: str,
-    host: tuple[str, Host],
+    vit_checkpoint: Path,
+    database: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Served]:
-    """``nsfwd serve --ray --replicas 2`` on a PostgreSQL store, until the module ends (or the
-    last test stops it)."""
-    from postgres import fresh_database
-
+    """``nsfwd serve --ray --replicas 2`` on a PostgreSQL store, serving the tiny EVA-02 as
+    Freepik's model and a tiny ViT as ``vit``, until the module ends (or the last test stops
+    it)."""
     if START_FAILURES:  # pytest sets a failed fixture up again for every test: once is enough
         pytest.fail(f"the server did not start: {START_FAILURES[0]}", pytrace=False)
     folder = tmp_path_factory.mktemp("ray-serve")
-    with fresh_database(postgres_url) as database:
-        env = {
-            **environment(ray_home),
-            "NSFWD_DATABASE_URL": database,
-            "NSFWD_API_KEYS": ",".join([TOKEN, KEY, OTHER]),
-            "NSFWD_SERVED_MODEL_NAME": SERVED,
-            "NSFWD_DTYPE": "float32",
-            "NSFWD_MAX_BATCH_SIZE": "4",
-            "NSFWD_FETCH_ALLOW_NETWORKS": ",".join(ALLOWED),
-            "NSFWD_WEBHOOK_ALLOW_NETWORKS": ",".join(ALLOWED),
-            "NSFWD_FETCH_ALLOW_HTTP": "1",
-            "NSFWD_WEBHOOK_SECRET": SECRET,
-            "NSFWD_WEBHOOK_RETRY_DELAYS": "0.2,0.2",
-        }
-        with (
-            _failures_kept(),
-            nsfwd_serve(
-                timm_checkpoint,
-                folder,
-                folder / "serve.log",
-                "--ray",
-                "--replicas",
-                "2",
-                env=env,
-                start_timeout=START_SECONDS,
-            ) as server,
-        ):
-            wait_for(
-                lambda: "nsfwd-model HEALTHY (2 running)" in health(server.url),
-                60,
-                "both model replicas",
-            )
-            yield server
+    env = {
+        **environment(ray_home),
+        "NSFWD_DATABASE_URL": database,
+        "NSFWD_API_KEYS": ",".join([TOKEN, OTHER_TOKEN, KEY, OTHER]),
+        "NSFWD_SERVED_MODEL_NAME": SERVED,
+        "NSFWD_MODELS": f"{VIT}={vit_checkpoint}",
+        "NSFWD_DTYPE": "float32",
+        "NSFWD_MAX_BATCH_SIZE": "4",
+        "NSFWD_FETCH_ALLOW_NETWORKS": ",".join(ALLOWED),
+        "NSFWD_WEBHOOK_ALLOW_NETWORKS": ",".join(ALLOWED),
+        "NSFWD_FETCH_ALLOW_HTTP": "1",
+        "NSFWD_WEBHOOK_SECRET": SECRET,
+        "NSFWD_WEBHOOK_RETRY_DELAYS": "0.2,0.2",
+    }
+    with (
+        _failures_kept(),
+        nsfwd_serve(
+            timm_checkpoint,
+            folder,
+            folder / "serve.log",
+            "--ray",
+            "--replicas",
+            "2",
+            env=env,
+            start_timeout=START_SECONDS,
+        ) as server,
+    ):
+        wait_for(
+            lambda: all(f"{name} HEALTHY (2 running)" in health(server.url) for name in MODELS),
+            60,
+            "both replicas of both models",
+            detail=lambda: health(server.url),
+        )
+        yield server
 
 
 @contextmanager
@@ -174,6 +242,22 @@ def server_url(served: Served) -> str:
     return served.url
 
 
+@pytest.fixture
+def url(served: Served) -> str:
+    """The imported Eachlabs, async Prodia and OpenAI suites' server: Serve's HTTP proxy."""
+    return served.url
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest, served: Served, database: str) -> tuple[str, Any]:
+    """The server and its job store, in the shape the suite of the requesting test takes:
+    the store's URL for Eachlabs', a :class:`Store` for the async Prodia suite's."""
+    store = Store.from_settings(Settings(database_url=database))
+    if request.function.__module__ == "test_api_prodia_async":
+        return served.url, store
+    return served.url, store.url
+
+
 def classify(url: str) -> requests.Response:
     return requests.post(
         f"{url}/v2/job",
@@ -187,9 +271,13 @@ def test_healthz_reports_the_deployments(served: Served) -> None:
     res = requests.get(f"{served.url}/healthz", timeout=10)
     assert res.status_code == 200
     lines = res.text.splitlines()
-    assert lines[:2] == ["ok", "device: cpu"]
-    assert "nsfwd-ingress HEALTHY (1 running)" in lines[-1]
-    assert "nsfwd-model HEALTHY (2 running)" in lines[-1]
+    assert lines[0] == "ok"
+    assert lines[1:3] == ["model: Freepik/nsfw_image_detector", "device: cpu"]
+    deployments = [line for line in lines if line.startswith("deployments: ")]
+    assert len(deployments) == 2, lines  # one for each model, as the other lines
+    for line in deployments:
+        assert "nsfwd-ingress HEALTHY (1 running)" in line
+        assert all(f"{name} HEALTHY (2 running)" in line for name in MODELS), line
 
 
 def test_eachlabs_with_webhooks_on_postgresql(served: Served, host: tuple[str, Host]) -> None:

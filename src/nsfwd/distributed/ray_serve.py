@@ -124,7 +124,8 @@ def run_on_ray(settings: Settings, options: RayServeOptions) -> int:
     owns_ray = False
     deployed = False
     try:
-        owns_ray = _connect(ray, options, settings)
+        specs = served_specs(settings)
+        owns_ray = _connect(ray, options, settings, len(specs))
         signal.signal(signal.SIGTERM, handler)  # ray.init put its own in place
         refusal = _store_refusal(settings, alive_nodes(ray))
         if refusal:
@@ -133,7 +134,7 @@ def run_on_ray(settings: Settings, options: RayServeOptions) -> int:
         gpus = ray.cluster_resources().get("GPU", 0) > 0
         serve.start(http_options={"host": settings.host, "port": settings.port})
         application = build_application(
-            served_specs(settings),
+            specs,
             settings,
             options.scale,
             gpus=gpus,
@@ -212,8 +213,9 @@ def _portable(settings: Settings) -> Settings:
     return settings.model_copy(update=update)
 
 
-def _connect(ray: Any, options: RayServeOptions, settings: Settings) -> bool:
-    """Connect to Ray; True when this started the instance (and must stop it)."""
+def _connect(ray: Any, options: RayServeOptions, settings: Settings, models: int) -> bool:
+    """Connect to Ray; True when this started the instance (and must stop it), with a CPU for
+    each replica of the ``models`` model deployments and of the ingress."""
     address = options.address
     if address is None or address == "local":
         from nsfwd.api.app import body_limits
@@ -222,7 +224,7 @@ def _connect(ray: Any, options: RayServeOptions, settings: Settings) -> bool:
         os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", CALLBACK)
         limits_to_environment(body_limits(settings))
         # Every replica placed, even on a machine with fewer cores: one CPU each, ingress too.
-        cpus = max(os.cpu_count() or 1, options.scale.most + settings.http_workers)
+        cpus = max(os.cpu_count() or 1, models * options.scale.most + settings.http_workers)
         ray.init(address="local", num_cpus=cpus, include_dashboard=False)
         return True
     ray.init(address=address)

@@ -279,6 +279,8 @@ def _wait_until_started(node: subprocess.Popen[bytes], log: Path, deadline: floa
 def test_two_node_cluster_joined_with_auto(
     tmp_path: Path, timm_checkpoint: Path, ray_home: Path
 ) -> None:
+    """``classify --ray auto`` on a two-node cluster gives the single machine's records; and
+    ``serve --ray auto`` refuses to start there on a SQLite job store."""
     write_images(tmp_path / "photos", 6)
     (tmp_path / "photos" / "broken.webp").write_bytes(b"RIFF\x10\x00\x00\x00WEBPVP8 ")
     port = free_port()
@@ -314,6 +316,16 @@ def test_two_node_cluster_joined_with_auto(
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
         assert "7 images" in done.stderr and "1 error" in done.stderr
+        # `serve --ray` will not run its job store on a SQLite file across these two nodes
+        refused = subprocess.run(
+            [sys.executable, "-m", "nsfwd", "serve", "--ray", "auto",
+             "--model", str(timm_checkpoint)],
+            env={**env, "NSFWD_DATA_DIR": str(tmp_path / "store")},
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert refused.returncode == 2, refused.stderr[-3000:]
+        assert "this Ray cluster has 2 nodes" in refused.stderr
+        assert "NSFWD_DATABASE_URL=postgresql://" in refused.stderr
     finally:
         for node in reversed(nodes):
             _stop_node(node)

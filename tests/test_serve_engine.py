@@ -124,6 +124,15 @@ def test_a_dead_replica_is_retried_then_reported_closed() -> None:
         asyncio.run(engine_over(Handle(always_dead)).classify(b"jpeg"))
 
 
+def test_autoscaling_targets_less_than_a_replica_holds() -> None:
+    from nsfwd.distributed.serve_app import replica_queue
+
+    assert replica_queue(64, 32) == (64, 32)  # a GPU replica: one batch queued behind one
+    assert replica_queue(64, 2) == (64, 4)  # a CPU replica: two batches
+    assert replica_queue(2, 1) == (2, 1)
+    assert replica_queue(1, 1) == (1, 1)
+
+
 def test_scale_options() -> None:
     assert Scale(2).options(8) == {"num_replicas": 2}
     autoscaled = Scale(None, 1, 4).options(8)["autoscaling_config"]

@@ -209,16 +209,17 @@ def build_application(
                         among_others=len(specs) > 1)
         for index, spec in enumerate(specs)
     ]  # fmt: skip
+    held, target = replica_queue(settings.max_queue, batch)
     models = []
     for model in deployments:
         deployment = serve.deployment(ModelServer).options(
             name=model.deployment,
-            max_ongoing_requests=max(settings.max_queue, batch),
+            max_ongoing_requests=held,
             max_queued_requests=settings.max_queue,
             ray_actor_options={"num_cpus": 1, "num_gpus": 1} if gpus else {"num_cpus": 1},
             graceful_shutdown_timeout_s=DRAIN_TIMEOUT_S,
             health_check_period_s=2.0,
-            **scale.options(target_ongoing=2 * batch),
+            **scale.options(target_ongoing=target),
         )
         models.append(deployment.bind(model))
     ingress = serve.deployment(Ingress).options(
@@ -238,3 +239,11 @@ def _ingress_actor_options(node: str | None) -> dict[str, Any]:
     if node is not None:
         options["label_selector"] = {NODE_ID_LABEL: node}
     return options
+
+
+def replica_queue(max_queue: int, batch: int) -> tuple[int, int]:
+    """The requests a model replica may hold (``max_queue``, at least a batch) and the number
+    autoscaling keeps on each: two batches, at most half of what it may hold, since Serve only
+    adds a replica when the replicas hold more than their target."""
+    held = max(max_queue, batch)
+    return held, max(1, min(2 * batch, held // 2))

@@ -48,7 +48,7 @@ def nsfwd_serve(
     env: dict[str, str] | None = None,
     start_timeout: float = 120,
 ) -> Iterator[Served]:
-    """``nsfwd serve`` on ``checkpoint`` (CPU, loopback, a free port, its store in
+    """``nsfwd serve`` on ``checkpoint`` (CPU in fp32, loopback, a free port, its store in
     ``data_dir``, output appended to ``log``); yields once ``/healthz`` is 200. On leaving,
     a server still running gets SIGTERM, then SIGKILL after 30 s."""
     port = free_port()
@@ -56,6 +56,7 @@ def nsfwd_serve(
         **os.environ,
         "NSFWD_MODEL": str(checkpoint),
         "NSFWD_DEVICE": "cpu",
+        "NSFWD_DTYPE": "float32",  # the suite's precision, whatever this CPU's default
         "NSFWD_HOST": "127.0.0.1",
         "NSFWD_PORT": str(port),
         "NSFWD_DATA_DIR": str(data_dir),

@@ -6,7 +6,7 @@ import io
 import json
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -185,23 +185,28 @@ def test_extra_config_is_kept(url: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("files", "status", "message"),
+    ("build", "status", "message"),
     [
-        (job_files(V1, b"GIF89a" + bytes(64), "a.gif"), 400, "unsupported image format"),
-        (job_files(V1, astronaut_jpeg((100, 100))), 400, "128"),
-        (job_files(V1, astronaut_jpeg((2100, 200))), 400, "2048"),
-        (job_files(V1, astronaut_jpeg()[:2000]), 400, "input 'sunny-day.jpg'"),
-        (job_files(V1, astronaut_jpeg(), model="other/model"), 400, "unknown model"),
-        (job_files("inference.nope.v1", astronaut_jpeg()), 400, "unknown job type"),
-        (job_files(V1), 400, "no input image"),
-        ([("job", ("job.json", json.dumps({"type": "inference.ping.v1"})))], 400, "POST it to"),
-        (job_files(V1, b"\xff\xd8\xff" + bytes(11 * 1024 * 1024)), 400, "10,485,760"),
+        (lambda: job_files(V1, b"GIF89a" + bytes(64), "a.gif"), 400, "unsupported image format"),
+        (lambda: job_files(V1, astronaut_jpeg((100, 100))), 400, "128"),
+        (lambda: job_files(V1, astronaut_jpeg((2100, 200))), 400, "2048"),
+        (lambda: job_files(V1, astronaut_jpeg()[:2000]), 400, "input 'sunny-day.jpg'"),
+        (lambda: job_files(V1, astronaut_jpeg(), model="other/model"), 400, "unknown model"),
+        (lambda: job_files("inference.nope.v1", astronaut_jpeg()), 400, "unknown job type"),
+        (lambda: job_files(V1), 400, "no input image"),
+        (
+            lambda: [("job", ("job.json", json.dumps({"type": "inference.ping.v1"})))],
+            400,
+            "POST it to",
+        ),
+        (lambda: job_files(V1, b"\xff\xd8\xff" + bytes(11 * 1024 * 1024)), 400, "10,485,760"),
     ],
-)
+)  # built for each run: the job parts are streams, read once
 def test_bad_jobs_are_refused_at_once_and_not_stored(
-    server: tuple[str, Store], files: Any, status: int, message: str
+    server: tuple[str, Store], build: Callable[[], Any], status: int, message: str
 ) -> None:
     url, _ = server
+    files = build()
     before = metric(url, "nsfwd_requests_total", route="/v2/job/async", status=str(status))
     res = session().post(f"{url}/v2/job/async", headers={"Accept": "application/json"}, files=files)
     assert res.status_code == status, res.text

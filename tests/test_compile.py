@@ -175,6 +175,7 @@ def test_classify_compiles_one_graph_for_its_batch_size(
     caplog.set_level(logging.INFO, logger="nsfwd.models.compiled")
     code = main([
         "classify", "--model", compiled.classifier.name, "--batch-size", "2", "--compile",
+        "--dtype", "float32",  # the fixture's precision, whatever this CPU's default
         "--compile-cache-dir", str(compiled.cache_dir), *map(str, images),
     ])  # fmt: skip
     assert code == 0
@@ -197,6 +198,7 @@ def test_bench_reports_compiled_figures_from_the_cache(
         "bench", "--arch", "eva02_tiny_patch14_224", "--suites", "model,pipeline",
         "--batch-sizes", "4", "--batch-size", "4", "--images", "3", "--image-size", "320x240",
         "--compile", "--compile-cache-dir", str(compiled.cache_dir), "--json", str(out),
+        "--dtype", "float32",  # the fixture's precision, whatever this CPU's default
     ])  # fmt: skip
     assert code == 0
     report = json.loads(out.read_text())

@@ -128,7 +128,7 @@ def test_an_async_upload_is_decoded_once(
 ) -> None:
     """Checked at submission on the decode pool, classified by the job from the pixels kept
     then: one decode, not two."""
-    import nsfwd.engine
+    import nsfwd.checked
     import nsfwd.images
 
     decoded: list[str] = []
@@ -138,7 +138,7 @@ def test_an_async_upload_is_decoded_once(
         decoded.append(threading.current_thread().name)
         return real(data, *args)
 
-    monkeypatch.setattr(nsfwd.engine, "load_prepared", counting)
+    monkeypatch.setattr(nsfwd.checked, "load_prepared", counting)
     with eachlabs_server(classifier, tmp_path) as (url, _):
         res = prodia(url, "/v2/job/async", astronaut_jpeg())
         assert res.status_code == 201, res.text

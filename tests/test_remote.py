@@ -194,7 +194,7 @@ def test_a_missing_inference_process_is_a_clear_error(tmp_path: Path) -> None:
 def test_a_check_over_the_socket_decodes_once_for_the_classify_after_it(
     classifier: Classifier, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import nsfwd.engine
+    import nsfwd.checked
 
     decoded: list[bytes] = []
 
@@ -202,7 +202,7 @@ def test_a_check_over_the_socket_decodes_once_for_the_classify_after_it(
         decoded.append(data)
         return load_prepared(data, *args)
 
-    monkeypatch.setattr(nsfwd.engine, "load_prepared", counting)
+    monkeypatch.setattr(nsfwd.checked, "load_prepared", counting)
     image = noise_png(7)
 
     async def test(client: RemoteEngine, engine: Engine) -> None:

@@ -25,7 +25,7 @@ KEPT = 64
 """Images kept prepared by default (about 600 KB a picture at 448x448)."""
 
 
-def digest(data: bytes) -> bytes:
+def _digest(data: bytes) -> bytes:
     """A short digest that tells two images' bytes apart."""
     return hashlib.blake2b(data, digest_size=16).digest()
 
@@ -34,7 +34,9 @@ class CheckedImages(Generic[T]):
     """The pictures of the last ``size`` images :meth:`check` prepared, until :meth:`load`
     takes them. Thread-safe: the decode pool's threads share it."""
 
-    def __init__(self, prepare: Callable[[Image.Image], T], limits: ImageLimits, size: int) -> None:
+    def __init__(
+        self, prepare: Callable[[Image.Image], T], limits: ImageLimits, size: int = KEPT
+    ) -> None:
         self.prepare = prepare
         self.limits = limits
         self.size = size
@@ -46,7 +48,7 @@ class CheckedImages(Generic[T]):
         the pictures (dropping the oldest beyond ``size``)."""
         views = load_prepared(data, self.prepare, self.limits)
         with self._lock:
-            self._kept[digest(data)] = views
+            self._kept[_digest(data)] = views
             while len(self._kept) > self.size:
                 self._kept.popitem(last=False)
 
@@ -54,7 +56,7 @@ class CheckedImages(Generic[T]):
         """The pictures of ``data``: those a :meth:`check` kept, taken, or decoded now."""
         if self._kept:
             with self._lock:
-                views = self._kept.pop(digest(data), None)
+                views = self._kept.pop(_digest(data), None)
             if views is not None:
                 return views
         return load_prepared(data, self.prepare, self.limits)

@@ -27,7 +27,7 @@ from functools import partial
 import torch
 
 from nsfwd import pools
-from nsfwd.checked import KEPT, CheckedImages
+from nsfwd.checked import CheckedImages
 from nsfwd.engine_protocol import (
     DECODE_TIMEOUT_S,
     EngineClosedError,
@@ -76,7 +76,7 @@ class Engine:
         self.metrics = metrics or Metrics()
         self.metrics.show_model(self.model_info)
         self.decode_timeout_s = decode_timeout_s
-        self._checked = CheckedImages(classifier.prepare, self.limits, KEPT)
+        self._checked = CheckedImages(classifier.prepare, self.limits)
         self.decode_pool = (
             pools.named(pools.DECODE)
             if decode_workers is None

@@ -134,7 +134,7 @@ class BodyLimitMiddleware:
             return
         header_bytes = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
         if header_bytes > self.max_header_bytes:
-            await send_text(
+            await _send_text(
                 send,
                 431,
                 f"request headers are {header_bytes:,} bytes; this server accepts at most "
@@ -235,7 +235,7 @@ def content_length(scope: Scope) -> int | None:
     return None
 
 
-async def send_text(send: Send, status: int, text: str) -> None:
+async def _send_text(send: Send, status: int, text: str) -> None:
     """Answer ``status`` with ``text`` as plain text, and close the connection: for refusals
     made before any route runs."""
     body = (text + "\n").encode()

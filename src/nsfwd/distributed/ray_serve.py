@@ -173,10 +173,14 @@ def alive_nodes(ray: Any) -> int:
     return sum(1 for node in ray.nodes() if node.get("Alive"))
 
 
+def _on_one_machine(settings: Settings) -> bool:
+    """Whether the job store is a SQLite file, which lives on this machine alone."""
+    return Store.from_settings(settings).url.startswith("sqlite")
+
+
 def _store_refusal(settings: Settings, nodes: int) -> str | None:
     """Why the job store cannot serve this cluster, or None when it can."""
-    url = Store.from_settings(settings).url
-    if nodes > 1 and url.startswith("sqlite"):
+    if nodes > 1 and _on_one_machine(settings):
         return (
             f"this Ray cluster has {nodes} nodes, and the job store is a SQLite file, which "
             "lives on one machine: ingress replicas on the other nodes could not see its jobs. "
@@ -190,7 +194,7 @@ def _store_node(ray: Any, settings: Settings) -> str | None:
     """The node the ingress replicas must run on: this one when the job store is a SQLite file
     (it lives here; a node that joins later must not get an ingress replica that would open
     another file), else None (anywhere)."""
-    if Store.from_settings(settings).url.startswith("sqlite"):
+    if _on_one_machine(settings):
         node: str = ray.get_runtime_context().get_node_id()
         return node
     return None

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ray import serve
 
 from nsfwd.api import create_app
-from nsfwd.checked import KEPT, CheckedImages
+from nsfwd.checked import CheckedImages
 from nsfwd.distributed.ray_serve import Scale
 from nsfwd.distributed.serve_engine import ServeEngine
 from nsfwd.distributed.serve_proxy import without_request_id_header
@@ -74,7 +74,7 @@ class ModelServer:
         settings = model.settings
         self.classifier = load_spec(settings, model.spec, among_others=model.among_others)
         self.max_batch_size = settings.max_batch_size or self.classifier.batch_size
-        self._checked = CheckedImages(self.classifier.prepare, settings.image_limits, KEPT)
+        self._checked = CheckedImages(self.classifier.prepare, settings.image_limits)
         self.classifier.warm_up(self.max_batch_size)
         workers = settings.decode_workers or len(os.sched_getaffinity(0))
         self._decode = ThreadPoolExecutor(workers, "nsfwd-decode")

@@ -50,6 +50,17 @@ def job_files(
     return files
 
 
+def post_job(url: str, image: bytes, **options: Any) -> requests.Response:
+    """POST a v1 job of ``image`` to ``url`` (with :data:`TOKEN`), asking for JSON;
+    ``options`` go to :func:`job_files` (the file's name and type, say)."""
+    return requests.post(
+        f"{url}/v2/job",
+        headers={"Authorization": f"Bearer {TOKEN}", "Accept": "application/json"},
+        files=job_files(image=image, **options),
+        timeout=60,
+    )
+
+
 def encoded_job(image: bytes) -> tuple[bytes, str]:
     """A v1 job with ``image`` encoded as requests would send it: (body, content type)."""
     prepared = requests.Request("POST", "http://x/", files=job_files(image=image)).prepare()

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from waiting import wait_for
+
 
 def ray_processes(folder: Path) -> dict[int, str]:
     """The processes of the Ray instance whose temp folder is ``folder``: pid -> command line."""
@@ -38,6 +40,16 @@ def kill_all(pids: Iterable[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def wait_until_none_left(folder: Path, timeout: float = 30) -> None:
+    """Wait until no process of the Ray instance of ``folder`` runs, or fail naming them."""
+    wait_for(
+        lambda: not ray_processes(folder),
+        timeout,
+        "every Ray process to end",
+        detail=lambda: str(ray_processes(folder)),
+    )
 
 
 def replicas(folder: Path, deployment: str) -> list[int]:

@@ -36,8 +36,15 @@ from hosts import ALLOWED, SECRET, Host, verified
 from nsfwd.jobs import Store
 from nsfwd.settings import Settings
 from photos import astronaut_jpeg
-from prodia_jobs import TOKEN, job_files
-from ray_instance import environment, kill_all, private_folder, ray_processes, replicas
+from prodia_jobs import TOKEN, post_job
+from ray_instance import (
+    environment,
+    kill_all,
+    private_folder,
+    ray_processes,
+    replicas,
+    wait_until_none_left,
+)
 from serve_process import Served, health, nsfwd_serve
 
 # The suites, run again through Serve (their server_url, url, server and client are this
@@ -259,12 +266,7 @@ def server(request: pytest.FixtureRequest, served: Served, database: str) -> tup
 
 
 def classify(url: str) -> requests.Response:
-    return requests.post(
-        f"{url}/v2/job",
-        headers={"Authorization": f"Bearer {TOKEN}", "Accept": "application/json"},
-        files=job_files(image=astronaut_jpeg()),
-        timeout=60,
-    )
+    return post_job(url, astronaut_jpeg())
 
 
 def test_healthz_reports_the_deployments(served: Served) -> None:
@@ -359,12 +361,6 @@ def test_sigterm_drains_and_leaves_no_ray_process(served: Served, ray_home: Path
                 results.append(type(exc).__name__)
     assert served.process.wait(timeout=90) == 0, served.log.read_text()[-3000:]
     assert all(result in (200, 503, "ConnectionError") for result in results), results
-    leftovers = wait_for(
-        lambda: not ray_processes(ray_home) or None,
-        30,
-        "every Ray process to end",
-        detail=lambda: str(ray_processes(ray_home)),
-    )
-    assert leftovers
+    wait_until_none_left(ray_home)
     log = served.log.read_text()
     assert "stopped the local Ray instance" in log

@@ -18,14 +18,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import requests
 from PIL import Image
 
 pytest.importorskip("ray.serve", reason="needs nsfwd[serve]")
 
 from photos import resized
-from prodia_jobs import MODEL, TOKEN, job_files
-from ray_instance import environment, kill_all, private_folder, ray_processes, replicas
+from prodia_jobs import MODEL, TOKEN, post_job
+from ray_instance import (
+    environment,
+    kill_all,
+    private_folder,
+    ray_processes,
+    replicas,
+    wait_until_none_left,
+)
 from serve_process import Served, health, log_of, nsfwd_serve
 from waiting import wait_for, watchdog
 
@@ -87,12 +93,7 @@ def animation(frames: int = 16) -> bytes:
 
 def classify(url: str, image: bytes) -> tuple[int, str | None]:
     """Post ``image`` as the guide does: its status and Retry-After."""
-    res = requests.post(
-        f"{url}/v2/job",
-        headers={"Authorization": f"Bearer {TOKEN}", "Accept": "application/json"},
-        files=job_files(image=image, filename="moving.webp", content_type="image/webp"),
-        timeout=60,
-    )
+    res = post_job(url, image, filename="moving.webp", content_type="image/webp")
     return res.status_code, res.headers.get("retry-after")
 
 
@@ -149,9 +150,4 @@ def test_model_replicas_follow_the_queue(served: Served, ray_home: Path) -> None
 def test_a_clean_stop_leaves_no_ray_process(served: Served, ray_home: Path) -> None:
     served.process.send_signal(signal.SIGTERM)
     assert served.process.wait(timeout=90) == 0, served.log.read_text()[-3000:]
-    wait_for(
-        lambda: not ray_processes(ray_home),
-        30,
-        "every Ray process to end",
-        detail=lambda: str(ray_processes(ray_home)),
-    )
+    wait_until_none_left(ray_home)

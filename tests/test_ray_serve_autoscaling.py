@@ -1,7 +1,7 @@
 """``nsfwd serve --ray --min-replicas 1 --max-replicas 2``: Serve adds a model replica while
 requests queue, and lets it go once the queue has stayed short; meanwhile a client that finds
 every replica and the handle's queue full gets 429 with Retry-After. On a SQLite job store
-(the ingress pinned to this node), with a clean stop.
+(the ingress pinned to this node); then SIGTERM to the whole process group, as systemd sends it.
 
 Each request is an animated WebP whose frames are all judged, so a replica holds it long enough
 for a queue to build on two cores; ``NSFWD_MAX_QUEUE=2`` lets a replica hold two requests and
@@ -11,6 +11,7 @@ the ingress's handle queue two more. Ray's state is private to the module (:mod:
 from __future__ import annotations
 
 import io
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -147,7 +148,11 @@ def test_model_replicas_follow_the_queue(served: Served, ray_home: Path) -> None
     assert classify(served.url, image)[0] == 200
 
 
-def test_a_clean_stop_leaves_no_ray_process(served: Served, ray_home: Path) -> None:
-    served.process.send_signal(signal.SIGTERM)
+def test_a_stop_sent_to_the_whole_process_group_leaves_no_ray_process(
+    served: Served, ray_home: Path
+) -> None:
+    """systemd's stop (and ``timeout``) send SIGTERM to every process of the server, Ray's own
+    among them: the server must still stop, and leave nothing behind."""
+    os.killpg(served.process.pid, signal.SIGTERM)  # nsfwd_serve gave it a group of its own
     assert served.process.wait(timeout=90) == 0, served.log.read_text()[-3000:]
     wait_until_none_left(ray_home)

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -32,6 +33,8 @@ from nsfwd.settings import Settings
 
 log = logging.getLogger(__name__)
 
+TEARDOWN_TIMEOUT_S = 120
+"""The longest the application's deletion may take (its replicas drain for up to 30 s)."""
 INSTALL_HINT = "install it with `pip install 'nsfwd[serve]'`"
 
 
@@ -236,18 +239,58 @@ def _connect(ray: Any, options: RayServeOptions, settings: Settings, models: int
 
 
 def _tear_down(ray: Any, serve: Any, app_name: str, *, deployed: bool, owns_ray: bool) -> None:
-    """Delete the application (draining its replicas), then stop what this process started."""
+    """Delete the application (draining its replicas), then stop what this process started.
+
+    Serve is asked on a thread of its own, given up on when the local Ray instance has lost a
+    process or after :data:`TEARDOWN_TIMEOUT_S`: a SIGTERM sent to the whole process group (as
+    systemd's stop and ``timeout`` send it) reaches Ray's own processes too, and Serve's calls
+    then never return. Stopping Ray still ends what is left."""
     if not ray.is_initialized():
         return
-    try:
+
+    def stop_serve() -> None:
         if deployed:
             log.info("deleting the application (replicas finish their requests first)")
             serve.delete(app_name)
         if owns_ray:
             serve.shutdown()
-    except Exception:
-        log.exception("clean-up of the Serve application failed")
+
+    try:
+        if not _unless_ray_fails(ray, stop_serve, watch_local=owns_ray):
+            log.warning(
+                "Serve could not be stopped in order (the local Ray instance lost a process, "
+                "or %d s passed); stopping Ray",
+                TEARDOWN_TIMEOUT_S,
+            )
     finally:
         ray.shutdown()
         if owns_ray:
             log.info("stopped the local Ray instance")
+
+
+def _unless_ray_fails(ray: Any, work: Any, *, watch_local: bool) -> bool:
+    """Run ``work`` on a thread; True once it has returned (its errors logged), False when the
+    local Ray instance (``watch_local``) lost a process first, or time ran out."""
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            work()
+        except Exception:
+            log.exception("clean-up of the Serve application failed")
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="nsfwd-serve-teardown", daemon=True).start()
+    deadline = time.monotonic() + TEARDOWN_TIMEOUT_S
+    while not done.wait(0.2):
+        if (watch_local and _lost_a_process(ray)) or time.monotonic() > deadline:
+            return False
+    return True
+
+
+def _lost_a_process(ray: Any) -> bool:
+    """Whether a process of the Ray instance this process started (raylet, GCS...) has died.
+    Ray keeps the processes it started on its node object, which has no public name."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    return node is not None and not node.remaining_processes_alive()

@@ -19,11 +19,11 @@ from collections.abc import AsyncIterator
 
 import atheris
 
-with atheris.instrument_imports(include=["nsfwd.images", "nsfwd.api.multipart", "PIL",
+with atheris.instrument_imports(include=["nsfwd.intake", "nsfwd.api.http.multipart", "PIL",
                                           "python_multipart"]):  # fmt: skip
-    from nsfwd.api.errors import ApiError
-    from nsfwd.api.multipart import read_form
-    from nsfwd.images import ImageError, load_image
+    from nsfwd.api.http.errors import ApiError
+    from nsfwd.api.http.multipart import read_form
+    from nsfwd.intake import ImageError, load_image
 
 
 def images(data: bytes) -> None:

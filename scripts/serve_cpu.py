@@ -1,5 +1,5 @@
 """CPU time per request of each process of `nsfwd serve --ray`: Serve's proxy, the ingress
-replica (nsfwd's HTTP app) and the model replicas, under load from `nsfwd.loadgen`, above what
+replica (nsfwd's HTTP app) and the model replicas, under load from `nsfwd.bench.loadgen`, above what
 each spends idle (measured first).
 
     PYTHONPATH=src python scripts/serve_cpu.py --requests 384 --concurrency 16
@@ -112,7 +112,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
 
-    from nsfwd.loadgen import run_load
+    from nsfwd.bench.loadgen import run_load
     from nsfwd.models.synthetic import write_timm_checkpoint
 
     scratch = Path(tempfile.mkdtemp(prefix="nsfwd-servecpu-", dir="/tmp"))

@@ -15,7 +15,7 @@ import pytest
 
 from checkpoints import write_timm_checkpoint, write_vit_checkpoint
 from hosts import Canary, Host
-from nsfwd.models import Classifier
+from nsfwd.models.classifier import Classifier
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +56,7 @@ def vit_classifier(vit_checkpoint: Path) -> Classifier:
 def server_url(classifier: Classifier) -> Iterator[str]:
     """A real nsfwd server on loopback (tiny EVA-02, API key ``test-key``), shared by the suite."""
     from nsfwd.api import create_app
-    from nsfwd.engine import Engine
+    from nsfwd.engine.batcher import Engine
     from nsfwd.settings import Settings
     from servers import serve_app
 

@@ -17,9 +17,9 @@ import requests
 
 from hosts import ALLOWED, SECRET
 from nsfwd.api import create_app
-from nsfwd.engine import Engine
+from nsfwd.engine.batcher import Engine
 from nsfwd.jobs import Store
-from nsfwd.models import Classifier
+from nsfwd.models.classifier import Classifier
 from nsfwd.settings import Settings
 from servers import serve_app
 from waiting import wait_for

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 
 from nsfwd.api import create_app
-from nsfwd.engine import Engine
-from nsfwd.models import Classifier
+from nsfwd.engine.batcher import Engine
+from nsfwd.models.classifier import Classifier
 from nsfwd.settings import Settings
 from prodia_jobs import MODEL, TOKEN
 from servers import serve_app

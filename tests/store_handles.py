@@ -13,7 +13,7 @@ from sqlalchemy import ColumnElement, and_, func, select
 from nsfwd.jobs import Delivery, Store
 from nsfwd.jobs.records import UNFINISHED
 from nsfwd.jobs.schema import predictions, webhook_deliveries
-from nsfwd.policies import PolicyName
+from nsfwd.verdict import PolicyName
 
 T = TypeVar("T")
 

@@ -37,8 +37,8 @@ from eachlabs_calls import (
 from hosts import ALLOWED, Canary, Hit, Host, names, verified
 from nsfwd.jobs import Delivery, Store, Upload
 from nsfwd.jobs.database import database_url
-from nsfwd.models import Classifier
-from nsfwd.policies import Policy
+from nsfwd.models.classifier import Classifier
+from nsfwd.verdict import Policy
 from store_handles import delivery_for, make_key, with_store
 from waiting import wait_for
 
@@ -557,8 +557,8 @@ def test_on_postgresql_webhooks_need_a_configured_secret(
 def test_names_are_resolved_at_creation_and_refused_when_they_lead_inside() -> None:
     """A name that resolves to a refused address is a 400 at creation; one that does not
     resolve (yet) is let through, to fail later with a message (the fetch checks again)."""
-    from nsfwd.api.eachlabs import _resolve
-    from nsfwd.api.errors import BadRequestError
+    from nsfwd.api.eachlabs.routes import _resolve
+    from nsfwd.api.http.errors import BadRequestError
     from nsfwd.fetch import FetchPolicy
 
     policy = FetchPolicy(allow_networks=ALLOWED, allow_http=True, resolver=names)

@@ -17,9 +17,9 @@ from requests_toolbelt.multipart import decoder
 
 from gates import gated_server
 from nsfwd.api import create_app
-from nsfwd.engine import Engine
-from nsfwd.images import load_image
-from nsfwd.models import Classifier
+from nsfwd.engine.batcher import Engine
+from nsfwd.intake import load_image
+from nsfwd.models.classifier import Classifier
 from nsfwd.settings import Settings
 from photos import ASTRONAUT, astronaut_jpeg
 from prodia_jobs import (

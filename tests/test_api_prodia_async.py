@@ -21,11 +21,11 @@ from requests.adapters import HTTPAdapter, Retry
 
 from gates import GatedClassifier
 from nsfwd.api import create_app
-from nsfwd.engine import Engine
+from nsfwd.engine.batcher import Engine
 from nsfwd.jobs import Store
-from nsfwd.models import Classifier
-from nsfwd.policies import Policy
+from nsfwd.models.classifier import Classifier
 from nsfwd.settings import Settings
+from nsfwd.verdict import Policy
 from photos import ASTRONAUT, astronaut_jpeg
 from prodia_jobs import MODEL, TOKEN, assert_labels, job_files, parts_of
 from servers import metric, serve_app
@@ -337,12 +337,12 @@ def test_a_keys_own_policy_is_stored_on_its_jobs_and_the_labels_stay_raw(
         assert_labels(labels[token])
     assert labels[key] == labels[TOKEN]
 
-    async def stored(other: Store) -> list[tuple[str | None, float | None, str | None]]:
+    async def stored(other: Store) -> list[tuple[str | None, float | None, bool | None]]:
         found = [await other.predictions.get(job_id) for job_id in jobs.values()]
-        return [(p.policy, p.threshold, p.output) for p in found if p is not None]
+        return [(p.policy, p.threshold, p.flagged) for p in found if p is not None]
 
-    default = "nsfw" if Policy().flagged(labels[TOKEN]) else "normal"  # moderate at 0.5
-    assert with_store(store.url, stored) == [("strict", 0.0, "nsfw"), (None, None, default)]
+    default = Policy().flagged(labels[TOKEN])  # moderate at 0.5
+    assert with_store(store.url, stored) == [("strict", 0.0, True), (None, None, default)]
 
 
 def test_jobs_from_another_protocol_are_not_prodia_jobs(server: tuple[str, Store]) -> None:

@@ -23,9 +23,9 @@ from PIL import Image
 from requests.adapters import HTTPAdapter, Retry
 
 from nsfwd.api import create_app
-from nsfwd.api.middleware import BodyLimitMiddleware, BodyLimits
-from nsfwd.engine import Engine
-from nsfwd.models import Classifier
+from nsfwd.api.http.middleware import BodyLimitMiddleware, BodyLimits
+from nsfwd.engine.batcher import Engine
+from nsfwd.models.classifier import Classifier
 from nsfwd.settings import Settings
 from photos import ASTRONAUT, astronaut_jpeg
 from prodia_jobs import MODEL, TOKEN, encoded_job, parts_of, raw_request
@@ -514,7 +514,7 @@ def test_scores_that_come_out_nan_fail_closed(classifier: Classifier) -> None:
 def test_nsfwd_classify_records_nan_scores_as_errors(
     classifier: Classifier, tmp_path: pathlib.Path
 ) -> None:
-    from nsfwd.pipeline import classify_files
+    from nsfwd.batch.pipeline import classify_files
 
     broken = NaNClassifier(classifier.loaded, classifier.device, classifier.dtype, classifier.name)
     (tmp_path / "photo.jpg").write_bytes(_good())

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from nsfwd.bench.images import folder_images, make_jpegs
+from nsfwd.bench.loadgen import percentile
 from nsfwd.bench.parity import compare
 from nsfwd.bench.suites import median_run
 from nsfwd.cli import build_parser, main
-from nsfwd.loadgen import percentile
 
 TINY = ["--arch", "eva02_tiny_patch14_224", "--image-size", "320x240"]
 

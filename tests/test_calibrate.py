@@ -22,7 +22,7 @@ from browser import CHROMIUM_ARGS, chromium_driver
 from nsfwd.calibrate import EXPECTED_LAYOUT, Target, choose, find_labelled, operating_points
 from nsfwd.calibrate.metrics import counts_at, roc_auc, round_threshold
 from nsfwd.cli import main
-from nsfwd.policies import POLICIES
+from nsfwd.verdict import POLICIES
 from photos import DATA_DIR
 
 # Photographs that ship with scikit-image, each written as a 256x192 JPEG.

@@ -33,9 +33,9 @@ import requests
 
 from hosts import ALLOWED, SECRET, Host, jpeg, verified
 from nsfwd.api import create_app
-from nsfwd.engine import Engine
+from nsfwd.engine.batcher import Engine
 from nsfwd.jobs import Store
-from nsfwd.models import Classifier
+from nsfwd.models.classifier import Classifier
 from nsfwd.settings import Settings
 from photos import astronaut_jpeg
 from postgres import restartable_postgres

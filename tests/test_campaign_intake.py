@@ -1,7 +1,7 @@
-"""The reliability campaign, part 2: property tests of the image intake (:mod:`nsfwd.images`).
+"""The reliability campaign, part 2: property tests of the image intake (:mod:`nsfwd.intake`).
 
-Whatever bytes arrive, :func:`~nsfwd.images.load_image` gives pixels or one of its own
-:class:`~nsfwd.images.ImageError`\\ s, never another exception, and in bounded time. Inputs:
+Whatever bytes arrive, :func:`~nsfwd.intake.load_image` gives pixels or one of its own
+:class:`~nsfwd.intake.ImageError`\\ s, never another exception, and in bounded time. Inputs:
 arbitrary bytes (behind each format's magic, so they reach the decoders), real images mutated
 (bytes flipped, inserted, cut), and the hostile seed corpus in tests/corpus/ (made by
 tests/corpus/make_corpus.py), as is and mutated. Derandomized, so a run repeats exactly;
@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from nsfwd.images import ImageError, ImageLimits, load_image
+from nsfwd.intake import ImageError, ImageLimits, load_image
 
 CORPUS = Path(__file__).parent / "corpus"
 EXAMPLES = int(os.environ.get("NSFWD_CAMPAIGN_EXAMPLES", "150"))

@@ -1,9 +1,9 @@
 """The reliability campaign, part 5: a load run at twice capacity.
 
 A real ``nsfwd serve`` process (tiny random-weight EVA-02, CPU) first gets closed-loop load from
-:func:`nsfwd.loadgen.run_load` to measure its capacity (jobs a second). Then an open-loop client
-offers twice that rate for :data:`SECONDS` seconds (``NSFWD_CAMPAIGN_LOAD_S`` for a longer run),
-sending each request on schedule whether or not earlier ones were answered, as independent
+:func:`nsfwd.bench.loadgen.run_load` to measure its capacity (jobs a second). Then an open-loop
+client offers twice that rate for :data:`SECONDS` seconds (``NSFWD_CAMPAIGN_LOAD_S`` for a longer
+run), sending each request on schedule whether or not earlier ones were answered, as independent
 clients do. The server must answer only 200 or 429 (never a 5xx, never a dropped connection),
 keep its memory flat (resident size after warm-up within 10% of what it was at the end of
 warm-up) and answer the requests it admits within a bounded time (p99). The figures are printed
@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from nsfwd.loadgen import JOB, percentile, run_load
+from nsfwd.bench.loadgen import JOB, percentile, run_load
 from photos import astronaut_jpeg
 from serve_process import nsfwd_serve
 
@@ -110,7 +110,7 @@ def test_twice_capacity_gets_only_200_and_429_with_flat_memory(
 ) -> None:
     env = {
         "NSFWD_API_KEYS": "",
-        "NSFWD_SERVED_MODEL_NAME": "bench",  # what nsfwd.loadgen's jobs name
+        "NSFWD_SERVED_MODEL_NAME": "bench",  # what nsfwd.bench.loadgen's jobs name
         "NSFWD_MAX_QUEUE": str(MAX_QUEUE),
         "NSFWD_MAX_BATCH_SIZE": str(MAX_BATCH),
     }

@@ -1,11 +1,11 @@
 """The reliability campaign, part 3: property tests of the multipart reader
-(:mod:`nsfwd.api.multipart`).
+(:mod:`nsfwd.api.http.multipart`).
 
-Whatever body and Content-Type arrive, in whatever chunks, :func:`~nsfwd.api.multipart.read_form`
-returns parts or raises a 400-class :class:`~nsfwd.api.errors.ApiError` (a malformed form, a
-part over its limit, a bad part header), never another exception. A form the writer built is
-read back as it was written, however the body is cut into chunks. Derandomized;
-``NSFWD_CAMPAIGN_EXAMPLES`` raises the counts.
+Whatever body and Content-Type arrive, in whatever chunks,
+:func:`~nsfwd.api.http.multipart.read_form` returns parts or raises a 400-class
+:class:`~nsfwd.api.http.errors.ApiError` (a malformed form, a part over its limit, a bad part
+header), never another exception. A form the writer built is read back as it was written, however
+the body is cut into chunks. Derandomized; ``NSFWD_CAMPAIGN_EXAMPLES`` raises the counts.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nsfwd.api.errors import ApiError
-from nsfwd.api.multipart import Part, encode_form, read_form
+from nsfwd.api.http.errors import ApiError
+from nsfwd.api.http.multipart import Part, encode_form, read_form
 
 EXAMPLES = int(os.environ.get("NSFWD_CAMPAIGN_EXAMPLES", "200"))
 LIMITS = {"job": 1024, "input": 4096}

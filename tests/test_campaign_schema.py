@@ -32,9 +32,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from nsfwd.api import create_app
-from nsfwd.engine import Engine
+from nsfwd.engine.batcher import Engine
 from nsfwd.jobs import Store
-from nsfwd.models import Classifier
+from nsfwd.models.classifier import Classifier
 from nsfwd.settings import Settings
 from photos import astronaut_jpeg
 from prodia_jobs import MODEL, TOKEN

@@ -1,4 +1,4 @@
-"""nsfwd.capped: a body read up to its cap, refused as soon as it is known to exceed it."""
+"""nsfwd.fetch.capped: a body read up to its cap, refused as soon as it is known to exceed it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from nsfwd.capped import OverCapError, read_capped
+from nsfwd.fetch.capped import OverCapError, read_capped
 
 
 def chunks(*parts: bytes, read: list[int] | None = None) -> AsyncIterator[bytes]:

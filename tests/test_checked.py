@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from nsfwd.checked import CheckedImages
-from nsfwd.images import ImageDimensionsError, ImageLimits
+from nsfwd.intake import ImageDimensionsError, ImageLimits
+from nsfwd.intake.checked import CheckedImages
 from photos import astronaut_jpeg, encode
 
 

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from nsfwd.cli import main
-from nsfwd.policies import Policy
 from nsfwd.settings import Settings
+from nsfwd.verdict import Policy
 
 NSFWD = [sys.executable, "-m", "nsfwd"]
 
@@ -162,10 +162,6 @@ def test_bad_options_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_decode_paths_give_the_same_records(
     tmp_path: Path, timm_checkpoint: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from nsfwd.cli import DECODE_CHOICES, build_parser
-    from nsfwd.models.tensor_decode import DECODE_MODES
-
-    assert DECODE_CHOICES == DECODE_MODES
     folder = tmp_path / "imgs"
     _write_images(folder, 4)  # JPEG, PNG, WebP, JPEG
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
@@ -191,6 +187,8 @@ def test_decode_paths_give_the_same_records(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "ResizeKeepRatio" in captured.err and "--decode pil" in captured.err
+    from nsfwd.cli import build_parser
+
     with pytest.raises(SystemExit):
         build_parser().parse_args(["classify", "--help"])
     assert "--decode {auto,pil,tensor}" in capsys.readouterr().out
@@ -279,7 +277,8 @@ def test_output_files_and_resume_without_ray(
 def test_ray_without_ray_installed_says_how_to_get_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from nsfwd.cli import _split_ray_address, build_parser
+    from nsfwd.cli import build_parser
+    from nsfwd.cli.classify import split_ray_address
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
     _write_images(tmp_path, 1)
@@ -294,5 +293,5 @@ def test_ray_without_ray_installed_says_how_to_get_it(
         (["--ray", "s3://b/p/", "x.txt"], "", ["s3://b/p/", "x.txt"]),
     ):
         args = build_parser().parse_args(["classify", *argv])
-        _split_ray_address(args)
+        split_ray_address(args)
         assert (args.ray, args.paths) == (address, paths)

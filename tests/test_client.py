@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from nsfwd.client import AsyncClient, Client, NsfwdError
-from nsfwd.models import Classifier
+from nsfwd.models.classifier import Classifier
 from servers import serve_app
 
 SEVERITY = ["neutral", "low", "medium", "high"]

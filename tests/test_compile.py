@@ -19,10 +19,10 @@ import pytest
 import torch
 from PIL import Image
 
+from judging import labels_of
 from nsfwd.cli import main
-from nsfwd.engine import Engine
-from nsfwd.model_types import Labels
-from nsfwd.models import Classifier
+from nsfwd.engine.batcher import Engine
+from nsfwd.models.classifier import Classifier
 from nsfwd.models.compiled import (
     CACHE_ENV,
     COMPILE_CHOICES,
@@ -31,6 +31,7 @@ from nsfwd.models.compiled import (
     default_buckets,
 )
 from nsfwd.settings import Settings
+from nsfwd.verdict import Labels
 
 BUCKETS = (1, 2, 4)
 PARITY = 1e-4
@@ -146,7 +147,7 @@ def test_the_engine_warms_every_bucket_up_then_serves_any_batch_size(
         engine = Engine(compiled.classifier, max_batch_size=4, batch_wait_ms=50)
         await engine.start()
         try:
-            return await asyncio.gather(*(engine.classify(data) for data in images))
+            return await asyncio.gather(*(labels_of(engine, data) for data in images))
         finally:
             await engine.stop()
 

@@ -14,9 +14,8 @@ import torch
 
 from nsfwd.api.app import create_app
 from nsfwd.bench.report import BenchConfig, reference_dtypes
-from nsfwd.engine import Engine
-from nsfwd.models import Classifier
-from nsfwd.models.classifier import DTYPES, choose_dtype
+from nsfwd.engine.batcher import Engine
+from nsfwd.models.classifier import DTYPES, Classifier, choose_dtype
 from nsfwd.models.cpu import cpu_class, cpu_flags, default_cpu_dtype
 from nsfwd.settings import Settings
 

@@ -18,10 +18,11 @@ import requests
 from eachlabs_calls import KEY, create, created_id, eachlabs_server, poll
 from hostile_jpegs import progressive, repeated_scans
 from hosts import Host
+from judging import labels_of
 from nsfwd.cli import main
-from nsfwd.engine import Engine
-from nsfwd.images import ImageComplexityError
-from nsfwd.models import Classifier
+from nsfwd.engine.batcher import Engine
+from nsfwd.intake import ImageComplexityError
+from nsfwd.models.classifier import Classifier
 from photos import astronaut_jpeg
 from prodia_jobs import job_files
 from waiting import wait_for
@@ -106,11 +107,11 @@ def test_a_decode_past_its_deadline_is_refused_and_holds_no_slot(classifier: Cla
     async def main() -> tuple[list[Any], float]:
         await engine.start()
         try:
-            hostile = [asyncio.create_task(engine.classify(slow)) for _ in range(2)]
+            hostile = [asyncio.create_task(labels_of(engine, slow)) for _ in range(2)]
             await asyncio.sleep(0.05)
             started = time.perf_counter()
             engine.decode_timeout_s = 10
-            await engine.classify(astronaut_jpeg())
+            await labels_of(engine, astronaut_jpeg())
             took = time.perf_counter() - started
             return await asyncio.gather(*hostile, return_exceptions=True), took
         finally:
@@ -128,17 +129,17 @@ def test_an_async_upload_is_decoded_once(
 ) -> None:
     """Checked at submission on the decode pool, classified by the job from the pixels kept
     then: one decode, not two."""
-    import nsfwd.checked
-    import nsfwd.images
+    import nsfwd.intake
+    import nsfwd.intake.checked
 
     decoded: list[str] = []
-    real = nsfwd.images.load_prepared
+    real = nsfwd.intake.load_prepared
 
     def counting(data: bytes, *args: Any) -> Any:
         decoded.append(threading.current_thread().name)
         return real(data, *args)
 
-    monkeypatch.setattr(nsfwd.checked, "load_prepared", counting)
+    monkeypatch.setattr(nsfwd.intake.checked, "load_prepared", counting)
     with eachlabs_server(classifier, tmp_path) as (url, _):
         res = prodia(url, "/v2/job/async", astronaut_jpeg())
         assert res.status_code == 201, res.text

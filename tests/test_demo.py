@@ -1,7 +1,7 @@
 """The demo page at ``/`` in a real headless Chromium, against a real server on loopback.
 
 What the page shows must be what the public API answers for the same image: the labels to one
-decimal, each policy's score exactly as :class:`nsfwd.policies.Policy` computes it, and verdicts
+decimal, each policy's score exactly as :class:`nsfwd.verdict.Policy` computes it, and verdicts
 that follow the threshold slider. The tiny random EVA-02 serves (its labels mean nothing; the
 arithmetic does).
 """
@@ -23,10 +23,10 @@ from PIL import Image
 from browser import CHROMIUM_ARGS, chromium_driver
 from nsfwd.api import create_app
 from nsfwd.demo.page import CONTENT_SECURITY_POLICY
-from nsfwd.engine import Engine
-from nsfwd.models import Classifier
-from nsfwd.policies import POLICIES, SAFE_LABELS, Policy
+from nsfwd.engine.batcher import Engine
+from nsfwd.models.classifier import Classifier
 from nsfwd.settings import Settings
+from nsfwd.verdict import POLICIES, SAFE_LABELS, Policy
 from photos import DATA_DIR, PHOTOS
 from prodia_jobs import job_files
 from servers import serve_app

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from nsfwd.cli import bench_config, build_parser
+from nsfwd.cli import build_parser
+from nsfwd.cli.bench import bench_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECK = ROOT / "scripts" / "device" / "check.sh"

@@ -9,11 +9,12 @@ import pytest
 from PIL import Image
 
 from gates import simple_gated_classifier
+from judging import labels_of
 from noise import noise_png
-from nsfwd.engine import Engine
-from nsfwd.engine_protocol import EngineClosedError, QueueFullError
-from nsfwd.images import ImageError
-from nsfwd.models import Classifier
+from nsfwd.engine import EngineClosedError, QueueFullError
+from nsfwd.engine.batcher import Engine
+from nsfwd.intake import ImageError
+from nsfwd.models.classifier import Classifier
 from waiting import until
 
 
@@ -34,7 +35,7 @@ def test_concurrent_requests_form_batches_with_correct_results(classifier: Class
         engine = Engine(classifier, max_batch_size=8, max_queue=64)
         await engine.start()
         try:
-            return await asyncio.gather(*(engine.classify(data) for data in images))
+            return await asyncio.gather(*(labels_of(engine, data) for data in images))
         finally:
             mean = _histogram_mean(engine)
             await engine.stop()
@@ -54,10 +55,10 @@ def test_a_full_queue_is_refused_with_retry_after(classifier: Classifier) -> Non
         gated.gate.set()  # type: ignore[union-attr]
         await engine.start()
         gated.gate.clear()  # type: ignore[union-attr]
-        tasks = [asyncio.create_task(engine.classify(noise_png(i))) for i in range(3)]
+        tasks = [asyncio.create_task(labels_of(engine, noise_png(i))) for i in range(3)]
         await until(lambda: engine.in_flight == 3, what="the three images to be admitted")
         with pytest.raises(QueueFullError) as refused:
-            await engine.classify(noise_png(99))
+            await labels_of(engine, noise_png(99))
         assert refused.value.retry_after >= 1
         assert engine.metrics.registry.get_sample_value("nsfwd_rejected_total") == 1.0
         gated.gate.set()  # type: ignore[union-attr]
@@ -76,9 +77,9 @@ def test_cancelled_requests_are_dropped_before_inference(classifier: Classifier)
         await engine.start()
         gated.gate.clear()  # type: ignore[union-attr]
         registry = engine.metrics.registry
-        first = asyncio.create_task(engine.classify(noise_png(1)))  # holds the model at the gate
+        first = asyncio.create_task(labels_of(engine, noise_png(1)))  # holds the model at the gate
         await until(lambda: registry.get_sample_value("nsfwd_queue_seconds_count") == 1.0)
-        doomed = [asyncio.create_task(engine.classify(noise_png(i))) for i in range(2, 6)]
+        doomed = [asyncio.create_task(labels_of(engine, noise_png(i))) for i in range(2, 6)]
         # Decoded and queued behind the first: cancelled now, each is a drop (cancelled while
         # decoding, it would never reach the queue).
         await until(lambda: engine.queued == 4, what="the four images to be queued")
@@ -86,7 +87,7 @@ def test_cancelled_requests_are_dropped_before_inference(classifier: Classifier)
             task.cancel()
         gated.gate.set()  # type: ignore[union-attr]
         await first
-        survivor = await engine.classify(noise_png(7))
+        survivor = await labels_of(engine, noise_png(7))
         assert set(survivor) == set(classifier.labels)
         assert registry.get_sample_value("nsfwd_dropped_total") == 4.0
         assert engine.in_flight == 0
@@ -100,8 +101,8 @@ def test_bad_images_raise_typed_errors_and_the_engine_goes_on(classifier: Classi
         engine = Engine(classifier)
         await engine.start()
         with pytest.raises(ImageError):
-            await engine.classify(b"definitely not an image")
-        assert set(await engine.classify(noise_png(3))) == set(classifier.labels)
+            await labels_of(engine, b"definitely not an image")
+        assert set(await labels_of(engine, noise_png(3))) == set(classifier.labels)
         assert engine.in_flight == 0
         await engine.stop()
 
@@ -112,12 +113,12 @@ def test_a_stopped_engine_refuses_work(classifier: Classifier) -> None:
     async def main() -> None:
         engine = Engine(classifier)
         with pytest.raises(EngineClosedError):
-            await engine.classify(noise_png(1))
+            await labels_of(engine, noise_png(1))
         await engine.start()
         assert engine.ready
         await engine.stop()
         assert not engine.ready
         with pytest.raises(EngineClosedError):
-            await engine.classify(noise_png(1))
+            await labels_of(engine, noise_png(1))
 
     asyncio.run(main())

@@ -25,11 +25,11 @@ import requests
 from gates import GatedClassifier
 from hosts import ALLOWED, SECRET, Host
 from nsfwd.api import create_app
-from nsfwd.engine import Engine
+from nsfwd.engine.batcher import Engine
 from nsfwd.fetch import FetchPolicy, FetchTimeouts
 from nsfwd.jobs import Prediction, Store
 from nsfwd.jobs.webhooks import WebhookSender
-from nsfwd.models import Classifier
+from nsfwd.models.classifier import Classifier
 from nsfwd.settings import Settings
 from photos import astronaut_jpeg
 from prodia_jobs import MODEL, TOKEN, encoded_job, job_files
@@ -283,7 +283,7 @@ async def finished_for(store: Store, api_key: str, webhook_url: str) -> Predicti
     owner = f"test-worker-{created.id}"
     [claimed] = await store.predictions.claim(owner, 1, 30)
     labels = {"neutral": 0.7, "low": 0.1, "medium": 0.1, "high": 0.1}
-    done = await store.predictions.finish(claimed.id, owner, labels=labels, output="normal")
+    done = await store.predictions.finish(claimed.id, owner, labels=labels, flagged=False)
     assert done is not None
     return done
 

@@ -1,4 +1,4 @@
-"""Tests for nsfwd.images: every accepted shape of real photographs, and every way to be refused."""
+"""Tests for nsfwd.intake: every accepted shape of real photographs, and every way to be refused."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from nsfwd.images import (
+from nsfwd.intake import (
     SUPPORTED_FORMATS,
     CorruptImageError,
     ImageDimensionsError,
@@ -290,9 +290,10 @@ def test_sixteen_bit_grayscale_colour_key_becomes_white() -> None:
 def test_pillow_modes_that_no_upload_decodes_to_still_convert(
     mode: str, value: float | tuple[int, ...], rgb: tuple[int, int, int]
 ) -> None:
-    from nsfwd.images import _to_rgb  # private: these modes cannot be reached from a file
+    from nsfwd.intake.views import frame_views  # these modes cannot be reached from a file
 
-    image = _to_rgb(Image.new(mode, (4, 4), value))
+    views = frame_views(Image.new(mode, (4, 4), value), 0, "")
+    image = next(view.image for view in views if view.backdrop != "black")
     assert image.mode == "RGB"
     assert image.getpixel((1, 1)) == rgb
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from nsfwd import supervisor
+from nsfwd.serve import supervisor
 from nsfwd.settings import Settings
 from serve_process import nsfwd_serve
 from test_supervisor import descendants
@@ -31,19 +31,23 @@ TORCH_FREE_MODULES = [
     "nsfwd.fetch",
     "nsfwd.client",
     "nsfwd.cli",
-    "nsfwd.server",
-    "nsfwd.supervisor",
-    "nsfwd.remote",
-    "nsfwd.metrics",
-    "nsfwd.images",
-    "nsfwd.engine_protocol",
-    "nsfwd.model_types",
-    "nsfwd.served_models",
+    "nsfwd.serve.server",
+    "nsfwd.serve.supervisor",
+    "nsfwd.engine.remote",
+    "nsfwd.engine.metrics",
+    "nsfwd.intake",
+    "nsfwd.verdict",
+    "nsfwd.engine",
+    "nsfwd.models",
+    "nsfwd.models.names",
+    "nsfwd.models.hub",
+    "nsfwd.engine.served",
+    "nsfwd.serve.ray.options",
     # serve --ray: the driver and the ingress replicas (only the model replicas load torch)
-    "nsfwd.distributed.ray_serve",
-    "nsfwd.distributed.serve_app",
-    "nsfwd.distributed.serve_engine",
-    "nsfwd.distributed.serve_proxy",
+    "nsfwd.serve.ray.driver",
+    "nsfwd.serve.ray.app",
+    "nsfwd.serve.ray.engine",
+    "nsfwd.serve.ray.proxy",
 ]
 
 # onnxruntime (the built-in open-nsfw model's runtime) is the inference side's too.
@@ -86,7 +90,7 @@ def test_the_keys_commands_run_without_torch(tmp_path: Path) -> None:
 
 def test_an_http_worker_serves_without_torch(timm_checkpoint: Path, tmp_path: Path) -> None:
     """What uvicorn runs in each worker process: the parent's main module (spawned processes
-    import it again), then :func:`nsfwd.supervisor.worker_app` and its lifespan; a bare socket
+    import it again), then :func:`nsfwd.serve.supervisor.worker_app` and its lifespan; a bare socket
     stands in for the inference process."""
     runtime = tmp_path / "runtime"
     (runtime / supervisor.METRICS).mkdir(parents=True)
@@ -104,7 +108,7 @@ def test_an_http_worker_serves_without_torch(timm_checkpoint: Path, tmp_path: Pa
         import asyncio, sys
         import httpx
         import nsfwd.cli  # the console script's main module
-        from nsfwd.supervisor import worker_app
+        from nsfwd.serve.supervisor import worker_app
 
         async def serve() -> None:
             inference = await asyncio.start_unix_server(

@@ -19,7 +19,7 @@ import requests
 from PIL import Image
 
 from gates import gated_server
-from nsfwd.models import Classifier
+from nsfwd.models.classifier import Classifier
 from photos import ASTRONAUT, astronaut_jpeg
 from prodia_jobs import LABELS, MODEL, TOKEN, guide_session, job_files
 from servers import metric

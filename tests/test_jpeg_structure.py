@@ -1,4 +1,4 @@
-"""The JPEG structure check (nsfwd.jpeg_structure): files that cost far more to decode than
+"""The JPEG structure check (nsfwd.intake.jpeg_structure): files that cost far more to decode than
 their size suggests are refused before decoding, and real files pass."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from hostile_jpegs import last_scan, progressive, repeated_scans, with_fill_bytes
-from nsfwd.images import ImageComplexityError, load_image, read_header
-from nsfwd.jpeg_structure import JpegLimits, read_structure
+from nsfwd.intake import ImageComplexityError, load_image, read_header
+from nsfwd.intake.jpeg_structure import JpegLimits, read_structure
 from photos import variants
 
 LIMITS = JpegLimits()

@@ -32,7 +32,7 @@ from nsfwd.cli import main
 from nsfwd.jobs import Store
 from nsfwd.jobs.database import DATABASE_FILE, database_url
 from nsfwd.jobs.keys import static_key_ref
-from nsfwd.models import Classifier
+from nsfwd.models.classifier import Classifier
 from nsfwd.settings import Settings
 from photos import astronaut_jpeg
 from prodia_jobs import job_files

@@ -12,9 +12,10 @@ import torch
 from PIL import Image
 
 from checkpoints import SEVERITY, write_timm_checkpoint
-from nsfwd.models import Classifier, ModelNotAvailableError, load_checkpoint
-from nsfwd.models.classifier import DTYPES, pick_dtype
+from nsfwd.models.checkpoint import load_checkpoint
+from nsfwd.models.classifier import DTYPES, Classifier, choose_dtype
 from nsfwd.models.cpu import cpu_flags, default_cpu_dtype
+from nsfwd.models.names import ModelNotAvailableError
 
 
 def _image(color: tuple[int, int, int], size: tuple[int, int] = (300, 200)) -> Image.Image:
@@ -181,11 +182,11 @@ def test_weights_that_do_not_match_the_architecture_are_refused(
 
 def test_dtype_defaults_follow_the_cpu_and_bf16_on_gpu() -> None:
     # fp32 on this CPU unless it has native bf16 (tests/test_cpu_default.py: every CPU class)
-    assert pick_dtype(torch.device("cpu")) == DTYPES[default_cpu_dtype(cpu_flags())[0]]
-    assert pick_dtype(torch.device("cuda")) == torch.bfloat16
-    assert pick_dtype(torch.device("cpu"), "bfloat16") == torch.bfloat16
+    assert choose_dtype(torch.device("cpu"))[0] == DTYPES[default_cpu_dtype(cpu_flags())[0]]
+    assert choose_dtype(torch.device("cuda"))[0] == torch.bfloat16
+    assert choose_dtype(torch.device("cpu"), "bfloat16")[0] == torch.bfloat16
     with pytest.raises(ValueError, match="dtype must be one of"):
-        pick_dtype(torch.device("cpu"), "int3")
+        choose_dtype(torch.device("cpu"), "int3")[0]
 
 
 @pytest.mark.parametrize("native", [True, False])

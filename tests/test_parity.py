@@ -18,9 +18,9 @@ import torch
 from nsfw_image_detector import NSFWDetector
 
 from checkpoints import SEVERITY
-from nsfwd.images import load_image
-from nsfwd.models import Classifier
-from nsfwd.policies import Policy
+from nsfwd.intake import load_image
+from nsfwd.models.classifier import Classifier
+from nsfwd.verdict import Policy
 from photos import variants
 
 TOLERANCE = 2e-3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nsfwd.policies import Policy
+from nsfwd.verdict import Policy
 
 PROBS = {"neutral": 0.40, "low": 0.25, "medium": 0.20, "high": 0.15}
 

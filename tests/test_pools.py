@@ -1,5 +1,5 @@
-"""Named, bounded thread pools (nsfwd.pools): each kind of blocking work has its own, a late or
-abandoned task holds no slot, and the number of threads stays bounded."""
+"""Named, bounded thread pools (nsfwd.engine.pools): each kind of blocking work has its own, a late
+or abandoned task holds no slot, and the number of threads stays bounded."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from nsfwd import pools
+from nsfwd.engine import pools
+from nsfwd.engine.pools import BoundedPool, PoolDeadlineError
 from nsfwd.fetch import system_resolver, webhook_resolver
-from nsfwd.pools import BoundedPool, PoolDeadlineError
 from nsfwd.settings import Settings
 
 

@@ -1,4 +1,4 @@
-"""Per-key limits: the in-memory moving window (nsfwd.ratelimit), and the store's counts that
+"""Per-key limits: the in-memory moving window (nsfwd.api.ratelimit), and the store's counts that
 hold across replicas."""
 
 from __future__ import annotations
@@ -13,9 +13,14 @@ from limits import RateLimitItemPerMinute
 
 from eachlabs_calls import assert_error, create, created_id, eachlabs_server, poll
 from hosts import Canary, Host
+from nsfwd.api.ratelimit import (
+    CreateRateLimiter,
+    KeyLimits,
+    RateLimitedError,
+    store_rate_retry_after,
+)
 from nsfwd.jobs import CapacityError
-from nsfwd.models import Classifier
-from nsfwd.ratelimit import CreateRateLimiter, KeyLimits, RateLimitedError, store_rate_retry_after
+from nsfwd.models.classifier import Classifier
 from store_handles import make_key
 
 

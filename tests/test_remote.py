@@ -16,12 +16,13 @@ import pytest
 from PIL import Image
 
 from gates import simple_gated_classifier
+from judging import labels_of
 from noise import noise_png
-from nsfwd.engine import Engine
-from nsfwd.engine_protocol import EngineClosedError, QueueFullError
-from nsfwd.images import ImageError, ImageLimits, load_image, load_prepared
-from nsfwd.models import Classifier
-from nsfwd.remote import InferenceServer, RemoteEngine
+from nsfwd.engine import EngineClosedError, QueueFullError
+from nsfwd.engine.batcher import Engine
+from nsfwd.engine.remote import InferenceServer, RemoteEngine
+from nsfwd.intake import ImageError, ImageLimits, load_image, load_prepared
+from nsfwd.models.classifier import Classifier
 from waiting import until
 
 
@@ -89,7 +90,7 @@ def test_remote_labels_are_the_local_labels(classifier: Classifier, tmp_path: Pa
 
     async def test(client: RemoteEngine, engine: Engine) -> None:
         assert client.ready and client.model_name == classifier.name
-        results = await asyncio.gather(*(client.classify(data) for data in images))
+        results = await asyncio.gather(*(labels_of(client, data) for data in images))
         for got, want in zip(results, expected, strict=True):
             assert list(got) == list(want)
             for label, prob in want.items():
@@ -109,10 +110,10 @@ def test_image_errors_arrive_with_their_type_and_message(
             with pytest.raises(ImageError) as local:
                 load_image(bad, engine.limits)
             with pytest.raises(ImageError) as forwarded:
-                await client.classify(bad)
+                await labels_of(client, bad)
             assert type(forwarded.value) is type(local.value)
             assert forwarded.value.message == local.value.message
-        got = await client.classify(good)  # and the connection lives on, answering right
+        got = await labels_of(client, good)  # and the connection lives on, answering right
         assert sum(got.values()) == pytest.approx(1.0, abs=1e-5)
         assert got == pytest.approx(want, abs=1e-5)
 
@@ -125,11 +126,11 @@ def test_a_full_engine_answers_queue_full_with_retry_after(
     async def main() -> None:
         async with held(classifier, tmp_path, max_queue=2) as served:
             held_back = [
-                asyncio.create_task(served.client.classify(noise_png(i))) for i in range(2)
+                asyncio.create_task(labels_of(served.client, noise_png(i))) for i in range(2)
             ]
             await until(lambda: served.engine.in_flight == 2)
             with pytest.raises(QueueFullError) as refused:
-                await served.client.classify(noise_png(9))
+                await labels_of(served.client, noise_png(9))
             assert refused.value.retry_after >= 1
             for task in held_back:
                 task.cancel()
@@ -144,9 +145,9 @@ def test_a_cancelled_call_is_dropped_by_the_inference_process(
         async with held(classifier, tmp_path, max_queue=8) as served:
             engine = served.engine
             registry = engine.metrics.registry
-            first = asyncio.create_task(served.client.classify(noise_png(1)))
+            first = asyncio.create_task(labels_of(served.client, noise_png(1)))
             await until(lambda: registry.get_sample_value("nsfwd_queue_seconds_count") == 1.0)
-            second = asyncio.create_task(served.client.classify(noise_png(2)))
+            second = asyncio.create_task(labels_of(served.client, noise_png(2)))
             # The first is on the model, the second decoded and queued behind it: cancelling it
             # now is a drop (cancelled while decoding, it would never reach the queue).
             await until(lambda: engine.queued == 1)
@@ -166,14 +167,14 @@ def test_losing_the_inference_process_fails_waiting_calls_and_later_ones(
 ) -> None:
     async def main() -> None:
         async with held(classifier, tmp_path, max_queue=8) as served:
-            waiting = asyncio.create_task(served.client.classify(noise_png(1)))
+            waiting = asyncio.create_task(labels_of(served.client, noise_png(1)))
             await until(lambda: served.engine.in_flight == 1)
             await served.server.stop()  # the inference process goes away
             with pytest.raises(EngineClosedError, match="went away"):
                 await waiting
             assert not served.client.ready
             with pytest.raises(EngineClosedError):
-                await served.client.classify(noise_png(2))
+                await labels_of(served.client, noise_png(2))
 
     asyncio.run(main())
 
@@ -194,7 +195,7 @@ def test_a_missing_inference_process_is_a_clear_error(tmp_path: Path) -> None:
 def test_a_check_over_the_socket_decodes_once_for_the_classify_after_it(
     classifier: Classifier, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import nsfwd.checked
+    import nsfwd.intake.checked
 
     decoded: list[bytes] = []
 
@@ -202,13 +203,13 @@ def test_a_check_over_the_socket_decodes_once_for_the_classify_after_it(
         decoded.append(data)
         return load_prepared(data, *args)
 
-    monkeypatch.setattr(nsfwd.checked, "load_prepared", counting)
+    monkeypatch.setattr(nsfwd.intake.checked, "load_prepared", counting)
     image = noise_png(7)
 
     async def test(client: RemoteEngine, engine: Engine) -> None:
         await client.check(image)
         assert len(decoded) == 1
-        assert await client.classify(image) == await engine.classify(image)
+        assert await labels_of(client, image) == await labels_of(engine, image)
         assert len(decoded) == 2  # the remote classify used the checked pixels; the local one not
         with pytest.raises(ImageError, match="unsupported image format"):
             await client.check(b"GIF89a" + bytes(64))

@@ -13,17 +13,19 @@ from typing import Any
 
 import pytest
 
+from judging import labels_of
+
 pytest.importorskip("ray.serve", reason="needs nsfwd[serve]")
 
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 
-from nsfwd.distributed.ray_serve import Scale
-from nsfwd.distributed.serve_engine import RETRIES, ServeEngine
-from nsfwd.engine_protocol import EngineClosedError, QueueFullError
-from nsfwd.images import ImageLimits, ImageTooLargeError
+from nsfwd.engine import EngineClosedError, QueueFullError
+from nsfwd.intake import ImageLimits, ImageTooLargeError
+from nsfwd.serve.ray.engine import RETRIES, ServeEngine
+from nsfwd.serve.ray.options import Scale
 from nsfwd.settings import Settings
-from nsfwd.viewer import Judgement
+from nsfwd.verdict import Judgement
 
 INFO = {
     "name": "tiny",
@@ -83,7 +85,7 @@ def test_labels_and_batch_metrics_arrive() -> None:
     answer = {"judgement": judged, "queue_seconds": 0.01, "batches": [(3, 0.2)]}
     engine = engine_over(Handle(lambda: answer))
     assert asyncio.run(engine.judge(b"webp")) == judged
-    assert asyncio.run(engine.classify(b"webp")) == LABELS
+    assert asyncio.run(labels_of(engine, b"webp")) == LABELS
     text = engine.metrics.render().decode()
     assert "nsfwd_batch_size_sum 6.0" in text and "nsfwd_queue_seconds_count 2.0" in text
 
@@ -91,7 +93,7 @@ def test_labels_and_batch_metrics_arrive() -> None:
 def test_an_image_error_is_raised_as_itself() -> None:
     engine = engine_over(Handle(lambda: {"error": ImageTooLargeError("too big")}))
     with pytest.raises(ImageTooLargeError, match="too big"):
-        asyncio.run(engine.classify(b"jpeg"))
+        asyncio.run(labels_of(engine, b"jpeg"))
 
 
 def test_full_replicas_are_a_queue_full_error() -> None:
@@ -100,7 +102,7 @@ def test_full_replicas_are_a_queue_full_error() -> None:
 
     engine = engine_over(Handle(refuse))
     with pytest.raises(QueueFullError) as caught:
-        asyncio.run(engine.classify(b"jpeg"))
+        asyncio.run(labels_of(engine, b"jpeg"))
     assert caught.value.retry_after >= 1
     assert "nsfwd_rejected_total 1.0" in engine.metrics.render().decode()
 
@@ -114,18 +116,18 @@ def test_a_dead_replica_is_retried_then_reported_closed() -> None:
         return {"judgement": Judgement(LABELS)}
 
     handle = Handle(die_then_answer)
-    assert asyncio.run(engine_over(handle).classify(b"jpeg")) == LABELS
+    assert asyncio.run(labels_of(engine_over(handle), b"jpeg")) == LABELS
     assert handle.judge.calls == RETRIES + 1
 
     def always_dead() -> Any:
         raise RayActorError()
 
     with pytest.raises(EngineClosedError, match="restarting"):
-        asyncio.run(engine_over(Handle(always_dead)).classify(b"jpeg"))
+        asyncio.run(labels_of(engine_over(Handle(always_dead)), b"jpeg"))
 
 
 def test_autoscaling_targets_less_than_a_replica_holds() -> None:
-    from nsfwd.distributed.serve_app import replica_queue
+    from nsfwd.serve.ray.app import replica_queue
 
     assert replica_queue(64, 32) == (64, 32)  # a GPU replica: one batch queued behind one
     assert replica_queue(64, 2) == (64, 4)  # a CPU replica: two batches
@@ -146,7 +148,7 @@ def test_scale_options() -> None:
 
 
 def test_sqlite_is_refused_on_a_cluster_of_several_nodes(tmp_path: Path) -> None:
-    from nsfwd.distributed.ray_serve import _store_refusal
+    from nsfwd.serve.ray.driver import _store_refusal
 
     on_sqlite = Settings(data_dir=tmp_path)
     assert _store_refusal(on_sqlite, 1) is None
@@ -169,8 +171,8 @@ class Ray:
 
 
 def test_ingress_replicas_stay_on_the_node_of_a_sqlite_store(tmp_path: Path) -> None:
-    from nsfwd.distributed.ray_serve import _store_node
-    from nsfwd.distributed.serve_app import _ingress_actor_options
+    from nsfwd.serve.ray.app import _ingress_actor_options
+    from nsfwd.serve.ray.driver import _store_node
 
     assert _store_node(Ray(), Settings(data_dir=tmp_path)) == "node-1"
     assert _store_node(Ray(), Settings(database_url="postgresql://u:p@db/nsfwd")) is None
@@ -205,7 +207,7 @@ def test_the_driver_chooses_the_models_without_torch(tmp_path: Path) -> None:
     script = (
         "import sys\n"
         "from nsfwd.settings import Settings\n"
-        "from nsfwd.distributed.ray_serve import served_specs\n"
+        "from nsfwd.engine.served import served_specs\n"
         "print([spec.source for spec in served_specs(Settings())])\n"
         "print('torch' in sys.modules)\n"
     )
@@ -227,8 +229,8 @@ def test_the_driver_chooses_the_models_without_torch(tmp_path: Path) -> None:
 
 def test_the_proxy_gets_the_apps_body_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     from nsfwd.api.app import body_limits
-    from nsfwd.api.middleware import BodyLimits
-    from nsfwd.distributed import serve_proxy
+    from nsfwd.api.http.middleware import BodyLimits
+    from nsfwd.serve.ray import proxy as serve_proxy
 
     def limits() -> BodyLimits:
         last = serve_proxy.proxy_middlewares()[-1]
@@ -242,3 +244,33 @@ def test_the_proxy_gets_the_apps_body_limits(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv(serve_proxy.LIMITS_VARIABLE, "")
     serve_proxy.limits_to_environment(BodyLimits(5000, {"/v1/moderations": 7000}))
     assert (limits().of("/v2/job"), limits().of("/v1/moderations")) == (5000, 7000)
+
+
+def test_a_model_replica_bounds_decoding_as_nsfwd_serve_does(timm_checkpoint: Path) -> None:
+    """A model replica of ``serve --ray`` (here built as Serve builds it, without a cluster)
+    runs the engine of ``nsfwd serve``: an image that decodes past ``NSFWD_DECODE_TIMEOUT_S``
+    is refused as too costly, and an ordinary one is judged after it."""
+    from hostile_jpegs import repeated_scans
+    from nsfwd.intake import ImageComplexityError
+    from nsfwd.models.names import ModelSpec
+    from nsfwd.serve.ray.app import ModelDeployment, ModelServer
+    from photos import astronaut_jpeg
+
+    settings = Settings(dtype="float32", decode_workers=1, decode_timeout_s=0.02)
+    deployment = ModelDeployment(ModelSpec(str(timm_checkpoint)), settings)
+
+    async def main() -> tuple[dict[str, Any], dict[str, Any]]:
+        replica = ModelServer.__new__(ModelServer)
+        await replica.__init__(deployment)  # type: ignore[misc]
+        try:
+            slow = await replica.judge(repeated_scans(90))
+            replica.engine.decode_timeout_s = 10
+            return slow, await replica.judge(astronaut_jpeg())
+        finally:
+            await replica.engine.stop()
+
+    slow, ordinary = asyncio.run(main())
+    assert isinstance(slow["error"], ImageComplexityError), slow
+    assert "decoding it took longer than 0.02 s" in str(slow["error"])
+    assert set(ordinary["judgement"].labels) == {"neutral", "low", "medium", "high"}
+    assert ordinary["batches"] and ordinary["queue_seconds"] >= 0

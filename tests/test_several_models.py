@@ -13,10 +13,12 @@ import pytest
 import requests
 
 from hosts import jpeg
-from nsfwd import inference
-from nsfwd.cli import _settings_for, build_parser
-from nsfwd.model_types import DEFAULT_MODEL, OPEN_NSFW, ModelNotAvailableError, ModelSpec
-from nsfwd.models import Classifier
+from nsfwd.cli import build_parser
+from nsfwd.cli.options import settings_for
+from nsfwd.engine import build as inference
+from nsfwd.models import hub
+from nsfwd.models.classifier import Classifier
+from nsfwd.models.names import DEFAULT_MODEL, OPEN_NSFW, ModelNotAvailableError, ModelSpec
 from nsfwd.settings import Settings
 from prodia_jobs import job_files
 from serve_process import nsfwd_serve
@@ -42,9 +44,9 @@ def test_a_repeated_model_flag_replaces_the_environment(monkeypatch: pytest.Monk
     monkeypatch.setenv("NSFWD_MODEL", "acme/env")
     monkeypatch.setenv("NSFWD_MODELS", "acme/more")
     args = build_parser().parse_args(["serve", "--model", "x=acme/one", "--model", "open-nsfw"])
-    assert _settings_for(args).model_specs == [ModelSpec("acme/one", "x"), ModelSpec(OPEN_NSFW)]
+    assert settings_for(args).model_specs == [ModelSpec("acme/one", "x"), ModelSpec(OPEN_NSFW)]
     one = build_parser().parse_args(["serve", "--model", "acme/one"])
-    assert _settings_for(one).model_specs == [ModelSpec("acme/one")]
+    assert settings_for(one).model_specs == [ModelSpec("acme/one")]
 
 
 @pytest.mark.parametrize("text", ["=acme/x", "name=", ""])
@@ -60,16 +62,24 @@ def test_a_folder_whose_name_holds_an_equals_sign_is_taken_whole(tmp_path: Path)
 
 
 def _hub_with(monkeypatch: pytest.MonkeyPatch, cached: Classifier | None) -> None:
-    """The Hub as ``load_classifier`` sees it: Freepik's model is ``cached``, or cannot be had."""
-    real = inference.load_classifier
+    """The Hub as the server sees it: Freepik's model is ``cached``, or cannot be had."""
+    real_load, real_resolve = inference.load_classifier, hub.resolve_model_dir
+
+    def resolve(model: str, revision: str | None = None) -> Path:
+        if model != DEFAULT_MODEL:
+            return real_resolve(model, revision)
+        if cached is None:
+            raise ModelNotAvailableError(f"{DEFAULT_MODEL} is not in the local cache.")
+        return Path(cached.name)
 
     def load(options: Any, model: str | None = None) -> Classifier:
         if (model or options.model) != DEFAULT_MODEL:
-            return real(options, model)
-        if cached is None:
-            raise ModelNotAvailableError(f"{DEFAULT_MODEL} is not in the local cache.")
+            return real_load(options, model)
+        resolve(DEFAULT_MODEL)
+        assert cached is not None
         return cached
 
+    monkeypatch.setattr(hub, "resolve_model_dir", resolve)
     monkeypatch.setattr(inference, "load_classifier", load)
 
 
@@ -86,7 +96,7 @@ def test_without_the_hub_open_nsfw_is_served_alone_with_a_warning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     _hub_with(monkeypatch, None)
-    with caplog.at_level(logging.WARNING, logger="nsfwd.model_types"):
+    with caplog.at_level(logging.WARNING, logger="nsfwd.models.names"):
         served = inference.load_served_classifiers(Settings())
     assert list(served) == [OPEN_NSFW]
     assert f"nsfwd download {DEFAULT_MODEL}" in caplog.text

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -187,11 +188,11 @@ def test_an_expired_lease_is_reclaimed_and_the_stale_owner_cannot_finish(databas
         assert await store.predictions.finish(created.id, "stalled", labels={"a": 1.0}) is None
         assert await store.predictions.release("stalled", [created.id]) == 0
         done = await store.predictions.finish(
-            created.id, "other", labels={"neutral": 0.9, "high": 0.1}, output="normal",
+            created.id, "other", labels={"neutral": 0.9, "high": 0.1}, flagged=False,
             predict_time=0.25,
         )  # fmt: skip
         assert done is not None and done.status == "succeeded"
-        assert done.labels == {"neutral": 0.9, "high": 0.1} and done.output == "normal"
+        assert done.labels == {"neutral": 0.9, "high": 0.1} and done.flagged is False
         assert done.finished_at == clock.now and done.predict_time == 0.25
         assert done.lease_owner is None and done.lease_expires_at is None
         assert await store.predictions.get(created.id) == done
@@ -244,7 +245,8 @@ def test_a_prediction_abandoned_max_attempts_times_fails_with_a_message(database
         delivery = await delivery_for(store, created.id)
         assert delivery is not None
         assert json.loads(delivery.payload) == {
-            "exec_id": created.id, "status": "failed", "output": "", "error": failed.error,
+            "id": created.id, "status": "failed", "labels": None, "flagged": None,
+            "error": failed.error,
         }  # fmt: skip
         assert await store.predictions.claim("late", 1, LEASE_S) == []
         assert await store.predictions.get(created.id) == failed  # failed once, then left alone
@@ -276,7 +278,7 @@ def test_finishing_enqueues_exactly_one_webhook_delivery(database: str) -> None:
         )
         await store.predictions.claim("w", 2, LEASE_S)
         store.deliveries.work_available.clear()
-        await store.predictions.finish(hooked[0].id, "w", labels={"a": 1.0}, output="nsfw")
+        await store.predictions.finish(hooked[0].id, "w", labels={"a": 1.0}, flagged=True)
         assert store.deliveries.work_available.is_set()
         await store.predictions.finish(plain[0].id, "w", error="bad image")
         delivery = await delivery_for(store, hooked[0].id)
@@ -285,7 +287,8 @@ def test_finishing_enqueues_exactly_one_webhook_delivery(database: str) -> None:
         assert delivery.url == "https://example.com/hook"
         assert delivery.next_attempt_at == clock.now
         assert json.loads(delivery.payload) == {
-            "exec_id": hooked[0].id, "status": "succeeded", "output": "nsfw", "error": "",
+            "id": hooked[0].id, "status": "succeeded", "labels": {"a": 1.0}, "flagged": True,
+            "error": None,
         }  # fmt: skip
         assert await delivery_for(store, plain[0].id) is None
         assert await get_delivery(store, delivery.id) == delivery
@@ -518,6 +521,46 @@ def test_upgrading_a_database_made_by_the_first_revision_keeps_its_keys(database
             assert (old.policy, old.threshold) == (None, None)  # follows the server's
             _, new = await store.keys.create("new", policy="moderate", threshold=0.37)
             assert await store.keys.all() == [old, new]
+
+    asyncio.run(main())
+
+
+def test_upgrading_keeps_each_predictions_verdict_and_model(empty_database: str) -> None:
+    """Revision 0004: the verdict text becomes ``flagged``, and Eachlabs' name for the default
+    model becomes no model named (the default), so a queued prediction runs on."""
+    ID = {n: str(uuid.UUID(int=n)) for n in range(1, 5)}
+    common = {"job_type": "nsfw-image-detection", "created_at": datetime(2025, 1, 1, tzinfo=UTC)}
+    slug = "nsfw-image-detection"
+    rows = [
+        {"id": ID[1], "protocol": "eachlabs", "model": slug, "status": "succeeded",
+         "output": "nsfw", **common},
+        {"id": ID[2], "protocol": "eachlabs", "model": "vit", "status": "succeeded",
+         "output": "normal", **common},
+        {"id": ID[3], "protocol": "prodia", "model": slug, "status": "queued", **common},
+        {"id": ID[4], "protocol": "eachlabs", "model": slug, "status": "queued", **common},
+    ]  # fmt: skip
+
+    async def main() -> None:
+        engine = create_engine(empty_database)
+        try:
+            await migrate(engine, "0003")
+            async with engine.begin() as connection:
+                for row in rows:
+                    columns = ", ".join(row)
+                    values = ", ".join(f":{name}" for name in row)
+                    await connection.execute(
+                        text(f"INSERT INTO predictions ({columns}) VALUES ({values})"), row
+                    )
+        finally:
+            await engine.dispose()
+        async with Store(empty_database) as store:  # migrates to the newest revision
+            found = {row["id"]: await store.predictions.get(str(row["id"])) for row in rows}
+        assert {key: (p.flagged, p.model) for key, p in found.items() if p is not None} == {
+            ID[1]: (True, None),
+            ID[2]: (False, "vit"),
+            ID[3]: (None, slug),  # a Prodia job that named it: as it was
+            ID[4]: (None, None),
+        }
 
     asyncio.run(main())
 

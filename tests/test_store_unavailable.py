@@ -20,7 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from nsfwd.api import create_app
-from nsfwd.engine import Engine
+from nsfwd.engine.batcher import Engine
 from nsfwd.jobs import Store
 from nsfwd.jobs.database import (
     StoreFullError,
@@ -28,7 +28,7 @@ from nsfwd.jobs.database import (
     database_url,
     unavailable,
 )
-from nsfwd.models import Classifier
+from nsfwd.models.classifier import Classifier
 from nsfwd.settings import Settings
 from photos import astronaut_jpeg
 from prodia_jobs import MODEL, TOKEN, job_files

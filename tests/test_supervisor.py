@@ -22,10 +22,10 @@ import requests
 import uvicorn
 from PIL import Image
 
-from nsfwd import supervisor
-from nsfwd.models import Classifier
+from nsfwd.models.classifier import Classifier
+from nsfwd.serve import supervisor
+from nsfwd.serve.supervisor import tcp_listener
 from nsfwd.settings import Settings
-from nsfwd.supervisor import tcp_listener
 from photos import astronaut_jpeg
 from prodia_jobs import MODEL, TOKEN, job_files
 from serve_process import Served, log_of, nsfwd_serve
@@ -200,7 +200,7 @@ def test_a_worker_whose_inference_process_is_gone_exits(
         supervisor.SUPERVISOR_ENV: str(os.getpid()),
         "PROMETHEUS_MULTIPROC_DIR": str(runtime / supervisor.METRICS),
     }
-    command = [sys.executable, "-m", "uvicorn", "nsfwd.supervisor:worker_app", "--factory"]
+    command = [sys.executable, "-m", "uvicorn", "nsfwd.serve.supervisor:worker_app", "--factory"]
     command += ["--port", str(free_port())]
     log = tmp_path / "worker.log"
     with log.open("wb") as output:
@@ -217,7 +217,7 @@ def test_a_worker_whose_inference_process_is_gone_exits(
 def test_connections_accepted_by_the_workers_get_tcp_nodelay() -> None:
     """uvicorn binds the shared socket with proto 0, and asyncio sets TCP_NODELAY only on
     sockets that say they are TCP; without it each keep-alive answer waits for a delayed ACK."""
-    config = uvicorn.Config("nsfwd.supervisor:worker_app", host="127.0.0.1", port=free_port())
+    config = uvicorn.Config("nsfwd.serve.supervisor:worker_app", host="127.0.0.1", port=free_port())
     bound = config.bind_socket()
     listener = tcp_listener(bound)  # without it, TCP_NODELAY is 0 (uvicorn 0.54)
 

@@ -25,8 +25,11 @@ import torch
 from PIL import Image
 
 from checkpoints import SEVERITY
-from nsfwd.images import ORIENTATION_TRANSPOSE, ImageError, ImageLimits, load_image
-from nsfwd.models import Classifier, tensor_decode
+from nsfwd.batch.pipeline import classify_files
+from nsfwd.intake import ImageError, ImageLimits, load_image
+from nsfwd.intake.decode import ORIENTATION_TRANSPOSE
+from nsfwd.models import tensor_decode
+from nsfwd.models.classifier import Classifier
 from nsfwd.models.tensor_decode import (
     AUTO_ON_CPU,
     Geometry,
@@ -36,8 +39,7 @@ from nsfwd.models.tensor_decode import (
     orient,
     resolve_decode,
 )
-from nsfwd.pipeline import classify_files
-from nsfwd.policies import Policy
+from nsfwd.verdict import Policy
 from photos import encode, photo, resized, variants
 
 TOLERANCE = 2e-3

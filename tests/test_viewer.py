@@ -32,8 +32,9 @@ from PIL.PngImagePlugin import PngInfo
 
 from eachlabs_calls import create, created_id, eachlabs_server, poll
 from nsfwd.api import create_app
-from nsfwd.engine import Engine
-from nsfwd.images import (
+from nsfwd.batch.pipeline import classify_files
+from nsfwd.engine.batcher import Engine
+from nsfwd.intake import (
     CorruptImageError,
     ImageDimensionsError,
     ImageLimits,
@@ -41,11 +42,11 @@ from nsfwd.images import (
     load_views,
     read_header,
 )
-from nsfwd.models import Classifier
-from nsfwd.pipeline import classify_files
-from nsfwd.policies import Policy
+from nsfwd.intake.frames import MAX_JUDGED_FRAMES, frames_to_judge
+from nsfwd.intake.views import View, Views
+from nsfwd.models.classifier import Classifier
 from nsfwd.settings import Settings
-from nsfwd.viewer import MAX_JUDGED_FRAMES, View, Views, frames_to_judge, worst
+from nsfwd.verdict import Policy, worst
 from prodia_jobs import MODEL, TOKEN
 from servers import serve_app
 from test_worker import image_host
@@ -432,7 +433,7 @@ def test_which_picture_answered_crosses_the_inference_socket(
 ) -> None:
     """``serve --http-workers``: the worker's RemoteEngine gets the judgement, and sends the
     request's policy, which decides the worst picture."""
-    from nsfwd.remote import InferenceServer, RemoteEngine
+    from nsfwd.engine.remote import InferenceServer, RemoteEngine
 
     async def main() -> None:
         engine = Engine(redless, max_batch_size=8, limits=ImageLimits())

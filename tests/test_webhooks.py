@@ -24,6 +24,7 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from hosts import ALLOWED, SECRET, Canary, Hit, Host, verified
+from nsfwd.api.eachlabs.routes import webhook_body
 from nsfwd.fetch import FetchPolicy, FetchTimeouts
 from nsfwd.jobs import Delivery, Prediction, Store
 from nsfwd.jobs.database import database_url
@@ -78,9 +79,9 @@ async def finished(
     assert claimed.id == created.id
     if error is None:
         labels = labels or {"neutral": 0.7, "low": 0.1, "medium": 0.1, "high": 0.1}
-        output = "nsfw" if labels["medium"] + labels["high"] > 0.5 else "normal"
+        flagged = labels["medium"] + labels["high"] > 0.5
         done = await store.predictions.finish(
-            created.id, owner, labels=labels, output=output, predict_time=0.01
+            created.id, owner, labels=labels, flagged=flagged, predict_time=0.01
         )
     else:
         done = await store.predictions.finish(created.id, owner, error=error)
@@ -110,7 +111,7 @@ def with_sender(
     url: str, delays: list[float], body: Callable[[Store], Awaitable[T]], **options: Any
 ) -> T:
     async def main() -> T:
-        async with Store(url) as store:
+        async with Store(url, webhook_payload=webhook_body) as store:
             webhooks = sender(store, delays, **options)
             await webhooks.start()
             try:
@@ -270,7 +271,7 @@ def test_a_scheduled_retry_survives_a_restart(tmp_path: Path, host: tuple[str, H
     url = database_url(tmp_path)
 
     async def first_life() -> tuple[Prediction, Delivery]:
-        async with Store(url) as store:
+        async with Store(url, webhook_payload=webhook_body) as store:
             webhooks = sender(store, [1.0])
             await webhooks.start()
             prediction = await finished(store, f"{base}/hook/{name}?fail=1")
@@ -309,7 +310,10 @@ def test_two_replicas_share_the_outbox_and_send_each_once(
     count = 12
 
     async def main() -> list[Delivery]:
-        async with Store(database) as first, Store(database) as second:
+        async with (
+            Store(database, webhook_payload=webhook_body) as first,
+            Store(database, webhook_payload=webhook_body) as second,
+        ):
             senders = [
                 sender(first, [0.1], name="a", concurrency=3),
                 sender(second, [0.1], name="b", concurrency=3),
@@ -408,7 +412,7 @@ def test_webhooks_reach_only_their_own_allowed_networks(
     monkeypatch.setenv("NSFWD_WEBHOOK_RETRY_DELAYS", "")
 
     async def main(settings: Settings) -> Delivery:
-        async with Store(database_url(tmp_path)) as store:
+        async with Store(database_url(tmp_path), webhook_payload=webhook_body) as store:
             webhooks = WebhookSender.from_settings(store, settings)
             await webhooks.start()
             try:

@@ -19,16 +19,15 @@ from sqlalchemy import update
 
 from gates import simple_gated_classifier
 from noise import noise_png
-from nsfwd.engine import Engine
+from nsfwd.engine.batcher import Engine, Trace
+from nsfwd.engine.served import ServedModels
 from nsfwd.fetch import FetchPolicy
 from nsfwd.jobs import Prediction, Store, Upload
 from nsfwd.jobs.database import database_url
 from nsfwd.jobs.schema import predictions
-from nsfwd.jobs.worker import Worker, verdict
-from nsfwd.model_types import Labels
-from nsfwd.models import Classifier
-from nsfwd.policies import Policy
-from nsfwd.viewer import Judgement
+from nsfwd.jobs.worker import Worker, flagged
+from nsfwd.models.classifier import Classifier
+from nsfwd.verdict import Judgement, Labels, Policy
 from waiting import until
 
 T = TypeVar("T")
@@ -42,9 +41,11 @@ class CountingEngine(Engine):
         super().__init__(classifier, **options)
         self.calls: list[bytes] = []
 
-    async def judge(self, data: bytes, policy: Policy | None = None) -> Judgement:
+    async def judge(
+        self, data: bytes, policy: Policy | None = None, trace: Trace | None = None
+    ) -> Judgement:
         self.calls.append(data)
-        return await super().judge(data, policy)
+        return await super().judge(data, policy, trace)
 
 
 def expected_labels(classifier: Classifier, data: bytes) -> Labels:
@@ -79,7 +80,9 @@ def run(
     async def main() -> T:
         async with Store(url, **(store_options or {})) as store:
             await engine.start()
-            worker = Worker(store, engine, **({"concurrency": 4} | worker_options))
+            worker = Worker(
+                store, ServedModels({"m": engine}), **({"concurrency": 4} | worker_options)
+            )
             await worker.start()
             try:
                 return await body(store, worker)
@@ -108,7 +111,7 @@ def test_uploads_are_classified_with_the_engine(classifier: Classifier, tmp_path
         assert list(prediction.labels) == list(classifier.labels)
         for label, prob in expected_labels(classifier, data).items():
             assert prediction.labels[label] == pytest.approx(prob, abs=1e-5)
-        assert prediction.output == ("nsfw" if Policy().flagged(prediction.labels) else "normal")
+        assert prediction.flagged == Policy().flagged(prediction.labels)
         assert prediction.predict_time is not None and prediction.predict_time > 0
         assert prediction.started_at is not None and prediction.finished_at is not None
         assert prediction.created_at <= prediction.started_at <= prediction.finished_at
@@ -223,7 +226,10 @@ def test_replicas_share_the_queue_without_running_anything_twice(
         stores = [Store(database), Store(database)]
         await asyncio.gather(*(store.open() for store in stores))
         await engine.start()
-        workers = [Worker(store, engine, concurrency=3, poll_s=0.05) for store in stores]
+        workers = [
+            Worker(store, ServedModels({"m": engine}), concurrency=3, poll_s=0.05)
+            for store in stores
+        ]
         try:
             ids = [await upload(stores[i % 2], data) for i, data in enumerate(images)]
             await asyncio.gather(*(worker.start() for worker in workers))
@@ -364,7 +370,7 @@ def test_stopping_hands_running_predictions_back(classifier: Classifier, tmp_pat
             await engine.start()
             assert gated.gate is not None
             gated.gate.clear()
-            worker = Worker(store, engine, concurrency=2, poll_s=0.05)
+            worker = Worker(store, ServedModels({"m": engine}), concurrency=2, poll_s=0.05)
             await worker.start()
             ids = [await upload(store, noise_png(i)) for i in range(3)]
             await until(lambda: _processing_count(store, ids, 2))
@@ -405,7 +411,7 @@ def test_expired_results_are_purged(classifier: Classifier, tmp_path: Path) -> N
     )
 
 
-def test_a_predictions_own_policy_decides_its_output_over_the_servers(
+def test_a_predictions_own_policy_decides_its_verdict_over_the_servers(
     classifier: Classifier, tmp_path: Path
 ) -> None:
     """What a prediction carries (its API key's policy and threshold) wins; what it leaves
@@ -418,28 +424,28 @@ def test_a_predictions_own_policy_decides_its_output_over_the_servers(
         "hand-edited": {"policy": "loose", "threshold": 0.0},  # the store does not check
     }
 
-    async def body(store: Store, worker: Worker) -> dict[str, str | None]:
+    async def body(store: Store, worker: Worker) -> dict[str, bool | None]:
         ids = {name: await upload(store, noise_png(1), **fields) for name, fields in own.items()}
         await until(lambda: _count(all_finished(store, list(ids.values())), len(ids)))
         done = {p.id: p for p in await all_finished(store, list(ids.values()))}
-        return {name: done[ids[name]].output for name in own}
+        return {name: done[ids[name]].flagged for name in own}
 
     server = Policy("strict", 1.0)  # never flags: a score is never above 1
-    outputs = run(database_url(tmp_path), Engine(classifier), body, policy=server)
-    assert outputs == {
-        "strict at 0": "nsfw",
-        "threshold 0": "nsfw",  # strict from the server, at the prediction's 0
-        "lenient": "normal",  # lenient at the server's 1
-        "none": "normal",
-        "hand-edited": "normal",  # not a policy: the server's
+    verdicts = run(database_url(tmp_path), Engine(classifier), body, policy=server)
+    assert verdicts == {
+        "strict at 0": True,
+        "threshold 0": True,  # strict from the server, at the prediction's 0
+        "lenient": False,  # lenient at the server's 1
+        "none": False,
+        "hand-edited": False,  # not a policy: the server's
     }
 
 
-def test_verdict_follows_the_moderate_policy() -> None:
-    assert verdict({"neutral": 0.2, "low": 0.2, "medium": 0.3, "high": 0.3}) == "nsfw"
-    assert verdict({"neutral": 0.5, "low": 0.3, "medium": 0.1, "high": 0.1}) == "normal"
-    assert verdict({"normal": 0.1, "nsfw": 0.9}) == "nsfw"
-    assert verdict({"cat": 0.5, "dog": 0.5}) is None
+def test_the_verdict_follows_the_moderate_policy() -> None:
+    assert flagged({"neutral": 0.2, "low": 0.2, "medium": 0.3, "high": 0.3}) is True
+    assert flagged({"neutral": 0.5, "low": 0.3, "medium": 0.1, "high": 0.1}) is False
+    assert flagged({"normal": 0.1, "nsfw": 0.9}) is True
+    assert flagged({"cat": 0.5, "dog": 0.5}) is None
 
 
 async def _count(found: Awaitable[list[Prediction]], expected: int) -> bool:

@@ -24,7 +24,7 @@ from typing import Any, Self
 
 import httpx
 
-from nsfwd.policies import DEFAULT_THRESHOLD, Policy, PolicyName
+from nsfwd.verdict import DEFAULT_THRESHOLD, Policy, PolicyName
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_MODEL = "Freepik/nsfw_image_detector"
@@ -59,7 +59,7 @@ class Classification:
     """The original image, returned by the server for v2 jobs."""
 
     def score(self, policy: PolicyName = "moderate") -> float:
-        """The policy's score (see :mod:`nsfwd.policies`)."""
+        """The policy's score (see :mod:`nsfwd.verdict`)."""
         return Policy(policy).score(self.labels)
 
     def flagged(

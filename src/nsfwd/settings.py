@@ -5,16 +5,23 @@ from __future__ import annotations
 import base64
 import binascii
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from nsfwd.engine.pools import DEFAULT_SIZES, DNS, WEBHOOKS
+from nsfwd.engine.protocol import DECODE_TIMEOUT_S
 from nsfwd.fetch import WEBHOOK_ALLOW_SETTING, FetchPolicy, parse_networks, webhook_resolver
-from nsfwd.images import ImageLimits
-from nsfwd.model_types import DEFAULT_MODEL, ModelSpec
-from nsfwd.policies import DEFAULT_POLICY, DEFAULT_THRESHOLD, Policy, PolicyName
+from nsfwd.intake.limits import ANIMATION_STILLS, ImageLimits
+from nsfwd.models.names import DEFAULT_MODEL, ModelSpec
+from nsfwd.verdict import DEFAULT_POLICY, DEFAULT_THRESHOLD, Policy, PolicyName
 
+_LIMITS = ImageLimits()
+DEFAULT_RESULT_TTL_S: Final = 24 * 3600.0
+"""How long finished jobs are kept (``NSFWD_RESULT_TTL_S``, and a bare job store's)."""
+DEFAULT_MAX_ATTEMPTS: Final = 3
+"""Claims before an abandoned job is failed (``NSFWD_MAX_ATTEMPTS``, and a bare job store's)."""
 WEBHOOK_SECRET_PREFIX = "whsec_"
 _SECRET_HINT = (
     'generate one with: python -c "import base64, secrets; '
@@ -42,6 +49,8 @@ class Settings(BaseSettings):
     """Everything nsfwd can be told through ``NSFWD_*`` variables, and why each exists."""
 
     model_config = SettingsConfigDict(env_prefix="NSFWD_", protected_namespaces=())
+
+    # --- Which models, and how they run ----------------------------------------------------------
 
     model: str = Field(
         DEFAULT_MODEL,
@@ -96,6 +105,9 @@ class Settings(BaseSettings):
         "kept across restarts; unset: ~/.cache/nsfwd/torch-compile. Keep it on a persistent "
         "volume, or every start compiles from scratch.",
     )
+
+    # --- Verdicts --------------------------------------------------------------------------------
+
     policy: PolicyName = Field(
         DEFAULT_POLICY,
         description="The policy the served model's verdicts follow (Eachlabs' output nsfw/normal) "
@@ -108,6 +120,9 @@ class Settings(BaseSettings):
         description="An image is flagged when the policy's score is above this; `nsfwd "
         "calibrate` chooses one from labelled images. Prodia's labels stay raw either way.",
     )
+
+    # --- Serving: where, and who may call --------------------------------------------------------
+
     host: str = Field("127.0.0.1", description="Address to bind; loopback unless keys are set.")
     port: int = Field(8000, ge=0, le=65535, description="Port to bind.")
     http_workers: int = Field(
@@ -124,6 +139,9 @@ class Settings(BaseSettings):
         "Eachlabs). With none, and no key made with `nsfwd keys create`, the server refuses to "
         "bind beyond loopback.",
     )
+
+    # --- The engine: batching, admission, decoding -----------------------------------------------
+
     max_batch_size: int | None = Field(
         None,
         ge=1,
@@ -148,18 +166,41 @@ class Settings(BaseSettings):
         description="Threads decoding and preprocessing uploads; defaults to the CPU count.",
     )
     decode_timeout_s: float = Field(
-        10.0,
+        DECODE_TIMEOUT_S,
         gt=0,
         description="How long decoding one image may run before it is refused as too costly "
         "(400); its thread is written off so that it holds no slot.",
     )
-    dns_workers: int = Field(8, ge=1, description="Threads resolving the host names of image URLs.")
-    webhook_workers: int = Field(
-        4, ge=1, description="Threads resolving webhook receivers' host names."
+
+    # --- What an image may be --------------------------------------------------------------------
+
+    max_image_bytes: int = Field(_LIMITS.max_bytes, ge=1, description="Largest accepted image.")
+    min_image_side: int = Field(
+        _LIMITS.min_side, ge=1, description="Smallest accepted width or height."
     )
-    max_image_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest accepted image.")
-    min_image_side: int = Field(128, ge=1, description="Smallest accepted width or height.")
-    max_image_side: int = Field(2048, ge=1, description="Largest accepted width or height.")
+    max_image_side: int = Field(
+        _LIMITS.max_side, ge=1, description="Largest accepted width or height."
+    )
+
+    # --- Request bodies --------------------------------------------------------------------------
+
+    max_uploads: int = Field(
+        32,
+        ge=1,
+        description="Request bodies each HTTP process reads at once; one more gets 503 with "
+        "Retry-After. Bounds the memory slow or many uploads can hold (at most this many "
+        "bodies of max_image_bytes).",
+    )
+    body_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a request body may take to arrive in full, counted from its first "
+        "read; a slower one gets 408 and its connection is closed (a slow-body client cannot "
+        "hold an upload slot for long). 10 MB in 60 s needs about 1.4 Mbit/s.",
+    )
+
+    # --- Fetching image URLs ---------------------------------------------------------------------
+
     fetch_allow_networks: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated CIDRs that image URLs may reach although they are private, "
@@ -167,17 +208,16 @@ class Settings(BaseSettings):
         "non-public is refused to stop server-side request forgery. Webhooks do not get these "
         "networks: see webhook_allow_networks.",
     )
-    webhook_allow_networks: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
-        description="Comma-separated CIDRs that webhook URLs may reach although they are "
-        "non-public (an intranet receiver, tests); separate from fetch_allow_networks, so that "
-        "opening an image store to fetching does not let any client make the server POST there.",
-    )
     fetch_allow_http: bool = Field(
         False,
         description="Allow plain http image URLs and webhooks; off by default because anyone on "
         "the path can read or swap an unencrypted image.",
     )
+    dns_workers: int = Field(
+        DEFAULT_SIZES[DNS], ge=1, description="Threads resolving the host names of image URLs."
+    )
+
+    # --- The job store and its workers -----------------------------------------------------------
 
     data_dir: Path = Field(
         Path("data"),
@@ -203,13 +243,13 @@ class Settings(BaseSettings):
         "room in the queue for synchronous requests.",
     )
     max_attempts: int = Field(
-        3,
+        DEFAULT_MAX_ATTEMPTS,
         ge=1,
         description="Times a job may be started before one that keeps dying with its server "
         "(say, an image that crashes it) is failed with a message instead of retried.",
     )
     result_ttl_s: float = Field(
-        24 * 3600.0,
+        DEFAULT_RESULT_TTL_S,
         gt=0,
         description="How long finished jobs, their uploads and results are kept before they are "
         "purged (an expired id answers 404).",
@@ -220,6 +260,17 @@ class Settings(BaseSettings):
         description="Background jobs waiting or running, across replicas, before new "
         "submissions get 429 with Retry-After; bounds the queue's storage and latency.",
     )
+    max_stored_upload_bytes: int = Field(
+        2 * 1024**3,
+        ge=1,
+        description="Bytes of uploaded images the job store may hold, across replicas: "
+        "unfinished async jobs, and finished v2 jobs (whose image is handed back) until they "
+        "expire; v1 uploads are dropped once classified. Past it, submissions get 503 with "
+        "Retry-After. Raise it, with the disk, for heavy v2 async use.",
+    )
+
+    # --- Each key's share ------------------------------------------------------------------------
+
     key_creates_per_minute: int = Field(
         100,
         ge=1,
@@ -250,41 +301,21 @@ class Settings(BaseSettings):
         "before its submissions get 429 with Retry-After (a tenth of max_async_queued by "
         "default), so one key cannot fill the async queue.",
     )
-    max_stored_upload_bytes: int = Field(
-        2 * 1024**3,
-        ge=1,
-        description="Bytes of uploaded images the job store may hold, across replicas: "
-        "unfinished async jobs, and finished v2 jobs (whose image is handed back) until they "
-        "expire; v1 uploads are dropped once classified. Past it, submissions get 503 with "
-        "Retry-After. Raise it, with the disk, for heavy v2 async use.",
-    )
-    max_uploads: int = Field(
-        32,
-        ge=1,
-        description="Request bodies each HTTP process reads at once; one more gets 503 with "
-        "Retry-After. Bounds the memory slow or many uploads can hold (at most this many "
-        "bodies of max_image_bytes).",
-    )
-    body_timeout_s: float = Field(
-        60.0,
-        gt=0,
-        description="Seconds a request body may take to arrive in full, counted from its first "
-        "read; a slower one gets 408 and its connection is closed (a slow-body client cannot "
-        "hold an upload slot for long). 10 MB in 60 s needs about 1.4 Mbit/s.",
-    )
-    webhook_key_concurrency: int = Field(
-        4,
-        ge=1,
-        description="Webhook deliveries of one key's predictions in progress at once, across "
-        "replicas; deliveries are claimed least-busy key first, so one key's backlog to a slow "
-        "receiver does not delay another key's.",
-    )
+
+    # --- Webhooks --------------------------------------------------------------------------------
+
     webhook_secret: SecretStr | None = Field(
         None,
         description="Standard Webhooks signing secret (whsec_ + base64 of 24 to 64 random bytes) "
         "that receivers verify deliveries with. Unset: generated once into data_dir/"
         "webhook_secret with SQLite; with NSFWD_DATABASE_URL set it, as every replica must sign "
         "alike (webhook_url is refused with 400 until it is set).",
+    )
+    webhook_allow_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated CIDRs that webhook URLs may reach although they are "
+        "non-public (an intranet receiver, tests); separate from fetch_allow_networks, so that "
+        "opening an image store to fetching does not let any client make the server POST there.",
     )
     webhook_retry_delays: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 1800.0, 7200.0, 21600.0],
@@ -298,6 +329,18 @@ class Settings(BaseSettings):
         description="How long a webhook receiver has to answer (Eachlabs gives 30 s) before the "
         "attempt counts as failed and is retried.",
     )
+    webhook_key_concurrency: int = Field(
+        4,
+        ge=1,
+        description="Webhook deliveries of one key's predictions in progress at once, across "
+        "replicas; deliveries are claimed least-busy key first, so one key's backlog to a slow "
+        "receiver does not delay another key's.",
+    )
+    webhook_workers: int = Field(
+        DEFAULT_SIZES[WEBHOOKS],
+        ge=1,
+        description="Threads resolving webhook receivers' host names.",
+    )
 
     @field_validator("compile", mode="before")
     @classmethod
@@ -308,18 +351,11 @@ class Settings(BaseSettings):
                     "": "off"}.get(value, value)  # fmt: skip
         return value
 
-    @field_validator("models", mode="before")
+    @field_validator("models", "api_keys", "webhook_retry_delays", mode="before")
     @classmethod
-    def _split_models(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
-            return [model.strip() for model in value.split(",") if model.strip()]
-        return value
-
-    @field_validator("api_keys", mode="before")
-    @classmethod
-    def _split_keys(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [key.strip() for key in value.split(",") if key.strip()]
+            return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("fetch_allow_networks", "webhook_allow_networks", mode="before")
@@ -327,13 +363,6 @@ class Settings(BaseSettings):
     def _split_networks(cls, value: object) -> object:
         if isinstance(value, str | list | tuple):
             return [str(network) for network in parse_networks(value)]
-        return value
-
-    @field_validator("webhook_retry_delays", mode="before")
-    @classmethod
-    def _split_delays(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("webhook_retry_delays")
@@ -354,7 +383,7 @@ class Settings(BaseSettings):
     def model_specs(self) -> list[ModelSpec]:
         """The models ``nsfwd serve`` was told to serve: ``model`` when it was set (by
         ``--model`` or ``NSFWD_MODEL``), then ``models``; empty when neither was set, which
-        leaves the choice to the server (:func:`nsfwd.inference.load_served_classifiers`).
+        leaves the choice to the server (:func:`nsfwd.engine.build.load_served_classifiers`).
         ``served_model_name`` names the first when it has no ``NAME=``. ValueError for a
         malformed entry."""
         texts = ([self.model] if "model" in self.model_fields_set else []) + self.models
@@ -371,8 +400,7 @@ class Settings(BaseSettings):
             min_side=self.min_image_side,
             max_side=self.max_image_side,
             max_pixels=self.max_image_side * self.max_image_side,
-            # an animation may decode as many pixels as 32 stills of the largest size
-            max_animation_pixels=32 * self.max_image_side * self.max_image_side,
+            max_animation_pixels=ANIMATION_STILLS * self.max_image_side * self.max_image_side,
         )
 
     @property
@@ -385,7 +413,7 @@ class Settings(BaseSettings):
     def key_requests_busy_at(self) -> int:
         """Prodia requests in progress in a process from which a key past its share is refused:
         half of ``max_queue``, and never below 2 (with a queue of one to three, the engine's
-        own admission decides, as before)."""
+        own admission decides alone)."""
         return max(2, self.max_queue // 2)
 
     @property

@@ -9,17 +9,22 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from nsfwd import __version__, demo, pools
-from nsfwd.api import eachlabs, openai_models, openai_moderation, prodia, prodia_async
+from nsfwd import __version__, demo
+from nsfwd.api import openapi
 from nsfwd.api.auth import KeyRing
-from nsfwd.api.errors import install_error_handlers
-from nsfwd.api.middleware import BodyLimitMiddleware, BodyLimits, RequestIdMiddleware
+from nsfwd.api.eachlabs import routes as eachlabs
+from nsfwd.api.http.errors import install_error_handlers
+from nsfwd.api.http.middleware import BodyLimitMiddleware, BodyLimits, RequestIdMiddleware
+from nsfwd.api.openai import models as openai_models
+from nsfwd.api.openai import moderations as openai_moderation
 from nsfwd.api.openapi import install_openapi
-from nsfwd.engine_protocol import ClassifyEngine
+from nsfwd.api.prodia import async_jobs as prodia_async
+from nsfwd.api.prodia import sync as prodia
+from nsfwd.engine import ClassifyEngine, pools
+from nsfwd.engine.served import ServedModels
 from nsfwd.jobs import Store
 from nsfwd.jobs.webhooks import WebhookSender
 from nsfwd.jobs.worker import PURGE_EVERY_S, Worker
-from nsfwd.served_models import ServedModels
 from nsfwd.settings import Settings
 
 
@@ -62,11 +67,11 @@ def create_app(
 
     ``engines`` is one engine, served as ``settings.served_model_name`` (default: the name its
     model loaded as), or several by served name, the default first (as
-    :func:`nsfwd.inference.build_engines` returns them); requests pick one by name.
+    :func:`nsfwd.engine.build.build_engines` returns them); requests pick one by name.
 
     With a (not yet open) ``store``, the app also serves Prodia's async job API, and its lifespan
     opens the store (migrating its schema), then runs a :class:`~nsfwd.jobs.worker.Worker` on
-    the engine; without one, only the synchronous routes exist. The store also backs Eachlabs'
+    the engines; without one, only the synchronous routes exist. The store also backs Eachlabs'
     prediction API, whose webhooks a :class:`~nsfwd.jobs.webhooks.WebhookSender` delivers, and
     holds the keys made with ``nsfwd keys create``: one :class:`~nsfwd.api.auth.KeyRing` accepts
     them, with the static ``NSFWD_API_KEYS``, on every route.
@@ -78,10 +83,10 @@ def create_app(
     engine = models.default  # sizes the background work; its metrics count the requests
     worker = None
     if store is not None:
+        store.deliveries.webhook_payload = eachlabs.webhook_body  # only Eachlabs' take webhooks
         worker = Worker(
             store,
-            engine,
-            models=models,
+            models,
             concurrency=settings.workers or default_workers(engine),
             lease_s=settings.lease_s,
             fetch_policy=settings.fetch_policy,
@@ -115,13 +120,6 @@ def create_app(
         "Eachlabs' prediction API and OpenAI's moderation API (images).",
         lifespan=lifespan,
     )
-    app.state.engine = engine
-    app.state.models = models
-    app.state.settings = settings
-    app.state.store = store
-    app.state.worker = worker
-    app.state.webhooks = webhooks
-    app.state.keys = keys
     app.add_middleware(
         BodyLimitMiddleware,
         limits=body_limits(settings),
@@ -137,7 +135,16 @@ def create_app(
         app.include_router(prodia_async.create_router(models, settings, keys, store, worker))
         app.include_router(eachlabs.create_router(models, settings, keys, store, worker))
 
-    @app.get("/healthz", response_class=PlainTextResponse, tags=["ops"])
+    @app.get(
+        "/healthz",
+        response_class=PlainTextResponse,
+        tags=["ops"],
+        responses={
+            "200": openapi.text("ok, then the model's device and dtype"),
+            "431": openapi.HEADERS_TOO_LARGE,
+            "503": openapi.text("loading, or stopping"),
+        },
+    )
     async def healthz(request: Request) -> Response:
         """200 while the model is loaded and warm, 503 when it is not (loading, or stopping).
         The 200's body is ``ok``, then the model's device and dtype (and why that dtype), a
@@ -149,7 +156,15 @@ def create_app(
         lines = (f"model: {name}\n{_model_lines(each.model_info)}" for name, each in models.items())
         return PlainTextResponse("ok\n" + "".join(lines))
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        tags=["ops"],
+        responses={
+            "200": openapi.text("Prometheus metrics in the text exposition format"),
+            "431": openapi.HEADERS_TOO_LARGE,
+        },
+    )
     async def metrics() -> Response:
         """Prometheus metrics: queue size, batch sizes, inference and request latency."""
         return Response(engine.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -8,8 +8,8 @@ wrong; each protocol renders that refusal its own way (Prodia: plain text with
 ``WWW-Authenticate: Bearer``; Eachlabs: its JSON error body).
 
 With no static key and no key ever created in the store, the API is open: no key is needed
-(the server then refuses to bind beyond loopback, see :mod:`nsfwd.server`). Once any key exists,
-every request needs one; revoking the last key does not reopen the API.
+(the server then refuses to bind beyond loopback, see :mod:`nsfwd.serve.server`). Once any key
+exists, every request needs one; revoking the last key does not reopen the API.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nsfwd.api.fairness import KeySlots
+from nsfwd.api.ratelimit import KeyLimits
 from nsfwd.jobs import Store
 from nsfwd.jobs.keys import static_key_ref
-from nsfwd.policies import PolicyName
-from nsfwd.ratelimit import KeyLimits
 from nsfwd.settings import Settings
+from nsfwd.verdict import PolicyName
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Final
 
 from starlette.requests import Request
 
-from nsfwd.api.errors import TooBusyError
+from nsfwd.api.http.errors import TooBusyError
 
 RETRY_AFTER_S: Final = 1
 """What a refused key is told to wait: a request in progress usually ends within a second."""
@@ -43,13 +43,9 @@ class KeySlots:
         self._held: Counter[str] = Counter()
         self._total = 0
 
-    def in_progress(self, key: str) -> int:
-        """The slots ``key`` holds now."""
-        return self._held[key]
-
     def hold(self, request: Request, key: str | None) -> None:
         """Take one of ``key``'s slots for ``request`` (``None``, the open API: nothing to
-        count); raise :class:`~nsfwd.api.errors.TooBusyError` when it holds all of them."""
+        count); raise :class:`~nsfwd.api.http.errors.TooBusyError` when it holds all of them."""
         if key is None or getattr(request.state, _STATE, None) is not None:
             return
         if self._held[key] >= self.limit and self._total >= self.busy_at:

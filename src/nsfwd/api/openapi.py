@@ -2,10 +2,11 @@
 
 FastAPI derives request bodies and parameters from the routes, but the routes answer with plain
 ``Response`` objects in the formats Prodia and Eachlabs use, so it knows nothing of what they
-send back. :func:`install_openapi` completes its document with the statuses, media types and
-bodies of each answer (a Prodia job, an Eachlabs error, plain text for 401 and the edge's 431),
-the two ways of presenting a key, and drops the 422 FastAPI lists for path parameters, which
-no route ever answers. tests/test_campaign_schema.py runs schemathesis against the result.
+send back. Each route declares its answers (``responses=``) and key (``openapi_extra``) with the
+builders here (a Prodia job, an Eachlabs error, plain text for 401 and the edge's 431), and
+:func:`install_openapi` completes the document with the schemas they refer to and the two
+ways of presenting a key, and drops the 422 FastAPI lists for path parameters, which no route
+ever answers. tests/test_campaign_schema.py runs schemathesis against the result.
 """
 
 from __future__ import annotations
@@ -164,182 +165,111 @@ SECURITY_SCHEMES: Final = {
 }  # fmt: skip
 
 
-def _ref(name: str) -> dict[str, str]:
+def ref(name: str) -> dict[str, str]:
+    """A reference to one of :data:`SCHEMAS`."""
     return {"$ref": f"#/components/schemas/{name}"}
+
+
+def key(scheme: str) -> dict[str, Any]:
+    """A route's ``openapi_extra``: the key it takes (one of :data:`SECURITY_SCHEMES`)."""
+    return {"security": [{scheme: []}]}
 
 
 _RETRY_AFTER: Final = {"Retry-After": {"schema": {"type": "string"}}}
 
 
-def _answer(
+def answer(
     description: str, content: dict[str, Any], *, retry_after: bool = False
 ) -> dict[str, Any]:
-    answer: dict[str, Any] = {"description": description, "content": content}
+    """One answer of a route: its description, media types and bodies, and ``Retry-After``."""
+    result: dict[str, Any] = {"description": description, "content": content}
     if retry_after:
-        answer["headers"] = _RETRY_AFTER
-    return answer
+        result["headers"] = _RETRY_AFTER
+    return result
 
 
-def _text(description: str) -> dict[str, Any]:
-    return _answer(description, {TEXT: {"schema": {"type": "string"}}})
+def text(description: str) -> dict[str, Any]:
+    """A plain-text answer."""
+    return answer(description, {TEXT: {"schema": {"type": "string"}}})
 
 
-_HEADERS_TOO_LARGE: Final = _text("The request headers are over 8 KiB")
-_PLAIN_401: Final = _text("A missing or wrong Bearer token")
+HEADERS_TOO_LARGE: Final = text("The request headers are over 8 KiB")
+_PLAIN_401: Final = text("A missing or wrong Bearer token")
 
 
 def _job(description: str, *, form: bool = True, retry_after: bool = False) -> dict[str, Any]:
     """A Prodia job as JSON, or as the ``job`` part of a multipart body (and outputs)."""
-    content: dict[str, Any] = {JSON: {"schema": _ref("ProdiaJob")}}
+    content: dict[str, Any] = {JSON: {"schema": ref("ProdiaJob")}}
     if form:
         content[FORM] = {"schema": {"type": "string", "format": "binary"}}
-    return _answer(description, content, retry_after=retry_after)
+    return answer(description, content, retry_after=retry_after)
 
 
-def _job_routes(success: str, status: str) -> dict[str, Any]:
+def prodia_job_answers(success: str, status: str) -> dict[int | str, dict[str, Any]]:
+    """The answers of a route that takes a Prodia job: ``status`` with the job, or the
+    failed job that says why not."""
     return {
         status: _job(success),
         "400": _job("A bad job, part or image (the failed job says what)"),
         "401": _PLAIN_401,
         "408": _job("The body stopped arriving"),
         "429": _job("The server or the async queue is full", retry_after=True),
-        "431": _HEADERS_TOO_LARGE,
+        "431": HEADERS_TOO_LARGE,
         "500": _job("An internal error (the failed job names the request id)", form=False),
         "503": _job("The model or the job store is unavailable", form=False, retry_after=True),
     }
 
 
-def _async_get(success: dict[str, Any]) -> dict[str, Any]:
+def prodia_async_answers(success: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
+    """The answers of a GET of an async Prodia job: ``success``, or why not."""
     return {
         "200": success,
         "401": _PLAIN_401,
-        "404": _answer("Unknown, expired or another key's job", {JSON: {"schema": _ref("Error")}}),
-        "431": _HEADERS_TOO_LARGE,
-        "503": _answer(
-            "The job store is unavailable", {JSON: {"schema": _ref("Error")}}, retry_after=True
+        "404": answer("Unknown, expired or another key's job", {JSON: {"schema": ref("Error")}}),
+        "431": HEADERS_TOO_LARGE,
+        "503": answer(
+            "The job store is unavailable", {JSON: {"schema": ref("Error")}}, retry_after=True
         ),
     }
 
 
-def _eachlabs(success: dict[str, Any], statuses: tuple[str, ...]) -> dict[str, Any]:
-    error = {JSON: {"schema": _ref("EachlabsError")}}
-    answers = {"200": success, "431": _HEADERS_TOO_LARGE}
+def _refusals(
+    success: dict[str, Any], statuses: tuple[str, ...], description: str, schema: str
+) -> dict[int | str, dict[str, Any]]:
+    error = {JSON: {"schema": ref(schema)}}
+    answers: dict[int | str, dict[str, Any]] = {"200": success, "431": HEADERS_TOO_LARGE}
     for status in statuses:
-        answers[status] = _answer(
-            "A refusal; details is a stable code", error, retry_after=status in ("429", "503")
-        )
+        answers[status] = answer(description, error, retry_after=status in ("429", "503"))
     return answers
 
 
-def _openai(success: dict[str, Any], statuses: tuple[str, ...]) -> dict[str, Any]:
-    error = {JSON: {"schema": _ref("OpenAIError")}}
-    answers = {"200": success, "431": _HEADERS_TOO_LARGE}
-    for status in statuses:
-        answers[status] = _answer(
-            "A refusal in OpenAI's error format", error, retry_after=status in ("429", "503")
-        )
-    return answers
+def eachlabs_answers(
+    success: dict[str, Any], statuses: tuple[str, ...]
+) -> dict[int | str, dict[str, Any]]:
+    """The answers of an Eachlabs route: ``success``, or a refusal for each of ``statuses``."""
+    return _refusals(success, statuses, "A refusal; details is a stable code", "EachlabsError")
 
 
-RESPONSES: Final[dict[tuple[str, str], dict[str, Any]]] = {
-    ("post", "/v2/job"): _job_routes("The completed job (v2: its outputs follow it)", "200"),
-    ("post", "/v2/job/async"): _job_routes("The stored job, processing", "201"),
-    ("get", "/v2/job/async/{job_id}/job.state.current"): _async_get(
-        _answer(
-            "processing, processed or failed",
-            {TEXT: {"schema": {"type": "string", "enum": ["processing", "processed", "failed"]}}},
-        )
-    ),
-    ("get", "/v2/job/async/{job_id}/job.json"): _async_get(
-        _answer("The job", {JSON: {"schema": _ref("ProdiaJob")}})
-    ),
-    ("get", "/v2/job/async/{job_id}/output"): _async_get(
-        _answer(
-            "The output files' names",
-            {JSON: {"schema": {"type": "array", "items": {"type": "string"}}}},
-        )
-    ),
-    ("get", "/v2/job/async/{job_id}/output/{filename}"): _async_get(
-        _answer(
-            "labels.json, or the uploaded image byte for byte",
-            {
-                JSON: {"schema": _ref("Labels")},
-                "image/*": {"schema": {"type": "string", "format": "binary"}},
-            },
-        )
-    ),
-    ("post", "/v1/prediction/"): _eachlabs(
-        _answer("The prediction was created", {JSON: {"schema": _ref("EachlabsCreated")}}),
-        ("400", "401", "404", "408", "429", "500", "503"),
-    ),
-    ("get", "/v1/prediction/{prediction_id}"): _eachlabs(
-        _answer("The prediction", {JSON: {"schema": _ref("EachlabsPrediction")}}),
-        ("401", "404", "500", "503"),
-    ),
-    ("post", "/v1/moderations"): _openai(
-        _answer("One result per image", {JSON: {"schema": _ref("Moderation")}}),
-        ("400", "401", "408", "429", "500", "503"),
-    ),
-    ("get", "/v1/models"): _openai(
-        _answer(
-            "The served models, the default first",
-            {
-                JSON: {
-                    "schema": {
-                        "type": "object",
-                        "required": ["object", "data"],
-                        "properties": {
-                            "object": {"type": "string", "enum": ["list"]},
-                            "data": {"type": "array", "items": _ref("Model")},
-                        },
-                    }
-                }
-            },
-        ),
-        ("401",),
-    ),
-    ("get", "/v1/models/{model}"): _openai(
-        _answer("A served model", {JSON: {"schema": _ref("Model")}}), ("401", "404")
-    ),
-    ("get", "/healthz"): {
-        "200": _text("ok, then the model's device and dtype"),
-        "431": _HEADERS_TOO_LARGE,
-        "503": _text("loading, or stopping"),
-    },
-    ("get", "/metrics"): {
-        "200": _text("Prometheus metrics in the text exposition format"),
-        "431": _HEADERS_TOO_LARGE,
-    },
-}
-"""Each operation's answers, by (method, path) as ``/openapi.json`` lists them."""
-
-SECURITY: Final = {
-    "/v2/job": "bearer",
-    "/v1/prediction": "apiKey",
-    "/v1/moderations": "bearer",
-    "/v1/models": "bearer",
-}
-"""Which key each route family takes (by path prefix)."""
+def openai_answers(
+    success: dict[str, Any], statuses: tuple[str, ...]
+) -> dict[int | str, dict[str, Any]]:
+    """The answers of an OpenAI route: ``success``, or a refusal for each of ``statuses``."""
+    return _refusals(success, statuses, "A refusal in OpenAI's error format", "OpenAIError")
 
 
 def complete(document: dict[str, Any]) -> dict[str, Any]:
-    """``document`` (FastAPI's OpenAPI) with the answers, schemas and security filled in."""
+    """``document`` (FastAPI's OpenAPI, the answers declared on each route) with the schemas
+    they refer to and the key schemes, and without the 422 FastAPI adds for routes with
+    parameters: no route answers it (a bad parameter is each protocol's own 400 or 404)."""
     components = document.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
     schemas.update(SCHEMAS)
     components["securitySchemes"] = SECURITY_SCHEMES
-    for path, operations in document.get("paths", {}).items():
-        for method, operation in operations.items():
-            answers = RESPONSES.get((method, path))
-            if answers is not None:
-                operation["responses"] = answers
-            for prefix, scheme in SECURITY.items():
-                if path.startswith(prefix):
-                    operation["security"] = [{scheme: []}]
-    if not schemas:
-        components.pop("schemas")
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            operation.get("responses", {}).pop("422", None)
     return document
 
 

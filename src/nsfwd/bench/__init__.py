@@ -36,8 +36,8 @@ from nsfwd.bench.suites import (
     timed,
     warm_up,
 )
-from nsfwd.inference import load_classifier
-from nsfwd.models import Classifier
+from nsfwd.engine.build import load_classifier
+from nsfwd.models.classifier import Classifier
 from nsfwd.models.compiled import CACHE_ENV
 from nsfwd.models.tensor_decode import resolve_decode
 

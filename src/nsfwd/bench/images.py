@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from nsfwd.pipeline import find_images
+from nsfwd.intake.files import find_images
 
 NOISE_SIGMA = 4.0
 """Grain added to the generated JPEGs: at 1024x768 and quality 90 they come out near 150 KB,

@@ -15,11 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from nsfwd.model_types import Labels
-from nsfwd.models import Classifier
+from nsfwd.batch.pipeline import FileResult, classify_files
+from nsfwd.models.classifier import Classifier
 from nsfwd.models.tensor_decode import resolve_decode
-from nsfwd.pipeline import FileResult, classify_files
-from nsfwd.policies import Policy
+from nsfwd.verdict import Labels, Policy
 
 EXACT = {"device": "cpu", "dtype": "float32", "compile": "off", "decode": "pil"}
 

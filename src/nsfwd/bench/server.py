@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 
+from nsfwd.bench.loadgen import run_load
 from nsfwd.bench.report import BenchConfig
-from nsfwd.loadgen import run_load
 from nsfwd.models.compiled import CACHE_ENV
 
 

@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from PIL import Image
 
-from nsfwd.models import Classifier
+from nsfwd.batch.pipeline import classify_files
+from nsfwd.models.classifier import Classifier
 from nsfwd.models.compiled import cache_stats
 from nsfwd.models.tensor_decode import resolve_decode
-from nsfwd.pipeline import classify_files
 
 
 def sync(device: torch.device) -> None:

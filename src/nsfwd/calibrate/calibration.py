@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nsfwd.batch.pipeline import FileResult, classify_files
 from nsfwd.calibrate.dataset import LabelledSet
 from nsfwd.calibrate.metrics import (
     Choice,
@@ -25,11 +26,9 @@ from nsfwd.calibrate.metrics import (
     operating_points,
     roc_auc,
 )
-from nsfwd.images import ImageLimits
-from nsfwd.model_types import Labels
-from nsfwd.models import Classifier
-from nsfwd.pipeline import FileResult, classify_files
-from nsfwd.policies import DEFAULT_THRESHOLD, Policy, PolicyName
+from nsfwd.intake import ImageLimits
+from nsfwd.models.classifier import Classifier
+from nsfwd.verdict import DEFAULT_THRESHOLD, Labels, Policy, PolicyName
 
 
 @dataclass(frozen=True)

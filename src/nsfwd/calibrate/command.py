@@ -18,12 +18,12 @@ from nsfwd.calibrate.calibration import calibrate, relative, score_images
 from nsfwd.calibrate.dataset import LayoutError, find_labelled
 from nsfwd.calibrate.metrics import Target
 from nsfwd.calibrate.summary import format_summary
-from nsfwd.policies import Policy, PolicyName
+from nsfwd.verdict import Policy, PolicyName
 
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-    from nsfwd.models import Classifier
+    from nsfwd.models.classifier import Classifier
     from nsfwd.settings import Settings
 
 PROGRAM = "nsfwd calibrate"

@@ -5,7 +5,7 @@ The truth is the name of the subfolder an image sits in, in one of two layouts:
 * two classes: ``safe`` (also ``neutral``, ``sfw``, ``normal``) and ``unsafe`` (also ``nsfw``);
   an unsafe image is one every policy should flag.
 * Freepik's severity buckets: ``neutral``, ``low``, ``medium``, ``high``; each policy should
-  flag the buckets it sums (:data:`nsfwd.policies.POLICIES`), so moderate's truth is "medium or
+  flag the buckets it sums (:data:`nsfwd.verdict.POLICIES`), so moderate's truth is "medium or
   high" and lenient's "anything but neutral".
 
 Anything else (another folder name, the two layouts mixed, images outside the class folders)
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from nsfwd.pipeline import find_images
-from nsfwd.policies import POLICIES
+from nsfwd.intake.files import find_images
+from nsfwd.verdict import POLICIES
 
 Layout = Literal["safe/unsafe", "severity"]
 

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from nsfwd.calibrate.calibration import PolicyCalibration, ScoredImage
 from nsfwd.calibrate.metrics import Counts, OperatingPoint, roc_curve
-from nsfwd.policies import DEFAULT_THRESHOLD
+from nsfwd.verdict import DEFAULT_THRESHOLD
 
 SIZE = (4.6, 3.6)  # inches; at 72 dpi about 330x260 CSS pixels
 CHOSEN = "#d62728"

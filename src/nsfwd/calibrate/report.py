@@ -26,8 +26,8 @@ from nsfwd.calibrate.calibration import (
     usage,
 )
 from nsfwd.calibrate.metrics import Counts
-from nsfwd.images import ImageError, ImageLimits, load_image_file
-from nsfwd.policies import DEFAULT_THRESHOLD
+from nsfwd.intake import ImageError, ImageLimits, load_image_file
+from nsfwd.verdict import DEFAULT_THRESHOLD
 
 _Thumbnailer = Callable[[str], "str | None"]
 """A file's path -> its thumbnail as base64 JPEG, or None."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from nsfwd.calibrate.calibration import Calibration, PolicyCalibration, usage
 from nsfwd.calibrate.metrics import Counts
-from nsfwd.policies import DEFAULT_THRESHOLD
+from nsfwd.verdict import DEFAULT_THRESHOLD
 
 
 def format_summary(calibration: Calibration) -> str:

@@ -11,8 +11,8 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 
 from nsfwd.api.auth import AuthenticationError, KeyRing
-from nsfwd.policies import POLICIES, SAFE_LABELS
 from nsfwd.settings import Settings
+from nsfwd.verdict import POLICIES, SAFE_LABELS
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
 STATIC_ROUTE: Final = "/demo/static"

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import httpx
 
-from nsfwd.capped import OverCapError, read_capped
+from nsfwd.fetch.capped import OverCapError, read_capped
 from nsfwd.fetch.policy import (
     FetchFailedError,
     FetchPolicy,

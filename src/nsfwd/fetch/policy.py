@@ -20,7 +20,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 
 import httpx
 
-from nsfwd import pools
+from nsfwd.engine import pools
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -59,7 +59,7 @@ class FetchTimeouts:
 
 async def system_resolver(host: str, port: int) -> list[str]:
     """The addresses the operating system's resolver gives for ``host``, in its order, looked
-    up on the ``dns`` pool (:mod:`nsfwd.pools`), not asyncio's shared default one."""
+    up on the ``dns`` pool (:mod:`nsfwd.engine.pools`), not asyncio's shared default one."""
     return await _lookup(pools.DNS, host, port)
 
 

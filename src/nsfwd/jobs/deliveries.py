@@ -28,19 +28,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from nsfwd.jobs.database import Database
 from nsfwd.jobs.records import Delivery, Prediction
 from nsfwd.jobs.schema import predictions, webhook_deliveries
+from nsfwd.jobs.turns import turns
 
 PayloadBuilder = Callable[[Prediction], Mapping[str, Any] | None]
 """Builds a finished prediction's webhook body; ``None`` sends no webhook."""
 
 
 def default_webhook_payload(prediction: Prediction) -> dict[str, Any]:
-    """Eachlabs' webhook body: ``exec_id``, ``status`` (``succeeded``/``failed``), ``output``,
-    ``error``."""
+    """A finished prediction's webhook body when the surface that took it names no other:
+    ``id``, ``status`` (``succeeded``/``failed``), ``labels``, ``flagged`` and ``error``."""
     return {
-        "exec_id": prediction.id,
-        "status": "succeeded" if prediction.status == "succeeded" else "failed",
-        "output": prediction.output or "",
-        "error": prediction.error or "",
+        "id": prediction.id,
+        "status": prediction.status,
+        "labels": prediction.labels,
+        "flagged": prediction.flagged,
+        "error": prediction.error,
     }
 
 
@@ -195,36 +197,20 @@ class Deliveries:
 
 
 def _turns(due: tuple[ColumnElement[bool], ...], now: datetime) -> Subquery:
-    """The due deliveries (``id``, ``next_attempt_at``) with their ``turn``: the key's
-    deliveries in progress now, plus the delivery's place among the key's due ones (oldest
-    first). Claiming in order of turn goes round the keys, least busy first."""
-    key = func.coalesce(predictions.c.api_key, "")
-    owned = webhook_deliveries.join(
-        predictions, predictions.c.id == webhook_deliveries.c.prediction_id
-    )
-    busy = (
-        select(key.label("key"), func.count().label("busy"))
-        .select_from(owned)
-        .where(
+    """The due deliveries (``id``, ``next_attempt_at``) with their ``turn``
+    (:func:`nsfwd.jobs.turns.turns`): a key's deliveries in progress count against it."""
+    return turns(
+        webhook_deliveries.join(
+            predictions, predictions.c.id == webhook_deliveries.c.prediction_id
+        ),
+        key=func.coalesce(predictions.c.api_key, ""),
+        row_id=webhook_deliveries.c.id,
+        order=webhook_deliveries.c.next_attempt_at,
+        busy=(
             webhook_deliveries.c.status == "pending",
             webhook_deliveries.c.lease_expires_at >= now,
-        )
-        .group_by(key)
-        .subquery()
-    )
-    place = func.row_number().over(
-        partition_by=key,
-        order_by=webhook_deliveries.c.next_attempt_at,
-    )
-    return (
-        select(
-            webhook_deliveries.c.id,
-            webhook_deliveries.c.next_attempt_at,
-            (place + func.coalesce(busy.c.busy, 0)).label("turn"),
-        )
-        .select_from(owned.outerjoin(busy, busy.c.key == key))
-        .where(*due)
-        .subquery()
+        ),
+        eligible=due,
     )
 
 

@@ -21,7 +21,7 @@ from sqlalchemy import Row, or_, select, update
 from nsfwd.jobs.database import Database
 from nsfwd.jobs.records import ApiKey
 from nsfwd.jobs.schema import api_keys
-from nsfwd.policies import Policy, PolicyName
+from nsfwd.verdict import Policy, PolicyName
 
 KEY_PREFIX: Final = "nsfwd_"
 DISPLAY_CHARS: Final = 12
@@ -80,7 +80,7 @@ class ApiKeys:
     ) -> tuple[str, ApiKey]:
         """Create an API key; returns its secret (shown once, never stored) and its record.
 
-        ``policy`` and ``threshold`` decide its predictions' verdicts (Eachlabs' ``output``);
+        ``policy`` and ``threshold`` decide its predictions' verdicts (``flagged``);
         what is left ``None`` follows the server's. Raises ValueError when either is invalid.
         """
         Policy().overridden(policy, threshold)  # validates both

@@ -56,12 +56,12 @@ from nsfwd.jobs.database import Database
 from nsfwd.jobs.deliveries import Deliveries
 from nsfwd.jobs.records import UNFINISHED, Prediction, Protocol, Upload
 from nsfwd.jobs.schema import UtcDateTime, inputs, predictions
-from nsfwd.policies import PolicyName
+from nsfwd.jobs.turns import turns
+from nsfwd.settings import DEFAULT_MAX_ATTEMPTS, DEFAULT_RESULT_TTL_S
+from nsfwd.verdict import PolicyName
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RESULT_TTL_S: Final = 24 * 3600.0
-DEFAULT_MAX_ATTEMPTS: Final = 3
 CREATE_LOCK_ID: Final = 0x6E73_6677_6401
 """PostgreSQL advisory lock taken by creates that check limits, so that checks do not race."""
 
@@ -149,7 +149,7 @@ class Predictions:
         *,
         protocol: Protocol,
         job_type: str,
-        model: str,
+        model: str | None,
         api_key: str | None = None,
         config: Mapping[str, Any] | None = None,
         input_url: str | None = None,
@@ -308,14 +308,14 @@ class Predictions:
         owner: str,
         *,
         labels: Mapping[str, float] | None = None,
-        output: str | None = None,
+        flagged: bool | None = None,
         error: str | None = None,
         predict_time: float | None = None,
         judged: Mapping[str, Any] | None = None,
         keep_input: bool = True,
     ) -> Prediction | None:
-        """Record the outcome: ``labels`` (and ``output``, and ``judged``: which picture they
-        are of) on success, or an ``error``.
+        """Record the outcome: ``labels`` (and ``flagged``, the verdict, and ``judged``: which
+        picture they are of) on success, or an ``error``.
 
         Only while ``owner`` still holds the prediction; returns the finished prediction, or
         ``None`` when the lease was lost (the outcome is then discarded). Enqueues the webhook
@@ -328,7 +328,7 @@ class Predictions:
         outcome: dict[str, Any] = {
             "status": "failed" if error is not None else "succeeded",
             "labels": dict(labels) if labels is not None else None,
-            "output": output,
+            "flagged": flagged,
             "error": error,
             "predict_time": predict_time,
             "judged": dict(judged) if judged is not None else None,
@@ -436,26 +436,15 @@ def _claim(owner: str, limit: int, lease_s: float, now: datetime) -> Update:
 
 
 def _turns(claimable: ColumnElement[bool], now: datetime) -> Subquery:
-    """The claimable predictions (``id``, ``created_at``) with their ``turn``: the key's
-    predictions running now, plus the prediction's place among the key's claimable ones
-    (oldest first). Claiming in order of turn goes round the keys, least busy first."""
-    key = func.coalesce(predictions.c.api_key, "")
-    running = (
-        select(key.label("key"), func.count().label("running"))
-        .where(predictions.c.status == "processing", predictions.c.lease_expires_at >= now)
-        .group_by(key)
-        .subquery()
-    )
-    place = func.row_number().over(partition_by=key, order_by=predictions.c.created_at)
-    return (
-        select(
-            predictions.c.id,
-            predictions.c.created_at,
-            (place + func.coalesce(running.c.running, 0)).label("turn"),
-        )
-        .select_from(predictions.outerjoin(running, running.c.key == key))
-        .where(claimable)
-        .subquery()
+    """The claimable predictions (``id``, ``created_at``) with their ``turn``
+    (:func:`nsfwd.jobs.turns.turns`): a key's running predictions count against it."""
+    return turns(
+        predictions,
+        key=func.coalesce(predictions.c.api_key, ""),
+        row_id=predictions.c.id,
+        order=predictions.c.created_at,
+        busy=(predictions.c.status == "processing", predictions.c.lease_expires_at >= now),
+        eligible=(claimable,),
     )
 
 

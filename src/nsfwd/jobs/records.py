@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal
 
-from nsfwd.policies import PolicyName
+from nsfwd.verdict import PolicyName
 
 Protocol = Literal["eachlabs", "prodia"]
 Status = Literal["queued", "processing", "succeeded", "failed"]
@@ -42,8 +42,8 @@ class Prediction:
     """The wire protocol that created it; each protocol shows only its own predictions."""
     job_type: str
     """Prodia's job type, or ``"nsfw-image-detection"`` style names for Eachlabs."""
-    model: str
-    """The model name the client asked for."""
+    model: str | None
+    """The served model's name; ``None``: the server's default model."""
     status: Status
     created_at: datetime
     api_key: str | None = None
@@ -58,8 +58,9 @@ class Prediction:
     input_content_type: str | None = None
     labels: dict[str, float] | None = None
     """Probability per label, once succeeded."""
-    output: str | None = None
-    """Eachlabs' verdict text, ``"nsfw"`` or ``"normal"``, once succeeded."""
+    flagged: bool | None = None
+    """Whether its policy flags the labels, once succeeded (``None``: a model the policy
+    cannot score)."""
     error: str | None = None
     """Why it failed, for the client to read."""
     webhook_url: str | None = None
@@ -76,11 +77,11 @@ class Prediction:
     """When the finished result is purged."""
     policy: PolicyName | None = None
     """The verdict policy of the key that created it (``None``: the server's decides
-    ``output``)."""
+    ``flagged``)."""
     threshold: float | None = None
     """The threshold of the key that created it (``None``: the server's)."""
     judged: dict[str, Any] | None = None
-    """Which picture the labels are of (:meth:`nsfwd.viewer.Judgement.details`), where more
+    """Which picture the labels are of (:meth:`nsfwd.verdict.Judgement.details`), where more
     than one was judged (an animation, or transparency over white and black)."""
 
     @property
@@ -128,7 +129,7 @@ class ApiKey:
     created_at: datetime
     revoked_at: datetime | None = None
     policy: PolicyName | None = None
-    """The verdict policy its predictions follow (Eachlabs' ``output``); ``None``: the
+    """The verdict policy its predictions follow (their ``flagged``); ``None``: the
     server's (``NSFWD_POLICY``)."""
     threshold: float | None = None
     """The threshold its predictions' policy is applied at; ``None``: the server's

@@ -23,7 +23,8 @@ from nsfwd.jobs import database
 from nsfwd.jobs.database import Database
 from nsfwd.jobs.deliveries import Deliveries, PayloadBuilder, default_webhook_payload
 from nsfwd.jobs.keys import ApiKeys
-from nsfwd.jobs.predictions import DEFAULT_MAX_ATTEMPTS, DEFAULT_RESULT_TTL_S, Predictions
+from nsfwd.jobs.predictions import Predictions
+from nsfwd.settings import DEFAULT_MAX_ATTEMPTS, DEFAULT_RESULT_TTL_S
 
 if TYPE_CHECKING:
     from nsfwd.settings import Settings

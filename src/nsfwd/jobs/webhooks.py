@@ -18,7 +18,7 @@ from typing import Final
 import httpx
 from standardwebhooks import Webhook
 
-from nsfwd import pools
+from nsfwd.engine import pools
 from nsfwd.fetch import FetchError, FetchPolicy, FetchTimeouts, safe_async_client
 from nsfwd.jobs.claims import ClaimLoop, worker_name
 from nsfwd.jobs.records import Delivery

@@ -12,17 +12,15 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from nsfwd.engine_protocol import ClassifyEngine, EngineClosedError, QueueFullError
+from nsfwd.engine import ClassifyEngine, EngineClosedError, QueueFullError
+from nsfwd.engine.served import ServedModels, UnknownModelError
 from nsfwd.fetch import FetchError, FetchPolicy, fetch
-from nsfwd.images import ImageError
+from nsfwd.intake import ImageError
 from nsfwd.jobs.claims import ClaimLoop, worker_name
 from nsfwd.jobs.database import StoreUnavailableError
 from nsfwd.jobs.records import Prediction
 from nsfwd.jobs.store import Store
-from nsfwd.model_types import EACHLABS_MODEL_SLUG, Labels
-from nsfwd.policies import Policy
-from nsfwd.served_models import ServedModels, UnknownModelError
-from nsfwd.viewer import Judgement
+from nsfwd.verdict import Judgement, Labels, Policy
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +40,22 @@ class InputError(Exception):
 DEFAULT_POLICY: Final = Policy()
 
 
-def verdict(labels: Labels, policy: Policy = DEFAULT_POLICY) -> str | None:
-    """Eachlabs' ``output``: ``"nsfw"`` when ``policy`` flags the labels, else ``"normal"``;
-    ``None`` for a model the policy cannot score."""
+def flagged(labels: Labels, policy: Policy = DEFAULT_POLICY) -> bool | None:
+    """Whether ``policy`` flags the labels; ``None`` for a model the policy cannot score."""
     try:
-        return "nsfw" if policy.flagged(labels) else "normal"
+        return policy.flagged(labels)
     except ValueError:
         return None
 
 
 class Worker:
-    """Claims, runs and finishes predictions from ``store`` on ``engine``; see the module."""
+    """Claims, runs and finishes predictions from ``store`` on the served ``models``; see the
+    module."""
 
     def __init__(
         self,
         store: Store,
-        engine: ClassifyEngine,
+        models: ServedModels,
         *,
         concurrency: int,
         lease_s: float = 30.0,
@@ -66,24 +64,21 @@ class Worker:
         poll_s: float = POLL_S,
         purge_every_s: float = PURGE_EVERY_S,
         name: str | None = None,
-        models: ServedModels | None = None,
         keeps_input: Callable[[Prediction], bool] | None = None,
     ) -> None:
         """Run up to ``concurrency`` predictions at once, each under a lease of ``lease_s``.
 
+        Each prediction runs on the model it names among ``models`` (none named: the first).
         ``fetch_policy`` says where image URLs may be fetched from (without it, URL inputs fail
-        with a message); ``policy`` decides Eachlabs' verdict (``output``) where the prediction
-        does not carry its key's own (what it leaves unset comes from here); ``poll_s`` is how
-        often to look for work queued elsewhere; ``purge_every_s`` how often to purge.
-        ``models``, on a server of several, runs each prediction on the model it names
-        (Eachlabs' slug: the first); without them, every prediction runs on ``engine``.
+        with a message); ``policy`` decides the verdict (``flagged``) where the prediction does
+        not carry its key's own (what it leaves unset comes from here); ``poll_s`` is how often
+        to look for work queued elsewhere; ``purge_every_s`` how often to purge.
         ``keeps_input`` says which predictions' uploads their results need (the others' bytes
         are deleted when they succeed; ``None``: every upload is kept until it expires).
         """
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         self.store = store
-        self.engine = engine
         self.models = models
         self.concurrency = concurrency
         self.lease_s = lease_s
@@ -186,7 +181,7 @@ class Worker:
                 prediction.id,
                 self.name,
                 labels=labels,
-                output=None if labels is None else verdict(labels, self._policy(prediction)),
+                flagged=None if labels is None else flagged(labels, self._policy(prediction)),
                 error=error,
                 predict_time=elapsed if labels is not None else None,
                 judged=judged,
@@ -226,7 +221,7 @@ class Worker:
     async def _judge(self, prediction: Prediction, data: bytes) -> Judgement:
         """The judgement of the prediction's model (the worst picture under the prediction's
         policy); waits while its engine is full (it is shared with live traffic)."""
-        engine = self._engine(prediction)
+        engine = _engine_for(self.models, prediction)
         while True:
             try:
                 return await engine.judge(data, self._policy(prediction))
@@ -235,14 +230,11 @@ class Worker:
             except ImageError as exc:
                 raise InputError(_input_error(prediction, exc.message)) from None
 
-    def _engine(self, prediction: Prediction) -> ClassifyEngine:
-        return self.engine if self.models is None else _engine_for(self.models, prediction)
-
 
 def _engine_for(models: ServedModels, prediction: Prediction) -> ClassifyEngine:
-    """The engine of the model ``prediction`` names; :class:`InputError` when this server no
-    longer runs it (it was restarted with other models)."""
-    if prediction.protocol == "eachlabs" and prediction.model == EACHLABS_MODEL_SLUG:
+    """The engine of the model ``prediction`` names (none: the default); :class:`InputError`
+    when this server no longer runs it (it was restarted with other models)."""
+    if prediction.model is None:
         return models.default
     try:
         return models.resolve(prediction.model)[1]

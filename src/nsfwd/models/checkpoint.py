@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from nsfwd.model_types import DEFAULT_MODEL, ModelNotAvailableError
+from nsfwd.models.names import DEFAULT_MODEL, ModelNotAvailableError
 
 Prepare = Callable[[Image.Image], torch.Tensor]
 """One upright RGB image in, one CHW tensor of the network's input size out (see

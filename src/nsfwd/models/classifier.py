@@ -16,8 +16,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from nsfwd.hub import resolve_model_dir, source_id
-from nsfwd.model_types import DEFAULT_MODEL, OPEN_NSFW, Labels
 from nsfwd.models.checkpoint import LoadedModel, load_checkpoint
 from nsfwd.models.compiled import (
     CompiledForward,
@@ -27,6 +25,9 @@ from nsfwd.models.compiled import (
     use_cache_dir,
 )
 from nsfwd.models.cpu import computes_natively, cpu_features, cpu_flags, default_cpu_dtype
+from nsfwd.models.hub import resolve_model_dir, source_id
+from nsfwd.models.names import DEFAULT_MODEL, OPEN_NSFW, default_batch_size
+from nsfwd.verdict import Labels
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,6 @@ def choose_dtype(
         return torch.float32, f"{quantize} quantisation starts from float32"
     name, reason = default_cpu_dtype(cpu_flags())
     return DTYPES[name], reason
-
-
-def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
-    """The precision alone of :func:`choose_dtype`."""
-    return choose_dtype(device, dtype)[0]
 
 
 QUANTIZATIONS = ("int8",)
@@ -120,12 +116,6 @@ def _warn_if_slow_on_this_cpu(dtype: torch.dtype) -> None:
         )
 
 
-def default_batch_size(device: torch.device) -> int:
-    """Images per batch: large on a GPU; 2 on a CPU, where EVA-02-B/448 is no faster per image
-    in bigger batches (BENCHMARKS.md) and small batches keep latency down."""
-    return 32 if device.type == "cuda" else 2
-
-
 def _quantized(module: torch.nn.Module, quantize: str, device: torch.device) -> torch.nn.Module:
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, not {quantize!r}")
@@ -163,7 +153,7 @@ class Classifier:
         compile: str | None = None,
         compile_cache_dir: str | os.PathLike[str] | None = None,
     ) -> Classifier:
-        """Load ``model`` (a Hub id, a folder, or :data:`~nsfwd.model_types.OPEN_NSFW`, the
+        """Load ``model`` (a Hub id, a folder, or :data:`~nsfwd.models.names.OPEN_NSFW`, the
         built-in model, which wins over a folder of that name: write ``./open-nsfw`` for the
         folder) onto ``device`` in ``dtype`` (auto when None).
 
@@ -245,7 +235,7 @@ class Classifier:
     @property
     def batch_size(self) -> int:
         """The batch size that suits this classifier's device."""
-        return default_batch_size(self.device)
+        return default_batch_size(self.device.type)
 
     @property
     def labels(self) -> tuple[str, ...]:

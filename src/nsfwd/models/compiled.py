@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -97,6 +98,7 @@ def check_buckets(buckets: Sequence[int]) -> tuple[int, ...]:
 
 def cache_stats() -> dict[str, int]:
     """This process's inductor and AOTAutograd disk-cache hits and misses so far."""
+    # torch publishes these counts nowhere else; read here only, for the start-up log line.
     from torch._dynamo.utils import counters
 
     return {
@@ -152,7 +154,16 @@ class CompiledForward:
         self.num_labels = num_labels
         self.buckets: tuple[int, ...] | None = None
         """Batch sizes with a graph; None until :meth:`warm_up`: then the next power of two."""
-        self._compiled = torch.compile(forward, mode=mode, dynamic=False)
+        self._forward = forward
+        self._compiled = self._compile()
+
+    def _compile(self, sizes: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
+        # Each batch size is a recompile of the same code: allow one per size (and some), so
+        # that dynamo never falls back to eager.
+        limit = max(8, 2 * sizes + 8)
+        compile_: Any = torch.compile  # its overloads do not list recompile_limit yet
+        compiled = compile_(self._forward, mode=self.mode, dynamic=False, recompile_limit=limit)
+        return cast(Callable[[torch.Tensor], torch.Tensor], compiled)
 
     def bucket_for(self, size: int) -> int:
         """The bucket a batch of ``size`` rows (at most the largest bucket) is padded to."""
@@ -182,9 +193,7 @@ class CompiledForward:
     def warm_up(self, buckets: Sequence[int], run: Callable[[int], object]) -> None:
         """Fix the buckets and compile each (``run(size)`` predicts a batch of that size)."""
         self.buckets = check_buckets(buckets)
-        # Each bucket is a recompile of the same code; keep dynamo from falling back to eager.
-        limit = torch._dynamo.config.recompile_limit
-        torch._dynamo.config.recompile_limit = max(limit, 2 * len(self.buckets) + 8)
+        self._compiled = self._compile(len(self.buckets))
         before = cache_stats()
         started = time.perf_counter()
         for size in self.buckets:

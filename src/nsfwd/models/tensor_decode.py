@@ -1,7 +1,7 @@
 """The tensor decode path: encoded JPEGs to the classifier's uint8 input with torch ops, on its
 device (:class:`TensorDecoder`), giving what :meth:`Classifier.prepare` gives from Pillow.
 
-The intake's checks run first (:func:`nsfwd.images.read_header`); images the decoder cannot
+The intake's checks run first (:func:`nsfwd.intake.read_header`); images the decoder cannot
 take go the PIL way in place. docs/ARCHITECTURE.md describes the steps; tests/test_tensor_decode.py
 holds the tolerances against the PIL path.
 """
@@ -18,8 +18,7 @@ from typing import Any, Final, cast
 import torch
 from PIL import Image
 
-from nsfwd.images import (
-    ORIENTATION_TRANSPOSE,
+from nsfwd.intake import (
     ImageError,
     ImageHeader,
     ImageLimits,
@@ -27,9 +26,11 @@ from nsfwd.images import (
     load_prepared,
     read_header,
 )
+from nsfwd.intake.decode import ORIENTATION_TRANSPOSE
+from nsfwd.intake.views import Views
 from nsfwd.models.checkpoint import Prepare
 from nsfwd.models.classifier import Classifier
-from nsfwd.viewer import Views
+from nsfwd.models.names import DECODE_MODES
 
 __all__ = [
     "DECODE_MODES",
@@ -42,10 +43,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
-
-DECODE_MODES: Final = ("auto", "pil", "tensor")
-"""``pil``: Pillow decodes and resizes on the CPU; ``tensor``: :class:`TensorDecoder`;
-``auto``: the tensor path where the model allows it (see :func:`resolve_decode`)."""
 
 AUTO_ON_CPU: Final = "tensor"
 """What ``auto`` picks on the CPU: the path that measured faster there (BENCHMARKS.md, the
@@ -217,7 +214,7 @@ def hide_app1(data: bytes) -> bytearray | None:
 Prepared = torch.Tensor | ImageError
 """A prepared image (uint8 CHW on the classifier's device), or why there is none."""
 PreparedViews = Views[torch.Tensor] | ImageError
-"""An image's prepared pictures (:mod:`nsfwd.viewer`: every judged frame, over white and black
+"""An image's prepared pictures (:mod:`nsfwd.intake.views`: every judged frame, over white and black
 where transparent), or why there are none."""
 
 
@@ -268,7 +265,7 @@ class TensorDecoder:
         self, encoded: Sequence[bytes], *, first_only: bool = False
     ) -> list[PreparedViews]:
         """What :meth:`prepare` does, for every picture a viewer may see of each image (see
-        :func:`nsfwd.images.load_views`): a JPEG taken by TorchCodec is one picture; the rest
+        :func:`nsfwd.intake.load_views`): a JPEG taken by TorchCodec is one picture; the rest
         (animations, transparency, colour profiles) go the PIL way. ``first_only``: the first
         frame over white alone, as :meth:`prepare` gives."""
         if self._stream is None:

@@ -1,4 +1,4 @@
-// How nsfwd.policies scores a model's labels, for the demo page. The table of policies and the
+// How nsfwd.verdict scores a model's labels, for the demo page. The table of policies and the
 // safe labels come from the server (/demo/config.json); the rule is the one Policy.score
 // follows, in the same order of additions, so the scores are the same numbers, bit for bit.
 

@@ -1,7 +1,7 @@
 """Which picture of an image answered: ``judged`` on each prediction.
 
 An animation is judged frame by frame and a transparent image over white and over black; the
-worst picture answers (:mod:`nsfwd.viewer`). ``judged`` records which one (frame, frames,
+worst picture answers (:mod:`nsfwd.intake.views`). ``judged`` records which one (frame, frames,
 frames judged, backdrop) where more than one was judged; null otherwise and on older rows.
 
 Revision ID: 0003

@@ -1,0 +1,1 @@
+"""Eachlabs' prediction API."""

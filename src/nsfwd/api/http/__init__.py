@@ -1,0 +1,1 @@
+"""HTTP plumbing shared by every protocol: middleware, multipart, errors, strict JSON."""

@@ -1,0 +1,217 @@
+"""Classify many image files: decode on worker threads while the model runs, keep input order.
+
+Two ways to decode (``decode``, ``nsfwd classify --decode``): ``pil``, each file decoded and
+resized with Pillow on a worker thread; ``tensor``, files read on worker threads, then each batch
+prepared in one :class:`~nsfwd.models.tensor_decode.TensorDecoder` call (its JPEGs decoded and
+resized with torch on the classifier's device, in one nvjpeg call on CUDA; the rest the PIL way)
+on a thread of its own. Either way a thread of its own stacks each batch (into page-locked
+memory for a GPU, see :meth:`~nsfwd.models.classifier.Classifier.stack`), so the next batches are
+being prepared while the model runs the current one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nsfwd.intake import (
+    ImageError,
+    ImageLimits,
+    UnscorableImageError,
+    load_prepared,
+    read_image_file,
+)
+from nsfwd.intake.views import Views
+from nsfwd.models.classifier import Classifier
+from nsfwd.models.tensor_decode import TensorDecoder, resolve_decode
+from nsfwd.verdict import Labels, Policy, nonfinite_labels, worst
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """The outcome for one file: its labels, or why it could not be classified."""
+
+    path: str
+    labels: Labels | None = None
+    error: str | None = None
+    judged: dict[str, Any] | None = None
+    """Which picture the labels are of (:meth:`~nsfwd.verdict.Judgement.details`), when more
+    than one was judged (an animation, or transparency judged over white and black)."""
+
+
+Prepared = Views[torch.Tensor] | str
+"""A file's prepared pictures (each judged frame, over white and black where transparent), or
+the reason it cannot be classified."""
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """Files made ready for one model batch."""
+
+    paths: list[Path]
+    prepared: list[Views[torch.Tensor] | str]
+    """Per file, its pictures (in :attr:`batch`), or why it cannot be classified."""
+    batch: torch.Tensor | None
+    """The pictures of the files without errors, stacked by :meth:`Classifier.stack`."""
+
+
+def _chunk(classifier: Classifier, paths: list[Path], prepared: list[Prepared]) -> _Chunk:
+    tensors = [pixels for item in prepared if isinstance(item, Views) for pixels in item.images]
+    return _Chunk(paths, prepared, classifier.stack(tensors) if tensors else None)
+
+
+def _file_error(exc: OSError) -> str:
+    if isinstance(exc, IsADirectoryError):
+        return "is a folder"
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    return f"cannot read the file: {exc.strerror or exc}"
+
+
+def _prepare(classifier: Classifier, path: Path, limits: ImageLimits) -> Prepared:
+    """The prepared pictures of ``path`` (the PIL path), or the reason it cannot be classified."""
+    try:
+        return load_prepared(read_image_file(path, limits), classifier.prepare, limits)
+    except ImageError as exc:
+        return str(exc)
+    except OSError as exc:
+        return _file_error(exc)
+
+
+def _read(path: Path, limits: ImageLimits) -> bytes | str:
+    """The bytes of ``path``, or the reason it cannot be classified."""
+    try:
+        return read_image_file(path, limits)
+    except ImageError as exc:
+        return str(exc)
+    except OSError as exc:
+        return _file_error(exc)
+
+
+def _decode(decoder: TensorDecoder, reads: list[bytes | str]) -> list[Prepared]:
+    """Prepare the files that were read, in one :meth:`TensorDecoder.prepare` call."""
+    encoded = [item for item in reads if isinstance(item, bytes)]
+    prepared = iter(decoder.prepare_views(encoded))
+    results: list[Prepared] = []
+    for item in reads:
+        if isinstance(item, str):
+            results.append(item)
+            continue
+        result = next(prepared)
+        results.append(str(result) if isinstance(result, ImageError) else result)
+    return results
+
+
+def classify_files(
+    classifier: Classifier,
+    paths: Iterable[Path],
+    *,
+    batch_size: int = 8,
+    workers: int | None = None,
+    limits: ImageLimits | None = None,
+    decode: str = "pil",
+    policy: Policy | None = None,
+) -> Iterator[FileResult]:
+    """Yield one result per path, in order, classifying ``batch_size`` images at a time.
+
+    Each image is judged on every picture a viewer may see of it (:mod:`nsfwd.intake.views`), and
+    answers with the one ``policy`` (default: moderate) scores worst; the model runs at most
+    ``batch_size`` pictures at once.
+
+    Worker threads decode and preprocess the next batches while the current one is on the model
+    (Pillow and torch release the GIL), so on a CPU the cores stay busy with inference.
+    ``decode`` is ``pil``, ``tensor`` or ``auto`` (see :mod:`nsfwd.models.tensor_decode`).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    limits = limits or ImageLimits()
+    workers = workers or max(2, len(os.sched_getaffinity(0)))
+    decoder = None
+    if resolve_decode(decode, classifier) == "tensor":
+        decoder = TensorDecoder(classifier, limits)
+    path_iter = iter(paths)
+    with ExitStack() as stack:
+        pool = stack.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="nsfwd-decode"))
+        submit = _submitter(classifier, decoder, limits, pool, stack)
+        pending: deque[Future[_Chunk]] = deque()
+
+        def submit_next_chunk() -> None:
+            chunk = list(islice(path_iter, batch_size))
+            if chunk:
+                pending.append(submit(chunk))
+
+        for _ in range(3):  # this batch and two more being prepared ahead of the model
+            submit_next_chunk()
+        while pending:
+            chunk = pending.popleft().result()
+            submit_next_chunk()
+            yield from _run_chunk(classifier, chunk, policy or Policy(), batch_size)
+
+
+def _submitter(
+    classifier: Classifier,
+    decoder: TensorDecoder | None,
+    limits: ImageLimits,
+    pool: ThreadPoolExecutor,
+    stack: ExitStack,
+) -> Callable[[list[Path]], Future[_Chunk]]:
+    """How a chunk of files starts being prepared, for the decode path chosen.
+
+    Files are decoded (PIL path) or read (tensor path) on the workers; then one thread of its
+    own gathers the chunk and stacks it into a batch (decoding it in one call first on the
+    tensor path: one nvjpeg call on CUDA) while this thread runs the model on the batch
+    before. On 2 CPU cores the tensor path matched decoding file by file on the workers (36.6
+    img/s both, tiny EVA-02).
+    """
+    batcher = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="nsfwd-batch"))
+    if decoder is None:
+
+        def per_file(paths: list[Path]) -> Future[_Chunk]:
+            futures = [pool.submit(_prepare, classifier, path, limits) for path in paths]
+            return batcher.submit(lambda: _chunk(classifier, paths, [f.result() for f in futures]))
+
+        return per_file
+    tensor_decoder = decoder
+
+    def batched(paths: list[Path]) -> Future[_Chunk]:
+        reads = [pool.submit(_read, path, limits) for path in paths]
+
+        def decode() -> _Chunk:
+            prepared = _decode(tensor_decoder, [read.result() for read in reads])
+            return _chunk(classifier, paths, prepared)
+
+        return batcher.submit(decode)
+
+    return batched
+
+
+def _run_chunk(
+    classifier: Classifier, chunk: _Chunk, policy: Policy, batch_size: int
+) -> Iterator[FileResult]:
+    rows: list[Labels] = []
+    if chunk.batch is not None:
+        for start in range(0, len(chunk.batch), batch_size):
+            probs = classifier.predict(chunk.batch[start : start + batch_size])
+            rows += classifier.to_labels(probs)
+    found = iter(rows)
+    for path, prepared in zip(chunk.paths, chunk.prepared, strict=True):
+        if isinstance(prepared, str):
+            yield FileResult(str(path), error=prepared)
+            continue
+        labels = [next(found) for _ in prepared.views]
+        bad = sorted({label for row in labels for label in nonfinite_labels(row)})
+        if bad:  # fail closed: NaN is never flagged
+            yield FileResult(str(path), error=UnscorableImageError.for_labels(bad).message)
+            continue
+        judgement = worst(prepared, labels, policy.score)
+        judged = judgement.details() if judgement.chosen else None
+        yield FileResult(str(path), labels=judgement.labels, judged=judged)

@@ -1,0 +1,455 @@
+"""`nsfwd classify --ray`: the same records as on one machine, from a Ray Data pipeline.
+
+The stages, as Ray Data runs batch inference (docs/ARCHITECTURE.md):
+
+1. inputs -> image names, listed in a task per input by
+   :func:`~nsfwd.batch.sources.expand` (folders, URL prefixes, manifests read as a
+   stream), never all in the driver;
+2. :class:`Preparer`, an autoscaling pool of CPU actors: read each image's bytes (local or any
+   fsspec URL), then the intake's checks and the model's preprocessing
+   (:func:`~nsfwd.intake.load_image`, :meth:`~nsfwd.models.classifier.Classifier.prepare`); a file
+   that fails becomes its error message;
+3. :class:`Labeller`, a pool of actors each holding one classifier (``num_gpus=1`` each on a
+   cluster with GPUs): the probabilities of each batch;
+4. the driver streams the labelled rows back and writes the records as ``nsfwd classify``
+   does. Records are small, so the driver holds a batch of them at a time and no pixels.
+
+Ray is the optional ``nsfwd[ray]`` extra: this module imports it only inside :meth:`RayJob.start`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from nsfwd.batch import sources
+from nsfwd.batch.pipeline import FileResult
+from nsfwd.intake import ImageError, ImageLimits, load_image
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from nsfwd.models.classifier import Classifier
+    from nsfwd.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Pixels = NDArray[Any]
+Batch = dict[str, NDArray[Any]]
+"""A batch as Ray Data hands it to a stage: a column of values per name."""
+
+INSTALL_HINT = "pip install 'nsfwd[ray]'"
+READ_THREADS = 8
+"""Threads each :class:`Preparer` reads and decodes on: object storage answers each read after
+tens of milliseconds, which threads overlap."""
+LIGHT_TASK_CPUS = 0.25
+"""The CPU share booked for listing inputs and reading manifests, mostly waiting on storage, so
+that they still schedule beside actors that book whole CPUs."""
+
+
+class RayUnavailableError(RuntimeError):
+    """Ray Data (or what it needs) is not installed, or the cluster cannot be reached."""
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """The classifier to load in each actor (the fields of
+    :class:`~nsfwd.engine.build.ClassifierOptions`), as plain values that travel to any node."""
+
+    model: str | None = None
+    revision: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    quantize: str | None = None
+    compile: str | None = None
+    compile_cache_dir: Path | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelOptions:
+        """The loading options of ``settings``."""
+        return cls(
+            model=settings.model,
+            revision=settings.revision,
+            device=settings.device,
+            dtype=settings.dtype,
+            quantize=settings.quantize,
+            compile=settings.compile,
+            compile_cache_dir=settings.compile_cache_dir,
+        )
+
+    def on_cpu(self) -> ModelOptions:
+        """The same model loaded on the CPU, in fp32 and eagerly, for its preprocessing."""
+        return ModelOptions(self.model, self.revision, device="cpu")
+
+
+def _load(options: ModelOptions, threads: int) -> Classifier:
+    import torch
+
+    from nsfwd.engine.build import load_classifier
+
+    classifier = load_classifier(options)
+    if classifier.device.type == "cpu":
+        torch.set_num_threads(max(1, threads))  # this actor's CPU share, not the whole node
+    return classifier
+
+
+class Preparer:
+    """Stage 2: names -> the model's input pixels, or why the image cannot be classified.
+
+    Holds the classifier on the CPU for its preprocessing, and prepares as ``nsfwd classify
+    --decode`` says on a CPU: each image through :func:`~nsfwd.intake.load_image` and
+    :meth:`~nsfwd.models.classifier.Classifier.prepare` (``pil``), or the batch through one
+    :class:`~nsfwd.models.tensor_decode.TensorDecoder` call (``tensor``, and ``auto`` where the
+    model allows it), so the pixels are those of a single-machine run on a CPU. Rows whose
+    path is in ``skip`` (``--resume``) are dropped.
+    """
+
+    def __init__(
+        self, options: ModelOptions, limits: ImageLimits, decode: str = "auto", skip: Any = None
+    ) -> None:
+        import ray
+
+        from nsfwd.models.tensor_decode import TensorDecoder, resolve_decode
+
+        self.classifier = _load(options.on_cpu(), threads=1)
+        self.limits = limits
+        self.decoder = None
+        if resolve_decode(decode, self.classifier) == "tensor":
+            self.decoder = TensorDecoder(self.classifier, limits)
+        self.skip: frozenset[str] = frozenset(
+            ray.get(skip) if isinstance(skip, ray.ObjectRef) else skip or ()
+        )
+        self.pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="nsfwd-read")
+        self.blank = self.classifier.blank(1)[0].numpy()
+
+    def __call__(self, batch: Batch) -> Batch:
+        """The batch's rows not skipped, with ``error`` ("" when none) and ``pixels``."""
+        keep = [i for i, path in enumerate(batch["path"]) if str(path) not in self.skip]
+        paths = [str(batch["path"][i]) for i in keep]
+        wheres = [str(batch["location"][i]) for i in keep]
+        if self.decoder is None:
+            prepared = list(self.pool.map(self._prepare, wheres))
+        else:
+            prepared = self._decode(list(self.pool.map(self._read, wheres)))
+        errors = [item if isinstance(item, str) else "" for item in prepared]
+        pixels = [self.blank if isinstance(item, str) else item for item in prepared]
+        shape = (0, *self.blank.shape)
+        return {
+            "path": np.array(paths, dtype=object),
+            "error": np.array(errors, dtype=object),
+            "pixels": np.stack(pixels) if pixels else np.zeros(shape, self.blank.dtype),
+        }
+
+    def _read(self, where: str) -> bytes | str:
+        return sources.read(where, self.limits)
+
+    def _prepare(self, where: str) -> Pixels | str:
+        data = sources.read(where, self.limits)
+        if isinstance(data, str):
+            return data
+        try:
+            return self.classifier.prepare(load_image(data, self.limits)).numpy()
+        except ImageError as exc:
+            return str(exc)
+
+    def _decode(self, reads: list[bytes | str]) -> list[Pixels | str]:
+        assert self.decoder is not None
+        decoded = iter(self.decoder.prepare([item for item in reads if isinstance(item, bytes)]))
+        results: list[Pixels | str] = []
+        for item in reads:
+            if isinstance(item, str):
+                results.append(item)
+                continue
+            pixels = next(decoded)
+            results.append(str(pixels) if isinstance(pixels, ImageError) else pixels.numpy())
+        return results
+
+
+class Labeller:
+    """Stage 3: prepared pixels -> label probabilities, by one classifier loaded once."""
+
+    def __init__(self, options: ModelOptions, cpus: float) -> None:
+        self.classifier = _load(options, threads=int(cpus))
+        log.info("loaded %s on %s", self.classifier.name, self.classifier.device)
+
+    def __call__(self, batch: Batch) -> pa.Table:
+        """Rows of path, error (null when none) and labels (a struct; null for an error)."""
+        import pyarrow as pa
+        import torch
+
+        errors = [str(error) or None for error in batch["error"]]
+        good = [i for i, error in enumerate(errors) if error is None]
+        probs = np.zeros((len(errors), len(self.classifier.labels)))
+        if good:
+            pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][good]))
+            probs[good] = self.classifier.predict(pixels).numpy()
+        labels = pa.StructArray.from_arrays(
+            [pa.array(probs[:, k]) for k in range(probs.shape[1])],
+            names=list(self.classifier.labels),
+            mask=pa.array([error is not None for error in errors], pa.bool_()),
+        )
+        return pa.table(
+            {
+                "path": pa.array([str(path) for path in batch["path"]], pa.string()),
+                "error": pa.array(errors, pa.string()),
+                "labels": labels,
+            }
+        )
+
+
+@dataclass
+class Summary:
+    """What a run did, for its last line."""
+
+    classified: int = 0
+    errors: int = 0
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        """Wall time from the start to the last record (or now)."""
+        return (self.finished or time.monotonic()) - self.started
+
+    def describe(self) -> str:
+        """``N images in T s (R images/s), C classified, E errors``: the run's last line."""
+        total = self.classified + self.errors
+        rate = total / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"{total} images in {self.seconds:.1f} s ({rate:.1f} images/s), "
+            f"{self.classified} classified, {self.errors} error{'' if self.errors == 1 else 's'}"
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the actors are laid out on the cluster."""
+
+    batch_size: int
+    labellers: int
+    labeller_gpus: float
+    labeller_cpus: float
+    preparers: tuple[int, int]
+    preparer_cpus: float
+
+    @classmethod
+    def for_cluster(cls, resources: dict[str, float], batch_size: int | None) -> Plan:
+        """One labeller per GPU (one GPU each) where there are GPUs, preparers on the other
+        CPUs; on CPUs only, about half the CPUs classify and preparers share the rest."""
+        cpus = max(1, int(resources.get("CPU", 1)))
+        gpus = int(resources.get("GPU", 0))
+        if gpus:
+            return cls(
+                batch_size=batch_size or 32,
+                labellers=gpus,
+                labeller_gpus=1.0,
+                labeller_cpus=1.0,
+                preparers=(1, max(1, cpus - gpus)),
+                preparer_cpus=1.0,
+            )
+        half = max(1, cpus // 2)
+        small = cpus < 2  # a single CPU: the stages share it
+        return cls(
+            batch_size=batch_size or 8,
+            labellers=half,
+            labeller_gpus=0.0,
+            labeller_cpus=0.5 if small else 1.0,
+            preparers=(1, half),
+            preparer_cpus=0.25 if small else 0.5,
+        )
+
+
+class RayJob:
+    """One ``nsfwd classify --ray`` run: connect, build the dataset, stream its records.
+
+    Use as a context manager: leaving it disconnects from Ray (and stops the local instance
+    that :meth:`start` started, if it did).
+    """
+
+    def __init__(self, dataset: Any, owns_ray: bool) -> None:
+        self.summary = Summary()
+        self._batches: Iterator[pa.Table] = iter(
+            dataset.iter_batches(batch_format="pyarrow", batch_size=None)
+        )
+        self._first: pa.Table | None = None
+        self._owns_ray = owns_ray
+
+    @classmethod
+    def start(
+        cls,
+        inputs: Sequence[str],
+        settings: Settings,
+        *,
+        address: str | None = None,
+        batch_size: int | None = None,
+        decode: str = "auto",
+        skip: set[str] | frozenset[str] = frozenset(),
+        progress: bool = True,
+    ) -> RayJob:
+        """Connect to Ray (``address`` None: a local instance; ``auto``; ``ray://...``) and
+        plan the pipeline over ``inputs``; nothing runs until records are asked for.
+        ``decode``: as ``nsfwd classify --decode``; ``skip``: record paths to leave out
+        (``--resume``)."""
+        ray = _import_ray()
+        owns_ray = not ray.is_initialized()
+        if owns_ray:
+            _connect(ray, address)
+        try:
+            context = ray.data.DataContext.get_current()
+            context.enable_progress_bars = progress
+            plan = Plan.for_cluster(ray.cluster_resources(), batch_size)
+            dataset = _dataset(ray, list(inputs), settings, plan, decode=decode, skip=skip)
+            return cls(dataset, owns_ray)
+        except BaseException:
+            if owns_ray:
+                ray.shutdown()
+            raise
+
+    def labels(self) -> tuple[str, ...]:
+        """The model's label names, from the first batch of results (which this waits for);
+        StopIteration when there are no results at all."""
+        if self._first is None:
+            self._first = next(self._nonempty())
+        names: list[str] = [item.name for item in self._first.schema.field("labels").type]
+        return tuple(names)
+
+    def results(self) -> Iterator[FileResult]:
+        """One result per image, in the order they finish."""
+        if self._first is not None:
+            yield from self._results(self._first)
+            self._first = None
+        for table in self._nonempty():
+            yield from self._results(table)
+        self.summary.finished = time.monotonic()
+
+    def _nonempty(self) -> Iterator[pa.Table]:
+        return (table for table in self._batches if table.num_rows)
+
+    def _results(self, table: pa.Table) -> Iterator[FileResult]:
+        for row in table.to_pylist():
+            if row["error"] is not None:
+                self.summary.errors += 1
+                yield FileResult(row["path"], error=row["error"])
+            else:
+                self.summary.classified += 1
+                yield FileResult(row["path"], labels=row["labels"])
+
+    def __enter__(self) -> RayJob:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._owns_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _import_ray() -> Any:
+    try:
+        import pyarrow  # noqa: F401
+        import ray
+        import ray.data
+    except ImportError as exc:
+        raise RayUnavailableError(
+            f"--ray needs Ray Data, which is not installed ({exc.name} is missing): {INSTALL_HINT}"
+        ) from exc
+    return ray
+
+
+def _connect(ray: Any, address: str | None) -> None:
+    """``ray.init`` for an address as ``--ray`` takes it, keeping stdout for the records."""
+    try:
+        if address is None or address == "local":
+            ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        elif address.startswith("ray://"):
+            ray.init(address=address)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    except ConnectionError as exc:
+        raise RayUnavailableError(f"cannot reach the Ray cluster at {address}: {exc}") from exc
+
+
+def _dataset(
+    ray: Any,
+    inputs: list[str],
+    settings: Settings,
+    plan: Plan,
+    *,
+    decode: str,
+    skip: set[str] | frozenset[str],
+) -> Any:
+    """The pipeline, lazily: names -> prepared pixels -> labels."""
+    options = ModelOptions.from_settings(settings)
+    names = _names(ray, inputs)
+    prepared = names.map_batches(
+        Preparer,
+        fn_constructor_kwargs={
+            "options": options,
+            "limits": settings.image_limits,
+            "decode": decode,
+            "skip": ray.put(frozenset(skip)) if skip else None,
+        },
+        batch_size=plan.batch_size,
+        compute=ray.data.ActorPoolStrategy(min_size=plan.preparers[0], max_size=plan.preparers[1]),
+        num_cpus=plan.preparer_cpus,
+    )
+    return prepared.map_batches(
+        Labeller,
+        fn_constructor_kwargs={"options": options, "cpus": plan.labeller_cpus},
+        batch_size=plan.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=plan.labellers),
+        num_cpus=plan.labeller_cpus,
+        num_gpus=plan.labeller_gpus or None,
+    )
+
+
+LISTING_ROWS = 4096
+"""Rows a listing task hands on at a time: a huge folder or manifest streams in such batches."""
+
+
+def _names(ray: Any, inputs: list[str]) -> Any:
+    """A dataset of (path, location) rows, each image the inputs name, listed in a task per
+    input (manifests checked here first, so a wrong one is refused before anything runs)."""
+    cwd = str(Path.cwd())
+    for name in inputs:
+        if sources.is_manifest(name):
+            sources.manifest_column(name, cwd)
+    items = ray.data.from_items(
+        [{"input": name} for name in inputs], override_num_blocks=len(inputs)
+    )
+    return items.map_batches(_list, batch_size=1, fn_kwargs={"cwd": cwd}, num_cpus=LIGHT_TASK_CPUS)
+
+
+def _list(batch: Batch, cwd: str) -> Iterator[Batch]:
+    """The rows each input of ``batch`` names, :data:`LISTING_ROWS` at a time."""
+    rows: list[tuple[str, str]] = []
+    for name in batch["input"]:
+        for row in sources.expand(str(name), cwd):
+            rows.append(row)
+            if len(rows) == LISTING_ROWS:
+                yield _rows(rows)
+                rows = []
+    if rows:
+        yield _rows(rows)
+
+
+def _rows(rows: list[tuple[str, str]]) -> Batch:
+    return {
+        "path": np.array([path for path, _ in rows], dtype=object),
+        "location": np.array([where for _, where in rows], dtype=object),
+    }

@@ -1,0 +1,199 @@
+"""Options and helpers that several commands share: the model, compiling, policies, the batch
+pipeline; settings and the policy from parsed arguments; the progress bar."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nsfwd.models.names import DECODE_MODES
+from nsfwd.verdict import DEFAULT_POLICY, DEFAULT_THRESHOLD, POLICIES, Policy
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from nsfwd.settings import Settings
+
+DECODE_HELP = (
+    "how files become the model's pixels: pil (Pillow decodes and resizes on the CPU), tensor "
+    "(JPEGs decoded by TorchCodec onto the model's device, with nvjpeg on CUDA, and resized "
+    "there with torch; PNG, WebP, CMYK JPEGs and JPEGs it refuses go the PIL way) or auto "
+    "(tensor, which measured faster on the CPU too; pil for a model whose preprocessing it "
+    "cannot reproduce)"
+)
+SETTINGS_OPTIONS = (
+    "model",
+    "revision",
+    "device",
+    "dtype",
+    "quantize",
+    "served_model_name",
+    "host",
+    "port",
+    "http_workers",
+    "compile_cache_dir",
+    "policy",
+    "threshold",
+)
+"""Arguments that override the ``NSFWD_*`` setting of the same name where a command has them."""
+
+
+def positive(text: str) -> int:
+    """An argument that must be a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_model_options(parser: argparse.ArgumentParser, *, several: bool = False) -> None:
+    """``--model`` (repeatable with ``several``), ``--revision``, ``--device``, ``--dtype``,
+    ``--quantize`` and the compile options."""
+    if several:
+        parser.add_argument(
+            "--model",
+            action="append",
+            metavar="[NAME=]ID_OR_DIR",
+            help="a model to serve: Hub id, local folder or open-nsfw (built in, no Hub "
+            "needed), under NAME when given (else its id); repeat it to serve several, each on "
+            "its own batcher, the first being the default (replaces $NSFWD_MODEL and "
+            "$NSFWD_MODELS; without any: Freepik/nsfw_image_detector and open-nsfw, or "
+            "open-nsfw alone when the former cannot be had)",
+        )
+    else:
+        parser.add_argument(
+            "--model",
+            help="Hub id or local folder of the classifier, or open-nsfw (built in, no Hub "
+            "needed) (default: $NSFWD_MODEL or Freepik/nsfw_image_detector)",
+        )
+    parser.add_argument("--revision", help="Hub revision to load (branch, tag or commit)")
+    parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default: auto)")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="inference precision (default: bfloat16 on a GPU and on a CPU with native bf16, "
+        "AMX or AVX512_BF16; float32, the exact mode, on other CPUs)",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="faster CPU mode: int8 dynamic quantisation of the linear layers (slightly "
+        "different results; default: exact)",
+    )
+    add_compile_options(parser)
+
+
+def add_compile_options(parser: argparse.ArgumentParser, *, negatable: bool = True) -> None:
+    """``--compile`` (``--no-compile`` where ``negatable``) and ``--compile-cache-dir``."""
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction if negatable else "store_true",
+        default=None,
+        help="torch.compile the network for fixed batch sizes, padding each batch up to one: "
+        "the first start spends a minute or more compiling, later ones load the graphs from "
+        "the cache; the mode is $NSFWD_COMPILE when it names one, else 'on' (reduce-overhead, "
+        "with CUDA graphs, on a GPU; inductor's default mode elsewhere)"
+        + (" (default: $NSFWD_COMPILE, else off)" if negatable else " (default: off)"),
+    )
+    parser.add_argument(
+        "--compile-cache-dir",
+        type=Path,
+        metavar="DIR",
+        help="folder that keeps compiled graphs across runs, so later starts skip most of the "
+        "compiling (default: $NSFWD_COMPILE_CACHE_DIR, else ~/.cache/nsfwd/torch-compile)",
+    )
+
+
+def add_policy_options(
+    parser: argparse.ArgumentParser, applies_to: str = "", default: str | None = None
+) -> None:
+    """``--policy`` and ``--threshold``; ``default`` words what applies without them (else
+    ``$NSFWD_POLICY`` / ``$NSFWD_THRESHOLD`` and the built-in defaults)."""
+    parser.add_argument(
+        "--policy",
+        choices=list(POLICIES),
+        default=None,
+        help="strict flags P(high), moderate P(medium)+P(high), lenient P(low)+P(medium)+P(high)"
+        f"{applies_to} (default: {default or f'$NSFWD_POLICY, else {DEFAULT_POLICY}'})",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="flag when the policy's score is above this; `nsfwd calibrate` chooses one from "
+        "your labelled images (default: "
+        f"{default or f'$NSFWD_THRESHOLD, else {DEFAULT_THRESHOLD}'})",
+    )
+
+
+def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
+    """The batch pipeline's options, shared by the commands that classify folders."""
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="images per batch (default: 2 CPU, 32 GPU)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="decoding threads (default: CPU count)"
+    )
+    parser.add_argument(
+        "--decode", choices=DECODE_MODES, default="auto", help=f"{DECODE_HELP} (default: auto)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+
+
+def settings_for(args: argparse.Namespace) -> Settings:
+    """The settings: ``NSFWD_*``, overridden by the arguments the command was given."""
+    from nsfwd.settings import Settings
+
+    overrides = {
+        key: value for key in SETTINGS_OPTIONS if (value := getattr(args, key, None)) is not None
+    }
+    if isinstance(overrides.get("model"), list):  # serve: --model repeated
+        first, *more = overrides["model"]
+        overrides |= {"model": first, "models": more}  # replacing NSFWD_MODELS too
+    settings = Settings(**overrides)
+    compile_flag = getattr(args, "compile", None)
+    if compile_flag is not None:
+        settings = settings.model_copy(
+            update={"compile": compile_choice(compile_flag, settings.compile)}
+        )
+    return settings
+
+
+def compile_choice(flag: bool, configured: str) -> str:
+    """``--compile``: the mode $NSFWD_COMPILE names, else ``on``; ``--no-compile``: off."""
+    if not flag:
+        return "off"
+    return configured if configured != "off" else "on"
+
+
+def policy_for(args: argparse.Namespace) -> Policy:
+    """``--policy`` and ``--threshold``, else ``$NSFWD_POLICY`` and ``$NSFWD_THRESHOLD``."""
+    if args.policy is not None and args.threshold is not None:
+        return Policy(args.policy, args.threshold)
+    from nsfwd.settings import Settings
+
+    settings = Settings()
+    return Policy(
+        args.policy or settings.policy,
+        settings.threshold if args.threshold is None else args.threshold,
+    )
+
+
+def progress_bar(*, show: bool) -> Progress:
+    """A progress bar on stderr (disabled unless ``show``)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not show,
+    )
+
+
+Commands = argparse._SubParsersAction  # argparse names no public type for add_subparsers()
+"""What ``add_subparsers`` returns: each command module's ``register`` adds its parser to it."""

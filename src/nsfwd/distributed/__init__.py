@@ -1,1 +1,0 @@
-"""nsfwd on a cluster: hosts that run the same classifier and pipeline on Ray."""

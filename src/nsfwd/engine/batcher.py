@@ -1,0 +1,265 @@
+"""The engine: a dynamic batcher between many concurrent requests and one model.
+
+Path of an upload: admission (a bounded count; over it, :class:`QueueFullError` and a 429) ->
+decode, validate and preprocess on the bounded ``decode`` pool (:mod:`nsfwd.engine.pools`: off the
+event loop, under a deadline, a late or abandoned decode holding no slot) into what viewers see
+(every judged frame, over white and black where transparent: :mod:`nsfwd.intake.views`) -> the queue
+-> the batcher, which whenever the model is free takes everything queued (up to
+``max_batch_size`` pictures, waiting at most ``batch_wait_ms`` for more; an image's pictures stay
+in one batch where they fit) -> one dedicated inference thread -> each request's future, which
+answers with the worst picture under the request's policy.
+
+Like text-embeddings-inference's batcher, it needs no timer under load: requests pile up while
+the model runs and leave together in the next batch. A request whose caller was cancelled (its
+client went away) is dropped before it costs inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+
+from nsfwd.engine import DECODE_TIMEOUT_S, EngineClosedError, QueueFullError, pools, run_intake
+from nsfwd.engine.metrics import Metrics
+from nsfwd.intake import ImageLimits, UnscorableImageError
+from nsfwd.intake.checked import CheckedImages
+from nsfwd.models.classifier import Classifier
+from nsfwd.verdict import Judgement, Labels, Policy, nonfinite_labels, worst
+
+
+@dataclass
+class Trace:
+    """Where one image's time went, for a host that keeps the metrics elsewhere (a Ray Serve
+    model replica reports it to its ingress)."""
+
+    queue_seconds: float = 0.0
+    """How long its pictures waited for the model."""
+    batches: list[tuple[int, float]] = field(default_factory=list)
+    """The batches its pictures started: each one's size and inference time."""
+
+
+@dataclass
+class _Item:
+    pixels: list[torch.Tensor]
+    """One prepared picture per view of the image."""
+    future: asyncio.Future[list[Labels]]
+    queued_at: float
+    trace: Trace = field(default_factory=Trace)
+
+
+class Engine:
+    """Batches classification requests from many coroutines onto one :class:`Classifier`."""
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        *,
+        max_batch_size: int = 16,
+        batch_wait_ms: float = 2.0,
+        max_queue: int = 64,
+        decode_workers: int | None = None,
+        decode_timeout_s: float = DECODE_TIMEOUT_S,
+        limits: ImageLimits | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        """Batch onto ``classifier``. Images are decoded on the process's ``decode`` pool
+        (:mod:`nsfwd.engine.pools`), or on a pool of ``decode_workers`` threads of the engine's own,
+        each for at most ``decode_timeout_s``."""
+        self.classifier = classifier
+        self.max_batch_size = max_batch_size
+        self.batch_wait = batch_wait_ms / 1000
+        self.max_queue = max_queue
+        self.limits = limits or ImageLimits()
+        self.metrics = metrics or Metrics()
+        self.metrics.show_model(self.model_info)
+        self.decode_timeout_s = decode_timeout_s
+        self._checked = CheckedImages(classifier.prepare, self.limits)
+        self.decode_pool = (
+            pools.named(pools.DECODE)
+            if decode_workers is None
+            else pools.BoundedPool(pools.DECODE, decode_workers)
+        )
+        self._admitted = 0
+        self._batch_seconds = 1.0  # refined after every batch; feeds Retry-After
+        self._queue: asyncio.Queue[_Item] | None = None
+        self._held: _Item | None = None  # taken from the queue, too big for the last batch
+        self._batcher: asyncio.Task[None] | None = None
+        self._infer_pool: ThreadPoolExecutor | None = None
+        self.ready = False
+
+    @property
+    def model_name(self) -> str:
+        """The loaded model's Hub id (or folder)."""
+        return self.classifier.name
+
+    @property
+    def model_info(self) -> dict[str, str]:
+        """Where and how the model runs: ``device``, ``dtype`` and ``dtype_reason``."""
+        classifier = self.classifier
+        return {
+            "device": str(classifier.device),
+            "dtype": str(classifier.dtype).removeprefix("torch."),
+            "dtype_reason": classifier.dtype_reason,
+        }
+
+    @property
+    def in_flight(self) -> int:
+        """Images admitted and not yet answered."""
+        return self._admitted
+
+    @property
+    def queued(self) -> int:
+        """Images decoded and waiting for the model."""
+        return self._queue.qsize() if self._queue is not None else 0
+
+    async def start(self) -> None:
+        """Start the worker threads and the batcher, and warm the model up (compiled: every
+        batch size up to ``max_batch_size``)."""
+        self._infer_pool = ThreadPoolExecutor(1, "nsfwd-infer")
+        self._queue = asyncio.Queue()
+        await asyncio.get_running_loop().run_in_executor(
+            self._infer_pool, self.classifier.warm_up, self.max_batch_size
+        )
+        self._batcher = asyncio.create_task(self._run_batches(), name="nsfwd-batcher")
+        self.ready = True
+
+    async def stop(self) -> None:
+        """Stop batching; requests still queued fail with :class:`EngineClosedError`."""
+        self.ready = False
+        if self._batcher is not None:
+            self._batcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._batcher
+        waiting = [] if self._held is None else [self._held]
+        self._held = None
+        while self._queue is not None and not self._queue.empty():
+            waiting.append(self._queue.get_nowait())
+        for item in waiting:
+            if not item.future.done():
+                item.future.set_exception(EngineClosedError("the server is shutting down"))
+        if self._infer_pool is not None:
+            self._infer_pool.shutdown(wait=True, cancel_futures=True)
+
+    def retry_after(self) -> int:
+        """Seconds a refused client should wait: roughly the time to drain the queue."""
+        batches = math.ceil(max(self._admitted, 1) / self.max_batch_size)
+        return max(1, math.ceil(batches * self._batch_seconds))
+
+    async def judge(
+        self, data: bytes, policy: Policy | None = None, trace: Trace | None = None
+    ) -> Judgement:
+        """Judge every picture a viewer may see of one encoded image (each judged frame, over
+        white and black where transparent) in one batch where it fits, and answer with the one
+        that ``policy`` (default: moderate) scores highest; ``trace``, when given, is filled in.
+
+        Raises :class:`~nsfwd.intake.ImageError` for a bad image (scores that are not finite
+        for any picture: :class:`~nsfwd.intake.UnscorableImageError`), :class:`QueueFullError`
+        when the engine is full and :class:`EngineClosedError` when it is not running.
+        """
+        if not self.ready or self._queue is None:
+            raise EngineClosedError("the model is not loaded yet")
+        if self._admitted >= self.max_queue:
+            self.metrics.rejected.inc()
+            raise QueueFullError(self.retry_after())
+        self._admitted += 1
+        self.metrics.queue_size.set(self._admitted)
+        try:
+            prepare = partial(self._checked.load, data)
+            views = await run_intake(self.decode_pool, prepare, self.decode_timeout_s)
+            future: asyncio.Future[list[Labels]] = asyncio.get_running_loop().create_future()
+            item = _Item(views.images, future, time.perf_counter(), trace or Trace())
+            self._queue.put_nowait(item)
+            labels = await future
+        finally:
+            self._admitted -= 1
+            self.metrics.queue_size.set(self._admitted)
+        return worst(views, labels, (policy or Policy()).score)
+
+    async def check(self, data: bytes) -> None:
+        """Decode and prepare ``data`` as :meth:`judge` does, on the decode pool, raising
+        its :class:`~nsfwd.intake.ImageError`; the pictures are kept (the last
+        :data:`~nsfwd.intake.checked.KEPT` images) for a :meth:`judge` of the same bytes."""
+        if not self.ready:
+            raise EngineClosedError("the model is not loaded yet")
+        await run_intake(
+            self.decode_pool, partial(self._checked.check, data), self.decode_timeout_s
+        )
+
+    def _predict(self, pixels: list[torch.Tensor]) -> torch.Tensor:
+        # Stacked here, on the inference thread, not on the event loop: a GPU batch is tens
+        # of megabytes to copy (into page-locked memory, see Classifier.stack). One image's
+        # pictures may outnumber max_batch_size; they run in batches of that size.
+        size = self.max_batch_size
+        parts = [
+            self.classifier.predict(self.classifier.stack(pixels[start : start + size]))
+            for start in range(0, len(pixels), size)
+        ]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    async def _next_batch(self, queue: asyncio.Queue[_Item]) -> list[_Item]:
+        """Queued items with at most ``max_batch_size`` pictures in all (an item with more
+        goes alone); an item that does not fit waits for the next batch, first in line."""
+        first, self._held = self._held or await queue.get(), None
+        batch, count = [first], len(first.pixels)
+        deadline = time.perf_counter() + self.batch_wait
+        while count < self.max_batch_size:
+            if not queue.empty():
+                item = queue.get_nowait()
+            else:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(queue.get(), remaining)
+                except TimeoutError:
+                    break
+            if count + len(item.pixels) > self.max_batch_size:
+                self._held = item
+                break
+            batch.append(item)
+            count += len(item.pixels)
+        return batch
+
+    async def _run_batches(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch(self._queue)
+            live = [item for item in batch if not item.future.done()]
+            self.metrics.dropped.inc(len(batch) - len(live))
+            if not live:
+                continue
+            now = time.perf_counter()
+            for item in live:
+                item.trace.queue_seconds = now - item.queued_at
+                self.metrics.queue_seconds.observe(item.trace.queue_seconds)
+            pixels = [picture for item in live for picture in item.pixels]
+            try:
+                probs = await loop.run_in_executor(self._infer_pool, self._predict, pixels)
+            except Exception as exc:  # a model failure fails this batch, not the server
+                for item in live:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            elapsed = time.perf_counter() - now
+            self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
+            self.metrics.batch_size.observe(len(pixels))
+            self.metrics.inference_seconds.observe(elapsed)
+            live[0].trace.batches.append((len(pixels), elapsed))
+            rows = iter(self.classifier.to_labels(probs))
+            for item in live:
+                labels = [next(rows) for _ in item.pixels]
+                if item.future.done():
+                    continue
+                bad = sorted({label for row in labels for label in nonfinite_labels(row)})
+                if bad:  # fail closed: NaN is never flagged
+                    item.future.set_exception(UnscorableImageError.for_labels(bad))
+                else:
+                    item.future.set_result(labels)

@@ -1,0 +1,136 @@
+"""The inference side, built from settings: the classifiers they name and the engines around them.
+
+``nsfwd classify``, ``nsfwd serve`` (in its own process or in the inference process that
+``--http-workers`` starts) and ``nsfwd bench`` all load their classifier here, so a loading
+option added to the settings reaches every one of them. This module imports torch; the HTTP
+side never imports it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from nsfwd.engine import pools
+from nsfwd.engine.batcher import Engine
+from nsfwd.engine.metrics import Metrics
+from nsfwd.engine.served import served_specs, takes_torch_options
+from nsfwd.models.classifier import Classifier
+from nsfwd.models.names import DEFAULT_MODEL, ModelSpec
+
+if TYPE_CHECKING:
+    from nsfwd.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ClassifierOptions(Protocol):
+    """Which classifier to load and how: :class:`~nsfwd.settings.Settings` and
+    :class:`~nsfwd.bench.BenchConfig` both carry these."""
+
+    @property
+    def model(self) -> str | None:
+        """Hub id or folder; None for the default model."""
+
+    @property
+    def revision(self) -> str | None:
+        """Hub revision to pin."""
+
+    @property
+    def device(self) -> str | None:
+        """torch device; auto-detected when None."""
+
+    @property
+    def dtype(self) -> str | None:
+        """float32, bfloat16 or float16; chosen for the device when None."""
+
+    @property
+    def quantize(self) -> str | None:
+        """``int8`` or None."""
+
+    @property
+    def compile(self) -> str | None:
+        """``on``, a ``torch.compile`` mode, or ``off``/None."""
+
+    @property
+    def compile_cache_dir(self) -> Path | None:
+        """Where compiled graphs are kept."""
+
+
+def load_classifier(options: ClassifierOptions, model: str | None = None) -> Classifier:
+    """Load the classifier ``options`` describe; ``model``, when given, replaces their model
+    (say, a folder prepared from it). A ``NAME=`` before their model (a name to serve it
+    under) is dropped."""
+    source = ModelSpec.parse(options.model).source if options.model else DEFAULT_MODEL
+    return Classifier.load(
+        model or source,
+        revision=options.revision,
+        device=options.device,
+        dtype=options.dtype,
+        quantize=options.quantize,
+        compile=options.compile,
+        compile_cache_dir=options.compile_cache_dir,
+    )
+
+
+def load_served_classifiers(settings: Settings) -> dict[str, Classifier]:
+    """The classifiers ``nsfwd serve`` runs (:func:`~nsfwd.engine.served.served_specs`), by the
+    name clients pick each with (its ``NAME=``, or the name it loads as), the default first.
+    One that cannot load raises :class:`ModelNotAvailableError`, stopping the server."""
+    classifiers: dict[str, Classifier] = {}
+    for spec in served_specs(settings):
+        classifier = load_spec(settings, spec)
+        name = spec.name or classifier.name
+        if name in classifiers:
+            raise ValueError(
+                f"two models are served as {name!r}; name them apart with NAME=ID_OR_DIR"
+            )
+        classifiers[name] = classifier
+    return classifiers
+
+
+def load_spec(settings: Settings, spec: ModelSpec) -> Classifier:
+    """The classifier of one served model, loaded with the settings' options (``--device``,
+    ``--dtype``...) where they apply to it (:func:`~nsfwd.engine.served.takes_torch_options`)."""
+    if not takes_torch_options(spec, settings):
+        return Classifier.load(spec.source)
+    return load_classifier(settings, spec.source)
+
+
+def build_engines(settings: Settings) -> dict[str, Engine]:
+    """An engine (its own batcher and queue) for each classifier ``nsfwd serve`` runs
+    (:func:`load_served_classifiers`), by served name, the default first. They share one
+    :class:`~nsfwd.engine.metrics.Metrics`, so ``/metrics`` counts the whole server."""
+    metrics = Metrics()
+    engines: dict[str, Engine] = {}
+    for name, classifier in load_served_classifiers(settings).items():
+        log.info(
+            "loaded %s as %r (%s) on %s in %s; labels %s",
+            classifier.name,
+            name,
+            classifier.loaded.style,
+            classifier.device,
+            classifier.dtype,
+            ", ".join(classifier.labels),
+        )
+        engines[name] = build_engine(settings, classifier, metrics)
+    return engines
+
+
+def build_engine(
+    settings: Settings, classifier: Classifier, metrics: Metrics | None = None
+) -> Engine:
+    """The engine that runs ``classifier`` under the settings' bounds (batch size, queue,
+    decode pool and deadline, image limits): the same in every host, ``nsfwd serve`` and a
+    Ray Serve model replica alike."""
+    pools.configure(decode=settings.decode_workers)
+    return Engine(
+        classifier,
+        max_batch_size=settings.max_batch_size or classifier.batch_size,
+        batch_wait_ms=settings.batch_wait_ms,
+        max_queue=settings.max_queue,
+        decode_timeout_s=settings.decode_timeout_s,
+        limits=settings.image_limits,
+        metrics=metrics,
+    )

@@ -1,0 +1,105 @@
+"""What a file's header says before any decoder is involved: its size, read by small parsers of
+our own (Pillow's WebP plugin builds its decoder, canvas and all, inside ``Image.open``); a
+JPEG's marker structure; a PNG's chunks and their CRCs."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Final
+
+from nsfwd.intake import jpeg_structure
+from nsfwd.intake.errors import ImageComplexityError
+from nsfwd.intake.sniff import PNG_MAGIC, printable
+
+# JPEG start-of-frame markers (SOF0..SOF15 without DHT, JPG and DAC, which share the range).
+_JPEG_SOF_MARKERS: Final = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
+    """Read (width, height) from the file header without Pillow, or ``None`` if not found.
+
+    This is an early guard only: Pillow's WebP plugin builds its decoder, which sizes the
+    canvas, inside ``Image.open``. The size Pillow reports is checked again afterwards.
+    """
+    if fmt == "PNG":
+        if data[12:16] == b"IHDR" and len(data) >= 24:
+            width, height = struct.unpack_from(">II", data, 16)
+            return width, height
+        return None
+    if fmt == "WEBP":
+        return _webp_size(data)
+    return _jpeg_size(data)
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    """Read the canvas size of a WebP file from its first chunk (VP8X, VP8L or VP8)."""
+    chunk = data[12:16]
+    if chunk == b"VP8X" and len(data) >= 30:
+        return (
+            int.from_bytes(data[24:27], "little") + 1,
+            int.from_bytes(data[27:30], "little") + 1,
+        )
+    if chunk == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8 " and len(data) >= 30 and data[23:26] == b"\x9d\x01\x2a":
+        return (
+            int.from_bytes(data[26:28], "little") & 0x3FFF,
+            int.from_bytes(data[28:30], "little") & 0x3FFF,
+        )
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """Find the first start-of-frame marker of a JPEG and return its (width, height).
+
+    Bytes between segments that are not a marker are skipped, as libjpeg and Pillow skip them.
+    """
+    pos = 2  # after SOI
+    while True:
+        pos = data.find(b"\xff", pos)
+        if pos < 0 or pos + 1 >= len(data):
+            return None
+        marker = data[pos + 1]
+        if marker in (0x00, 0xFF):  # a stuffed zero (garbage here) or a fill byte
+            pos += 1
+        elif 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
+            pos += 2
+        elif marker in _JPEG_SOF_MARKERS:
+            if pos + 9 > len(data):
+                return None
+            height, width = struct.unpack_from(">HH", data, pos + 5)
+            return width, height
+        elif marker in (0xD9, 0xDA):  # end of image or start of scan before any frame header
+            return None
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+
+
+def png_chunk_problem(data: bytes) -> str | None:
+    """Walk the chunks of a PNG; say what is wrong (bad CRC, truncation, no IEND) or ``None``."""
+    view = memoryview(data)
+    pos = len(PNG_MAGIC)
+    while True:
+        if pos + 8 > len(data):
+            return f"the file ends at byte {len(data)} without an IEND chunk (truncated)"
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        end = pos + 8 + length + 4
+        if end > len(data):
+            return (
+                f"chunk {printable(kind)!r} at byte {pos} runs past the end of the file (truncated)"
+            )
+        if zlib.crc32(view[pos + 4 : end - 4]) != int.from_bytes(view[end - 4 : end], "big"):
+            return f"chunk {printable(kind)!r} at byte {pos} has a bad CRC"
+        if kind == b"IEND":
+            return None
+        pos = end
+
+
+def check_jpeg_structure(data: bytes) -> None:
+    """Refuse a JPEG whose structure predicts far more decoding work than its size suggests
+    (:mod:`nsfwd.intake.jpeg_structure`: too many scans or segments, long runs of fill bytes)."""
+    excess = jpeg_structure.read_structure(data).excess
+    if excess is not None:
+        raise ImageComplexityError(f"JPEG refused before decoding: {excess}")

@@ -3,8 +3,12 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# pytest's workers (pytest-xdist): one per core; the Ray tests share one (tests/conftest.py)
+WORKERS ?= auto
+PYTEST := $(BIN)/pytest -n $(WORKERS) --dist loadgroup
+BEYOND_THE_INNER_LOOP := ray or heavy or browser or campaign
 
-.PHONY: install serve test lint typecheck pytest clean
+.PHONY: install serve test test-fast test-long lint typecheck pytest clean
 
 install: $(STAMP)
 
@@ -25,9 +29,18 @@ typecheck: install
 	$(BIN)/mypy
 
 pytest: install
-	$(BIN)/pytest
+	$(PYTEST)
 
+# The whole suite: what CI runs.
 test: lint typecheck pytest
+
+# The inner loop: lint, types and every test outside the tiers (ray, heavy, browser, campaign).
+test-fast: lint typecheck
+	$(PYTEST) -m "not ($(BEYOND_THE_INNER_LOOP))"
+
+# The whole suite with the campaign's long settings: a 60 s load run, more examples.
+test-long: lint typecheck
+	NSFWD_CAMPAIGN_LOAD_S=60 NSFWD_CAMPAIGN_EXAMPLES=1000 $(PYTEST)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

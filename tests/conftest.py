@@ -10,12 +10,46 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Final
 
 import pytest
 
 from checkpoints import write_timm_checkpoint, write_vit_checkpoint
 from hosts import Canary, Host
 from nsfwd.models.classifier import Classifier
+
+TIERS: Final = {
+    # real Ray clusters and Ray Serve: one at a time (two cores cannot host two), one xdist group
+    "ray": ("test_ray_serve", "test_ray_serve_autoscaling", "test_ray_data"),
+    # full-size models, compiling, killed servers and process trees
+    "heavy": ("test_parity", "test_compile", "test_crash", "test_supervisor"),
+    # headless Chromium
+    "browser": ("test_demo", "test_calibrate::test_the_report_opens_in_headless_chromium"),
+    # the reliability campaign: property tests, schemathesis, faults with real parts, load
+    "campaign": (
+        "test_campaign_schema",
+        "test_campaign_intake",
+        "test_campaign_multipart",
+        "test_campaign_faults",
+        "test_campaign_load",
+    ),
+}
+"""The tiers beyond the inner loop, by test module (or ``module::test`` prefix): ``make test``
+runs them all, ``make test-fast`` none of them. A test that starts a cluster, a browser, a big
+model or a long run belongs here."""
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with its tier (:data:`TIERS`); the Ray tier shares one xdist worker."""
+    for item in items:
+        where = f"{item.path.stem}::{item.name}"
+        for tier, places in TIERS.items():
+            if any(where == place or where.startswith(place + ("" if "::" in place else "::"))
+                   for place in places):  # fmt: skip
+                item.add_marker(getattr(pytest.mark, tier))
+                if tier == "ray":
+                    item.add_marker(pytest.mark.xdist_group("ray"))
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,6 @@ import time
 from contextlib import AbstractContextManager, closing
 from pathlib import Path
 
-import pytest
 import requests
 
 from photos import photo
@@ -48,7 +47,6 @@ def statuses(database: Path) -> dict[str, tuple[str, int, str | None]]:
         return {row[0]: (row[1], row[2], row[3]) for row in rows}
 
 
-@pytest.mark.slow
 def test_a_killed_server_loses_no_job(eva02_b448_checkpoint: Path, tmp_path: Path) -> None:
     data_dir, log = tmp_path / "data", tmp_path / "server.log"
     database = data_dir / "nsfwd.db"

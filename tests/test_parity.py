@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import pytest
 import torch
 from nsfw_image_detector import NSFWDetector
 
@@ -36,7 +35,6 @@ def per_bucket(cumulative: dict[str, float]) -> dict[str, float]:
     }
 
 
-@pytest.mark.slow
 def test_labels_match_freepiks_package(eva02_b448_checkpoint: Path) -> None:
     files = variants()
     # Files that decode to the same pixels (a PNG with and without EXIF, ...) give both sides

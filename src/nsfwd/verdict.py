@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 if TYPE_CHECKING:
     from nsfwd.intake.views import Backdrop, Views
+    from nsfwd.timeline import VideoVerdict
 
 Labels = dict[str, float]
 """Probability per label, summing to 1."""
@@ -100,22 +101,34 @@ def _safe_label(labels: Sequence[str]) -> str | None:
 
 @dataclass(frozen=True)
 class Judgement:
-    """The labels an image is answered with: those of its worst view, and which view that was."""
+    """The labels an image is answered with: those of its worst view, and which view that was
+    (for a video, its worst moment: :mod:`nsfwd.timeline`)."""
 
     labels: dict[str, float]
     frame: int = 0
     frames: int = 1
     frames_judged: int = 1
     backdrop: Backdrop | None = None
+    video: VideoVerdict | None = None
+    """A video's worst moment, how much was judged, and its segments; None for an image."""
 
     @property
     def chosen(self) -> bool:
         """Whether more than one picture was judged, so that which one answers is news."""
-        return self.frames_judged > 1 or self.backdrop is not None
+        return self.frames_judged > 1 or self.backdrop is not None or self.video is not None
+
+    @property
+    def segments(self) -> list[dict[str, float]] | None:
+        """A video's segments as the APIs answer them (``start``, ``end``, ``score``); None
+        for an image."""
+        return None if self.video is None else self.video.segment_dicts
 
     def details(self) -> dict[str, Any]:
         """Which picture answered, for responses: ``frame`` (its index), ``frames`` (in the
-        file), ``frames_judged`` and ``backdrop`` (``white``, ``black`` or null)."""
+        file), ``frames_judged`` and ``backdrop`` (``white``, ``black`` or null); for a video,
+        :meth:`nsfwd.timeline.VideoVerdict.details` (``time`` of the worst moment...)."""
+        if self.video is not None:
+            return self.video.details()
         return {
             "frame": self.frame,
             "frames": self.frames,
@@ -124,8 +137,19 @@ class Judgement:
         }
 
     @classmethod
-    def from_details(cls, labels: dict[str, float], details: Mapping[str, Any]) -> Judgement:
-        """The judgement :meth:`details` describes, for ``labels``."""
+    def from_details(
+        cls,
+        labels: dict[str, float],
+        details: Mapping[str, Any],
+        segments: Sequence[Mapping[str, Any]] | None = None,
+    ) -> Judgement:
+        """The judgement :meth:`details` (and, for a video, :attr:`segments`) describe, for
+        ``labels``."""
+        if "time" in details:
+            from nsfwd.timeline import VideoVerdict
+
+            video = VideoVerdict.from_details(details, segments or ())
+            return cls(labels, frames=video.frames, frames_judged=video.frames_judged, video=video)
         return cls(
             labels,
             frame=int(details["frame"]),

@@ -28,9 +28,12 @@ import torch
 
 from nsfwd.engine import DECODE_TIMEOUT_S, EngineClosedError, QueueFullError, pools, run_intake
 from nsfwd.engine.metrics import Metrics
+from nsfwd.engine.video import VideoRun
 from nsfwd.intake import ImageLimits, UnscorableImageError
 from nsfwd.intake.checked import CheckedImages
+from nsfwd.intake.video import VideoLimits, sniff_video
 from nsfwd.models.classifier import Classifier
+from nsfwd.timeline import VideoOptions
 from nsfwd.verdict import Judgement, Labels, Policy, nonfinite_labels, worst
 
 
@@ -68,15 +71,21 @@ class Engine:
         decode_timeout_s: float = DECODE_TIMEOUT_S,
         limits: ImageLimits | None = None,
         metrics: Metrics | None = None,
+        video_limits: VideoLimits | None = None,
+        video: VideoOptions | None = None,
     ) -> None:
         """Batch onto ``classifier``. Images are decoded on the process's ``decode`` pool
         (:mod:`nsfwd.engine.pools`), or on a pool of ``decode_workers`` threads of the engine's own,
-        each for at most ``decode_timeout_s``."""
+        each for at most ``decode_timeout_s``; videos (:mod:`nsfwd.engine.video`) a batch of
+        frames at a time on the same pool, within ``video_limits``, sampled and judged by
+        ``video`` unless a request says otherwise."""
         self.classifier = classifier
         self.max_batch_size = max_batch_size
         self.batch_wait = batch_wait_ms / 1000
         self.max_queue = max_queue
         self.limits = limits or ImageLimits()
+        self.video_limits = video_limits or VideoLimits()
+        self.video = video or VideoOptions()
         self.metrics = metrics or Metrics()
         self.metrics.show_model(self.model_info)
         self.decode_timeout_s = decode_timeout_s
@@ -153,11 +162,17 @@ class Engine:
         return max(1, math.ceil(batches * self._batch_seconds))
 
     async def judge(
-        self, data: bytes, policy: Policy | None = None, trace: Trace | None = None
+        self,
+        data: bytes,
+        policy: Policy | None = None,
+        trace: Trace | None = None,
+        video: VideoOptions | None = None,
     ) -> Judgement:
         """Judge every picture a viewer may see of one encoded image (each judged frame, over
         white and black where transparent) in one batch where it fits, and answer with the one
         that ``policy`` (default: moderate) scores highest; ``trace``, when given, is filled in.
+        A video is judged at its sampled frames (``video``, default: the engine's options) and
+        answers with its worst moment and segments (:mod:`nsfwd.timeline`).
 
         Raises :class:`~nsfwd.intake.ImageError` for a bad image (scores that are not finite
         for any picture: :class:`~nsfwd.intake.UnscorableImageError`), :class:`QueueFullError`
@@ -170,17 +185,38 @@ class Engine:
             raise QueueFullError(self.retry_after())
         self._admitted += 1
         self.metrics.queue_size.set(self._admitted)
+        trace = trace or Trace()
         try:
+            if sniff_video(data) is not None:
+                return await self._video_run(trace).judge(
+                    data,
+                    self.classifier.prepare,
+                    self.video_limits,
+                    policy or Policy(),
+                    video or self.video,
+                )
             prepare = partial(self._checked.load, data)
             views = await run_intake(self.decode_pool, prepare, self.decode_timeout_s)
-            future: asyncio.Future[list[Labels]] = asyncio.get_running_loop().create_future()
-            item = _Item(views.images, future, time.perf_counter(), trace or Trace())
-            self._queue.put_nowait(item)
-            labels = await future
+            labels = await self._infer(views.images, trace)
         finally:
             self._admitted -= 1
             self.metrics.queue_size.set(self._admitted)
         return worst(views, labels, (policy or Policy()).score)
+
+    async def _infer(self, pixels: list[torch.Tensor], trace: Trace) -> list[Labels]:
+        """The labels of prepared pictures, judged by the batcher together where they fit."""
+        assert self._queue is not None
+        future: asyncio.Future[list[Labels]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Item(pixels, future, time.perf_counter(), trace))
+        return await future
+
+    def _video_run(self, trace: Trace) -> VideoRun:
+        return VideoRun(
+            self.decode_pool,
+            partial(self._infer, trace=trace),
+            batch=self.max_batch_size,
+            decode_timeout_s=self.decode_timeout_s,
+        )
 
     async def check(self, data: bytes) -> None:
         """Decode and prepare ``data`` as :meth:`judge` does, on the decode pool, raising
@@ -188,6 +224,10 @@ class Engine:
         :data:`~nsfwd.intake.checked.KEPT` images) for a :meth:`judge` of the same bytes."""
         if not self.ready:
             raise EngineClosedError("the model is not loaded yet")
+        if sniff_video(data) is not None:
+            run = self._video_run(Trace())
+            await run.check(data, self.classifier.prepare, self.video_limits, self.video)
+            return
         await run_intake(
             self.decode_pool, partial(self._checked.check, data), self.decode_timeout_s
         )

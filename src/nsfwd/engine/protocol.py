@@ -14,6 +14,7 @@ from typing import Final, Protocol, TypeVar
 from nsfwd.engine.metrics import Metrics
 from nsfwd.engine.pools import BoundedPool, PoolDeadlineError
 from nsfwd.intake import ImageComplexityError, ImageLimits
+from nsfwd.timeline import VideoOptions
 from nsfwd.verdict import Judgement, Policy
 
 T = TypeVar("T")
@@ -72,9 +73,12 @@ class ClassifyEngine(Protocol):
     async def stop(self) -> None:
         """Stop; waiting requests fail with :class:`EngineClosedError`."""
 
-    async def judge(self, data: bytes, policy: Policy | None = None) -> Judgement:
+    async def judge(
+        self, data: bytes, policy: Policy | None = None, *, video: VideoOptions | None = None
+    ) -> Judgement:
         """The labels of the worst picture a viewer may see of one encoded image under
-        ``policy`` (default: moderate), and which picture that was."""
+        ``policy`` (default: moderate), and which picture that was; for a video, of its worst
+        moment, with its segments, sampled and judged by ``video`` (default: the server's)."""
 
     async def check(self, data: bytes) -> None:
         """Run the image intake on ``data`` as :meth:`judge` would (decoding it on the

@@ -5,6 +5,13 @@ from __future__ import annotations
 
 from typing import Final
 
+from nsfwd.intake.containers import (
+    AVIF_BRANDS,
+    ftyp_brands,
+    is_quicktime,
+    iso_bmff_kind,
+    matroska_doctype,
+)
 from nsfwd.intake.errors import CorruptImageError, UnsupportedFormatError
 
 SUPPORTED_FORMATS: Final = ("JPEG", "PNG", "WEBP")
@@ -82,9 +89,6 @@ _SIGNATURES: Final[tuple[tuple[bytes, str], ...]] = (
     (b"/9j/", "base64-encoded JPEG (text); send the decoded bytes instead"),
     (b"UklGR", "base64-encoded RIFF/WebP (text); send the decoded bytes instead"),
 )
-_HEIF_BRANDS: Final = frozenset(
-    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
-)
 
 
 def _describe(data: bytes) -> str:
@@ -94,6 +98,9 @@ def _describe(data: bytes) -> str:
             return name
     if data[4:8] == b"ftyp":
         return _describe_iso_bmff(data)
+    doctype = matroska_doctype(data)
+    if doctype is not None:
+        return "WebM video" if doctype == "webm" else "Matroska (MKV) video"
     if data.startswith(b"RIFF"):
         return f"a RIFF container of type {printable(data[8:12])!r}, not WebP"
     text = _as_text(data[:1024])
@@ -104,13 +111,14 @@ def _describe(data: bytes) -> str:
 
 def _describe_iso_bmff(data: bytes) -> str:
     """Describe an ISO base media file (HEIC, AVIF, MP4, MOV...) from its ``ftyp`` brands."""
-    box_end = min(int.from_bytes(data[:4], "big"), len(data), 64)
-    brands = {data[8:12]} | {data[i : i + 4] for i in range(16, box_end - 3, 4)}
-    if brands & {b"avif", b"avis"}:
-        return "AVIF (ISO-BMFF 'ftyp' box)"
-    if brands & _HEIF_BRANDS:
+    brands = ftyp_brands(data)
+    if brands is not None and iso_bmff_kind(data) == "image":
+        major, compatible = brands
+        if ({major} | compatible) & AVIF_BRANDS:
+            return "AVIF (ISO-BMFF 'ftyp' box)"
         return "HEIC/HEIF (ISO-BMFF 'ftyp' box)"
-    return f"an ISO-BMFF file such as MP4/MOV video (brand {printable(data[8:12])!r})"
+    kind = "QuickTime (MOV)" if is_quicktime(data) else "MP4"
+    return f"{kind} video (ISO-BMFF brand {printable(data[8:12])!r})"
 
 
 def _as_text(sample: bytes) -> str | None:

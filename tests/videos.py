@@ -29,7 +29,9 @@ CODECS: Final[dict[str, tuple[str, str, dict[str, str]]]] = {
 """The codecs tests write, each in a container that carries it."""
 
 
-def stretch(start: float, end: float, inside: tuple[int, int, int] = BLUE) -> Callable[[float], Any]:
+def stretch(
+    start: float, end: float, inside: tuple[int, int, int] = BLUE
+) -> Callable[[float], Any]:
     """Colours by time: ``inside`` from ``start`` (included) to ``end`` (excluded), red
     elsewhere."""
     return lambda t: inside if start <= t < end else RED
@@ -54,6 +56,7 @@ def write_video(
     out = BytesIO()
     with av.open(out, "w", format=container) as muxer:
         stream = muxer.add_stream(encoder, rate=fps, options=dict(options))
+        assert isinstance(stream, av.VideoStream)
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"
         if keyint is not None:
@@ -61,6 +64,7 @@ def write_video(
         if rotation is not None:
             stream.set_display_rotation(rotation)
         sound = muxer.add_stream("aac", rate=8000) if audio else None
+        assert sound is None or isinstance(sound, av.AudioStream)
         for index in range(round(seconds * fps)):
             t = index / fps
             pixels = frame_at(t) if frame_at is not None else solid(size, colour_at(t))

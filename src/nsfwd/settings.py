@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Final, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from nsfwd.engine.pools import DEFAULT_SIZES, DNS, WEBHOOKS
@@ -424,6 +424,11 @@ class Settings(BaseSettings):
         if value is not None:
             check_webhook_secret(value.get_secret_value())
         return value
+
+    @model_validator(mode="after")
+    def _check_video_options(self) -> Settings:
+        self.video_options  # noqa: B018  (raises ValueError for min_frames over max_frames)
+        return self
 
     @property
     def model_specs(self) -> list[ModelSpec]:

@@ -15,8 +15,9 @@ exists, every request needs one; revoking the last key does not reopen the API.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from nsfwd.api.fairness import KeySlots
 from nsfwd.api.ratelimit import KeyLimits
@@ -39,6 +40,8 @@ class Caller:
     store keys without one): the server's."""
     threshold: float | None = None
     """The key's own threshold; ``None``: the server's."""
+    video: Mapping[str, Any] = field(default_factory=dict)
+    """The video options the key sets (``interval``, ``min_frames``), over the server's."""
 
 
 class AuthenticationError(Exception):
@@ -107,6 +110,7 @@ class KeyRing:
                         KeyLimits(record.creates_per_minute, record.max_in_flight),
                         policy=record.policy,
                         threshold=record.threshold,
+                        video=record.video,
                     )
         if not await self.required():
             return None

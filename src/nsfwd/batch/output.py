@@ -21,7 +21,8 @@ from nsfwd.verdict import Policy
 
 def record(result: FileResult, policy: Policy) -> dict[str, Any]:
     """The JSON record for one file: labels and verdict, or the error; ``judged`` (which frame
-    and backdrop the labels are of) where more than one picture of it was judged."""
+    and backdrop the labels are of) where more than one picture of it was judged; a video's
+    ``segments``."""
     if result.labels is None:
         return {"path": result.path, "error": result.error}
     score = policy.score(result.labels)
@@ -35,6 +36,8 @@ def record(result: FileResult, policy: Policy) -> dict[str, Any]:
     }
     if result.judged is not None:
         found["judged"] = result.judged
+    if result.segments is not None:
+        found["segments"] = result.segments
     return found
 
 

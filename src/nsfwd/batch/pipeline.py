@@ -6,7 +6,8 @@ prepared in one :class:`~nsfwd.models.tensor_decode.TensorDecoder` call (its JPE
 resized with torch on the classifier's device, in one nvjpeg call on CUDA; the rest the PIL way)
 on a thread of its own. Either way a thread of its own stacks each batch (into page-locked
 memory for a GPU, see :meth:`~nsfwd.models.classifier.Classifier.stack`), so the next batches are
-being prepared while the model runs the current one.
+being prepared while the model runs the current one. A video (by content) is judged whole when
+its turn comes, a batch of sampled frames at a time (:mod:`nsfwd.batch.videos`).
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from nsfwd.batch.videos import is_video_file, judge_video
+from nsfwd.engine.protocol import DECODE_TIMEOUT_S
 from nsfwd.intake import (
     ImageError,
     ImageLimits,
@@ -30,10 +33,12 @@ from nsfwd.intake import (
     load_prepared,
     read_image_file,
 )
+from nsfwd.intake.video import VideoLimits
 from nsfwd.intake.views import Views
 from nsfwd.models.classifier import Classifier
 from nsfwd.models.tensor_decode import TensorDecoder, resolve_decode
-from nsfwd.verdict import Labels, Policy, nonfinite_labels, worst
+from nsfwd.timeline import VideoOptions
+from nsfwd.verdict import Judgement, Labels, Policy, nonfinite_labels, worst
 
 
 @dataclass(frozen=True)
@@ -45,12 +50,37 @@ class FileResult:
     error: str | None = None
     judged: dict[str, Any] | None = None
     """Which picture the labels are of (:meth:`~nsfwd.verdict.Judgement.details`), when more
-    than one was judged (an animation, or transparency judged over white and black)."""
+    than one was judged (an animation, or transparency judged over white and black; a video's
+    worst moment)."""
+    segments: list[dict[str, float]] | None = None
+    """A video's flagged segments (``start``, ``end``, ``score``); None for an image."""
+
+    @classmethod
+    def of(cls, path: str, judgement: Judgement) -> FileResult:
+        """The result of a judged file."""
+        judged = judgement.details() if judgement.chosen else None
+        return cls(path, judgement.labels, judged=judged, segments=judgement.segments)
 
 
-Prepared = Views[torch.Tensor] | str
-"""A file's prepared pictures (each judged frame, over white and black where transparent), or
-the reason it cannot be classified."""
+@dataclass(frozen=True)
+class VideoFile:
+    """A file whose content is a video: judged on its own when its turn comes."""
+
+    path: Path
+
+
+Prepared = Views[torch.Tensor] | VideoFile | str
+"""A file's prepared pictures (each judged frame, over white and black where transparent), a
+video to judge on its own, or the reason it cannot be classified."""
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """How the videos among the files are judged."""
+
+    limits: VideoLimits = field(default_factory=VideoLimits)
+    options: VideoOptions = field(default_factory=VideoOptions)
+    decode_timeout_s: float = DECODE_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -58,8 +88,8 @@ class _Chunk:
     """Files made ready for one model batch."""
 
     paths: list[Path]
-    prepared: list[Views[torch.Tensor] | str]
-    """Per file, its pictures (in :attr:`batch`), or why it cannot be classified."""
+    prepared: list[Prepared]
+    """Per file, its pictures (in :attr:`batch`), a video, or why it cannot be classified."""
     batch: torch.Tensor | None
     """The pictures of the files without errors, stacked by :meth:`Classifier.stack`."""
 
@@ -78,7 +108,10 @@ def _file_error(exc: OSError) -> str:
 
 
 def _prepare(classifier: Classifier, path: Path, limits: ImageLimits) -> Prepared:
-    """The prepared pictures of ``path`` (the PIL path), or the reason it cannot be classified."""
+    """The prepared pictures of ``path`` (the PIL path), a video, or the reason it cannot be
+    classified."""
+    if is_video_file(path):
+        return VideoFile(path)
     try:
         return load_prepared(read_image_file(path, limits), classifier.prepare, limits)
     except ImageError as exc:
@@ -87,8 +120,10 @@ def _prepare(classifier: Classifier, path: Path, limits: ImageLimits) -> Prepare
         return _file_error(exc)
 
 
-def _read(path: Path, limits: ImageLimits) -> bytes | str:
-    """The bytes of ``path``, or the reason it cannot be classified."""
+def _read(path: Path, limits: ImageLimits) -> bytes | VideoFile | str:
+    """The bytes of ``path``, a video, or the reason it cannot be classified."""
+    if is_video_file(path):
+        return VideoFile(path)
     try:
         return read_image_file(path, limits)
     except ImageError as exc:
@@ -97,13 +132,13 @@ def _read(path: Path, limits: ImageLimits) -> bytes | str:
         return _file_error(exc)
 
 
-def _decode(decoder: TensorDecoder, reads: list[bytes | str]) -> list[Prepared]:
+def _decode(decoder: TensorDecoder, reads: list[bytes | VideoFile | str]) -> list[Prepared]:
     """Prepare the files that were read, in one :meth:`TensorDecoder.prepare` call."""
     encoded = [item for item in reads if isinstance(item, bytes)]
     prepared = iter(decoder.prepare_views(encoded))
     results: list[Prepared] = []
     for item in reads:
-        if isinstance(item, str):
+        if not isinstance(item, bytes):
             results.append(item)
             continue
         result = next(prepared)
@@ -120,12 +155,14 @@ def classify_files(
     limits: ImageLimits | None = None,
     decode: str = "pil",
     policy: Policy | None = None,
+    videos: VideoJob | None = None,
 ) -> Iterator[FileResult]:
     """Yield one result per path, in order, classifying ``batch_size`` images at a time.
 
     Each image is judged on every picture a viewer may see of it (:mod:`nsfwd.intake.views`), and
     answers with the one ``policy`` (default: moderate) scores worst; the model runs at most
-    ``batch_size`` pictures at once.
+    ``batch_size`` pictures at once. A video is judged at its sampled frames as ``videos``
+    says, and answers with its worst moment and segments.
 
     Worker threads decode and preprocess the next batches while the current one is on the model
     (Pillow and torch release the GIL), so on a CPU the cores stay busy with inference.
@@ -154,7 +191,9 @@ def classify_files(
         while pending:
             chunk = pending.popleft().result()
             submit_next_chunk()
-            yield from _run_chunk(classifier, chunk, policy or Policy(), batch_size)
+            yield from _run_chunk(
+                classifier, chunk, policy or Policy(), batch_size, videos or VideoJob()
+            )
 
 
 def _submitter(
@@ -195,7 +234,7 @@ def _submitter(
 
 
 def _run_chunk(
-    classifier: Classifier, chunk: _Chunk, policy: Policy, batch_size: int
+    classifier: Classifier, chunk: _Chunk, policy: Policy, batch_size: int, videos: VideoJob
 ) -> Iterator[FileResult]:
     rows: list[Labels] = []
     if chunk.batch is not None:
@@ -207,11 +246,34 @@ def _run_chunk(
         if isinstance(prepared, str):
             yield FileResult(str(path), error=prepared)
             continue
+        if isinstance(prepared, VideoFile):
+            yield _judge_video(classifier, prepared.path, policy, batch_size, videos)
+            continue
         labels = [next(found) for _ in prepared.views]
         bad = sorted({label for row in labels for label in nonfinite_labels(row)})
         if bad:  # fail closed: NaN is never flagged
             yield FileResult(str(path), error=UnscorableImageError.for_labels(bad).message)
             continue
-        judgement = worst(prepared, labels, policy.score)
-        judged = judgement.details() if judgement.chosen else None
-        yield FileResult(str(path), labels=judgement.labels, judged=judged)
+        yield FileResult.of(str(path), worst(prepared, labels, policy.score))
+
+
+def _judge_video(
+    classifier: Classifier, path: Path, policy: Policy, batch_size: int, videos: VideoJob
+) -> FileResult:
+    """A video file's result: its judgement, or why it has none."""
+    try:
+        data = read_image_file(path, replace(ImageLimits(), max_bytes=videos.limits.max_bytes))
+        judgement = judge_video(
+            classifier,
+            data,
+            batch_size=batch_size,
+            limits=videos.limits,
+            options=videos.options,
+            policy=policy,
+            decode_timeout_s=videos.decode_timeout_s,
+        )
+    except ImageError as exc:
+        return FileResult(str(path), error=str(exc))
+    except OSError as exc:
+        return FileResult(str(path), error=_file_error(exc))
+    return FileResult.of(str(path), judgement)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from nsfwd.cli.options import Commands, add_policy_options, positive
+from nsfwd.cli.options import Commands, add_policy_options, positive, positive_seconds
 
 if TYPE_CHECKING:
     from nsfwd.jobs import ApiKey, Store
@@ -41,6 +41,19 @@ def register(sub: Commands[argparse.ArgumentParser]) -> None:
         create,
         applies_to=" in this key's Eachlabs output (nsfw/normal)",
         default="the server's",
+    )
+    create.add_argument(
+        "--interval",
+        type=positive_seconds,
+        metavar="SECONDS",
+        help="seconds between the judged frames of this key's videos (default: the server's)",
+    )
+    create.add_argument(
+        "--min-frames",
+        type=positive,
+        metavar="N",
+        help="flagged frames in a row that make a flagged segment of this key's videos "
+        "(default: the server's)",
     )
     listing = action.add_parser("list", help="show every key (never the key itself)")
     listing.add_argument("--json", action="store_true", help="print a JSON array")
@@ -83,6 +96,8 @@ async def _create_key(store: Store, settings: Settings, args: argparse.Namespace
             max_in_flight=args.max_in_flight or settings.key_max_in_flight,
             policy=args.policy,
             threshold=args.threshold,
+            video_interval=args.interval,
+            video_min_frames=args.min_frames,
         )
     except ValueError as exc:
         print(f"nsfwd keys create: {exc}", file=sys.stderr)
@@ -115,6 +130,8 @@ def _key_fields(key: ApiKey) -> dict[str, object]:
         "max_in_flight": key.max_in_flight,
         "policy": key.policy,
         "threshold": key.threshold,
+        "interval": key.video_interval,
+        "min_frames": key.video_min_frames,
         "created": key.created_at.isoformat(timespec="seconds"),
         "revoked": key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else None,
     }
@@ -131,24 +148,28 @@ async def _list_keys(store: Store, as_json: bool) -> int:
         print("no keys; create one with `nsfwd keys create NAME`", file=sys.stderr)
         return 0
     header = ["ID", "NAME", "PREFIX", "CREATES/MIN", "IN FLIGHT", "POLICY", "THRESHOLD",
-              "CREATED", "REVOKED"]  # fmt: skip
+              "INTERVAL", "MIN FRAMES", "CREATED", "REVOKED"]  # fmt: skip
     table = [header] + [[_key_cell(name, v) for name, v in row.items()] for row in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     for line in table:
         cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
         print("  ".join(cells).rstrip())
-    if any(row["policy"] is None or row["threshold"] is None for row in rows):
+    if any(row[name] is None for row in rows for name in _SERVERS):
         print(
-            "-: the server's (NSFWD_POLICY and NSFWD_THRESHOLD, or `nsfwd serve --policy "
-            "--threshold`)",
+            "-: the server's (NSFWD_POLICY, NSFWD_THRESHOLD, NSFWD_VIDEO_INTERVAL and "
+            "NSFWD_VIDEO_MIN_FRAMES, or `nsfwd serve`'s options)",
             file=sys.stderr,
         )
     return 0
 
 
+_SERVERS = ("policy", "threshold", "interval", "min_frames")
+"""The fields a key may leave to the server's settings."""
+
+
 def _key_cell(name: str, value: object) -> str:
     if value is None:
-        return "-" if name in ("policy", "threshold") else ""
+        return "-" if name in _SERVERS else ""
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 

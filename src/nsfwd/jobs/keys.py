@@ -21,6 +21,7 @@ from sqlalchemy import Row, or_, select, update
 from nsfwd.jobs.database import Database
 from nsfwd.jobs.records import ApiKey
 from nsfwd.jobs.schema import api_keys
+from nsfwd.timeline import VideoOptions
 from nsfwd.verdict import Policy, PolicyName
 
 KEY_PREFIX: Final = "nsfwd_"
@@ -77,13 +78,19 @@ class ApiKeys:
         max_in_flight: int = 10,
         policy: PolicyName | None = None,
         threshold: float | None = None,
+        video_interval: float | None = None,
+        video_min_frames: int | None = None,
     ) -> tuple[str, ApiKey]:
         """Create an API key; returns its secret (shown once, never stored) and its record.
 
         ``policy`` and ``threshold`` decide its predictions' verdicts (``flagged``);
-        what is left ``None`` follows the server's. Raises ValueError when either is invalid.
+        ``video_interval`` and ``video_min_frames`` how its videos are sampled and judged; what
+        is left ``None`` follows the server's. Raises ValueError when one is invalid.
         """
         Policy().overridden(policy, threshold)  # validates both
+        VideoOptions(max_frames=10**9).overridden(  # validates both
+            {"interval": video_interval, "min_frames": video_min_frames}
+        )
         plaintext = generate_key()
         record = ApiKey(
             id=str(uuid.uuid4()),
@@ -95,6 +102,8 @@ class ApiKeys:
             created_at=self.clock(),
             policy=policy,
             threshold=threshold,
+            video_interval=video_interval,
+            video_min_frames=video_min_frames,
         )
         values = {column.name: getattr(record, column.name) for column in api_keys.columns}
         async with self.database.write() as connection:

@@ -28,7 +28,7 @@ import asyncio
 import logging
 import re
 import uuid
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal
@@ -158,11 +158,13 @@ class Predictions:
         limits: Limits | None = None,
         policy: PolicyName | None = None,
         threshold: float | None = None,
+        video: Mapping[str, Any] | None = None,
     ) -> Prediction:
         """Queue a prediction of an uploaded image or of an image URL.
 
         ``policy`` and ``threshold`` are its API key's own (``None``: the worker applies the
-        server's). Raises :class:`CapacityError` when ``limits`` are reached.
+        server's); ``video``, for a video, the video options its key and request set. Raises
+        :class:`CapacityError` when ``limits`` are reached.
         """
         if (input_url is None) == (upload is None):
             raise ValueError("a prediction needs exactly one of input_url and upload")
@@ -183,6 +185,7 @@ class Predictions:
                 webhook_url=webhook_url,
                 policy=policy,
                 threshold=threshold,
+                video=dict(video) if video is not None else None,
             )
             if limits is not None:
                 size = 0 if upload is None else len(upload.data)
@@ -312,10 +315,11 @@ class Predictions:
         error: str | None = None,
         predict_time: float | None = None,
         judged: Mapping[str, Any] | None = None,
+        segments: Sequence[Mapping[str, Any]] | None = None,
         keep_input: bool = True,
     ) -> Prediction | None:
-        """Record the outcome: ``labels`` (and ``flagged``, the verdict, and ``judged``: which
-        picture they are of) on success, or an ``error``.
+        """Record the outcome: ``labels`` (and ``flagged``, the verdict, ``judged``: which
+        picture they are of, and a video's ``segments``) on success, or an ``error``.
 
         Only while ``owner`` still holds the prediction; returns the finished prediction, or
         ``None`` when the lease was lost (the outcome is then discarded). Enqueues the webhook
@@ -332,6 +336,7 @@ class Predictions:
             "error": error,
             "predict_time": predict_time,
             "judged": dict(judged) if judged is not None else None,
+            "segments": [dict(item) for item in segments] if segments is not None else None,
             "lease_owner": None,
             "lease_expires_at": None,
         }

@@ -95,6 +95,8 @@ predictions = Table(
     Column("policy", String(16), nullable=True),
     Column("threshold", Float, nullable=True),
     Column("judged", JSON, nullable=True),
+    Column("video", JSON, nullable=True),
+    Column("segments", JSON, nullable=True),
     CheckConstraint("protocol IN ('eachlabs', 'prodia')", name="protocol"),
     CheckConstraint("status IN ('queued', 'processing', 'succeeded', 'failed')", name="status"),
     Index(None, "status", "created_at"),
@@ -156,5 +158,7 @@ api_keys = Table(
     Column("revoked_at", UtcDateTime, nullable=True),
     Column("policy", String(16), nullable=True),
     Column("threshold", Float, nullable=True),
+    Column("video_interval", Float, nullable=True),
+    Column("video_min_frames", Integer, nullable=True),
     UniqueConstraint("key_hash"),
 )

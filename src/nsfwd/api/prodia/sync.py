@@ -42,6 +42,7 @@ from nsfwd.api.prodia.job import (
     job_response,
     json_bytes,
     passthrough,
+    video_options,
     wants_multipart,
 )
 from nsfwd.engine import ClassifyEngine, EngineClosedError, QueueFullError
@@ -49,6 +50,7 @@ from nsfwd.engine.served import ServedModels, UnknownModelError
 from nsfwd.intake import ImageError
 from nsfwd.models.names import not_loaded_hint
 from nsfwd.settings import Settings
+from nsfwd.timeline import VideoOptions
 from nsfwd.verdict import Judgement
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,11 @@ class ProdiaJobs:
         self.settings = settings
         self.keys = keys
         self.public_model = self.models.default_name
+
+    @property
+    def max_input_bytes(self) -> int:
+        """The largest input part: an image (a short video fits within it too)."""
+        return self.settings.max_image_bytes
 
     async def post_job(self, request: Request) -> Response:
         """Run one job and answer with it, completed or failed; see the module docstring."""
@@ -118,7 +125,7 @@ class ProdiaJobs:
             parts = await read_form(
                 request.headers.get("content-type", ""),
                 chunks,
-                part_limits={"job": JOB_PART_MAX_BYTES, "input": self.settings.max_image_bytes},
+                part_limits={"job": JOB_PART_MAX_BYTES, "input": self.max_input_bytes},
                 max_parts=MAX_PARTS,
             )
         self._read_job(parts, job)
@@ -158,7 +165,8 @@ class ProdiaJobs:
         self.keys.requests.hold(request, None if caller is None else caller.ref)
 
     async def _run(self, request: Request, job: Job) -> Response:
-        self._hold_slot(request, await self._identify(request))
+        caller = await self._identify(request)
+        self._hold_slot(request, caller)
         parts = await self._read_parts(request, job)
         job.restart_clock()
         multipart = wants_multipart(request.headers.get("accept"), default=job.type == IMG2LABEL_V2)
@@ -166,7 +174,8 @@ class ProdiaJobs:
             return self._completed(job, multipart)
         engine = self._check_model(job)
         image = self._single_input(parts)
-        judgement = await self._judge(request, engine, image)
+        video = self.settings.video_options.overridden(self._video_changes(job, caller))
+        judgement = await self._judge(request, engine, image, video)
         labels = judgement.labels
         outputs = [
             Part("output", json_bytes(labels), "labels.json", JSON_TYPE),
@@ -213,6 +222,16 @@ class ProdiaJobs:
         if config is not None and not isinstance(config, dict):
             raise BadRequestError(f"job.config must be a JSON object; send e.g. {example}")
 
+    def _video_changes(self, job: Job, caller: Caller | None) -> dict[str, Any]:
+        """The video options the key and ``job.config`` set, checked over the server's; a 400
+        saying what is wrong."""
+        changes = ({} if caller is None else dict(caller.video)) | video_options(job.config)
+        try:
+            self.settings.video_options.overridden(changes)
+        except ValueError as exc:
+            raise BadRequestError(f"job.config: {exc}") from None
+        return changes
+
     def _check_model(self, job: Job) -> ClassifyEngine:
         """The engine of the model ``job.config.model`` names, or a 400 listing the served
         ones."""
@@ -245,15 +264,19 @@ class ProdiaJobs:
             )
         return inputs[0]
 
-    async def _judge(self, request: Request, engine: ClassifyEngine, image: Part) -> Judgement:
+    async def _judge(
+        self, request: Request, engine: ClassifyEngine, image: Part, video: VideoOptions
+    ) -> Judgement:
         """``engine``'s judgement of ``image`` (the worst picture under the moderate policy;
-        Prodia's jobs name none), unless the client goes away first."""
+        Prodia's jobs name none; a video's worst moment, sampled by ``video``), unless the
+        client goes away first."""
         if not engine.ready:
             raise UnavailableError(
                 "the model is not ready (loading, or the server is stopping); retry in a moment"
             )
         try:
-            return await _unless_disconnected(engine.judge(image.data), request.receive)
+            work = engine.judge(image.data, video=video)
+            return await _unless_disconnected(work, request.receive)
         except ImageError as exc:
             raise image_refusal(image, exc) from None
         except QueueFullError as exc:
@@ -270,7 +293,10 @@ class ProdiaJobs:
     ) -> Response:
         labels = None if judgement is None else judgement.labels
         judged = None if judgement is None or not judgement.chosen else judgement.details()
-        document = json_bytes(job.document("completed", labels=labels, judged=judged))
+        segments = None if judgement is None else judgement.segments
+        document = json_bytes(
+            job.document("completed", labels=labels, judged=judged, segments=segments)
+        )
         return job_response(document, multipart=multipart, outputs=outputs)
 
     def _failed(self, request: Request, job: Job, exc: ApiError) -> Response:

@@ -28,12 +28,16 @@ HIGH = {"neutral": 0.1, "low": 0.0, "medium": 0.0, "high": 0.9}
 LOW = {"neutral": 0.9, "low": 0.0, "medium": 0.0, "high": 0.1}
 
 
-@pytest.fixture
-def redless(classifier: Classifier) -> RedlessClassifier:
-    """Flags blue, passes red: P(high) is the lack of red."""
+def colour_model(classifier: Classifier) -> RedlessClassifier:
+    """The tiny model's plumbing, flagging blue and passing red: P(high) is the lack of red."""
     model = RedlessClassifier(classifier.loaded, classifier.device, classifier.dtype, "redless")
     model.batches = []
     return model
+
+
+@pytest.fixture(name="redless")
+def redless_fixture(classifier: Classifier) -> RedlessClassifier:
+    return colour_model(classifier)
 
 
 def rgb(image: Image.Image, where: tuple[int, int]) -> tuple[int, int, int]:

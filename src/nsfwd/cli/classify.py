@@ -191,8 +191,13 @@ def _already_recorded(args: argparse.Namespace) -> set[str]:
 
 def _classify_on_ray(args: argparse.Namespace, policy: Policy, done: set[str]) -> int:
     """``nsfwd classify --ray``: the same records, from a Ray Data pipeline."""
+    from nsfwd.batch.pipeline import VideoJob
     from nsfwd.batch.ray_data import RayJob, RayUnavailableError
 
+    if args.stop_on_flag:
+        print("nsfwd classify: --stop-on-flag does not combine with --ray (the workers decode "
+              "a video's frames ahead of the model)", file=sys.stderr)  # fmt: skip
+        return 2
     settings = settings_for(args)
     try:
         job = RayJob.start(
@@ -203,6 +208,10 @@ def _classify_on_ray(args: argparse.Namespace, policy: Policy, done: set[str]) -
             decode=args.decode,
             skip=done,
             progress=not args.no_progress,
+            policy=policy,
+            videos=VideoJob(
+                settings.video_limits, settings.video_options, settings.decode_timeout_s
+            ),
         )
     except RayUnavailableError as exc:
         print(f"nsfwd classify: {exc}", file=sys.stderr)

@@ -419,15 +419,19 @@ def _open(data: bytes, fmt: VideoFormat, limits: VideoLimits) -> Any:
         return av.open(
             BytesIO(data),
             format=DEMUXERS[fmt],
-            options={"max_streams": str(limits.max_streams)},
+            # FFmpeg stops adding streams past max_streams; one more than the limit shows it
+            container_options={"max_streams": str(limits.max_streams + 1)},
+            # the decoders FFmpeg may open to probe the streams: bounded like ours
+            options={"max_pixels": str(limits.max_pixels), "threads": "1"},
         )
     except _FFMPEG_ERRORS as exc:
-        detail = _detail(exc)
-        if fmt in ("MP4", "MOV") and "moov" in detail.lower():
-            detail = "its index (the 'moov' box) is missing: a truncated file?"
+        hint = (
+            " (truncated, or its index, the 'moov' box, is missing?)"
+            if fmt in ("MP4", "MOV")
+            else ""
+        )
         raise CorruptImageError(
-            f"{fmt} video is truncated or corrupt and cannot be opened ({detail}); "
-            f"at most {limits.max_streams} streams are read"
+            f"{fmt} video is truncated or corrupt and cannot be opened{hint}: {_detail(exc)}"
         ) from exc
 
 
@@ -472,7 +476,7 @@ def _check_frame_size(width: int, height: int, fmt: str, limits: VideoLimits) ->
     if max(width, height) > limits.max_side or width * height > limits.max_pixels:
         raise ImageDimensionsError(
             f"{fmt} video frames are {width}x{height} px; the limit is {limits.max_side} px a "
-            f"side and {limits.max_pixels:,} pixels a frame (4096x2160)"
+            f"side and {limits.max_pixels:,} pixels a frame"
         )
 
 

@@ -261,11 +261,14 @@ def parse_create_request(body: bytes) -> CreateRequest:
         spec = CreateRequest.model_validate(doc)
     except ValidationError as exc:
         raise BadRequestError(_refusal(exc.errors()[0])) from None
-    if (spec.input.image is None) == (spec.input.video is None):
-        given = "both input.image and input.video" if spec.input.image else "neither"
+    if spec.input.image is None and spec.input.video is None:
         raise BadRequestError(
-            f"input takes one URL, input.image or input.video, and got {given}; e.g. "
-            f"{_EXAMPLE} or {_VIDEO_EXAMPLE}"
+            f"input.image is missing (or input.video, for a video); send e.g. {_EXAMPLE} or "
+            f"{_VIDEO_EXAMPLE}"
+        )
+    if spec.input.image is not None and spec.input.video is not None:
+        raise BadRequestError(
+            "input takes one URL, input.image or input.video, and got both; send one per prediction"
         )
     return spec
 

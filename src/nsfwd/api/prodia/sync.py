@@ -48,10 +48,11 @@ from nsfwd.api.prodia.job import (
 from nsfwd.engine import ClassifyEngine, EngineClosedError, QueueFullError
 from nsfwd.engine.served import ServedModels, UnknownModelError
 from nsfwd.intake import ImageError
+from nsfwd.intake.video import sniff_video
 from nsfwd.models.names import not_loaded_hint
 from nsfwd.settings import Settings
 from nsfwd.timeline import VideoOptions
-from nsfwd.verdict import Judgement
+from nsfwd.verdict import Judgement, Policy
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ class ProdiaJobs:
         engine = self._check_model(job)
         image = self._single_input(parts)
         video = self.settings.video_options.overridden(self._video_changes(job, caller))
-        judgement = await self._judge(request, engine, image, video)
+        judgement = await self._judge(request, engine, image, video, self._policy(image, caller))
         labels = judgement.labels
         outputs = [
             Part("output", json_bytes(labels), "labels.json", JSON_TYPE),
@@ -222,6 +223,15 @@ class ProdiaJobs:
         if config is not None and not isinstance(config, dict):
             raise BadRequestError(f"job.config must be a JSON object; send e.g. {example}")
 
+    def _policy(self, image: Part, caller: Caller | None) -> Policy | None:
+        """Whose flags make a video's segments: the key's policy, else the server's. ``None``
+        for an image, whose worst picture moderate picks (Prodia's labels stay raw)."""
+        if sniff_video(image.data) is None:
+            return None
+        if caller is None:
+            return self.settings.verdict_policy
+        return self.settings.verdict_policy.overridden(caller.policy, caller.threshold)
+
     def _video_changes(self, job: Job, caller: Caller | None) -> dict[str, Any]:
         """The video options the key and ``job.config`` set, checked over the server's; a 400
         saying what is wrong."""
@@ -265,17 +275,22 @@ class ProdiaJobs:
         return inputs[0]
 
     async def _judge(
-        self, request: Request, engine: ClassifyEngine, image: Part, video: VideoOptions
+        self,
+        request: Request,
+        engine: ClassifyEngine,
+        image: Part,
+        video: VideoOptions,
+        policy: Policy | None,
     ) -> Judgement:
-        """``engine``'s judgement of ``image`` (the worst picture under the moderate policy;
-        Prodia's jobs name none; a video's worst moment, sampled by ``video``), unless the
+        """``engine``'s judgement of ``image`` (the worst picture under ``policy``, moderate
+        when None; a video's worst moment and segments, sampled by ``video``), unless the
         client goes away first."""
         if not engine.ready:
             raise UnavailableError(
                 "the model is not ready (loading, or the server is stopping); retry in a moment"
             )
         try:
-            work = engine.judge(image.data, video=video)
+            work = engine.judge(image.data, policy, video=video)
             return await _unless_disconnected(work, request.receive)
         except ImageError as exc:
             raise image_refusal(image, exc) from None

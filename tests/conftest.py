@@ -22,7 +22,13 @@ TIERS: Final = {
     # real Ray clusters and Ray Serve: one at a time (two cores cannot host two), one xdist group
     "ray": ("test_ray_serve", "test_ray_serve_autoscaling", "test_ray_data"),
     # full-size models, compiling, killed servers and process trees
-    "heavy": ("test_parity", "test_compile", "test_crash", "test_supervisor"),
+    "heavy": (
+        "test_parity",
+        "test_compile",
+        "test_crash",
+        "test_supervisor",
+        "test_video::test_the_bench_video_suite_measures_decoding_beside_judging",
+    ),
     # headless Chromium
     "browser": (
         "test_demo",

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -233,3 +235,22 @@ def test_stop_on_flag_ends_the_decoding_at_the_first_segment(
     assert judged.video is not None and judged.video.incomplete is not None
     assert "stop_on_flag" in judged.video.incomplete
     assert judged.video.frames_judged <= 8 and judged.segments
+
+
+# --- the benchmark --------------------------------------------------------------------------------
+
+
+def test_the_bench_video_suite_measures_decoding_beside_judging(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nsfwd.cli import main
+
+    out = tmp_path / "bench.json"
+    args = ["bench", "--arch", "eva02_tiny_patch14_224", "--suites", "video", "--video-size",
+            "320x240", "--video-seconds", "3", "--batch-size", "2", "--json", str(out)]  # fmt: skip
+    assert main(args) == 0
+    run = json.loads(out.read_text())["results"]["video"]
+    assert (run["codec"], run["size"], run["frames"]) == ("H.264", "320x240", 90)
+    assert run["frames_judged"] == 4 and run["mbit_s"] > 1  # 0, 1, 2 s and the last frame
+    assert run["decode_s"] > 0 and run["judge_s"] > 0 and run["frames_judged_per_s"] > 0
+    assert "decoding is" in capsys.readouterr().out

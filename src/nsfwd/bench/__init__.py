@@ -184,6 +184,18 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchRepo
                 results["parity"] = _parity(cfg, model, classifier, workdir, batch_size)
             except (ImportError, ValueError) as exc:
                 results["parity_error"] = str(exc)
+        if "video" in cfg.suites:
+            from nsfwd.bench.video import bench_video, make_video
+
+            video = cfg.video
+            if video is None:
+                width, height = cfg.video_size
+                name = f"nsfwd-bench-{width}x{height}-{cfg.video_seconds:g}s.mp4"
+                log(f"video: encoding a {width}x{height} clip of {cfg.video_seconds:g} s ...")
+                video = make_video(Path(tempfile.gettempdir()) / name, cfg.video_size,
+                                   cfg.video_seconds)  # fmt: skip
+            log("video: decoding the sampled frames, judging them, then both together ...")
+            results["video"] = bench_video(classifier, video, batch_size)
         del classifier  # the server suite loads its own copy in another process
         if "server" in cfg.suites:
             log(f"server: 1 client, then {cfg.concurrency} concurrent clients ...")

@@ -14,7 +14,10 @@ import torch
 
 from nsfwd.models.cpu import cpu_class, cpu_features, cpu_flags, default_cpu_dtype
 
-SUITES = ("model", "pipeline", "parity", "server")
+SUITES = ("model", "pipeline", "parity", "server", "video")
+DEFAULT_SUITES = ("model", "pipeline", "parity", "server")
+"""What runs without ``--suites``: the video suite encodes a 1080p minute first, so it is
+asked for by name."""
 
 
 @dataclass
@@ -30,7 +33,7 @@ class BenchConfig:
     quantize: str | None = None
     compile: str | None = None
     compile_cache_dir: Path | None = None
-    suites: Sequence[str] = SUITES
+    suites: Sequence[str] = DEFAULT_SUITES
     batch_sizes: Sequence[int] = (1, 2, 4)
     images: int = 16
     images_dir: Path | None = None
@@ -48,6 +51,10 @@ class BenchConfig:
     """Freepik's package's dtypes; None for its faster mode here (:func:`reference_dtypes`)."""
     reference_images: int = 8
     rounds: int = 1
+    video: Path | None = None
+    """The video suite's clip; None: a generated one (:func:`nsfwd.bench.video.make_video`)."""
+    video_size: tuple[int, int] = (1920, 1080)
+    video_seconds: float = 60.0
     out: Path | None = None
 
 
@@ -179,6 +186,20 @@ def _server_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _video_lines(results: dict[str, Any]) -> list[str]:
+    run = results.get("video")
+    if not run:
+        return []
+    return [
+        f"video     {run['codec']} {run['size']} {run['seconds']:.0f} s at "
+        f"{run['mbit_s']:.1f} Mbit/s: {run['frames_judged']} frames judged; decoding "
+        f"{run['decode_s']:.1f} s ({run['decode_cpu_s']:.1f} s CPU), judging "
+        f"{run['judge_s']:.1f} s: decoding is {run['decode_over_judge']:.2f} of judging",
+        f"video     end to end {run['end_to_end_s']:.1f} s, "
+        f"{run['frames_judged_per_s']:.2f} frames judged/s (batch {run['batch_size']})",
+    ]
+
+
 def _reason(machine: dict[str, Any]) -> str:
     reason = machine.get("dtype_reason")
     return f" ({reason})" if reason else ""
@@ -201,4 +222,5 @@ def format_report(report: BenchReport) -> str:
         *_pipeline_lines(results),
         *_parity_lines(results),
         *_server_lines(results),
+        *_video_lines(results),
     ])  # fmt: skip

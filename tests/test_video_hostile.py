@@ -38,6 +38,7 @@ REFUSED: dict[str, tuple[type[ImageError], str]] = {
     "video-many-streams.mkv": (ImageComplexityError, "at most 16 are accepted"),
     "video-frame-flood.mkv": (ImageComplexityError, "over the limit of 240 frames a second"),
     "video-mjpeg.mkv": (UnsupportedFormatError, "'mjpeg' codec"),
+    "video-unknown-codec.mkv": (UnsupportedFormatError, "a codec FFmpeg does not know"),
 }
 """Each refused file: the error and what its message says."""
 BOUND_S = 2.0

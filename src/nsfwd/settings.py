@@ -235,7 +235,7 @@ class Settings(BaseSettings):
         ge=1,
         description="Request bodies each HTTP process reads at once; one more gets 503 with "
         "Retry-After. Bounds the memory slow or many uploads can hold (at most this many "
-        "bodies of max_image_bytes).",
+        "bodies of max_image_bytes, or of max_video_bytes on POST /v2/job/async).",
     )
     body_timeout_s: float = Field(
         60.0,

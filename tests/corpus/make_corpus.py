@@ -245,6 +245,12 @@ def frame_flood_mkv() -> bytes:
     return video(1.0, fps=2000, size=(16, 16))
 
 
+def unknown_codec_mkv() -> bytes:
+    """A Matroska track whose codec FFmpeg does not know (found by atheris)."""
+    data = video(0.5)
+    return data.replace(b"V_MPEG4/ISO/AVC", b"V_MPEG4/ISO/XYZ")
+
+
 def mjpeg_mkv() -> bytes:
     """Motion JPEG: a codec outside the list, refused unread."""
     return video(0.5, codec="mjpeg")
@@ -268,6 +274,7 @@ FILES = {
     "video-many-streams.mkv": many_streams_mkv,
     "video-frame-flood.mkv": frame_flood_mkv,
     "video-mjpeg.mkv": mjpeg_mkv,
+    "video-unknown-codec.mkv": unknown_codec_mkv,
 }
 
 

@@ -194,7 +194,8 @@ def _video_lines(results: dict[str, Any]) -> list[str]:
         f"video     {run['codec']} {run['size']} {run['seconds']:.0f} s at "
         f"{run['mbit_s']:.1f} Mbit/s: {run['frames_judged']} frames judged; decoding "
         f"{run['decode_s']:.1f} s ({run['decode_cpu_s']:.1f} s CPU), judging "
-        f"{run['judge_s']:.1f} s: decoding is {run['decode_over_judge']:.2f} of judging",
+        f"{run['judge_s']:.1f} s ({run['judge_cpu_s']:.1f} s CPU): decoding is "
+        f"{run['decode_over_judge']:.2f} of judging ({run['decode_over_judge_cpu']:.2f} in CPU)",
         f"video     end to end {run['end_to_end_s']:.1f} s, "
         f"{run['frames_judged_per_s']:.2f} frames judged/s (batch {run['batch_size']})",
     ]

@@ -71,10 +71,13 @@ class VideoRun:
         """The video's judgement (worst moment, segments) under ``policy`` and ``options``;
         raises :class:`~nsfwd.intake.ImageError` for a video the intake refuses or whose
         decoding runs over its budget."""
-        opened = time.monotonic()
         reader: VideoReader[T] = await self._decode(
             lambda: VideoReader(
-                data, prepare, limits, sampling(options), deadline=opened + self.decode_timeout_s
+                data,
+                prepare,
+                limits,
+                sampling(options),
+                deadline=time.monotonic() + self.decode_timeout_s,  # from when it starts
             ),
             self.decode_timeout_s,
             "opening the video",
@@ -91,10 +94,9 @@ class VideoRun:
         """Open and index the video and decode its first sampled frame, raising the
         :class:`~nsfwd.intake.ImageError` a judgement would raise for a video that cannot be
         opened or decoded at all (an async job's upload, checked before it is accepted)."""
-        opened = time.monotonic()
-        deadline = opened + self.decode_timeout_s
 
         def first_frame() -> None:
+            deadline = time.monotonic() + self.decode_timeout_s
             reader = VideoReader(data, prepare, limits, sampling(options), deadline=deadline)
             try:
                 reader.read(1, deadline=deadline)
@@ -142,20 +144,20 @@ class VideoRun:
     async def _read(
         self, reader: VideoReader[T], budget: float, spent: list[float]
     ) -> list[Sample[T]]:
-        """The next batch of samples, its decoding counted against the budget."""
+        """The next batch of samples, its decoding (not its wait for a pool thread) counted
+        against the budget."""
         left = budget - spent[0]
         if left <= 0:
             raise _over_budget(reader, budget)
-        started = time.monotonic()
-        try:
-            return await self._decode(
-                lambda: reader.read(self.batch, deadline=started + left),
-                left,
-                "decoding the video",
-                budget=(reader, budget),
-            )
-        finally:
-            spent[0] += time.monotonic() - started
+
+        def read_batch() -> list[Sample[T]]:
+            started = time.monotonic()
+            try:
+                return reader.read(self.batch, deadline=started + left)
+            finally:
+                spent[0] += time.monotonic() - started
+
+        return await self._decode(read_batch, left, "decoding the video", budget=(reader, budget))
 
     async def _decode(
         self,

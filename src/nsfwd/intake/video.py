@@ -259,7 +259,9 @@ class VideoReader(Generic[T]):
         self._next = 0
         self._frames: Iterator[av.VideoFrame] | None = None
         self._position: int | None = None  # pts of the last frame decoded
-        self._decoded = 0
+        self._decoded = 0  # frames decoded
+        self._judged = 0  # sampled frames handed out
+        self._stopped: str | None = None  # why decoding could not go on
         self._lock = threading.Lock()  # held while reading
         self._closing = False
 
@@ -306,15 +308,28 @@ class VideoReader(Generic[T]):
                 self._next = len(self._targets)
                 break
             self._next += 1
+            self._judged += 1
             time_s = (target.pts - self._start) * self._time_base
             samples.append(Sample(self.prepare(self._upright(frame)), time_s, tuple(target.times)))
-        if self.done and self.incomplete is None and self._short is not None:
-            self.incomplete = self._short
+            if self._stopped is not None:  # the last frame there was: nothing follows it
+                self._next = len(self._targets)
+        if self.done and self.incomplete is None:
+            self.incomplete = self._why_incomplete()
         if not samples and self._decoded == 0 and self.done:
             raise CorruptImageError(
                 f"{self.info.format} video: no frame could be decoded ({self.incomplete})"
             )
         return samples
+
+    def _why_incomplete(self) -> str | None:
+        """Why the frames judged stop before the last sampled one (or the declared end)."""
+        missing = len(self._targets) - self._judged
+        if self._stopped is not None and missing:
+            return (
+                f"{self._stopped}: the frames before were judged, {missing} of "
+                f"{len(self._targets)} sampled frames were not there"
+            )
+        return self._short
 
     # --- planning ------------------------------------------------------------------------
 
@@ -337,8 +352,9 @@ class VideoReader(Generic[T]):
         """The frame whose timestamp is ``pts`` (or, if the decoder never gives that one, the
         last before it); ``None`` when the file ends or cannot be decoded further first."""
         keyframe = self._keyframe_before(pts)
-        if self._frames is None or self._position is None or keyframe > self._position:
-            self._seek(keyframe)
+        ahead = self._frames is None or self._position is None or keyframe > self._position
+        if ahead and not self._seek(keyframe):  # seeking skips work only past where we are
+            return None
         previous: av.VideoFrame | None = None
         while True:
             try:
@@ -370,23 +386,30 @@ class VideoReader(Generic[T]):
         at = bisect.bisect_right(self._keyframes, pts) - 1
         return self._keyframes[max(at, 0)]
 
-    def _seek(self, pts: int) -> None:
-        try:
-            self._container.seek(pts, stream=self._stream, backward=True)
-        except _FFMPEG_ERRORS:
-            self._container.seek(0, stream=self._stream, backward=True)  # from the start, then
-        self._frames = self._decode_frames()
-        self._position = None
+    def _seek(self, pts: int) -> bool:
+        """Seek to the keyframe at ``pts`` (failing that, to the start); False when the file
+        cannot be sought at all."""
+        for where in dict.fromkeys((pts, self._start)):
+            try:
+                self._container.seek(where, stream=self._stream, backward=True)
+            except _FFMPEG_ERRORS as exc:
+                failure = exc
+                continue
+            self._frames = self._decode_frames()
+            self._position = None
+            return True
+        self._stop(f"seeking failed at {self._decoded_seconds():.2f} s ({_detail(failure)})")
+        return False
 
     def _decode_frames(self) -> Iterator[av.VideoFrame]:
         for packet in self._container.demux(self._stream):
             yield from packet.decode()
 
     def _stop(self, why: str) -> None:
+        """Decoding cannot go on (``why``): the frames read so far are what is judged."""
         self._frames = None
-        if self._next < len(self._targets) and self.incomplete is None:
-            left = len(self._targets) - self._next
-            self.incomplete = f"{why}: {left} of {len(self._targets)} sampled frames were not there"
+        if self._stopped is None:
+            self._stopped = why
 
     def _decoded_seconds(self) -> float:
         if self._position is None:
@@ -454,14 +477,17 @@ def _video_stream(container: Any, fmt: VideoFormat, limits: VideoLimits) -> Any:
     for other in streams:
         if other is not stream:
             other.discard = av.stream.Discard.all
-    codec = stream.codec_context.codec.canonical_name  # the format, not the decoder's name
+    context = stream.codec_context
+    if context is None:  # FFmpeg knows no decoder for it
+        raise UnsupportedFormatError(
+            f"{fmt} video in a codec FFmpeg does not know; accepted videos are {ACCEPTED}"
+        )
+    codec = context.codec.canonical_name  # the format, not the decoder's name
     if codec not in CODECS:
         raise UnsupportedFormatError(
             f"{fmt} video in the {codec!r} codec; accepted videos are {ACCEPTED}"
         )
-    width, height = stream.codec_context.width, stream.codec_context.height
-    _check_frame_size(width, height, fmt, limits)
-    context = stream.codec_context
+    _check_frame_size(context.width, context.height, fmt, limits)
     context.options = {"max_pixels": str(limits.max_pixels)}
     context.thread_count = DECODER_THREADS
     return stream

@@ -19,6 +19,7 @@ import pytest
 import requests
 from openai import OpenAI
 
+from checkpoints import VIT
 from eachlabs_calls import KEY, create, created_id, eachlabs_server, poll
 from hosts import ALLOWED, Host, jpeg
 from nsfwd.api import create_app
@@ -34,16 +35,21 @@ from store_handles import make_key
 
 pytestmark = pytest.mark.usefixtures("canary")
 
-VIT = "vit"
-
 
 @pytest.fixture(scope="module")
 def url(
+    backend: str,
+    request: pytest.FixtureRequest,
+    *,
     classifier: Classifier,
     vit_classifier: Classifier,
     tmp_path_factory: pytest.TempPathFactory,
     host: tuple[str, Host],
 ) -> Iterator[str]:
+    """The suite's server: both models, here or on Ray Serve (the image host up first)."""
+    if backend == "ray":
+        yield request.getfixturevalue("ray_server").url
+        return
     settings = Settings(
         api_keys=[TOKEN],
         data_dir=tmp_path_factory.mktemp("openai"),

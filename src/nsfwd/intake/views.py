@@ -35,6 +35,9 @@ class View(Generic[T]):
     """The frame's index in the file, as Pillow counts (an APNG's default image is 0)."""
     backdrop: Backdrop | None
     """The page colour the frame was composited over, or None for an opaque frame."""
+    size: tuple[int, int] = (0, 0)
+    """(width, height) of the picture as displayed, before a model resized it: a detector
+    maps its boxes back to these pixels ((0, 0) where unknown)."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,14 @@ class Views(Generic[T]):
 
     def map(self, prepare: Callable[[T], U]) -> Views[U]:
         """The same views, each picture made into ``prepare`` of it."""
-        return Views([View(prepare(v.image), v.frame, v.backdrop) for v in self.views], self.frames)
+        return Views(
+            [View(prepare(v.image), v.frame, v.backdrop, v.size) for v in self.views], self.frames
+        )
+
+    @property
+    def sizes(self) -> list[tuple[int, int]]:
+        """Each picture's displayed (width, height), in order."""
+        return [view.size for view in self.views]
 
     @property
     def frames_judged(self) -> int:
@@ -71,10 +81,10 @@ def frame_views(image: Image.Image, frame: int, fmt: str) -> list[View[Image.Ima
     colour, alpha = _split_alpha(image)
     rgb = to_srgb(colour, image.info, fmt)
     if alpha is None or alpha.getextrema()[0] == 255:
-        return [View(rgb, frame, None)]
+        return [View(rgb, frame, None, rgb.size)]
     return [
-        View(_composite(rgb, alpha, _WHITE), frame, "white"),
-        View(_composite(rgb, alpha, _BLACK), frame, "black"),
+        View(_composite(rgb, alpha, _WHITE), frame, "white", rgb.size),
+        View(_composite(rgb, alpha, _BLACK), frame, "black", rgb.size),
     ]
 
 

@@ -123,6 +123,11 @@ def parse_region_thresholds(text: str) -> tuple[tuple[str, float], ...]:
     return tuple(rules)
 
 
+def format_region_thresholds(rules: Iterable[tuple[str, float]]) -> str:
+    """Region thresholds as :func:`parse_region_thresholds` reads them."""
+    return ",".join(f"{label}={threshold:g}" for label, threshold in rules)
+
+
 @dataclass(frozen=True)
 class Policy:
     """A named policy with its threshold."""
@@ -153,7 +158,7 @@ class Policy:
 
     def check(self, labels: Sequence[str]) -> None:
         """Raise ValueError when a model with these labels cannot be scored by this policy."""
-        if self._is_classifier(labels) or self._region_labels(labels):
+        if self.scores(labels):
             return
         raise ValueError(
             f"cannot apply policy {self.name!r} to labels {list(labels)}: they have neither "
@@ -161,6 +166,12 @@ class Policy:
             "label the policy's region thresholds name (set them with --region-thresholds or "
             "NSFWD_REGION_THRESHOLDS, e.g. LABEL=0.5)"
         )
+
+    def scores(self, labels: Iterable[str]) -> bool:
+        """Whether this policy can score a model with these labels (:meth:`check` without
+        raising)."""
+        found = list(labels)
+        return self._is_classifier(found) or bool(self._region_labels(found))
 
     def _is_classifier(self, labels: Sequence[str]) -> bool:
         """Whether these are a classifier's labels (this policy's severity buckets, or a safe
@@ -325,3 +336,19 @@ def _regions_by_frame(
         for _, i in sorted(best.items())
         for region in regions[i]
     )
+
+
+def judge(views: Views[Any], found: Sequence[Finding], policy: Policy) -> Judgement:
+    """The judgement of an image from what the model found in each of its pictures: the worst
+    picture's labels under ``policy``, and every frame's regions when the model detects."""
+    labels = [finding.labels for finding in found]
+    if not found or found[0].regions is None:
+        return worst(views, labels, policy.score)
+    regions = [finding.regions or [] for finding in found]
+    score = policy.score if policy.scores(labels[0]) else _best_region
+    return worst(views, labels, score, regions)
+
+
+def _best_region(labels: Labels) -> float:
+    """The worst-picture order for a detector the policy names no class of: its best region."""
+    return max(labels.values(), default=0.0)

@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nsfwd.models.names import DECODE_MODES
-from nsfwd.verdict import DEFAULT_POLICY, DEFAULT_THRESHOLD, POLICIES, Policy
+from nsfwd.verdict import (
+    DEFAULT_POLICY,
+    DEFAULT_THRESHOLD,
+    POLICIES,
+    Policy,
+    parse_region_thresholds,
+)
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -125,6 +131,14 @@ def add_policy_options(
         "your labelled images (default: "
         f"{default or f'$NSFWD_THRESHOLD, else {DEFAULT_THRESHOLD}'})",
     )
+    parser.add_argument(
+        "--region-thresholds",
+        metavar="LABEL=T,...",
+        default=None,
+        help="a detector's region labels that flag an image, each over its own threshold "
+        "(empty: none); beside a classifier's score, either flags (default: "
+        "$NSFWD_REGION_THRESHOLDS, else NudeNet's exposed explicit classes over 0.5)",
+    )
 
 
 def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
@@ -168,15 +182,16 @@ def compile_choice(flag: bool, configured: str) -> str:
 
 
 def policy_for(args: argparse.Namespace) -> Policy:
-    """``--policy`` and ``--threshold``, else ``$NSFWD_POLICY`` and ``$NSFWD_THRESHOLD``."""
-    if args.policy is not None and args.threshold is not None:
-        return Policy(args.policy, args.threshold)
+    """``--policy``, ``--threshold`` and ``--region-thresholds``, else ``$NSFWD_POLICY``,
+    ``$NSFWD_THRESHOLD`` and ``$NSFWD_REGION_THRESHOLDS``. Raises ValueError for bad ones."""
     from nsfwd.settings import Settings
 
     settings = Settings()
+    regions = getattr(args, "region_thresholds", None)
     return Policy(
         args.policy or settings.policy,
         settings.threshold if args.threshold is None else args.threshold,
+        parse_region_thresholds(settings.region_thresholds if regions is None else regions),
     )
 
 

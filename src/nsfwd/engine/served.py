@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from nsfwd.engine import ClassifyEngine
 from nsfwd.models.names import (
     DEFAULT_MODEL,
+    NUDENET,
     OPEN_NSFW,
     ModelNotAvailableError,
     ModelSpec,
@@ -155,9 +156,9 @@ def served_specs(settings: Settings) -> list[ModelSpec]:
 
 def takes_torch_options(spec: ModelSpec, settings: Settings) -> bool:
     """Whether ``spec`` loads with the settings' torch options (``--device``, ``--dtype``...).
-    The built-in :data:`OPEN_NSFW` runs on onnxruntime with its own: alone and named, it
-    refuses them; beside other models, or chosen by nsfwd when none was named, they are the
-    others' and it ignores them."""
-    if spec.source != OPEN_NSFW:
+    The built-in :data:`OPEN_NSFW` and :data:`NUDENET` run on onnxruntime with their own: alone
+    and named, they refuse them; beside other models, or chosen by nsfwd when none was named,
+    they are the others' and they ignore them."""
+    if spec.source not in (OPEN_NSFW, NUDENET):
         return True
     return len(settings.model_specs) == 1

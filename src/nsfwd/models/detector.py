@@ -65,7 +65,9 @@ class Detector:
     """Detectors are not compiled (the attribute the classifier's callers look at)."""
 
     @classmethod
-    def load(cls, model: str, *, revision: str | None = None, device: str | None = None) -> Detector:
+    def load(
+        cls, model: str, *, revision: str | None = None, device: str | None = None
+    ) -> Detector:
         """Load ``model``: :data:`~nsfwd.models.names.NUDENET`, or a Hub id or folder holding a
         transformers object detector, onto ``device`` (auto: CUDA when present)."""
         if model == NUDENET:
@@ -137,7 +139,9 @@ class Detector:
         if not images:
             return []
         output = self.predict(self.stack([self.prepare(image) for image in images]))
-        return [finding.regions or [] for finding in self.findings(output, [i.size for i in images])]
+        return [
+            finding.regions or [] for finding in self.findings(output, [i.size for i in images])
+        ]
 
 
 def is_detector_checkpoint(folder: Path) -> bool:
@@ -238,7 +242,9 @@ def load_transformers_detector(folder: Path) -> LoadedDetector:
     )
 
 
-def _regions(found: dict[str, torch.Tensor], labels: Sequence[str], size: tuple[int, int]) -> list[Region]:
+def _regions(
+    found: dict[str, torch.Tensor], labels: Sequence[str], size: tuple[int, int]
+) -> list[Region]:
     """One picture's post-processed detections as regions (boxes clipped to the picture), best
     first."""
     width, height = size

@@ -64,8 +64,11 @@ def resize_bilinear(pixels: np.ndarray, side: int) -> np.ndarray:
     source = pixels[needed].astype(np.int32)
     across = source[:, cols0] * left[None, :, None] + source[:, cols1] * right[None, :, None]
     top, bottom = across[where[:side]], across[where[side:]]
-    mixed = ((down0[:, None, None] * (top >> 4)) >> 16) + ((down1[:, None, None] * (bottom >> 4)) >> 16)
-    return np.clip((mixed + 2) >> 2, 0, 255).astype(np.uint8)
+    mixed = ((down0[:, None, None] * (top >> 4)) >> 16) + (
+        (down1[:, None, None] * (bottom >> 4)) >> 16
+    )
+    resized: np.ndarray = np.clip((mixed + 2) >> 2, 0, 255).astype(np.uint8)
+    return resized
 
 
 def prepare(image: Image.Image) -> torch.Tensor:
@@ -86,9 +89,7 @@ def normalize(batch: torch.Tensor) -> torch.Tensor:
     return batch.to(torch.float32) / 255
 
 
-def decode(
-    output: np.ndarray, size: tuple[int, int], labels: Sequence[str]
-) -> list[Region]:
+def decode(output: np.ndarray, size: tuple[int, int], labels: Sequence[str]) -> list[Region]:
     """The regions in one picture of ``size`` (width, height) from the network's output for it,
     (4 + classes, anchors): boxes as centre and size in input pixels, then a score per class.
     Best first."""
@@ -123,7 +124,9 @@ def suppress_overlaps(corners: np.ndarray, scores: np.ndarray, max_overlap: floa
     for i in order:
         if kept:
             others = corners[kept]
-            across = np.minimum(others[:, 2], corners[i, 2]) - np.maximum(others[:, 0], corners[i, 0])
+            across = np.minimum(others[:, 2], corners[i, 2]) - np.maximum(
+                others[:, 0], corners[i, 0]
+            )
             down = np.minimum(others[:, 3], corners[i, 3]) - np.maximum(others[:, 1], corners[i, 1])
             shared = np.clip(across, 0, None) * np.clip(down, 0, None)
             union = areas[kept] + areas[i] - shared
@@ -181,9 +184,7 @@ def class_names(session: Any) -> tuple[str, ...]:
 def load_session() -> Any:
     """An onnxruntime session on the package's weights (CPU provider)."""
     try:
-        import onnxruntime
+        import onnxruntime  # type: ignore[import-untyped]
     except ImportError as exc:
         raise ModelNotAvailableError(f"the {NUDENET} detector needs onnxruntime ({exc})") from exc
-    return onnxruntime.InferenceSession(
-        str(weights_path()), providers=["CPUExecutionProvider"]
-    )
+    return onnxruntime.InferenceSession(str(weights_path()), providers=["CPUExecutionProvider"])

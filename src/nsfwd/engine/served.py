@@ -136,6 +136,12 @@ class ServedModels(Mapping[str, ClassifyEngine]):
             await engine.stop()
 
 
+def model_kind(engine: ClassifyEngine) -> str:
+    """``classifier`` or ``detector``, as the engine's model says (an engine from before
+    detectors says nothing: a classifier)."""
+    return engine.model_info.get("kind", "classifier")
+
+
 def served_specs(settings: Settings) -> list[ModelSpec]:
     """The models a server runs, the default first: those the settings name
     (:attr:`~nsfwd.settings.Settings.model_specs`); with none named, :data:`DEFAULT_MODEL` and

@@ -157,7 +157,7 @@ class Worker:
             started = time.perf_counter()  # predict_time: decoding and inference, not the fetch
             judgement = await self._judge(prediction, data)
             labels = judgement.labels
-            judged = judgement.details() if judgement.chosen else None
+            judged = judgement.stored()  # which picture, and a detector's regions
         except InputError as exc:
             error = exc.message
         except EngineClosedError:

@@ -19,8 +19,7 @@ from nsfwd.api import openapi
 from nsfwd.api.auth import KeyRing
 from nsfwd.api.http.errors import ApiError
 from nsfwd.api.openai.wire import OpenAIError, error_response, identify
-from nsfwd.engine import ClassifyEngine
-from nsfwd.engine.served import ServedModels, quoted
+from nsfwd.engine.served import ServedModels, model_kind, quoted
 from nsfwd.models.names import not_loaded_hint
 
 ROUTE: Final = "/v1/models"
@@ -71,12 +70,6 @@ class ModelList:
         except ApiError as exc:
             return error_response(exc)
         return JSONResponse(self._model(name))
-
-
-def model_kind(engine: ClassifyEngine) -> str:
-    """``classifier`` or ``detector``, as the engine's model says (an engine from before
-    detectors says nothing: a classifier)."""
-    return engine.model_info.get("kind", "classifier")
 
 
 _LIST: Final = openapi.answer(

@@ -137,6 +137,7 @@ def _redacted_frames(
     for index in range(count):
         image.seek(index)
         frame = image.convert(_working_mode(image))
+        frame.info = {}  # Pillow's writers take EXIF, XMP and comments from it
         if method is not None:
             frame = frame.transpose(method)
         for region in _frame_regions(regions, index, judged):

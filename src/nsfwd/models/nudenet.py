@@ -6,9 +6,10 @@ metadata says MIT), so the pre- and post-processing here are our own, written to
 detections as its ``NudeDetector().detect``:
 
 * the picture goes to the network as its model was trained: padded with black at the right or
-  the bottom to a square, resized to 320x320 with OpenCV's bilinear arithmetic (half-pixel
-  centres, no antialiasing, 11-bit fixed-point weights: :func:`resize_bilinear` reproduces
-  ``cv2.resize(..., INTER_LINEAR)`` on uint8 pixels), channels in B, G, R order, over 255;
+  the bottom to a square, resized to 320x320 by OpenCV's bilinear ``cv2.resize`` (half-pixel
+  centres, no antialiasing, fixed-point weights on uint8: the package's OpenCV dependency, which
+  the extra installs; Pillow's bilinear resize antialiases and gives other pixels), channels in
+  B, G, R order, over 255;
 * each of its anchors gives a box (centre, size) and a score per class; the best class over
   :data:`MIN_SCORE` is a candidate, mapped back to the picture's pixels and clipped to it, and
   candidates overlapping a better one by more than :data:`MAX_OVERLAP` (intersection over union,
@@ -35,58 +36,29 @@ MIN_SCORE: Final = 0.25
 """Detections scoring at most this are dropped (NudeNet's own cut)."""
 MAX_OVERLAP: Final = 0.45
 """A detection overlapping a better-scoring one by more than this (IoU) is dropped."""
-_COEF_BITS: Final = 11  # OpenCV's INTER_RESIZE_COEF_BITS
-_ONE: Final = 1 << _COEF_BITS
-
-
-def _taps(source: int, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """For each output index along one axis: the two source indices and their fixed-point
-    weights, as OpenCV's bilinear resize computes them (edges clamped)."""
-    position = (np.arange(target, dtype=np.float64) + 0.5) * (source / target) - 0.5
-    first = np.floor(position).astype(np.int64)
-    fraction = (position - first).astype(np.float32)
-    before = first < 0
-    fraction[before], first[before] = 0, 0
-    after = first >= source - 1
-    fraction[after], first[after] = 0, source - 1
-    weight = np.round((1 - fraction) * _ONE).astype(np.int32)
-    return first, np.minimum(first + 1, source - 1), weight, _ONE - weight
-
-
-def resize_bilinear(pixels: np.ndarray, side: int) -> np.ndarray:
-    """An (H, W, C) uint8 array resized to (side, side, C) with OpenCV's ``INTER_LINEAR``
-    arithmetic on uint8 (horizontal pass in 11-bit weights, vertical pass with its rounding),
-    which NudeNet's network was run with: the same bytes as ``cv2.resize`` when shrinking."""
-    height, width = pixels.shape[:2]
-    rows0, rows1, down0, down1 = _taps(height, side)
-    cols0, cols1, left, right = _taps(width, side)
-    needed, where = np.unique(np.concatenate([rows0, rows1]), return_inverse=True)
-    source = pixels[needed].astype(np.int32)
-    across = source[:, cols0] * left[None, :, None] + source[:, cols1] * right[None, :, None]
-    top, bottom = across[where[:side]], across[where[side:]]
-    mixed = ((down0[:, None, None] * (top >> 4)) >> 16) + (
-        (down1[:, None, None] * (bottom >> 4)) >> 16
-    )
-    resized: np.ndarray = np.clip((mixed + 2) >> 2, 0, 255).astype(np.uint8)
-    return resized
 
 
 def prepare(image: Image.Image) -> torch.Tensor:
     """One upright RGB picture as the network's (3, 320, 320) uint8 input: padded to a square
     at the right or the bottom, resized, channels in B, G, R order (divided by 255 on the way
     in, :func:`normalize`)."""
+    import cv2
+
     pixels = np.asarray(image.convert("RGB"))
     height, width = pixels.shape[:2]
     side = max(height, width)
     square = np.zeros((side, side, 3), dtype=np.uint8)
-    square[:height, :width] = pixels
-    resized = resize_bilinear(square, INPUT_SIDE)
-    return torch.from_numpy(np.ascontiguousarray(resized[:, :, ::-1].transpose(2, 0, 1)))
+    square[:height, :width] = pixels[:, :, ::-1]
+    resized = cv2.resize(square, (INPUT_SIDE, INPUT_SIDE), interpolation=cv2.INTER_LINEAR)
+    return torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))
 
 
 def normalize(batch: torch.Tensor) -> torch.Tensor:
     """uint8 pixels to the network's float32 input, over 255."""
-    return batch.to(torch.float32) / 255
+    # numpy, not torch: a torch op leaves its OpenMP threads spinning for a while, and they
+    # took the cores onnxruntime's threads then wanted (a third more time per image, 2 cores).
+    scaled = batch.numpy().astype(np.float32) * np.float32(1 / 255)  # OpenCV's blob scaling
+    return torch.from_numpy(scaled)
 
 
 def decode(output: np.ndarray, size: tuple[int, int], labels: Sequence[str]) -> list[Region]:
@@ -155,8 +127,8 @@ class NudeNetNetwork(torch.nn.Module):
 
 
 def weights_path() -> Path:
-    """The 320n ONNX file inside the installed ``nudenet`` package (read as a file, not
-    imported: importing the package needs OpenCV, which nsfwd does not)."""
+    """The 320n ONNX file inside the installed ``nudenet`` package (read as a file: its code
+    is not imported)."""
     from importlib.util import find_spec
 
     spec = find_spec("nudenet")
@@ -184,7 +156,11 @@ def class_names(session: Any) -> tuple[str, ...]:
 def load_session() -> Any:
     """An onnxruntime session on the package's weights (CPU provider)."""
     try:
+        import cv2  # noqa: F401 (prepare's resize)
         import onnxruntime  # type: ignore[import-untyped]
     except ImportError as exc:
-        raise ModelNotAvailableError(f"the {NUDENET} detector needs onnxruntime ({exc})") from exc
+        raise ModelNotAvailableError(
+            f"the {NUDENET} detector needs onnxruntime and OpenCV ({exc}); install them with "
+            "`pip install 'nsfwd[nudenet]'`"
+        ) from exc
     return onnxruntime.InferenceSession(str(weights_path()), providers=["CPUExecutionProvider"])

@@ -73,7 +73,7 @@ def test_detections_equal_the_packages_on_photographs(
 
 def test_the_networks_input_is_the_packages(tmp_path: Path) -> None:
     """Bit for bit from a PNG; from a JPEG, as near as two decoders come."""
-    from nudenet.nudenet import _read_image  # the reference's preprocessing
+    from nudenet.nudenet import _read_image  # type: ignore[import-untyped]  # the reference's
 
     for path in _variants(tmp_path):
         want = _read_image(str(path), 320)[0][0]

@@ -203,8 +203,8 @@ def test_a_prodia_job_naming_a_detector_answers_regions(server: str) -> None:
 
 
 def test_a_prodia_job_gets_regions_beside_labels_and_a_redacted_copy(server: str) -> None:
-    config = {"model": "classifier", "detector": "detector", "redact": {"style": "fill"}}
-    config["redact"]["labels"] = "all"
+    redact = {"style": "fill", "labels": "all"}
+    config = {"model": "classifier", "detector": "detector", "redact": redact}
     answer = _job(server, config, v2=True)
     assert answer.status_code == 200, answer.text
     (job, labels, image) = parts_of(answer)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nsfwd.engine import pools
 from nsfwd.engine.batcher import Engine
@@ -63,32 +63,33 @@ def load_classifier(options: ClassifierOptions, model: str | None = None) -> Cla
     """Load the classifier ``options`` describe; ``model``, when given, replaces their model
     (say, a folder prepared from it). A ``NAME=`` before their model (a name to serve it
     under) is dropped."""
-    source = ModelSpec.parse(options.model).source if options.model else DEFAULT_MODEL
-    return Classifier.load(
-        model or source,
-        revision=options.revision,
-        device=options.device,
-        dtype=options.dtype,
-        quantize=options.quantize,
-        compile=options.compile,
-        compile_cache_dir=options.compile_cache_dir,
-    )
+    return Classifier.load(_source(options, model), **_load_options(options))
 
 
 def load_served_model(options: ClassifierOptions, model: str | None = None) -> Model:
     """:func:`load_classifier`, but a detector (``nudenet``, a transformers object detector)
     loads as a :class:`~nsfwd.models.detector.Detector`: for the hosts that run either
     (``nsfwd serve``, ``nsfwd classify``, ``nsfwd censor``)."""
-    source = ModelSpec.parse(options.model).source if options.model else DEFAULT_MODEL
-    return load_model(
-        model or source,
-        revision=options.revision,
-        device=options.device,
-        dtype=options.dtype,
-        quantize=options.quantize,
-        compile=options.compile,
-        compile_cache_dir=options.compile_cache_dir,
-    )
+    return load_model(_source(options, model), **_load_options(options))
+
+
+def _source(options: ClassifierOptions, model: str | None) -> str:
+    """``model``, else the options' model without its ``NAME=``, else the default."""
+    if model:
+        return model
+    return ModelSpec.parse(options.model).source if options.model else DEFAULT_MODEL
+
+
+def _load_options(options: ClassifierOptions) -> dict[str, Any]:
+    """How to load, from the options: the keyword arguments both loaders take."""
+    return {
+        "revision": options.revision,
+        "device": options.device,
+        "dtype": options.dtype,
+        "quantize": options.quantize,
+        "compile": options.compile,
+        "compile_cache_dir": options.compile_cache_dir,
+    }
 
 
 def load_served_classifiers(settings: Settings) -> dict[str, Model]:

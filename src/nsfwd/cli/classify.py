@@ -70,7 +70,7 @@ def register(sub: Commands[argparse.ArgumentParser]) -> None:
         "the run; `auto` joins the cluster in $RAY_ADDRESS or the one running here; "
         "ray://HOST:PORT connects a Ray client (needs `pip install 'nsfwd[ray]'`)",
     )
-    add_policy_options(classify)
+    add_policy_options(classify, regions=True)
     add_pipeline_options(classify)
     classify.set_defaults(run=run, usage_error=classify.error)
 

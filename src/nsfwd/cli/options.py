@@ -41,6 +41,7 @@ SETTINGS_OPTIONS = (
     "compile_cache_dir",
     "policy",
     "threshold",
+    "region_thresholds",
 )
 """Arguments that override the ``NSFWD_*`` setting of the same name where a command has them."""
 
@@ -112,10 +113,15 @@ def add_compile_options(parser: argparse.ArgumentParser, *, negatable: bool = Tr
 
 
 def add_policy_options(
-    parser: argparse.ArgumentParser, applies_to: str = "", default: str | None = None
+    parser: argparse.ArgumentParser,
+    applies_to: str = "",
+    default: str | None = None,
+    *,
+    regions: bool = False,
 ) -> None:
-    """``--policy`` and ``--threshold``; ``default`` words what applies without them (else
-    ``$NSFWD_POLICY`` / ``$NSFWD_THRESHOLD`` and the built-in defaults)."""
+    """``--policy`` and ``--threshold`` (and with ``regions``, ``--region-thresholds``);
+    ``default`` words what applies without them (else ``$NSFWD_POLICY`` / ``$NSFWD_THRESHOLD``
+    and the built-in defaults)."""
     parser.add_argument(
         "--policy",
         choices=list(POLICIES),
@@ -131,6 +137,8 @@ def add_policy_options(
         "your labelled images (default: "
         f"{default or f'$NSFWD_THRESHOLD, else {DEFAULT_THRESHOLD}'})",
     )
+    if not regions:
+        return
     parser.add_argument(
         "--region-thresholds",
         metavar="LABEL=T,...",

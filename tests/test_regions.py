@@ -162,7 +162,8 @@ def test_classify_refuses_a_policy_that_names_none_of_its_labels(
 def server(detector: Detector, vit_checkpoint: Path) -> Iterator[str]:
     """A server running the detector beside a classifier (the tiny ViT, normal/nsfw)."""
     classifier = Classifier.load(str(vit_checkpoint), dtype="float32")
-    settings = Settings(api_keys=[TOKEN], region_thresholds=RULES)
+    # A threshold no score passes: a detector's verdicts follow the region thresholds alone.
+    settings = Settings(api_keys=[TOKEN], region_thresholds=RULES, threshold=1.0)
     engines = {
         "classifier": Engine(classifier, max_batch_size=4, limits=settings.image_limits),
         "detector": Engine(detector, max_batch_size=4, limits=settings.image_limits),

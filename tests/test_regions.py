@@ -33,6 +33,7 @@ from nsfwd.verdict import Finding, Judgement, Policy, Region, judge, parse_regio
 from photos import ASTRONAUT, encode, photo
 from prodia_jobs import parts_of
 from servers import serve_app
+from store_handles import make_key
 
 pytestmark = pytest.mark.usefixtures("canary")
 LABELS = ("EXPOSED", "COVERED", "FACE")
@@ -265,3 +266,19 @@ def test_eachlabs_predictions_carry_regions(
     assert doc["status"] == "success" and doc["output"] == "nsfw", doc
     assert doc["regions"] and doc["regions"][0]["label"] == "EXPOSED"
     assert "regions" not in (doc.get("judged") or {})
+
+
+def test_a_keys_own_region_thresholds_decide_its_verdicts(
+    detector: Detector, tmp_path: Path, host: tuple[str, Host]
+) -> None:
+    """The server's region thresholds list a class the detector does not find; a key made
+    with its own flags, through the store (migration 0005) and the worker."""
+    image = f"{host[0]}/photo.jpg"
+    with eachlabs_server(detector, tmp_path, region_thresholds="FACE=0.5") as (url, store_url):
+        own = make_key(store_url, "regions", region_thresholds=RULES)
+        by_server = poll(url, created_id(create(url, image)))
+        by_key = poll(url, created_id(create(url, image, key=own)), key=own)
+    assert by_server["output"] == "normal", by_server
+    assert by_key["output"] == "nsfw", by_key
+    with pytest.raises(ValueError, match="LABEL=T"):
+        make_key(store_url, "bad", region_thresholds="EXPOSED")

@@ -147,13 +147,16 @@ class Policy:
             if not 0.0 <= threshold <= 1.0:
                 raise ValueError(f"region threshold for {label} must be between 0 and 1")
 
-    def overridden(self, name: str | None = None, threshold: float | None = None) -> Policy:
-        """This policy with ``name`` and ``threshold`` in place of its own where they are given:
-        an API key's own setting over the server's. Raises ValueError when either is invalid."""
+    def overridden(
+        self, name: str | None = None, threshold: float | None = None, regions: str | None = None
+    ) -> Policy:
+        """This policy with ``name``, ``threshold`` and ``regions`` (region thresholds as
+        ``LABEL=T,...``; empty: none) in place of its own where they are given: an API key's
+        own setting over the server's. Raises ValueError when one is invalid."""
         return Policy(
             cast(PolicyName, name or self.name),
             self.threshold if threshold is None else threshold,
-            self.regions,
+            self.regions if regions is None else parse_region_thresholds(regions),
         )
 
     def check(self, labels: Sequence[str]) -> None:

@@ -145,7 +145,7 @@ def add_policy_options(
         default=None,
         help="a detector's region labels that flag an image, each over its own threshold "
         "(empty: none); beside a classifier's score, either flags (default: "
-        "$NSFWD_REGION_THRESHOLDS, else NudeNet's exposed explicit classes over 0.5)",
+        f"{default or '$NSFWD_REGION_THRESHOLDS, else NudeNet exposed explicit classes over 0.5'})",
     )
 
 

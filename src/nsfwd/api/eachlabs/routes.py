@@ -364,6 +364,7 @@ class EachlabsPredictions:
                 limits=limits,
                 policy=None if caller is None else caller.policy,
                 threshold=None if caller is None else caller.threshold,
+                region_thresholds=None if caller is None else caller.region_thresholds,
             )
         except CapacityError as exc:
             raise _capacity_error(exc, self.worker) from None

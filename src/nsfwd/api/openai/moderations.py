@@ -5,10 +5,11 @@ calls it (``client.moderations.create(model=..., input=[{"type": "image_url", "i
 Each image input (an https URL, fetched as Eachlabs' are, or a ``data:`` URI with base64) gets
 one result, in input order. nsfwd judges one of OpenAI's categories, ``sexual``: its score is
 the verdict policy's (moderate unless the server or the API key sets another), flagged above
-the threshold (a detector's: by the region thresholds), and applied to ``["image"]``. Every other category is present, as OpenAI's
-answers always are, with score 0, not flagged, and no applied input types, as OpenAI does for a
-category its model does not judge on images. Text inputs are refused with a 400: nsfwd judges
-images only. Refusals are OpenAI's error body (:mod:`nsfwd.api.openai.wire`).
+the threshold (a detector's: by the region thresholds), and applied to ``["image"]``. Every
+other category is present, as OpenAI's answers always are, with score 0, not flagged, and no
+applied input types, as OpenAI does for a category its model does not judge on images. Text
+inputs are refused with a 400: nsfwd judges images only. Refusals are OpenAI's error body
+(:mod:`nsfwd.api.openai.wire`).
 """
 
 from __future__ import annotations
@@ -258,9 +259,12 @@ class Moderations:
             ) from None
 
     def _policy(self, caller: Caller | None) -> Policy:
-        """The API key's own policy and threshold where it has them; else the server's."""
+        """The API key's own policy, threshold and region thresholds where it has them; else
+        the server's."""
         server = self.settings.verdict_policy
-        return server if caller is None else server.overridden(caller.policy, caller.threshold)
+        if caller is None:
+            return server
+        return server.overridden(caller.policy, caller.threshold, caller.region_thresholds)
 
     async def _judge(self, engine: ClassifyEngine, image: ImageInput, policy: Policy) -> Labels:
         """The labels of the worst picture of ``image`` under ``policy`` (every frame of an

@@ -156,6 +156,7 @@ class ProdiaAsyncJobs(ProdiaJobs):
                 limits=self._limits(),
                 policy=None if caller is None else caller.policy,
                 threshold=None if caller is None else caller.threshold,
+                region_thresholds=None if caller is None else caller.region_thresholds,
             )
         except CapacityError as exc:
             raise self._capacity_error(exc) from None

@@ -34,6 +34,11 @@ def register(sub: Commands[argparse.ArgumentParser]) -> None:
     )
     add_model_options(censor)
     censor.set_defaults(model=NUDENET)
+    model = next(action for action in censor._actions if action.dest == "model")
+    model.help = (
+        f"the detector: {NUDENET} (built in, nsfwd[nudenet]), or a Hub id or folder of a "
+        f"transformers object detector (default: {NUDENET})"
+    )
     censor.add_argument(
         "--labels",
         metavar="L,...",

@@ -62,17 +62,18 @@ def add_model_options(parser: argparse.ArgumentParser, *, several: bool = False)
             "--model",
             action="append",
             metavar="[NAME=]ID_OR_DIR",
-            help="a model to serve: Hub id, local folder or open-nsfw (built in, no Hub "
-            "needed), under NAME when given (else its id); repeat it to serve several, each on "
-            "its own batcher, the first being the default (replaces $NSFWD_MODEL and "
+            help="a model to serve: Hub id, local folder, open-nsfw (built in, no Hub "
+            "needed) or the nudenet detector (nsfwd[nudenet]), under NAME when given (else its "
+            "id); repeat it to serve several, each on its own batcher, the first being the default (replaces $NSFWD_MODEL and "
             "$NSFWD_MODELS; without any: Freepik/nsfw_image_detector and open-nsfw, or "
             "open-nsfw alone when the former cannot be had)",
         )
     else:
         parser.add_argument(
             "--model",
-            help="Hub id or local folder of the classifier, or open-nsfw (built in, no Hub "
-            "needed) (default: $NSFWD_MODEL or Freepik/nsfw_image_detector)",
+            help="Hub id or local folder of a classifier or object detector, open-nsfw (built "
+            "in, no Hub needed) or nudenet (the detector of nsfwd[nudenet]) (default: "
+            "$NSFWD_MODEL or Freepik/nsfw_image_detector)",
         )
     parser.add_argument("--revision", help="Hub revision to load (branch, tag or commit)")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default: auto)")

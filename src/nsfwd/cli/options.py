@@ -65,8 +65,9 @@ def add_model_options(parser: argparse.ArgumentParser, *, several: bool = False)
             help="a model to serve: Hub id, local folder, open-nsfw (built in, no Hub "
             "needed) or the nudenet detector (nsfwd[nudenet]), under NAME when given (else its "
             "id); repeat it to serve several, each on its own batcher, the first being the "
-            "default (replaces $NSFWD_MODEL and $NSFWD_MODELS; without any: Freepik/nsfw_image_detector and open-nsfw, or "
-            "open-nsfw alone when the former cannot be had)",
+            "default (replaces $NSFWD_MODEL and $NSFWD_MODELS; without any: "
+            "Freepik/nsfw_image_detector and open-nsfw, or open-nsfw alone when the former "
+            "cannot be had)",
         )
     else:
         parser.add_argument(

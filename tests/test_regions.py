@@ -282,3 +282,34 @@ def test_a_keys_own_region_thresholds_decide_its_verdicts(
     assert by_key["output"] == "nsfw", by_key
     with pytest.raises(ValueError, match="LABEL=T"):
         make_key(store_url, "bad", region_thresholds="EXPOSED")
+
+
+def test_regions_cross_the_inference_socket(detector: Detector, tmp_path: Path) -> None:
+    """``serve --http-workers``: an HTTP worker's RemoteEngine gets the detector's regions."""
+    from nsfwd.engine.remote import InferenceServer, RemoteEngine
+
+    data = ASTRONAUT.read_bytes()
+    policy = Policy(regions=((LABELS[0], 0.5),))
+
+    async def run() -> tuple[Judgement, Judgement]:
+        engine = Engine(detector, max_batch_size=4)
+        await engine.start()
+        server = InferenceServer(engine, tmp_path / "inference.sock")
+        await server.start()
+        client = RemoteEngine(
+            server.path,
+            model_name=engine.model_name,
+            max_batch_size=4,
+            max_queue=engine.max_queue,
+            limits=engine.limits,
+        )
+        await client.start()
+        try:
+            return await engine.judge(data, policy), await client.judge(data, policy)
+        finally:
+            await client.stop()
+            await server.stop()
+            await engine.stop()
+
+    local, remote = asyncio.run(run())
+    assert remote.regions and remote == local

@@ -15,7 +15,7 @@ from nsfwd.cli import main
 from nsfwd.intake import ImageError
 from nsfwd.redact import STYLES, Redaction, Style, redact
 from nsfwd.verdict import Region
-from photos import ASTRONAUT, encode, photo, with_exif_orientation
+from photos import ASTRONAUT, encode, gray16, photo, with_exif_orientation
 
 FACE = Region("FACE_FEMALE", 0.72, (173, 82, 103, 99))
 
@@ -207,3 +207,14 @@ def test_censor_refuses_to_overwrite_its_input(
     assert main(["censor", str(tmp_path / "a.png"), "--output", str(tmp_path)]) == 1
     (record,) = map(json.loads, capsys.readouterr().out.splitlines())
     assert "would overwrite it" in record["error"]
+
+
+def test_sixteen_bit_grayscale_keeps_its_picture() -> None:
+    """Pillow's plain conversion clips 16-bit values at 255, which would turn it white."""
+    wide, expected = gray16(photo("camera"))
+    copy = redact(encode(wide, "PNG"), [FACE], Redaction(style="fill", padding=0))
+    pixels = np.asarray(Image.open(BytesIO(copy.data)).convert("L")).astype(int)
+    x, y, width, height = FACE.box
+    assert (pixels[y : y + height, x : x + width] == 0).all()
+    pixels[y : y + height, x : x + width] = np.asarray(expected)[y : y + height, x : x + width]
+    assert np.array_equal(pixels, np.asarray(expected))

@@ -5,7 +5,8 @@ animation with its timing and looping, and the size of the picture as a viewer s
 written upright (the EXIF orientation applied), without EXIF, GPS, XMP or text chunks (the ICC
 profile stays, so colours look the same). Pixels outside the padded boxes keep their values,
 so a PNG differs from the original only inside them (a JPEG or lossy WebP is re-encoded, a
-JPEG with its own quantisation tables).
+JPEG with its own quantisation tables; 16-bit grayscale comes back in 8 bits, its high byte,
+as the intake shows it).
 
 Styles (:data:`STYLES`), none of which an inverse filter can undo:
 
@@ -33,8 +34,10 @@ from typing import Any, Final, Literal
 from PIL import Image, ImageFilter
 
 from nsfwd.intake import CorruptImageError, ImageError, ImageLimits, read_header
+from nsfwd.intake.colour import WIDE_GRAY_MODES
 from nsfwd.intake.decode import ORIENTATION_TRANSPOSE, exif_orientation
 from nsfwd.intake.frames import frames_to_judge
+from nsfwd.intake.views import wide_gray_to_8bit
 from nsfwd.verdict import Region
 
 Style = Literal["blur", "pixelate", "fill"]
@@ -136,7 +139,8 @@ def _redacted_frames(
     frames, durations = [], []
     for index in range(count):
         image.seek(index)
-        frame = image.convert(_working_mode(image))
+        stored = wide_gray_to_8bit(image) if image.mode in WIDE_GRAY_MODES else image
+        frame = stored.convert(_working_mode(stored))
         frame.info = {}  # Pillow's writers take EXIF, XMP and comments from it
         if method is not None:
             frame = frame.transpose(method)

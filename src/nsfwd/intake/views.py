@@ -92,7 +92,7 @@ def _split_alpha(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:
     """The colour of a loaded image (mode L, RGB or CMYK) and its alpha (mode L) if it has any
     (an alpha channel, palette alpha or a colour key)."""
     if image.mode in WIDE_GRAY_MODES:
-        image = _wide_gray_to_8bit(image)
+        image = wide_gray_to_8bit(image)
     elif image.mode == "F":
         image = image.convert("L")  # Pillow's 0..255 float scale, clipped
     elif image.mode == "1":
@@ -109,7 +109,7 @@ def _split_alpha(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:
     return image.convert("RGB"), None
 
 
-def _wide_gray_to_8bit(image: Image.Image) -> Image.Image:
+def wide_gray_to_8bit(image: Image.Image) -> Image.Image:
     """Scale 16-bit (or 32-bit integer) grayscale to 8 bits by keeping the high byte.
 
     Pillow's ``convert("L")`` clips such values at 255 instead of scaling them, which turns a

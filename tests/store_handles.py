@@ -34,13 +34,17 @@ def make_key(
     *,
     policy: PolicyName | None = None,
     threshold: float | None = None,
+    region_thresholds: str | None = None,
     **limits: int,
 ) -> str:
-    """Create an API key called ``name`` with ``limits`` (and its own ``policy`` and
-    ``threshold``, if given) in the store; returns its secret."""
+    """Create an API key called ``name`` with ``limits`` (and its own ``policy``,
+    ``threshold`` and ``region_thresholds``, if given) in the store; returns its secret."""
 
     async def body(store: Store) -> str:
-        return (await store.keys.create(name, policy=policy, threshold=threshold, **limits))[0]
+        made = await store.keys.create(
+            name, policy=policy, threshold=threshold, region_thresholds=region_thresholds, **limits
+        )
+        return made[0]
 
     return with_store(store_url, body)
 

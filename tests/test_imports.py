@@ -36,6 +36,8 @@ TORCH_FREE_MODULES = [
     "nsfwd.engine.metrics",
     "nsfwd.intake",
     "nsfwd.verdict",
+    "nsfwd.redact",
+    "nsfwd.api.prodia.regions",
     "nsfwd.engine",
     "nsfwd.models",
     "nsfwd.models.names",

@@ -15,7 +15,15 @@ from nsfwd.engine.protocol import DECODE_TIMEOUT_S
 from nsfwd.fetch import WEBHOOK_ALLOW_SETTING, FetchPolicy, parse_networks, webhook_resolver
 from nsfwd.intake.limits import ANIMATION_STILLS, ImageLimits
 from nsfwd.models.names import DEFAULT_MODEL, ModelSpec
-from nsfwd.verdict import DEFAULT_POLICY, DEFAULT_THRESHOLD, Policy, PolicyName
+from nsfwd.verdict import (
+    DEFAULT_POLICY,
+    DEFAULT_REGION_THRESHOLDS,
+    DEFAULT_THRESHOLD,
+    Policy,
+    PolicyName,
+    format_region_thresholds,
+    parse_region_thresholds,
+)
 
 _LIMITS = ImageLimits()
 DEFAULT_RESULT_TTL_S: Final = 24 * 3600.0
@@ -120,6 +128,19 @@ class Settings(BaseSettings):
         description="An image is flagged when the policy's score is above this; `nsfwd "
         "calibrate` chooses one from labelled images. Prodia's labels stay raw either way.",
     )
+    region_thresholds: str = Field(
+        format_region_thresholds(DEFAULT_REGION_THRESHOLDS),
+        description="Region labels that flag an image, each over its own threshold, as "
+        "LABEL=T,LABEL=T (empty: regions never flag); applies to a detector's regions, alone or "
+        "beside a classifier's score (either flags). Default: NudeNet's exposed explicit "
+        "classes over 0.5.",
+    )
+
+    @field_validator("region_thresholds")
+    @classmethod
+    def _check_region_thresholds(cls, value: str) -> str:
+        parse_region_thresholds(value)
+        return value
 
     # --- Serving: where, and who may call --------------------------------------------------------
 
@@ -418,8 +439,8 @@ class Settings(BaseSettings):
 
     @property
     def verdict_policy(self) -> Policy:
-        """The policy and threshold the server's verdicts follow."""
-        return Policy(self.policy, self.threshold)
+        """The policy, threshold and region thresholds the server's verdicts follow."""
+        return Policy(self.policy, self.threshold, parse_region_thresholds(self.region_thresholds))
 
     @property
     def fetch_policy(self) -> FetchPolicy:

@@ -39,6 +39,8 @@ class Caller:
     store keys without one): the server's."""
     threshold: float | None = None
     """The key's own threshold; ``None``: the server's."""
+    region_thresholds: str | None = None
+    """The key's own region thresholds (``LABEL=T,...``); ``None``: the server's."""
 
 
 class AuthenticationError(Exception):
@@ -107,6 +109,7 @@ class KeyRing:
                         KeyLimits(record.creates_per_minute, record.max_in_flight),
                         policy=record.policy,
                         threshold=record.threshold,
+                        region_thresholds=record.region_thresholds,
                     )
         if not await self.required():
             return None

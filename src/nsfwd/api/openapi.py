@@ -153,6 +153,28 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
             "object": {"type": "string", "enum": ["model"]},
             "created": {"type": "integer"},
             "owned_by": {"type": "string"},
+            "kind": {
+                "type": "string",
+                "enum": ["classifier", "detector"],
+                "description": "A classifier answers with labels; a detector with regions",
+            },
+        },
+    },
+    "Region": {
+        "type": "object",
+        "required": ["label", "score", "box", "frame"],
+        "properties": {
+            "label": {"type": "string"},
+            "score": {"type": "number"},
+            "box": {
+                "type": "array",
+                "items": {"type": "integer"},
+                "minItems": 4,
+                "maxItems": 4,
+                "description": "[x, y, width, height] in the pixels a viewer sees (upright)",
+            },
+            "frame": {"type": "integer", "description": "the frame it was found in"},
+            "time": {"type": "number", "description": "seconds into a video"},
         },
     },
 }

@@ -32,8 +32,9 @@ from nsfwd.intake import (
 )
 from nsfwd.intake.views import Views
 from nsfwd.models.classifier import Classifier
+from nsfwd.models.model import Model
 from nsfwd.models.tensor_decode import TensorDecoder, resolve_decode
-from nsfwd.verdict import Labels, Policy, nonfinite_labels, worst
+from nsfwd.verdict import Finding, Labels, Policy, judge, nonfinite_labels
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,9 @@ class FileResult:
     judged: dict[str, Any] | None = None
     """Which picture the labels are of (:meth:`~nsfwd.verdict.Judgement.details`), when more
     than one was judged (an animation, or transparency judged over white and black)."""
+    regions: list[dict[str, Any]] | None = None
+    """A detector's regions in every judged frame (:meth:`~nsfwd.verdict.Region.as_dict`);
+    None for a classifier."""
 
 
 Prepared = Views[torch.Tensor] | str
@@ -64,7 +68,7 @@ class _Chunk:
     """The pictures of the files without errors, stacked by :meth:`Classifier.stack`."""
 
 
-def _chunk(classifier: Classifier, paths: list[Path], prepared: list[Prepared]) -> _Chunk:
+def _chunk(classifier: Model, paths: list[Path], prepared: list[Prepared]) -> _Chunk:
     tensors = [pixels for item in prepared if isinstance(item, Views) for pixels in item.images]
     return _Chunk(paths, prepared, classifier.stack(tensors) if tensors else None)
 
@@ -77,7 +81,7 @@ def _file_error(exc: OSError) -> str:
     return f"cannot read the file: {exc.strerror or exc}"
 
 
-def _prepare(classifier: Classifier, path: Path, limits: ImageLimits) -> Prepared:
+def _prepare(classifier: Model, path: Path, limits: ImageLimits) -> Prepared:
     """The prepared pictures of ``path`` (the PIL path), or the reason it cannot be classified."""
     try:
         return load_prepared(read_image_file(path, limits), classifier.prepare, limits)
@@ -112,7 +116,7 @@ def _decode(decoder: TensorDecoder, reads: list[bytes | str]) -> list[Prepared]:
 
 
 def classify_files(
-    classifier: Classifier,
+    classifier: Model,
     paths: Iterable[Path],
     *,
     batch_size: int = 8,
@@ -136,7 +140,7 @@ def classify_files(
     limits = limits or ImageLimits()
     workers = workers or max(2, len(os.sched_getaffinity(0)))
     decoder = None
-    if resolve_decode(decode, classifier) == "tensor":
+    if isinstance(classifier, Classifier) and resolve_decode(decode, classifier) == "tensor":
         decoder = TensorDecoder(classifier, limits)
     path_iter = iter(paths)
     with ExitStack() as stack:
@@ -158,7 +162,7 @@ def classify_files(
 
 
 def _submitter(
-    classifier: Classifier,
+    classifier: Model,
     decoder: TensorDecoder | None,
     limits: ImageLimits,
     pool: ThreadPoolExecutor,
@@ -195,23 +199,25 @@ def _submitter(
 
 
 def _run_chunk(
-    classifier: Classifier, chunk: _Chunk, policy: Policy, batch_size: int
+    classifier: Model, chunk: _Chunk, policy: Policy, batch_size: int
 ) -> Iterator[FileResult]:
-    rows: list[Labels] = []
+    rows: list[Finding] = []
     if chunk.batch is not None:
+        sizes = [size for item in chunk.prepared if isinstance(item, Views) for size in item.sizes]
         for start in range(0, len(chunk.batch), batch_size):
-            probs = classifier.predict(chunk.batch[start : start + batch_size])
-            rows += classifier.to_labels(probs)
+            output = classifier.predict(chunk.batch[start : start + batch_size])
+            rows += classifier.findings(output, sizes[start : start + batch_size])
     found = iter(rows)
     for path, prepared in zip(chunk.paths, chunk.prepared, strict=True):
         if isinstance(prepared, str):
             yield FileResult(str(path), error=prepared)
             continue
-        labels = [next(found) for _ in prepared.views]
-        bad = sorted({label for row in labels for label in nonfinite_labels(row)})
+        answers = [next(found) for _ in prepared.views]
+        bad = sorted({label for row in answers for label in nonfinite_labels(row.labels)})
         if bad:  # fail closed: NaN is never flagged
             yield FileResult(str(path), error=UnscorableImageError.for_labels(bad).message)
             continue
-        judgement = worst(prepared, labels, policy.score)
+        judgement = judge(prepared, answers, policy)
         judged = judgement.details() if judgement.chosen else None
-        yield FileResult(str(path), labels=judgement.labels, judged=judged)
+        regions = judgement.region_dicts()
+        yield FileResult(str(path), labels=judgement.labels, judged=judged, regions=regions)

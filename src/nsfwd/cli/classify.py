@@ -70,7 +70,7 @@ def register(sub: Commands[argparse.ArgumentParser]) -> None:
         "the run; `auto` joins the cluster in $RAY_ADDRESS or the one running here; "
         "ray://HOST:PORT connects a Ray client (needs `pip install 'nsfwd[ray]'`)",
     )
-    add_policy_options(classify)
+    add_policy_options(classify, regions=True)
     add_pipeline_options(classify)
     classify.set_defaults(run=run, usage_error=classify.error)
 
@@ -104,8 +104,9 @@ def run(args: argparse.Namespace) -> int:
     if args.ray is not None:
         return _classify_on_ray(args, policy, done)
     from nsfwd.batch.pipeline import classify_files
-    from nsfwd.engine.build import load_classifier
+    from nsfwd.engine.build import load_served_model
     from nsfwd.intake.files import find_images
+    from nsfwd.models.classifier import Classifier
     from nsfwd.models.tensor_decode import resolve_decode
 
     settings = settings_for(args)
@@ -117,9 +118,11 @@ def run(args: argparse.Namespace) -> int:
             return 0
         print("nsfwd classify: no image files found under the given paths", file=sys.stderr)
         return 1
-    classifier = load_classifier(settings)
+    classifier = load_served_model(settings)
     policy.check(classifier.labels)
-    decode = resolve_decode(args.decode, classifier)  # refuse `tensor` before any output
+    decode = "pil"  # a detector's pictures keep their sizes, which the tensor path drops
+    if isinstance(classifier, Classifier):
+        decode = resolve_decode(args.decode, classifier)  # refuse `tensor` before any output
     stack = ExitStack()
     writer = _writer(args, stack, policy, classifier.labels)
     batch_size = args.batch_size or classifier.batch_size

@@ -41,6 +41,7 @@ def register(sub: Commands[argparse.ArgumentParser]) -> None:
         create,
         applies_to=" in this key's Eachlabs output (nsfw/normal)",
         default="the server's",
+        regions=True,
     )
     listing = action.add_parser("list", help="show every key (never the key itself)")
     listing.add_argument("--json", action="store_true", help="print a JSON array")
@@ -83,6 +84,7 @@ async def _create_key(store: Store, settings: Settings, args: argparse.Namespace
             max_in_flight=args.max_in_flight or settings.key_max_in_flight,
             policy=args.policy,
             threshold=args.threshold,
+            region_thresholds=args.region_thresholds,
         )
     except ValueError as exc:
         print(f"nsfwd keys create: {exc}", file=sys.stderr)
@@ -99,11 +101,14 @@ async def _create_key(store: Store, settings: Settings, args: argparse.Namespace
 
 def _key_verdicts(key: ApiKey) -> str:
     """What decides the key's verdicts, in words."""
+    regions = ""
+    if key.region_thresholds is not None:
+        regions = f", regions flagging at {key.region_thresholds or 'none'}"
     if key.policy is None and key.threshold is None:
-        return "the server's policy and threshold"
+        return "the server's policy and threshold" + regions
     policy = key.policy or "the server's policy"
     threshold = "the server's threshold" if key.threshold is None else f"{key.threshold:g}"
-    return f"{policy} at {threshold}"
+    return f"{policy} at {threshold}{regions}"
 
 
 def _key_fields(key: ApiKey) -> dict[str, object]:
@@ -123,9 +128,14 @@ def _key_fields(key: ApiKey) -> dict[str, object]:
 async def _list_keys(store: Store, as_json: bool) -> int:
     import json
 
-    rows = [_key_fields(key) for key in await store.keys.all()]
-    if as_json:
-        print(json.dumps(rows, indent=2))
+    keys = await store.keys.all()
+    rows = [_key_fields(key) for key in keys]
+    if as_json:  # and region thresholds, which the table leaves out (`null`: the server's)
+        extended = [
+            row | {"region_thresholds": key.region_thresholds}
+            for row, key in zip(rows, keys, strict=True)
+        ]
+        print(json.dumps(extended, indent=2))
         return 0
     if not rows:
         print("no keys; create one with `nsfwd keys create NAME`", file=sys.stderr)

@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nsfwd.models.names import DECODE_MODES
-from nsfwd.verdict import DEFAULT_POLICY, DEFAULT_THRESHOLD, POLICIES, Policy
+from nsfwd.verdict import (
+    DEFAULT_POLICY,
+    DEFAULT_THRESHOLD,
+    POLICIES,
+    Policy,
+    parse_region_thresholds,
+)
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -35,6 +41,7 @@ SETTINGS_OPTIONS = (
     "compile_cache_dir",
     "policy",
     "threshold",
+    "region_thresholds",
 )
 """Arguments that override the ``NSFWD_*`` setting of the same name where a command has them."""
 
@@ -55,17 +62,19 @@ def add_model_options(parser: argparse.ArgumentParser, *, several: bool = False)
             "--model",
             action="append",
             metavar="[NAME=]ID_OR_DIR",
-            help="a model to serve: Hub id, local folder or open-nsfw (built in, no Hub "
-            "needed), under NAME when given (else its id); repeat it to serve several, each on "
-            "its own batcher, the first being the default (replaces $NSFWD_MODEL and "
-            "$NSFWD_MODELS; without any: Freepik/nsfw_image_detector and open-nsfw, or "
-            "open-nsfw alone when the former cannot be had)",
+            help="a model to serve: Hub id, local folder, open-nsfw (built in, no Hub "
+            "needed) or the nudenet detector (nsfwd[nudenet]), under NAME when given (else its "
+            "id); repeat it to serve several, each on its own batcher, the first being the "
+            "default (replaces $NSFWD_MODEL and $NSFWD_MODELS; without any: "
+            "Freepik/nsfw_image_detector and open-nsfw, or open-nsfw alone when the former "
+            "cannot be had)",
         )
     else:
         parser.add_argument(
             "--model",
-            help="Hub id or local folder of the classifier, or open-nsfw (built in, no Hub "
-            "needed) (default: $NSFWD_MODEL or Freepik/nsfw_image_detector)",
+            help="Hub id or local folder of a classifier or object detector, open-nsfw (built "
+            "in, no Hub needed) or nudenet (the detector of nsfwd[nudenet]) (default: "
+            "$NSFWD_MODEL or Freepik/nsfw_image_detector)",
         )
     parser.add_argument("--revision", help="Hub revision to load (branch, tag or commit)")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default: auto)")
@@ -106,10 +115,15 @@ def add_compile_options(parser: argparse.ArgumentParser, *, negatable: bool = Tr
 
 
 def add_policy_options(
-    parser: argparse.ArgumentParser, applies_to: str = "", default: str | None = None
+    parser: argparse.ArgumentParser,
+    applies_to: str = "",
+    default: str | None = None,
+    *,
+    regions: bool = False,
 ) -> None:
-    """``--policy`` and ``--threshold``; ``default`` words what applies without them (else
-    ``$NSFWD_POLICY`` / ``$NSFWD_THRESHOLD`` and the built-in defaults)."""
+    """``--policy`` and ``--threshold`` (and with ``regions``, ``--region-thresholds``);
+    ``default`` words what applies without them (else ``$NSFWD_POLICY`` / ``$NSFWD_THRESHOLD``
+    and the built-in defaults)."""
     parser.add_argument(
         "--policy",
         choices=list(POLICIES),
@@ -124,6 +138,16 @@ def add_policy_options(
         help="flag when the policy's score is above this; `nsfwd calibrate` chooses one from "
         "your labelled images (default: "
         f"{default or f'$NSFWD_THRESHOLD, else {DEFAULT_THRESHOLD}'})",
+    )
+    if not regions:
+        return
+    parser.add_argument(
+        "--region-thresholds",
+        metavar="LABEL=T,...",
+        default=None,
+        help="a detector's region labels that flag an image, each over its own threshold "
+        "(empty: none); beside a classifier's score, either flags (default: "
+        f"{default or '$NSFWD_REGION_THRESHOLDS, else NudeNet exposed explicit classes over 0.5'})",
     )
 
 
@@ -168,15 +192,16 @@ def compile_choice(flag: bool, configured: str) -> str:
 
 
 def policy_for(args: argparse.Namespace) -> Policy:
-    """``--policy`` and ``--threshold``, else ``$NSFWD_POLICY`` and ``$NSFWD_THRESHOLD``."""
-    if args.policy is not None and args.threshold is not None:
-        return Policy(args.policy, args.threshold)
+    """``--policy``, ``--threshold`` and ``--region-thresholds``, else ``$NSFWD_POLICY``,
+    ``$NSFWD_THRESHOLD`` and ``$NSFWD_REGION_THRESHOLDS``. Raises ValueError for bad ones."""
     from nsfwd.settings import Settings
 
     settings = Settings()
+    regions = getattr(args, "region_thresholds", None)
     return Policy(
         args.policy or settings.policy,
         settings.threshold if args.threshold is None else args.threshold,
+        parse_region_thresholds(settings.region_thresholds if regions is None else regions),
     )
 
 

@@ -30,8 +30,8 @@ from nsfwd.engine import DECODE_TIMEOUT_S, EngineClosedError, QueueFullError, po
 from nsfwd.engine.metrics import Metrics
 from nsfwd.intake import ImageLimits, UnscorableImageError
 from nsfwd.intake.checked import CheckedImages
-from nsfwd.models.classifier import Classifier
-from nsfwd.verdict import Judgement, Labels, Policy, nonfinite_labels, worst
+from nsfwd.models.model import Model
+from nsfwd.verdict import Finding, Judgement, Policy, judge, nonfinite_labels
 
 
 @dataclass
@@ -49,17 +49,20 @@ class Trace:
 class _Item:
     pixels: list[torch.Tensor]
     """One prepared picture per view of the image."""
-    future: asyncio.Future[list[Labels]]
+    sizes: list[tuple[int, int]]
+    """Each view's displayed (width, height), which a detector's boxes are mapped back to."""
+    future: asyncio.Future[list[Finding]]
     queued_at: float
     trace: Trace = field(default_factory=Trace)
 
 
 class Engine:
-    """Batches classification requests from many coroutines onto one :class:`Classifier`."""
+    """Batches requests from many coroutines onto one model: a classifier or a detector
+    (:data:`~nsfwd.models.model.Model`; a detector's judgements carry its regions)."""
 
     def __init__(
         self,
-        classifier: Classifier,
+        classifier: Model,
         *,
         max_batch_size: int = 16,
         batch_wait_ms: float = 2.0,
@@ -101,12 +104,14 @@ class Engine:
 
     @property
     def model_info(self) -> dict[str, str]:
-        """Where and how the model runs: ``device``, ``dtype`` and ``dtype_reason``."""
+        """Where and how the model runs: ``device``, ``dtype`` and ``dtype_reason``; and
+        ``kind``, ``classifier`` or ``detector``."""
         classifier = self.classifier
         return {
             "device": str(classifier.device),
             "dtype": str(classifier.dtype).removeprefix("torch."),
             "dtype_reason": classifier.dtype_reason,
+            "kind": classifier.kind,
         }
 
     @property
@@ -173,14 +178,14 @@ class Engine:
         try:
             prepare = partial(self._checked.load, data)
             views = await run_intake(self.decode_pool, prepare, self.decode_timeout_s)
-            future: asyncio.Future[list[Labels]] = asyncio.get_running_loop().create_future()
-            item = _Item(views.images, future, time.perf_counter(), trace or Trace())
+            future: asyncio.Future[list[Finding]] = asyncio.get_running_loop().create_future()
+            item = _Item(views.images, views.sizes, future, time.perf_counter(), trace or Trace())
             self._queue.put_nowait(item)
-            labels = await future
+            found = await future
         finally:
             self._admitted -= 1
             self.metrics.queue_size.set(self._admitted)
-        return worst(views, labels, (policy or Policy()).score)
+        return judge(views, found, policy or Policy())
 
     async def check(self, data: bytes) -> None:
         """Decode and prepare ``data`` as :meth:`judge` does, on the decode pool, raising
@@ -192,16 +197,16 @@ class Engine:
             self.decode_pool, partial(self._checked.check, data), self.decode_timeout_s
         )
 
-    def _predict(self, pixels: list[torch.Tensor]) -> torch.Tensor:
+    def _predict(self, pixels: list[torch.Tensor], sizes: list[tuple[int, int]]) -> list[Finding]:
         # Stacked here, on the inference thread, not on the event loop: a GPU batch is tens
         # of megabytes to copy (into page-locked memory, see Classifier.stack). One image's
         # pictures may outnumber max_batch_size; they run in batches of that size.
-        size = self.max_batch_size
-        parts = [
-            self.classifier.predict(self.classifier.stack(pixels[start : start + size]))
-            for start in range(0, len(pixels), size)
-        ]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        size, model = self.max_batch_size, self.classifier
+        found: list[Finding] = []
+        for start in range(0, len(pixels), size):
+            output = model.predict(model.stack(pixels[start : start + size]))
+            found += model.findings(output, sizes[start : start + size])
+        return found
 
     async def _next_batch(self, queue: asyncio.Queue[_Item]) -> list[_Item]:
         """Queued items with at most ``max_batch_size`` pictures in all (an item with more
@@ -241,8 +246,9 @@ class Engine:
                 item.trace.queue_seconds = now - item.queued_at
                 self.metrics.queue_seconds.observe(item.trace.queue_seconds)
             pixels = [picture for item in live for picture in item.pixels]
+            sizes = [size for item in live for size in item.sizes]
             try:
-                probs = await loop.run_in_executor(self._infer_pool, self._predict, pixels)
+                found = await loop.run_in_executor(self._infer_pool, self._predict, pixels, sizes)
             except Exception as exc:  # a model failure fails this batch, not the server
                 for item in live:
                     if not item.future.done():
@@ -253,13 +259,13 @@ class Engine:
             self.metrics.batch_size.observe(len(pixels))
             self.metrics.inference_seconds.observe(elapsed)
             live[0].trace.batches.append((len(pixels), elapsed))
-            rows = iter(self.classifier.to_labels(probs))
+            rows = iter(found)
             for item in live:
-                labels = [next(rows) for _ in item.pixels]
+                answers = [next(rows) for _ in item.pixels]
                 if item.future.done():
                     continue
-                bad = sorted({label for row in labels for label in nonfinite_labels(row)})
+                bad = sorted({label for row in answers for label in nonfinite_labels(row.labels)})
                 if bad:  # fail closed: NaN is never flagged
                     item.future.set_exception(UnscorableImageError.for_labels(bad))
                 else:
-                    item.future.set_result(labels)
+                    item.future.set_result(answers)

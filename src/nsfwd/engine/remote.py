@@ -11,7 +11,8 @@ Frames, both ways: two big-endian uint32 (header length, body length), a JSON he
 Requests: ``{"op": "classify", "id": n}`` with the image as body (``"policy": [name,
 threshold]`` optional: whose worst picture answers), ``{"op": "cancel", "id": n}``.
 Answers: ``{"id": n, "labels": {...}, "judged": {...}}`` (``judged``:
-:meth:`~nsfwd.verdict.Judgement.details`) or ``{"id": n, "error": kind, ...}``.
+:meth:`~nsfwd.verdict.Judgement.stored`, which picture and a detector's regions) or
+``{"id": n, "error": kind, ...}``.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ class InferenceServer:
 
     async def _judge(self, data: bytes, policy: Policy | None) -> dict[str, Any]:
         judgement = await self.engine.judge(data, policy)
-        return {"labels": judgement.labels, "judged": judgement.details()}
+        return {"labels": judgement.labels, "judged": judgement.stored()}
 
     async def _check(self, data: bytes) -> dict[str, Any]:
         await self.engine.check(data)
@@ -273,13 +274,7 @@ class RemoteEngine:
                 if future is None or future.done():
                     continue  # cancelled meanwhile
                 if "labels" in answer:
-                    judged = answer.get("judged")
-                    labels = answer["labels"]
-                    future.set_result(
-                        Judgement(labels)
-                        if judged is None
-                        else Judgement.from_details(labels, judged)
-                    )
+                    future.set_result(Judgement.from_stored(answer["labels"], answer.get("judged")))
                 elif answer.get("checked"):
                     future.set_result(None)
                 else:

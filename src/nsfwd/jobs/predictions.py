@@ -158,11 +158,12 @@ class Predictions:
         limits: Limits | None = None,
         policy: PolicyName | None = None,
         threshold: float | None = None,
+        region_thresholds: str | None = None,
     ) -> Prediction:
         """Queue a prediction of an uploaded image or of an image URL.
 
-        ``policy`` and ``threshold`` are its API key's own (``None``: the worker applies the
-        server's). Raises :class:`CapacityError` when ``limits`` are reached.
+        ``policy``, ``threshold`` and ``region_thresholds`` are its API key's own (``None``:
+        the worker applies the server's). Raises :class:`CapacityError` when ``limits`` are reached.
         """
         if (input_url is None) == (upload is None):
             raise ValueError("a prediction needs exactly one of input_url and upload")
@@ -183,6 +184,7 @@ class Predictions:
                 webhook_url=webhook_url,
                 policy=policy,
                 threshold=threshold,
+                region_thresholds=region_thresholds,
             )
             if limits is not None:
                 size = 0 if upload is None else len(upload.data)

@@ -81,8 +81,12 @@ class Prediction:
     threshold: float | None = None
     """The threshold of the key that created it (``None``: the server's)."""
     judged: dict[str, Any] | None = None
-    """Which picture the labels are of (:meth:`nsfwd.verdict.Judgement.details`), where more
-    than one was judged (an animation, or transparency over white and black)."""
+    """Which picture the labels are of (:meth:`nsfwd.verdict.Judgement.stored`), where more
+    than one was judged (an animation, or transparency over white and black), and a detector's
+    regions."""
+    region_thresholds: str | None = None
+    """The region thresholds of the key that created it, ``LABEL=T,...`` (``None``: the
+    server's)."""
 
     @property
     def finished(self) -> bool:
@@ -134,6 +138,9 @@ class ApiKey:
     threshold: float | None = None
     """The threshold its predictions' policy is applied at; ``None``: the server's
     (``NSFWD_THRESHOLD``)."""
+    region_thresholds: str | None = None
+    """The region labels that flag its predictions, ``LABEL=T,...`` (empty: none); ``None``:
+    the server's (``NSFWD_REGION_THRESHOLDS``)."""
 
     @property
     def revoked(self) -> bool:

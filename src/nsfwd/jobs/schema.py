@@ -95,6 +95,7 @@ predictions = Table(
     Column("policy", String(16), nullable=True),
     Column("threshold", Float, nullable=True),
     Column("judged", JSON, nullable=True),
+    Column("region_thresholds", Text, nullable=True),
     CheckConstraint("protocol IN ('eachlabs', 'prodia')", name="protocol"),
     CheckConstraint("status IN ('queued', 'processing', 'succeeded', 'failed')", name="status"),
     Index(None, "status", "created_at"),
@@ -156,5 +157,6 @@ api_keys = Table(
     Column("revoked_at", UtcDateTime, nullable=True),
     Column("policy", String(16), nullable=True),
     Column("threshold", Float, nullable=True),
+    Column("region_thresholds", Text, nullable=True),
     UniqueConstraint("key_hash"),
 )

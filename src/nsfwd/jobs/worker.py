@@ -157,7 +157,7 @@ class Worker:
             started = time.perf_counter()  # predict_time: decoding and inference, not the fetch
             judgement = await self._judge(prediction, data)
             labels = judgement.labels
-            judged = judgement.details() if judgement.chosen else None
+            judged = judgement.stored()  # which picture, and a detector's regions
         except InputError as exc:
             error = exc.message
         except EngineClosedError:
@@ -200,7 +200,9 @@ class Worker:
     def _policy(self, prediction: Prediction) -> Policy:
         """The policy of the prediction's API key, where it has its own; else the server's."""
         try:
-            return self.policy.overridden(prediction.policy, prediction.threshold)
+            return self.policy.overridden(
+                prediction.policy, prediction.threshold, prediction.region_thresholds
+            )
         except ValueError as exc:  # only a hand-edited row; keys are checked when created
             log.warning("prediction %s: %s; applying the server's policy", prediction.id, exc)
             return self.policy

@@ -5,10 +5,11 @@ calls it (``client.moderations.create(model=..., input=[{"type": "image_url", "i
 Each image input (an https URL, fetched as Eachlabs' are, or a ``data:`` URI with base64) gets
 one result, in input order. nsfwd judges one of OpenAI's categories, ``sexual``: its score is
 the verdict policy's (moderate unless the server or the API key sets another), flagged above
-the threshold, and applied to ``["image"]``. Every other category is present, as OpenAI's
-answers always are, with score 0, not flagged, and no applied input types, as OpenAI does for a
-category its model does not judge on images. Text inputs are refused with a 400: nsfwd judges
-images only. Refusals are OpenAI's error body (:mod:`nsfwd.api.openai.wire`).
+the threshold (a detector's: by the region thresholds), and applied to ``["image"]``. Every
+other category is present, as OpenAI's answers always are, with score 0, not flagged, and no
+applied input types, as OpenAI does for a category its model does not judge on images. Text
+inputs are refused with a 400: nsfwd judges images only. Refusals are OpenAI's error body
+(:mod:`nsfwd.api.openai.wire`).
 """
 
 from __future__ import annotations
@@ -237,11 +238,11 @@ class Moderations:
                 ) from None
             await self.rate_limiter.count(caller.ref, caller.limits)
         labels = await asyncio.gather(*(self._judge(engine, each, policy) for each in inputs))
-        try:
-            scores = [policy.score(each) for each in labels]
+        try:  # a detector's labels flag by the region thresholds, not by one score
+            judged = [(policy.score(each), policy.flagged(each)) for each in labels]
         except ValueError as exc:  # labels no policy scores, or scores that are NaN
             raise _invalid(f"model {name!r} cannot be judged: {exc}", param="model") from None
-        results = [moderation(score, score > policy.threshold) for score in scores]
+        results = [moderation(score, flagged) for score, flagged in judged]
         return JSONResponse({"id": f"modr-{uuid.uuid4().hex}", "model": name, "results": results})
 
     def _model(self, requested: object) -> tuple[str, ClassifyEngine]:
@@ -258,9 +259,12 @@ class Moderations:
             ) from None
 
     def _policy(self, caller: Caller | None) -> Policy:
-        """The API key's own policy and threshold where it has them; else the server's."""
+        """The API key's own policy, threshold and region thresholds where it has them; else
+        the server's."""
         server = self.settings.verdict_policy
-        return server if caller is None else server.overridden(caller.policy, caller.threshold)
+        if caller is None:
+            return server
+        return server.overridden(caller.policy, caller.threshold, caller.region_thresholds)
 
     async def _judge(self, engine: ClassifyEngine, image: ImageInput, policy: Policy) -> Labels:
         """The labels of the worst picture of ``image`` under ``policy`` (every frame of an

@@ -38,6 +38,7 @@ from nsfwd.intake import ImageError, sniff_format
 from nsfwd.jobs import CapacityError, Limits, Prediction, Store, Upload
 from nsfwd.jobs.worker import Worker
 from nsfwd.settings import Settings
+from nsfwd.verdict import split_stored
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,11 @@ def document(prediction: Prediction, now: datetime | None = None) -> dict[str, A
     }
     if prediction.labels is not None:
         doc["config"]["labels"] = prediction.labels
-    if prediction.judged is not None:
-        doc["config"]["judged"] = prediction.judged
+    judged, regions = split_stored(prediction.judged)
+    if judged is not None:
+        doc["config"]["judged"] = judged
+    if regions is not None:
+        doc["config"]["regions"] = regions
     end = prediction.finished_at or now or datetime.now(UTC)
     doc["metrics"] = {"elapsed": max((end - prediction.created_at).total_seconds(), 1e-6)}
     if prediction.status == "failed":
@@ -152,6 +156,7 @@ class ProdiaAsyncJobs(ProdiaJobs):
                 limits=self._limits(),
                 policy=None if caller is None else caller.policy,
                 threshold=None if caller is None else caller.threshold,
+                region_thresholds=None if caller is None else caller.region_thresholds,
             )
         except CapacityError as exc:
             raise self._capacity_error(exc) from None

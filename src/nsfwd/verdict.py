@@ -11,6 +11,9 @@ bucket above it, and flag when the sum exceeds the threshold (0.5 by default).
 For a classifier without severity buckets (for example ``Falconsai/nsfw_image_detection`` with
 ``normal``/``nsfw``) every policy scores 1 - P(safe label), the safe label being the first of
 ``neutral``, ``normal``, ``safe`` or ``sfw`` that the model has.
+
+A picture that matches a bank of known images (:mod:`nsfwd.banks`) is flagged whatever the
+policy: its judgement carries the :class:`Match`, and the model need not run for it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 if TYPE_CHECKING:
     from nsfwd.intake.views import Backdrop, Views
@@ -35,6 +38,14 @@ POLICIES: dict[str, tuple[str, ...]] = {
 DEFAULT_POLICY: PolicyName = "moderate"
 DEFAULT_THRESHOLD = 0.5
 SAFE_LABELS = ("neutral", "normal", "safe", "sfw")
+CATEGORIES: Final = (
+    "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit",
+    "illicit/violent", "self-harm", "self-harm/intent", "self-harm/instructions", "sexual",
+    "sexual/minors", "violence", "violence/graphic",
+)  # fmt: skip
+"""The moderation categories a verdict may be filed under (OpenAI's); a model's verdict is
+``sexual``, and a bank may stand for any of them."""
+JUDGED_CATEGORY: Final = "sexual"
 
 
 @dataclass(frozen=True)
@@ -98,6 +109,56 @@ def _safe_label(labels: Sequence[str]) -> str | None:
     return next((lowered[name] for name in SAFE_LABELS if name in lowered), None)
 
 
+def certain(labels: Sequence[str]) -> Labels:
+    """Labels that every policy flags at any threshold below 1: all the probability on the
+    most severe label (``high`` where the model has severity buckets, else the first label
+    that is not the safe one). What an image matched in a bank is answered with when the
+    model does not run, so that a client that reads only the labels refuses it too."""
+    if not labels:
+        raise ValueError("a model has at least one label")
+    safe = _safe_label(labels)
+    severe = "high" if "high" in labels else next((x for x in labels if x != safe), labels[-1])
+    return {label: 1.0 if label == severe else 0.0 for label in labels}
+
+
+@dataclass(frozen=True)
+class Match:
+    """A judged picture whose PDQ hash is within a bank's distance of a banked hash."""
+
+    bank: str
+    hash: str
+    """The banked hash it matched (64 hexadecimal digits)."""
+    distance: int
+    """How many of the 256 bits differ."""
+    category: str | None = None
+    """The moderation category the bank stands for (:data:`CATEGORIES`); None: ``sexual``."""
+    frame: int = 0
+    """The frame of the picture that matched."""
+
+    def details(self) -> dict[str, Any]:
+        """The match as responses give it: ``bank``, ``hash``, ``distance``, ``category``
+        and ``frame``."""
+        return {
+            "bank": self.bank,
+            "hash": self.hash,
+            "distance": self.distance,
+            "category": self.category or JUDGED_CATEGORY,
+            "frame": self.frame,
+        }
+
+    @classmethod
+    def from_details(cls, details: Mapping[str, Any]) -> Match:
+        """The match :meth:`details` describes."""
+        category = details.get("category")
+        return cls(
+            bank=str(details["bank"]),
+            hash=str(details["hash"]),
+            distance=int(details["distance"]),
+            category=None if category in (None, JUDGED_CATEGORY) else str(category),
+            frame=int(details.get("frame", 0)),
+        )
+
+
 @dataclass(frozen=True)
 class Judgement:
     """The labels an image is answered with: those of its worst view, and which view that was."""
@@ -107,6 +168,13 @@ class Judgement:
     frames: int = 1
     frames_judged: int = 1
     backdrop: Backdrop | None = None
+    match: Match | None = None
+    """The banked image a picture matched, if any: the image is flagged whatever the labels."""
+
+    def flagged(self, policy: Policy) -> bool:
+        """Whether ``policy`` flags this judgement: a bank matched, or the labels score over
+        the threshold (ValueError where the policy cannot score them)."""
+        return self.match is not None or policy.flagged(self.labels)
 
     @property
     def chosen(self) -> bool:
@@ -124,14 +192,17 @@ class Judgement:
         }
 
     @classmethod
-    def from_details(cls, labels: dict[str, float], details: Mapping[str, Any]) -> Judgement:
-        """The judgement :meth:`details` describes, for ``labels``."""
+    def from_details(
+        cls, labels: dict[str, float], details: Mapping[str, Any], match: Match | None = None
+    ) -> Judgement:
+        """The judgement :meth:`details` describes, for ``labels`` (and ``match``)."""
         return cls(
             labels,
             frame=int(details["frame"]),
             frames=int(details["frames"]),
             frames_judged=int(details["frames_judged"]),
             backdrop=details.get("backdrop"),
+            match=match,
         )
 
 

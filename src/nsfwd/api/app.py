@@ -20,8 +20,11 @@ from nsfwd.api.openai import moderations as openai_moderation
 from nsfwd.api.openapi import install_openapi
 from nsfwd.api.prodia import async_jobs as prodia_async
 from nsfwd.api.prodia import sync as prodia
+from nsfwd.banks.matcher import BankMatcher
 from nsfwd.engine import ClassifyEngine, pools
+from nsfwd.engine.screened import ScreenedEngine
 from nsfwd.engine.served import ServedModels
+from nsfwd.engine.verdict_cache import VerdictCache
 from nsfwd.jobs import Store
 from nsfwd.jobs.webhooks import WebhookSender
 from nsfwd.jobs.worker import PURGE_EVERY_S, Worker
@@ -58,6 +61,18 @@ def _model_lines(info: dict[str, str]) -> str:
     return "".join(lines)
 
 
+def screened(models: ServedModels, settings: Settings, matcher: BankMatcher | None) -> ServedModels:
+    """Each served engine behind the verdict cache (one for all) and the banks
+    (:mod:`nsfwd.engine.screened`): the door every surface judges through."""
+    cache = VerdictCache(settings.verdict_cache_entries)
+    return ServedModels(
+        {
+            name: ScreenedEngine(engine, name, matcher=matcher, cache=cache)
+            for name, engine in models.items()
+        }
+    )
+
+
 def create_app(
     engines: ClassifyEngine | Mapping[str, ClassifyEngine],
     settings: Settings,
@@ -79,7 +94,8 @@ def create_app(
     pools.configure(
         decode=settings.decode_workers, dns=settings.dns_workers, webhooks=settings.webhook_workers
     )
-    models = ServedModels.of(engines, settings.served_model_name)
+    matcher = None if store is None else BankMatcher(store.banks, refresh_s=settings.bank_refresh_s)
+    models = screened(ServedModels.of(engines, settings.served_model_name), settings, matcher)
     engine = models.default  # sizes the background work; its metrics count the requests
     worker = None
     if store is not None:

@@ -96,7 +96,7 @@ class HammingIndex:
 
     def hash_at(self, row: int) -> bytes:
         """The hash in ``row``."""
-        return self.words[row].astype(">u8").tobytes()
+        return bytes(self.words[row].astype(">u8").tobytes())
 
     @property
     def raw(self) -> npt.NDArray[np.uint8]:
@@ -139,7 +139,8 @@ class HammingIndex:
         positions = starts[bucket] + np.arange(total) - first
         rows = self._order[chunk.ravel()[bucket], positions]
         query = bucket // (CHUNKS * len(flips))
-        return query * len(self) + rows
+        pairs: npt.NDArray[np.int64] = query * len(self) + rows
+        return pairs
 
     def _all_pairs(self, queries: int) -> npt.NDArray[np.int64]:
         return np.arange(queries * len(self), dtype=np.int64)

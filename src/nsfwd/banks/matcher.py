@@ -94,11 +94,10 @@ class BankSnapshot:
         """How many hashes the banks hold in all."""
         return sum(len(bank) for bank in self.banks.values())
 
-    def match(self, pictures: Sequence[PictureHash], frames: Sequence[int]) -> Match | None:
-        """The closest banked hash within its bank's distance of one of ``pictures`` (whose
-        frames are ``frames``), or None. Hashes too featureless to match on
-        (:attr:`PictureHash.usable`) are not looked up. Ties go to the first picture, then
-        the bank first by name."""
+    def match(self, pictures: Sequence[PictureHash]) -> Match | None:
+        """The closest banked hash within its bank's distance of one of ``pictures``, or
+        None. Hashes too featureless to match on (:attr:`PictureHash.usable`) are not looked
+        up. Ties go to the first picture, then the bank first by name."""
         usable = [i for i, picture in enumerate(pictures) if picture.usable]
         queries = [pictures[i].hash for i in usable]
         best: tuple[int, int, str] | None = None
@@ -114,7 +113,7 @@ class BankSnapshot:
                         hash=banked.hex(),
                         distance=distance,
                         category=bank.bank.category,
-                        frame=frames[usable[query]],
+                        frame=pictures[usable[query]].frame,
                     )
         return best_match
 
@@ -153,13 +152,6 @@ class BankMatcher:
                     log.warning("cannot read the banks (%s); matching the last ones read", exc)
                 self._checked_at = self.clock()
             return self._snapshot
-
-    async def match(self, pictures: Sequence[PictureHash], frames: Sequence[int]) -> Match | None:
-        """:meth:`BankSnapshot.match` on the current snapshot, on the ``banks`` pool."""
-        snapshot = await self.snapshot()
-        if not snapshot.hashes:
-            return None
-        return await pools.named(pools.BANKS).run(lambda: snapshot.match(pictures, frames))
 
     async def _refreshed(self, current: BankSnapshot) -> BankSnapshot:
         revision, removals = await self.banks_store.revision()

@@ -42,6 +42,8 @@ class PictureHash:
     hash: bytes
     """32 bytes: the 256 bits, the first the most significant."""
     quality: int = 100
+    frame: int = 0
+    """The frame of the file the picture is of."""
 
     @property
     def hex(self) -> str:

@@ -42,6 +42,11 @@ def register(sub: Commands[argparse.ArgumentParser]) -> None:
         applies_to=" in this key's Eachlabs output (nsfw/normal)",
         default="the server's",
     )
+    create.add_argument(
+        "--admin",
+        action="store_true",
+        help="the key may also administer the banks of known images (/v1/banks)",
+    )
     listing = action.add_parser("list", help="show every key (never the key itself)")
     listing.add_argument("--json", action="store_true", help="print a JSON array")
     revoke = action.add_parser("revoke", help="revoke a key; it stops working at once")
@@ -83,6 +88,7 @@ async def _create_key(store: Store, settings: Settings, args: argparse.Namespace
             max_in_flight=args.max_in_flight or settings.key_max_in_flight,
             policy=args.policy,
             threshold=args.threshold,
+            admin=args.admin,
         )
     except ValueError as exc:
         print(f"nsfwd keys create: {exc}", file=sys.stderr)
@@ -91,7 +97,8 @@ async def _create_key(store: Store, settings: Settings, args: argparse.Namespace
     print(
         f"created key {key.id} ({key.name!r}, prefix {key.prefix}): "
         f"{key.creates_per_minute} creates a minute, {key.max_in_flight} in flight, "
-        f"{_key_verdicts(key)}. It is shown only this once: store it now.",
+        f"{_key_verdicts(key)}{', bank administration' if key.admin else ''}. It is shown "
+        "only this once: store it now.",
         file=sys.stderr,
     )
     return 0
@@ -115,6 +122,7 @@ def _key_fields(key: ApiKey) -> dict[str, object]:
         "max_in_flight": key.max_in_flight,
         "policy": key.policy,
         "threshold": key.threshold,
+        "admin": key.admin,
         "created": key.created_at.isoformat(timespec="seconds"),
         "revoked": key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else None,
     }
@@ -131,7 +139,7 @@ async def _list_keys(store: Store, as_json: bool) -> int:
         print("no keys; create one with `nsfwd keys create NAME`", file=sys.stderr)
         return 0
     header = ["ID", "NAME", "PREFIX", "CREATES/MIN", "IN FLIGHT", "POLICY", "THRESHOLD",
-              "CREATED", "REVOKED"]  # fmt: skip
+              "ADMIN", "CREATED", "REVOKED"]  # fmt: skip
     table = [header] + [[_key_cell(name, v) for name, v in row.items()] for row in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     for line in table:
@@ -149,6 +157,8 @@ async def _list_keys(store: Store, as_json: bool) -> int:
 def _key_cell(name: str, value: object) -> str:
     if value is None:
         return "-" if name in ("policy", "threshold") else ""
+    if isinstance(value, bool):
+        return "yes" if value else ""
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 

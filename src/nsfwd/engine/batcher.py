@@ -26,6 +26,7 @@ from functools import partial
 
 import torch
 
+from nsfwd.banks.pdq import PictureHash
 from nsfwd.engine import DECODE_TIMEOUT_S, EngineClosedError, QueueFullError, pools, run_intake
 from nsfwd.engine.metrics import Metrics
 from nsfwd.intake import ImageLimits, UnscorableImageError
@@ -110,6 +111,11 @@ class Engine:
         }
 
     @property
+    def labels(self) -> tuple[str, ...]:
+        """The model's labels, in its order."""
+        return self.classifier.labels
+
+    @property
     def in_flight(self) -> int:
         """Images admitted and not yet answered."""
         return self._admitted
@@ -182,15 +188,15 @@ class Engine:
             self.metrics.queue_size.set(self._admitted)
         return worst(views, labels, (policy or Policy()).score)
 
-    async def check(self, data: bytes) -> None:
+    async def check(self, data: bytes, *, hashed: bool = False) -> list[PictureHash]:
         """Decode and prepare ``data`` as :meth:`judge` does, on the decode pool, raising
         its :class:`~nsfwd.intake.ImageError`; the pictures are kept (the last
-        :data:`~nsfwd.intake.checked.KEPT` images) for a :meth:`judge` of the same bytes."""
+        :data:`~nsfwd.intake.checked.KEPT` images) for a :meth:`judge` of the same bytes.
+        ``hashed``: hash every picture too, and return the hashes."""
         if not self.ready:
             raise EngineClosedError("the model is not loaded yet")
-        await run_intake(
-            self.decode_pool, partial(self._checked.check, data), self.decode_timeout_s
-        )
+        check = partial(self._checked.check, data, hashed=hashed)
+        return await run_intake(self.decode_pool, check, self.decode_timeout_s)
 
     def _predict(self, pixels: list[torch.Tensor]) -> torch.Tensor:
         # Stacked here, on the inference thread, not on the event loop: a GPU batch is tens

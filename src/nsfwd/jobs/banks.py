@@ -95,10 +95,13 @@ class Banks:
             await _bump(connection, removals=True)
             if await _find(connection, name) is not None:
                 raise BankError(f"a bank named {name!r} exists already")
-            row = {"name": name, "category": category, "distance": distance,
-                   "created_at": self.clock()}  # fmt: skip
-            await connection.execute(banks.insert().values(row))
-        return Bank(name, category, distance, row["created_at"])
+            bank = Bank(name, category, distance, self.clock())
+            await connection.execute(
+                banks.insert().values(
+                    name=name, category=category, distance=distance, created_at=bank.created_at
+                )
+            )
+        return bank
 
     async def delete(self, name: str) -> Bank:
         """Delete a bank and its hashes; returns it as it was. :class:`UnknownBankError`."""

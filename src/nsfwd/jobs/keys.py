@@ -77,11 +77,13 @@ class ApiKeys:
         max_in_flight: int = 10,
         policy: PolicyName | None = None,
         threshold: float | None = None,
+        admin: bool = False,
     ) -> tuple[str, ApiKey]:
         """Create an API key; returns its secret (shown once, never stored) and its record.
 
         ``policy`` and ``threshold`` decide its predictions' verdicts (``flagged``);
         what is left ``None`` follows the server's. Raises ValueError when either is invalid.
+        ``admin``: the key may also administer the banks of known images.
         """
         Policy().overridden(policy, threshold)  # validates both
         plaintext = generate_key()
@@ -95,6 +97,7 @@ class ApiKeys:
             created_at=self.clock(),
             policy=policy,
             threshold=threshold,
+            admin=admin,
         )
         values = {column.name: getattr(record, column.name) for column in api_keys.columns}
         async with self.database.write() as connection:

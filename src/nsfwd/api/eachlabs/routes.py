@@ -122,6 +122,8 @@ def document(prediction: Prediction) -> dict[str, Any]:
     }
     if prediction.judged is not None:
         doc["judged"] = prediction.judged  # which frame and backdrop the labels are of
+    if prediction.match is not None:
+        doc["match"] = prediction.match  # the banked image it matched: flagged whatever the labels
     if status == "error":
         doc["message"] = prediction.error or "the prediction failed"
         doc["details"] = "prediction_failed"

@@ -68,6 +68,8 @@ def document(prediction: Prediction, now: datetime | None = None) -> dict[str, A
         doc["config"]["labels"] = prediction.labels
     if prediction.judged is not None:
         doc["config"]["judged"] = prediction.judged
+    if prediction.match is not None:
+        doc["config"]["match"] = prediction.match
     end = prediction.finished_at or now or datetime.now(UTC)
     doc["metrics"] = {"elapsed": max((end - prediction.created_at).total_seconds(), 1e-6)}
     if prediction.status == "failed":

@@ -270,7 +270,8 @@ class ProdiaJobs:
     ) -> Response:
         labels = None if judgement is None else judgement.labels
         judged = None if judgement is None or not judgement.chosen else judgement.details()
-        document = json_bytes(job.document("completed", labels=labels, judged=judged))
+        match = None if judgement is None or judgement.match is None else judgement.match.details()
+        document = json_bytes(job.document("completed", labels=labels, judged=judged, match=match))
         return job_response(document, multipart=multipart, outputs=outputs)
 
     def _failed(self, request: Request, job: Job, exc: ApiError) -> Response:

@@ -12,12 +12,14 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from nsfwd import __version__, demo
 from nsfwd.api import openapi
 from nsfwd.api.auth import KeyRing
+from nsfwd.api.banks import routes as bank_routes
 from nsfwd.api.eachlabs import routes as eachlabs
 from nsfwd.api.http.errors import install_error_handlers
 from nsfwd.api.http.middleware import BodyLimitMiddleware, BodyLimits, RequestIdMiddleware
 from nsfwd.api.openai import models as openai_models
 from nsfwd.api.openai import moderations as openai_moderation
 from nsfwd.api.openapi import install_openapi
+from nsfwd.api.pictrs import validate as pictrs
 from nsfwd.api.prodia import async_jobs as prodia_async
 from nsfwd.api.prodia import sync as prodia
 from nsfwd.banks.matcher import BankMatcher
@@ -147,9 +149,12 @@ def create_app(
     app.include_router(prodia.create_router(models, settings, keys))
     app.include_router(openai_moderation.create_router(models, settings, keys))
     app.include_router(openai_models.create_router(models, keys))
+    app.include_router(pictrs.create_router(models, settings, keys))
     if store is not None and worker is not None:
         app.include_router(prodia_async.create_router(models, settings, keys, store, worker))
         app.include_router(eachlabs.create_router(models, settings, keys, store, worker))
+    if store is not None and matcher is not None:
+        app.include_router(bank_routes.create_router(store, matcher, settings, keys))
 
     @app.get(
         "/healthz",

@@ -85,7 +85,8 @@ def parse_config(config: dict[str, Any]) -> ModeratorConfig:
         raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}")
     url = config.get("url")
     parts = urlsplit(url) if isinstance(url, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+    if not isinstance(url, str) or parts is None or parts.scheme not in ("http", "https") \
+            or not parts.netloc:  # fmt: skip
         raise ValueError(
             f"url must be nsfwd's http(s) base URL, e.g. http://127.0.0.1:8000, not {url!r}"
         )

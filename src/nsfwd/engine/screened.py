@@ -54,7 +54,7 @@ class ScreenedEngine:
         self.inner = inner
         self.name = name
         self.matcher = matcher
-        self.cache = cache or VerdictCache(0)
+        self.cache = VerdictCache(0) if cache is None else cache
         self.max_batch_size: int = inner.max_batch_size
         self.max_queue: int = inner.max_queue
         self.limits: ImageLimits = inner.limits

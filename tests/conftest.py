@@ -22,7 +22,8 @@ TIERS: Final = {
     # real Ray clusters and Ray Serve: one at a time (two cores cannot host two), one xdist group
     "ray": ("test_ray_serve", "test_ray_serve_autoscaling", "test_ray_data"),
     # full-size models, compiling, killed servers and process trees
-    "heavy": ("test_parity", "test_compile", "test_crash", "test_supervisor"),
+    # and a real Matrix Synapse (its own virtual environment, made once under a cache folder)
+    "heavy": ("test_parity", "test_compile", "test_crash", "test_supervisor", "test_synapse"),
     # headless Chromium
     "browser": ("test_demo", "test_calibrate::test_the_report_opens_in_headless_chromium"),
     # the reliability campaign: property tests, schemathesis, faults with real parts, load

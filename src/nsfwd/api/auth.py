@@ -58,6 +58,13 @@ class AuthenticationError(Exception):
         self.sources = sources
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header; None for none, another scheme
+    or an empty token."""
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
 def key_matches(presented: str, keys: Sequence[str]) -> bool:
     """Whether ``presented`` is one of ``keys``, compared in constant time per key."""
     candidate = presented.encode()
@@ -122,4 +129,4 @@ class KeyRing:
         raise AuthenticationError(missing=not key, sources=self.sources)
 
 
-__all__ = ["AuthenticationError", "Caller", "KeyLimits", "KeyRing", "key_matches"]
+__all__ = ["AuthenticationError", "Caller", "KeyLimits", "KeyRing", "bearer_token", "key_matches"]

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nsfwd.cli.options import Commands
+from nsfwd.cli.options import Commands, print_table
 
 if TYPE_CHECKING:
     from nsfwd.banks.pdq import PictureHash
@@ -132,21 +132,9 @@ async def _list(store: Store, as_json: bool) -> int:
         print("no banks; create one with `nsfwd banks create NAME`", file=sys.stderr)
         return 0
     header = ["NAME", "CATEGORY", "DISTANCE", "SIZE", "CREATED"]
-    table = [header] + [
-        [
-            row["name"],
-            row["category"] or "sexual",
-            str(row["distance"]),
-            str(row["size"]),
-            row["created_at"],
-        ]
-        for row in rows
-    ]
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    for line in table:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
-        )
+    cells = ("name", "category", "distance", "size", "created_at")
+    shown = [{**row, "category": row["category"] or "sexual"} for row in rows]
+    print_table(header, [[str(row[cell]) for cell in cells] for row in shown])
     return 0
 
 

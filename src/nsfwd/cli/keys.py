@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from nsfwd.cli.options import Commands, add_policy_options, positive
+from nsfwd.cli.options import Commands, add_policy_options, positive, print_table
 
 if TYPE_CHECKING:
     from nsfwd.jobs import ApiKey, Store
@@ -140,11 +140,7 @@ async def _list_keys(store: Store, as_json: bool) -> int:
         return 0
     header = ["ID", "NAME", "PREFIX", "CREATES/MIN", "IN FLIGHT", "POLICY", "THRESHOLD",
               "ADMIN", "CREATED", "REVOKED"]  # fmt: skip
-    table = [header] + [[_key_cell(name, v) for name, v in row.items()] for row in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    for line in table:
-        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
-        print("  ".join(cells).rstrip())
+    print_table(header, [[_key_cell(name, v) for name, v in row.items()] for row in rows])
     if any(row["policy"] is None or row["threshold"] is None for row in rows):
         print(
             "-: the server's (NSFWD_POLICY and NSFWD_THRESHOLD, or `nsfwd serve --policy "

@@ -197,3 +197,14 @@ def progress_bar(*, show: bool) -> Progress:
 
 Commands = argparse._SubParsersAction  # argparse names no public type for add_subparsers()
 """What ``add_subparsers`` returns: each command module's ``register`` adds its parser to it."""
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    """Print ``rows`` under ``header`` in left-aligned columns (``nsfwd keys list``,
+    ``nsfwd banks list``)."""
+    table = [header, *rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for line in table:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        )

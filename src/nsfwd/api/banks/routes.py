@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from nsfwd.api import openapi
-from nsfwd.api.auth import AuthenticationError, Caller, KeyRing
+from nsfwd.api.auth import AuthenticationError, Caller, KeyRing, bearer_token
 from nsfwd.api.http import strict_json
 from nsfwd.api.http.errors import ApiError, BadRequestError
 from nsfwd.api.http.uploads import read_upload
@@ -216,11 +216,8 @@ class BankRoutes:
 
     async def _admin(self, request: Request) -> Caller:
         """The calling key, if it may administer banks; 401 or 403 else."""
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.strip().partition(" ")
-        token = token.strip() if scheme.lower() == "bearer" else ""
         try:
-            caller = await self.keys.identify(token or None)
+            caller = await self.keys.identify(bearer_token(request.headers.get("authorization")))
         except AuthenticationError as exc:
             raise ApiError(
                 "missing API key: send 'Authorization: Bearer <admin key>'"

@@ -35,7 +35,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from nsfwd.api import openapi
-from nsfwd.api.auth import AuthenticationError, Caller, KeyRing
+from nsfwd.api.auth import AuthenticationError, Caller, KeyRing, bearer_token
 from nsfwd.api.http.errors import ApiError, answer
 from nsfwd.api.http.uploads import read_upload
 from nsfwd.engine import ClassifyEngine, EngineClosedError, QueueFullError
@@ -119,11 +119,7 @@ class Validation:
 
     async def _admit(self, request: Request) -> Caller | None:
         """The caller (None: no key needed), or a 401 saying how to get in."""
-        key = request.query_params.get("key")
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.strip().partition(" ")
-        if not key and scheme.lower() == "bearer":
-            key = token.strip()
+        key = request.query_params.get("key") or bearer_token(request.headers.get("authorization"))
         if not key and self._from_allowed_network(request):
             return None
         try:

@@ -268,6 +268,9 @@ def test_validation_answers_as_pict_rs_expects(url: str) -> None:
         assert bad.status_code == 400 and message in bad.json()["message"], bad.text
     empty = validate(url, b"")
     assert empty.status_code == 400 and "no body" in empty.json()["message"]
+    huge = image + bytes(11 * 2**20)
+    assert validate(url, huge).json()["reason"] == "invalid"
+    assert validate(url, huge, f"key={TOKEN}&fail_open=true").json()["checked"] is False
 
 
 def test_an_allowed_network_needs_no_key(classifier: Classifier, tmp_path: Path) -> None:

@@ -121,6 +121,8 @@ def create_app(
             if store is not None:  # first: a bad database fails before the model loads
                 await store.open()
                 stack.push_async_callback(store.close)
+            if matcher is not None:  # the banks in memory before the first upload waits for them
+                await matcher.snapshot()
             await models.start()
             stack.push_async_callback(models.stop)
             if worker is not None:

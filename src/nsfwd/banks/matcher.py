@@ -141,8 +141,13 @@ class BankMatcher:
         self._checked_at = -float("inf")
 
     async def snapshot(self) -> BankSnapshot:
-        """The banks as of the store's revision at most ``refresh_s`` ago."""
+        """The banks as of the store's revision at most ``refresh_s`` ago. While another task
+        loads a new revision (seconds, for a bank of a million after a removal), callers get
+        the one before, as other processes would for up to ``refresh_s``; only the first load
+        is waited for."""
         if self.clock() - self._checked_at < self.refresh_s:
+            return self._snapshot
+        if self._lock.locked() and self._snapshot.revision >= 0:
             return self._snapshot
         async with self._lock:
             if self.clock() - self._checked_at >= self.refresh_s:

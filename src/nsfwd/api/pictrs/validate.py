@@ -104,7 +104,7 @@ class Validation:
         policy = self._policy(query.get("policy"), query.get("threshold"), caller)
         name, engine = self._model(query.get("model"))
         try:
-            data = await read_upload(request, self.settings.max_image_bytes)
+            data = await _upload(request, self.settings.max_image_bytes)
             judgement = await self._judge(engine, data, policy)
             flagged = judgement.flagged(policy)
         except Refusal as exc:
@@ -191,6 +191,18 @@ class Validation:
         except EngineClosedError as exc:
             raise Refusal("unavailable", f"{exc}; retry in a few seconds", 503,
                           {"Retry-After": "5"}) from None  # fmt: skip
+
+
+async def _upload(request: Request, max_bytes: int) -> bytes:
+    """The upload; a body over the limit is ``invalid`` and no upload slot ``unavailable``,
+    which ``fail_open`` may accept (a stalled body stays the client's 408)."""
+    try:
+        return await read_upload(request, max_bytes)
+    except ApiError as exc:
+        reason = {400: "invalid", 503: "unavailable"}.get(exc.status)
+        if reason is None:
+            raise
+        raise Refusal(reason, exc.message, exc.status, exc.headers) from None
 
 
 def _flag(value: str | None, name: str) -> bool:

@@ -301,7 +301,8 @@ def openai_answers(
 def complete(document: dict[str, Any]) -> dict[str, Any]:
     """``document`` (FastAPI's OpenAPI, the answers declared on each route) with the schemas
     they refer to and the key schemes, and without the 422 FastAPI adds for routes with
-    parameters: no route answers it (a bad parameter is each protocol's own 400 or 404)."""
+    parameters: no route answers it (a bad parameter is each protocol's own 400 or 404; the
+    422 a route declares itself, /v1/validate's refusal, stays)."""
     components = document.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):
@@ -310,7 +311,9 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
     components["securitySchemes"] = SECURITY_SCHEMES
     for operations in document.get("paths", {}).values():
         for operation in operations.values():
-            operation.get("responses", {}).pop("422", None)
+            answers = operation.get("responses", {})
+            if answers.get("422", {}).get("description") == "Validation Error":  # FastAPI's
+                del answers["422"]
     return document
 
 

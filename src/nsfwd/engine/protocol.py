@@ -87,4 +87,4 @@ class ClassifyEngine(Protocol):
         it made for a while, so that a :meth:`judge` of the same bytes soon after (an async
         job's, or the judgement that follows a bank lookup) does not decode them again.
         ``hashed``: return the PDQ hash of every picture :meth:`judge` would judge (else an
-        empty list)."""
+        empty list). Admitted as :meth:`judge` is: :class:`QueueFullError` when full."""

@@ -106,6 +106,8 @@ class ModelServer:
             return {"hashes": await self.engine.check(data, hashed=hashed)}
         except ImageError as exc:
             return {"error": exc}
+        except QueueFullError as exc:  # more than max_queue here: Serve's bound is a batch
+            return {"busy": exc.retry_after}
 
 
 @serve.ingress()

@@ -146,6 +146,9 @@ class ServeEngine:
         error = answer.get("error")
         if isinstance(error, ImageError):
             raise error
+        if "busy" in answer:
+            self.metrics.rejected.inc()
+            raise QueueFullError(int(answer["busy"]))
         hashes: list[PictureHash] = answer.get("hashes", [])
         return hashes
 

@@ -286,7 +286,10 @@ def test_an_allowed_network_needs_no_key(classifier: Classifier, tmp_path: Path)
 
 
 def test_the_banks_command_creates_fills_exports_imports_and_removes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    timm_checkpoint: Path,
 ) -> None:
     monkeypatch.setenv("NSFWD_DATA_DIR", str(tmp_path / "data"))
     picture = tmp_path / "known.jpg"
@@ -319,6 +322,19 @@ def test_the_banks_command_creates_fills_exports_imports_and_removes(
     assert status == 0 and "added 1 new" in err and "skipped 1" in err
     status, hashed, _ = run("hash", str(picture))
     assert status == 0 and hashed.split()[1] == exported.split()[1]
+
+    # nsfwd classify checks the same banks, as the server does
+    (tmp_path / "again.jpg").write_bytes(jpeg(reencoded(photo("chelsea"), 0.9, 70), 70))
+    (tmp_path / "other.jpg").write_bytes(jpeg(photo("coffee")))
+    files = [str(tmp_path / "again.jpg"), str(tmp_path / "other.jpg")]
+    for extra, matched in (([], True), (["--no-banks"], False)):
+        assert main(["classify", "--model", str(timm_checkpoint), "--threshold", "1", *extra,
+                     *files]) == 0  # fmt: skip
+        again, other = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+        assert ("match" in again, again["flagged"]) == (matched, matched)
+        assert "match" not in other and not other["flagged"]
+        if matched:
+            assert again["match"]["bank"] in {"known", "copy"} and again["labels"]["high"] == 1.0
     status, _, err = run("remove", "copy", exported.split()[1])
     assert status == 0 and "removed 1 of 1" in err
     status, _, err = run("remove", "known", str(picture))

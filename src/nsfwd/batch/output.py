@@ -21,20 +21,23 @@ from nsfwd.verdict import Policy
 
 def record(result: FileResult, policy: Policy) -> dict[str, Any]:
     """The JSON record for one file: labels and verdict, or the error; ``judged`` (which frame
-    and backdrop the labels are of) where more than one picture of it was judged."""
+    and backdrop the labels are of) where more than one picture of it was judged, and ``match``
+    where a bank of known images matched it (flagged whatever the score)."""
     if result.labels is None:
         return {"path": result.path, "error": result.error}
     score = policy.score(result.labels)
     found = {
         "path": result.path,
         "labels": result.labels,
-        "flagged": score > policy.threshold,
+        "flagged": score > policy.threshold or result.match is not None,
         "policy": policy.name,
         "score": score,
         "threshold": policy.threshold,
     }
     if result.judged is not None:
         found["judged"] = result.judged
+    if result.match is not None:
+        found["match"] = result.match
     return found
 
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nsfwd.cli.options import Commands, print_table
+from nsfwd.cli.options import Commands, print_listing
 
 if TYPE_CHECKING:
     from nsfwd.banks.pdq import PictureHash
@@ -120,21 +120,14 @@ async def _act(store: Store, settings: Settings, args: argparse.Namespace) -> in
 
 
 async def _list(store: Store, as_json: bool) -> int:
-    import json
-
     from nsfwd.api.banks.routes import bank_json
 
     rows = [bank_json(bank) for bank in await store.banks.all()]
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    if not rows:
-        print("no banks; create one with `nsfwd banks create NAME`", file=sys.stderr)
-        return 0
     header = ["NAME", "CATEGORY", "DISTANCE", "SIZE", "CREATED"]
-    cells = ("name", "category", "distance", "size", "created_at")
-    shown = [{**row, "category": row["category"] or "sexual"} for row in rows]
-    print_table(header, [[str(row[cell]) for cell in cells] for row in shown])
+    cells = [[row["name"], row["category"] or "sexual", str(row["distance"]), str(row["size"]),
+              row["created_at"]] for row in rows]  # fmt: skip
+    nothing = "no banks; create one with `nsfwd banks create NAME`"
+    print_listing(rows, header, cells, as_json=as_json, nothing=nothing)
     return 0
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from nsfwd.cli.options import Commands, add_policy_options, positive, print_table
+from nsfwd.cli.options import Commands, add_policy_options, positive, print_listing
 
 if TYPE_CHECKING:
     from nsfwd.jobs import ApiKey, Store
@@ -129,19 +129,13 @@ def _key_fields(key: ApiKey) -> dict[str, object]:
 
 
 async def _list_keys(store: Store, as_json: bool) -> int:
-    import json
-
     rows = [_key_fields(key) for key in await store.keys.all()]
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    if not rows:
-        print("no keys; create one with `nsfwd keys create NAME`", file=sys.stderr)
-        return 0
     header = ["ID", "NAME", "PREFIX", "CREATES/MIN", "IN FLIGHT", "POLICY", "THRESHOLD",
               "ADMIN", "CREATED", "REVOKED"]  # fmt: skip
-    print_table(header, [[_key_cell(name, v) for name, v in row.items()] for row in rows])
-    if any(row["policy"] is None or row["threshold"] is None for row in rows):
+    cells = [[_key_cell(name, v) for name, v in row.items()] for row in rows]
+    nothing = "no keys; create one with `nsfwd keys create NAME`"
+    table = print_listing(rows, header, cells, as_json=as_json, nothing=nothing)
+    if table and any(row["policy"] is None or row["threshold"] is None for row in rows):
         print(
             "-: the server's (NSFWD_POLICY and NSFWD_THRESHOLD, or `nsfwd serve --policy "
             "--threshold`)",

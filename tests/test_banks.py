@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 from sqlalchemy import text
 
+from nsfwd.banks import matcher as matcher_module
 from nsfwd.banks.index import HammingIndex
-from nsfwd.banks.matcher import TAIL_ROWS, BankMatcher
+from nsfwd.banks.matcher import BankMatcher
 from nsfwd.banks.pdq import (
     DEFAULT_DISTANCE,
     HashFormatError,
@@ -25,6 +26,7 @@ from nsfwd.banks.pdq import (
 )
 from nsfwd.banks.signals import SignalFormatError, read_signals, signal_line
 from nsfwd.jobs import Store
+from nsfwd.jobs import banks as banks_module
 from nsfwd.jobs.banks import BankError, UnknownBankError
 from nsfwd.jobs.database import create_engine, migrate
 from nsfwd.verdict import Match
@@ -136,8 +138,12 @@ def test_signal_lines_and_csv_read_back_what_was_written() -> None:
 # --- Banks in the store ------------------------------------------------------------------------
 
 
-def test_banks_are_created_filled_emptied_and_deleted(database: str) -> None:
-    values = random_hashes(5_500)  # more than one slice of writes
+def test_banks_are_created_filled_emptied_and_deleted(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(banks_module, "WRITE_ROWS", 100)
+    monkeypatch.setattr(banks_module, "READ_ROWS", 200)
+    values = random_hashes(550)  # several slices of writes and of reads
 
     async def main() -> None:
         async with Store(database) as store:
@@ -204,8 +210,11 @@ def test_upgrading_from_0004_adds_the_banks_and_keeps_keys_and_predictions(
 # --- The matcher -------------------------------------------------------------------------------
 
 
-def test_the_matcher_follows_additions_removals_and_a_store_out_of_reach(database: str) -> None:
-    values = random_hashes(TAIL_ROWS + 200)
+def test_the_matcher_follows_additions_removals_and_a_store_out_of_reach(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(matcher_module, "TAIL_ROWS", 150)
+    values = random_hashes(300)
 
     async def main() -> None:
         async with Store(database) as store:

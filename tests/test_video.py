@@ -22,7 +22,7 @@ from nsfwd.intake.containers import iso_bmff_kind
 from nsfwd.intake.video import Sampling, VideoReader, sample_times, sniff_video
 from nsfwd.models.classifier import Classifier
 from nsfwd.timeline import Timeline, VideoOptions, false_positive_rate
-from nsfwd.verdict import Judgement, Policy
+from nsfwd.verdict import Judgement, Policy, Region
 from test_viewer import RedlessClassifier
 from videos import BLUE, RED, solid, stretch, write_video
 
@@ -105,6 +105,22 @@ def test_the_worst_moment_agrees_with_the_segments_at_every_threshold() -> None:
             line.add([float(second)], {"neutral": 1 - score, "high": score})
         judged = line.judgement(frames=1, frames_judged=1, duration=1, incomplete=None)
         assert (judged.labels["high"] > threshold) == bool(line.segments()), (scores, k)
+
+
+def test_a_detectors_regions_are_answered_where_the_video_flags() -> None:
+    """A detector's labels are each class's best region: the regions of the segment's frames
+    and of the worst moment's come back, each with its frame and time; a lone flagged frame's
+    do not (the rule does not flag it)."""
+    line = Timeline(Policy(), 2)
+    for second, score in enumerate([0.1, 0.1, 0.9, 0.1, 0.9, 0.8, 0.1]):
+        found = Region("FEMALE_BREAST_EXPOSED", score, (0, 0, 4, 4), 25 * second, second)
+        line.add([float(second)], {"FEMALE_BREAST_EXPOSED": score, "FACE_FEMALE": 0.5}, [found])
+    judged = line.judgement(frames=175, frames_judged=7, duration=6.0, incomplete=None)
+    assert judged.segments == [{"start": 4.0, "end": 5.0, "score": 0.9}]
+    assert [(r.frame, r.time) for r in judged.regions or ()] == [(100, 4), (125, 5)]
+    assert judged.flagged(Policy()) and judged.video is not None and judged.video.time == 5.0
+    stored = Judgement.from_stored(judged.labels, judged.stored(), segments=judged.segments)
+    assert stored == judged
 
 
 def test_the_false_positive_arithmetic() -> None:

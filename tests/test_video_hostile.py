@@ -68,7 +68,16 @@ def test_a_truncated_video_is_judged_on_what_it_holds_and_says_so() -> None:
     samples = reader.read(100)
     assert reader.info.declared == 6.0 and reader.info.duration == pytest.approx(3.5)
     assert [s.time for s in samples if s.image[2] > 128] == [1.0]  # the blue second
-    assert reader.incomplete is not None and "were not there" in reader.incomplete
+    assert says_truncated(reader.incomplete)
+
+
+def says_truncated(incomplete: str | None) -> bool:
+    """Whether the truncated file's ``incomplete`` says so. Whether FFmpeg decodes the half
+    frame at 3.5 s (concealing what is missing) depends on its build: either the missing
+    frame or the file's short end is named."""
+    return incomplete is not None and (
+        "were not there" in incomplete or "declares 6.00 s" in incomplete
+    )
 
 
 def test_a_header_that_declares_less_does_not_hide_what_follows() -> None:
@@ -130,6 +139,6 @@ def test_the_server_refuses_the_corpus_and_keeps_serving(classifier: Classifier)
             assert post(jpeg()).status_code == 200  # and an image still goes through
         truncated = post((CORPUS / "video-truncated.mp4").read_bytes())
         assert truncated.status_code == 200
-        assert "were not there" in truncated.json()["config"]["judged"]["incomplete"]
+        assert says_truncated(truncated.json()["config"]["judged"]["incomplete"])
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - grown_from) / 1024
     assert grown_mib < 200, f"the peak memory grew by {grown_mib:.0f} MiB"

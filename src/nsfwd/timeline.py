@@ -9,7 +9,9 @@ consecutive samples, or the first or the last sample alone, and scores the lowes
 the worst moment is the one that scores highest, and the video answers with the labels of
 the sample that sets its score. So the video's labels flag it exactly when it has a segment,
 at every threshold of that policy, and a client that applies its own threshold to ``labels``
-agrees with ``segments``.
+agrees with ``segments``. A detector's samples are flagged by each label's own region
+threshold (:meth:`~nsfwd.verdict.Policy.flagged`), and a flagged sample ranks above any
+unflagged one, so its labels agree with its segments too.
 
 With a per-frame false-positive rate ``p`` and ``n`` samples judged independently, flagging
 any flagged frame flags a benign video with probability ``1 - (1 - p)^n``; this rule, about
@@ -23,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-from nsfwd.verdict import Judgement, Labels, Policy
+from nsfwd.verdict import Judgement, Labels, Policy, Region
 
 DEFAULT_INTERVAL: Final = 1.0
 DEFAULT_MAX_FRAMES: Final = 300
@@ -173,17 +175,27 @@ class Timeline:
         self.min_frames = min_frames
         self.times: list[float] = []
         self.scores: list[float] = []
+        self.flags: list[bool] = []
+        """Whether the policy flags each sample (for a detector, by each label's own threshold)."""
         self._labels: list[Labels] = []
         self._run = 0  # flagged samples in a row up to the last one
+        self._found: list[tuple[tuple[float, ...], tuple[Region, ...]]] | None = None
 
-    def add(self, times: Sequence[float], labels: Labels) -> None:
-        """One judged frame, on screen at each of ``times`` (sampled times, in order)."""
-        score = self.policy.score(labels)
+    def add(
+        self, times: Sequence[float], labels: Labels, regions: Sequence[Region] | None = None
+    ) -> None:
+        """One judged frame, on screen at each of ``times`` (sampled times, in order), and a
+        detector's ``regions`` in it (None for a classifier)."""
+        if regions is not None:
+            self._found = [] if self._found is None else self._found
+            self._found.append((tuple(times), tuple(regions)))
+        score, flag = self.policy.score(labels), self.policy.flagged(labels)
         for moment in times:
             self.times.append(moment)
             self.scores.append(score)
+            self.flags.append(flag)
             self._labels.append(labels)
-            self._run = self._run + 1 if score > self.policy.threshold else 0
+            self._run = self._run + 1 if flag else 0
 
     @property
     def has_segment(self) -> bool:
@@ -191,7 +203,7 @@ class Timeline:
         ``min_frames`` in a row): where ``stop_on_flag`` ends the decoding."""
         if not self.scores:
             return False
-        return self.scores[0] > self.policy.threshold or self._run >= self.min_frames
+        return self.flags[0] or self._run >= self.min_frames
 
     def segments(self) -> tuple[Segment, ...]:
         """The runs of flagged samples that make segments (see the module)."""
@@ -199,7 +211,7 @@ class Timeline:
         found: list[Segment] = []
         run: list[int] = []
         for index in [*range(last + 1), -1]:  # -1 closes the last run
-            if index >= 0 and self.scores[index] > self.policy.threshold:
+            if index >= 0 and self.flags[index]:
                 run.append(index)
                 continue
             if run and (len(run) >= self.window or run[0] == 0 or run[-1] == last):
@@ -214,15 +226,20 @@ class Timeline:
         return max(1, min(self.min_frames, len(self.scores)))
 
     def worst(self) -> int:
-        """The index of the sample whose labels answer: the lowest-scoring sample of the
-        highest-scoring moment (the earliest on ties)."""
+        """The index of the sample whose labels answer: the lowest-ranking sample of the
+        highest-ranking moment (the earliest on ties), flagged samples ranking above the others,
+        then by score."""
         if not self.scores:
             raise ValueError("no sample was judged")
         last, width = len(self.scores) - 1, self.window
-        moments = [(self.scores[0], 0, 0), (self.scores[last], -last, last)]
+
+        def rank(i: int) -> tuple[bool, float]:  # a flagged sample above any other
+            return self.flags[i], self.scores[i]
+
+        moments = [(rank(0), 0, 0), (rank(last), -last, last)]
         for start in range(last - width + 2):
-            answer = min(range(start, start + width), key=lambda i: (self.scores[i], i))
-            moments.append((self.scores[answer], -start, answer))
+            answer = min(range(start, start + width), key=lambda i: (rank(i), i))
+            moments.append((rank(answer), -start, answer))
         return max(moments)[2]
 
     def judgement(
@@ -239,7 +256,22 @@ class Timeline:
             incomplete=incomplete,
         )
         return Judgement(dict(self._labels[index]), frames=frames,
-                         frames_judged=frames_judged, video=verdict)  # fmt: skip
+                         frames_judged=frames_judged, video=verdict,
+                         regions=self._regions_shown(verdict))  # fmt: skip
+
+    def _regions_shown(self, verdict: VideoVerdict) -> tuple[Region, ...] | None:
+        """A detector's regions in the frames of the segments and of the worst moment (where
+        the video is flagged, and what answers for it; not those of a lone flagged frame,
+        which the rule does not flag); None for a classifier."""
+        if self._found is None:
+            return None
+
+        def shown(moment: float) -> bool:
+            inside = any(item.start <= moment <= item.end for item in verdict.segments)
+            return inside or moment == verdict.time
+
+        return tuple(region for times, found in self._found
+                     if any(shown(moment) for moment in times) for region in found)  # fmt: skip
 
 
 def false_positive_rate(p: float, samples: int, min_frames: int) -> float:

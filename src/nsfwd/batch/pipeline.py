@@ -8,6 +8,11 @@ on a thread of its own. Either way a thread of its own stacks each batch (into p
 memory for a GPU, see :meth:`~nsfwd.models.classifier.Classifier.stack`), so the next batches are
 being prepared while the model runs the current one. A video (by content) is judged whole when
 its turn comes, a batch of sampled frames at a time (:mod:`nsfwd.batch.videos`).
+
+With ``banks`` (the job store's banks of known images, :mod:`nsfwd.banks`), each file's pictures
+are PDQ-hashed as they are decoded (the PIL path) and looked up first: a match is answered as the
+server answers it (labels on the most severe label, the match attached), without the model (a
+video's sampled frames are hashed and looked up too, and the model judges it all the same).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -33,12 +38,26 @@ from nsfwd.intake import (
     load_prepared,
     read_image_file,
 )
+from nsfwd.intake.checked import CheckedImages
 from nsfwd.intake.video import VideoLimits
 from nsfwd.intake.views import Views
 from nsfwd.models.classifier import Classifier
+from nsfwd.models.model import Model
 from nsfwd.models.tensor_decode import TensorDecoder, resolve_decode
 from nsfwd.timeline import VideoOptions
-from nsfwd.verdict import Judgement, Labels, Policy, nonfinite_labels, worst
+from nsfwd.verdict import (
+    Finding,
+    Judgement,
+    Labels,
+    Match,
+    Policy,
+    certain,
+    judge,
+    nonfinite_labels,
+)
+
+if TYPE_CHECKING:
+    from nsfwd.banks.matcher import BankSnapshot
 
 
 @dataclass(frozen=True)
@@ -52,14 +71,25 @@ class FileResult:
     """Which picture the labels are of (:meth:`~nsfwd.verdict.Judgement.details`), when more
     than one was judged (an animation, or transparency judged over white and black; a video's
     worst moment)."""
+    regions: list[dict[str, Any]] | None = None
+    """A detector's regions in every judged frame (:meth:`~nsfwd.verdict.Region.as_dict`);
+    None for a classifier."""
+    match: dict[str, Any] | None = None
+    """The banked image one of its pictures matched (:meth:`~nsfwd.verdict.Match.details`)."""
     segments: list[dict[str, float]] | None = None
     """A video's flagged segments (``start``, ``end``, ``score``); None for an image."""
 
     @classmethod
     def of(cls, path: str, judgement: Judgement) -> FileResult:
         """The result of a judged file."""
-        judged = judgement.details() if judgement.chosen else None
-        return cls(path, judgement.labels, judged=judged, segments=judgement.segments)
+        return cls(
+            path,
+            judgement.labels,
+            judged=judgement.details() if judgement.chosen else None,
+            regions=judgement.region_dicts(),
+            match=None if judgement.match is None else judgement.match.details(),
+            segments=judgement.segments,
+        )
 
 
 @dataclass(frozen=True)
@@ -69,9 +99,10 @@ class VideoFile:
     path: Path
 
 
-Prepared = Views[torch.Tensor] | VideoFile | str
-"""A file's prepared pictures (each judged frame, over white and black where transparent), a
-video to judge on its own, or the reason it cannot be classified."""
+Prepared = Views[torch.Tensor] | Match | VideoFile | str
+"""A file's prepared pictures (each judged frame, over white and black where transparent), the
+bank's match that answers for it, a video to judge on its own, or the reason it cannot be
+classified."""
 
 
 @dataclass(frozen=True)
@@ -89,12 +120,13 @@ class _Chunk:
 
     paths: list[Path]
     prepared: list[Prepared]
-    """Per file, its pictures (in :attr:`batch`), a video, or why it cannot be classified."""
+    """Per file, its pictures (in :attr:`batch`), a bank's match, a video, or why it cannot
+    be classified."""
     batch: torch.Tensor | None
     """The pictures of the files without errors, stacked by :meth:`Classifier.stack`."""
 
 
-def _chunk(classifier: Classifier, paths: list[Path], prepared: list[Prepared]) -> _Chunk:
+def _chunk(classifier: Model, paths: list[Path], prepared: list[Prepared]) -> _Chunk:
     tensors = [pixels for item in prepared if isinstance(item, Views) for pixels in item.images]
     return _Chunk(paths, prepared, classifier.stack(tensors) if tensors else None)
 
@@ -107,13 +139,20 @@ def _file_error(exc: OSError) -> str:
     return f"cannot read the file: {exc.strerror or exc}"
 
 
-def _prepare(classifier: Classifier, path: Path, limits: ImageLimits) -> Prepared:
-    """The prepared pictures of ``path`` (the PIL path), a video, or the reason it cannot be
-    classified."""
+def _prepare(
+    classifier: Model, path: Path, limits: ImageLimits, banks: BankSnapshot | None = None
+) -> Prepared:
+    """The prepared pictures of ``path`` (the PIL path), a bank's match (where ``banks`` are
+    given), a video, or the reason it cannot be classified."""
     if is_video_file(path):
         return VideoFile(path)
     try:
-        return load_prepared(read_image_file(path, limits), classifier.prepare, limits)
+        data = read_image_file(path, limits)
+        if banks is None:
+            return load_prepared(data, classifier.prepare, limits)
+        checked = CheckedImages(classifier.prepare, limits)
+        match = banks.match(checked.check(data, hashed=True))
+        return checked.load(data) if match is None else match
     except ImageError as exc:
         return str(exc)
     except OSError as exc:
@@ -147,7 +186,7 @@ def _decode(decoder: TensorDecoder, reads: list[bytes | VideoFile | str]) -> lis
 
 
 def classify_files(
-    classifier: Classifier,
+    classifier: Model,
     paths: Iterable[Path],
     *,
     batch_size: int = 8,
@@ -155,6 +194,7 @@ def classify_files(
     limits: ImageLimits | None = None,
     decode: str = "pil",
     policy: Policy | None = None,
+    banks: BankSnapshot | None = None,
     videos: VideoJob | None = None,
 ) -> Iterator[FileResult]:
     """Yield one result per path, in order, classifying ``batch_size`` images at a time.
@@ -166,19 +206,25 @@ def classify_files(
 
     Worker threads decode and preprocess the next batches while the current one is on the model
     (Pillow and torch release the GIL), so on a CPU the cores stay busy with inference.
-    ``decode`` is ``pil``, ``tensor`` or ``auto`` (see :mod:`nsfwd.models.tensor_decode`).
+    ``decode`` is ``pil``, ``tensor`` or ``auto`` (see :mod:`nsfwd.models.tensor_decode`);
+    with ``banks`` holding any hash, ``pil`` (the pictures are hashed as they are decoded).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     limits = limits or ImageLimits()
     workers = workers or max(2, len(os.sched_getaffinity(0)))
     decoder = None
-    if resolve_decode(decode, classifier) == "tensor":
+    banks = banks if banks is not None and banks.hashes else None
+    if (
+        banks is None
+        and isinstance(classifier, Classifier)
+        and resolve_decode(decode, classifier) == "tensor"
+    ):
         decoder = TensorDecoder(classifier, limits)
     path_iter = iter(paths)
     with ExitStack() as stack:
         pool = stack.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="nsfwd-decode"))
-        submit = _submitter(classifier, decoder, limits, pool, stack)
+        submit = _submitter(classifier, decoder, limits, pool, stack, banks=banks)
         pending: deque[Future[_Chunk]] = deque()
 
         def submit_next_chunk() -> None:
@@ -192,16 +238,23 @@ def classify_files(
             chunk = pending.popleft().result()
             submit_next_chunk()
             yield from _run_chunk(
-                classifier, chunk, policy or Policy(), batch_size, videos or VideoJob()
+                classifier,
+                chunk,
+                policy or Policy(),
+                batch_size,
+                videos=videos or VideoJob(),
+                banks=banks,
             )
 
 
 def _submitter(
-    classifier: Classifier,
+    classifier: Model,
     decoder: TensorDecoder | None,
     limits: ImageLimits,
     pool: ThreadPoolExecutor,
     stack: ExitStack,
+    *,
+    banks: BankSnapshot | None = None,
 ) -> Callable[[list[Path]], Future[_Chunk]]:
     """How a chunk of files starts being prepared, for the decode path chosen.
 
@@ -215,7 +268,7 @@ def _submitter(
     if decoder is None:
 
         def per_file(paths: list[Path]) -> Future[_Chunk]:
-            futures = [pool.submit(_prepare, classifier, path, limits) for path in paths]
+            futures = [pool.submit(_prepare, classifier, path, limits, banks) for path in paths]
             return batcher.submit(lambda: _chunk(classifier, paths, [f.result() for f in futures]))
 
         return per_file
@@ -234,31 +287,50 @@ def _submitter(
 
 
 def _run_chunk(
-    classifier: Classifier, chunk: _Chunk, policy: Policy, batch_size: int, videos: VideoJob
+    classifier: Model,
+    chunk: _Chunk,
+    policy: Policy,
+    batch_size: int,
+    *,
+    videos: VideoJob,
+    banks: BankSnapshot | None,
 ) -> Iterator[FileResult]:
-    rows: list[Labels] = []
+    rows: list[Finding] = []
     if chunk.batch is not None:
+        sizes = [size for item in chunk.prepared if isinstance(item, Views) for size in item.sizes]
         for start in range(0, len(chunk.batch), batch_size):
-            probs = classifier.predict(chunk.batch[start : start + batch_size])
-            rows += classifier.to_labels(probs)
+            output = classifier.predict(chunk.batch[start : start + batch_size])
+            rows += classifier.findings(output, sizes[start : start + batch_size])
     found = iter(rows)
     for path, prepared in zip(chunk.paths, chunk.prepared, strict=True):
         if isinstance(prepared, str):
             yield FileResult(str(path), error=prepared)
             continue
         if isinstance(prepared, VideoFile):
-            yield _judge_video(classifier, prepared.path, policy, batch_size, videos)
+            yield _judge_video(
+                classifier, prepared.path, policy, batch_size, videos=videos, banks=banks
+            )
             continue
-        labels = [next(found) for _ in prepared.views]
-        bad = sorted({label for row in labels for label in nonfinite_labels(row)})
+        if isinstance(prepared, Match):  # the model did not run for it
+            answer = certain(classifier.labels)
+            yield FileResult(str(path), labels=answer, match=prepared.details())
+            continue
+        answers = [next(found) for _ in prepared.views]
+        bad = sorted({label for row in answers for label in nonfinite_labels(row.labels)})
         if bad:  # fail closed: NaN is never flagged
             yield FileResult(str(path), error=UnscorableImageError.for_labels(bad).message)
             continue
-        yield FileResult.of(str(path), worst(prepared, labels, policy.score))
+        yield FileResult.of(str(path), judge(prepared, answers, policy))
 
 
 def _judge_video(
-    classifier: Classifier, path: Path, policy: Policy, batch_size: int, videos: VideoJob
+    classifier: Model,
+    path: Path,
+    policy: Policy,
+    batch_size: int,
+    *,
+    videos: VideoJob,
+    banks: BankSnapshot | None,
 ) -> FileResult:
     """A video file's result: its judgement, or why it has none."""
     try:
@@ -271,6 +343,7 @@ def _judge_video(
             options=videos.options,
             policy=policy,
             decode_timeout_s=videos.decode_timeout_s,
+            banks=banks,
         )
     except ImageError as exc:
         return FileResult(str(path), error=str(exc))

@@ -7,17 +7,21 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
+from PIL import Image
 
 from nsfwd.engine.pools import BoundedPool
 from nsfwd.engine.video import VideoRun
 from nsfwd.intake import UnscorableImageError
 from nsfwd.intake.video import VideoLimits, sniff_video
-from nsfwd.models.classifier import Classifier
+from nsfwd.models.model import Model
 from nsfwd.timeline import VideoOptions
-from nsfwd.verdict import Judgement, Labels, Policy, nonfinite_labels
+from nsfwd.verdict import Finding, Judgement, Policy, nonfinite_labels, with_match
+
+if TYPE_CHECKING:
+    from nsfwd.banks.matcher import BankSnapshot
 
 SNIFF_BYTES = 64
 """What is read of a file to tell a video from an image."""
@@ -34,7 +38,7 @@ def is_video_file(path: str | os.PathLike[str]) -> bool:
 
 
 def judge_video(
-    classifier: Classifier,
+    classifier: Model,
     data: bytes,
     *,
     batch_size: int,
@@ -42,16 +46,22 @@ def judge_video(
     options: VideoOptions,
     policy: Policy,
     decode_timeout_s: float,
+    banks: BankSnapshot | None = None,
 ) -> Judgement:
     """The video's judgement (worst moment and segments), ``batch_size`` frames at a time;
-    raises the :class:`~nsfwd.intake.ImageError` the server would answer with."""
+    raises the :class:`~nsfwd.intake.ImageError` the server would answer with. With ``banks``
+    (holding any hash), its sampled frames are hashed and looked up first, and a match is
+    answered as the server answers it (:class:`~nsfwd.engine.screened.ScreenedEngine`)."""
 
-    async def infer(pixels: list[Any]) -> list[Labels]:
-        labels = await asyncio.to_thread(_labels, classifier, pixels)
-        bad = sorted({label for row in labels for label in nonfinite_labels(row)})
+    async def infer(frames: list[tuple[torch.Tensor, tuple[int, int]]]) -> list[Finding]:
+        found = await asyncio.to_thread(_findings, classifier, frames)
+        bad = sorted({label for row in found for label in nonfinite_labels(row.labels)})
         if bad:  # fail closed: NaN is never flagged
             raise UnscorableImageError.for_labels(bad)
-        return labels
+        return found
+
+    def prepare(picture: Image.Image) -> tuple[torch.Tensor, tuple[int, int]]:
+        return classifier.prepare(picture), picture.size
 
     run = VideoRun(
         BoundedPool("video-decode", 1),
@@ -59,8 +69,19 @@ def judge_video(
         batch=batch_size,
         decode_timeout_s=decode_timeout_s,
     )
-    return asyncio.run(run.judge(data, classifier.prepare, limits, policy, options))
+
+    async def judged() -> Judgement:
+        match = None
+        if banks is not None and banks.hashes:
+            match = banks.match(await run.check(data, prepare, limits, options, hashed=True))
+        judgement = await run.judge(data, prepare, limits, policy, options)
+        return judgement if match is None else with_match(judgement, match, classifier.labels)
+
+    return asyncio.run(judged())
 
 
-def _labels(classifier: Classifier, pixels: list[torch.Tensor]) -> list[Labels]:
-    return classifier.to_labels(classifier.predict(classifier.stack(pixels)))
+def _findings(
+    classifier: Model, frames: list[tuple[torch.Tensor, tuple[int, int]]]
+) -> list[Finding]:
+    output = classifier.predict(classifier.stack([pixels for pixels, _ in frames]))
+    return classifier.findings(output, [size for _, size in frames])

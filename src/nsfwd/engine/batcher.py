@@ -20,21 +20,24 @@ import asyncio
 import contextlib
 import math
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
 import torch
+from PIL import Image
 
+from nsfwd.banks.pdq import PictureHash
 from nsfwd.engine import DECODE_TIMEOUT_S, EngineClosedError, QueueFullError, pools, run_intake
 from nsfwd.engine.metrics import Metrics
 from nsfwd.engine.video import VideoRun
 from nsfwd.intake import ImageLimits, UnscorableImageError
 from nsfwd.intake.checked import CheckedImages
 from nsfwd.intake.video import VideoLimits, sniff_video
-from nsfwd.models.classifier import Classifier
+from nsfwd.models.model import Model
 from nsfwd.timeline import VideoOptions
-from nsfwd.verdict import Judgement, Labels, Policy, nonfinite_labels, worst
+from nsfwd.verdict import Finding, Judgement, Policy, judge, nonfinite_labels
 
 
 @dataclass
@@ -52,17 +55,20 @@ class Trace:
 class _Item:
     pixels: list[torch.Tensor]
     """One prepared picture per view of the image."""
-    future: asyncio.Future[list[Labels]]
+    sizes: list[tuple[int, int]]
+    """Each view's displayed (width, height), which a detector's boxes are mapped back to."""
+    future: asyncio.Future[list[Finding]]
     queued_at: float
     trace: Trace = field(default_factory=Trace)
 
 
 class Engine:
-    """Batches classification requests from many coroutines onto one :class:`Classifier`."""
+    """Batches requests from many coroutines onto one model: a classifier or a detector
+    (:data:`~nsfwd.models.model.Model`; a detector's judgements carry its regions)."""
 
     def __init__(
         self,
-        classifier: Classifier,
+        classifier: Model,
         *,
         max_batch_size: int = 16,
         batch_wait_ms: float = 2.0,
@@ -110,13 +116,20 @@ class Engine:
 
     @property
     def model_info(self) -> dict[str, str]:
-        """Where and how the model runs: ``device``, ``dtype`` and ``dtype_reason``."""
+        """Where and how the model runs: ``device``, ``dtype`` and ``dtype_reason``; and
+        ``kind``, ``classifier`` or ``detector``."""
         classifier = self.classifier
         return {
             "device": str(classifier.device),
             "dtype": str(classifier.dtype).removeprefix("torch."),
             "dtype_reason": classifier.dtype_reason,
+            "kind": classifier.kind,
         }
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The model's labels, in its order."""
+        return self.classifier.labels
 
     @property
     def in_flight(self) -> int:
@@ -180,68 +193,94 @@ class Engine:
         """
         if not self.ready or self._queue is None:
             raise EngineClosedError("the model is not loaded yet")
-        if self._admitted >= self.max_queue:
-            self.metrics.rejected.inc()
-            raise QueueFullError(self.retry_after())
-        self._admitted += 1
-        self.metrics.queue_size.set(self._admitted)
         trace = trace or Trace()
-        try:
+        with self._admission():
             if sniff_video(data) is not None:
                 return await self._video_run(trace).judge(
                     data,
-                    self.classifier.prepare,
+                    self._prepare_frame,
                     self.video_limits,
                     policy or Policy(),
                     video or self.video,
                 )
             prepare = partial(self._checked.load, data)
             views = await run_intake(self.decode_pool, prepare, self.decode_timeout_s)
-            labels = await self._infer(views.images, trace)
+            found = await self._infer(views.images, views.sizes, trace)
+        return judge(views, found, policy or Policy())
+
+    @contextlib.contextmanager
+    def _admission(self) -> Iterator[None]:
+        """Count one image in for the block, or refuse it with :class:`QueueFullError` when
+        ``max_queue`` are in already (a check's decoding counts too: a flood is refused before
+        it is decoded)."""
+        if self._admitted >= self.max_queue:
+            self.metrics.rejected.inc()
+            raise QueueFullError(self.retry_after())
+        self._admitted += 1
+        self.metrics.queue_size.set(self._admitted)
+        try:
+            yield
         finally:
             self._admitted -= 1
             self.metrics.queue_size.set(self._admitted)
-        return worst(views, labels, (policy or Policy()).score)
 
-    async def _infer(self, pixels: list[torch.Tensor], trace: Trace) -> list[Labels]:
-        """The labels of prepared pictures, judged by the batcher together where they fit."""
+    async def _infer(
+        self, pixels: list[torch.Tensor], sizes: list[tuple[int, int]], trace: Trace
+    ) -> list[Finding]:
+        """What the model finds in prepared pictures (each shown at its size), judged by the
+        batcher together with others where they fit."""
         assert self._queue is not None
-        future: asyncio.Future[list[Labels]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Item(pixels, future, time.perf_counter(), trace))
+        future: asyncio.Future[list[Finding]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Item(pixels, sizes, future, time.perf_counter(), trace))
         return await future
+
+    def _prepare_frame(self, picture: Image.Image) -> tuple[torch.Tensor, tuple[int, int]]:
+        """A video frame prepared for the model, with the size it is shown at."""
+        return self.classifier.prepare(picture), picture.size
+
+    async def _infer_frames(
+        self, frames: list[tuple[torch.Tensor, tuple[int, int]]], trace: Trace
+    ) -> list[Finding]:
+        """What the model finds in prepared video frames (:meth:`_prepare_frame`)."""
+        return await self._infer(
+            [pixels for pixels, _ in frames], [size for _, size in frames], trace
+        )
 
     def _video_run(self, trace: Trace) -> VideoRun:
         return VideoRun(
             self.decode_pool,
-            partial(self._infer, trace=trace),
+            partial(self._infer_frames, trace=trace),
             batch=self.max_batch_size,
             decode_timeout_s=self.decode_timeout_s,
         )
 
-    async def check(self, data: bytes) -> None:
+    async def check(self, data: bytes, *, hashed: bool = False) -> list[PictureHash]:
         """Decode and prepare ``data`` as :meth:`judge` does, on the decode pool, raising
         its :class:`~nsfwd.intake.ImageError`; the pictures are kept (the last
-        :data:`~nsfwd.intake.checked.KEPT` images) for a :meth:`judge` of the same bytes."""
+        :data:`~nsfwd.intake.checked.KEPT` images) for a :meth:`judge` of the same bytes.
+        ``hashed``: hash every picture too, and return the hashes. Admitted as :meth:`judge`
+        is (:class:`QueueFullError` when full)."""
         if not self.ready:
             raise EngineClosedError("the model is not loaded yet")
-        if sniff_video(data) is not None:
-            run = self._video_run(Trace())
-            await run.check(data, self.classifier.prepare, self.video_limits, self.video)
-            return
-        await run_intake(
-            self.decode_pool, partial(self._checked.check, data), self.decode_timeout_s
-        )
+        with self._admission():
+            if sniff_video(data) is not None:
+                run = self._video_run(Trace())
+                return await run.check(
+                    data, self._prepare_frame, self.video_limits, self.video, hashed=hashed
+                )
+            check = partial(self._checked.check, data, hashed=hashed)
+            return await run_intake(self.decode_pool, check, self.decode_timeout_s)
 
-    def _predict(self, pixels: list[torch.Tensor]) -> torch.Tensor:
+    def _predict(self, pixels: list[torch.Tensor], sizes: list[tuple[int, int]]) -> list[Finding]:
         # Stacked here, on the inference thread, not on the event loop: a GPU batch is tens
         # of megabytes to copy (into page-locked memory, see Classifier.stack). One image's
         # pictures may outnumber max_batch_size; they run in batches of that size.
-        size = self.max_batch_size
-        parts = [
-            self.classifier.predict(self.classifier.stack(pixels[start : start + size]))
-            for start in range(0, len(pixels), size)
-        ]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        size, model = self.max_batch_size, self.classifier
+        found: list[Finding] = []
+        for start in range(0, len(pixels), size):
+            output = model.predict(model.stack(pixels[start : start + size]))
+            found += model.findings(output, sizes[start : start + size])
+        return found
 
     async def _next_batch(self, queue: asyncio.Queue[_Item]) -> list[_Item]:
         """Queued items with at most ``max_batch_size`` pictures in all (an item with more
@@ -281,8 +320,9 @@ class Engine:
                 item.trace.queue_seconds = now - item.queued_at
                 self.metrics.queue_seconds.observe(item.trace.queue_seconds)
             pixels = [picture for item in live for picture in item.pixels]
+            sizes = [size for item in live for size in item.sizes]
             try:
-                probs = await loop.run_in_executor(self._infer_pool, self._predict, pixels)
+                found = await loop.run_in_executor(self._infer_pool, self._predict, pixels, sizes)
             except Exception as exc:  # a model failure fails this batch, not the server
                 for item in live:
                     if not item.future.done():
@@ -293,13 +333,13 @@ class Engine:
             self.metrics.batch_size.observe(len(pixels))
             self.metrics.inference_seconds.observe(elapsed)
             live[0].trace.batches.append((len(pixels), elapsed))
-            rows = iter(self.classifier.to_labels(probs))
+            rows = iter(found)
             for item in live:
-                labels = [next(rows) for _ in item.pixels]
+                answers = [next(rows) for _ in item.pixels]
                 if item.future.done():
                     continue
-                bad = sorted({label for row in labels for label in nonfinite_labels(row)})
+                bad = sorted({label for row in answers for label in nonfinite_labels(row.labels)})
                 if bad:  # fail closed: NaN is never flagged
                     item.future.set_exception(UnscorableImageError.for_labels(bad))
                 else:
-                    item.future.set_result(labels)
+                    item.future.set_result(answers)

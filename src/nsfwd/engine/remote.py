@@ -10,9 +10,12 @@ caller that gives up cancels its request in the inference process too, so the ba
 Frames, both ways: two big-endian uint32 (header length, body length), a JSON header, a body.
 Requests: ``{"op": "classify", "id": n}`` with the image as body (``"policy": [name,
 threshold]`` optional: whose worst picture answers; ``"video": {...}`` optional: a video's
-:class:`~nsfwd.timeline.VideoOptions`), ``{"op": "cancel", "id": n}``.
+:class:`~nsfwd.timeline.VideoOptions`), ``{"op": "check", "id": n, "hashed": bool}`` with the
+image as body, ``{"op": "cancel", "id": n}``.
 Answers: ``{"id": n, "labels": {...}, "judged": {...}}`` (``judged``:
-:meth:`~nsfwd.verdict.Judgement.details`; a video's also ``"segments": [...]``) or
+:meth:`~nsfwd.verdict.Judgement.stored`, which picture and a detector's regions; a video's
+also ``"segments": [...]``), ``{"id": n, "checked": true, "hashes": [[hex, quality, frame],
+...]}`` or
 ``{"id": n, "error": kind, ...}``.
 """
 
@@ -30,6 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nsfwd.banks.pdq import PictureHash
 from nsfwd.engine import EngineClosedError, QueueFullError
 from nsfwd.engine.metrics import Metrics
 from nsfwd.intake import ImageError, ImageLimits
@@ -100,7 +104,7 @@ class InferenceServer:
                         task.cancel()
                     continue
                 if header.get("op") == "check":
-                    work = self._check(body)
+                    work = self._check(body, bool(header.get("hashed", False)))
                 else:
                     work = self._judge(
                         body, _policy(header.get("policy")), _video(header.get("video"))
@@ -122,14 +126,14 @@ class InferenceServer:
         self, data: bytes, policy: Policy | None, video: VideoOptions | None
     ) -> dict[str, Any]:
         judgement = await self.engine.judge(data, policy, video=video)
-        answer: dict[str, Any] = {"labels": judgement.labels, "judged": judgement.details()}
+        answer: dict[str, Any] = {"labels": judgement.labels, "judged": judgement.stored()}
         if judgement.segments is not None:
             answer["segments"] = judgement.segments
         return answer
 
-    async def _check(self, data: bytes) -> dict[str, Any]:
-        await self.engine.check(data)
-        return {"checked": True}
+    async def _check(self, data: bytes, hashed: bool) -> dict[str, Any]:
+        hashes = await self.engine.check(data, hashed=hashed)
+        return {"checked": True, "hashes": [[h.hex, h.quality, h.frame] for h in hashes]}
 
     async def _answer(
         self,
@@ -202,6 +206,7 @@ class RemoteEngine:
         *,
         model_name: str,
         model_info: dict[str, str] | None = None,
+        labels: tuple[str, ...] = (),
         max_batch_size: int,
         max_queue: int,
         limits: ImageLimits,
@@ -211,6 +216,7 @@ class RemoteEngine:
         self.path = path
         self.model_name = model_name
         self.model_info = model_info or {}
+        self._labels = tuple(labels)
         """The inference process's :attr:`Engine.model_info` (its ``/metrics`` show it too)."""
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
@@ -219,9 +225,14 @@ class RemoteEngine:
         self.connect_timeout_s = connect_timeout_s
         self.ready = False
         self._ids = itertools.count()
-        self._pending: dict[int, asyncio.Future[Judgement | None]] = {}
+        self._pending: dict[int, asyncio.Future[Judgement | list[PictureHash]]] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The model's labels, as the inference process announced them."""
+        return self._labels
 
     async def start(self) -> None:
         """Connect to the inference process, waiting up to ``connect_timeout_s`` for it."""
@@ -262,20 +273,23 @@ class RemoteEngine:
         if video is not None:
             request["video"] = dataclasses.asdict(video)
         judgement = await self._call(request, data)
-        assert judgement is not None
+        assert isinstance(judgement, Judgement)
         return judgement
 
-    async def check(self, data: bytes) -> None:
+    async def check(self, data: bytes, *, hashed: bool = False) -> list[PictureHash]:
         """:meth:`Engine.check` in the inference process, which keeps the pixels for the
         judgement that follows (this worker's or another's)."""
-        await self._call({"op": "check"}, data)
+        hashes = await self._call({"op": "check", "hashed": hashed}, data)
+        assert isinstance(hashes, list)
+        return hashes
 
-    async def _call(self, request: dict[str, Any], data: bytes) -> Judgement | None:
+    async def _call(self, request: dict[str, Any], data: bytes) -> Judgement | list[PictureHash]:
         writer = self._writer
         if not self.ready or writer is None:
             raise EngineClosedError("the model is not loaded yet")
         request_id = next(self._ids)
-        future: asyncio.Future[Judgement | None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Judgement | list[PictureHash]]
+        future = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
             writer.write(_frame({**request, "id": request_id}, data))
@@ -298,15 +312,18 @@ class RemoteEngine:
                 if future is None or future.done():
                     continue  # cancelled meanwhile
                 if "labels" in answer:
-                    judged = answer.get("judged")
-                    labels = answer["labels"]
                     future.set_result(
-                        Judgement(labels)
-                        if judged is None
-                        else Judgement.from_details(labels, judged, answer.get("segments"))
+                        Judgement.from_stored(
+                            answer["labels"], answer.get("judged"), segments=answer.get("segments")
+                        )
                     )
                 elif answer.get("checked"):
-                    future.set_result(None)
+                    future.set_result(
+                        [
+                            PictureHash(bytes.fromhex(value), int(quality), int(frame))
+                            for value, quality, frame in answer.get("hashes", [])
+                        ]
+                    )
                 else:
                     future.set_exception(_error(answer))
         except (asyncio.IncompleteReadError, ConnectionError, ValueError, KeyError) as exc:

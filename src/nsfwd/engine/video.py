@@ -16,13 +16,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, Final, TypeVar
 
+from nsfwd.banks.pdq import PictureHash, hash_picture
 from nsfwd.engine.pools import BoundedPool, PoolDeadlineError
 from nsfwd.intake import ImageComplexityError
 from nsfwd.intake.video import Sample, Sampling, VideoLimits, VideoReader
 from nsfwd.timeline import Timeline, VideoOptions
-from nsfwd.verdict import Judgement, Labels, Policy
+from nsfwd.verdict import Finding, Judgement, Policy, Region
 
 T = TypeVar("T")
 
@@ -48,13 +50,13 @@ class VideoRun:
     def __init__(
         self,
         pool: BoundedPool,
-        infer: Callable[[list[Any]], Awaitable[list[Labels]]],
+        infer: Callable[[list[Any]], Awaitable[list[Finding]]],
         *,
         batch: int,
         decode_timeout_s: float,
     ) -> None:
-        """Decode on ``pool``; ``infer`` judges a list of prepared frames (the engine's queue);
-        ``batch`` frames are read at a time."""
+        """Decode on ``pool``; ``infer`` judges a list of prepared frames (the engine's queue:
+        labels, and a detector's regions); ``batch`` frames are read at a time."""
         self.pool = pool
         self.infer = infer
         self.batch = batch
@@ -71,17 +73,7 @@ class VideoRun:
         """The video's judgement (worst moment, segments) under ``policy`` and ``options``;
         raises :class:`~nsfwd.intake.ImageError` for a video the intake refuses or whose
         decoding runs over its budget."""
-        reader: VideoReader[T] = await self._decode(
-            lambda: VideoReader(
-                data,
-                prepare,
-                limits,
-                sampling(options),
-                deadline=time.monotonic() + self.decode_timeout_s,  # from when it starts
-            ),
-            self.decode_timeout_s,
-            "opening the video",
-        )
+        reader = await self._open(data, prepare, limits, options)
         budget = decode_budget(self.decode_timeout_s, reader.planned)
         try:
             return await self._judge(reader, policy, options, budget)
@@ -89,11 +81,22 @@ class VideoRun:
             reader.close()  # a read still running on the pool closes it when it ends
 
     async def check(
-        self, data: bytes, prepare: Callable[..., T], limits: VideoLimits, options: VideoOptions
-    ) -> None:
+        self,
+        data: bytes,
+        prepare: Callable[..., T],
+        limits: VideoLimits,
+        options: VideoOptions,
+        *,
+        hashed: bool = False,
+    ) -> list[PictureHash]:
         """Open and index the video and decode its first sampled frame, raising the
         :class:`~nsfwd.intake.ImageError` a judgement would raise for a video that cannot be
-        opened or decoded at all (an async job's upload, checked before it is accepted)."""
+        opened or decoded at all (an async job's upload, checked before it is accepted).
+        ``hashed``: decode every sampled frame instead, within the judgement's budget, and
+        return their PDQ hashes, each with its frame's index (for the banks; else an empty
+        list)."""
+        if hashed:
+            return await self._hashes(data, limits, options)
 
         def first_frame() -> None:
             deadline = time.monotonic() + self.decode_timeout_s
@@ -104,6 +107,38 @@ class VideoRun:
                 reader.close()
 
         await self._decode(first_frame, self.decode_timeout_s, "checking the video")
+        return []
+
+    async def _hashes(
+        self, data: bytes, limits: VideoLimits, options: VideoOptions
+    ) -> list[PictureHash]:
+        reader = await self._open(data, hash_picture, limits, options)
+        budget, spent = decode_budget(self.decode_timeout_s, reader.planned), [0.0]
+        hashes: list[PictureHash] = []
+        try:
+            while not reader.done:
+                samples = await self._read(reader, budget, spent)
+                if not samples:
+                    break
+                hashes += [replace(sample.image, frame=sample.frame) for sample in samples]
+        finally:
+            reader.close()
+        return hashes
+
+    async def _open(
+        self, data: bytes, prepare: Callable[..., T], limits: VideoLimits, options: VideoOptions
+    ) -> VideoReader[T]:
+        return await self._decode(
+            lambda: VideoReader(
+                data,
+                prepare,
+                limits,
+                sampling(options),
+                deadline=time.monotonic() + self.decode_timeout_s,  # from when it starts
+            ),
+            self.decode_timeout_s,
+            "opening the video",
+        )
 
     async def _judge(
         self, reader: VideoReader[T], policy: Policy, options: VideoOptions, budget: float
@@ -123,10 +158,10 @@ class VideoRun:
                 pending = None if reader.done or not samples else read()
                 if not samples:
                     break
-                labels = await self.infer([sample.image for sample in samples])
+                found = await self.infer([sample.image for sample in samples])
                 judged += len(samples)
-                for sample, row in zip(samples, labels, strict=True):
-                    timeline.add(sample.times, row)
+                for sample, finding in zip(samples, found, strict=True):
+                    timeline.add(sample.times, finding.labels, _placed(finding.regions, sample))
                 if options.stop_on_flag and timeline.has_segment and not reader.done:
                     stopped = STOPPED_ON_FLAG
                     break
@@ -174,6 +209,13 @@ class VideoRun:
             raise ImageComplexityError(
                 f"{what} took longer than {deadline_s:g} s, the server's limit"
             ) from None
+
+
+def _placed(regions: list[Region] | None, sample: Sample[Any]) -> list[Region] | None:
+    """A detector's regions in a sampled frame, with that frame's index and time."""
+    if regions is None:
+        return None
+    return [replace(region, frame=sample.frame, time=round(sample.time, 3)) for region in regions]
 
 
 def _over_budget(reader: VideoReader[Any], budget: float) -> ImageComplexityError:

@@ -248,7 +248,7 @@ def _decode_views(
             image.seek(index)  # decodes the frames before it: each is drawn over the last
             image.load()
             for view in frame_views(_upright(image), index, fmt):  # new, detached images
-                views.append(View(prepare(view.image), view.frame, view.backdrop))
+                views.append(View(prepare(view.image), view.frame, view.backdrop, view.size))
     return Views(views, frames)
 
 

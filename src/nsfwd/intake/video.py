@@ -192,6 +192,8 @@ class Sample(Generic[T]):
     image: T
     time: float
     """When it starts showing, in seconds from the first frame."""
+    frame: int
+    """Its index among the stream's frames, in presentation order."""
     times: tuple[float, ...]
     """The sampled times at which it is on screen (several when the frame stays up longer
     than the interval)."""
@@ -200,6 +202,7 @@ class Sample(Generic[T]):
 @dataclass
 class _Target:
     pts: int
+    frame: int
     times: list[float] = field(default_factory=list)
 
 
@@ -310,7 +313,8 @@ class VideoReader(Generic[T]):
             self._next += 1
             self._judged += 1
             time_s = (target.pts - self._start) * self._time_base
-            samples.append(Sample(self.prepare(self._upright(frame)), time_s, tuple(target.times)))
+            picture = self.prepare(self._upright(frame))
+            samples.append(Sample(picture, time_s, target.frame, tuple(target.times)))
             if self._stopped is not None:  # the last frame there was: nothing follows it
                 self._next = len(self._targets)
         if self.done and self.incomplete is None:
@@ -342,7 +346,7 @@ class VideoReader(Generic[T]):
             at = max(0, bisect.bisect_right(self._pts, wanted) - 1)
             pts = self._pts[at]
             if not targets or targets[-1].pts != pts:
-                targets.append(_Target(pts))
+                targets.append(_Target(pts, at))
             targets[-1].times.append(moment)
         return targets
 

@@ -35,6 +35,9 @@ class View(Generic[T]):
     """The frame's index in the file, as Pillow counts (an APNG's default image is 0)."""
     backdrop: Backdrop | None
     """The page colour the frame was composited over, or None for an opaque frame."""
+    size: tuple[int, int] = (0, 0)
+    """(width, height) of the picture as displayed, before a model resized it: a detector
+    maps its boxes back to these pixels ((0, 0) where unknown)."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,14 @@ class Views(Generic[T]):
 
     def map(self, prepare: Callable[[T], U]) -> Views[U]:
         """The same views, each picture made into ``prepare`` of it."""
-        return Views([View(prepare(v.image), v.frame, v.backdrop) for v in self.views], self.frames)
+        return Views(
+            [View(prepare(v.image), v.frame, v.backdrop, v.size) for v in self.views], self.frames
+        )
+
+    @property
+    def sizes(self) -> list[tuple[int, int]]:
+        """Each picture's displayed (width, height), in order."""
+        return [view.size for view in self.views]
 
     @property
     def frames_judged(self) -> int:
@@ -71,10 +81,10 @@ def frame_views(image: Image.Image, frame: int, fmt: str) -> list[View[Image.Ima
     colour, alpha = _split_alpha(image)
     rgb = to_srgb(colour, image.info, fmt)
     if alpha is None or alpha.getextrema()[0] == 255:
-        return [View(rgb, frame, None)]
+        return [View(rgb, frame, None, rgb.size)]
     return [
-        View(_composite(rgb, alpha, _WHITE), frame, "white"),
-        View(_composite(rgb, alpha, _BLACK), frame, "black"),
+        View(_composite(rgb, alpha, _WHITE), frame, "white", rgb.size),
+        View(_composite(rgb, alpha, _BLACK), frame, "black", rgb.size),
     ]
 
 
@@ -82,7 +92,7 @@ def _split_alpha(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:
     """The colour of a loaded image (mode L, RGB or CMYK) and its alpha (mode L) if it has any
     (an alpha channel, palette alpha or a colour key)."""
     if image.mode in WIDE_GRAY_MODES:
-        image = _wide_gray_to_8bit(image)
+        image = wide_gray_to_8bit(image)
     elif image.mode == "F":
         image = image.convert("L")  # Pillow's 0..255 float scale, clipped
     elif image.mode == "1":
@@ -99,7 +109,7 @@ def _split_alpha(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:
     return image.convert("RGB"), None
 
 
-def _wide_gray_to_8bit(image: Image.Image) -> Image.Image:
+def wide_gray_to_8bit(image: Image.Image) -> Image.Image:
     """Scale 16-bit (or 32-bit integer) grayscale to 8 bits by keeping the high byte.
 
     Pillow's ``convert("L")`` clips such values at 255 instead of scaling them, which turns a

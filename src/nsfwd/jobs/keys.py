@@ -78,16 +78,20 @@ class ApiKeys:
         max_in_flight: int = 10,
         policy: PolicyName | None = None,
         threshold: float | None = None,
+        region_thresholds: str | None = None,
+        admin: bool = False,
         video_interval: float | None = None,
         video_min_frames: int | None = None,
     ) -> tuple[str, ApiKey]:
         """Create an API key; returns its secret (shown once, never stored) and its record.
 
-        ``policy`` and ``threshold`` decide its predictions' verdicts (``flagged``);
-        ``video_interval`` and ``video_min_frames`` how its videos are sampled and judged; what
-        is left ``None`` follows the server's. Raises ValueError when one is invalid.
+        ``policy``, ``threshold`` and ``region_thresholds`` (``LABEL=T,...``) decide its
+        predictions' verdicts (``flagged``); ``video_interval`` and ``video_min_frames`` how
+        its videos are sampled and judged; what is left ``None`` follows the server's.
+        Raises ValueError when one is invalid. ``admin``: the key may also administer the
+        banks of known images.
         """
-        Policy().overridden(policy, threshold)  # validates both
+        Policy().overridden(policy, threshold, region_thresholds)  # validates them
         VideoOptions(max_frames=10**9).overridden(  # validates both
             {"interval": video_interval, "min_frames": video_min_frames}
         )
@@ -102,6 +106,8 @@ class ApiKeys:
             created_at=self.clock(),
             policy=policy,
             threshold=threshold,
+            region_thresholds=region_thresholds,
+            admin=admin,
             video_interval=video_interval,
             video_min_frames=video_min_frames,
         )

@@ -154,12 +154,16 @@ class Job:
         labels: Labels | None = None,
         error: str | None = None,
         judged: dict[str, Any] | None = None,
+        regions: list[dict[str, Any]] | None = None,
+        match: dict[str, Any] | None = None,
         segments: list[dict[str, float]] | None = None,
     ) -> dict[str, Any]:
         """The job as JSON: ``state.current`` ``state``, with ``labels`` or an ``error``;
         ``judged`` (:meth:`~nsfwd.verdict.Judgement.details`: which frame and backdrop the
         labels are of, a video's worst moment) goes in ``config.judged`` beside the labels, a
-        video's ``segments`` in ``config.segments``."""
+        detector's ``regions`` in ``config.regions``, ``match`` (the banked image it matched,
+        :meth:`~nsfwd.verdict.Match.details`) in ``config.match``, and a video's ``segments``
+        in ``config.segments``."""
         doc: dict[str, Any] = {} if self.type is None else {"type": self.type}
         doc |= {
             "id": self.id,
@@ -173,6 +177,10 @@ class Job:
                 doc["config"]["labels"] = labels
             if judged is not None:
                 doc["config"]["judged"] = judged
+            if regions is not None:
+                doc["config"]["regions"] = regions
+            if match is not None:
+                doc["config"]["match"] = match
             if segments is not None:
                 doc["config"]["segments"] = segments
         doc["metrics"] = {"elapsed": max(time.perf_counter() - self.started, 1e-6)}

@@ -6,7 +6,10 @@
 // score is judged against the threshold slider here, with no further request. A video goes the
 // same way (or, over the image size limit, to POST /v2/job/async, polled until it is done); its
 // answer also draws a timeline of its flagged segments, and clicking one seeks the player there.
-// A 401 anywhere asks for a token, kept in localStorage and sent as "Authorization: Bearer".
+// A detector (its kind from /v1/models) gets, for an image, a v2 job that asks for a redacted
+// copy (config.redact): its config.regions are drawn as boxes over the image, and a toggle shows
+// the copy the answer carries as its output image. A 401 anywhere asks for a token, kept in
+// localStorage and sent as "Authorization: Bearer".
 
 import { formatPercent, isFlagged, scorePolicy } from "./policies.js";
 
@@ -14,6 +17,7 @@ const TOKEN_KEY = "nsfwd.token";
 const JOB_TYPE = "inference.vit.img2label.v1";
 const VIDEO_NAME = /\.(mp4|m4v|mov|webm|mkv)$/i;
 const POLL_MS = 500;
+const DETECTOR_JOB_TYPE = "inference.vit.img2label.v2"; // its answer carries the redacted copy
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -26,6 +30,9 @@ const ui = {
   file: $("file"),
   preview: $("preview"),
   player: $("player"),
+  boxes: $("boxes"),
+  redactedToggle: $("redacted-toggle"),
+  showRedacted: $("show-redacted"),
   status: $("status"),
   error: $("error"),
   result: $("result"),
@@ -44,6 +51,8 @@ const state = {
   config: null,
   file: null,
   previewUrl: null,
+  redactedUrl: null,
+  kinds: {}, // model name -> "classifier" | "detector", from GET /v1/models
   result: null,
   sequence: 0, // of classify calls: only the latest one's answer is shown
   retry: null, // what to run again once a token is given
@@ -150,7 +159,10 @@ async function loadModels() {
   let names = [];
   if (response.ok) {
     const doc = await response.json();
-    if (Array.isArray(doc?.data)) names = doc.data.map((model) => model.id).filter(Boolean);
+    if (Array.isArray(doc?.data)) {
+      names = doc.data.map((model) => model.id).filter(Boolean);
+      state.kinds = Object.fromEntries(doc.data.map((model) => [model.id, model.kind]));
+    }
   } else if (response.status !== 404) {
     throw new Error(await refusal(response));
   }
@@ -183,6 +195,8 @@ function choose(file) {
     ui.player.removeAttribute("src");
     ui.preview.src = state.previewUrl;
   }
+  ui.showRedacted.checked = false;
+  ui.boxes.replaceChildren();
   attempt(classify);
 }
 
@@ -210,7 +224,10 @@ async function classify() {
   if (!file || !state.config) return;
   const sequence = ++state.sequence;
   const model = ui.model.value;
-  const job = { type: JOB_TYPE, config: { model } };
+  const redacting = state.kinds[model] === "detector" && !isVideo(file); // images only
+  const job = redacting
+    ? { type: DETECTOR_JOB_TYPE, config: { model, redact: { style: "blur", labels: "all" } } }
+    : { type: JOB_TYPE, config: { model } };
   const form = new FormData();
   form.append("job", new Blob([JSON.stringify(job)], { type: "application/json" }), "job.json");
   form.append("input", file, file.name || "image");
@@ -220,22 +237,27 @@ async function classify() {
   const response = await call(route(file), {
     method: "POST",
     body: form,
-    headers: { Accept: "application/json" },
+    headers: { Accept: redacting ? "multipart/form-data" : "application/json" },
   });
   if (!response.ok) {
     const message = await refusal(response);
     if (sequence === state.sequence) throw new Error(message);
     return;
   }
-  const doc = await finished(await response.json(), sequence);
+  const answer = await readAnswer(response, redacting);
+  const doc = await finished(answer.doc, sequence);
+  const redacted = answer.redacted;
   const roundTrip = performance.now() - started;
   if (sequence !== state.sequence) return; // a newer image was chosen meanwhile
+  if (state.redactedUrl) URL.revokeObjectURL(state.redactedUrl);
+  state.redactedUrl = redacted ? URL.createObjectURL(redacted) : null;
   state.result = {
     model: doc.config.model ?? model, // as the server ran it
     name: file.name,
     labels: doc.config.labels,
     judged: doc.config.judged ?? null,
     segments: doc.config.segments ?? null,
+    regions: doc.config.regions ?? null,
     elapsed: doc.metrics.elapsed,
     roundTrip,
   };
@@ -296,6 +318,56 @@ function showTimeline() {
   );
 }
 
+/** The job document, and for a detector's v2 job the redacted copy (its second output). */
+async function readAnswer(response, multipart) {
+  if (!multipart) return { doc: await response.json(), redacted: null };
+  const form = await response.formData();
+  const doc = JSON.parse(await form.get("job").text());
+  const outputs = form.getAll("output");
+  return { doc, redacted: outputs.length > 1 ? outputs[1] : null };
+}
+
+/** The regions of the first frame as boxes over the preview, in percent of the image's size. */
+function showRegions() {
+  const regions = state.result?.regions;
+  ui.redactedToggle.hidden = !(regions && state.redactedUrl);
+  ui.boxes.replaceChildren();
+  ui.boxes.dataset.count = String(regions ? regions.length : 0);
+  if (!regions) return;
+  const show = () => {
+    const width = ui.preview.naturalWidth;
+    const height = ui.preview.naturalHeight;
+    if (!width || !height) return;
+    ui.boxes.replaceChildren(
+      ...regions
+        .filter((region) => (region.frame ?? 0) === 0)
+        .map((region) => {
+          const [x, y, w, h] = region.box;
+          const box = document.createElement("div");
+          box.className = "box";
+          box.dataset.label = region.label;
+          box.style.left = `${(100 * x) / width}%`;
+          box.style.top = `${(100 * y) / height}%`;
+          box.style.width = `${(100 * w) / width}%`;
+          box.style.height = `${(100 * h) / height}%`;
+          const name = document.createElement("span");
+          name.textContent = `${region.label} ${formatPercent(region.score)}`;
+          box.append(name);
+          return box;
+        }),
+    );
+  };
+  if (ui.preview.complete) show();
+  else ui.preview.addEventListener("load", show, { once: true });
+}
+
+function showRedacted() {
+  if (!ui.player.hidden) return; // a video: the player shows it
+  const redacted = ui.showRedacted.checked && state.redactedUrl;
+  ui.preview.src = redacted ? state.redactedUrl : state.previewUrl;
+  ui.boxes.hidden = Boolean(redacted);
+}
+
 function showResult() {
   const { labels, elapsed, roundTrip, model } = state.result;
   ui.labels.replaceChildren(
@@ -326,6 +398,8 @@ function showResult() {
   ui.result.hidden = false;
   showTimeline();
   showVerdicts();
+  showRedacted();
+  showRegions();
 }
 
 function showThreshold() {
@@ -389,6 +463,7 @@ ui.forgetToken.addEventListener("click", () => {
 });
 
 ui.model.addEventListener("change", () => attempt(classify));
+ui.showRedacted.addEventListener("change", showRedacted);
 ui.file.addEventListener("change", () => choose(ui.file.files[0]));
 ui.threshold.addEventListener("input", () => {
   showThreshold();

@@ -6,8 +6,8 @@ replica runs it; ``predictions.segments`` the flagged stretches of a judged vide
 ``api_keys.video_interval`` and ``api_keys.video_min_frames`` are a key's own sampling interval
 and the flagged samples in a row its segments need (null: the server's).
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0008
+Revises: 0006
 Create Date: 2026-12-08
 """
 
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005"
-down_revision: str | None = "0004"
+revision: str = "0008"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -111,17 +111,23 @@ def moderation(url: str, data: bytes) -> dict[str, Any]:
     return result
 
 
-def async_job(url: str, data: bytes) -> dict[str, Any]:
-    job = {"type": "inference.vit.img2label.v1", "config": {"model": SERVED}}
-    res = requests.post(
-        f"{url}/v2/job/async",
+def job_post(url: str, route: str, data: bytes, **config: Any) -> requests.Response:
+    """A v1 job of ``data`` to ``route`` (``/v2/job`` or ``/v2/job/async``), with ``config``
+    (a video's options, say) beside the model."""
+    job = {"type": "inference.vit.img2label.v1", "config": {"model": SERVED, **config}}
+    return requests.post(
+        f"{url}{route}",
         headers={"Authorization": f"Bearer {TOKEN}", "Accept": "application/json"},
         files=[
             ("job", ("job.json", json.dumps(job), "application/json")),
-            ("input", ("in.jpg", data, "image/jpeg")),
+            ("input", ("upload", data, "application/octet-stream")),
         ],
         timeout=60,
     )
+
+
+def async_job(url: str, data: bytes) -> dict[str, Any]:
+    res = job_post(url, "/v2/job/async", data)
     assert res.status_code == 201, res.text
     job_url = f"{url}/v2/job/async/{res.json()['id']}/job.json"
 
@@ -212,17 +218,8 @@ def test_every_frame_of_an_animation_is_hashed_and_checked(url: str) -> None:
 
 
 def video_job(url: str, video: bytes, **config: Any) -> dict[str, Any]:
-    """A sync v1 job of ``video`` with ``config`` (video options) beside the model."""
-    job = {"type": "inference.vit.img2label.v1", "config": {"model": SERVED, **config}}
-    res = requests.post(
-        f"{url}/v2/job",
-        headers={"Authorization": f"Bearer {TOKEN}", "Accept": "application/json"},
-        files=[
-            ("job", ("job.json", json.dumps(job), "application/json")),
-            ("input", ("clip.mp4", video, "video/mp4")),
-        ],
-        timeout=60,
-    )
+    """A sync v1 job of ``video`` with ``config`` (video options)."""
+    res = job_post(url, "/v2/job", video, **config)
     assert res.status_code == 200, res.text
     doc: dict[str, Any] = res.json()
     return doc
@@ -371,15 +368,23 @@ def test_the_banks_command_creates_fills_exports_imports_and_removes(
     # nsfwd classify checks the same banks, as the server does
     (tmp_path / "again.jpg").write_bytes(jpeg(reencoded(photo("chelsea"), 0.9, 70), 70))
     (tmp_path / "other.jpg").write_bytes(jpeg(photo("coffee")))
-    files = [str(tmp_path / "again.jpg"), str(tmp_path / "other.jpg")]
+    size = (320, 240)
+    known, other = (
+        np.asarray(photo(name).convert("RGB").resize(size)) for name in ("chelsea", "coffee")
+    )
+    (tmp_path / "clip.mp4").write_bytes(write_video(lambda _: RED, 4.0, fps=10, size=size,
+        frame_at=lambda t: known if 2.0 <= t < 2.5 else other))  # fmt: skip
+    files = [str(tmp_path / name) for name in ("again.jpg", "other.jpg", "clip.mp4")]
     for extra, matched in (([], True), (["--no-banks"], False)):
         assert main(["classify", "--model", str(timm_checkpoint), "--threshold", "1", *extra,
                      *files]) == 0  # fmt: skip
-        again, other = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+        again, unrelated, clip = map(json.loads, capsys.readouterr().out.splitlines())
         assert ("match" in again, again["flagged"]) == (matched, matched)
-        assert "match" not in other and not other["flagged"]
+        assert "match" not in unrelated and not unrelated["flagged"]
+        assert ("match" in clip, clip["flagged"], clip["segments"]) == (matched, matched, [])
         if matched:
             assert again["match"]["bank"] in {"known", "copy"} and again["labels"]["high"] == 1.0
+            assert clip["match"]["frame"] == 20 and clip["labels"]["high"] == 1.0
     status, _, err = run("remove", "copy", exported.split()[1])
     assert status == 0 and "removed 1 of 1" in err
     status, _, err = run("remove", "known", str(picture))

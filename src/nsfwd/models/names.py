@@ -22,6 +22,10 @@ weights, so it needs no Hub (labels sfw/nsfw). Served when no model is named and
 :data:`DEFAULT_MODEL` cannot be had."""
 
 
+DEFAULT_CALIBRATION_IMAGES = 300
+"""Images ``--quantize int8`` is calibrated on by default (NNCF's own default subset size)."""
+
+
 class ModelNotAvailableError(RuntimeError):
     """The model could not be found locally nor fetched from the Hub."""
 

@@ -7,6 +7,7 @@ once a session and shared.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,11 @@ import pytest
 from checkpoints import write_timm_checkpoint, write_vit_checkpoint
 from hosts import Canary, Host
 from nsfwd.models.classifier import Classifier
+
+# The torch runtime, in the CPU's default precision for its flags, for every test and every
+# server a test starts: without it each would measure the routes at its first start (and
+# convert the model for OpenVINO). tests/test_runtimes.py unsets it to test that measurement.
+os.environ.setdefault("NSFWD_RUNTIME", "torch")
 
 TIERS: Final = {
     # real Ray clusters and Ray Serve: one at a time (two cores cannot host two), one xdist group

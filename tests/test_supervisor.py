@@ -138,7 +138,8 @@ def test_workers_answer_like_one_server(
             assert metric(served.url, "nsfwd_batch_size_sum") == 17
             # The model's device and dtype (fp32, as nsfwd_serve asks) come from the inference
             # process (no torch here); test_cpu_default.py checks the CPU's own default.
-            assert metric(served.url, "nsfwd_model_info", device="cpu", dtype="float32") == 1
+            info = {"device": "cpu", "dtype": "float32", "runtime": "torch"}
+            assert metric(served.url, "nsfwd_model_info", **info) == 1
             health = requests.get(f"{served.url}/healthz", timeout=10).text.splitlines()
             assert health[:3] == ["ok", "device: cpu", "dtype: float32 (as asked)"]
         processes = [served.process.pid, *descendants(served.process.pid)]

@@ -127,11 +127,13 @@ def _reference(
 
 
 def compared_routes(cfg: BenchConfig, classifier: Classifier) -> list[Route]:
-    """The routes ``--compare-reference`` measures beside the classifier under test: torch and
-    OpenVINO in fp32 and, where the CPU has native bf16, bf16, and int8 (OpenVINO's only where
-    it is installed), less the one under test."""
+    """The routes ``--compare-reference`` measures beside the classifier under test:
+    ``cfg.routes``, else torch and OpenVINO in fp32 and, where the CPU has native bf16, bf16,
+    and int8 (OpenVINO's only where it is installed); less the one under test."""
     if classifier.device.type != "cpu" or classifier.loaded.style == "onnx":
         return []
+    if cfg.routes is not None:
+        return [route for route in cfg.routes if route != classifier.route]
     routes = candidate_routes(
         native_bf16=computes_natively(torch.bfloat16), openvino=openvino_available()
     )

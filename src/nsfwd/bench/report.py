@@ -14,6 +14,7 @@ import torch
 
 from nsfwd.models.cpu import cpu_class, cpu_features, cpu_flags
 from nsfwd.models.names import DEFAULT_CALIBRATION_IMAGES
+from nsfwd.models.routes import Route
 
 SUITES = ("model", "pipeline", "parity", "server")
 
@@ -51,6 +52,9 @@ class BenchConfig:
     ray_replicas: int | None = None
     """Server suite on Ray Serve with this many model replicas; None: plain ``nsfwd serve``."""
     compare_reference: bool = False
+    routes: Sequence[Route] | None = None
+    """Routes measured beside the one under test with ``compare_reference``; None: every
+    candidate route and int8 (:func:`nsfwd.bench.compared_routes`)."""
     reference_dtypes: Sequence[str] | None = None
     """Freepik's package's dtypes; None for its faster mode here (:func:`reference_dtypes`)."""
     reference_images: int = 8

@@ -15,6 +15,7 @@ from nsfwd.cli.options import (
     positive,
 )
 from nsfwd.models.names import DECODE_MODES
+from nsfwd.models.routes import QUANTIZATIONS, RUNTIMES, Route
 
 if TYPE_CHECKING:
     from nsfwd.bench import BenchConfig
@@ -77,6 +78,14 @@ def register(sub: Commands[argparse.ArgumentParser]) -> None:
         "its agreement with the exact mode (parity suite)",
     )
     bench.add_argument(
+        "--routes",
+        type=_routes,
+        help="with --compare-reference on a CPU: the routes measured beside the one under test, "
+        "comma-separated RUNTIME:PRECISION (torch:float32, openvino:bfloat16, openvino:int8), "
+        "or none (default: torch and openvino in float32, and bfloat16 where the CPU has "
+        "native bf16, and openvino:int8; OpenVINO's only where it is installed)",
+    )
+    bench.add_argument(
         "--reference-dtypes",
         help="dtypes to run Freepik's package in, comma-separated (default: float32,bfloat16 "
         "on a CPU, the faster one being the yardstick; bfloat16 on a GPU)",
@@ -133,6 +142,25 @@ def _decode_modes(text: str) -> list[str]:
     return modes
 
 
+def _routes(text: str) -> list[Route]:
+    if text.strip() == "none":
+        return []
+    routes = []
+    for part in filter(None, (part.strip() for part in text.split(","))):
+        runtime, _, precision = part.partition(":")
+        route = (
+            Route(runtime, "float32", precision)
+            if precision in QUANTIZATIONS
+            else Route(runtime, precision)
+        )
+        if runtime not in RUNTIMES or precision not in ("float32", "bfloat16", *QUANTIZATIONS):
+            raise argparse.ArgumentTypeError(
+                f"expected RUNTIME:PRECISION such as torch:float32 or openvino:int8, not {part!r}"
+            )
+        routes.append(route)
+    return routes
+
+
 def _ints(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
@@ -183,6 +211,7 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
         load_processes=args.load_processes,
         ray_replicas=args.ray_replicas,
         compare_reference=args.compare_reference,
+        routes=args.routes,
         reference_dtypes=(
             None
             if args.reference_dtypes is None

@@ -148,11 +148,13 @@ def measure(
             why = "scores that are not finite numbers"
             trials.append(Trial(route, speed, math.inf, math.inf, 0, False, why))
             continue
-        trials.append(_trial(route, speed, compare(exact, _labels(labels, probs))))
+        trials.append(judge(route, speed, compare(exact, _labels(labels, probs))))
     return trials
 
 
-def _trial(route: Route, s_per_image: float, found: dict[str, Any]) -> Trial:
+def judge(route: Route, s_per_image: float, found: dict[str, Any]) -> Trial:
+    """The trial of ``route``: its speed, and whether its agreement with the exact mode
+    (``found``, as :func:`~nsfwd.models.agreement.compare` gives it) is within the bound."""
     changed = int(found["moderate_decisions_changed"])
     why_not = ""
     if found["max_abs_dp"] > MAX_ABS_DP:

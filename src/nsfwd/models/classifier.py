@@ -29,6 +29,8 @@ from nsfwd.models.routes import AS_ASKED, EXACT, Plan, Route, check_options, pla
 from nsfwd.models.runners import DTYPES, RouteBuilder
 from nsfwd.verdict import Labels
 
+__all__ = ["DTYPES", "Classifier", "choose_dtype", "pick_device"]
+
 log = logging.getLogger(__name__)
 
 

@@ -206,6 +206,31 @@ def test_int8_is_static_int8_on_openvino_close_to_the_exact_mode(
     assert meta.calibration == f"up to 4 images from {calibration_images}"
 
 
+def test_an_export_that_cannot_be_read_is_made_again(
+    int8: Classifier,
+    converted: Converted,
+    calibration_images: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    data_dir = converted.data_copy(tmp_path / "data")
+    key = model_key(converted.checkpoint, str(converted.checkpoint))
+    [folder] = (store(data_dir) / key).glob("int8-*")
+    (folder / META_FILE).write_text("{not json")  # a disk that filled up mid-write, say
+    with caplog.at_level(logging.INFO, logger="nsfwd.models.openvino_runtime"):
+        again = Classifier.load(
+            str(converted.checkpoint),
+            quantize="int8",
+            data_dir=data_dir,
+            calibration=Calibration(calibration_images, images=4),
+        )
+    assert any("holds no readable nsfwd export" in m for m in caplog.messages)
+    assert ExportMeta.from_json((folder / META_FILE).read_text()).variant == "int8"
+    again.warm_up(2)
+    pixels = _pixels(again, 2)
+    assert (again.predict(pixels) - int8.predict(pixels)).abs().max() < 1e-6
+
+
 def test_a_changed_calibration_folder_is_calibrated_anew(
     calibration_images: Path, tmp_path: Path
 ) -> None:

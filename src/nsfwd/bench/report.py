@@ -105,11 +105,16 @@ def _compile_lines(results: dict[str, Any]) -> list[str]:
     compiled = results.get("compile")
     if not compiled:
         return []
-    return [
+    line = (
         f"compile   {compiled['mode']}  batch sizes {compiled['buckets']}  "
-        f"{compiled['warm_up_s']:.1f} s  graphs from cache {compiled['fxgraph_cache_hit']}, "
-        f"compiled {compiled['fxgraph_cache_miss']}"
-    ]
+        f"{compiled['warm_up_s']:.1f} s"
+    )
+    if compiled["mode"].startswith("torch.compile"):
+        line += (
+            f"  graphs from cache {compiled['fxgraph_cache_hit']}, "
+            f"compiled {compiled['fxgraph_cache_miss']}"
+        )
+    return [line]
 
 
 def _model_lines(results: dict[str, Any]) -> list[str]:

@@ -15,6 +15,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -167,13 +168,11 @@ def exported(
     folder = store(data_dir) / model_key
     float_folder = folder / "float"
     target = float_folder if calibration is None else folder / f"int8-{calibration.key}"
-    with contextlib.suppress(ValueError):
-        model, _ = read_export(target)
-        log.info("OpenVINO model from %s", target)
+    model = _kept(target)
+    if model is not None:
         return model
-    try:
-        model, _ = read_export(float_folder)
-    except ValueError:
+    model = _kept(float_folder)
+    if model is None:
         model = convert(loaded)
         write_export(model, _meta(loaded, source, "float"), float_folder)
     if calibration is None:
@@ -181,6 +180,21 @@ def exported(
     quantized = _quantized(loaded, model, calibration)
     write_export(quantized, _meta(loaded, source, "int8", calibration.describe()), target)
     return quantized
+
+
+def _kept(folder: Path) -> ov.Model | None:
+    """The export kept in ``folder``, or None. One that cannot be read (a disk that filled up,
+    files edited by hand) is removed, to be made again."""
+    if not folder.exists():
+        return None
+    try:
+        model, _ = read_export(folder)
+    except ValueError as exc:
+        log.warning("%s; converting again", exc)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    log.info("OpenVINO model from %s", folder)
+    return model
 
 
 def _quantized(loaded: LoadedModel, model: ov.Model, calibration: Calibration) -> ov.Model:

@@ -237,4 +237,6 @@ class OpenVinoForward(Bucketed):
         )
 
     def _run(self, padded: torch.Tensor) -> torch.Tensor:
+        if len(padded) not in self.network.sizes:  # a host that did not warm up: compile now
+            self._make((len(padded),))
         return torch.from_numpy(self.network(padded.numpy()))

@@ -16,7 +16,7 @@ from nsfwd.api.app import create_app
 from nsfwd.bench.report import BenchConfig, reference_dtypes
 from nsfwd.engine.batcher import Engine
 from nsfwd.models.classifier import DTYPES, Classifier, choose_dtype
-from nsfwd.models.cpu import cpu_class, cpu_flags, default_cpu_dtype
+from nsfwd.models.cpu import cpu_class, cpu_flags, default_cpu_dtype, has_int8_dot_products
 from nsfwd.settings import Settings
 
 SAPPHIRE_RAPIDS = "fpu sse2 avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8"
@@ -41,6 +41,14 @@ GRAVITON3 = "fp asimd evtstrm aes sha3 sve bf16 i8mm"
 def test_each_class_of_cpu_gets_its_default(flags: str, cls: str, dtype: str, reason: str) -> None:
     assert cpu_class(flags.split()) == cls
     assert default_cpu_dtype(flags.split()) == (dtype, reason)
+
+
+@pytest.mark.parametrize(
+    ("flags", "dot_products"),
+    [(SAPPHIRE_RAPIDS, True), (ZEN4, True), (SKYLAKE_SP, True), (ZEN3, False)],
+)
+def test_int8_dot_products_are_told_by_the_flags(flags: str, dot_products: bool) -> None:
+    assert has_int8_dot_products(flags.split()) is dot_products
 
 
 def test_flags_are_read_from_cpuinfo_on_x86_and_arm(tmp_path: Path) -> None:

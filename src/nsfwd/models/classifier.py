@@ -20,7 +20,13 @@ from nsfwd.models.calibration import Calibration
 from nsfwd.models.checkpoint import LoadedModel, load_checkpoint
 from nsfwd.models.choice import Choices, choose, prepared_images
 from nsfwd.models.compiled import compile_mode, use_cache_dir
-from nsfwd.models.cpu import computes_natively, cpu_features, cpu_flags, default_cpu_dtype
+from nsfwd.models.cpu import (
+    computes_natively,
+    cpu_features,
+    cpu_flags,
+    default_cpu_dtype,
+    has_int8_dot_products,
+)
 from nsfwd.models.hub import resolve_model_dir, source_id
 from nsfwd.models.identity import machine, machine_key
 from nsfwd.models.names import DEFAULT_MODEL, OPEN_NSFW, default_batch_size
@@ -181,6 +187,12 @@ class Classifier:
         log.info("runtime %s", classifier.route)
         if dtype and classifier.runtime == "torch" and torch_device.type == "cpu":
             _warn_if_slow_on_this_cpu(classifier.dtype)  # a chosen precision is native
+        if quantize and not has_int8_dot_products(cpu_flags()):
+            log.warning(
+                "int8 on this CPU (%s, no VNNI or AMX-INT8) ran no faster than float32 where "
+                "measured (BENCHMARKS.md), and agrees less with the exact mode",
+                cpu_features(),
+            )
         return classifier
 
     @classmethod

@@ -41,15 +41,16 @@ def file_digest(path: Path) -> str:
 
 
 def model_key(folder: Path, source: str) -> str:
-    """The checkpoint in ``folder`` (loaded as ``source``): a readable slug of ``source`` and
-    a digest of its config and weight files' contents and :func:`versions`, so the same
-    weights anywhere share a key and changed ones never do."""
+    """The checkpoint in ``folder`` (loaded as ``source``): a readable slug (the Hub id, or the
+    folder's name) and a digest of its config and weight files' contents and :func:`versions`,
+    so the same weights anywhere share a key and changed ones never do."""
     files = [
         [path.name, file_digest(path)]
         for path in sorted(folder.iterdir())
         if path.suffix in (".json", ".safetensors", ".bin")
     ]
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", source).strip("-.")[-48:] or "model"
+    readable = folder.name if Path(source).expanduser().exists() else source  # a Hub id
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", readable).strip("-.")[-48:] or "model"
     return f"{slug}-{_digest([files, versions()])}"
 
 

@@ -23,14 +23,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-
-import torch
+from typing import Any
 
 from nsfwd.engine import DECODE_TIMEOUT_S, EngineClosedError, QueueFullError, pools, run_intake
 from nsfwd.engine.metrics import Metrics
 from nsfwd.intake import ImageLimits, UnscorableImageError
 from nsfwd.intake.checked import CheckedImages
-from nsfwd.models.classifier import Classifier
+from nsfwd.models.runner import Runner
 from nsfwd.verdict import Judgement, Labels, Policy, nonfinite_labels, worst
 
 
@@ -47,19 +46,21 @@ class Trace:
 
 @dataclass
 class _Item:
-    pixels: list[torch.Tensor]
-    """One prepared picture per view of the image."""
+    pixels: list[Any]
+    """One prepared picture per view of the image (the runner's own kind)."""
     future: asyncio.Future[list[Labels]]
     queued_at: float
     trace: Trace = field(default_factory=Trace)
 
 
 class Engine:
-    """Batches classification requests from many coroutines onto one :class:`Classifier`."""
+    """Batches classification requests from many coroutines onto one model: a
+    :class:`~nsfwd.models.runner.Runner`, such as the torch
+    :class:`~nsfwd.models.classifier.Classifier` or open-nsfw's onnxruntime session."""
 
     def __init__(
         self,
-        classifier: Classifier,
+        classifier: Runner[Any],
         *,
         max_batch_size: int = 16,
         batch_wait_ms: float = 2.0,
@@ -102,12 +103,7 @@ class Engine:
     @property
     def model_info(self) -> dict[str, str]:
         """Where and how the model runs: ``device``, ``dtype`` and ``dtype_reason``."""
-        classifier = self.classifier
-        return {
-            "device": str(classifier.device),
-            "dtype": str(classifier.dtype).removeprefix("torch."),
-            "dtype_reason": classifier.dtype_reason,
-        }
+        return self.classifier.model_info
 
     @property
     def in_flight(self) -> int:
@@ -192,16 +188,16 @@ class Engine:
             self.decode_pool, partial(self._checked.check, data), self.decode_timeout_s
         )
 
-    def _predict(self, pixels: list[torch.Tensor]) -> torch.Tensor:
+    def _predict(self, pixels: list[Any]) -> list[Labels]:
         # Stacked here, on the inference thread, not on the event loop: a GPU batch is tens
         # of megabytes to copy (into page-locked memory, see Classifier.stack). One image's
         # pictures may outnumber max_batch_size; they run in batches of that size.
         size = self.max_batch_size
-        parts = [
-            self.classifier.predict(self.classifier.stack(pixels[start : start + size]))
+        return [
+            labels
             for start in range(0, len(pixels), size)
+            for labels in self.classifier.label(pixels[start : start + size])
         ]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     async def _next_batch(self, queue: asyncio.Queue[_Item]) -> list[_Item]:
         """Queued items with at most ``max_batch_size`` pictures in all (an item with more
@@ -242,7 +238,7 @@ class Engine:
                 self.metrics.queue_seconds.observe(item.trace.queue_seconds)
             pixels = [picture for item in live for picture in item.pixels]
             try:
-                probs = await loop.run_in_executor(self._infer_pool, self._predict, pixels)
+                labelled = await loop.run_in_executor(self._infer_pool, self._predict, pixels)
             except Exception as exc:  # a model failure fails this batch, not the server
                 for item in live:
                     if not item.future.done():
@@ -253,7 +249,7 @@ class Engine:
             self.metrics.batch_size.observe(len(pixels))
             self.metrics.inference_seconds.observe(elapsed)
             live[0].trace.batches.append((len(pixels), elapsed))
-            rows = iter(self.classifier.to_labels(probs))
+            rows = iter(labelled)
             for item in live:
                 labels = [next(rows) for _ in item.pixels]
                 if item.future.done():

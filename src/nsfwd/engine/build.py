@@ -2,27 +2,33 @@
 
 ``nsfwd classify``, ``nsfwd serve`` (in its own process or in the inference process that
 ``--http-workers`` starts) and ``nsfwd bench`` all load their classifier here, so a loading
-option added to the settings reaches every one of them. This module imports torch; the HTTP
-side never imports it.
+option added to the settings reaches every one of them. Torch is imported for the models that
+run on it: a server of the built-in open-nsfw alone runs on onnxruntime without it (the slim
+container image has no torch); the HTTP side never imports it.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nsfwd.engine import pools
 from nsfwd.engine.batcher import Engine
 from nsfwd.engine.metrics import Metrics
 from nsfwd.engine.served import served_specs, takes_torch_options
-from nsfwd.models.classifier import Classifier
-from nsfwd.models.names import DEFAULT_MODEL, ModelSpec
+from nsfwd.models.names import DEFAULT_MODEL, OPEN_NSFW, ModelNotAvailableError, ModelSpec
+from nsfwd.models.open_nsfw import load_open_nsfw
+from nsfwd.models.runner import Runner
 
 if TYPE_CHECKING:
+    from nsfwd.models.classifier import Classifier
     from nsfwd.settings import Settings
 
 log = logging.getLogger(__name__)
+
+TORCH_STACK = ("torch", "torchvision", "timm", "transformers", "safetensors")
+"""The packages the torch models need, which the slim install leaves out."""
 
 
 class ClassifierOptions(Protocol):
@@ -63,6 +69,16 @@ def load_classifier(options: ClassifierOptions, model: str | None = None) -> Cla
     (say, a folder prepared from it). A ``NAME=`` before their model (a name to serve it
     under) is dropped."""
     source = ModelSpec.parse(options.model).source if options.model else DEFAULT_MODEL
+    try:
+        from nsfwd.models.classifier import Classifier
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in TORCH_STACK:
+            raise
+        raise ModelNotAvailableError(
+            f"{model or source} runs on torch, which is not installed here ({exc}); only the "
+            f"built-in {OPEN_NSFW} runs without it (NSFWD_MODEL={OPEN_NSFW}). Install torch, "
+            "or use the nsfwd image with torch rather than the slim one"
+        ) from exc
     return Classifier.load(
         model or source,
         revision=options.revision,
@@ -74,11 +90,11 @@ def load_classifier(options: ClassifierOptions, model: str | None = None) -> Cla
     )
 
 
-def load_served_classifiers(settings: Settings) -> dict[str, Classifier]:
+def load_served_classifiers(settings: Settings) -> dict[str, Runner[Any]]:
     """The classifiers ``nsfwd serve`` runs (:func:`~nsfwd.engine.served.served_specs`), by the
     name clients pick each with (its ``NAME=``, or the name it loads as), the default first.
     One that cannot load raises :class:`ModelNotAvailableError`, stopping the server."""
-    classifiers: dict[str, Classifier] = {}
+    classifiers: dict[str, Runner[Any]] = {}
     for spec in served_specs(settings):
         classifier = load_spec(settings, spec)
         name = spec.name or classifier.name
@@ -90,28 +106,37 @@ def load_served_classifiers(settings: Settings) -> dict[str, Classifier]:
     return classifiers
 
 
-def load_spec(settings: Settings, spec: ModelSpec) -> Classifier:
-    """The classifier of one served model, loaded with the settings' options (``--device``,
-    ``--dtype``...) where they apply to it (:func:`~nsfwd.engine.served.takes_torch_options`)."""
+def load_spec(settings: Settings, spec: ModelSpec) -> Runner[Any]:
+    """The runner of one served model, loaded with the settings' options (``--device``,
+    ``--dtype``...) where they apply to it (:func:`~nsfwd.engine.served.takes_torch_options`):
+    the built-in open-nsfw on onnxruntime without torch, any other as a torch
+    :class:`~nsfwd.models.classifier.Classifier`."""
+    if spec.source != OPEN_NSFW:
+        return load_classifier(settings, spec.source)
     if not takes_torch_options(spec, settings):
-        return Classifier.load(spec.source)
-    return load_classifier(settings, spec.source)
+        return load_open_nsfw()
+    return load_open_nsfw(
+        device=settings.device,
+        dtype=settings.dtype,
+        quantize=settings.quantize,
+        compile=settings.compile,
+    )
 
 
 def build_engines(settings: Settings) -> dict[str, Engine]:
-    """An engine (its own batcher and queue) for each classifier ``nsfwd serve`` runs
+    """An engine (its own batcher and queue) for each model ``nsfwd serve`` runs
     (:func:`load_served_classifiers`), by served name, the default first. They share one
     :class:`~nsfwd.engine.metrics.Metrics`, so ``/metrics`` counts the whole server."""
     metrics = Metrics()
     engines: dict[str, Engine] = {}
     for name, classifier in load_served_classifiers(settings).items():
+        info = classifier.model_info
         log.info(
-            "loaded %s as %r (%s) on %s in %s; labels %s",
+            "loaded %s as %r on %s in %s; labels %s",
             classifier.name,
             name,
-            classifier.loaded.style,
-            classifier.device,
-            classifier.dtype,
+            info["device"],
+            info["dtype"],
             ", ".join(classifier.labels),
         )
         engines[name] = build_engine(settings, classifier, metrics)
@@ -119,7 +144,7 @@ def build_engines(settings: Settings) -> dict[str, Engine]:
 
 
 def build_engine(
-    settings: Settings, classifier: Classifier, metrics: Metrics | None = None
+    settings: Settings, classifier: Runner[Any], metrics: Metrics | None = None
 ) -> Engine:
     """The engine that runs ``classifier`` under the settings' bounds (batch size, queue,
     decode pool and deadline, image limits): the same in every host, ``nsfwd serve`` and a

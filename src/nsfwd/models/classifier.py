@@ -209,27 +209,16 @@ class Classifier:
     ) -> Classifier:
         """The built-in open-nsfw: onnxruntime on the CPU in float32, so the torch options that
         choose something else are refused rather than silently ignored."""
-        clashes = [
-            option
-            for option, clash in (
-                ("--device", device is not None and torch.device(device).type != "cpu"),
-                ("--dtype", dtype not in (None, "float32")),
-                ("--quantize", quantize is not None),
-                ("--compile", compile_mode(compile, torch.device("cpu")) is not None),
-            )
-            if clash
-        ]
-        if clashes:
-            raise ValueError(
-                f"{OPEN_NSFW} runs on onnxruntime on the CPU in float32; drop {', '.join(clashes)}"
-            )
         from nsfwd.models.open_nsfw import load_open_nsfw
+        from nsfwd.models.open_nsfw_torch import as_loaded_model
 
+        runner = load_open_nsfw(device=device, dtype=dtype, quantize=quantize, compile=compile)
         return cls(
-            loaded=load_open_nsfw(),
+            loaded=as_loaded_model(runner),
             device=torch.device("cpu"),
             dtype=torch.float32,
             name=OPEN_NSFW,
+            dtype_reason=runner.model_info["dtype_reason"],
         )
 
     @property
@@ -241,6 +230,15 @@ class Classifier:
     def labels(self) -> tuple[str, ...]:
         """Label names by output index."""
         return self.loaded.labels
+
+    @property
+    def model_info(self) -> dict[str, str]:
+        """Where and how the model runs: ``device``, ``dtype`` and ``dtype_reason``."""
+        return {
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype_reason": self.dtype_reason,
+        }
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -308,9 +306,13 @@ class Classifier:
         """Rows of probabilities to dicts keyed by label name."""
         return [dict(zip(self.labels, row, strict=True)) for row in probs.tolist()]
 
+    def label(self, pictures: Sequence[torch.Tensor]) -> list[Labels]:
+        """Label probabilities for each :meth:`prepare` output, in order, in one batch (what
+        the engine's inference thread runs)."""
+        return self.to_labels(self.predict(self.stack(pictures)))
+
     def classify(self, images: Sequence[Image.Image]) -> list[Labels]:
         """Label probabilities for each image, in order."""
         if not images:
             return []
-        batch = self.stack([self.prepare(image) for image in images])
-        return self.to_labels(self.predict(batch))
+        return self.label([self.prepare(image) for image in images])

@@ -91,7 +91,10 @@ class Container:
         def healthy() -> bool:
             state = podman("inspect", "--format", "{{.State.Status}}", self.id)
             assert state == "running", f"the container is {state}:\n{self.logs()}"
-            self.url = "http://" + podman("port", self.id, "8000")
+            published = podman("port", self.id, "8000")
+            if not published:  # exited since: the next poll says so
+                return False
+            self.url = f"http://{published}"
             try:
                 return requests.get(f"{self.url}/healthz", timeout=2).status_code == 200
             except requests.ConnectionError:
@@ -250,7 +253,9 @@ def test_a_mounted_model_is_served(tmp_path: Path, volume: str) -> None:
     if "full" not in IMAGES:
         pytest.fail("no full image to try: run `make container-test`, which builds it")
     folder = write_timm_checkpoint(tmp_path / "tiny")
-    folder.chmod(0o755)
+    folder.chmod(0o755)  # readable by the image's user, as README.md asks of a mounted model
+    for file in folder.iterdir():
+        file.chmod(0o644)
     env = {"NSFWD_API_KEYS": KEY, "NSFWD_MODEL": "/models/tiny"}
     with serving(IMAGES["full"], volume, env, f"--volume={folder}:/models/tiny:ro") as container:
         job = prodia_job(container.url, "/models/tiny")

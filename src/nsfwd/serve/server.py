@@ -7,10 +7,14 @@ never loads the model, so it imports the inference side (torch) only when it ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
+import signal
 import socket
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from types import FrameType
+from typing import TYPE_CHECKING, NoReturn
 
 import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
@@ -92,6 +96,24 @@ def run(
         return run_workers(settings)
     from nsfwd.engine.build import build_engines  # torch: only this process's models need it
 
-    app = create_app(build_engines(settings), settings, store)
+    with sigterm_exits():
+        engines = build_engines(settings)
+    app = create_app(engines, settings, store)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
     return 0
+
+
+def _exit(signum: int, frame: FrameType | None) -> NoReturn:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def sigterm_exits() -> Iterator[None]:
+    """SIGTERM ends the process while the models load, until uvicorn takes it over (and then
+    answers what is in progress first). A container's PID 1 ignores a signal it has no handler
+    for, so `docker stop` would otherwise wait for its SIGKILL: minutes on a first download."""
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

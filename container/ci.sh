@@ -66,7 +66,11 @@ runtime = "runc"
 EOF
 export CONTAINERS_CONF="$run_dir/containers.conf"
 
-# The base: named by what goes into it, so a change of recipe builds a new one.
+# The base: named by what goes into it, so a change of recipe builds a new one; one run at a
+# time makes it (two CI runs on this machine would otherwise write the same file).
+mkdir -p "$CACHE"
+exec 9>"$CACHE/base.lock"
+flock 9
 recipe="mmdebstrap --variant=minbase --include=$BASE_PACKAGES $SUITE $MIRROR (no docs)"
 base_key=$(printf '%s' "$recipe" | sha256sum | cut -c1-12)
 BASE_IMAGE=localhost/nsfwd-ci-base:$base_key
@@ -74,22 +78,22 @@ base_tar=$CACHE/base-$base_key.tar
 if ! podman image exists "$BASE_IMAGE"; then
     if [ ! -s "$base_tar" ]; then
         log "building the base with mmdebstrap: $recipe"
-        mkdir -p "$CACHE"
         started=$SECONDS
         mmdebstrap --quiet --variant=minbase --include="$BASE_PACKAGES" \
             --dpkgopt='path-exclude=/usr/share/doc/*' \
             --dpkgopt='path-exclude=/usr/share/man/*' \
             --dpkgopt='path-exclude=/usr/share/info/*' \
             --dpkgopt='path-exclude=/usr/share/locale/*' \
-            "$SUITE" "$base_tar.partial" \
+            "$SUITE" "$CACHE/partial-$base_key.tar" \
             "deb $MIRROR $SUITE main" \
             "deb $MIRROR $SUITE-updates main" \
             "deb ${MIRROR}-security $SUITE-security main"
-        mv "$base_tar.partial" "$base_tar"
+        mv "$CACHE/partial-$base_key.tar" "$base_tar"  # mmdebstrap writes a tarball for .tar
         log "base built in $((SECONDS - started)) s"
     fi
     podman import --quiet "$base_tar" "$BASE_IMAGE" >/dev/null
 fi
+flock --unlock 9
 log "base $BASE_IMAGE: $(podman image inspect --format '{{.Size}}' "$BASE_IMAGE") bytes"
 
 # This machine's pip configuration and CA bundle, for the build only.

@@ -7,12 +7,10 @@ never loads the model, so it imports the inference side (torch) only when it ser
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import signal
 import socket
-from collections.abc import Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
 
@@ -58,6 +56,8 @@ def run(
 ) -> int:
     """Serve until interrupted; returns the exit status. With ``ray``, on Ray Serve
     (:mod:`nsfwd.serve.ray.driver`)."""
+    if ray is None and settings.http_workers <= 1:
+        exit_on_sigterm()  # the other modes handle signals their own way
     try:
         store = Store.from_settings(settings)
     except DatabaseUrlError as exc:
@@ -96,24 +96,19 @@ def run(
         return run_workers(settings)
     from nsfwd.engine.build import build_engines  # torch: only this process's models need it
 
-    with sigterm_exits():
-        engines = build_engines(settings)
-    app = create_app(engines, settings, store)
+    app = create_app(build_engines(settings), settings, store)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
     return 0
 
 
 def _exit(signum: int, frame: FrameType | None) -> NoReturn:
-    raise SystemExit(128 + signum)
+    raise SystemExit(0)
 
 
-@contextlib.contextmanager
-def sigterm_exits() -> Iterator[None]:
-    """SIGTERM ends the process while the models load, until uvicorn takes it over (and then
-    answers what is in progress first). A container's PID 1 ignores a signal it has no handler
-    for, so `docker stop` would otherwise wait for its SIGKILL: minutes on a first download."""
-    previous = signal.signal(signal.SIGTERM, _exit)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def exit_on_sigterm() -> None:
+    """SIGTERM ends the process (status 0: stopped as asked) until uvicorn takes the signal
+    over, which then answers what is in progress first, hands the handler back and raises the
+    signal again, ending here. Without it, as a container's PID 1 (which ignores a signal it
+    has no handler for), `docker stop` while the models load would wait for its SIGKILL:
+    minutes on a first download."""
+    signal.signal(signal.SIGTERM, _exit)

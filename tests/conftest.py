@@ -8,6 +8,7 @@ once a session and shared.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,11 @@ def _has_ray_serve() -> bool:
         and importlib.util.find_spec("ray.serve") is not None
     )
 
+
+# The torch runtime, in the CPU's default precision for its flags, for every test and every
+# server a test starts: without it each would measure the routes at its first start (and
+# convert the model for OpenVINO). tests/test_runtimes.py unsets it to test that measurement.
+os.environ.setdefault("NSFWD_RUNTIME", "torch")
 
 TIERS: Final = {
     # real Ray clusters and Ray Serve: one at a time (two cores cannot host two), one xdist group
@@ -71,10 +77,12 @@ TIERS: Final = {
         "test_campaign_load",
         "test_campaign_video",
     ),
+    # builds and runs container images: make container-test alone (podman, container/ci.sh)
+    "container": ("test_container",),
 }
 """The tiers beyond the inner loop, by test module (or ``module::test`` prefix): ``make test``
-runs them all, ``make test-fast`` none of them. A test that starts a cluster, a browser, a big
-model or a long run belongs here."""
+runs them all but ``container`` (``make container-test`` runs it), ``make test-fast`` none of
+them. A test that starts a cluster, a browser, a big model or a long run belongs here."""
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker

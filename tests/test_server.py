@@ -22,8 +22,10 @@ from waiting import wait_for
 
 
 def _env(**extra: str) -> dict[str, str]:
+    """This environment without its NSFWD_ settings but the torch runtime (which spares the
+    start-up measurement: tests/test_runtimes.py tests it), and ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NSFWD_")}
-    return {**env, **extra}
+    return {**env, "NSFWD_RUNTIME": "torch", **extra}
 
 
 def _wait_healthy(port: int, server: subprocess.Popen[str]) -> None:
@@ -53,7 +55,10 @@ def test_serve_answers_healthz_and_metrics_once_loaded(
             metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
             assert metrics.status_code == 200
             assert "nsfwd_queue_size" in metrics.text
-            assert f'nsfwd_model_info{{device="cpu",dtype="{dtype}"}} 1.0' in metrics.text
+            assert (
+                f'nsfwd_model_info{{device="cpu",dtype="{dtype}",runtime="torch"}} 1.0'
+                in metrics.text
+            )
             docs = httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=5).json()
             assert "/v2/job" in docs["paths"]
         finally:

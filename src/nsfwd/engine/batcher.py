@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
-import torch
 from PIL import Image
 
 from nsfwd.banks.pdq import PictureHash
@@ -35,7 +35,7 @@ from nsfwd.engine.video import VideoRun
 from nsfwd.intake import ImageLimits, UnscorableImageError
 from nsfwd.intake.checked import CheckedImages
 from nsfwd.intake.video import VideoLimits, sniff_video
-from nsfwd.models.model import Model
+from nsfwd.models.runner import Runner
 from nsfwd.timeline import VideoOptions
 from nsfwd.verdict import Finding, Judgement, Policy, judge, nonfinite_labels
 
@@ -53,8 +53,8 @@ class Trace:
 
 @dataclass
 class _Item:
-    pixels: list[torch.Tensor]
-    """One prepared picture per view of the image."""
+    pixels: list[Any]
+    """One prepared picture per view of the image (the runner's own kind)."""
     sizes: list[tuple[int, int]]
     """Each view's displayed (width, height), which a detector's boxes are mapped back to."""
     future: asyncio.Future[list[Finding]]
@@ -63,12 +63,14 @@ class _Item:
 
 
 class Engine:
-    """Batches requests from many coroutines onto one model: a classifier or a detector
-    (:data:`~nsfwd.models.model.Model`; a detector's judgements carry its regions)."""
+    """Batches requests from many coroutines onto one model: a
+    :class:`~nsfwd.models.runner.Runner`, such as a torch
+    :class:`~nsfwd.models.classifier.Classifier`, a :class:`~nsfwd.models.detector.Detector`
+    (whose judgements carry its regions) or open-nsfw's onnxruntime session."""
 
     def __init__(
         self,
-        classifier: Model,
+        classifier: Runner[Any],
         *,
         max_batch_size: int = 16,
         batch_wait_ms: float = 2.0,
@@ -116,15 +118,10 @@ class Engine:
 
     @property
     def model_info(self) -> dict[str, str]:
-        """Where and how the model runs: ``device``, ``dtype`` and ``dtype_reason``; and
-        ``kind``, ``classifier`` or ``detector``."""
-        classifier = self.classifier
-        return {
-            "device": str(classifier.device),
-            "dtype": str(classifier.dtype).removeprefix("torch."),
-            "dtype_reason": classifier.dtype_reason,
-            "kind": classifier.kind,
-        }
+        """Where and how the model runs (:meth:`~nsfwd.models.runner.Runner.model_info`):
+        ``device``, ``dtype``, ``runtime`` (``torch``, ``openvino``, ``openvino int8``,
+        ``onnxruntime``), ``dtype_reason`` (why that route) and ``kind``."""
+        return self.classifier.model_info
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -225,7 +222,7 @@ class Engine:
             self.metrics.queue_size.set(self._admitted)
 
     async def _infer(
-        self, pixels: list[torch.Tensor], sizes: list[tuple[int, int]], trace: Trace
+        self, pixels: list[Any], sizes: list[tuple[int, int]], trace: Trace
     ) -> list[Finding]:
         """What the model finds in prepared pictures (each shown at its size), judged by the
         batcher together with others where they fit."""
@@ -234,12 +231,12 @@ class Engine:
         self._queue.put_nowait(_Item(pixels, sizes, future, time.perf_counter(), trace))
         return await future
 
-    def _prepare_frame(self, picture: Image.Image) -> tuple[torch.Tensor, tuple[int, int]]:
+    def _prepare_frame(self, picture: Image.Image) -> tuple[Any, tuple[int, int]]:
         """A video frame prepared for the model, with the size it is shown at."""
         return self.classifier.prepare(picture), picture.size
 
     async def _infer_frames(
-        self, frames: list[tuple[torch.Tensor, tuple[int, int]]], trace: Trace
+        self, frames: list[tuple[Any, tuple[int, int]]], trace: Trace
     ) -> list[Finding]:
         """What the model finds in prepared video frames (:meth:`_prepare_frame`)."""
         return await self._infer(
@@ -271,16 +268,18 @@ class Engine:
             check = partial(self._checked.check, data, hashed=hashed)
             return await run_intake(self.decode_pool, check, self.decode_timeout_s)
 
-    def _predict(self, pixels: list[torch.Tensor], sizes: list[tuple[int, int]]) -> list[Finding]:
+    def _predict(self, pixels: list[Any], sizes: list[tuple[int, int]]) -> list[Finding]:
         # Stacked here, on the inference thread, not on the event loop: a GPU batch is tens
         # of megabytes to copy (into page-locked memory, see Classifier.stack). One image's
         # pictures may outnumber max_batch_size; they run in batches of that size.
-        size, model = self.max_batch_size, self.classifier
-        found: list[Finding] = []
-        for start in range(0, len(pixels), size):
-            output = model.predict(model.stack(pixels[start : start + size]))
-            found += model.findings(output, sizes[start : start + size])
-        return found
+        size = self.max_batch_size
+        return [
+            finding
+            for start in range(0, len(pixels), size)
+            for finding in self.classifier.find(
+                pixels[start : start + size], sizes[start : start + size]
+            )
+        ]
 
     async def _next_batch(self, queue: asyncio.Queue[_Item]) -> list[_Item]:
         """Queued items with at most ``max_batch_size`` pictures in all (an item with more

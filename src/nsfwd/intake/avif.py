@@ -6,8 +6,9 @@ libavif shows one thing of a file: its image sequence when it has one, else its 
 A viewer may see more: a program that does not animate shows the still image an animated
 AVIF carries beside its sequence, and any top-level image or thumbnail may be shown. So each
 of those is decoded from a copy of the file in which the ``pitm`` box names it as the primary
-item (and the ``moov`` box, renamed ``free``, no longer offers a sequence): a few bytes
-changed, the same decoder. Turning (``irot``, ``imir``) is libavif's, handed to Pillow as the
+item (the ``moov`` box, renamed ``free``, no longer offers a sequence, and ``thmb``
+references, which libavif will not show as primary, are renamed): a few bytes changed, the
+same decoder. Turning (``irot``, ``imir``) is libavif's, handed to Pillow as the
 EXIF orientation, which :func:`~nsfwd.intake.source.upright` applies.
 """
 
@@ -27,6 +28,8 @@ from nsfwd.intake.source import open_with_pillow, upright
 
 _STILL_BRANDS: Final = {b"avis": b"avif", b"msf1": b"mif1", b"avio": b"avif"}
 """Sequence brands, and the still-image brands that replace them where the sequence is hidden."""
+_FORGOTTEN_REFERENCE: Final = b"none"
+"""A reference type no decoder knows, which a ``thmb`` reference becomes."""
 
 
 def read_layout(data: bytes, limits: ImageLimits) -> Layout:
@@ -94,6 +97,8 @@ class AvifSource:
             if item >= 1 << (8 * width):
                 raise CorruptImageError(f"AVIF data is corrupt: item {item} cannot be primary")
             copy[at : at + width] = item.to_bytes(width, "big")
+            for start in container.thumbnail_boxes:  # libavif will not show a thumbnail
+                copy[start + 4 : start + 8] = _FORGOTTEN_REFERENCE
         return bytes(copy)
 
     def close(self) -> None:

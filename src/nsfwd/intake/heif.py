@@ -8,8 +8,9 @@ top-level image (a burst, a stereo pair, or a second picture hidden behind a ben
 one), and file browsers show the thumbnail. libheif turns each image upright itself (``irot``
 and ``imir``, which HEIF makes authoritative over the EXIF orientation); its ICC profile
 travels in the picture's ``info`` for :mod:`.colour`. HEIF image sequences (animated HEIF,
-HEVC in a ``moov`` track) are refused: libheif's binding does not decode them, and judging
-the still images alone would let the animation pass unseen.
+HEVC in a ``moov`` track), which libheif's binding does not decode, are played by FFmpeg
+(:mod:`.sequence`); without PyAV such a file is refused rather than judged on its still
+images alone, which would let the animation pass unseen.
 
 :func:`container_layout` is shared with :mod:`.avif`, whose container has the same structure.
 """
@@ -37,6 +38,7 @@ from nsfwd.intake.heif_structure import (
 from nsfwd.intake.isobmff import BoxError
 from nsfwd.intake.limits import ImageLimits, check_dimensions
 from nsfwd.intake.pictures import Layout, Picture
+from nsfwd.intake.sequence import SequenceFrames
 
 if TYPE_CHECKING:
     from pillow_heif import HeifFile, HeifImage
@@ -98,41 +100,47 @@ def container_layout(container: Container) -> tuple[Layout, list[int | None]]:
 
 
 class HeifSource:
-    """A HEIF file opened with libheif: its top-level images (the primary first) and their
-    thumbnails, in the order of :func:`container_layout`."""
+    """A HEIF file: the frames of its image sequence through FFmpeg (:mod:`.sequence`), its
+    top-level images (the primary first) and their thumbnails through libheif, in the order
+    of :func:`container_layout`."""
 
     format = "HEIF"
 
     def __init__(self, data: bytes, limits: ImageLimits) -> None:
-        container, layout, _ = read(data, "HEIF", limits)
-        if container.sequence() is not None:
-            raise UnsupportedFormatError(
-                "HEIF image sequences (animated HEIF) are not supported: only their still "
-                "images could be judged, and the animation would pass unseen; send it as GIF, "
-                "WebP or AVIF"
-            )
+        _, layout, items = read(data, "HEIF", limits)
         layout.check(limits)
         self.layout = layout
         self.limits = limits
-        self.file = _open_heif(data)
-        images = list(self.file)
-        primary = self.file.primary_index
-        images.insert(0, images.pop(primary))
-        self.pictures: list[tuple[HeifImage, int | None]] = [(image, None) for image in images]
+        self.frames = items.count(None)
+        self.sequence = SequenceFrames(data, "HEIF") if self.frames else None
+        self.pictures: list[tuple[HeifImage, int | None]] = []
+        if len(items) > self.frames:
+            self._open_images(data)
+
+    def _open_images(self, data: bytes) -> None:
+        """libheif's view of the top-level images and their thumbnails, which must be the
+        pictures the structure shows."""
+        file = _open_heif(data)
+        images = list(file)
+        images.insert(0, images.pop(file.primary_index))
+        self.pictures = [(image, None) for image in images]
         for image in images:
             thumbnails: Any = image.info.get("thumbnails") or []
-            count = len(thumbnails)
-            self.pictures += [(image, index) for index in range(count)]
-        if len(self.pictures) != len(layout.pictures):
+            self.pictures += [(image, index) for index in range(len(thumbnails))]
+        expected = len(self.layout.pictures) - self.frames
+        if len(self.pictures) != expected:
             raise CorruptImageError(
-                f"HEIF data is corrupt: its structure shows {len(layout.pictures)} pictures and "
-                f"libheif finds {len(self.pictures)}"
+                f"HEIF data is corrupt: its structure shows {expected} images and thumbnails "
+                f"and libheif finds {len(self.pictures)}"
             )
 
     def load(self, picture: Picture) -> Image.Image | None:
         """The picture decoded by libheif, upright; None for a thumbnail that does not
         decode. Raises :class:`CorruptImageError` for an image that does not."""
-        image, thumbnail = self.pictures[picture.index]
+        if picture.index < self.frames:
+            assert self.sequence is not None
+            return self.sequence.frame(picture.index)
+        image, thumbnail = self.pictures[picture.index - self.frames]
         first = picture.index == 0
         try:
             shown: Any = image if thumbnail is None else image.get_thumbnail(thumbnail)
@@ -152,8 +160,10 @@ class HeifSource:
         return decoded
 
     def close(self) -> None:
-        """Let libheif go."""
+        """Let libheif (and FFmpeg) go."""
         self.pictures = []
+        if self.sequence is not None:
+            self.sequence.close()
 
     def __enter__(self) -> HeifSource:
         return self

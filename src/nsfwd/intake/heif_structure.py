@@ -107,6 +107,8 @@ class Container:
     """Where the ``pitm`` box keeps the primary item's id: its position and width in bytes."""
     sequence_box: int | None = None
     """Where the ``moov`` box starts, if there is one."""
+    thumbnail_boxes: tuple[int, ...] = ()
+    """Where each ``thmb`` reference box starts."""
 
     def top_level(self) -> list[int]:
         """The image items a viewer may show, the primary first: images that are not hidden,
@@ -202,6 +204,7 @@ def read_container(data: bytes, limits: ContainerLimits = ContainerLimits()) -> 
 class _Meta:
     primary: int | None = None
     primary_field: tuple[int, int] | None = None
+    thumbnail_boxes: tuple[int, ...] = ()
     infos: list[tuple[int, bytes, bool]] = field(default_factory=list)
     locations: dict[int, tuple[int, list[tuple[int, int]]]] = field(default_factory=dict)
     references: dict[bytes, list[tuple[int, tuple[int, ...]]]] = field(default_factory=dict)
@@ -224,7 +227,7 @@ def _read_meta(reader: BoxReader, meta: Box, brands: Brands, limits: ContainerLi
         elif box.kind == b"iloc":
             found.locations = _read_iloc(data, box, limits)
         elif box.kind == b"iref":
-            found.references = _read_iref(reader, box, limits)
+            found.references, found.thumbnail_boxes = _read_iref(reader, box, limits)
         elif box.kind == b"iprp":
             for child in reader.children(box):
                 if child.kind == b"ipco":
@@ -250,6 +253,7 @@ def _read_meta(reader: BoxReader, meta: Box, brands: Brands, limits: ContainerLi
         (),
         tuple(item_id for item_id, _, _ in found.infos),
         found.primary_field,
+        thumbnail_boxes=found.thumbnail_boxes,
     )
 
 
@@ -328,12 +332,14 @@ def _read_iloc(
 
 def _read_iref(
     reader: BoxReader, box: Box, limits: ContainerLimits
-) -> dict[bytes, list[tuple[int, tuple[int, ...]]]]:
+) -> tuple[dict[bytes, list[tuple[int, tuple[int, ...]]]], tuple[int, ...]]:
+    """The references by type, and where each ``thmb`` reference box starts."""
     data = reader.data
     version, _, at = box.full(data)
     width = 2 if version == 0 else 4
     references: dict[bytes, list[tuple[int, tuple[int, ...]]]] = {}
     total = 0
+    thumbnails: list[int] = []
     for ref in reader.boxes(at, box.end):
         source = _uint(data, ref.body, width, ref)
         count = _uint(data, ref.body + width, 2, ref)
@@ -347,7 +353,9 @@ def _read_iref(
             raise BoxError(f"{ref.kind!r} reference at byte {ref.start} is truncated")
         targets = struct.unpack_from(f">{count}{'H' if width == 2 else 'I'}", data, start)
         references.setdefault(ref.kind, []).append((source, tuple(targets)))
-    return references
+        if ref.kind == b"thmb":
+            thumbnails.append(ref.start)
+    return references, tuple(thumbnails)
 
 
 def _read_ipma(data: bytes, box: Box, limits: ContainerLimits) -> dict[int, list[int]]:

@@ -13,6 +13,28 @@ SUPPORTED_FORMATS: Final = ("JPEG", "PNG", "WEBP", "GIF", "HEIF", "AVIF", "TIFF"
 ``HEIF`` covers HEIC)."""
 ACCEPTED: Final = "JPEG, PNG, WebP, GIF, HEIC/HEIF, AVIF, TIFF and BMP"
 """The accepted formats, as refusals list them."""
+MEDIA_TYPES: Final = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "HEIF": "image/heic",
+    "AVIF": "image/avif",
+    "TIFF": "image/tiff",
+    "BMP": "image/bmp",
+}
+"""Each accepted format's media type (HEIF files from phones are HEIC)."""
+EXTENSIONS: Final = {
+    "JPEG": "jpg",
+    "PNG": "png",
+    "WEBP": "webp",
+    "GIF": "gif",
+    "HEIF": "heic",
+    "AVIF": "avif",
+    "TIFF": "tiff",
+    "BMP": "bmp",
+}
+"""Each accepted format's usual file extension."""
 
 PNG_MAGIC: Final = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC: Final = b"\xff\xd8\xff"

@@ -33,14 +33,16 @@ def _has_ray_serve() -> bool:
 TIERS: Final = {
     # real Ray clusters and Ray Serve: one at a time (two cores cannot host two), one xdist group
     "ray": ("test_ray_serve", "test_ray_serve_autoscaling", "test_ray_data"),
-    # full-size models, compiling, the bench, and real `nsfwd` processes beyond one smoke test
-    # each (killed servers, process trees, a machine without the Hub)
+    # full-size models, compiling, the bench, a real Matrix Synapse (its own virtual
+    # environment, made once under a cache folder), and real `nsfwd` processes beyond one smoke
+    # test each (killed servers, process trees, a machine without the Hub)
     "heavy": (
         "test_parity",
         "test_compile",
         "test_crash",
         "test_supervisor",
         "test_bench",
+        "test_synapse",
         "test_fetch_bounds",
         "test_several_models::test_http_workers_reach_every_model",
         "test_imports::test_serve_with_http_workers_loads_torch_only_for_inference",

@@ -35,16 +35,22 @@ def make_key(
     policy: PolicyName | None = None,
     threshold: float | None = None,
     region_thresholds: str | None = None,
-    **limits: int,
+    creates_per_minute: int = 100,
+    max_in_flight: int = 10,
 ) -> str:
-    """Create an API key called ``name`` with ``limits`` (and its own ``policy``,
+    """Create an API key called ``name`` with these limits (and its own ``policy``,
     ``threshold`` and ``region_thresholds``, if given) in the store; returns its secret."""
 
     async def body(store: Store) -> str:
-        made = await store.keys.create(
-            name, policy=policy, threshold=threshold, region_thresholds=region_thresholds, **limits
+        created = await store.keys.create(
+            name,
+            policy=policy,
+            threshold=threshold,
+            region_thresholds=region_thresholds,
+            creates_per_minute=creates_per_minute,
+            max_in_flight=max_in_flight,
         )
-        return made[0]
+        return created[0]
 
     return with_store(store_url, body)
 

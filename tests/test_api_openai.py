@@ -23,12 +23,11 @@ from checkpoints import VIT
 from eachlabs_calls import KEY, create, created_id, eachlabs_server, poll
 from hosts import ALLOWED, Host, jpeg
 from nsfwd.api import create_app
-from nsfwd.api.openai.moderations import CATEGORIES
 from nsfwd.engine.batcher import Engine
 from nsfwd.jobs import Store
 from nsfwd.models.classifier import Classifier
 from nsfwd.settings import Settings
-from nsfwd.verdict import Policy
+from nsfwd.verdict import CATEGORIES, Policy
 from prodia_jobs import MODEL, TOKEN, job_files
 from servers import serve_app
 from store_handles import make_key

@@ -123,7 +123,8 @@ def test_heic_thumbnails_are_judged_and_turned_with_their_image() -> None:
     import pillow_heif
 
     built = pillow_heif.from_pillow(benign((320, 320)))
-    built[0].info["thumbnails"] = [64]
+    info: dict[str, Any] = built[0].info
+    info["thumbnails"] = [64]
     out = BytesIO()
     built.save(out, quality=90)
     views = load_views(out.getvalue())
@@ -273,7 +274,7 @@ def test_a_broken_thumbnail_does_not_refuse_its_image() -> None:
     thumb = data.index(b"\xff\xd8\xff", 10)
     data[thumb + 200 : thumb + 260] = bytes(60)  # damage inside the thumbnail's own headers
     views = load_views(bytes(data))
-    assert [v.picture for v in views.views][0] == "frame"
+    assert views.views[0].picture == "frame"
     assert shows(views.views[0].image) == "benign"
 
 

@@ -49,6 +49,12 @@ TORCH_FREE_MODULES = [
     "nsfwd.serve.ray.app",
     "nsfwd.serve.ray.engine",
     "nsfwd.serve.ray.proxy",
+    # banks of known images, the door every judgement goes through, the platforms' routes
+    "nsfwd.banks.matcher",
+    "nsfwd.engine.screened",
+    "nsfwd.api.pictrs.validate",
+    "nsfwd.api.banks.routes",
+    "nsfwd.cli.banks",
 ]
 
 # onnxruntime (the built-in open-nsfw model's runtime) is the inference side's too.

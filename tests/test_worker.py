@@ -27,7 +27,7 @@ from nsfwd.jobs.database import database_url
 from nsfwd.jobs.schema import predictions
 from nsfwd.jobs.worker import Worker, flagged
 from nsfwd.models.classifier import Classifier
-from nsfwd.verdict import Judgement, Labels, Policy
+from nsfwd.verdict import Judgement, Labels, Match, Policy
 from waiting import until
 
 T = TypeVar("T")
@@ -122,16 +122,16 @@ def test_bad_uploads_fail_with_the_image_error(classifier: Classifier, tmp_path:
 
     async def body(store: Store, worker: Worker) -> list[Prediction]:
         ids = [
-            await upload(store, b"GIF89a" + bytes(100), "anim.gif"),
+            await upload(store, b"%PDF-1.7\n" + bytes(100), "page.pdf"),
             await upload(store, noise_png(1, size=(64, 64)), "tiny.png"),
         ]
         await until(lambda: _count(all_finished(store, ids), 2))
         return await all_finished(store, ids)
 
-    gif, tiny = run(database_url(tmp_path), engine, body)
-    assert gif.status == "failed" and gif.labels is None
-    assert gif.error is not None and gif.error.startswith("input 'anim.gif': unsupported")
-    assert "GIF" in gif.error
+    pdf, tiny = run(database_url(tmp_path), engine, body)
+    assert pdf.status == "failed" and pdf.labels is None
+    assert pdf.error is not None and pdf.error.startswith("input 'page.pdf': unsupported")
+    assert "PDF" in pdf.error
     assert tiny.error is not None and tiny.error.startswith("input 'tiny.png': ")
     assert "128" in tiny.error
 
@@ -441,11 +441,13 @@ def test_a_predictions_own_policy_decides_its_verdict_over_the_servers(
     }
 
 
-def test_the_verdict_follows_the_moderate_policy() -> None:
-    assert flagged({"neutral": 0.2, "low": 0.2, "medium": 0.3, "high": 0.3}) is True
-    assert flagged({"neutral": 0.5, "low": 0.3, "medium": 0.1, "high": 0.1}) is False
-    assert flagged({"normal": 0.1, "nsfw": 0.9}) is True
-    assert flagged({"cat": 0.5, "dog": 0.5}) is None
+def test_the_verdict_follows_the_moderate_policy_and_a_bank_match_flags_anyway() -> None:
+    assert flagged(Judgement({"neutral": 0.2, "low": 0.2, "medium": 0.3, "high": 0.3})) is True
+    assert flagged(Judgement({"neutral": 0.5, "low": 0.3, "medium": 0.1, "high": 0.1})) is False
+    assert flagged(Judgement({"normal": 0.1, "nsfw": 0.9})) is True
+    assert flagged(Judgement({"cat": 0.5, "dog": 0.5})) is None
+    matched = Judgement({"normal": 1.0, "nsfw": 0.0}, match=Match("known", "0" * 64, 3))
+    assert flagged(matched, Policy("strict", 1.0)) is True
 
 
 async def _count(found: Awaitable[list[Prediction]], expected: int) -> bool:

@@ -10,8 +10,10 @@ from typing import Annotated, Final, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from nsfwd.banks.matcher import REFRESH_S
 from nsfwd.engine.pools import DEFAULT_SIZES, DNS, WEBHOOKS
 from nsfwd.engine.protocol import DECODE_TIMEOUT_S
+from nsfwd.engine.verdict_cache import DEFAULT_ENTRIES
 from nsfwd.fetch import WEBHOOK_ALLOW_SETTING, FetchPolicy, parse_networks, webhook_resolver
 from nsfwd.intake.limits import ANIMATION_STILLS, ImageLimits
 from nsfwd.models.names import DEFAULT_MODEL, ModelSpec
@@ -160,6 +162,18 @@ class Settings(BaseSettings):
         "Eachlabs). With none, and no key made with `nsfwd keys create`, the server refuses to "
         "bind beyond loopback.",
     )
+    admin_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated static API keys that may also administer the banks of "
+        "known images (/v1/banks); they are accepted everywhere api_keys are. Keys made with "
+        "`nsfwd keys create --admin` have the same right.",
+    )
+    validate_allow_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated CIDRs whose callers may use POST /v1/validate (pict-rs' "
+        "external validation, which sends no key of its own) without a key; from anywhere "
+        "else the route takes a key, in its query (?key=) or an Authorization header.",
+    )
 
     # --- The engine: batching, admission, decoding -----------------------------------------------
 
@@ -191,6 +205,21 @@ class Settings(BaseSettings):
         gt=0,
         description="How long decoding one image may run before it is refused as too costly "
         "(400); its thread is written off so that it holds no slot.",
+    )
+
+    # --- Banks of known images and remembered verdicts --------------------------------------------
+
+    bank_refresh_s: float = Field(
+        REFRESH_S,
+        gt=0,
+        description="How often, at most, each server process asks the store whether the banks "
+        "changed; a change made through this process's /v1/banks applies at once.",
+    )
+    verdict_cache_entries: int = Field(
+        DEFAULT_ENTRIES,
+        ge=0,
+        description="Verdicts remembered by content, model, policy and banks' revision, so the "
+        "same bytes twice are judged once (0: none). An entry is a few hundred bytes.",
     )
 
     # --- What an image may be --------------------------------------------------------------------
@@ -372,14 +401,16 @@ class Settings(BaseSettings):
                     "": "off"}.get(value, value)  # fmt: skip
         return value
 
-    @field_validator("models", "api_keys", "webhook_retry_delays", mode="before")
+    @field_validator("models", "api_keys", "admin_keys", "webhook_retry_delays", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("fetch_allow_networks", "webhook_allow_networks", mode="before")
+    @field_validator(
+        "fetch_allow_networks", "webhook_allow_networks", "validate_allow_networks", mode="before"
+    )
     @classmethod
     def _split_networks(cls, value: object) -> object:
         if isinstance(value, str | list | tuple):

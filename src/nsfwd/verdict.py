@@ -17,6 +17,9 @@ labels are each class's best region score. A policy's region thresholds (by defa
 exposed explicit classes over 0.5) flag an image on a region whose label is over its own
 threshold, whether the regions come from a detector alone or beside a classifier's labels (then
 either flags).
+
+A picture that matches a bank of known images (:mod:`nsfwd.banks`) is flagged whatever the
+policy: its judgement carries the :class:`Match`, and the model need not run for it.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, cast
 
 if TYPE_CHECKING:
     from nsfwd.intake.pictures import PictureKind
@@ -127,6 +130,16 @@ def parse_region_thresholds(text: str) -> tuple[tuple[str, float], ...]:
 def format_region_thresholds(rules: Iterable[tuple[str, float]]) -> str:
     """Region thresholds as :func:`parse_region_thresholds` reads them."""
     return ",".join(f"{label}={threshold:g}" for label, threshold in rules)
+
+
+CATEGORIES: Final = (
+    "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit",
+    "illicit/violent", "self-harm", "self-harm/intent", "self-harm/instructions", "sexual",
+    "sexual/minors", "violence", "violence/graphic",
+)  # fmt: skip
+"""The moderation categories a verdict may be filed under (OpenAI's); a model's verdict is
+``sexual``, and a bank may stand for any of them."""
+JUDGED_CATEGORY: Final = "sexual"
 
 
 @dataclass(frozen=True)
@@ -232,6 +245,56 @@ def _safe_label(labels: Sequence[str]) -> str | None:
     return next((lowered[name] for name in SAFE_LABELS if name in lowered), None)
 
 
+def certain(labels: Sequence[str]) -> Labels:
+    """Labels that every policy flags at any threshold below 1: all the probability on the
+    most severe label (``high`` where the model has severity buckets, else the first label
+    that is not the safe one). What an image matched in a bank is answered with when the
+    model does not run, so that a client that reads only the labels refuses it too."""
+    if not labels:
+        raise ValueError("a model has at least one label")
+    safe = _safe_label(labels)
+    severe = "high" if "high" in labels else next((x for x in labels if x != safe), labels[-1])
+    return {label: 1.0 if label == severe else 0.0 for label in labels}
+
+
+@dataclass(frozen=True)
+class Match:
+    """A judged picture whose PDQ hash is within a bank's distance of a banked hash."""
+
+    bank: str
+    hash: str
+    """The banked hash it matched (64 hexadecimal digits)."""
+    distance: int
+    """How many of the 256 bits differ."""
+    category: str | None = None
+    """The moderation category the bank stands for (:data:`CATEGORIES`); None: ``sexual``."""
+    frame: int = 0
+    """The frame of the picture that matched."""
+
+    def details(self) -> dict[str, Any]:
+        """The match as responses give it: ``bank``, ``hash``, ``distance``, ``category``
+        and ``frame``."""
+        return {
+            "bank": self.bank,
+            "hash": self.hash,
+            "distance": self.distance,
+            "category": self.category or JUDGED_CATEGORY,
+            "frame": self.frame,
+        }
+
+    @classmethod
+    def from_details(cls, details: Mapping[str, Any]) -> Match:
+        """The match :meth:`details` describes."""
+        category = details.get("category")
+        return cls(
+            bank=str(details["bank"]),
+            hash=str(details["hash"]),
+            distance=int(details["distance"]),
+            category=None if category in (None, JUDGED_CATEGORY) else str(category),
+            frame=int(details.get("frame", 0)),
+        )
+
+
 @dataclass(frozen=True)
 class Judgement:
     """The labels an image is answered with: those of its worst view, and which view that was;
@@ -247,6 +310,14 @@ class Judgement:
     picture: PictureKind = "frame"
     """What the answering picture is: a frame (or the still image), a TIFF page, another
     top-level image of a HEIF or AVIF, or a thumbnail."""
+    match: Match | None = None
+    """The banked image a picture matched, if any: the image is flagged whatever the labels."""
+
+    def flagged(self, policy: Policy) -> bool:
+        """Whether ``policy`` flags this judgement: a bank matched, or the labels (and a
+        detector's regions) are over the policy's thresholds (ValueError where the policy
+        cannot score them)."""
+        return self.match is not None or policy.flagged(self.labels, self.regions or ())
 
     @property
     def chosen(self) -> bool:
@@ -281,8 +352,10 @@ class Judgement:
         return kept or None
 
     @classmethod
-    def from_stored(cls, labels: dict[str, float], kept: Mapping[str, Any] | None) -> Judgement:
-        """The judgement :meth:`stored` describes, for ``labels``."""
+    def from_stored(
+        cls, labels: dict[str, float], kept: Mapping[str, Any] | None, match: Match | None = None
+    ) -> Judgement:
+        """The judgement :meth:`stored` describes, for ``labels`` (and ``match``)."""
         kept = kept or {}
         found = kept.get("regions")
         regions = None if found is None else tuple(Region.from_dict(item) for item in found)
@@ -294,6 +367,7 @@ class Judgement:
             backdrop=kept.get("backdrop"),
             regions=regions,
             picture=kept.get("picture", "frame"),
+            match=match,
         )
 
 

@@ -22,7 +22,8 @@ from nsfwd.verdict import Policy, Region
 def record(result: FileResult, policy: Policy) -> dict[str, Any]:
     """The JSON record for one file: labels and verdict, or the error; ``judged`` (which frame
     and backdrop the labels are of) where more than one picture of it was judged; ``regions``
-    for a detector."""
+    for a detector; ``match`` where a bank of known images matched it (flagged whatever the
+    score)."""
     if result.labels is None:
         return {"path": result.path, "error": result.error}
     score = policy.score(result.labels)
@@ -30,7 +31,7 @@ def record(result: FileResult, policy: Policy) -> dict[str, Any]:
     found = {
         "path": result.path,
         "labels": result.labels,
-        "flagged": policy.flagged(result.labels, regions),
+        "flagged": policy.flagged(result.labels, regions) or result.match is not None,
         "policy": policy.name,
         "score": score,
         "threshold": policy.threshold,
@@ -39,6 +40,8 @@ def record(result: FileResult, policy: Policy) -> dict[str, Any]:
         found["judged"] = result.judged
     if result.regions is not None:
         found["regions"] = result.regions
+    if result.match is not None:
+        found["match"] = result.match
     return found
 
 

@@ -4,8 +4,10 @@ pipeline; settings and the policy from parsed arguments; the progress bar."""
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nsfwd.models.names import DECODE_MODES
 from nsfwd.verdict import (
@@ -222,3 +224,31 @@ def progress_bar(*, show: bool) -> Progress:
 
 Commands = argparse._SubParsersAction  # argparse names no public type for add_subparsers()
 """What ``add_subparsers`` returns: each command module's ``register`` adds its parser to it."""
+
+
+def print_listing(
+    rows: list[dict[str, Any]], header: list[str], cells: list[list[str]], *,
+    as_json: bool, nothing: str,
+) -> bool:  # fmt: skip
+    """A ``list`` command's output: ``rows`` as a JSON array, or ``nothing`` (what to do) on
+    stderr when there are none, or ``cells`` under ``header`` in columns. Whether a table was
+    printed."""
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(nothing, file=sys.stderr)
+    else:
+        print_table(header, cells)
+        return True
+    return False
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    """Print ``rows`` under ``header`` in left-aligned columns (``nsfwd keys list``,
+    ``nsfwd banks list``)."""
+    table = [header, *rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for line in table:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        )

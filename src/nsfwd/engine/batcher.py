@@ -20,12 +20,14 @@ import asyncio
 import contextlib
 import math
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
 import torch
 
+from nsfwd.banks.pdq import PictureHash
 from nsfwd.engine import DECODE_TIMEOUT_S, EngineClosedError, QueueFullError, pools, run_intake
 from nsfwd.engine.metrics import Metrics
 from nsfwd.intake import ImageLimits, UnscorableImageError
@@ -115,6 +117,11 @@ class Engine:
         }
 
     @property
+    def labels(self) -> tuple[str, ...]:
+        """The model's labels, in its order."""
+        return self.classifier.labels
+
+    @property
     def in_flight(self) -> int:
         """Images admitted and not yet answered."""
         return self._admitted
@@ -170,32 +177,42 @@ class Engine:
         """
         if not self.ready or self._queue is None:
             raise EngineClosedError("the model is not loaded yet")
-        if self._admitted >= self.max_queue:
-            self.metrics.rejected.inc()
-            raise QueueFullError(self.retry_after())
-        self._admitted += 1
-        self.metrics.queue_size.set(self._admitted)
-        try:
+        with self._admission():
             prepare = partial(self._checked.load, data)
             views = await run_intake(self.decode_pool, prepare, self.decode_timeout_s)
             future: asyncio.Future[list[Finding]] = asyncio.get_running_loop().create_future()
             item = _Item(views.images, views.sizes, future, time.perf_counter(), trace or Trace())
             self._queue.put_nowait(item)
             found = await future
+        return judge(views, found, policy or Policy())
+
+    @contextlib.contextmanager
+    def _admission(self) -> Iterator[None]:
+        """Count one image in for the block, or refuse it with :class:`QueueFullError` when
+        ``max_queue`` are in already (a check's decoding counts too: a flood is refused before
+        it is decoded)."""
+        if self._admitted >= self.max_queue:
+            self.metrics.rejected.inc()
+            raise QueueFullError(self.retry_after())
+        self._admitted += 1
+        self.metrics.queue_size.set(self._admitted)
+        try:
+            yield
         finally:
             self._admitted -= 1
             self.metrics.queue_size.set(self._admitted)
-        return judge(views, found, policy or Policy())
 
-    async def check(self, data: bytes) -> None:
+    async def check(self, data: bytes, *, hashed: bool = False) -> list[PictureHash]:
         """Decode and prepare ``data`` as :meth:`judge` does, on the decode pool, raising
         its :class:`~nsfwd.intake.ImageError`; the pictures are kept (the last
-        :data:`~nsfwd.intake.checked.KEPT` images) for a :meth:`judge` of the same bytes."""
+        :data:`~nsfwd.intake.checked.KEPT` images) for a :meth:`judge` of the same bytes.
+        ``hashed``: hash every picture too, and return the hashes. Admitted as :meth:`judge`
+        is (:class:`QueueFullError` when full)."""
         if not self.ready:
             raise EngineClosedError("the model is not loaded yet")
-        await run_intake(
-            self.decode_pool, partial(self._checked.check, data), self.decode_timeout_s
-        )
+        check = partial(self._checked.check, data, hashed=hashed)
+        with self._admission():
+            return await run_intake(self.decode_pool, check, self.decode_timeout_s)
 
     def _predict(self, pixels: list[torch.Tensor], sizes: list[tuple[int, int]]) -> list[Finding]:
         # Stacked here, on the inference thread, not on the event loop: a GPU batch is tens

@@ -78,12 +78,14 @@ class ApiKeys:
         policy: PolicyName | None = None,
         threshold: float | None = None,
         region_thresholds: str | None = None,
+        admin: bool = False,
     ) -> tuple[str, ApiKey]:
         """Create an API key; returns its secret (shown once, never stored) and its record.
 
         ``policy``, ``threshold`` and ``region_thresholds`` (``LABEL=T,...``) decide its
         predictions' verdicts (``flagged``); what is left ``None`` follows the server's.
-        Raises ValueError when one is invalid.
+        Raises ValueError when one is invalid. ``admin``: the key may also administer the
+        banks of known images.
         """
         Policy().overridden(policy, threshold, region_thresholds)  # validates them
         plaintext = generate_key()
@@ -98,6 +100,7 @@ class ApiKeys:
             policy=policy,
             threshold=threshold,
             region_thresholds=region_thresholds,
+            admin=admin,
         )
         values = {column.name: getattr(record, column.name) for column in api_keys.columns}
         async with self.database.write() as connection:

@@ -314,10 +314,12 @@ class Predictions:
         error: str | None = None,
         predict_time: float | None = None,
         judged: Mapping[str, Any] | None = None,
+        match: Mapping[str, Any] | None = None,
         keep_input: bool = True,
     ) -> Prediction | None:
-        """Record the outcome: ``labels`` (and ``flagged``, the verdict, and ``judged``: which
-        picture they are of) on success, or an ``error``.
+        """Record the outcome: ``labels`` (and ``flagged``, the verdict, ``judged``: which
+        picture they are of, and ``match``: the banked image one matched) on success, or an
+        ``error``.
 
         Only while ``owner`` still holds the prediction; returns the finished prediction, or
         ``None`` when the lease was lost (the outcome is then discarded). Enqueues the webhook
@@ -334,6 +336,7 @@ class Predictions:
             "error": error,
             "predict_time": predict_time,
             "judged": dict(judged) if judged is not None else None,
+            "match": dict(match) if match is not None else None,
             "lease_owner": None,
             "lease_expires_at": None,
         }

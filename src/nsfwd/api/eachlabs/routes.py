@@ -126,6 +126,8 @@ def document(prediction: Prediction) -> dict[str, Any]:
         doc["judged"] = judged  # which frame and backdrop the labels are of
     if regions is not None:
         doc["regions"] = regions  # a detector's
+    if prediction.match is not None:
+        doc["match"] = prediction.match  # the banked image it matched: flagged whatever the labels
     if status == "error":
         doc["message"] = prediction.error or "the prediction failed"
         doc["details"] = "prediction_failed"

@@ -7,8 +7,10 @@ one result, in input order. nsfwd judges one of OpenAI's categories, ``sexual``:
 the verdict policy's (moderate unless the server or the API key sets another), flagged above
 the threshold (a detector's: by the region thresholds), and applied to ``["image"]``. Every
 other category is present, as OpenAI's answers always are, with score 0, not flagged, and no
-applied input types, as OpenAI does for a category its model does not judge on images. Text
-inputs are refused with a 400: nsfwd judges images only. Refusals are OpenAI's error body
+applied input types, as OpenAI does for a category its model does not judge on images. An image
+that matches a bank of known images is flagged under the bank's category (``sexual`` unless the
+bank names another, say ``sexual/minors``) with score 1, and the result carries the ``match``.
+Text inputs are refused with a 400: nsfwd judges images only. Refusals are OpenAI's error body
 (:mod:`nsfwd.api.openai.wire`).
 """
 
@@ -39,20 +41,14 @@ from nsfwd.fetch import FetchError, FetchPolicy, fetch
 from nsfwd.intake import ImageError
 from nsfwd.models.names import not_loaded_hint
 from nsfwd.settings import Settings
-from nsfwd.verdict import Labels, Policy
+from nsfwd.verdict import CATEGORIES, JUDGED_CATEGORY, Judgement, Match, Policy
 
 ROUTE: Final = "/v1/moderations"
 MAX_INPUTS: Final = 32
 """Most inputs one request may carry; each is a model call."""
 JSON_OVERHEAD_BYTES: Final = 64 * 1024
 """What a request body may carry beyond one image as base64: the JSON around it."""
-CATEGORIES: Final = (
-    "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit",
-    "illicit/violent", "self-harm", "self-harm/intent", "self-harm/instructions", "sexual",
-    "sexual/minors", "violence", "violence/graphic",
-)  # fmt: skip
-"""Every category of OpenAI's moderation answer; nsfwd scores ``sexual``."""
-JUDGED: Final = "sexual"
+JUDGED: Final = JUDGED_CATEGORY
 OPENAI_MODELS: Final = frozenset(
     {"omni-moderation-latest", "omni-moderation-2024-09-26", "text-moderation-latest",
      "text-moderation-stable", "text-moderation-007"}
@@ -184,16 +180,23 @@ def decode_data_uri(url: str, max_bytes: int) -> bytes:
     return data
 
 
-def moderation(score: float, flagged: bool) -> dict[str, Any]:
-    """One result: ``sexual`` judged on the image, every other category not judged."""
-    return {
-        "flagged": flagged,
-        "categories": {name: name == JUDGED and flagged for name in CATEGORIES},
-        "category_scores": {name: score if name == JUDGED else 0.0 for name in CATEGORIES},
+def moderation(score: float, flagged: bool, match: Match | None = None) -> dict[str, Any]:
+    """One result: ``sexual`` judged on the image, every other category not judged; a bank's
+    ``match`` flags its own category (``sexual`` by default) with score 1."""
+    judged = {JUDGED: (score, flagged)}
+    if match is not None:
+        judged[match.category or JUDGED] = (1.0, True)
+    result: dict[str, Any] = {
+        "flagged": flagged or match is not None,
+        "categories": {name: judged.get(name, (0.0, False))[1] for name in CATEGORIES},
+        "category_scores": {name: judged.get(name, (0.0, False))[0] for name in CATEGORIES},
         "category_applied_input_types": {
-            name: ["image"] if name == JUDGED else [] for name in CATEGORIES
+            name: ["image"] if name in judged else [] for name in CATEGORIES
         },
     }
+    if match is not None:
+        result["match"] = match.details()
+    return result
 
 
 class Moderations:
@@ -237,12 +240,15 @@ class Moderations:
                     headers={"Retry-After": str(exc.retry_after)},
                 ) from None
             await self.rate_limiter.count(caller.ref, caller.limits)
-        labels = await asyncio.gather(*(self._judge(engine, each, policy) for each in inputs))
+        judgements = await asyncio.gather(*(self._judge(engine, each, policy) for each in inputs))
         try:  # a detector's labels flag by the region thresholds, not by one score
-            judged = [(policy.score(each), policy.flagged(each)) for each in labels]
+            judged = [(policy.score(each.labels), each.flagged(policy)) for each in judgements]
         except ValueError as exc:  # labels no policy scores, or scores that are NaN
             raise _invalid(f"model {name!r} cannot be judged: {exc}", param="model") from None
-        results = [moderation(score, flagged) for score, flagged in judged]
+        results = [
+            moderation(score, flagged, each.match)
+            for (score, flagged), each in zip(judged, judgements, strict=True)
+        ]
         return JSONResponse({"id": f"modr-{uuid.uuid4().hex}", "model": name, "results": results})
 
     def _model(self, requested: object) -> tuple[str, ClassifyEngine]:
@@ -266,9 +272,9 @@ class Moderations:
             return server
         return server.overridden(caller.policy, caller.threshold, caller.region_thresholds)
 
-    async def _judge(self, engine: ClassifyEngine, image: ImageInput, policy: Policy) -> Labels:
-        """The labels of the worst picture of ``image`` under ``policy`` (every frame of an
-        animation, a transparent image over black and over white)."""
+    async def _judge(self, engine: ClassifyEngine, image: ImageInput, policy: Policy) -> Judgement:
+        """The judgement of the worst picture of ``image`` under ``policy`` (every frame of
+        an animation, a transparent image over black and over white), or a bank's match."""
         data = await self._image(image)
         if not engine.ready:
             raise OpenAIError(
@@ -277,7 +283,7 @@ class Moderations:
                 headers={"Retry-After": "5"},
             )
         try:
-            return (await engine.judge(data, policy)).labels
+            return await engine.judge(data, policy)
         except ImageError as exc:
             raise _invalid(f"{image.shown}: {exc.message}", code="invalid_image") from None
         except QueueFullError as exc:

@@ -312,8 +312,9 @@ class ProdiaJobs:
         labels = None if judgement is None else judgement.labels
         judged = None if judgement is None or not judgement.chosen else judgement.details()
         regions = None if judgement is None else judgement.region_dicts()
+        match = None if judgement is None or judgement.match is None else judgement.match.details()
         document = json_bytes(
-            job.document("completed", labels=labels, judged=judged, regions=regions)
+            job.document("completed", labels=labels, judged=judged, regions=regions, match=match)
         )
         return job_response(document, multipart=multipart, outputs=outputs)
 

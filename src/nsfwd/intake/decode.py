@@ -49,6 +49,7 @@ __all__ = [
     "load_prepared",
     "load_thumbnails",
     "load_views",
+    "open_pictures",
     "read_header",
 ]
 
@@ -179,6 +180,18 @@ def read_header(data: bytes, limits: ImageLimits = ImageLimits()) -> ImageHeader
                                colour, thumbnails)  # fmt: skip
         width, height = pictures[0].size or (0, 0)
         return ImageHeader(fmt, width, height, "RGB", None, frames, True, thumbnails)
+
+
+def open_pictures(data: bytes, limits: ImageLimits = ImageLimits()) -> Source:
+    """Run :func:`read_header`'s checks and open the file's decoder: its pictures
+    (``layout``), each decoded upright by ``load``, for a caller that handles the pictures
+    themselves (a redacted copy). Raises what :func:`read_header` raises; the caller turns the
+    decoder's errors while loading into :class:`ImageError`."""
+    if isinstance(data, bytearray | memoryview):
+        data = bytes(data)
+    fmt, layout = _check_before_opening(data, limits)
+    with _decode_errors(fmt, layout, limits):
+        return _open_source(data, fmt, layout, limits)
 
 
 # --- checks before decoding ---------------------------------------------------------------

@@ -168,6 +168,13 @@ class Container:
             tiles = self.tiles(item_id)
             if not tiles:
                 raise BoxError(f"derived image item {item_id} references no images")
+            if item.type == b"grid" and item.grid is not None:
+                rows, columns = item.grid[:2]
+                if rows * columns != len(tiles):
+                    raise BoxError(
+                        f"grid item {item_id} is {rows} x {columns} tiles but references "
+                        f"{len(tiles):,}"
+                    )
             return sum(self.decode_cost(tile, depth + 1) for tile in tiles)
         if item.stored is None:
             raise BoxError(f"image item {item_id} has no size ('ispe' property)")

@@ -39,6 +39,7 @@ from nsfwd.intake import ImageLimits, sniff_format
 from nsfwd.intake.sniff import EXTENSIONS, MEDIA_TYPES
 from nsfwd.verdict import Judgement
 from prodia_jobs import MODEL, job_files
+from test_remote import remote
 from test_worker import image_host
 
 __all__ = ["flagger"]  # the fixture, imported for this module's tests
@@ -161,23 +162,10 @@ def test_classify_finds_every_format_in_folders_and_records_which_picture(
 
 
 def test_the_inference_socket_of_http_workers(flagger: FlagClassifier, tmp_path: Path) -> None:
-    from nsfwd.engine.remote import InferenceServer, RemoteEngine
-
     async def main() -> list[Judgement]:
         engine = Engine(flagger, max_batch_size=8, limits=ImageLimits())
-        await engine.start()
-        server = InferenceServer(engine, tmp_path / "inference.sock")
-        await server.start()
-        client = RemoteEngine(
-            server.path, model_name="flagger", max_batch_size=8, max_queue=8, limits=engine.limits
-        )
-        await client.start()
-        try:
-            return [await client.judge(data) for data, _ in FLAGGED.values()]
-        finally:
-            await client.stop()
-            await server.stop()
-            await engine.stop()
+        async with remote(engine, tmp_path) as served:
+            return [await served.client.judge(data) for data, _ in FLAGGED.values()]
 
     for judgement, (case, (_, judged)) in zip(asyncio.run(main()), FLAGGED.items(), strict=True):
         assert judgement.labels["high"] > 0.9, case

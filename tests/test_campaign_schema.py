@@ -173,8 +173,8 @@ def test_known_good_calls_get_documented_answers(api: Any, accept: str) -> None:
 
     for job_type in ("inference.vit.img2label.v1", "inference.vit.img2label.v2"):
         call("POST /v2/job", 200, body=_job_body(job_type), media_type="multipart/form-data")
-    for image in (heic_hiding_a_second_image(), gif_benign_for_10ms(), tiff_worse_second_page()):
-        body = _job_body("inference.vit.img2label.v2") | {"input": image}
+    for picture in (heic_hiding_a_second_image(), gif_benign_for_10ms(), tiff_worse_second_page()):
+        body = _job_body("inference.vit.img2label.v2") | {"input": picture}
         call("POST /v2/job", 200, body=body, media_type="multipart/form-data")
     submitted = call(
         "POST /v2/job/async",

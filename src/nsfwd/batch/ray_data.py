@@ -34,6 +34,7 @@ from numpy.typing import NDArray
 from nsfwd.batch import sources
 from nsfwd.batch.pipeline import FileResult
 from nsfwd.intake import ImageError, ImageLimits, load_image
+from nsfwd.models.names import DEFAULT_CALIBRATION_IMAGES
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -69,9 +70,13 @@ class ModelOptions:
     revision: str | None = None
     device: str | None = None
     dtype: str | None = None
+    runtime: str | None = None
     quantize: str | None = None
     compile: str | None = None
     compile_cache_dir: Path | None = None
+    calibration_dir: Path | None = None
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES
+    data_dir: Path | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelOptions:
@@ -81,9 +86,13 @@ class ModelOptions:
             revision=settings.revision,
             device=settings.device,
             dtype=settings.dtype,
+            runtime=settings.runtime,
             quantize=settings.quantize,
             compile=settings.compile,
             compile_cache_dir=settings.compile_cache_dir,
+            calibration_dir=settings.calibration_dir,
+            calibration_images=settings.calibration_images,
+            data_dir=settings.data_dir,
         )
 
     def on_cpu(self) -> ModelOptions:

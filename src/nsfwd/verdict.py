@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, cast
 
 if TYPE_CHECKING:
+    from nsfwd.intake.pictures import PictureKind
     from nsfwd.intake.views import Backdrop, Views
 
 Labels = dict[str, float]
@@ -306,6 +307,9 @@ class Judgement:
     backdrop: Backdrop | None = None
     regions: tuple[Region, ...] | None = None
     """What a detector found, frame by frame (None: the model is a classifier)."""
+    picture: PictureKind = "frame"
+    """What the answering picture is: a frame (or the still image), a TIFF page, another
+    top-level image of a HEIF or AVIF, or a thumbnail."""
     match: Match | None = None
     """The banked image a picture matched, if any: the image is flagged whatever the labels."""
 
@@ -321,14 +325,18 @@ class Judgement:
         return self.frames_judged > 1 or self.backdrop is not None
 
     def details(self) -> dict[str, Any]:
-        """Which picture answered, for responses: ``frame`` (its index), ``frames`` (in the
-        file), ``frames_judged`` and ``backdrop`` (``white``, ``black`` or null)."""
-        return {
+        """Which picture answered, for responses: ``frame`` (its index), ``frames`` (pictures
+        in the file), ``frames_judged`` and ``backdrop`` (``white``, ``black`` or null); and
+        ``picture`` (``page``, ``image`` or ``thumbnail``) where it is not a frame."""
+        details: dict[str, Any] = {
             "frame": self.frame,
             "frames": self.frames,
             "frames_judged": self.frames_judged,
             "backdrop": self.backdrop,
         }
+        if self.picture != "frame":
+            details["picture"] = self.picture
+        return details
 
     def region_dicts(self) -> list[dict[str, Any]] | None:
         """The regions in their wire form (:meth:`Region.as_dict`), or None for a classifier."""
@@ -358,6 +366,7 @@ class Judgement:
             frames_judged=int(kept.get("frames_judged", 1)),
             backdrop=kept.get("backdrop"),
             regions=regions,
+            picture=kept.get("picture", "frame"),
             match=match,
         )
 
@@ -395,6 +404,7 @@ def worst(
         frames_judged=views.frames_judged,
         backdrop=view.backdrop,
         regions=None if regions is None else _regions_by_frame(views, scores, regions),
+        picture=view.picture,
     )
 
 

@@ -35,6 +35,7 @@ from nsfwd.api.prodia.sync import ProdiaJobs
 from nsfwd.engine import ClassifyEngine, EngineClosedError, QueueFullError
 from nsfwd.engine.served import ServedModels
 from nsfwd.intake import ImageError, sniff_format
+from nsfwd.intake.sniff import MEDIA_TYPES
 from nsfwd.jobs import CapacityError, Limits, Prediction, Store, Upload
 from nsfwd.jobs.worker import Worker
 from nsfwd.settings import Settings
@@ -276,15 +277,11 @@ class ProdiaAsyncJobs(ProdiaJobs):
         return image_response(upload.data)
 
 
-IMAGE_TYPES: Final = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
-"""The media type a stored image is served under, by the format its bytes have."""
-
-
 def image_response(data: bytes) -> Response:
     """A stored image, served as the image its bytes are, never under the type its uploader
     claimed (a "text/html" upload served as such would run in the browser of whoever opens the
     link), with ``nosniff`` so browsers do not guess either."""
-    media_type = IMAGE_TYPES.get(sniff_format(data) or "", "application/octet-stream")
+    media_type = MEDIA_TYPES.get(sniff_format(data) or "", "application/octet-stream")
     return Response(data, media_type=media_type, headers={"X-Content-Type-Options": "nosniff"})
 
 

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from nsfwd.engine.batcher import Engine
-from nsfwd.intake import ImageLimits
+from nsfwd.intake import ImageLimits, sniff_format
 from nsfwd.intake.containers import iso_bmff_kind
 from nsfwd.intake.video import Sampling, VideoReader, sample_times, sniff_video
 from nsfwd.models.classifier import Classifier
@@ -160,7 +160,9 @@ def test_video_brands_are_told_from_image_brands() -> None:
     assert iso_bmff_kind(ftyp(b"avif", b"avif", b"mif1", b"miaf")) == "image"
     assert iso_bmff_kind(ftyp(b"mif1", b"heic", b"iso8")) == "image"
     assert iso_bmff_kind(ftyp(b"isom", b"isom", b"avc1", b"mp41")) == "video"
-    assert iso_bmff_kind(ftyp(b"mp42", b"mp42", b"mif1")) == "video"  # a video brand wins
+    # an image brand decides, as the image intake reads it (nsfwd.intake.isobmff)
+    assert iso_bmff_kind(ftyp(b"mp42", b"mp42", b"mif1")) == "image"
+    assert sniff_format(ftyp(b"mp42", b"mp42", b"mif1")) == "HEIF"
     assert iso_bmff_kind(ftyp(b"XYZW")) == "video"  # a camera's own brand
     assert sniff_video(ftyp(b"qt  ")) == "MOV"
     assert sniff_video(ftyp(b"heic", b"mif1")) is None

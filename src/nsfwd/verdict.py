@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, cast
 
 if TYPE_CHECKING:
+    from nsfwd.intake.pictures import PictureKind
     from nsfwd.intake.views import Backdrop, Views
     from nsfwd.timeline import VideoVerdict
 
@@ -317,6 +318,9 @@ class Judgement:
     """A video's worst moment, how much was judged, and its segments; None for an image."""
     regions: tuple[Region, ...] | None = None
     """What a detector found, frame by frame (None: the model is a classifier)."""
+    picture: PictureKind = "frame"
+    """What the answering picture is: a frame (or the still image), a TIFF page, another
+    top-level image of a HEIF or AVIF, or a thumbnail."""
     match: Match | None = None
     """The banked image a picture matched, if any: the image is flagged whatever the labels."""
 
@@ -338,17 +342,21 @@ class Judgement:
         return None if self.video is None else self.video.segment_dicts
 
     def details(self) -> dict[str, Any]:
-        """Which picture answered, for responses: ``frame`` (its index), ``frames`` (in the
-        file), ``frames_judged`` and ``backdrop`` (``white``, ``black`` or null); for a video,
-        :meth:`nsfwd.timeline.VideoVerdict.details` (``time`` of the worst moment...)."""
+        """Which picture answered, for responses: ``frame`` (its index), ``frames`` (pictures
+        in the file), ``frames_judged`` and ``backdrop`` (``white``, ``black`` or null); and
+        ``picture`` (``page``, ``image`` or ``thumbnail``) where it is not a frame; for a
+        video, :meth:`nsfwd.timeline.VideoVerdict.details` (``time`` of the worst moment...)."""
         if self.video is not None:
             return self.video.details()
-        return {
+        details: dict[str, Any] = {
             "frame": self.frame,
             "frames": self.frames,
             "frames_judged": self.frames_judged,
             "backdrop": self.backdrop,
         }
+        if self.picture != "frame":
+            details["picture"] = self.picture
+        return details
 
     def region_dicts(self) -> list[dict[str, Any]] | None:
         """The regions in their wire form (:meth:`Region.as_dict`), or None for a classifier."""
@@ -395,6 +403,7 @@ class Judgement:
             frames_judged=int(kept.get("frames_judged", 1)),
             backdrop=kept.get("backdrop"),
             regions=regions,
+            picture=kept.get("picture", "frame"),
             match=match,
         )
 
@@ -432,6 +441,7 @@ def worst(
         frames_judged=views.frames_judged,
         backdrop=view.backdrop,
         regions=None if regions is None else _regions_by_frame(views, scores, regions),
+        picture=view.picture,
     )
 
 

@@ -67,6 +67,16 @@ DEMUXERS: Final[dict[VideoFormat, str]] = {
 CODECS: Final = {"h264": "H.264", "hevc": "H.265", "av1": "AV1", "vp8": "VP8", "vp9": "VP9"}
 """The video codecs decoded (FFmpeg's names, and how messages name them); any other is
 refused unread, which keeps the rest of FFmpeg's decoders out of reach of uploads."""
+VIDEO_MEDIA_TYPES: Final[dict[str, str]] = {
+    "MP4": "video/mp4",
+    "MOV": "video/quicktime",
+    "WEBM": "video/webm",
+    "MKV": "video/x-matroska",
+}
+"""Each accepted container's media type (as :data:`nsfwd.intake.sniff.MEDIA_TYPES` for
+images)."""
+VIDEO_EXTENSIONS: Final[dict[str, str]] = {"MP4": "mp4", "MOV": "mov", "WEBM": "webm", "MKV": "mkv"}
+"""Each accepted container's usual file extension."""
 VIDEO_SUFFIXES: Final = frozenset({".mp4", ".m4v", ".mov", ".webm", ".mkv"})
 """What folders are searched for besides images (a file named on the command line is tried
 whatever its name: the content decides)."""

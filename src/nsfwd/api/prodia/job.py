@@ -26,7 +26,8 @@ from fastapi.responses import PlainTextResponse
 from nsfwd.api.http.errors import ApiError, BadRequestError, PayloadTooLargeError
 from nsfwd.api.http.multipart import Part, encode_form
 from nsfwd.intake import ImageError, ImageTooLargeError, sniff_format
-from nsfwd.intake.video import sniff_video
+from nsfwd.intake.sniff import EXTENSIONS, MEDIA_TYPES
+from nsfwd.intake.video import VIDEO_EXTENSIONS, VIDEO_MEDIA_TYPES, sniff_video
 from nsfwd.timeline import OPTION_NAMES
 from nsfwd.verdict import Labels
 
@@ -68,11 +69,9 @@ OPENAPI_REQUEST: Final[dict[str, Any]] = {
 }
 """The OpenAPI request body of the job routes (``openapi_extra``): a job part and an image."""
 
-_MEDIA_TYPES: Final = {"JPEG": ("image/jpeg", "jpg"), "PNG": ("image/png", "png"),
-                       "WEBP": ("image/webp", "webp"), "MP4": ("video/mp4", "mp4"),
-                       "MOV": ("video/quicktime", "mov"), "WEBM": ("video/webm", "webm"),
-                       "MKV": ("video/x-matroska", "mkv")}  # fmt: skip
-"""The media type and file extension of each format an upload may have, by its content."""
+_MEDIA_TYPES: Final = {**MEDIA_TYPES, **VIDEO_MEDIA_TYPES}
+"""The media type of each format an upload may have, by its content."""
+_EXTENSIONS: Final = {**EXTENSIONS, **VIDEO_EXTENSIONS}
 
 
 def media_format(data: bytes) -> str | None:
@@ -82,8 +81,7 @@ def media_format(data: bytes) -> str | None:
 
 def media_type(data: bytes) -> str | None:
     """The media type of an image or video, by its content."""
-    found = _MEDIA_TYPES.get(media_format(data) or "")
-    return None if found is None else found[0]
+    return _MEDIA_TYPES.get(media_format(data) or "")
 
 
 OPTION_TYPES: Final[dict[str, type | tuple[type, ...]]] = {
@@ -255,7 +253,8 @@ def image_refusal(image: Part, exc: ImageError) -> ApiError:
 def passthrough(image: Part) -> Part:
     """The uploaded image (or video) as an output part, under its own filename and content
     type."""
-    content_type, extension = _MEDIA_TYPES.get(media_format(image.data) or "", ("", "bin"))
+    fmt = media_format(image.data) or ""
+    content_type, extension = _MEDIA_TYPES.get(fmt, ""), _EXTENSIONS.get(fmt, "bin")
     return Part(
         "output",
         image.data,

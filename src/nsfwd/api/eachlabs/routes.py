@@ -34,6 +34,7 @@ from nsfwd.engine import ClassifyEngine
 from nsfwd.engine.served import ServedModels, quoted
 from nsfwd.fetch import FetchFailedError, FetchPolicy, UnsafeURLError, check_url, validate_url
 from nsfwd.fetch.capped import OverCapError, read_capped
+from nsfwd.intake.sniff import ACCEPTED
 from nsfwd.jobs import CapacityError, Limits, Prediction, Store
 from nsfwd.jobs.webhooks import webhooks_enabled
 from nsfwd.jobs.worker import Worker
@@ -152,7 +153,7 @@ _Text = Annotated[str, PlainValidator(_text, json_schema_input_type=str)]
 class PredictionInput(BaseModel):
     """What to classify: the image, by URL."""
 
-    image: _Text = Field(description="a public https URL of a JPEG, PNG or WebP")
+    image: _Text = Field(description=f"a public https URL of an image: {ACCEPTED}")
 
     @field_validator("image")
     @classmethod

@@ -26,7 +26,7 @@ from fastapi.responses import PlainTextResponse
 from nsfwd.api.http.errors import ApiError, BadRequestError, PayloadTooLargeError
 from nsfwd.api.http.multipart import Part, encode_form
 from nsfwd.intake import ImageError, ImageTooLargeError, sniff_format
-from nsfwd.intake.sniff import EXTENSIONS, MEDIA_TYPES
+from nsfwd.intake.sniff import ACCEPTED, EXTENSIONS, MEDIA_TYPES
 from nsfwd.verdict import Labels
 
 IMG2LABEL_V1: Final = "inference.vit.img2label.v1"
@@ -55,7 +55,7 @@ OPENAPI_REQUEST: Final[dict[str, Any]] = {
                         "input": {
                             "type": "string",
                             "format": "binary",
-                            "description": "the image: JPEG, PNG or WebP, 128 to 2048 px a side",
+                            "description": f"the image ({ACCEPTED}), 128 to 2048 px a side",
                         },
                     },
                 }

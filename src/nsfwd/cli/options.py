@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 DECODE_HELP = (
     "how files become the model's pixels: pil (Pillow decodes and resizes on the CPU), tensor "
     "(JPEGs decoded by TorchCodec onto the model's device, with nvjpeg on CUDA, and resized "
-    "there with torch; PNG, WebP, CMYK JPEGs and JPEGs it refuses go the PIL way) or auto "
+    "there with torch; other formats, CMYK JPEGs and JPEGs it refuses go the PIL way) or auto "
     "(tensor, which measured faster on the CPU too; pil for a model whose preprocessing it "
     "cannot reproduce)"
 )

@@ -35,6 +35,7 @@ from nsfwd.engine import ClassifyEngine
 from nsfwd.engine.served import ServedModels, quoted
 from nsfwd.fetch import FetchFailedError, FetchPolicy, UnsafeURLError, check_url, validate_url
 from nsfwd.fetch.capped import OverCapError, read_capped
+from nsfwd.intake.sniff import ACCEPTED
 from nsfwd.jobs import CapacityError, Limits, Prediction, Store
 from nsfwd.jobs.webhooks import webhooks_enabled
 from nsfwd.jobs.worker import Worker
@@ -159,7 +160,7 @@ _Text = Annotated[str, PlainValidator(_text, json_schema_input_type=str)]
 class PredictionInput(BaseModel):
     """What to classify: an image or a video, by URL; for a video, how it is sampled."""
 
-    image: _Text | None = Field(None, description="a public https URL of a JPEG, PNG or WebP")
+    image: _Text | None = Field(None, description=f"a public https URL of an image: {ACCEPTED}")
     video: _Text | None = Field(
         None, description="a public https URL of an MP4, MOV, WebM or MKV video (instead of image)"
     )

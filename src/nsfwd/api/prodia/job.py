@@ -26,7 +26,8 @@ from fastapi.responses import PlainTextResponse
 from nsfwd.api.http.errors import ApiError, BadRequestError, PayloadTooLargeError
 from nsfwd.api.http.multipart import Part, encode_form
 from nsfwd.intake import ImageError, ImageTooLargeError, sniff_format
-from nsfwd.intake.sniff import EXTENSIONS, MEDIA_TYPES
+from nsfwd.intake.sniff import ACCEPTED, EXTENSIONS, MEDIA_TYPES
+from nsfwd.intake.video import ACCEPTED as VIDEOS_ACCEPTED
 from nsfwd.intake.video import VIDEO_EXTENSIONS, VIDEO_MEDIA_TYPES, sniff_video
 from nsfwd.timeline import OPTION_NAMES
 from nsfwd.verdict import Labels
@@ -57,9 +58,9 @@ OPENAPI_REQUEST: Final[dict[str, Any]] = {
                         "input": {
                             "type": "string",
                             "format": "binary",
-                            "description": "the image: JPEG, PNG or WebP, 128 to 2048 px a "
-                            "side; or a video: MP4, MOV, WebM or MKV (config.interval, "
-                            "max_frames, min_frames and stop_on_flag say how it is judged)",
+                            "description": f"the image ({ACCEPTED}), 128 to 2048 px a side; "
+                            f"or a video ({VIDEOS_ACCEPTED}; config.interval, max_frames, "
+                            "min_frames and stop_on_flag say how it is judged)",
                         },
                     },
                 }

@@ -239,6 +239,8 @@ def test_a_banked_picture_shown_in_a_video_flags_it_at_its_frame(url: str) -> No
     assert job["labels"]["high"] == 1.0, "labels that flag it, as for a banked image"
     assert job["judged"]["frames_judged"] == 7 and job["segments"] == [], "the model's timeline"
     assert async_job(url, shown)["config"]["match"]["frame"] == 30
+    refused = validate(url, shown)  # pict-rs sends its video uploads too
+    assert refused.status_code == 422 and refused.json()["match"]["frame"] == 30
 
     hits = metric(url, "nsfwd_verdict_cache_total", outcome="hit")
     denser = video_job(url, shown, interval=0.5)["config"]
@@ -249,6 +251,7 @@ def test_a_banked_picture_shown_in_a_video_flags_it_at_its_frame(url: str) -> No
 
     unrelated = write_video(lambda _: RED, 6.0, fps=10, size=size, frame_at=lambda t: coffee)
     assert "match" not in video_job(url, unrelated)["config"]
+    assert validate(url, unrelated).status_code == 200
 
 
 def test_the_same_bytes_are_judged_once_and_a_bank_change_is_never_served_stale(

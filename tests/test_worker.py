@@ -27,6 +27,7 @@ from nsfwd.jobs.database import database_url
 from nsfwd.jobs.schema import predictions
 from nsfwd.jobs.worker import Worker, flagged
 from nsfwd.models.classifier import Classifier
+from nsfwd.timeline import VideoOptions
 from nsfwd.verdict import Judgement, Labels, Match, Policy
 from waiting import until
 
@@ -42,10 +43,14 @@ class CountingEngine(Engine):
         self.calls: list[bytes] = []
 
     async def judge(
-        self, data: bytes, policy: Policy | None = None, trace: Trace | None = None
+        self,
+        data: bytes,
+        policy: Policy | None = None,
+        trace: Trace | None = None,
+        video: VideoOptions | None = None,
     ) -> Judgement:
         self.calls.append(data)
-        return await super().judge(data, policy, trace)
+        return await super().judge(data, policy, trace, video)
 
 
 def expected_labels(classifier: Classifier, data: bytes) -> Labels:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from nsfwd.intake.containers import is_quicktime, matroska_doctype
 from nsfwd.intake.errors import CorruptImageError, UnsupportedFormatError
 from nsfwd.intake.isobmff import read_brands
 
@@ -132,6 +133,9 @@ def _describe(data: bytes) -> str:
             return name
     if data[4:8] == b"ftyp":
         return _describe_iso_bmff(data)
+    doctype = matroska_doctype(data)
+    if doctype is not None:
+        return "WebM video" if doctype == "webm" else "Matroska (MKV) video"
     if data.startswith(b"RIFF"):
         return f"a RIFF container of type {printable(data[8:12])!r}, not WebP"
     text = _as_text(data[:1024])
@@ -145,7 +149,8 @@ def _describe_iso_bmff(data: bytes) -> str:
     brands = read_brands(data)
     major = printable(data[8:12])
     if brands is not None and brands.is_video():
-        return f"MP4/MOV video (ISO-BMFF brand {major!r})"
+        kind = "QuickTime (MOV)" if is_quicktime(data) else "MP4"
+        return f"{kind} video (ISO-BMFF brand {major!r})"
     return f"an ISO-BMFF file such as MP4/MOV video (brand {major!r})"
 
 

@@ -24,7 +24,11 @@ TIERS: Final = {
     # full-size models, compiling, killed servers and process trees
     "heavy": ("test_parity", "test_compile", "test_crash", "test_supervisor"),
     # headless Chromium
-    "browser": ("test_demo", "test_calibrate::test_the_report_opens_in_headless_chromium"),
+    "browser": (
+        "test_demo",
+        "test_calibrate::test_the_report_opens_in_headless_chromium",
+        "test_browser_views",
+    ),
     # the reliability campaign: property tests, schemathesis, faults with real parts, load
     "campaign": (
         "test_campaign_schema",

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 if TYPE_CHECKING:
-    from nsfwd.intake.views import Backdrop, Views
+    from nsfwd.intake.views import Backdrop, Colours, Views
 
 Labels = dict[str, float]
 """Probability per label, summing to 1."""
@@ -107,20 +107,24 @@ class Judgement:
     frames: int = 1
     frames_judged: int = 1
     backdrop: Backdrop | None = None
+    colours: Colours | None = None
 
     @property
     def chosen(self) -> bool:
         """Whether more than one picture was judged, so that which one answers is news."""
-        return self.frames_judged > 1 or self.backdrop is not None
+        return self.frames_judged > 1 or self.backdrop is not None or self.colours is not None
 
     def details(self) -> dict[str, Any]:
         """Which picture answered, for responses: ``frame`` (its index), ``frames`` (in the
-        file), ``frames_judged`` and ``backdrop`` (``white``, ``black`` or null)."""
+        file), ``frames_judged``, ``backdrop`` (``white``, ``black``, ``grey`` or null) and
+        ``colours`` (``converted`` by the file's colour tags, ``stored``, or null where the
+        tags change nothing)."""
         return {
             "frame": self.frame,
             "frames": self.frames,
             "frames_judged": self.frames_judged,
             "backdrop": self.backdrop,
+            "colours": self.colours,
         }
 
     @classmethod
@@ -132,6 +136,7 @@ class Judgement:
             frames=int(details["frames"]),
             frames_judged=int(details["frames_judged"]),
             backdrop=details.get("backdrop"),
+            colours=details.get("colours"),
         )
 
 
@@ -152,4 +157,5 @@ def worst(
         frames=views.frames,
         frames_judged=views.frames_judged,
         backdrop=view.backdrop,
+        colours=view.colours,
     )

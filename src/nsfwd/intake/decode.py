@@ -2,17 +2,23 @@
 error saying why not.
 
 :func:`load_views` (or :func:`load_prepared`) decodes every judged frame (:mod:`.frames`),
-upright, in sRGB (:mod:`.colour`), over white and black where it is transparent (:mod:`.views`);
-:func:`load_image` gives the first frame over white. The checks run cheapest first, and
-nothing is decoded before it is known to be small enough (:mod:`.limits`, :mod:`.sniff`,
-:mod:`.headers`). :func:`read_header` runs the checks that come before decoding alone, for
-decoders that take over from there. docs/ARCHITECTURE.md ("Image intake") gives the order of
-the checks and the reasons. Nothing here changes Pillow's global state.
+upright, in the colours browsers show (:mod:`.colour`), over the pages its transparency calls
+for (:mod:`.views`); :func:`load_image` gives the first frame over white. The checks run
+cheapest first, and nothing is decoded before it is known to be small enough (:mod:`.limits`,
+:mod:`.sniff`, :mod:`.headers`). :func:`read_header` runs the checks that come before decoding
+alone, for decoders that take over from there. docs/ARCHITECTURE.md ("Image intake") gives the
+order of the checks and the reasons. Nothing here changes Pillow's global state.
+
+What is per format is kept to :func:`_file_facts` (a file's colour tags and orientation, as
+browsers read them), :func:`_frame_duration` (a frame's delay) and :func:`_full_depth` (PNG's
+16-bit colour key); the rest is the same for every format, so that a new animated format only
+has to feed these.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import struct
 import threading
 import warnings
@@ -23,12 +29,18 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import Final, TypeVar
 
-from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
+import numpy as np
+from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
-from nsfwd.intake.colour import ColourProfileError, needs_colour_conversion
+from nsfwd.intake.colour import (
+    ColourProfileError,
+    ColourTags,
+    colour_model,
+    display_conversion,
+)
 from nsfwd.intake.errors import CorruptImageError, ImageDimensionsError, ImageError
-from nsfwd.intake.frames import frames_to_judge
-from nsfwd.intake.headers import check_jpeg_structure, header_size, png_chunk_problem
+from nsfwd.intake.frames import FrameFacts, frame_budget, frames_to_judge, signature
+from nsfwd.intake.headers import check_jpeg_structure, header_size, png_chunk_problem, png_tags
 from nsfwd.intake.limits import (
     ImageLimits,
     check_byte_size,
@@ -36,7 +48,7 @@ from nsfwd.intake.limits import (
     check_pixel_budget,
 )
 from nsfwd.intake.sniff import require_supported_format
-from nsfwd.intake.views import View, Views, frame_views
+from nsfwd.intake.views import View, Views, frame_views, views_per_frame
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,6 +63,8 @@ ORIENTATION_TRANSPOSE: Final = {
     8: Image.Transpose.ROTATE_90,
 }
 """The turn that shows an image upright, by EXIF orientation (1, upright, needs none)."""
+_ORIENTATION_KEYS: Final = ("exif", "xmp", "XML:com.adobe.xmp")
+"""Where Pillow keeps what ``getexif`` reads an orientation from."""
 # catch_warnings() swaps process-wide state; serialise our own uses of it between threads.
 _WARNINGS_LOCK: Final = threading.Lock()
 # What Pillow and the codecs raise for bad data. Anything else is unexpected and gets logged.
@@ -77,23 +91,23 @@ class ImageHeader:
     height: int
     mode: str
     """Pillow's mode for the stored pixels (for JPEG: ``"L"``, ``"RGB"`` or ``"CMYK"``)."""
-    orientation: int | None
-    """The EXIF orientation :func:`load_image` applies (1 when none), for JPEG, whose EXIF
-    comes before the pixels; ``None`` for PNG and WebP, whose EXIF Pillow reads only while
-    decoding."""
+    orientation: int
+    """The orientation :func:`load_image` applies (1 when none), as browsers follow it: a
+    JPEG's EXIF, a PNG's eXIf chunk before its image data; never XMP, nor a WebP's EXIF."""
     frames: int = 1
     """Frames in the file (animated PNG and WebP; an APNG's default image counts)."""
     colour_managed: bool = False
-    """Whether it displays in other colours than its stored pixels (an ICC profile other than
-    sRGB's, a PNG gAMA): decoders that do not convert colour must leave it to Pillow."""
+    """Whether it displays in other colours than its stored pixels (:mod:`.colour`): decoders
+    that do not convert colour must leave it to Pillow."""
 
 
 def load_views(data: bytes, limits: ImageLimits = ImageLimits()) -> Views[Image.Image]:
     """Validate and decode an uploaded image into what viewers see (:mod:`.views`):
-    every judged frame (all up to :data:`~nsfwd.intake.frames.MAX_JUDGED_FRAMES`, else that many
-    spread evenly; an APNG's default image is frame 0), upright, in sRGB, and over white and
-    over black where it is not fully opaque. Every frame is decoded, so corrupt data in any
-    frame refuses the image.
+    every judged frame (all up to the frame budget, else those :mod:`.frames` picks by time on
+    screen and distinctness; an APNG's default image is frame 0), upright, in the colours
+    browsers show (and as stored, where those differ), over white and black where it is not
+    fully opaque (and mid-grey where partly so). Every frame is decoded, so corrupt data in
+    any frame refuses the image.
 
     Raises what :func:`load_image` raises; an animation over
     :attr:`ImageLimits.max_animation_pixels` is an :class:`ImageDimensionsError`, before any
@@ -124,10 +138,10 @@ def load_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
     """Validate and decode an uploaded image.
 
     Returns a fully loaded, detached ``PIL.Image.Image`` in mode ``"RGB"``, turned upright
-    according to its EXIF orientation, converted to sRGB by its ICC profile or PNG gAMA, with
-    any transparency flattened onto white. For animated PNG and WebP, the first frame (an
-    animation over :attr:`ImageLimits.max_animation_pixels` is refused all the same);
-    :func:`load_views` gives every frame and the dark-page view.
+    as browsers turn it (:attr:`ImageHeader.orientation`), in the colours browsers show
+    (:mod:`.colour`), with any transparency flattened onto white. For animated PNG and WebP,
+    the first frame (an animation over :attr:`ImageLimits.max_animation_pixels` is refused all
+    the same); :func:`load_views` gives every picture a viewer may see.
 
     Raises an :class:`ImageError` subclass for every input that is refused, and no other
     exception for any input bytes (``MemoryError`` excepted: that is the host's problem):
@@ -157,23 +171,66 @@ def read_header(data: bytes, limits: ImageLimits = ImageLimits()) -> ImageHeader
     with _pillow_errors(fmt, size, limits), _open(data, fmt) as image:
         check_dimensions(image.size, limits)
         frames = _check_frames(image, fmt, limits)
-        orientation = exif_orientation(image) if fmt == "JPEG" else None
-        colour = needs_colour_conversion(image.info, fmt, image.mode)
-        return ImageHeader(fmt, image.width, image.height, image.mode, orientation, frames, colour)
+        facts = _file_facts(data, image, fmt)
+        colour = display_conversion(facts.colour, colour_model(image.mode)) is not None
+        return ImageHeader(
+            fmt, image.width, image.height, image.mode, facts.orientation, frames, colour
+        )
 
 
-def exif_orientation(image: Image.Image) -> int:
-    """The EXIF orientation (1..8) of an opened image, as Pillow reads it (EXIF, else XMP);
+def exif_orientation(exif: bytes | None) -> int:
+    """The orientation (1..8) an EXIF block (with or without its ``Exif\\0\\0`` prefix) holds;
     1 when there is none or it cannot be read: a broken EXIF block must not reject an otherwise
-    good image."""
+    good image. XMP is not read: browsers do not turn images by it."""
+    if not exif:
+        return 1
     try:
-        value = image.getexif().get(ExifTags.Base.Orientation, 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Corrupt EXIF data": what we answer 1 for
+            parsed = Image.Exif()
+            parsed.load(exif)
+            value = parsed.get(ExifTags.Base.Orientation, 1)
         return value if value in ORIENTATION_TRANSPOSE else 1
     except MemoryError:
         raise
     except Exception as exc:  # hostile EXIF can make Pillow raise almost anything
         _log.debug("ignoring unusable EXIF orientation: %s: %s", type(exc).__name__, exc)
         return 1
+
+
+@dataclass(frozen=True)
+class _FileFacts:
+    """What browsers read of a file before its pixels: its colour tags and orientation."""
+
+    colour: ColourTags
+    orientation: int
+    full_depth_key: bool = False
+    """A 16-bit truecolour PNG with a colour key (:func:`_full_depth`)."""
+
+
+def _file_facts(data: bytes, image: ImageFile.ImageFile, fmt: str) -> _FileFacts:
+    """A just-opened file's colour tags and orientation, as browsers read them: a JPEG's ICC
+    profile and EXIF (not XMP); a PNG's chunks before its image data (the first ``iCCP``, an
+    ``eXIf`` there); a WebP's ICC profile (browsers do not turn WebP by its EXIF)."""
+    if fmt == "PNG":
+        tags = png_tags(data)
+        orientation = exif_orientation(tags.exif)
+        key = tags.depth == 16 and tags.colour_type == 2 and tags.colour_key
+        return _FileFacts(tags.colour, orientation, full_depth_key=key)
+    colour = ColourTags(icc_profile=image.info.get("icc_profile") or None)
+    if fmt == "JPEG":
+        return _FileFacts(colour, exif_orientation(image.info.get("exif")))
+    return _FileFacts(colour, 1)
+
+
+def _frame_duration(image: Image.Image, index: int, count: int) -> float:
+    """How long the loaded frame ``index`` of ``count`` stays on screen, as its file says (ms;
+    ``inf`` for the last frame of an animation that stops). Pillow gives APNG, WebP and GIF
+    frames ``duration`` and the file a ``loop`` count (0: forever)."""
+    if index == count - 1 and image.info.get("loop", 0) not in (0, None):
+        return math.inf
+    duration = image.info.get("duration")
+    return float(duration) if isinstance(duration, int | float) else 0.0
 
 
 # --- checks before decoding ---------------------------------------------------------------
@@ -236,20 +293,61 @@ def _decode_views(
     *,
     first_only: bool,
 ) -> Views[T]:
-    """Open, check, decode the frames (the first only, or all), orient, convert and
+    """Open, check, decode the frames (the first only, or those judged), orient, convert and
     ``prepare`` them; Pillow errors propagate."""
     with _open(data, fmt) as image:
         check_dimensions(image.size, limits)
         frames = _check_frames(image, fmt, limits)
+        facts = _file_facts(data, image, fmt)  # before anything loads: Pillow reads on
         if fmt == "PNG" and (problem := png_chunk_problem(data)) is not None:
             raise CorruptImageError(f"PNG data is corrupt: {problem}")
+        if facts.full_depth_key and frames > 1:
+            raise CorruptImageError(
+                "a 16-bit animated PNG with a colour key (tRNS) is not supported; save it with "
+                "an alpha channel or at 8 bits"
+            )
+        conversion = display_conversion(facts.colour, colour_model(image.mode))
+        per_frame = views_per_frame(image.mode, "transparency" in image.info, conversion)
+        judged = [0] if first_only else _judged_frames(image, frames, frame_budget(per_frame))
         views: list[View[T]] = []
-        for index in [0] if first_only else frames_to_judge(frames):
+        for index in judged:
             image.seek(index)  # decodes the frames before it: each is drawn over the last
             image.load()
-            for view in frame_views(_upright(image), index, fmt):  # new, detached images
-                views.append(View(prepare(view.image), view.frame, view.backdrop))
+            shown = _upright(_full_depth(image, data) if facts.full_depth_key else image, facts)
+            for view in frame_views(shown, index, conversion):  # new, detached images
+                views.append(View(prepare(view.image), view.frame, view.backdrop, view.colours))
     return Views(views, frames)
+
+
+def _judged_frames(image: ImageFile.ImageFile, count: int, budget: int) -> list[int]:
+    """Which of ``count`` frames are judged (:func:`~nsfwd.intake.frames.frames_to_judge`):
+    all within the budget, else by the facts of every frame, gathered in a first pass."""
+    if count <= budget:
+        return list(range(count))
+    facts = []
+    for index in range(count):
+        image.seek(index)
+        image.load()
+        facts.append(FrameFacts(index, _frame_duration(image, index, count), signature(image)))
+    return frames_to_judge(facts, budget)
+
+
+def _full_depth(image: ImageFile.ImageFile, data: bytes) -> Image.Image:
+    """A 16-bit truecolour PNG with a colour key, as libpng shows it: the high bytes for
+    colour, transparent exactly where all three 16-bit samples equal the key. Pillow reduces
+    the samples to 8 bits first, so pixels that differ from the key only in their low byte
+    (which browsers show) would match it; the low bytes are read in a second decode of the
+    same data that keeps them (Pillow's little-endian unpacker on big-endian samples)."""
+    key = image.info.get("transparency")
+    if not isinstance(key, tuple) or len(key) != 3:
+        return image
+    with _open(data, "PNG") as low:
+        low.tile = [tile._replace(args="RGB;16L") for tile in low.tile]
+        low.load()
+        high_bytes, low_bytes = np.asarray(image.convert("RGB")), np.asarray(low)
+    samples = (high_bytes.astype(np.uint16) << 8) | low_bytes
+    alpha = np.where(np.all(samples == np.array(key, dtype=np.uint16), axis=-1), 0, 255)
+    return Image.fromarray(np.dstack([high_bytes, alpha.astype(np.uint8)]), "RGBA")
 
 
 def _check_frames(image: ImageFile.ImageFile, fmt: str, limits: ImageLimits) -> int:
@@ -266,21 +364,14 @@ def _open(data: bytes, fmt: str) -> ImageFile.ImageFile:
         return Image.open(BytesIO(data), formats=[fmt])
 
 
-def _upright(image: Image.Image) -> Image.Image:
-    """Return a detached copy of ``image`` turned as its EXIF orientation says
-    (:func:`exif_orientation`; the tensor decode path turns its pixels by the same value)."""
-    method = ORIENTATION_TRANSPOSE.get(exif_orientation(image))
-    if method is None:
-        return image.copy()
-    try:
-        return ImageOps.exif_transpose(image)  # turns by the same tag and drops it from the copy
-    except MemoryError:
-        raise
-    except Exception as exc:  # a tag that reads well in an EXIF block Pillow cannot rewrite
-        _log.debug(
-            "EXIF orientation applied without rewriting EXIF: %s: %s", type(exc).__name__, exc
-        )
-        return image.transpose(method)
+def _upright(image: Image.Image, facts: _FileFacts) -> Image.Image:
+    """A detached copy of ``image`` turned as browsers turn it (:func:`_file_facts`; the
+    tensor decode path turns its pixels by the same value)."""
+    method = ORIENTATION_TRANSPOSE.get(facts.orientation)
+    turned = image.copy() if method is None else image.transpose(method)
+    for key in _ORIENTATION_KEYS:  # consumed: nothing downstream may turn it again
+        turned.info.pop(key, None)
+    return turned
 
 
 def _corrupt_error(fmt: str, exc: BaseException) -> CorruptImageError:

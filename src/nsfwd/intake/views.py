@@ -1,10 +1,15 @@
-"""What a viewer sees of one decoded frame: the pictures that are judged.
+"""What viewers may see of one decoded frame: the pictures that are judged.
 
-A person sees an image with transparency over whatever page it lands on, and in the colours its
-profile says (:mod:`nsfwd.intake.colour`). So a frame becomes one :class:`View`, or two where
-its alpha is not fully opaque: over white and over black. The model judges every view of every
-judged frame (:mod:`nsfwd.intake.frames`) and the worst one answers
-(:func:`nsfwd.verdict.worst`). Pillow only; no torch, so the HTTP side may import it.
+A person sees an image with transparency over whatever page it lands on, and in the colours
+its tags give (:mod:`nsfwd.intake.colour`). So a frame becomes one :class:`View`, or several:
+
+- over white and over black where its alpha is not fully opaque, and over mid-grey as well
+  where the alpha is partial (a grey page shows a blend neither white nor black shows);
+- in the converted colours and in the stored ones where a conversion changes them (viewers
+  disagree on which tags to follow; the worse answers).
+
+The model judges every view of every judged frame (:mod:`nsfwd.intake.frames`) and the worst
+answers (:func:`nsfwd.verdict.worst`). Pillow only; no torch, so the HTTP side may import it.
 """
 
 from __future__ import annotations
@@ -16,12 +21,16 @@ from typing import Final, Generic, Literal, TypeVar
 import numpy as np
 from PIL import Image
 
-from nsfwd.intake.colour import WIDE_GRAY_MODES, to_srgb
+from nsfwd.intake.colour import WIDE_GRAY_MODES, Conversion, as_stored
 
-_WHITE: Final = (255, 255, 255)
-_BLACK: Final = (0, 0, 0)
-
-Backdrop = Literal["white", "black"]
+Backdrop = Literal["white", "black", "grey"]
+Colours = Literal["converted", "stored"]
+BACKDROPS: Final[dict[Backdrop, tuple[int, int, int]]] = {
+    "white": (255, 255, 255),
+    "black": (0, 0, 0),
+    "grey": (128, 128, 128),
+}
+"""The pages a translucent frame is judged over: grey only where its alpha is partial."""
 T = TypeVar("T")
 U = TypeVar("U")
 
@@ -35,6 +44,9 @@ class View(Generic[T]):
     """The frame's index in the file, as Pillow counts (an APNG's default image is 0)."""
     backdrop: Backdrop | None
     """The page colour the frame was composited over, or None for an opaque frame."""
+    colours: Colours | None = None
+    """``converted`` (by the file's colour tags) or ``stored`` where the two differ; None
+    where the tags change nothing."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +69,10 @@ class Views(Generic[T]):
 
     def map(self, prepare: Callable[[T], U]) -> Views[U]:
         """The same views, each picture made into ``prepare`` of it."""
-        return Views([View(prepare(v.image), v.frame, v.backdrop) for v in self.views], self.frames)
+        return Views(
+            [View(prepare(v.image), v.frame, v.backdrop, v.colours) for v in self.views],
+            self.frames,
+        )
 
     @property
     def frames_judged(self) -> int:
@@ -65,17 +80,43 @@ class Views(Generic[T]):
         return len({view.frame for view in self.views})
 
 
-def frame_views(image: Image.Image, frame: int, fmt: str) -> list[View[Image.Image]]:
-    """The views of one loaded frame: converted to sRGB, and over white and black when its
-    alpha is not fully opaque. Raises :class:`ColourProfileError` for an unusable profile."""
+def views_per_frame(mode: str, has_transparency: bool, conversion: Conversion | None) -> int:
+    """The most views a frame of this Pillow ``mode`` can make (before its alpha is seen):
+    for the frame budget (:func:`nsfwd.intake.frames.frame_budget`)."""
+    translucent = has_transparency or mode in ("RGBA", "LA", "La", "RGBa", "PA")
+    return (3 if translucent else 1) * (1 if conversion is None else 2)
+
+
+def frame_views(
+    image: Image.Image, frame: int, conversion: Conversion | None
+) -> list[View[Image.Image]]:
+    """The views of one loaded frame (see the module docstring): its colours by ``conversion``
+    (and as stored, where that changes them), over each page its alpha calls for."""
     colour, alpha = _split_alpha(image)
-    rgb = to_srgb(colour, image.info, fmt)
-    if alpha is None or alpha.getextrema()[0] == 255:
-        return [View(rgb, frame, None)]
+    if conversion is None:
+        shown: list[tuple[Colours | None, Image.Image]] = [(None, as_stored(colour))]
+    else:
+        shown = [("converted", conversion(colour)), ("stored", as_stored(colour))]
+    pages = _backdrops(alpha)
+    if not pages:
+        return [View(rgb, frame, None, colours) for colours, rgb in shown]
+    assert alpha is not None
     return [
-        View(_composite(rgb, alpha, _WHITE), frame, "white"),
-        View(_composite(rgb, alpha, _BLACK), frame, "black"),
+        View(_composite(rgb, alpha, BACKDROPS[page]), frame, page, colours)
+        for colours, rgb in shown
+        for page in pages
     ]
+
+
+def _backdrops(alpha: Image.Image | None) -> list[Backdrop]:
+    """No page for an opaque frame; white and black where some pixels are transparent; grey
+    as well where some are partly so."""
+    if alpha is None:
+        return []
+    counts = alpha.histogram()
+    if sum(counts[:255]) == 0:
+        return []
+    return ["white", "black", "grey"] if sum(counts[1:255]) else ["white", "black"]
 
 
 def _split_alpha(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:

@@ -11,6 +11,7 @@ from nsfwd.engine.protocol import (
     DECODE_TIMEOUT_S,
     ClassifyEngine,
     EngineClosedError,
+    ModelFailedError,
     QueueFullError,
     run_intake,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "DECODE_TIMEOUT_S",
     "ClassifyEngine",
     "EngineClosedError",
+    "ModelFailedError",
     "QueueFullError",
     "run_intake",
 ]

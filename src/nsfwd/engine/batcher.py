@@ -1,13 +1,21 @@
 """The engine: a dynamic batcher between many concurrent requests and one model.
 
-Path of an upload: admission (a bounded count; over it, :class:`QueueFullError` and a 429) ->
-decode, validate and preprocess on the bounded ``decode`` pool (:mod:`nsfwd.engine.pools`: off the
-event loop, under a deadline, a late or abandoned decode holding no slot) into what viewers see
-(every judged frame, over white and black where transparent: :mod:`nsfwd.intake.views`) -> the queue
+Path of an upload: admission (a bounded count of pictures; over it, :class:`QueueFullError` and
+a 429) -> decode, validate and preprocess on the bounded ``decode`` pool
+(:mod:`nsfwd.engine.pools`: off the event loop, under a deadline, a late or abandoned decode
+holding no slot) into what viewers see (every judged frame, over each page and in each colours a
+viewer may see: :mod:`nsfwd.intake.views`) -> admission of the rest of its pictures -> the queue
 -> the batcher, which whenever the model is free takes everything queued (up to
 ``max_batch_size`` pictures, waiting at most ``batch_wait_ms`` for more; an image's pictures stay
 in one batch where they fit) -> one dedicated inference thread -> each request's future, which
 answers with the worst picture under the request's policy.
+
+Admission counts pictures, not requests: an image holds one place while it is decoded, then as
+many as it has pictures (a translucent animation, dozens). An image whose pictures do not fit
+beside those already admitted is refused (429) once decoded; alone, it is taken whatever its
+size. A batch the model fails on is run again in halves, so that one image that breaks the
+model (or a batch too big for the device's memory) fails alone, as
+:class:`~nsfwd.engine.protocol.ModelFailedError`.
 
 Like text-embeddings-inference's batcher, it needs no timer under load: requests pile up while
 the model runs and leave together in the next batch. A request whose caller was cancelled (its
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,12 +35,21 @@ from functools import partial
 
 import torch
 
-from nsfwd.engine import DECODE_TIMEOUT_S, EngineClosedError, QueueFullError, pools, run_intake
+from nsfwd.engine import (
+    DECODE_TIMEOUT_S,
+    EngineClosedError,
+    ModelFailedError,
+    QueueFullError,
+    pools,
+    run_intake,
+)
 from nsfwd.engine.metrics import Metrics
 from nsfwd.intake import ImageLimits, UnscorableImageError
 from nsfwd.intake.checked import CheckedImages
 from nsfwd.models.classifier import Classifier
 from nsfwd.verdict import Judgement, Labels, Policy, nonfinite_labels, worst
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -111,7 +129,7 @@ class Engine:
 
     @property
     def in_flight(self) -> int:
-        """Images admitted and not yet answered."""
+        """Pictures admitted and not yet answered (an image being decoded holds one)."""
         return self._admitted
 
     @property
@@ -165,27 +183,38 @@ class Engine:
         """
         if not self.ready or self._queue is None:
             raise EngineClosedError("the model is not loaded yet")
-        if self._admitted >= self.max_queue:
-            self.metrics.rejected.inc()
-            raise QueueFullError(self.retry_after())
-        self._admitted += 1
-        self.metrics.queue_size.set(self._admitted)
+        self._admit(1, alone=False)
+        held = 1
         try:
             prepare = partial(self._checked.load, data)
             views = await run_intake(self.decode_pool, prepare, self.decode_timeout_s)
+            self._admit(len(views.views) - 1, alone=self._admitted == held)
+            held = len(views.views)
             future: asyncio.Future[list[Labels]] = asyncio.get_running_loop().create_future()
             item = _Item(views.images, future, time.perf_counter(), trace or Trace())
             self._queue.put_nowait(item)
             labels = await future
         finally:
-            self._admitted -= 1
+            self._admitted -= held
             self.metrics.queue_size.set(self._admitted)
         return worst(views, labels, (policy or Policy()).score)
+
+    def _admit(self, pictures: int, *, alone: bool) -> None:
+        """Take ``pictures`` more places, or refuse with :class:`QueueFullError` when they do
+        not fit under ``max_queue`` (unless the image is ``alone`` in the engine)."""
+        if pictures <= 0:
+            return
+        if self._admitted + pictures > self.max_queue and not alone:
+            self.metrics.rejected.inc()
+            raise QueueFullError(self.retry_after())
+        self._admitted += pictures
+        self.metrics.queue_size.set(self._admitted)
 
     async def check(self, data: bytes) -> None:
         """Decode and prepare ``data`` as :meth:`judge` does, on the decode pool, raising
         its :class:`~nsfwd.intake.ImageError`; the pictures are kept (the last
-        :data:`~nsfwd.intake.checked.KEPT` images) for a :meth:`judge` of the same bytes."""
+        :data:`~nsfwd.intake.checked.KEPT_BYTES` of pictures) for a :meth:`judge` of the same
+        bytes."""
         if not self.ready:
             raise EngineClosedError("the model is not loaded yet")
         await run_intake(
@@ -229,7 +258,6 @@ class Engine:
 
     async def _run_batches(self) -> None:
         assert self._queue is not None
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self._next_batch(self._queue)
             live = [item for item in batch if not item.future.done()]
@@ -240,26 +268,44 @@ class Engine:
             for item in live:
                 item.trace.queue_seconds = now - item.queued_at
                 self.metrics.queue_seconds.observe(item.trace.queue_seconds)
-            pixels = [picture for item in live for picture in item.pixels]
-            try:
-                probs = await loop.run_in_executor(self._infer_pool, self._predict, pixels)
-            except Exception as exc:  # a model failure fails this batch, not the server
-                for item in live:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
+            await self._infer(live)
+
+    async def _infer(self, items: list[_Item]) -> None:
+        """Run ``items`` as one batch and answer each; if the model fails, run each half
+        again, so that only an image that fails alone gets the error."""
+        pixels = [picture for item in items for picture in item.pixels]
+        started = time.perf_counter()
+        try:
+            probs = await asyncio.get_running_loop().run_in_executor(
+                self._infer_pool, self._predict, pixels
+            )
+        except Exception as exc:  # a model failure fails this batch, not the server
+            _log.warning("the model failed on a batch of %d images (%s: %s)%s", len(items),
+                         type(exc).__name__, exc, "; running it again in halves"
+                         if len(items) > 1 else "")  # fmt: skip
+            if len(items) > 1:
+                half = len(items) // 2
+                await self._infer(items[:half])
+                await self._infer(items[half:])
+                return
+            [item] = items
+            if not item.future.done():
+                item.future.set_exception(
+                    ModelFailedError(f"the model failed on this image: {type(exc).__name__}: {exc}")
+                )
+            return
+        elapsed = time.perf_counter() - started
+        self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
+        self.metrics.batch_size.observe(len(pixels))
+        self.metrics.inference_seconds.observe(elapsed)
+        items[0].trace.batches.append((len(pixels), elapsed))
+        rows = iter(self.classifier.to_labels(probs))
+        for item in items:
+            labels = [next(rows) for _ in item.pixels]
+            if item.future.done():
                 continue
-            elapsed = time.perf_counter() - now
-            self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
-            self.metrics.batch_size.observe(len(pixels))
-            self.metrics.inference_seconds.observe(elapsed)
-            live[0].trace.batches.append((len(pixels), elapsed))
-            rows = iter(self.classifier.to_labels(probs))
-            for item in live:
-                labels = [next(rows) for _ in item.pixels]
-                if item.future.done():
-                    continue
-                bad = sorted({label for row in labels for label in nonfinite_labels(row)})
-                if bad:  # fail closed: NaN is never flagged
-                    item.future.set_exception(UnscorableImageError.for_labels(bad))
-                else:
-                    item.future.set_result(labels)
+            bad = sorted({label for row in labels for label in nonfinite_labels(row)})
+            if bad:  # fail closed: NaN is never flagged
+                item.future.set_exception(UnscorableImageError.for_labels(bad))
+            else:
+                item.future.set_result(labels)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from nsfwd.engine import ClassifyEngine, EngineClosedError, QueueFullError
+from nsfwd.engine import ClassifyEngine, EngineClosedError, ModelFailedError, QueueFullError
 from nsfwd.engine.served import ServedModels, UnknownModelError
 from nsfwd.fetch import FetchError, FetchPolicy, fetch
 from nsfwd.intake import ImageError
@@ -169,6 +169,17 @@ class Worker:
             log.warning("prediction %s: %s; it runs again once its lease runs out",
                         prediction.id, exc)  # fmt: skip
             return
+        except ModelFailedError as exc:  # out of memory, a device fault: likely passing
+            attempts = self.store.predictions.max_attempts
+            if prediction.attempts < attempts:
+                log.warning("prediction %s: %s; it runs again once its lease runs out "
+                            "(attempt %d of %d)", prediction.id, exc, prediction.attempts,
+                            attempts)  # fmt: skip
+                return
+            error = (
+                f"the model failed on this image in each of {attempts} attempts ({exc}); "
+                "report the prediction id to the server's operator"
+            )
         except Exception:
             log.exception("prediction %s failed", prediction.id)
             error = (

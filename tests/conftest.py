@@ -92,7 +92,7 @@ def vit_classifier(vit_checkpoint: Path) -> Classifier:
 
 @pytest.fixture(scope="session")
 def server_url(classifier: Classifier) -> Iterator[str]:
-    """A real nsfwd server on loopback (tiny EVA-02, API key ``test-key``), shared by the suite."""
+    """A real nsfwd server on loopback (tiny EVA-02, key ``test-key-4f1c2a9e``), for the suite."""
     from nsfwd.api import create_app
     from nsfwd.engine.batcher import Engine
     from nsfwd.settings import Settings
@@ -101,7 +101,7 @@ def server_url(classifier: Classifier) -> Iterator[str]:
     settings = Settings(
         model=str(classifier.name),
         served_model_name="Freepik/nsfw_image_detector",
-        api_keys=["test-key"],
+        api_keys=["test-key-4f1c2a9e"],
     )
     engine = Engine(classifier, max_batch_size=8, max_queue=64, limits=settings.image_limits)
     with serve_app(create_app(engine, settings)) as url:

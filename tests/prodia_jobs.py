@@ -19,7 +19,7 @@ from requests.adapters import HTTPAdapter, Retry
 from requests_toolbelt.multipart import decoder
 
 MODEL = "Freepik/nsfw_image_detector"
-TOKEN = "test-key"
+TOKEN = "test-key-4f1c2a9e"
 LABELS = ["neutral", "low", "medium", "high"]
 
 

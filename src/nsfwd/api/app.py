@@ -79,6 +79,7 @@ def create_app(
     pools.configure(
         decode=settings.decode_workers, dns=settings.dns_workers, webhooks=settings.webhook_workers
     )
+    pools.configure_shares(dns=settings.dns_key_limit)
     models = ServedModels.of(engines, settings.served_model_name)
     engine = models.default  # sizes the background work; its metrics count the requests
     worker = None

@@ -83,6 +83,9 @@ class Prediction:
     judged: dict[str, Any] | None = None
     """Which picture the labels are of (:meth:`nsfwd.verdict.Judgement.details`), where more
     than one was judged (an animation, or transparency over white and black)."""
+    input_sha256: str | None = None
+    """SHA-256 (hex) of the image bytes it judged, once run: a URL's verdict holds for these
+    bytes, not for whatever the URL serves others."""
 
     @property
     def finished(self) -> bool:

@@ -95,6 +95,7 @@ predictions = Table(
     Column("policy", String(16), nullable=True),
     Column("threshold", Float, nullable=True),
     Column("judged", JSON, nullable=True),
+    Column("input_sha256", String(64), nullable=True),
     CheckConstraint("protocol IN ('eachlabs', 'prodia')", name="protocol"),
     CheckConstraint("status IN ('queued', 'processing', 'succeeded', 'failed')", name="status"),
     Index(None, "status", "created_at"),

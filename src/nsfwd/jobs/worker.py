@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import time
@@ -152,8 +153,10 @@ class Worker:
         labels: Labels | None = None
         judged: dict[str, Any] | None = None
         error: str | None = None
+        digest: str | None = None
         try:
             data = await self._image(prediction)
+            digest = hashlib.sha256(data).hexdigest()
             started = time.perf_counter()  # predict_time: decoding and inference, not the fetch
             judgement = await self._judge(prediction, data)
             labels = judgement.labels
@@ -196,6 +199,7 @@ class Worker:
                 error=error,
                 predict_time=elapsed if labels is not None else None,
                 judged=judged,
+                input_sha256=digest,
                 keep_input=self.keeps_input is None or self.keeps_input(prediction),
             )
         except StoreUnavailableError as exc:
@@ -225,7 +229,7 @@ class Worker:
         if self.fetch_policy is None:
             raise InputError("this server does not fetch image URLs; upload the image instead")
         try:
-            return await fetch(prediction.input_url, self.fetch_policy)
+            return await fetch(prediction.input_url, self.fetch_policy.for_key(prediction.api_key))
         except FetchError as exc:
             raise InputError(exc.message) from None
 

@@ -30,11 +30,14 @@ from nsfwd.settings import Settings
 
 def body_limits(settings: Settings) -> BodyLimits:
     """The largest request body of each route: an image of ``max_image_bytes`` and its form
-    (or, on OpenAI's route, its base64 and JSON)."""
+    (or, on OpenAI's route, its base64 and JSON); in all, what the HTTP processes read at once
+    (``max_uploads`` bodies each), for a host that reads ahead of them (Serve's proxy)."""
+    default = settings.max_image_bytes + prodia.FORM_OVERHEAD_BYTES
     return BodyLimits(
-        default=settings.max_image_bytes + prodia.FORM_OVERHEAD_BYTES,
+        default=default,
         paths={openai_moderation.ROUTE: openai_moderation.max_body_bytes(settings.max_image_bytes)},
         hint=f"send an image of at most {settings.max_image_bytes:,} bytes",
+        total=settings.max_uploads * settings.http_workers * default,
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from PIL import Image
 
 pytest.importorskip("ray.data", reason="needs nsfwd[ray]")
@@ -335,3 +337,43 @@ def test_two_node_cluster_joined_with_auto(
         == 0
     )
     assert_same_records(read_jsonl(out), read_jsonl(single))
+
+
+def nan_checkpoint(source: Path, folder: Path) -> Path:
+    """A copy of the checkpoint at ``source`` whose weights are all NaN: every score is NaN."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, folder)
+    weights = folder / "model.safetensors"
+    tensors = load_file(weights)
+    save_file({name: torch.full_like(t, float("nan")) if t.is_floating_point() else t
+               for name, t in tensors.items()}, weights)  # fmt: skip
+    return folder
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_every_picture_is_judged_and_nan_scores_are_error_records(
+    tmp_path: Path, timm_checkpoint: Path
+) -> None:
+    """A translucent animation is judged on every frame over each page, as without --ray, and
+    says which picture answered; a model whose scores are NaN gives error records and the run
+    ends. Before, --ray judged the first frame over white alone, and a NaN score stopped the
+    whole run with a traceback."""
+    folder = tmp_path / "photos"
+    write_images(folder, 1)
+    frames = [Image.new("RGBA", (160, 160), (60 * i, 0, 0, 128)) for i in range(3)]
+    frames[0].save(folder / "anim.png", save_all=True, append_images=frames[1:], duration=100)
+    model = ["--model", str(timm_checkpoint)]
+    assert classify(*model, "--output", str(tmp_path / "one.jsonl"), str(folder)) == 0
+    assert classify(*model, "--ray", "--output", str(tmp_path / "ray.jsonl"), str(folder)) == 0
+    one, on_ray = read_jsonl(tmp_path / "one.jsonl"), read_jsonl(tmp_path / "ray.jsonl")
+    assert_same_records(on_ray, one)
+    anim = str(folder / "anim.png")
+    assert on_ray[anim]["judged"] == one[anim]["judged"]
+    assert on_ray[anim]["judged"]["frames_judged"] == 3
+
+    broken = ["--model", str(nan_checkpoint(timm_checkpoint, tmp_path / "nan-model"))]
+    assert classify(*broken, "--ray", "--output", str(tmp_path / "nan.jsonl"), str(folder)) == 1
+    records = read_jsonl(tmp_path / "nan.jsonl")
+    assert len(records) == 2
+    assert all("not finite" in record["error"] for record in records.values())

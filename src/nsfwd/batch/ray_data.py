@@ -6,11 +6,13 @@ The stages, as Ray Data runs batch inference (docs/ARCHITECTURE.md):
    :func:`~nsfwd.batch.sources.expand` (folders, URL prefixes, manifests read as a
    stream), never all in the driver;
 2. :class:`Preparer`, an autoscaling pool of CPU actors: read each image's bytes (local or any
-   fsspec URL), then the intake's checks and the model's preprocessing
-   (:func:`~nsfwd.intake.load_image`, :meth:`~nsfwd.models.classifier.Classifier.prepare`); a file
-   that fails becomes its error message;
+   fsspec URL), then the intake's checks and the model's preprocessing of every picture a viewer
+   may see of it (:func:`~nsfwd.intake.load_prepared`, as ``nsfwd classify`` judges them); a
+   file that fails becomes its error message;
 3. :class:`Labeller`, a pool of actors each holding one classifier (``num_gpus=1`` each on a
-   cluster with GPUs): the probabilities of each batch;
+   cluster with GPUs): the probabilities of every picture, and each image's worst picture
+   under the run's policy (:func:`~nsfwd.verdict.worst`; scores that are not finite refuse the
+   image, as everywhere else);
 4. the driver streams the labelled rows back and writes the records as ``nsfwd classify``
    does. Records are small, so the driver holds a batch of them at a time and no pixels.
 
@@ -19,6 +21,7 @@ Ray is the optional ``nsfwd[ray]`` extra: this module imports it only inside :me
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -33,7 +36,9 @@ from numpy.typing import NDArray
 
 from nsfwd.batch import sources
 from nsfwd.batch.pipeline import FileResult
-from nsfwd.intake import ImageError, ImageLimits, load_image
+from nsfwd.intake import ImageError, ImageLimits, UnscorableImageError, load_prepared
+from nsfwd.intake.views import View, Views
+from nsfwd.verdict import Policy, nonfinite_labels, worst
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -103,14 +108,16 @@ def _load(options: ModelOptions, threads: int) -> Classifier:
 
 
 class Preparer:
-    """Stage 2: names -> the model's input pixels, or why the image cannot be classified.
+    """Stage 2: names -> the model's input pixels for every picture a viewer may see of each
+    image, or why the image cannot be classified.
 
     Holds the classifier on the CPU for its preprocessing, and prepares as ``nsfwd classify
-    --decode`` says on a CPU: each image through :func:`~nsfwd.intake.load_image` and
-    :meth:`~nsfwd.models.classifier.Classifier.prepare` (``pil``), or the batch through one
-    :class:`~nsfwd.models.tensor_decode.TensorDecoder` call (``tensor``, and ``auto`` where the
-    model allows it), so the pixels are those of a single-machine run on a CPU. Rows whose
-    path is in ``skip`` (``--resume``) are dropped.
+    --decode`` says on a CPU: each image through :func:`~nsfwd.intake.load_prepared` (``pil``),
+    or the batch through one :class:`~nsfwd.models.tensor_decode.TensorDecoder` call
+    (``tensor``, and ``auto`` where the model allows it), so the pixels are those of a
+    single-machine run on a CPU. A row's ``pixels`` stack its pictures (one for an opaque
+    still, up to 96 for a translucent animation) and ``views`` says which picture each is
+    (:func:`_views_text`). Rows whose path is in ``skip`` (``--resume``) are dropped.
     """
 
     def __init__(
@@ -132,7 +139,8 @@ class Preparer:
         self.blank = self.classifier.blank(1)[0].numpy()
 
     def __call__(self, batch: Batch) -> Batch:
-        """The batch's rows not skipped, with ``error`` ("" when none) and ``pixels``."""
+        """The batch's rows not skipped, with ``error`` ("" when none), ``pixels`` (a stack of
+        the image's pictures) and ``views`` (which pictures, as JSON)."""
         keep = [i for i, path in enumerate(batch["path"]) if str(path) not in self.skip]
         paths = [str(batch["path"][i]) for i in keep]
         wheres = [str(batch["location"][i]) for i in keep]
@@ -140,59 +148,96 @@ class Preparer:
             prepared = list(self.pool.map(self._prepare, wheres))
         else:
             prepared = self._decode(list(self.pool.map(self._read, wheres)))
-        errors = [item if isinstance(item, str) else "" for item in prepared]
-        pixels = [self.blank if isinstance(item, str) else item for item in prepared]
-        shape = (0, *self.blank.shape)
+        pixels = np.empty(len(prepared), dtype=object)  # ragged: pictures per image vary
+        for row, item in enumerate(prepared):
+            pixels[row] = self.blank[None] if isinstance(item, str) else _stacked(item)
         return {
             "path": np.array(paths, dtype=object),
-            "error": np.array(errors, dtype=object),
-            "pixels": np.stack(pixels) if pixels else np.zeros(shape, self.blank.dtype),
+            "error": np.array(
+                [item if isinstance(item, str) else "" for item in prepared], dtype=object
+            ),
+            "views": np.array([_views_text(item) for item in prepared], dtype=object),
+            "pixels": pixels,
         }
 
     def _read(self, where: str) -> bytes | str:
         return sources.read(where, self.limits)
 
-    def _prepare(self, where: str) -> Pixels | str:
+    def _prepare(self, where: str) -> Views[Any] | str:
         data = sources.read(where, self.limits)
         if isinstance(data, str):
             return data
         try:
-            return self.classifier.prepare(load_image(data, self.limits)).numpy()
+            return load_prepared(data, self.classifier.prepare, self.limits)
         except ImageError as exc:
             return str(exc)
 
-    def _decode(self, reads: list[bytes | str]) -> list[Pixels | str]:
+    def _decode(self, reads: list[bytes | str]) -> list[Views[Any] | str]:
         assert self.decoder is not None
-        decoded = iter(self.decoder.prepare([item for item in reads if isinstance(item, bytes)]))
-        results: list[Pixels | str] = []
+        encoded = [item for item in reads if isinstance(item, bytes)]
+        decoded = iter(self.decoder.prepare_views(encoded))
+        results: list[Views[Any] | str] = []
         for item in reads:
             if isinstance(item, str):
                 results.append(item)
                 continue
-            pixels = next(decoded)
-            results.append(str(pixels) if isinstance(pixels, ImageError) else pixels.numpy())
+            views = next(decoded)
+            results.append(str(views) if isinstance(views, ImageError) else views)
         return results
 
 
-class Labeller:
-    """Stage 3: prepared pixels -> label probabilities, by one classifier loaded once."""
+def _stacked(views: Views[Any]) -> Pixels:
+    """An image's prepared pictures as one array (pictures first)."""
+    return np.stack([picture.numpy() for picture in views.images])
 
-    def __init__(self, options: ModelOptions, cpus: float) -> None:
+
+def _views_text(item: Views[Any] | str) -> str:
+    """Which picture each of a row's pixels is (frame, backdrop, colours) and the file's frame
+    count, as JSON; "" for a row in error."""
+    if isinstance(item, str):
+        return ""
+    shown = [[view.frame, view.backdrop, view.colours] for view in item.views]
+    return json.dumps({"frames": item.frames, "views": shown})
+
+
+def _views(text: str) -> Views[None]:
+    """The :class:`Views` (without pictures) :func:`_views_text` describes."""
+    described = json.loads(text)
+    return Views([View(None, *view) for view in described["views"]], described["frames"])
+
+
+class Labeller:
+    """Stage 3: prepared pictures -> each image's labels (its worst picture's under
+    ``policy``), by one classifier loaded once; ``batch_size`` pictures through the model at
+    a time."""
+
+    def __init__(
+        self, options: ModelOptions, cpus: float, policy: Policy, batch_size: int = 8
+    ) -> None:
         self.classifier = _load(options, threads=int(cpus))
+        self.policy = policy
+        self.batch_size = batch_size
         log.info("loaded %s on %s", self.classifier.name, self.classifier.device)
 
     def __call__(self, batch: Batch) -> pa.Table:
-        """Rows of path, error (null when none) and labels (a struct; null for an error)."""
+        """Rows of path, error (null when none), labels (a struct; null for an error) and
+        judged (which picture answered, as JSON; null when only one was judged)."""
         import pyarrow as pa
-        import torch
 
-        errors = [str(error) or None for error in batch["error"]]
+        errors: list[str | None] = [str(error) or None for error in batch["error"]]
         good = [i for i, error in enumerate(errors) if error is None]
+        rows = self._predict([np.asarray(batch["pixels"][i]) for i in good])
         probs = np.zeros((len(errors), len(self.classifier.labels)))
-        if good:
-            pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][good]))
-            probs[good] = self.classifier.predict(pixels).numpy()
-        labels = pa.StructArray.from_arrays(
+        judged: list[str | None] = [None] * len(errors)
+        for row, labels in zip(good, rows, strict=True):
+            bad = sorted({label for each in labels for label in nonfinite_labels(each)})
+            if bad:  # fail closed: NaN is never flagged, and one image does not stop the run
+                errors[row] = UnscorableImageError.for_labels(bad).message
+                continue
+            judgement = worst(_views(str(batch["views"][row])), labels, self.policy.score)
+            probs[row] = [judgement.labels[name] for name in self.classifier.labels]
+            judged[row] = json.dumps(judgement.details()) if judgement.chosen else None
+        labels_column = pa.StructArray.from_arrays(
             [pa.array(probs[:, k]) for k in range(probs.shape[1])],
             names=list(self.classifier.labels),
             mask=pa.array([error is not None for error in errors], pa.bool_()),
@@ -201,9 +246,29 @@ class Labeller:
             {
                 "path": pa.array([str(path) for path in batch["path"]], pa.string()),
                 "error": pa.array(errors, pa.string()),
-                "labels": labels,
+                "labels": labels_column,
+                "judged": pa.array(judged, pa.string()),
             }
         )
+
+    def _predict(self, stacks: list[Pixels]) -> list[list[dict[str, float]]]:
+        """Each image's labels, one per picture, running ``batch_size`` pictures at a time."""
+        import torch
+
+        if not stacks:
+            return []
+        pictures = np.concatenate(stacks)
+        found: list[dict[str, float]] = []
+        for start in range(0, len(pictures), self.batch_size):
+            chunk = torch.from_numpy(
+                np.ascontiguousarray(pictures[start : start + self.batch_size])
+            )
+            found += self.classifier.to_labels(self.classifier.predict(chunk))
+        rows, position = [], 0
+        for stack in stacks:
+            rows.append(found[position : position + len(stack)])
+            position += len(stack)
+        return rows
 
 
 @dataclass
@@ -294,11 +359,12 @@ class RayJob:
         decode: str = "auto",
         skip: set[str] | frozenset[str] = frozenset(),
         progress: bool = True,
+        policy: Policy | None = None,
     ) -> RayJob:
         """Connect to Ray (``address`` None: a local instance; ``auto``; ``ray://...``) and
         plan the pipeline over ``inputs``; nothing runs until records are asked for.
         ``decode``: as ``nsfwd classify --decode``; ``skip``: record paths to leave out
-        (``--resume``)."""
+        (``--resume``); ``policy`` picks each image's worst picture (default: moderate)."""
         ray = _import_ray()
         owns_ray = not ray.is_initialized()
         if owns_ray:
@@ -307,7 +373,9 @@ class RayJob:
             context = ray.data.DataContext.get_current()
             context.enable_progress_bars = progress
             plan = Plan.for_cluster(ray.cluster_resources(), batch_size)
-            dataset = _dataset(ray, list(inputs), settings, plan, decode=decode, skip=skip)
+            dataset = _dataset(
+                ray, list(inputs), settings, plan, decode=decode, skip=skip, policy=policy
+            )
             return cls(dataset, owns_ray)
         except BaseException:
             if owns_ray:
@@ -341,7 +409,8 @@ class RayJob:
                 yield FileResult(row["path"], error=row["error"])
             else:
                 self.summary.classified += 1
-                yield FileResult(row["path"], labels=row["labels"])
+                judged = None if row["judged"] is None else json.loads(row["judged"])
+                yield FileResult(row["path"], labels=row["labels"], judged=judged)
 
     def __enter__(self) -> RayJob:
         return self
@@ -391,8 +460,9 @@ def _dataset(
     *,
     decode: str,
     skip: set[str] | frozenset[str],
+    policy: Policy | None = None,
 ) -> Any:
-    """The pipeline, lazily: names -> prepared pixels -> labels."""
+    """The pipeline, lazily: names -> prepared pictures -> labels."""
     options = ModelOptions.from_settings(settings)
     names = _names(ray, inputs)
     prepared = names.map_batches(
@@ -409,7 +479,12 @@ def _dataset(
     )
     return prepared.map_batches(
         Labeller,
-        fn_constructor_kwargs={"options": options, "cpus": plan.labeller_cpus},
+        fn_constructor_kwargs={
+            "options": options,
+            "cpus": plan.labeller_cpus,
+            "policy": policy or Policy(),
+            "batch_size": plan.batch_size,
+        },
         batch_size=plan.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=plan.labellers),

@@ -188,6 +188,7 @@ def _classify_on_ray(args: argparse.Namespace, policy: Policy, done: set[str]) -
             decode=args.decode,
             skip=done,
             progress=not args.no_progress,
+            policy=policy,
         )
     except RayUnavailableError as exc:
         print(f"nsfwd classify: {exc}", file=sys.stderr)

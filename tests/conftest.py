@@ -36,6 +36,7 @@ TIERS: Final = {
         "test_campaign_multipart",
         "test_campaign_faults",
         "test_campaign_load",
+        "test_campaign_costs",
     ),
 }
 """The tiers beyond the inner loop, by test module (or ``module::test`` prefix): ``make test``

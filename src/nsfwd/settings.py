@@ -321,7 +321,7 @@ class Settings(BaseSettings):
         description="Requests (POST /v2/job, POST /v2/job/async while its upload is read and "
         "checked, POST /v1/prediction/ and POST /v1/moderations) one key may have in progress "
         "at once in each HTTP process, its fair share: past it, a key gets 429 with "
-        "Retry-After once the process has half of max_queue "
+        "Retry-After once the process has half of max_queue (or of max_uploads, if smaller) "
         "requests in progress (below that it may use what nobody else is using), so one key "
         "cannot fill the engine's queue or every upload slot. OpenAI moderation requests count "
         "one per image, and Eachlabs creates one each. Unset: an eighth of max_queue (at "
@@ -471,10 +471,10 @@ class Settings(BaseSettings):
 
     @property
     def key_requests_busy_at(self) -> int:
-        """Requests in progress in a process from which a key past its share is refused:
-        half of ``max_queue``, and never below 2 (with a queue of one to three, the engine's
-        own admission decides alone)."""
-        return max(2, self.max_queue // 2)
+        """Requests in progress in a process from which a key past its share is refused: half
+        of ``max_queue`` or of ``max_uploads``, whichever is smaller (so one key borrowing what
+        nobody uses never holds every upload slot), and never below 2."""
+        return max(2, min(self.max_queue, self.max_uploads) // 2)
 
     @property
     def dns_key_limit(self) -> int:

@@ -344,10 +344,14 @@ def _full_depth(image: ImageFile.ImageFile, data: bytes) -> Image.Image:
     with _open(data, "PNG") as low:
         low.tile = [tile._replace(args="RGB;16L") for tile in low.tile]
         low.load()
-        high_bytes, low_bytes = np.asarray(image.convert("RGB")), np.asarray(low)
-    samples = (high_bytes.astype(np.uint16) << 8) | low_bytes
-    alpha = np.where(np.all(samples == np.array(key, dtype=np.uint16), axis=-1), 0, 255)
-    return Image.fromarray(np.dstack([high_bytes, alpha.astype(np.uint8)]), "RGBA")
+        shown = image.convert("RGB")
+        high_bytes, low_bytes = np.asarray(shown), np.asarray(low)
+    keyed = np.ones(high_bytes.shape[:2], dtype=bool)
+    for channel, value in enumerate(key):  # byte by byte: no 16-bit copy of the image
+        keyed &= high_bytes[..., channel] == value >> 8
+        keyed &= low_bytes[..., channel] == value & 0xFF
+    shown.putalpha(Image.fromarray(np.where(keyed, 0, 255).astype(np.uint8)))
+    return shown
 
 
 def _check_frames(image: ImageFile.ImageFile, fmt: str, limits: ImageLimits) -> int:

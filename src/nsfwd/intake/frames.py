@@ -94,21 +94,39 @@ def frames_to_judge(frames: Sequence[FrameFacts], budget: int = MAX_JUDGED_FRAME
         return [facts.index for facts in frames]
     rank = {frames[position].index: i for i, position in enumerate(spread_order(len(frames)))}
     by_time = sorted(frames, key=lambda f: (-shown_ms(f.duration_ms), rank[f.index]))
-    chosen = _Chosen(budget)
-    chosen.add(frames[0])
-    for facts in by_time[: max(1, budget // 4)]:
-        chosen.add(facts)
-    for facts in by_time:
-        if chosen.full:
-            break
-        if not chosen.near(facts.signature):
-            chosen.add(facts)
-    rest = [facts for facts in frames if facts.index not in chosen.indices]
-    for position in spread_order(len(rest)):
-        if chosen.full:
-            break
-        chosen.add(rest[position])
-    return sorted(chosen.indices)
+    chosen: dict[int, None] = {}  # an ordered set
+    for facts in [frames[0], *by_time[: max(1, budget // 4)]]:
+        if len(chosen) < budget:
+            chosen.setdefault(facts.index)
+    _take_distinct(by_time, chosen, budget)
+    rest = [facts for facts in frames if facts.index not in chosen]
+    for position in spread_order(len(rest))[: budget - len(chosen)]:
+        chosen.setdefault(rest[position].index)
+    return sorted(chosen)
+
+
+def _take_distinct(order: Sequence[FrameFacts], chosen: dict[int, None], budget: int) -> None:
+    """Add to ``chosen``, in ``order``, each frame whose signature is not within
+    :data:`NEAR_DUPLICATE_LEVELS` of any chosen frame's, until the budget is spent. Each
+    frame's distance to its nearest chosen frame is kept up to date, a row at a time."""
+    levels = np.stack([_levels(facts.signature) for facts in order])
+    where = {facts.index: row for row, facts in enumerate(order)}
+    nearest = np.full(len(order), np.iinfo(np.int32).max, dtype=np.int32)  # summed differences
+    near = NEAR_DUPLICATE_LEVELS * levels.shape[1]
+
+    def seen(row: int) -> None:
+        difference = np.abs(levels - levels[row]).sum(axis=1, dtype=np.int32)
+        np.minimum(nearest, difference, out=nearest)
+
+    for index in chosen:
+        seen(where[index])
+    while len(chosen) < budget:
+        distinct = np.flatnonzero(nearest > near)
+        if not distinct.size:
+            return
+        row = int(distinct[0])  # the longest on screen of the distinct ones
+        chosen[order[row].index] = None
+        seen(row)
 
 
 def spread_order(count: int) -> list[int]:
@@ -128,30 +146,10 @@ def spread_order(count: int) -> list[int]:
     return order
 
 
-class _Chosen:
-    """The frames chosen so far, up to the budget, with their signatures stacked for the
-    near-duplicate test."""
+_EMPTY_SIGNATURE: Final = bytes(SIGNATURE_SIZE[0] * SIGNATURE_SIZE[1] * 3)
 
-    def __init__(self, budget: int) -> None:
-        self.budget = budget
-        self.indices: dict[int, None] = {}  # an ordered set
-        self._signatures: list[np.ndarray] = []
 
-    @property
-    def full(self) -> bool:
-        return len(self.indices) >= self.budget
-
-    def add(self, facts: FrameFacts) -> None:
-        if self.full or facts.index in self.indices:
-            return
-        self.indices[facts.index] = None
-        self._signatures.append(np.frombuffer(facts.signature, dtype=np.uint8))
-
-    def near(self, signature: bytes) -> bool:
-        """Whether ``signature`` is within :data:`NEAR_DUPLICATE_LEVELS` of a chosen frame's."""
-        candidate = np.frombuffer(signature, dtype=np.uint8).astype(np.int16)
-        known = [s for s in self._signatures if s.shape == candidate.shape]
-        if not known:
-            return False
-        difference = np.abs(np.stack(known).astype(np.int16) - candidate).mean(axis=1)
-        return bool(difference.min() <= NEAR_DUPLICATE_LEVELS)
+def _levels(signature: bytes) -> np.ndarray:
+    """A signature's levels, fitted to the signature size (a decoder's own may differ)."""
+    levels = np.frombuffer(signature[: len(_EMPTY_SIGNATURE)], dtype=np.uint8).astype(np.int16)
+    return np.pad(levels, (0, len(_EMPTY_SIGNATURE) - len(levels)))

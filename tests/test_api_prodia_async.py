@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from requests.adapters import HTTPAdapter, Retry
 
-from gates import GatedClassifier
+from gates import GatedClassifier, shut
 from nsfwd.api import create_app
 from nsfwd.engine.batcher import Engine
 from nsfwd.jobs import Store
@@ -388,13 +388,8 @@ def gated(
         classifier.loaded, classifier.device, classifier.dtype, classifier.name
     )
     model.gate.set()
-    with async_server(model, tmp_path, **settings) as (url, _):
-        model.gate.clear()
-        model.entered.clear()
-        try:
-            yield url, model
-        finally:
-            model.gate.set()
+    with async_server(model, tmp_path, **settings) as (url, _), shut(model):
+        yield url, model
 
 
 def test_a_full_async_queue_answers_429_with_retry_after(

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gates import simple_gated_classifier
+from gates import simple_gated_classifier, start_shut
 from judging import labels_of
 from noise import noise_png
 from nsfwd.engine import EngineClosedError, ModelFailedError, QueueFullError
@@ -54,9 +54,7 @@ def test_a_full_queue_is_refused_with_retry_after(classifier: Classifier) -> Non
 
     async def main() -> None:
         engine = Engine(gated, max_batch_size=2, max_queue=3)
-        gated.gate.set()  # type: ignore[union-attr]
-        await engine.start()
-        gated.gate.clear()  # type: ignore[union-attr]
+        await start_shut(engine, gated.gate)  # type: ignore[arg-type]
         tasks = [asyncio.create_task(labels_of(engine, noise_png(i))) for i in range(3)]
         await until(lambda: engine.in_flight == 3, what="the three images to be admitted")
         with pytest.raises(QueueFullError) as refused:
@@ -75,9 +73,7 @@ def test_cancelled_requests_are_dropped_before_inference(classifier: Classifier)
 
     async def main() -> None:
         engine = Engine(gated, max_batch_size=1, max_queue=16)
-        gated.gate.set()  # type: ignore[union-attr]
-        await engine.start()
-        gated.gate.clear()  # type: ignore[union-attr]
+        await start_shut(engine, gated.gate)  # type: ignore[arg-type]
         registry = engine.metrics.registry
         first = asyncio.create_task(labels_of(engine, noise_png(1)))  # holds the model at the gate
         await until(lambda: registry.get_sample_value("nsfwd_queue_seconds_count") == 1.0)
@@ -141,9 +137,7 @@ def test_admission_counts_pictures_not_requests(classifier: Classifier) -> None:
 
     async def main() -> None:
         engine = Engine(gated, max_batch_size=8, max_queue=4)
-        gated.gate.set()  # type: ignore[union-attr]
-        await engine.start()
-        gated.gate.clear()  # type: ignore[union-attr]
+        await start_shut(engine, gated.gate)  # type: ignore[arg-type]
         big = asyncio.create_task(engine.judge(translucent_animation()))
         await until(lambda: engine.in_flight == 6, what="the animation's six pictures")
         with pytest.raises(QueueFullError):
@@ -186,9 +180,7 @@ def test_a_failed_batch_runs_again_in_halves(classifier: Classifier) -> None:
 
     async def main() -> None:
         engine = Engine(model, max_batch_size=8, max_queue=16)
-        gated.gate.set()  # type: ignore[union-attr]
-        await engine.start()
-        gated.gate.clear()  # type: ignore[union-attr]
+        await start_shut(engine, gated.gate)  # type: ignore[arg-type]
         tasks = [asyncio.create_task(labels_of(engine, noise_png(i))) for i in range(4)]
         await until(lambda: engine.queued == 4 or engine.in_flight == 4, what="four queued")
         gated.gate.set()  # type: ignore[union-attr]

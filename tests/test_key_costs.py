@@ -35,7 +35,7 @@ import requests
 from PIL import Image
 
 from eachlabs_calls import KEY, OTHER
-from gates import GatedClassifier
+from gates import GatedClassifier, shut
 from hosts import ALLOWED, jpeg
 from nsfwd.api import create_app
 from nsfwd.engine.batcher import Engine
@@ -45,7 +45,7 @@ from nsfwd.serve.connections import uvicorn_options
 from nsfwd.settings import Settings
 from photos import astronaut_jpeg
 from prodia_jobs import MODEL
-from servers import serve_app
+from servers import half_sent, serve_app
 from test_api_prodia_async import V2, session, submit, wait_for_state
 from test_bad_input import read_response
 from waiting import wait_for
@@ -74,14 +74,10 @@ def server(
     config = Settings(**(options | settings))
     engine = Engine(model, max_batch_size=4, max_queue=config.max_queue, limits=config.image_limits)
     app = create_app(engine, config, Store.from_settings(config))
-    with serve_app(app, **uvicorn_options(config)) as url:
+    with serve_app(app, **uvicorn_options(config)) as url, ExitStack() as stack:
         if gated:
-            model.gate.clear()
-            model.entered.clear()
-        try:
-            yield url, model
-        finally:
-            model.gate.set()
+            stack.enter_context(shut(model))
+        yield url, model
 
 
 def data_uri(data: bytes) -> str:
@@ -99,14 +95,8 @@ def moderate(url: str, key: str, urls: list[str], timeout: float = 30) -> reques
 
 
 def trickle(url: str, path: str, headers: str, length: int) -> socket.socket:
-    """A POST whose head and first byte are sent; the rest of its ``length`` never is."""
-    host, port = url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)), timeout=10)
-    sock.sendall(
-        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{headers}"
-        f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n{{".encode()
-    )
-    return sock
+    """A JSON POST whose head and first byte are sent; the rest of its ``length`` never is."""
+    return half_sent(url, path, headers + "Content-Type: application/json\r\n", length, b"{")
 
 
 # --- request bodies take the key's slot first ------------------------------------------------

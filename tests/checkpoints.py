@@ -9,8 +9,10 @@ import torch
 from nsfwd.models.synthetic import write_timm_checkpoint
 
 SEVERITY = ["neutral", "low", "medium", "high"]
+VIT = "vit"
+"""The tiny ViT's name where a server serves it beside the tiny EVA-02."""
 
-__all__ = ["SEVERITY", "write_timm_checkpoint", "write_vit_checkpoint"]
+__all__ = ["SEVERITY", "VIT", "write_timm_checkpoint", "write_vit_checkpoint"]
 
 
 def write_vit_checkpoint(folder: Path, labels: tuple[str, ...] = ("normal", "nsfw")) -> Path:

@@ -7,10 +7,11 @@ once a session and shared.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import pytest
 
@@ -18,11 +19,42 @@ from checkpoints import write_timm_checkpoint, write_vit_checkpoint
 from hosts import Canary, Host
 from nsfwd.models.classifier import Classifier
 
+if TYPE_CHECKING:
+    from ray_backend import RayServer
+
+
+def _has_ray_serve() -> bool:
+    return (
+        importlib.util.find_spec("ray") is not None
+        and importlib.util.find_spec("ray.serve") is not None
+    )
+
+
 TIERS: Final = {
     # real Ray clusters and Ray Serve: one at a time (two cores cannot host two), one xdist group
     "ray": ("test_ray_serve", "test_ray_serve_autoscaling", "test_ray_data"),
-    # full-size models, compiling, killed servers and process trees
-    "heavy": ("test_parity", "test_compile", "test_crash", "test_supervisor"),
+    # full-size models, compiling, the bench, a real Matrix Synapse (its own virtual
+    # environment, made once under a cache folder), and real `nsfwd` processes beyond one smoke
+    # test each (killed servers, process trees, a machine without the Hub)
+    "heavy": (
+        "test_parity",
+        "test_compile",
+        "test_crash",
+        "test_supervisor",
+        "test_bench",
+        "test_synapse",
+        "test_fetch_bounds",
+        "test_several_models::test_http_workers_reach_every_model",
+        "test_imports::test_serve_with_http_workers_loads_torch_only_for_inference",
+        "test_server::test_serve_binds_publicly_with_only_keys_from_the_store",
+        "test_open_nsfw::test_classify_cli_records",
+        "test_open_nsfw::test_download_says_it_is_built_in",
+        "test_open_nsfw::test_with_no_model_configured_and_no_hub_serve_falls_back",
+        "test_open_nsfw::test_an_explicit_model_that_cannot_load_still_stops_the_server",
+        "test_cli::test_an_unreachable_hub_says_how_to_supply_the_model",
+        "test_cli::test_a_hub_id_loads_offline_from_the_cache",
+        "test_keys::test_a_created_key_works_against_the_api_until_revoked",
+    ),
     # headless Chromium
     "browser": (
         "test_demo",
@@ -46,15 +78,92 @@ model or a long run belongs here."""
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test with its tier (:data:`TIERS`); the Ray tier shares one xdist worker."""
+    """Mark every test with its tier (:data:`TIERS`; a test of an API suite run through Ray
+    Serve is in the Ray tier); the Ray tier shares one xdist worker."""
     for item in items:
         where = f"{item.path.stem}::{item.name}"
-        for tier, places in TIERS.items():
-            if any(where == place or where.startswith(place + ("" if "::" in place else "::"))
-                   for place in places):  # fmt: skip
-                item.add_marker(getattr(pytest.mark, tier))
-                if tier == "ray":
-                    item.add_marker(pytest.mark.xdist_group("ray"))
+        tiers = {tier for tier, places in TIERS.items() if any(_in(where, p) for p in places)}
+        if _backend(item) == "ray":
+            tiers.add("ray")
+        for tier in sorted(tiers):
+            item.add_marker(getattr(pytest.mark, tier))
+        if "ray" in tiers:
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
+@pytest.hookimpl(trylast=True, specname="pytest_collection_modifyitems")
+def last_of_all(items: list[pytest.Item]) -> None:
+    """Tests that stop the session's Ray Serve server (:data:`STOPS_THE_RAY_SERVER`) run last,
+    after pytest has grouped the tests by their fixtures."""
+    last = [item for item in items if item.nodeid.endswith(STOPS_THE_RAY_SERVER)]
+    items[:] = [item for item in items if item not in last] + last
+
+
+STOPS_THE_RAY_SERVER: Final = ("test_ray_serve.py::test_sigterm_drains_and_leaves_no_ray_process",)
+"""The tests that stop the session's Ray Serve server: they run after every other test."""
+
+
+def _in(where: str, place: str) -> bool:
+    """Whether the test ``where`` (``module::name[params]``) is at ``place`` (a module, or a
+    ``module::name`` whatever its parameters)."""
+    return where == place or where.startswith(place + ("[" if "::" in place else "::"))
+
+
+def _backend(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    return None if callspec is None else callspec.params.get("backend")
+
+
+# --- the API suites' shared servers: here (local) and on Ray Serve (ray) ----------------------
+
+
+@pytest.fixture(
+    scope="session",
+    params=[
+        "local",
+        pytest.param(
+            "ray", marks=pytest.mark.skipif(not _has_ray_serve(), reason="needs nsfwd[serve]")
+        ),
+    ],
+)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Where the API suites' shared servers run: ``local``, in this process; ``ray``, the
+    session's ``nsfwd serve --ray`` (:mod:`ray_backend`). Every test that uses ``server_url``
+    (or a suite's ``url``, ``server``, ``client``) runs on both."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def ray_server(
+    timm_checkpoint: Path,
+    vit_checkpoint: Path,
+    postgres_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RayServer]:
+    """The session's ``nsfwd serve --ray`` (:func:`ray_backend.ray_server`), on a PostgreSQL
+    database of its own; started by the first test that needs it."""
+    from postgres import fresh_database
+    from ray_backend import ray_server as start
+
+    with (
+        fresh_database(postgres_url) as database,
+        start(
+            timm_checkpoint, vit_checkpoint, database, tmp_path_factory.mktemp("ray-serve")
+        ) as server,
+    ):
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def bounded_on_ray(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test on the session's Ray Serve server runs under its time bound
+    (:meth:`ray_backend.RayServer.bounded`)."""
+    if _backend(request.node) != "ray" and "ray_server" not in request.fixturenames:
+        yield
+        return
+    server: RayServer = request.getfixturevalue("ray_server")
+    with server.bounded(request.node.name):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -92,8 +201,18 @@ def vit_classifier(vit_checkpoint: Path) -> Classifier:
 
 
 @pytest.fixture(scope="session")
-def server_url(classifier: Classifier) -> Iterator[str]:
-    """A real nsfwd server on loopback (tiny EVA-02, key ``test-key-4f1c2a9e``), for the suite."""
+def server_url(backend: str, request: pytest.FixtureRequest) -> str:
+    """The shared server of the API suites (``test-key-4f1c2a9e``, the tiny EVA-02 served as
+    Freepik's model): :func:`sync_server_url` here, or Serve's proxy on Ray (``backend``)."""
+    if backend == "ray":
+        return request.getfixturevalue("ray_server").url  # type: ignore[no-any-return]
+    return request.getfixturevalue("sync_server_url")  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def sync_server_url(classifier: Classifier) -> Iterator[str]:
+    """A real nsfwd server on loopback (tiny EVA-02, API key ``test-key-4f1c2a9e``) without a
+    job store: the synchronous routes alone."""
     from nsfwd.api import create_app
     from nsfwd.engine.batcher import Engine
     from nsfwd.settings import Settings

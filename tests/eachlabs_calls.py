@@ -19,7 +19,7 @@ from hosts import ALLOWED, SECRET
 from nsfwd.api import create_app
 from nsfwd.engine.batcher import Engine
 from nsfwd.jobs import Store
-from nsfwd.models.classifier import Classifier
+from nsfwd.models.model import Model
 from nsfwd.settings import Settings
 from servers import serve_app
 from waiting import wait_for
@@ -32,7 +32,7 @@ ERROR_KEYS = {"status", "message", "details"}
 
 @contextmanager
 def eachlabs_server(
-    classifier: Classifier, data_dir: Path, **overrides: Any
+    classifier: Model, data_dir: Path, **overrides: Any
 ) -> Iterator[tuple[str, str]]:
     """A server on loopback with a store in ``data_dir``; yields its URL and the store's URL."""
     options: dict[str, Any] = {

@@ -20,6 +20,8 @@ from requests_toolbelt.multipart import decoder
 
 MODEL = "Freepik/nsfw_image_detector"
 TOKEN = "test-key-4f1c2a9e"
+OTHER_TOKEN = "other-key-7d3b5e1f"
+"""A second Prodia key, for the tests of what one key may see of another's."""
 LABELS = ["neutral", "low", "medium", "high"]
 
 

@@ -34,13 +34,23 @@ def make_key(
     *,
     policy: PolicyName | None = None,
     threshold: float | None = None,
-    **limits: int,
+    region_thresholds: str | None = None,
+    creates_per_minute: int = 100,
+    max_in_flight: int = 10,
 ) -> str:
-    """Create an API key called ``name`` with ``limits`` (and its own ``policy`` and
-    ``threshold``, if given) in the store; returns its secret."""
+    """Create an API key called ``name`` with these limits (and its own ``policy``,
+    ``threshold`` and ``region_thresholds``, if given) in the store; returns its secret."""
 
     async def body(store: Store) -> str:
-        return (await store.keys.create(name, policy=policy, threshold=threshold, **limits))[0]
+        created = await store.keys.create(
+            name,
+            policy=policy,
+            threshold=threshold,
+            region_thresholds=region_thresholds,
+            creates_per_minute=creates_per_minute,
+            max_in_flight=max_in_flight,
+        )
+        return created[0]
 
     return with_store(store_url, body)
 

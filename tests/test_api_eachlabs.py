@@ -39,7 +39,9 @@ from hosts import ALLOWED, Canary, Hit, Host, names, verified
 from nsfwd.jobs import Delivery, Store, Upload
 from nsfwd.jobs.database import database_url
 from nsfwd.models.classifier import Classifier
+from nsfwd.settings import Settings
 from nsfwd.verdict import Policy
+from ray_backend import RayServer
 from store_handles import delivery_for, make_key, with_store
 from waiting import wait_for
 
@@ -49,8 +51,17 @@ pytestmark = pytest.mark.usefixtures("canary")
 
 @pytest.fixture(scope="module")
 def server(
-    classifier: Classifier, tmp_path_factory: pytest.TempPathFactory, host: tuple[str, Host]
+    backend: str,
+    request: pytest.FixtureRequest,
+    classifier: Classifier,
+    tmp_path_factory: pytest.TempPathFactory,
+    host: tuple[str, Host],
 ) -> Iterator[tuple[str, str]]:
+    """The suite's server and its store's URL: here on SQLite, or on Ray Serve on PostgreSQL."""
+    if backend == "ray":
+        ray: RayServer = request.getfixturevalue("ray_server")
+        yield ray.url, Store.from_settings(Settings(database_url=ray.database)).url
+        return
     with eachlabs_server(classifier, tmp_path_factory.mktemp("eachlabs")) as running:
         yield running
 

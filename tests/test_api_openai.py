@@ -19,31 +19,36 @@ import pytest
 import requests
 from openai import OpenAI
 
+from checkpoints import VIT
 from eachlabs_calls import KEY, create, created_id, eachlabs_server, poll
 from hosts import ALLOWED, Host, jpeg
 from nsfwd.api import create_app
-from nsfwd.api.openai.moderations import CATEGORIES
 from nsfwd.engine.batcher import Engine
 from nsfwd.jobs import Store
 from nsfwd.models.classifier import Classifier
 from nsfwd.settings import Settings
-from nsfwd.verdict import Policy
+from nsfwd.verdict import CATEGORIES, Policy
 from prodia_jobs import MODEL, TOKEN, job_files
 from servers import serve_app
 from store_handles import make_key
 
 pytestmark = pytest.mark.usefixtures("canary")
 
-VIT = "vit"
-
 
 @pytest.fixture(scope="module")
 def url(
+    backend: str,
+    request: pytest.FixtureRequest,
+    *,
     classifier: Classifier,
     vit_classifier: Classifier,
     tmp_path_factory: pytest.TempPathFactory,
     host: tuple[str, Host],
 ) -> Iterator[str]:
+    """The suite's server: both models, here or on Ray Serve (the image host up first)."""
+    if backend == "ray":
+        yield request.getfixturevalue("ray_server").url
+        return
     settings = Settings(
         api_keys=[TOKEN],
         data_dir=tmp_path_factory.mktemp("openai"),

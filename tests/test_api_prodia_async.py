@@ -27,12 +27,12 @@ from nsfwd.models.classifier import Classifier
 from nsfwd.settings import Settings
 from nsfwd.verdict import Policy
 from photos import ASTRONAUT, astronaut_jpeg
-from prodia_jobs import MODEL, TOKEN, assert_labels, job_files, parts_of
+from prodia_jobs import MODEL, OTHER_TOKEN, TOKEN, assert_labels, job_files, parts_of
+from ray_backend import RayServer
 from servers import metric, serve_app
 from store_handles import make_key, with_store
 from waiting import wait_for
 
-OTHER_TOKEN = "other-key-7d3b5e1f"
 V1, V2 = "inference.vit.img2label.v1", "inference.vit.img2label.v2"
 
 
@@ -63,8 +63,16 @@ def async_server(
 
 @pytest.fixture(scope="module")
 def server(
-    classifier: Classifier, tmp_path_factory: pytest.TempPathFactory
+    backend: str,
+    request: pytest.FixtureRequest,
+    classifier: Classifier,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[str, Store]]:
+    """The suite's server and its store: here on SQLite, or on Ray Serve on PostgreSQL."""
+    if backend == "ray":
+        ray: RayServer = request.getfixturevalue("ray_server")
+        yield ray.url, Store.from_settings(Settings(database_url=ray.database))
+        return
     with async_server(classifier, tmp_path_factory.mktemp("async-store")) as running:
         yield running
 
@@ -453,8 +461,8 @@ def test_jobs_survive_a_restart_of_the_server(classifier: Classifier, tmp_path: 
         assert image.content == astronaut_jpeg()
 
 
-def test_the_sync_app_has_no_async_routes_without_a_store(server_url: str) -> None:
-    res = session().post(f"{server_url}/v2/job/async", files=job_files(V1, astronaut_jpeg()))
+def test_the_sync_app_has_no_async_routes_without_a_store(sync_server_url: str) -> None:
+    res = session().post(f"{sync_server_url}/v2/job/async", files=job_files(V1, astronaut_jpeg()))
     # No route has this path (the sync app's only job route is POST /v2/job), so the router
     # answers 404; a 405 would mean some route matched the path under another method.
     assert res.status_code == 404

@@ -26,7 +26,7 @@ from nsfwd.bench.loadgen import JOB, percentile, run_load
 from photos import astronaut_jpeg
 from serve_process import nsfwd_serve
 
-SECONDS = float(os.environ.get("NSFWD_CAMPAIGN_LOAD_S", "60"))
+SECONDS = float(os.environ.get("NSFWD_CAMPAIGN_LOAD_S", "20"))
 """How long the overload lasts."""
 WARM_UP = 0.25
 """Share of the run before memory is taken as the reference."""

@@ -41,6 +41,7 @@ from prodia_jobs import MODEL, TOKEN
 from servers import serve_app
 from waiting import wait_for
 
+ADMIN = "campaign-admin-key"
 EXAMPLES = int(os.environ.get("NSFWD_CAMPAIGN_EXAMPLES", "25"))
 """Generated requests per operation and generation mode."""
 CHECKS: list[Callable[..., Any]] = [
@@ -63,6 +64,15 @@ OPERATIONS = [
     "POST /v1/moderations",
     "GET /v1/models",
     "GET /v1/models/{model}",
+    "POST /v1/validate",
+    "GET /v1/banks",
+    "POST /v1/banks",
+    "GET /v1/banks/{name}",
+    "DELETE /v1/banks/{name}",
+    "POST /v1/banks/{name}/images",
+    "POST /v1/banks/{name}/signals",
+    "GET /v1/banks/{name}/signals",
+    "DELETE /v1/banks/{name}/signals/{value}",
     "GET /healthz",
     "GET /metrics",
 ]
@@ -73,8 +83,10 @@ def credentials(path: str) -> dict[str, str]:
     """The key each route family takes, in its own header."""
     if path.startswith("/v1/prediction"):
         return {"X-API-Key": TOKEN}
-    if path.startswith(("/v2/", "/v1/moderations", "/v1/models")):
+    if path.startswith(("/v2/", "/v1/moderations", "/v1/models", "/v1/validate")):
         return {"Authorization": f"Bearer {TOKEN}"}
+    if path.startswith("/v1/banks"):
+        return {"Authorization": f"Bearer {ADMIN}"}
     return {}
 
 
@@ -85,6 +97,7 @@ def api(classifier: Classifier, tmp_path_factory: pytest.TempPathFactory) -> Ite
         model=classifier.name,
         served_model_name=MODEL,
         api_keys=[TOKEN],
+        admin_keys=[ADMIN],
         data_dir=tmp_path_factory.mktemp("campaign-schema"),
         webhook_secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
     )
@@ -196,6 +209,20 @@ def test_known_good_calls_get_documented_answers(api: Any, accept: str) -> None:
         if done.json()["status"] != "processing":
             break
         time.sleep(0.1)
+    image = {"body": astronaut_jpeg((256, 256)), "media_type": "image/jpeg"}
+    call("POST /v1/validate", 200, **image)
+    bank = {"name": f"campaign-{accept.split('/')[1]}"}
+    call("POST /v1/banks", 201, body=bank, media_type="application/json")
+    call("POST /v1/banks/{name}/images", 201, path_parameters=bank, **image)
+    call("POST /v1/validate", 422, **image)
+    call("GET /v1/banks", 200)
+    call("GET /v1/banks/{name}", 200, path_parameters=bank)
+    exported = call("GET /v1/banks/{name}/signals", 200, path_parameters=bank).text
+    value = exported.split()[1]
+    call("DELETE /v1/banks/{name}/signals/{value}", 200, path_parameters={**bank, "value": value})
+    call("POST /v1/banks/{name}/signals", 201, path_parameters=bank, body=exported,
+         media_type="text/plain")  # fmt: skip
+    call("DELETE /v1/banks/{name}", 200, path_parameters=bank)
     call("GET /healthz", 200)
     call("GET /metrics", 200)
 

@@ -1,8 +1,9 @@
 """A server killed mid-prediction (SIGKILL) loses no job: restarted on the same store, it takes
 over the expired leases and finishes every job, or fails it with a message.
 
-A real ``python -m nsfwd serve`` on a full-size EVA-02-B/448 (about 1.2 s an image on a 2-core
-CPU), with 2-second leases, on a SQLite store in a temporary data folder.
+A real ``python -m nsfwd serve`` on the tiny EVA-02, each batch made to take 1.2 s longer (as
+long as a full-size EVA-02-B/448 takes an image on a 2-core CPU), with 2-second leases, on a
+SQLite store in a temporary data folder.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ import requests
 from photos import photo
 from prodia_jobs import MODEL, TOKEN, job_files
 from serve_process import Served, log_of, nsfwd_serve
+from slowed import slowed_predictions
 from waiting import wait_for
 
 JOBS = 8
+PREDICT_S = 1.2
+"""How long each batch takes: long enough to be caught in the middle of one."""
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -35,8 +39,13 @@ def image(index: int) -> bytes:
 
 
 def server(checkpoint: Path, data_dir: Path, log: Path) -> AbstractContextManager[Served]:
-    """``nsfwd serve`` with the test's key and 2-second leases."""
-    env = {"NSFWD_SERVED_MODEL_NAME": MODEL, "NSFWD_API_KEYS": TOKEN, "NSFWD_LEASE_S": "2"}
+    """``nsfwd serve`` with the test's key, 2-second leases and 1.2 s batches."""
+    env = {
+        "NSFWD_SERVED_MODEL_NAME": MODEL,
+        "NSFWD_API_KEYS": TOKEN,
+        "NSFWD_LEASE_S": "2",
+        **slowed_predictions(data_dir.parent / "slowed", PREDICT_S),
+    }
     return nsfwd_serve(checkpoint, data_dir, log, env=env)
 
 
@@ -47,10 +56,10 @@ def statuses(database: Path) -> dict[str, tuple[str, int, str | None]]:
         return {row[0]: (row[1], row[2], row[3]) for row in rows}
 
 
-def test_a_killed_server_loses_no_job(eva02_b448_checkpoint: Path, tmp_path: Path) -> None:
+def test_a_killed_server_loses_no_job(timm_checkpoint: Path, tmp_path: Path) -> None:
     data_dir, log = tmp_path / "data", tmp_path / "server.log"
     database = data_dir / "nsfwd.db"
-    with server(eva02_b448_checkpoint, data_dir, log) as served:
+    with server(timm_checkpoint, data_dir, log) as served:
         url, process = served.url, served.process
         ids = []
         for index in range(JOBS):
@@ -63,7 +72,7 @@ def test_a_killed_server_loses_no_job(eva02_b448_checkpoint: Path, tmp_path: Pat
             lambda: any(s == "processing" for s, _, _ in statuses(database).values()),
             30, "a job to be processing", detail=log_of(log),
         )  # fmt: skip
-        time.sleep(0.5)  # well inside a prediction (about 1.2 s each)
+        time.sleep(PREDICT_S / 2)  # well inside a prediction
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
     at_kill = statuses(database)
@@ -71,7 +80,7 @@ def test_a_killed_server_loses_no_job(eva02_b448_checkpoint: Path, tmp_path: Pat
     assert interrupted, "no job was in flight when the server died: the test proves nothing"
     assert any(at_kill[i][0] == "queued" for i in ids), "every job had started: add more jobs"
 
-    with server(eva02_b448_checkpoint, data_dir, log) as served:
+    with server(timm_checkpoint, data_dir, log) as served:
         url = served.url
 
         def settled() -> dict[str, str] | None:

@@ -418,3 +418,36 @@ def test_the_page_starts_from_the_servers_policy_and_threshold(classifier: Class
     with nsfwd_server(classifier, policy="strict", threshold=0.25) as url:
         doc = requests.get(f"{url}/demo/config.json", timeout=10).json()
     assert (doc["policy"], doc["threshold"]) == ("strict", 0.25)
+
+
+def test_a_detector_draws_its_boxes_and_toggles_the_redacted_copy(
+    classifier: Classifier, tmp_path: Path
+) -> None:
+    from nsfwd.models.model import load_model
+    from nsfwd.models.synthetic import write_detector_checkpoint
+
+    detector = load_model(str(write_detector_checkpoint(tmp_path / "yolos")), device="cpu")
+    astronaut = photo_file(tmp_path, "astronaut", "png")
+    with (
+        nsfwd_server(classifier, second=("detector", detector)) as url,  # type: ignore[arg-type]
+        chromium(no_refusal) as browser,
+    ):
+        page = browser.page
+        page.goto(f"{url}/", wait_until="load")
+        page.wait_for_selector("#file:enabled")
+        page.select_option("#model", "detector")
+        page.set_input_files("#file", str(astronaut))
+        page.wait_for_selector('#result[data-model="detector"]:not([hidden])')
+        page.wait_for_selector("#boxes .box")
+        boxes = page.eval_on_selector_all(
+            "#boxes .box", "boxes => boxes.map(b => [b.dataset.label, b.style.left])"
+        )
+        assert boxes and all(label == "EXPOSED" for label, _ in boxes)
+        original = page.get_attribute("#preview", "src")
+        page.check("#show-redacted")
+        assert page.get_attribute("#preview", "src") != original
+        assert page.is_hidden("#boxes")
+        page.uncheck("#show-redacted")
+        assert page.get_attribute("#preview", "src") == original
+        page.screenshot(path=str(tmp_path / "detector.png"))
+    assert browser.problems == []

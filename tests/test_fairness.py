@@ -32,10 +32,10 @@ from nsfwd.jobs.webhooks import WebhookSender
 from nsfwd.models.classifier import Classifier
 from nsfwd.settings import Settings
 from photos import astronaut_jpeg
-from prodia_jobs import MODEL, TOKEN, encoded_job, job_files
+from prodia_jobs import MODEL, OTHER_TOKEN, TOKEN, encoded_job, job_files
 from servers import half_sent, metric, serve_app
 from store_handles import with_store
-from test_api_prodia_async import OTHER_TOKEN, V1, V2, gated, session, submit, wait_for_state
+from test_api_prodia_async import V1, V2, gated, session, submit, wait_for_state
 from test_bad_input import read_response
 from waiting import until, wait_for
 

@@ -7,6 +7,7 @@ Each check runs in a fresh interpreter, since this one has torch loaded long ago
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import pickle
@@ -14,8 +15,6 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-
-import pytest
 
 from nsfwd.serve import supervisor
 from nsfwd.settings import Settings
@@ -37,6 +36,8 @@ TORCH_FREE_MODULES = [
     "nsfwd.engine.metrics",
     "nsfwd.intake",
     "nsfwd.verdict",
+    "nsfwd.redact",
+    "nsfwd.api.prodia.regions",
     "nsfwd.engine",
     "nsfwd.models",
     "nsfwd.models.names",
@@ -48,6 +49,12 @@ TORCH_FREE_MODULES = [
     "nsfwd.serve.ray.app",
     "nsfwd.serve.ray.engine",
     "nsfwd.serve.ray.proxy",
+    # banks of known images, the door every judgement goes through, the platforms' routes
+    "nsfwd.banks.matcher",
+    "nsfwd.engine.screened",
+    "nsfwd.api.pictrs.validate",
+    "nsfwd.api.banks.routes",
+    "nsfwd.cli.banks",
 ]
 
 # onnxruntime (the built-in open-nsfw model's runtime) is the inference side's too.
@@ -70,9 +77,78 @@ def run_python(code: str, env: dict[str, str] | None = None) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("module", TORCH_FREE_MODULES)
-def test_module_imports_without_torch(module: str) -> None:
-    run_python(f"import sys\nimport {module}\n{NO_TORCH}")
+def test_the_http_side_imports_without_torch() -> None:
+    """Each of :data:`TORCH_FREE_MODULES` in turn, in one fresh interpreter: the first whose
+    import brings torch or onnxruntime in is named."""
+    run_python(
+        f"""
+        import importlib, sys
+        for module in {TORCH_FREE_MODULES!r}:
+            importlib.import_module(module)
+            heavy = sorted({{'torch', 'onnxruntime'}} & set(sys.modules))
+            assert not heavy, f"importing {{module}} loaded {{heavy}}"
+        """
+    )
+
+
+def _imports(path: Path, name: str, modules: set[str]) -> set[str]:
+    """The nsfwd ``modules`` that module ``name`` imports when it is imported (not those under
+    ``TYPE_CHECKING`` or inside functions; ``from package import submodule`` is the
+    submodule)."""
+    found: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            subs = {f"{node.module}.{alias.name}" for alias in node.names}
+            found.update(subs & modules)
+            if not subs <= modules:
+                found.add(node.module)
+    return (found & modules) - {name}
+
+
+def test_no_module_imports_one_that_imports_it_back() -> None:
+    """The import graph of nsfwd's own modules has no circle (a package's re-exports of its
+    submodules included)."""
+    import nsfwd
+
+    root = Path(nsfwd.__file__).parent
+    paths: dict[str, Path] = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        paths[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    modules = set(paths)
+    graph = {name: _imports(path, name, modules) for name, path in paths.items()}
+    circles = [cycle for cycle in _cycles(graph) if len(cycle) > 1]
+    assert not circles, f"import circles: {circles}"
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of ``graph`` (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    components: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for other in graph.get(node, ()):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while (member := stack.pop()) != node:
+                component.append(member)
+            components.append([node, *component])
+
+    for node in graph:
+        if node not in index:
+            visit(node)
+    return components
 
 
 def test_the_keys_commands_run_without_torch(tmp_path: Path) -> None:

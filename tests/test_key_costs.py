@@ -304,8 +304,10 @@ def test_slow_readers_of_stored_images_hold_little_and_one_key_holds_few(
         host, port = url.removeprefix("http://").split(":")
         before = rss_bytes()
         for _ in range(16):
-            sock = held.enter_context(socket.create_connection((host, int(port)), timeout=10))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock = held.enter_context(socket.socket())
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before the handshake
+            sock.settimeout(10)
+            sock.connect((host, int(port)))
             head = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n\r\n"
             sock.sendall(head.encode())
         time.sleep(1.5)  # every answer has filled what the sockets take

@@ -105,7 +105,7 @@ def test_keys_are_created_listed_and_revoked(
     assert status == 0
     header, *lines = table.splitlines()
     assert header.split() == ["ID", "NAME", "PREFIX", "CREATES/MIN", "IN", "FLIGHT", "POLICY",
-                              "THRESHOLD", "CREATED", "REVOKED"]  # fmt: skip
+                              "THRESHOLD", "ADMIN", "CREATED", "REVOKED"]  # fmt: skip
     assert len(lines) == 2 and str(rows[1]["id"]) in lines[1] and " 5 " in lines[1]
     for key in (alice, bob):
         assert key not in table

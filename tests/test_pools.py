@@ -20,7 +20,7 @@ from waiting import wait_for
 
 
 def test_the_pools_are_named_and_bounded() -> None:
-    assert set(pools.DEFAULT_SIZES) == {"decode", "dns", "webhooks"}
+    assert set(pools.DEFAULT_SIZES) == {"decode", "dns", "webhooks", "banks"}
     for name, size in pools.DEFAULT_SIZES.items():
         assert pools.named(name).name == name
         assert 1 <= size <= 64

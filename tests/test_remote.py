@@ -18,6 +18,7 @@ from PIL import Image
 from gates import simple_gated_classifier
 from judging import labels_of
 from noise import noise_png
+from nsfwd.banks.pdq import hash_picture
 from nsfwd.engine import EngineClosedError, QueueFullError
 from nsfwd.engine.batcher import Engine
 from nsfwd.engine.remote import InferenceServer, RemoteEngine
@@ -213,5 +214,12 @@ def test_a_check_over_the_socket_decodes_once_for_the_classify_after_it(
         assert len(decoded) == 2  # the remote classify used the checked pixels; the local one not
         with pytest.raises(ImageError, match="unsupported image format"):
             await client.check(b"GIF89a" + bytes(64))
+        # hashed for the banks: the same hashes as the engine's own, and one decode still
+        hashes = await client.check(image, hashed=True)
+        assert hashes == await engine.check(image, hashed=True) and len(hashes) == 1
+        assert hashes[0].hash == hash_picture(load_image(image)).hash
+        decodes = len(decoded)
+        await labels_of(client, image)
+        assert len(decoded) == decodes
 
     run(classifier, tmp_path, test)

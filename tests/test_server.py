@@ -1,17 +1,20 @@
-"""`nsfwd serve` as a real process: start-up, health, metrics, and the no-keys guard (static
-keys or keys in the store)."""
+"""`nsfwd serve` as a real process: start-up, health, metrics; and the no-keys guard (static
+keys or keys in the store), in-process where it refuses."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
+from nsfwd.cli import main
 from nsfwd.jobs import Store
 from nsfwd.jobs.database import database_url
 from servers import free_port
@@ -59,16 +62,20 @@ def test_serve_answers_healthz_and_metrics_once_loaded(
     assert "no NSFWD_API_KEYS set" in stderr
 
 
-def test_serve_refuses_a_public_bind_without_keys(timm_checkpoint: Path, tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "nsfwd", "serve", "--model", str(timm_checkpoint),
-               "--host", "0.0.0.0", "--port", str(free_port())]  # fmt: skip
-    env = _env(NSFWD_DATA_DIR=str(tmp_path / "data"))  # the guard looks in the store too
-    done = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 2
-    assert "refusing to bind 0.0.0.0 without API keys" in done.stderr
-    assert "--insecure-no-auth" in done.stderr and "nsfwd keys create" in done.stderr
+def test_serve_refuses_a_public_bind_without_keys(
+    timm_checkpoint: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for name in [name for name in os.environ if name.startswith("NSFWD_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("NSFWD_DATA_DIR", str(tmp_path / "data"))  # the guard looks there too
+    argv = ["serve", "--model", str(timm_checkpoint), "--host", "0.0.0.0", "--port", "0"]
+    with caplog.at_level(logging.ERROR):
+        assert main(argv) == 2
+    assert "refusing to bind 0.0.0.0 without API keys" in caplog.text
+    assert "--insecure-no-auth" in caplog.text and "nsfwd keys create" in caplog.text
 
 
 def test_serve_binds_publicly_with_only_keys_from_the_store(

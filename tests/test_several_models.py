@@ -18,6 +18,7 @@ from nsfwd.cli.options import settings_for
 from nsfwd.engine import build as inference
 from nsfwd.models import hub
 from nsfwd.models.classifier import Classifier
+from nsfwd.models.model import Model
 from nsfwd.models.names import DEFAULT_MODEL, OPEN_NSFW, ModelNotAvailableError, ModelSpec
 from nsfwd.settings import Settings
 from prodia_jobs import job_files
@@ -63,7 +64,7 @@ def test_a_folder_whose_name_holds_an_equals_sign_is_taken_whole(tmp_path: Path)
 
 def _hub_with(monkeypatch: pytest.MonkeyPatch, cached: Classifier | None) -> None:
     """The Hub as the server sees it: Freepik's model is ``cached``, or cannot be had."""
-    real_load, real_resolve = inference.load_classifier, hub.resolve_model_dir
+    real_load, real_resolve = inference.load_served_model, hub.resolve_model_dir
 
     def resolve(model: str, revision: str | None = None) -> Path:
         if model != DEFAULT_MODEL:
@@ -72,7 +73,7 @@ def _hub_with(monkeypatch: pytest.MonkeyPatch, cached: Classifier | None) -> Non
             raise ModelNotAvailableError(f"{DEFAULT_MODEL} is not in the local cache.")
         return Path(cached.name)
 
-    def load(options: Any, model: str | None = None) -> Classifier:
+    def load(options: Any, model: str | None = None) -> Model:
         if (model or options.model) != DEFAULT_MODEL:
             return real_load(options, model)
         resolve(DEFAULT_MODEL)
@@ -80,7 +81,7 @@ def _hub_with(monkeypatch: pytest.MonkeyPatch, cached: Classifier | None) -> Non
         return cached
 
     monkeypatch.setattr(hub, "resolve_model_dir", resolve)
-    monkeypatch.setattr(inference, "load_classifier", load)
+    monkeypatch.setattr(inference, "load_served_model", load)
 
 
 def test_with_no_model_named_the_default_and_open_nsfw_are_served(

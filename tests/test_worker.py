@@ -28,7 +28,7 @@ from nsfwd.jobs.database import database_url
 from nsfwd.jobs.schema import predictions
 from nsfwd.jobs.worker import Worker, flagged
 from nsfwd.models.classifier import Classifier
-from nsfwd.verdict import Judgement, Labels, Policy
+from nsfwd.verdict import Judgement, Labels, Match, Policy
 from waiting import until
 
 T = TypeVar("T")
@@ -442,11 +442,13 @@ def test_a_predictions_own_policy_decides_its_verdict_over_the_servers(
     }
 
 
-def test_the_verdict_follows_the_moderate_policy() -> None:
-    assert flagged({"neutral": 0.2, "low": 0.2, "medium": 0.3, "high": 0.3}) is True
-    assert flagged({"neutral": 0.5, "low": 0.3, "medium": 0.1, "high": 0.1}) is False
-    assert flagged({"normal": 0.1, "nsfw": 0.9}) is True
-    assert flagged({"cat": 0.5, "dog": 0.5}) is None
+def test_the_verdict_follows_the_moderate_policy_and_a_bank_match_flags_anyway() -> None:
+    assert flagged(Judgement({"neutral": 0.2, "low": 0.2, "medium": 0.3, "high": 0.3})) is True
+    assert flagged(Judgement({"neutral": 0.5, "low": 0.3, "medium": 0.1, "high": 0.1})) is False
+    assert flagged(Judgement({"normal": 0.1, "nsfw": 0.9})) is True
+    assert flagged(Judgement({"cat": 0.5, "dog": 0.5})) is None
+    matched = Judgement({"normal": 1.0, "nsfw": 0.0}, match=Match("known", "0" * 64, 3))
+    assert flagged(matched, Policy("strict", 1.0)) is True
 
 
 async def _count(found: Awaitable[list[Prediction]], expected: int) -> bool:

@@ -10,12 +10,22 @@ from typing import Annotated, Final, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from nsfwd.banks.matcher import REFRESH_S
 from nsfwd.engine.pools import DEFAULT_SIZES, DNS, WEBHOOKS
 from nsfwd.engine.protocol import DECODE_TIMEOUT_S
+from nsfwd.engine.verdict_cache import DEFAULT_ENTRIES
 from nsfwd.fetch import WEBHOOK_ALLOW_SETTING, FetchPolicy, parse_networks, webhook_resolver
 from nsfwd.intake.limits import ANIMATION_STILLS, ImageLimits
 from nsfwd.models.names import DEFAULT_MODEL, ModelSpec
-from nsfwd.verdict import DEFAULT_POLICY, DEFAULT_THRESHOLD, Policy, PolicyName
+from nsfwd.verdict import (
+    DEFAULT_POLICY,
+    DEFAULT_REGION_THRESHOLDS,
+    DEFAULT_THRESHOLD,
+    Policy,
+    PolicyName,
+    format_region_thresholds,
+    parse_region_thresholds,
+)
 
 _LIMITS = ImageLimits()
 DEFAULT_RESULT_TTL_S: Final = 24 * 3600.0
@@ -122,6 +132,19 @@ class Settings(BaseSettings):
         description="An image is flagged when the policy's score is above this; `nsfwd "
         "calibrate` chooses one from labelled images. Prodia's labels stay raw either way.",
     )
+    region_thresholds: str = Field(
+        format_region_thresholds(DEFAULT_REGION_THRESHOLDS),
+        description="Region labels that flag an image, each over its own threshold, as "
+        "LABEL=T,LABEL=T (empty: regions never flag); applies to a detector's regions, alone or "
+        "beside a classifier's score (either flags). Default: NudeNet's exposed explicit "
+        "classes over 0.5.",
+    )
+
+    @field_validator("region_thresholds")
+    @classmethod
+    def _check_region_thresholds(cls, value: str) -> str:
+        parse_region_thresholds(value)
+        return value
 
     # --- Serving: where, and who may call --------------------------------------------------------
 
@@ -140,6 +163,18 @@ class Settings(BaseSettings):
         description="Comma-separated static API keys (Bearer tokens for Prodia, X-API-Key for "
         "Eachlabs), each of at least 16 characters. With none, and no key made with `nsfwd "
         "keys create`, the server refuses to bind beyond loopback.",
+    )
+    admin_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated static API keys that may also administer the banks of "
+        "known images (/v1/banks); they are accepted everywhere api_keys are. Keys made with "
+        "`nsfwd keys create --admin` have the same right.",
+    )
+    validate_allow_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated CIDRs whose callers may use POST /v1/validate (pict-rs' "
+        "external validation, which sends no key of its own) without a key; from anywhere "
+        "else the route takes a key, in its query (?key=) or an Authorization header.",
     )
 
     # --- The engine: batching, admission, decoding -----------------------------------------------
@@ -173,6 +208,21 @@ class Settings(BaseSettings):
         gt=0,
         description="How long decoding one image may run before it is refused as too costly "
         "(400); its thread is written off so that it holds no slot.",
+    )
+
+    # --- Banks of known images and remembered verdicts --------------------------------------------
+
+    bank_refresh_s: float = Field(
+        REFRESH_S,
+        gt=0,
+        description="How often, at most, each server process asks the store whether the banks "
+        "changed; a change made through this process's /v1/banks applies at once.",
+    )
+    verdict_cache_entries: int = Field(
+        DEFAULT_ENTRIES,
+        ge=0,
+        description="Verdicts remembered by content, model, policy and banks' revision, so the "
+        "same bytes twice are judged once (0: none). An entry is a few hundred bytes.",
     )
 
     # --- What an image may be --------------------------------------------------------------------
@@ -398,27 +448,29 @@ class Settings(BaseSettings):
                     "": "off"}.get(value, value)  # fmt: skip
         return value
 
-    @field_validator("models", "api_keys", "webhook_retry_delays", mode="before")
+    @field_validator("models", "api_keys", "admin_keys", "webhook_retry_delays", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("api_keys")
+    @field_validator("api_keys", "admin_keys")
     @classmethod
     def _long_enough(cls, keys: list[str]) -> list[str]:
         short = [key for key in keys if len(key) < MIN_STATIC_KEY_CHARS]
         if short:
             raise ValueError(
-                f"{len(short)} of the static API keys {'is' if len(short) == 1 else 'are'} "
+                f"{len(short)} of the static keys {'is' if len(short) == 1 else 'are'} "
                 f"shorter than {MIN_STATIC_KEY_CHARS} characters, short enough to guess; use "
                 "long random keys, e.g. `python -c 'import secrets; "
                 "print(secrets.token_urlsafe(32))'`, or `nsfwd keys create`"
             )
         return keys
 
-    @field_validator("fetch_allow_networks", "webhook_allow_networks", mode="before")
+    @field_validator(
+        "fetch_allow_networks", "webhook_allow_networks", "validate_allow_networks", mode="before"
+    )
     @classmethod
     def _split_networks(cls, value: object) -> object:
         if isinstance(value, str | list | tuple):
@@ -484,8 +536,8 @@ class Settings(BaseSettings):
 
     @property
     def verdict_policy(self) -> Policy:
-        """The policy and threshold the server's verdicts follow."""
-        return Policy(self.policy, self.threshold)
+        """The policy, threshold and region thresholds the server's verdicts follow."""
+        return Policy(self.policy, self.threshold, parse_region_thresholds(self.region_thresholds))
 
     @property
     def fetch_policy(self) -> FetchPolicy:

@@ -12,16 +12,21 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from nsfwd import __version__, demo
 from nsfwd.api import openapi
 from nsfwd.api.auth import KeyRing
+from nsfwd.api.banks import routes as bank_routes
 from nsfwd.api.eachlabs import routes as eachlabs
 from nsfwd.api.http.errors import install_error_handlers
 from nsfwd.api.http.middleware import BodyLimitMiddleware, BodyLimits, RequestIdMiddleware
 from nsfwd.api.openai import models as openai_models
 from nsfwd.api.openai import moderations as openai_moderation
 from nsfwd.api.openapi import install_openapi
+from nsfwd.api.pictrs import validate as pictrs
 from nsfwd.api.prodia import async_jobs as prodia_async
 from nsfwd.api.prodia import sync as prodia
+from nsfwd.banks.matcher import BankMatcher
 from nsfwd.engine import ClassifyEngine, pools
+from nsfwd.engine.screened import ScreenedEngine
 from nsfwd.engine.served import ServedModels
+from nsfwd.engine.verdict_cache import VerdictCache
 from nsfwd.jobs import Store
 from nsfwd.jobs.webhooks import WebhookSender
 from nsfwd.jobs.worker import PURGE_EVERY_S, Worker
@@ -61,6 +66,18 @@ def _model_lines(info: dict[str, str]) -> str:
     return "".join(lines)
 
 
+def screened(models: ServedModels, settings: Settings, matcher: BankMatcher | None) -> ServedModels:
+    """Each served engine behind the verdict cache (one for all) and the banks
+    (:mod:`nsfwd.engine.screened`): the door every surface judges through."""
+    cache = VerdictCache(settings.verdict_cache_entries)
+    return ServedModels(
+        {
+            name: ScreenedEngine(engine, name, matcher=matcher, cache=cache)
+            for name, engine in models.items()
+        }
+    )
+
+
 def create_app(
     engines: ClassifyEngine | Mapping[str, ClassifyEngine],
     settings: Settings,
@@ -83,7 +100,8 @@ def create_app(
         decode=settings.decode_workers, dns=settings.dns_workers, webhooks=settings.webhook_workers
     )
     pools.configure_shares(dns=settings.dns_key_limit)
-    models = ServedModels.of(engines, settings.served_model_name)
+    matcher = None if store is None else BankMatcher(store.banks, refresh_s=settings.bank_refresh_s)
+    models = screened(ServedModels.of(engines, settings.served_model_name), settings, matcher)
     engine = models.default  # sizes the background work; its metrics count the requests
     worker = None
     if store is not None:
@@ -107,6 +125,8 @@ def create_app(
             if store is not None:  # first: a bad database fails before the model loads
                 await store.open()
                 stack.push_async_callback(store.close)
+            if matcher is not None:  # the banks in memory before the first upload waits for them
+                await matcher.snapshot()
             await models.start()
             stack.push_async_callback(models.stop)
             if worker is not None:
@@ -135,9 +155,12 @@ def create_app(
     app.include_router(prodia.create_router(models, settings, keys))
     app.include_router(openai_moderation.create_router(models, settings, keys))
     app.include_router(openai_models.create_router(models, keys))
+    app.include_router(pictrs.create_router(models, settings, keys))
     if store is not None and worker is not None:
         app.include_router(prodia_async.create_router(models, settings, keys, store, worker))
         app.include_router(eachlabs.create_router(models, settings, keys, store, worker))
+    if store is not None and matcher is not None:
+        app.include_router(bank_routes.create_router(store, matcher, settings, keys))
 
     @app.get(
         "/healthz",

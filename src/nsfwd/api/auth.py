@@ -16,6 +16,10 @@ any key exists, every request needs one; revoking the last key does not reopen t
 Wrong keys are counted per client address (:class:`FailedAttempts`); an address past
 ``NSFWD_AUTH_FAILURES_PER_MINUTE`` gets 429 for every request until its minute has passed, so
 keys cannot be guessed at speed.
+
+Some keys may also administer the banks of known images (``Caller.admin``): the static ones in
+``NSFWD_ADMIN_KEYS``, and those made with ``nsfwd keys create --admin``. An open API has no
+administrator: bank administration always takes such a key.
 """
 
 from __future__ import annotations
@@ -57,6 +61,10 @@ class Caller:
     store keys without one): the server's."""
     threshold: float | None = None
     """The key's own threshold; ``None``: the server's."""
+    region_thresholds: str | None = None
+    """The key's own region thresholds (``LABEL=T,...``); ``None``: the server's."""
+    admin: bool = False
+    """Whether the key may administer the banks of known images."""
 
 
 class AuthenticationError(Exception):
@@ -68,6 +76,13 @@ class AuthenticationError(Exception):
         super().__init__("missing API key" if missing else "invalid API key")
         self.missing = missing
         self.sources = sources
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header; None for none, another scheme
+    or an empty token."""
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 def key_matches(presented: str, keys: Sequence[str]) -> bool:
@@ -170,7 +185,8 @@ class KeyRing:
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
         """Accept ``settings.api_keys``, and the unrevoked keys of ``store`` when there is one
         (it must be open by the time :meth:`identify` is called)."""
-        self.static_keys = tuple(settings.api_keys)
+        self.static_keys = tuple(settings.api_keys) + tuple(settings.admin_keys)
+        self.admin_keys = tuple(settings.admin_keys)
         self.store = store
         self.static_limits = KeyLimits(
             creates_per_minute=settings.key_creates_per_minute,
@@ -216,7 +232,8 @@ class KeyRing:
         if key:
             self.failures.check(address)
             if key_matches(key, self.static_keys):
-                return Caller(static_key_ref(key), self.static_limits)
+                admin = key_matches(key, self.admin_keys)
+                return Caller(static_key_ref(key), self.static_limits, admin=admin)
             if self.store is not None:
                 record = await self.store.keys.find(key)
                 if record is not None:
@@ -226,6 +243,8 @@ class KeyRing:
                         KeyLimits(record.creates_per_minute, record.max_in_flight),
                         policy=record.policy,
                         threshold=record.threshold,
+                        region_thresholds=record.region_thresholds,
+                        admin=record.admin,
                     )
         if not await self.required():
             self._check_host(request)
@@ -254,5 +273,6 @@ __all__ = [
     "ForbiddenHostError",
     "KeyLimits",
     "KeyRing",
+    "bearer_token",
     "key_matches",
 ]

@@ -155,6 +155,47 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
             },
         },
     },
+    "Validation": {
+        "type": "object",
+        "description": "An upload's validation: valid or not, and why (POST /v1/validate).",
+        "required": ["valid"],
+        "properties": {
+            "valid": {"type": "boolean"},
+            "checked": {"type": "boolean"},
+            "reason": {"type": "string"},
+            "message": {"type": "string"},
+            "model": {"type": "string"},
+            "policy": {"type": "string"},
+            "threshold": {"type": "number"},
+            "score": {"type": "number"},
+            "labels": _NUMBER_MAP,
+            "match": {"$ref": "#/components/schemas/Match"},
+        },
+    },
+    "Match": {
+        "type": "object",
+        "description": "The banked image a picture matched (PDQ within the bank's distance).",
+        "required": ["bank", "hash", "distance"],
+        "properties": {
+            "bank": {"type": "string"},
+            "hash": {"type": "string"},
+            "distance": {"type": "integer"},
+            "category": {"type": "string"},
+            "frame": {"type": "integer"},
+        },
+    },
+    "Bank": {
+        "type": "object",
+        "description": "A bank of known images' PDQ hashes.",
+        "required": ["name", "distance", "size"],
+        "properties": {
+            "name": {"type": "string"},
+            "category": {"type": ["string", "null"]},
+            "distance": {"type": "integer"},
+            "size": {"type": "integer"},
+            "created_at": {"type": "string"},
+        },
+    },
     "Model": {
         "type": "object",
         "required": ["id", "object", "created", "owned_by"],
@@ -163,6 +204,28 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
             "object": {"type": "string", "enum": ["model"]},
             "created": {"type": "integer"},
             "owned_by": {"type": "string"},
+            "kind": {
+                "type": "string",
+                "enum": ["classifier", "detector"],
+                "description": "A classifier answers with labels; a detector with regions",
+            },
+        },
+    },
+    "Region": {
+        "type": "object",
+        "required": ["label", "score", "box", "frame"],
+        "properties": {
+            "label": {"type": "string"},
+            "score": {"type": "number"},
+            "box": {
+                "type": "array",
+                "items": {"type": "integer"},
+                "minItems": 4,
+                "maxItems": 4,
+                "description": "[x, y, width, height] in the pixels a viewer sees (upright)",
+            },
+            "frame": {"type": "integer", "description": "the frame it was found in"},
+            "time": {"type": "number", "description": "seconds into a video"},
         },
     },
 }
@@ -281,7 +344,8 @@ def openai_answers(
 def complete(document: dict[str, Any]) -> dict[str, Any]:
     """``document`` (FastAPI's OpenAPI, the answers declared on each route) with the schemas
     they refer to and the key schemes, and without the 422 FastAPI adds for routes with
-    parameters: no route answers it (a bad parameter is each protocol's own 400 or 404)."""
+    parameters: no route answers it (a bad parameter is each protocol's own 400 or 404; the
+    422 a route declares itself, /v1/validate's refusal, stays)."""
     components = document.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):
@@ -290,7 +354,9 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
     components["securitySchemes"] = SECURITY_SCHEMES
     for operations in document.get("paths", {}).values():
         for operation in operations.values():
-            operation.get("responses", {}).pop("422", None)
+            answers = operation.get("responses", {})
+            if answers.get("422", {}).get("description") == "Validation Error":  # FastAPI's
+                del answers["422"]
     return document
 
 

@@ -16,25 +16,32 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 from nsfwd.batch.pipeline import FileResult
-from nsfwd.verdict import Policy
+from nsfwd.verdict import Policy, Region
 
 
 def record(result: FileResult, policy: Policy) -> dict[str, Any]:
     """The JSON record for one file: labels and verdict, or the error; ``judged`` (which frame
-    and backdrop the labels are of) where more than one picture of it was judged."""
+    and backdrop the labels are of) where more than one picture of it was judged; ``regions``
+    for a detector; ``match`` where a bank of known images matched it (flagged whatever the
+    score)."""
     if result.labels is None:
         return {"path": result.path, "error": result.error}
     score = policy.score(result.labels)
+    regions = [Region.from_dict(found) for found in result.regions or ()]
     found = {
         "path": result.path,
         "labels": result.labels,
-        "flagged": score > policy.threshold,
+        "flagged": policy.flagged(result.labels, regions) or result.match is not None,
         "policy": policy.name,
         "score": score,
         "threshold": policy.threshold,
     }
     if result.judged is not None:
         found["judged"] = result.judged
+    if result.regions is not None:
+        found["regions"] = result.regions
+    if result.match is not None:
+        found["match"] = result.match
     return found
 
 

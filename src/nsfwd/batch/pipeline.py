@@ -7,6 +7,10 @@ resized with torch on the classifier's device, in one nvjpeg call on CUDA; the r
 on a thread of its own. Either way a thread of its own stacks each batch (into page-locked
 memory for a GPU, see :meth:`~nsfwd.models.classifier.Classifier.stack`), so the next batches are
 being prepared while the model runs the current one.
+
+With ``banks`` (the job store's banks of known images, :mod:`nsfwd.banks`), each file's pictures
+are PDQ-hashed as they are decoded (the PIL path) and looked up first: a match is answered as the
+server answers it (labels on the most severe label, the match attached), without the model.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,10 +34,15 @@ from nsfwd.intake import (
     load_prepared,
     read_image_file,
 )
+from nsfwd.intake.checked import CheckedImages
 from nsfwd.intake.views import Views
 from nsfwd.models.classifier import Classifier
+from nsfwd.models.model import Model
 from nsfwd.models.tensor_decode import TensorDecoder, resolve_decode
-from nsfwd.verdict import Labels, Policy, nonfinite_labels, worst
+from nsfwd.verdict import Finding, Labels, Match, Policy, certain, judge, nonfinite_labels
+
+if TYPE_CHECKING:
+    from nsfwd.banks.matcher import BankSnapshot
 
 
 @dataclass(frozen=True)
@@ -46,11 +55,16 @@ class FileResult:
     judged: dict[str, Any] | None = None
     """Which picture the labels are of (:meth:`~nsfwd.verdict.Judgement.details`), when more
     than one was judged (an animation, or transparency judged over white and black)."""
+    regions: list[dict[str, Any]] | None = None
+    """A detector's regions in every judged frame (:meth:`~nsfwd.verdict.Region.as_dict`);
+    None for a classifier."""
+    match: dict[str, Any] | None = None
+    """The banked image one of its pictures matched (:meth:`~nsfwd.verdict.Match.details`)."""
 
 
-Prepared = Views[torch.Tensor] | str
-"""A file's prepared pictures (each judged frame, over white and black where transparent), or
-the reason it cannot be classified."""
+Prepared = Views[torch.Tensor] | Match | str
+"""A file's prepared pictures (each judged frame, over white and black where transparent), the
+bank's match that answers for it, or the reason it cannot be classified."""
 
 
 @dataclass(frozen=True)
@@ -58,13 +72,14 @@ class _Chunk:
     """Files made ready for one model batch."""
 
     paths: list[Path]
-    prepared: list[Views[torch.Tensor] | str]
-    """Per file, its pictures (in :attr:`batch`), or why it cannot be classified."""
+    prepared: list[Prepared]
+    """Per file, its pictures (in :attr:`batch`), a bank's match, or why it cannot be
+    classified."""
     batch: torch.Tensor | None
     """The pictures of the files without errors, stacked by :meth:`Classifier.stack`."""
 
 
-def _chunk(classifier: Classifier, paths: list[Path], prepared: list[Prepared]) -> _Chunk:
+def _chunk(classifier: Model, paths: list[Path], prepared: list[Prepared]) -> _Chunk:
     tensors = [pixels for item in prepared if isinstance(item, Views) for pixels in item.images]
     return _Chunk(paths, prepared, classifier.stack(tensors) if tensors else None)
 
@@ -77,10 +92,18 @@ def _file_error(exc: OSError) -> str:
     return f"cannot read the file: {exc.strerror or exc}"
 
 
-def _prepare(classifier: Classifier, path: Path, limits: ImageLimits) -> Prepared:
-    """The prepared pictures of ``path`` (the PIL path), or the reason it cannot be classified."""
+def _prepare(
+    classifier: Model, path: Path, limits: ImageLimits, banks: BankSnapshot | None = None
+) -> Prepared:
+    """The prepared pictures of ``path`` (the PIL path), a bank's match (where ``banks`` are
+    given), or the reason it cannot be classified."""
     try:
-        return load_prepared(read_image_file(path, limits), classifier.prepare, limits)
+        data = read_image_file(path, limits)
+        if banks is None:
+            return load_prepared(data, classifier.prepare, limits)
+        checked = CheckedImages(classifier.prepare, limits)
+        match = banks.match(checked.check(data, hashed=True))
+        return checked.load(data) if match is None else match
     except ImageError as exc:
         return str(exc)
     except OSError as exc:
@@ -112,7 +135,7 @@ def _decode(decoder: TensorDecoder, reads: list[bytes | str]) -> list[Prepared]:
 
 
 def classify_files(
-    classifier: Classifier,
+    classifier: Model,
     paths: Iterable[Path],
     *,
     batch_size: int = 8,
@@ -120,6 +143,7 @@ def classify_files(
     limits: ImageLimits | None = None,
     decode: str = "pil",
     policy: Policy | None = None,
+    banks: BankSnapshot | None = None,
 ) -> Iterator[FileResult]:
     """Yield one result per path, in order, classifying ``batch_size`` images at a time.
 
@@ -129,19 +153,25 @@ def classify_files(
 
     Worker threads decode and preprocess the next batches while the current one is on the model
     (Pillow and torch release the GIL), so on a CPU the cores stay busy with inference.
-    ``decode`` is ``pil``, ``tensor`` or ``auto`` (see :mod:`nsfwd.models.tensor_decode`).
+    ``decode`` is ``pil``, ``tensor`` or ``auto`` (see :mod:`nsfwd.models.tensor_decode`);
+    with ``banks`` holding any hash, ``pil`` (the pictures are hashed as they are decoded).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     limits = limits or ImageLimits()
     workers = workers or max(2, len(os.sched_getaffinity(0)))
     decoder = None
-    if resolve_decode(decode, classifier) == "tensor":
+    banks = banks if banks is not None and banks.hashes else None
+    if (
+        banks is None
+        and isinstance(classifier, Classifier)
+        and resolve_decode(decode, classifier) == "tensor"
+    ):
         decoder = TensorDecoder(classifier, limits)
     path_iter = iter(paths)
     with ExitStack() as stack:
         pool = stack.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="nsfwd-decode"))
-        submit = _submitter(classifier, decoder, limits, pool, stack)
+        submit = _submitter(classifier, decoder, limits, pool, stack, banks=banks)
         pending: deque[Future[_Chunk]] = deque()
 
         def submit_next_chunk() -> None:
@@ -158,11 +188,13 @@ def classify_files(
 
 
 def _submitter(
-    classifier: Classifier,
+    classifier: Model,
     decoder: TensorDecoder | None,
     limits: ImageLimits,
     pool: ThreadPoolExecutor,
     stack: ExitStack,
+    *,
+    banks: BankSnapshot | None = None,
 ) -> Callable[[list[Path]], Future[_Chunk]]:
     """How a chunk of files starts being prepared, for the decode path chosen.
 
@@ -176,7 +208,7 @@ def _submitter(
     if decoder is None:
 
         def per_file(paths: list[Path]) -> Future[_Chunk]:
-            futures = [pool.submit(_prepare, classifier, path, limits) for path in paths]
+            futures = [pool.submit(_prepare, classifier, path, limits, banks) for path in paths]
             return batcher.submit(lambda: _chunk(classifier, paths, [f.result() for f in futures]))
 
         return per_file
@@ -195,23 +227,29 @@ def _submitter(
 
 
 def _run_chunk(
-    classifier: Classifier, chunk: _Chunk, policy: Policy, batch_size: int
+    classifier: Model, chunk: _Chunk, policy: Policy, batch_size: int
 ) -> Iterator[FileResult]:
-    rows: list[Labels] = []
+    rows: list[Finding] = []
     if chunk.batch is not None:
+        sizes = [size for item in chunk.prepared if isinstance(item, Views) for size in item.sizes]
         for start in range(0, len(chunk.batch), batch_size):
-            probs = classifier.predict(chunk.batch[start : start + batch_size])
-            rows += classifier.to_labels(probs)
+            output = classifier.predict(chunk.batch[start : start + batch_size])
+            rows += classifier.findings(output, sizes[start : start + batch_size])
     found = iter(rows)
     for path, prepared in zip(chunk.paths, chunk.prepared, strict=True):
         if isinstance(prepared, str):
             yield FileResult(str(path), error=prepared)
             continue
-        labels = [next(found) for _ in prepared.views]
-        bad = sorted({label for row in labels for label in nonfinite_labels(row)})
+        if isinstance(prepared, Match):  # the model did not run for it
+            answer = certain(classifier.labels)
+            yield FileResult(str(path), labels=answer, match=prepared.details())
+            continue
+        answers = [next(found) for _ in prepared.views]
+        bad = sorted({label for row in answers for label in nonfinite_labels(row.labels)})
         if bad:  # fail closed: NaN is never flagged
             yield FileResult(str(path), error=UnscorableImageError.for_labels(bad).message)
             continue
-        judgement = worst(prepared, labels, policy.score)
+        judgement = judge(prepared, answers, policy)
         judged = judgement.details() if judgement.chosen else None
-        yield FileResult(str(path), labels=judgement.labels, judged=judged)
+        regions = judgement.region_dicts()
+        yield FileResult(str(path), labels=judgement.labels, judged=judged, regions=regions)

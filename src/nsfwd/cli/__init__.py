@@ -9,11 +9,11 @@ import sys
 from collections.abc import Sequence
 
 from nsfwd import __version__
-from nsfwd.cli import bench, calibrate, classify, download, keys, serve
+from nsfwd.cli import banks, bench, calibrate, censor, classify, download, keys, serve
 from nsfwd.logs import configure_logging
 from nsfwd.models.names import ModelNotAvailableError
 
-COMMANDS = (classify, download, serve, bench, keys, calibrate)
+COMMANDS = (classify, censor, download, serve, bench, keys, banks, calibrate)
 """The subcommands, in the order ``--help`` lists them."""
 
 

@@ -19,7 +19,9 @@ from nsfwd.cli.options import (
 )
 
 if TYPE_CHECKING:
+    from nsfwd.banks.matcher import BankSnapshot
     from nsfwd.batch.output import Writer
+    from nsfwd.settings import Settings
     from nsfwd.verdict import Policy
 
 PROGRESS_MIN_FILES = 8
@@ -70,9 +72,40 @@ def register(sub: Commands[argparse.ArgumentParser]) -> None:
         "the run; `auto` joins the cluster in $RAY_ADDRESS or the one running here; "
         "ray://HOST:PORT connects a Ray client (needs `pip install 'nsfwd[ray]'`)",
     )
-    add_policy_options(classify)
+    classify.add_argument(
+        "--no-banks",
+        action="store_true",
+        help="do not check the banks of known images (by default, where a job store exists, "
+        "each picture is hashed and a banked one is flagged with its match, as the server does)",
+    )
+    add_policy_options(classify, regions=True)
     add_pipeline_options(classify)
     classify.set_defaults(run=run, usage_error=classify.error)
+
+
+def _banks(settings: Settings) -> BankSnapshot | None:
+    """The job store's banks of known images, where a store exists (``NSFWD_DATABASE_URL``, or
+    the SQLite file under ``NSFWD_DATA_DIR``: classify never makes one); None else, and when
+    the store cannot be read (said on stderr)."""
+    import asyncio
+
+    from nsfwd.banks.matcher import BankMatcher
+    from nsfwd.jobs import Store
+    from nsfwd.jobs.database import DATABASE_FILE
+
+    if not settings.database_url and not (Path(settings.data_dir) / DATABASE_FILE).is_file():
+        return None
+
+    async def load() -> BankSnapshot:
+        async with Store.from_settings(settings) as store:
+            return await BankMatcher(store.banks).snapshot()
+
+    try:
+        return asyncio.run(load())
+    except Exception as exc:  # a store out of reach: classify on, without the banks
+        print(f"nsfwd classify: cannot read the banks of known images ({exc}); classifying "
+              "without them", file=sys.stderr)  # fmt: skip
+        return None
 
 
 def split_ray_address(args: argparse.Namespace) -> None:
@@ -104,8 +137,9 @@ def run(args: argparse.Namespace) -> int:
     if args.ray is not None:
         return _classify_on_ray(args, policy, done)
     from nsfwd.batch.pipeline import classify_files
-    from nsfwd.engine.build import load_classifier
+    from nsfwd.engine.build import load_served_model
     from nsfwd.intake.files import find_images
+    from nsfwd.models.classifier import Classifier
     from nsfwd.models.tensor_decode import resolve_decode
 
     settings = settings_for(args)
@@ -117,9 +151,12 @@ def run(args: argparse.Namespace) -> int:
             return 0
         print("nsfwd classify: no image files found under the given paths", file=sys.stderr)
         return 1
-    classifier = load_classifier(settings)
+    banks = None if args.no_banks else _banks(settings)
+    classifier = load_served_model(settings)
     policy.check(classifier.labels)
-    decode = resolve_decode(args.decode, classifier)  # refuse `tensor` before any output
+    decode = "pil"  # a detector's pictures keep their sizes, which the tensor path drops
+    if isinstance(classifier, Classifier):
+        decode = resolve_decode(args.decode, classifier)  # refuse `tensor` before any output
     stack = ExitStack()
     writer = _writer(args, stack, policy, classifier.labels)
     batch_size = args.batch_size or classifier.batch_size
@@ -134,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         limits=settings.image_limits,
         decode=decode,
         policy=policy,
+        banks=banks,
     )
     classified = 0
     progress = progress_bar(show=len(paths) >= PROGRESS_MIN_FILES and not args.no_progress)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from nsfwd.cli.options import Commands, add_policy_options, positive
+from nsfwd.cli.options import Commands, add_policy_options, positive, print_listing
 
 if TYPE_CHECKING:
     from nsfwd.jobs import ApiKey, Store
@@ -41,6 +41,12 @@ def register(sub: Commands[argparse.ArgumentParser]) -> None:
         create,
         applies_to=" in this key's Eachlabs output (nsfw/normal)",
         default="the server's",
+        regions=True,
+    )
+    create.add_argument(
+        "--admin",
+        action="store_true",
+        help="the key may also administer the banks of known images (/v1/banks)",
     )
     listing = action.add_parser("list", help="show every key (never the key itself)")
     listing.add_argument("--json", action="store_true", help="print a JSON array")
@@ -83,6 +89,8 @@ async def _create_key(store: Store, settings: Settings, args: argparse.Namespace
             max_in_flight=args.max_in_flight or settings.key_max_in_flight,
             policy=args.policy,
             threshold=args.threshold,
+            region_thresholds=args.region_thresholds,
+            admin=args.admin,
         )
     except ValueError as exc:
         print(f"nsfwd keys create: {exc}", file=sys.stderr)
@@ -91,7 +99,8 @@ async def _create_key(store: Store, settings: Settings, args: argparse.Namespace
     print(
         f"created key {key.id} ({key.name!r}, prefix {key.prefix}): "
         f"{key.creates_per_minute} creates a minute, {key.max_in_flight} in flight, "
-        f"{_key_verdicts(key)}. It is shown only this once: store it now.",
+        f"{_key_verdicts(key)}{', bank administration' if key.admin else ''}. It is shown "
+        "only this once: store it now.",
         file=sys.stderr,
     )
     return 0
@@ -99,11 +108,14 @@ async def _create_key(store: Store, settings: Settings, args: argparse.Namespace
 
 def _key_verdicts(key: ApiKey) -> str:
     """What decides the key's verdicts, in words."""
+    regions = ""
+    if key.region_thresholds is not None:
+        regions = f", regions flagging at {key.region_thresholds or 'none'}"
     if key.policy is None and key.threshold is None:
-        return "the server's policy and threshold"
+        return "the server's policy and threshold" + regions
     policy = key.policy or "the server's policy"
     threshold = "the server's threshold" if key.threshold is None else f"{key.threshold:g}"
-    return f"{policy} at {threshold}"
+    return f"{policy} at {threshold}{regions}"
 
 
 def _key_fields(key: ApiKey) -> dict[str, object]:
@@ -115,29 +127,26 @@ def _key_fields(key: ApiKey) -> dict[str, object]:
         "max_in_flight": key.max_in_flight,
         "policy": key.policy,
         "threshold": key.threshold,
+        "admin": key.admin,
         "created": key.created_at.isoformat(timespec="seconds"),
         "revoked": key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else None,
     }
 
 
 async def _list_keys(store: Store, as_json: bool) -> int:
-    import json
-
-    rows = [_key_fields(key) for key in await store.keys.all()]
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    if not rows:
-        print("no keys; create one with `nsfwd keys create NAME`", file=sys.stderr)
-        return 0
+    keys = await store.keys.all()
+    rows = [_key_fields(key) for key in keys]
+    if as_json:  # and region thresholds, which the table leaves out (`null`: the server's)
+        rows = [
+            row | {"region_thresholds": key.region_thresholds}
+            for row, key in zip(rows, keys, strict=True)
+        ]
     header = ["ID", "NAME", "PREFIX", "CREATES/MIN", "IN FLIGHT", "POLICY", "THRESHOLD",
-              "CREATED", "REVOKED"]  # fmt: skip
-    table = [header] + [[_key_cell(name, v) for name, v in row.items()] for row in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    for line in table:
-        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
-        print("  ".join(cells).rstrip())
-    if any(row["policy"] is None or row["threshold"] is None for row in rows):
+              "ADMIN", "CREATED", "REVOKED"]  # fmt: skip
+    cells = [[_key_cell(name, v) for name, v in row.items()] for row in rows]
+    nothing = "no keys; create one with `nsfwd keys create NAME`"
+    table = print_listing(rows, header, cells, as_json=as_json, nothing=nothing)
+    if table and any(row["policy"] is None or row["threshold"] is None for row in rows):
         print(
             "-: the server's (NSFWD_POLICY and NSFWD_THRESHOLD, or `nsfwd serve --policy "
             "--threshold`)",
@@ -149,6 +158,8 @@ async def _list_keys(store: Store, as_json: bool) -> int:
 def _key_cell(name: str, value: object) -> str:
     if value is None:
         return "-" if name in ("policy", "threshold") else ""
+    if isinstance(value, bool):
+        return "yes" if value else ""
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 

@@ -4,11 +4,19 @@ pipeline; settings and the policy from parsed arguments; the progress bar."""
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nsfwd.models.names import DECODE_MODES
-from nsfwd.verdict import DEFAULT_POLICY, DEFAULT_THRESHOLD, POLICIES, Policy
+from nsfwd.verdict import (
+    DEFAULT_POLICY,
+    DEFAULT_THRESHOLD,
+    POLICIES,
+    Policy,
+    parse_region_thresholds,
+)
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -35,6 +43,7 @@ SETTINGS_OPTIONS = (
     "compile_cache_dir",
     "policy",
     "threshold",
+    "region_thresholds",
 )
 """Arguments that override the ``NSFWD_*`` setting of the same name where a command has them."""
 
@@ -55,17 +64,19 @@ def add_model_options(parser: argparse.ArgumentParser, *, several: bool = False)
             "--model",
             action="append",
             metavar="[NAME=]ID_OR_DIR",
-            help="a model to serve: Hub id, local folder or open-nsfw (built in, no Hub "
-            "needed), under NAME when given (else its id); repeat it to serve several, each on "
-            "its own batcher, the first being the default (replaces $NSFWD_MODEL and "
-            "$NSFWD_MODELS; without any: Freepik/nsfw_image_detector and open-nsfw, or "
-            "open-nsfw alone when the former cannot be had)",
+            help="a model to serve: Hub id, local folder, open-nsfw (built in, no Hub "
+            "needed) or the nudenet detector (nsfwd[nudenet]), under NAME when given (else its "
+            "id); repeat it to serve several, each on its own batcher, the first being the "
+            "default (replaces $NSFWD_MODEL and $NSFWD_MODELS; without any: "
+            "Freepik/nsfw_image_detector and open-nsfw, or open-nsfw alone when the former "
+            "cannot be had)",
         )
     else:
         parser.add_argument(
             "--model",
-            help="Hub id or local folder of the classifier, or open-nsfw (built in, no Hub "
-            "needed) (default: $NSFWD_MODEL or Freepik/nsfw_image_detector)",
+            help="Hub id or local folder of a classifier or object detector, open-nsfw (built "
+            "in, no Hub needed) or nudenet (the detector of nsfwd[nudenet]) (default: "
+            "$NSFWD_MODEL or Freepik/nsfw_image_detector)",
         )
     parser.add_argument("--revision", help="Hub revision to load (branch, tag or commit)")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default: auto)")
@@ -106,10 +117,15 @@ def add_compile_options(parser: argparse.ArgumentParser, *, negatable: bool = Tr
 
 
 def add_policy_options(
-    parser: argparse.ArgumentParser, applies_to: str = "", default: str | None = None
+    parser: argparse.ArgumentParser,
+    applies_to: str = "",
+    default: str | None = None,
+    *,
+    regions: bool = False,
 ) -> None:
-    """``--policy`` and ``--threshold``; ``default`` words what applies without them (else
-    ``$NSFWD_POLICY`` / ``$NSFWD_THRESHOLD`` and the built-in defaults)."""
+    """``--policy`` and ``--threshold`` (and with ``regions``, ``--region-thresholds``);
+    ``default`` words what applies without them (else ``$NSFWD_POLICY`` / ``$NSFWD_THRESHOLD``
+    and the built-in defaults)."""
     parser.add_argument(
         "--policy",
         choices=list(POLICIES),
@@ -124,6 +140,16 @@ def add_policy_options(
         help="flag when the policy's score is above this; `nsfwd calibrate` chooses one from "
         "your labelled images (default: "
         f"{default or f'$NSFWD_THRESHOLD, else {DEFAULT_THRESHOLD}'})",
+    )
+    if not regions:
+        return
+    parser.add_argument(
+        "--region-thresholds",
+        metavar="LABEL=T,...",
+        default=None,
+        help="a detector's region labels that flag an image, each over its own threshold "
+        "(empty: none); beside a classifier's score, either flags (default: "
+        f"{default or '$NSFWD_REGION_THRESHOLDS, else NudeNet exposed explicit classes over 0.5'})",
     )
 
 
@@ -168,15 +194,16 @@ def compile_choice(flag: bool, configured: str) -> str:
 
 
 def policy_for(args: argparse.Namespace) -> Policy:
-    """``--policy`` and ``--threshold``, else ``$NSFWD_POLICY`` and ``$NSFWD_THRESHOLD``."""
-    if args.policy is not None and args.threshold is not None:
-        return Policy(args.policy, args.threshold)
+    """``--policy``, ``--threshold`` and ``--region-thresholds``, else ``$NSFWD_POLICY``,
+    ``$NSFWD_THRESHOLD`` and ``$NSFWD_REGION_THRESHOLDS``. Raises ValueError for bad ones."""
     from nsfwd.settings import Settings
 
     settings = Settings()
+    regions = getattr(args, "region_thresholds", None)
     return Policy(
         args.policy or settings.policy,
         settings.threshold if args.threshold is None else args.threshold,
+        parse_region_thresholds(settings.region_thresholds if regions is None else regions),
     )
 
 
@@ -197,3 +224,31 @@ def progress_bar(*, show: bool) -> Progress:
 
 Commands = argparse._SubParsersAction  # argparse names no public type for add_subparsers()
 """What ``add_subparsers`` returns: each command module's ``register`` adds its parser to it."""
+
+
+def print_listing(
+    rows: list[dict[str, Any]], header: list[str], cells: list[list[str]], *,
+    as_json: bool, nothing: str,
+) -> bool:  # fmt: skip
+    """A ``list`` command's output: ``rows`` as a JSON array, or ``nothing`` (what to do) on
+    stderr when there are none, or ``cells`` under ``header`` in columns. Whether a table was
+    printed."""
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(nothing, file=sys.stderr)
+    else:
+        print_table(header, cells)
+        return True
+    return False
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    """Print ``rows`` under ``header`` in left-aligned columns (``nsfwd keys list``,
+    ``nsfwd banks list``)."""
+    table = [header, *rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for line in table:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        )

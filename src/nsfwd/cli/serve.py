@@ -35,7 +35,7 @@ def register(sub: Commands[argparse.ArgumentParser]) -> None:
     serve.add_argument("--host", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default: 8000)")
     _add_scale_options(serve)
-    add_policy_options(serve, applies_to=" in Eachlabs' output (nsfw/normal)")
+    add_policy_options(serve, applies_to=" in Eachlabs' output (nsfw/normal)", regions=True)
     serve.add_argument(
         "--insecure-no-auth",
         action="store_true",

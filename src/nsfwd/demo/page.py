@@ -75,7 +75,7 @@ def install(app: FastAPI, settings: Settings, keys: KeyRing, model: str) -> None
             )
         policy = settings.verdict_policy
         if caller is not None:
-            policy = policy.overridden(caller.policy, caller.threshold)
+            policy = policy.overridden(caller.policy, caller.threshold, caller.region_thresholds)
         document = {
             "model": model,
             "policy": policy.name,

@@ -29,12 +29,14 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
 import torch
 
+from nsfwd.banks.pdq import PictureHash
 from nsfwd.engine import (
     DECODE_TIMEOUT_S,
     EngineClosedError,
@@ -46,8 +48,8 @@ from nsfwd.engine import (
 from nsfwd.engine.metrics import Metrics
 from nsfwd.intake import ImageLimits, UnscorableImageError
 from nsfwd.intake.checked import CheckedImages
-from nsfwd.models.classifier import Classifier
-from nsfwd.verdict import Judgement, Labels, Policy, nonfinite_labels, worst
+from nsfwd.models.model import Model
+from nsfwd.verdict import Finding, Judgement, Policy, judge, nonfinite_labels
 
 _log = logging.getLogger(__name__)
 
@@ -67,17 +69,20 @@ class Trace:
 class _Item:
     pixels: list[torch.Tensor]
     """One prepared picture per view of the image."""
-    future: asyncio.Future[list[Labels]]
+    sizes: list[tuple[int, int]]
+    """Each view's displayed (width, height), which a detector's boxes are mapped back to."""
+    future: asyncio.Future[list[Finding]]
     queued_at: float
     trace: Trace = field(default_factory=Trace)
 
 
 class Engine:
-    """Batches classification requests from many coroutines onto one :class:`Classifier`."""
+    """Batches requests from many coroutines onto one model: a classifier or a detector
+    (:data:`~nsfwd.models.model.Model`; a detector's judgements carry its regions)."""
 
     def __init__(
         self,
-        classifier: Classifier,
+        classifier: Model,
         *,
         max_batch_size: int = 16,
         batch_wait_ms: float = 2.0,
@@ -119,13 +124,20 @@ class Engine:
 
     @property
     def model_info(self) -> dict[str, str]:
-        """Where and how the model runs: ``device``, ``dtype`` and ``dtype_reason``."""
+        """Where and how the model runs: ``device``, ``dtype`` and ``dtype_reason``; and
+        ``kind``, ``classifier`` or ``detector``."""
         classifier = self.classifier
         return {
             "device": str(classifier.device),
             "dtype": str(classifier.dtype).removeprefix("torch."),
             "dtype_reason": classifier.dtype_reason,
+            "kind": classifier.kind,
         }
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The model's labels, in its order."""
+        return self.classifier.labels
 
     @property
     def in_flight(self) -> int:
@@ -183,21 +195,36 @@ class Engine:
         """
         if not self.ready or self._queue is None:
             raise EngineClosedError("the model is not loaded yet")
-        self._admit(1, alone=False)
-        held = 1
-        try:
+        with self._admission() as grow:
             prepare = partial(self._checked.load, data)
             views = await run_intake(self.decode_pool, prepare, self.decode_timeout_s)
-            self._admit(len(views.views) - 1, alone=self._admitted == held)
-            held = len(views.views)
-            future: asyncio.Future[list[Labels]] = asyncio.get_running_loop().create_future()
-            item = _Item(views.images, future, time.perf_counter(), trace or Trace())
+            grow(len(views.views))
+            future: asyncio.Future[list[Finding]] = asyncio.get_running_loop().create_future()
+            item = _Item(views.images, views.sizes, future, time.perf_counter(), trace or Trace())
             self._queue.put_nowait(item)
-            labels = await future
+            found = await future
+        return judge(views, found, policy or Policy())
+
+    @contextlib.contextmanager
+    def _admission(self) -> Iterator[Callable[[int], None]]:
+        """Hold one place for an image while it is decoded (a check's decoding counts too: a
+        flood is refused before it is decoded), or refuse it with :class:`QueueFullError` when
+        ``max_queue`` places are taken; the function it yields grows the hold to the image's
+        pictures once they are known (refused likewise where they do not fit, unless the
+        image is alone in the engine: any image fits an idle engine)."""
+        self._admit(1, alone=False)
+        held = 1
+
+        def grow(pictures: int) -> None:
+            nonlocal held
+            self._admit(pictures - held, alone=self._admitted == held)
+            held = max(held, pictures)
+
+        try:
+            yield grow
         finally:
             self._admitted -= held
             self.metrics.queue_size.set(self._admitted)
-        return worst(views, labels, (policy or Policy()).score)
 
     def _admit(self, pictures: int, *, alone: bool) -> None:
         """Take ``pictures`` more places, or refuse with :class:`QueueFullError` when they do
@@ -210,27 +237,28 @@ class Engine:
         self._admitted += pictures
         self.metrics.queue_size.set(self._admitted)
 
-    async def check(self, data: bytes) -> None:
+    async def check(self, data: bytes, *, hashed: bool = False) -> list[PictureHash]:
         """Decode and prepare ``data`` as :meth:`judge` does, on the decode pool, raising
         its :class:`~nsfwd.intake.ImageError`; the pictures are kept (the last
         :data:`~nsfwd.intake.checked.KEPT_BYTES` of pictures) for a :meth:`judge` of the same
-        bytes."""
+        bytes. ``hashed``: hash every picture too, and return the hashes. Admitted as
+        :meth:`judge` is, as one place while it decodes (:class:`QueueFullError` when full)."""
         if not self.ready:
             raise EngineClosedError("the model is not loaded yet")
-        await run_intake(
-            self.decode_pool, partial(self._checked.check, data), self.decode_timeout_s
-        )
+        check = partial(self._checked.check, data, hashed=hashed)
+        with self._admission():
+            return await run_intake(self.decode_pool, check, self.decode_timeout_s)
 
-    def _predict(self, pixels: list[torch.Tensor]) -> torch.Tensor:
+    def _predict(self, pixels: list[torch.Tensor], sizes: list[tuple[int, int]]) -> list[Finding]:
         # Stacked here, on the inference thread, not on the event loop: a GPU batch is tens
         # of megabytes to copy (into page-locked memory, see Classifier.stack). One image's
         # pictures may outnumber max_batch_size; they run in batches of that size.
-        size = self.max_batch_size
-        parts = [
-            self.classifier.predict(self.classifier.stack(pixels[start : start + size]))
-            for start in range(0, len(pixels), size)
-        ]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        size, model = self.max_batch_size, self.classifier
+        found: list[Finding] = []
+        for start in range(0, len(pixels), size):
+            output = model.predict(model.stack(pixels[start : start + size]))
+            found += model.findings(output, sizes[start : start + size])
+        return found
 
     async def _next_batch(self, queue: asyncio.Queue[_Item]) -> list[_Item]:
         """Queued items with at most ``max_batch_size`` pictures in all (an item with more
@@ -274,10 +302,11 @@ class Engine:
         """Run ``items`` as one batch and answer each; if the model fails, run each half
         again, so that only an image that fails alone gets the error."""
         pixels = [picture for item in items for picture in item.pixels]
+        sizes = [size for item in items for size in item.sizes]
         started = time.perf_counter()
         try:
-            probs = await asyncio.get_running_loop().run_in_executor(
-                self._infer_pool, self._predict, pixels
+            found = await asyncio.get_running_loop().run_in_executor(
+                self._infer_pool, self._predict, pixels, sizes
             )
         except Exception as exc:  # a model failure fails this batch, not the server
             _log.warning("the model failed on a batch of %d images (%s: %s)%s", len(items),
@@ -299,13 +328,13 @@ class Engine:
         self.metrics.batch_size.observe(len(pixels))
         self.metrics.inference_seconds.observe(elapsed)
         items[0].trace.batches.append((len(pixels), elapsed))
-        rows = iter(self.classifier.to_labels(probs))
+        rows = iter(found)
         for item in items:
-            labels = [next(rows) for _ in item.pixels]
+            answers = [next(rows) for _ in item.pixels]
             if item.future.done():
                 continue
-            bad = sorted({label for row in labels for label in nonfinite_labels(row)})
+            bad = sorted({label for row in answers for label in nonfinite_labels(row.labels)})
             if bad:  # fail closed: NaN is never flagged
                 item.future.set_exception(UnscorableImageError.for_labels(bad))
             else:
-                item.future.set_result(labels)
+                item.future.set_result(answers)

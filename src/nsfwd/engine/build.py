@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nsfwd.engine import pools
 from nsfwd.engine.batcher import Engine
 from nsfwd.engine.metrics import Metrics
 from nsfwd.engine.served import served_specs, takes_torch_options
 from nsfwd.models.classifier import Classifier
+from nsfwd.models.model import Model, load_model
 from nsfwd.models.names import DEFAULT_MODEL, ModelSpec
 
 if TYPE_CHECKING:
@@ -62,23 +63,41 @@ def load_classifier(options: ClassifierOptions, model: str | None = None) -> Cla
     """Load the classifier ``options`` describe; ``model``, when given, replaces their model
     (say, a folder prepared from it). A ``NAME=`` before their model (a name to serve it
     under) is dropped."""
-    source = ModelSpec.parse(options.model).source if options.model else DEFAULT_MODEL
-    return Classifier.load(
-        model or source,
-        revision=options.revision,
-        device=options.device,
-        dtype=options.dtype,
-        quantize=options.quantize,
-        compile=options.compile,
-        compile_cache_dir=options.compile_cache_dir,
-    )
+    return Classifier.load(_source(options, model), **_load_options(options))
 
 
-def load_served_classifiers(settings: Settings) -> dict[str, Classifier]:
-    """The classifiers ``nsfwd serve`` runs (:func:`~nsfwd.engine.served.served_specs`), by the
-    name clients pick each with (its ``NAME=``, or the name it loads as), the default first.
+def load_served_model(options: ClassifierOptions, model: str | None = None) -> Model:
+    """:func:`load_classifier`, but a detector (``nudenet``, a transformers object detector)
+    loads as a :class:`~nsfwd.models.detector.Detector`: for the hosts that run either
+    (``nsfwd serve``, ``nsfwd classify``, ``nsfwd censor``)."""
+    return load_model(_source(options, model), **_load_options(options))
+
+
+def _source(options: ClassifierOptions, model: str | None) -> str:
+    """``model``, else the options' model without its ``NAME=``, else the default."""
+    if model:
+        return model
+    return ModelSpec.parse(options.model).source if options.model else DEFAULT_MODEL
+
+
+def _load_options(options: ClassifierOptions) -> dict[str, Any]:
+    """How to load, from the options: the keyword arguments both loaders take."""
+    return {
+        "revision": options.revision,
+        "device": options.device,
+        "dtype": options.dtype,
+        "quantize": options.quantize,
+        "compile": options.compile,
+        "compile_cache_dir": options.compile_cache_dir,
+    }
+
+
+def load_served_classifiers(settings: Settings) -> dict[str, Model]:
+    """The models (classifiers and detectors) ``nsfwd serve`` runs
+    (:func:`~nsfwd.engine.served.served_specs`), by the name clients pick each with (its
+    ``NAME=``, or the name it loads as), the default first.
     One that cannot load raises :class:`ModelNotAvailableError`, stopping the server."""
-    classifiers: dict[str, Classifier] = {}
+    classifiers: dict[str, Model] = {}
     for spec in served_specs(settings):
         classifier = load_spec(settings, spec)
         name = spec.name or classifier.name
@@ -90,12 +109,12 @@ def load_served_classifiers(settings: Settings) -> dict[str, Classifier]:
     return classifiers
 
 
-def load_spec(settings: Settings, spec: ModelSpec) -> Classifier:
-    """The classifier of one served model, loaded with the settings' options (``--device``,
-    ``--dtype``...) where they apply to it (:func:`~nsfwd.engine.served.takes_torch_options`)."""
+def load_spec(settings: Settings, spec: ModelSpec) -> Model:
+    """One served model, loaded with the settings' options (``--device``, ``--dtype``...)
+    where they apply to it (:func:`~nsfwd.engine.served.takes_torch_options`)."""
     if not takes_torch_options(spec, settings):
-        return Classifier.load(spec.source)
-    return load_classifier(settings, spec.source)
+        return load_model(spec.source)
+    return load_served_model(settings, spec.source)
 
 
 def build_engines(settings: Settings) -> dict[str, Engine]:
@@ -106,7 +125,8 @@ def build_engines(settings: Settings) -> dict[str, Engine]:
     engines: dict[str, Engine] = {}
     for name, classifier in load_served_classifiers(settings).items():
         log.info(
-            "loaded %s as %r (%s) on %s in %s; labels %s",
+            "loaded %s %s as %r (%s) on %s in %s; labels %s",
+            classifier.kind,
             classifier.name,
             name,
             classifier.loaded.style,
@@ -118,12 +138,10 @@ def build_engines(settings: Settings) -> dict[str, Engine]:
     return engines
 
 
-def build_engine(
-    settings: Settings, classifier: Classifier, metrics: Metrics | None = None
-) -> Engine:
-    """The engine that runs ``classifier`` under the settings' bounds (batch size, queue,
-    decode pool and deadline, image limits): the same in every host, ``nsfwd serve`` and a
-    Ray Serve model replica alike."""
+def build_engine(settings: Settings, classifier: Model, metrics: Metrics | None = None) -> Engine:
+    """The engine that runs ``classifier`` (or a detector) under the settings' bounds (batch
+    size, queue, decode pool and deadline, image limits): the same in every host, ``nsfwd
+    serve`` and a Ray Serve model replica alike."""
     pools.configure(decode=settings.decode_workers)
     return Engine(
         classifier,

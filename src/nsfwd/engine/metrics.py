@@ -73,6 +73,18 @@ class Metrics:
             "Images dropped before inference because their client went away",
             registry=self.registry,
         )
+        self.bank_matches = Counter(
+            "nsfwd_bank_matches",
+            "Images flagged by a bank of known images, by bank",
+            ["bank"],
+            registry=self.registry,
+        )
+        self.verdict_cache = Counter(
+            "nsfwd_verdict_cache",
+            "Judgements asked of the verdict cache, by outcome (hit or miss)",
+            ["outcome"],
+            registry=self.registry,
+        )
 
     def show_model(self, info: dict[str, str]) -> None:
         """Export the model's ``device`` and ``dtype`` (an :attr:`Engine.model_info`) as

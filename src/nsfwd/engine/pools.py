@@ -2,7 +2,8 @@
 
 Each kind of work has its own pool, so that one kind cannot starve another: ``decode`` (the
 image intake: checks, decoding, preprocessing), ``dns`` (resolving image URLs' host names) and
-``webhooks`` (resolving webhook receivers' host names, reading the signing secret). asyncio's
+``webhooks`` (resolving webhook receivers' host names, reading the signing secret) and
+``banks`` (loading the banks of known images and matching pictures against them). asyncio's
 default thread pool is shared by everything that calls ``to_thread`` or ``getaddrinfo``; a flood
 of slow lookups or hostile images there holds up all the rest.
 
@@ -31,6 +32,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Final, Generic, TypeVar
 
 __all__ = [
+    "BANKS",
     "DECODE",
     "DEFAULT_SIZES",
     "DNS",
@@ -49,10 +51,12 @@ T = TypeVar("T")
 DECODE: Final = "decode"
 DNS: Final = "dns"
 WEBHOOKS: Final = "webhooks"
-DEFAULT_SIZES: Final = {DECODE: len(os.sched_getaffinity(0)), DNS: 8, WEBHOOKS: 4}
+BANKS: Final = "banks"
+_CORES: Final = len(os.sched_getaffinity(0))
+DEFAULT_SIZES: Final = {DECODE: _CORES, DNS: 8, WEBHOOKS: 4, BANKS: _CORES}
 """Threads per pool unless settings say otherwise (``NSFWD_DECODE_WORKERS``,
-``NSFWD_DNS_WORKERS``, ``NSFWD_WEBHOOK_WORKERS``): decoding is CPU work, one thread a core;
-lookups mostly wait on the network."""
+``NSFWD_DNS_WORKERS``, ``NSFWD_WEBHOOK_WORKERS``): decoding and matching are CPU work, one
+thread a core; lookups mostly wait on the network."""
 
 
 class PoolDeadlineError(TimeoutError):
@@ -210,7 +214,8 @@ _pools_lock = threading.Lock()
 
 
 def named(name: str) -> BoundedPool:
-    """This process's pool for ``name`` (:data:`DECODE`, :data:`DNS` or :data:`WEBHOOKS`),
+    """This process's pool for ``name`` (:data:`DECODE`, :data:`DNS`, :data:`WEBHOOKS` or
+    :data:`BANKS`),
     made with its :func:`configure`\\ d or default size on first use."""
     with _pools_lock:
         pool = _pools.get(name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final, Protocol, TypeVar
 
+from nsfwd.banks.pdq import PictureHash
 from nsfwd.engine.metrics import Metrics
 from nsfwd.engine.pools import BoundedPool, PoolDeadlineError
 from nsfwd.intake import ImageComplexityError, ImageLimits
@@ -72,6 +73,10 @@ class ClassifyEngine(Protocol):
         """Where and how the model runs: ``device``, ``dtype`` and ``dtype_reason`` (why that
         precision), as :class:`nsfwd.engine.batcher.Engine` reports them."""
 
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The model's labels, in its order."""
+
     async def start(self) -> None:
         """Get ready to classify."""
 
@@ -82,8 +87,10 @@ class ClassifyEngine(Protocol):
         """The labels of the worst picture a viewer may see of one encoded image under
         ``policy`` (default: moderate), and which picture that was."""
 
-    async def check(self, data: bytes) -> None:
+    async def check(self, data: bytes, *, hashed: bool = False) -> list[PictureHash]:
         """Run the image intake on ``data`` as :meth:`judge` would (decoding it on the
         bounded decode pool), raising the same :class:`~nsfwd.intake.ImageError`, and keep what
         it made for a while, so that a :meth:`judge` of the same bytes soon after (an async
-        job's) does not decode them again."""
+        job's, or the judgement that follows a bank lookup) does not decode them again.
+        ``hashed``: return the PDQ hash of every picture :meth:`judge` would judge (else an
+        empty list). Admitted as :meth:`judge` is: :class:`QueueFullError` when full."""

@@ -9,9 +9,12 @@ caller that gives up cancels its request in the inference process too, so the ba
 
 Frames, both ways: two big-endian uint32 (header length, body length), a JSON header, a body.
 Requests: ``{"op": "classify", "id": n}`` with the image as body (``"policy": [name,
-threshold]`` optional: whose worst picture answers), ``{"op": "cancel", "id": n}``.
+threshold]`` optional: whose worst picture answers), ``{"op": "check", "id": n, "hashed":
+bool}`` with the image as body, ``{"op": "cancel", "id": n}``.
 Answers: ``{"id": n, "labels": {...}, "judged": {...}}`` (``judged``:
-:meth:`~nsfwd.verdict.Judgement.details`) or ``{"id": n, "error": kind, ...}``.
+:meth:`~nsfwd.verdict.Judgement.stored`, which picture and a detector's regions),
+``{"id": n, "checked": true, "hashes": [[hex, quality, frame], ...]}`` or
+``{"id": n, "error": kind, ...}``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nsfwd.banks.pdq import PictureHash
 from nsfwd.engine import EngineClosedError, ModelFailedError, QueueFullError
 from nsfwd.engine.metrics import Metrics
 from nsfwd.intake import ImageError, ImageLimits
@@ -96,7 +100,7 @@ class InferenceServer:
                         task.cancel()
                     continue
                 if header.get("op") == "check":
-                    work = self._check(body)
+                    work = self._check(body, bool(header.get("hashed", False)))
                 else:
                     work = self._judge(body, _policy(header.get("policy")))
                 task = asyncio.create_task(self._answer(request_id, work, writer))
@@ -114,11 +118,11 @@ class InferenceServer:
 
     async def _judge(self, data: bytes, policy: Policy | None) -> dict[str, Any]:
         judgement = await self.engine.judge(data, policy)
-        return {"labels": judgement.labels, "judged": judgement.details()}
+        return {"labels": judgement.labels, "judged": judgement.stored()}
 
-    async def _check(self, data: bytes) -> dict[str, Any]:
-        await self.engine.check(data)
-        return {"checked": True}
+    async def _check(self, data: bytes, hashed: bool) -> dict[str, Any]:
+        hashes = await self.engine.check(data, hashed=hashed)
+        return {"checked": True, "hashes": [[h.hex, h.quality, h.frame] for h in hashes]}
 
     async def _answer(
         self,
@@ -185,6 +189,7 @@ class RemoteEngine:
         *,
         model_name: str,
         model_info: dict[str, str] | None = None,
+        labels: tuple[str, ...] = (),
         max_batch_size: int,
         max_queue: int,
         limits: ImageLimits,
@@ -194,6 +199,7 @@ class RemoteEngine:
         self.path = path
         self.model_name = model_name
         self.model_info = model_info or {}
+        self._labels = tuple(labels)
         """The inference process's :attr:`Engine.model_info` (its ``/metrics`` show it too)."""
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
@@ -202,9 +208,14 @@ class RemoteEngine:
         self.connect_timeout_s = connect_timeout_s
         self.ready = False
         self._ids = itertools.count()
-        self._pending: dict[int, asyncio.Future[Judgement | None]] = {}
+        self._pending: dict[int, asyncio.Future[Judgement | list[PictureHash]]] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The model's labels, as the inference process announced them."""
+        return self._labels
 
     async def start(self) -> None:
         """Connect to the inference process, waiting up to ``connect_timeout_s`` for it."""
@@ -241,20 +252,23 @@ class RemoteEngine:
         if policy is not None:
             request["policy"] = [policy.name, policy.threshold]
         judgement = await self._call(request, data)
-        assert judgement is not None
+        assert isinstance(judgement, Judgement)
         return judgement
 
-    async def check(self, data: bytes) -> None:
+    async def check(self, data: bytes, *, hashed: bool = False) -> list[PictureHash]:
         """:meth:`Engine.check` in the inference process, which keeps the pixels for the
         judgement that follows (this worker's or another's)."""
-        await self._call({"op": "check"}, data)
+        hashes = await self._call({"op": "check", "hashed": hashed}, data)
+        assert isinstance(hashes, list)
+        return hashes
 
-    async def _call(self, request: dict[str, Any], data: bytes) -> Judgement | None:
+    async def _call(self, request: dict[str, Any], data: bytes) -> Judgement | list[PictureHash]:
         writer = self._writer
         if not self.ready or writer is None:
             raise EngineClosedError("the model is not loaded yet")
         request_id = next(self._ids)
-        future: asyncio.Future[Judgement | None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Judgement | list[PictureHash]]
+        future = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
             writer.write(_frame({**request, "id": request_id}, data))
@@ -277,15 +291,14 @@ class RemoteEngine:
                 if future is None or future.done():
                     continue  # cancelled meanwhile
                 if "labels" in answer:
-                    judged = answer.get("judged")
-                    labels = answer["labels"]
-                    future.set_result(
-                        Judgement(labels)
-                        if judged is None
-                        else Judgement.from_details(labels, judged)
-                    )
+                    future.set_result(Judgement.from_stored(answer["labels"], answer.get("judged")))
                 elif answer.get("checked"):
-                    future.set_result(None)
+                    future.set_result(
+                        [
+                            PictureHash(bytes.fromhex(value), int(quality), int(frame))
+                            for value, quality, frame in answer.get("hashes", [])
+                        ]
+                    )
                 else:
                     future.set_exception(_error(answer))
         except (asyncio.IncompleteReadError, ConnectionError, ValueError, KeyError) as exc:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from nsfwd.engine import ClassifyEngine
 from nsfwd.models.names import (
     DEFAULT_MODEL,
+    NUDENET,
     OPEN_NSFW,
     ModelNotAvailableError,
     ModelSpec,
@@ -135,6 +136,12 @@ class ServedModels(Mapping[str, ClassifyEngine]):
             await engine.stop()
 
 
+def model_kind(engine: ClassifyEngine) -> str:
+    """``classifier`` or ``detector``, as the engine's model says (an engine from before
+    detectors says nothing: a classifier)."""
+    return engine.model_info.get("kind", "classifier")
+
+
 def served_specs(settings: Settings) -> list[ModelSpec]:
     """The models a server runs, the default first: those the settings name
     (:attr:`~nsfwd.settings.Settings.model_specs`); with none named, :data:`DEFAULT_MODEL` and
@@ -155,9 +162,9 @@ def served_specs(settings: Settings) -> list[ModelSpec]:
 
 def takes_torch_options(spec: ModelSpec, settings: Settings) -> bool:
     """Whether ``spec`` loads with the settings' torch options (``--device``, ``--dtype``...).
-    The built-in :data:`OPEN_NSFW` runs on onnxruntime with its own: alone and named, it
-    refuses them; beside other models, or chosen by nsfwd when none was named, they are the
-    others' and it ignores them."""
-    if spec.source != OPEN_NSFW:
+    The built-in :data:`OPEN_NSFW` and :data:`NUDENET` run on onnxruntime with their own: alone
+    and named, they refuse them; beside other models, or chosen by nsfwd when none was named,
+    they are the others' and they ignore them."""
+    if spec.source not in (OPEN_NSFW, NUDENET):
         return True
     return len(settings.model_specs) == 1

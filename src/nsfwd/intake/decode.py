@@ -35,6 +35,7 @@ from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 from nsfwd.intake.colour import (
     ColourProfileError,
     ColourTags,
+    Conversion,
     colour_model,
     display_conversion,
 )
@@ -307,16 +308,30 @@ def _decode_views(
                 "an alpha channel or at 8 bits"
             )
         conversion = display_conversion(facts.colour, colour_model(image.mode))
-        per_frame = views_per_frame(image.mode, "transparency" in image.info, conversion)
-        judged = [0] if first_only else _judged_frames(image, frames, frame_budget(per_frame))
+        judged = [0] if first_only else _judged_frames(image, frames, _budget(image, conversion))
         views: list[View[T]] = []
         for index in judged:
             image.seek(index)  # decodes the frames before it: each is drawn over the last
             image.load()
             shown = _upright(_full_depth(image, data) if facts.full_depth_key else image, facts)
             for view in frame_views(shown, index, conversion):  # new, detached images
-                views.append(View(prepare(view.image), view.frame, view.backdrop, view.colours))
+                views.append(view.with_image(prepare(view.image)))
     return Views(views, frames)
+
+
+def judged_frames(data: bytes, image: ImageFile.ImageFile, fmt: str, count: int) -> list[int]:
+    """The indices of the frames :func:`load_views` judges of ``image`` (just opened from
+    ``data``, a ``fmt`` file of ``count`` frames), for what must treat the same frames (a
+    redacted copy). Loads frames to learn their facts where there are more than the budget:
+    seek back to the frame wanted afterwards."""
+    conversion = display_conversion(_file_facts(data, image, fmt).colour, colour_model(image.mode))
+    return _judged_frames(image, count, _budget(image, conversion))
+
+
+def _budget(image: Image.Image, conversion: Conversion | None) -> int:
+    """Frames judged at most of ``image``: as many as fit the picture budget, each making the
+    most views its mode and ``conversion`` can (:func:`~nsfwd.intake.views.views_per_frame`)."""
+    return frame_budget(views_per_frame(image.mode, "transparency" in image.info, conversion))
 
 
 def _judged_frames(image: ImageFile.ImageFile, count: int, budget: int) -> list[int]:

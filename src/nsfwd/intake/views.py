@@ -47,6 +47,13 @@ class View(Generic[T]):
     colours: Colours | None = None
     """``converted`` (by the file's colour tags) or ``stored`` where the two differ; None
     where the tags change nothing."""
+    size: tuple[int, int] = (0, 0)
+    """(width, height) of the picture as displayed, before a model resized it: a detector
+    maps its boxes back to these pixels ((0, 0) where unknown)."""
+
+    def with_image(self, image: U) -> View[U]:
+        """The same view of another picture (what a model made of this one)."""
+        return View(image, self.frame, self.backdrop, self.colours, self.size)
 
 
 @dataclass(frozen=True)
@@ -69,10 +76,12 @@ class Views(Generic[T]):
 
     def map(self, prepare: Callable[[T], U]) -> Views[U]:
         """The same views, each picture made into ``prepare`` of it."""
-        return Views(
-            [View(prepare(v.image), v.frame, v.backdrop, v.colours) for v in self.views],
-            self.frames,
-        )
+        return Views([v.with_image(prepare(v.image)) for v in self.views], self.frames)
+
+    @property
+    def sizes(self) -> list[tuple[int, int]]:
+        """Each picture's displayed (width, height), in order."""
+        return [view.size for view in self.views]
 
     @property
     def frames_judged(self) -> int:
@@ -99,10 +108,10 @@ def frame_views(
         shown = [("converted", conversion(colour)), ("stored", as_stored(colour))]
     pages = _backdrops(alpha)
     if not pages:
-        return [View(rgb, frame, None, colours) for colours, rgb in shown]
+        return [View(rgb, frame, None, colours, rgb.size) for colours, rgb in shown]
     assert alpha is not None
     return [
-        View(_composite(rgb, alpha, BACKDROPS[page]), frame, page, colours)
+        View(_composite(rgb, alpha, BACKDROPS[page]), frame, page, colours, rgb.size)
         for colours, rgb in shown
         for page in pages
     ]
@@ -123,7 +132,7 @@ def _split_alpha(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:
     """The colour of a loaded image (mode L, RGB or CMYK) and its alpha (mode L) if it has any
     (an alpha channel, palette alpha or a colour key)."""
     if image.mode in WIDE_GRAY_MODES:
-        image = _wide_gray_to_8bit(image)
+        image = wide_gray_to_8bit(image)
     elif image.mode == "F":
         image = image.convert("L")  # Pillow's 0..255 float scale, clipped
     elif image.mode == "1":
@@ -140,7 +149,7 @@ def _split_alpha(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:
     return image.convert("RGB"), None
 
 
-def _wide_gray_to_8bit(image: Image.Image) -> Image.Image:
+def wide_gray_to_8bit(image: Image.Image) -> Image.Image:
     """Scale 16-bit (or 32-bit integer) grayscale to 8 bits by keeping the high byte.
 
     Pillow's ``convert("L")`` clips such values at 255 instead of scaling them, which turns a

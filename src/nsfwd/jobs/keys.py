@@ -77,13 +77,17 @@ class ApiKeys:
         max_in_flight: int = 10,
         policy: PolicyName | None = None,
         threshold: float | None = None,
+        region_thresholds: str | None = None,
+        admin: bool = False,
     ) -> tuple[str, ApiKey]:
         """Create an API key; returns its secret (shown once, never stored) and its record.
 
-        ``policy`` and ``threshold`` decide its predictions' verdicts (``flagged``);
-        what is left ``None`` follows the server's. Raises ValueError when either is invalid.
+        ``policy``, ``threshold`` and ``region_thresholds`` (``LABEL=T,...``) decide its
+        predictions' verdicts (``flagged``); what is left ``None`` follows the server's.
+        Raises ValueError when one is invalid. ``admin``: the key may also administer the
+        banks of known images.
         """
-        Policy().overridden(policy, threshold)  # validates both
+        Policy().overridden(policy, threshold, region_thresholds)  # validates them
         plaintext = generate_key()
         record = ApiKey(
             id=str(uuid.uuid4()),
@@ -95,6 +99,8 @@ class ApiKeys:
             created_at=self.clock(),
             policy=policy,
             threshold=threshold,
+            region_thresholds=region_thresholds,
+            admin=admin,
         )
         values = {column.name: getattr(record, column.name) for column in api_keys.columns}
         async with self.database.write() as connection:

@@ -159,11 +159,12 @@ class Predictions:
         limits: Limits | None = None,
         policy: PolicyName | None = None,
         threshold: float | None = None,
+        region_thresholds: str | None = None,
     ) -> Prediction:
         """Queue a prediction of an uploaded image or of an image URL.
 
-        ``policy`` and ``threshold`` are its API key's own (``None``: the worker applies the
-        server's). Raises :class:`CapacityError` when ``limits`` are reached.
+        ``policy``, ``threshold`` and ``region_thresholds`` are its API key's own (``None``:
+        the worker applies the server's). Raises :class:`CapacityError` when ``limits`` are reached.
         """
         if (input_url is None) == (upload is None):
             raise ValueError("a prediction needs exactly one of input_url and upload")
@@ -184,6 +185,7 @@ class Predictions:
                 webhook_url=webhook_url,
                 policy=policy,
                 threshold=threshold,
+                region_thresholds=region_thresholds,
             )
             if limits is not None:
                 size = 0 if upload is None else len(upload.data)
@@ -337,12 +339,14 @@ class Predictions:
         error: str | None = None,
         predict_time: float | None = None,
         judged: Mapping[str, Any] | None = None,
+        match: Mapping[str, Any] | None = None,
         input_sha256: str | None = None,
         keep_input: bool = True,
     ) -> Prediction | None:
-        """Record the outcome: ``labels`` (and ``flagged``, the verdict, and ``judged``: which
-        picture they are of) on success, or an ``error``; ``input_sha256``, the digest of the
-        bytes judged (or fetched, when they could not be judged).
+        """Record the outcome: ``labels`` (and ``flagged``, the verdict, ``judged``: which
+        picture they are of, and ``match``: the banked image one matched) on success, or an
+        ``error``; ``input_sha256``, the digest of the bytes judged (or fetched, when they could
+        not be judged).
 
         Only while ``owner`` still holds the prediction; returns the finished prediction, or
         ``None`` when the lease was lost (the outcome is then discarded). Enqueues the webhook
@@ -360,6 +364,7 @@ class Predictions:
             "predict_time": predict_time,
             "judged": dict(judged) if judged is not None else None,
             "input_sha256": input_sha256,
+            "match": dict(match) if match is not None else None,
             "lease_owner": None,
             "lease_expires_at": None,
         }

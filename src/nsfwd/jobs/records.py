@@ -81,8 +81,14 @@ class Prediction:
     threshold: float | None = None
     """The threshold of the key that created it (``None``: the server's)."""
     judged: dict[str, Any] | None = None
-    """Which picture the labels are of (:meth:`nsfwd.verdict.Judgement.details`), where more
-    than one was judged (an animation, or transparency over white and black)."""
+    """Which picture the labels are of (:meth:`nsfwd.verdict.Judgement.stored`), where more
+    than one was judged (an animation, or transparency over white and black), and a detector's
+    regions."""
+    region_thresholds: str | None = None
+    """The region thresholds of the key that created it, ``LABEL=T,...`` (``None``: the
+    server's)."""
+    match: dict[str, Any] | None = None
+    """The banked image a picture matched (:meth:`nsfwd.verdict.Match.details`), if any."""
     input_sha256: str | None = None
     """SHA-256 (hex) of the image bytes it judged, once run: a URL's verdict holds for these
     bytes, not for whatever the URL serves others."""
@@ -137,8 +143,40 @@ class ApiKey:
     threshold: float | None = None
     """The threshold its predictions' policy is applied at; ``None``: the server's
     (``NSFWD_THRESHOLD``)."""
+    region_thresholds: str | None = None
+    """The region labels that flag its predictions, ``LABEL=T,...`` (empty: none); ``None``:
+    the server's (``NSFWD_REGION_THRESHOLDS``)."""
+    admin: bool = False
+    """Whether it may administer the banks of known images (``/v1/banks``)."""
 
     @property
     def revoked(self) -> bool:
         """Whether the key has been revoked (it no longer authenticates)."""
         return self.revoked_at is not None
+
+
+@dataclass(frozen=True)
+class Bank:
+    """A named bank of PDQ hashes of known images."""
+
+    name: str
+    category: str | None
+    """The moderation category a match stands for (OpenAI's); ``None``: ``sexual``."""
+    distance: int
+    """The Hamming distance within which a hash matches."""
+    created_at: datetime
+    size: int = 0
+    """How many hashes it holds."""
+
+
+@dataclass(frozen=True)
+class BankedHash:
+    """One hash in a bank."""
+
+    bank: str
+    hash: bytes
+    quality: int | None
+    """PDQ's quality (0 to 100) when it was hashed here; ``None`` when added by hash."""
+    source: str | None
+    """Where it came from: the file it was hashed from, or an import."""
+    added_at: datetime

@@ -13,6 +13,7 @@ from typing import Final
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     Column,
@@ -29,6 +30,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 
 VERSION_TABLE: Final = "nsfwd_alembic_version"
@@ -95,6 +97,8 @@ predictions = Table(
     Column("policy", String(16), nullable=True),
     Column("threshold", Float, nullable=True),
     Column("judged", JSON, nullable=True),
+    Column("region_thresholds", Text, nullable=True),
+    Column("match", JSON, nullable=True),
     Column("input_sha256", String(64), nullable=True),
     CheckConstraint("protocol IN ('eachlabs', 'prodia')", name="protocol"),
     CheckConstraint("status IN ('queued', 'processing', 'succeeded', 'failed')", name="status"),
@@ -157,5 +161,44 @@ api_keys = Table(
     Column("revoked_at", UtcDateTime, nullable=True),
     Column("policy", String(16), nullable=True),
     Column("threshold", Float, nullable=True),
+    Column("region_thresholds", Text, nullable=True),
+    Column("admin", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("key_hash"),
 )
+
+banks = Table(
+    "banks",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("category", String(32), nullable=True),
+    Column("distance", Integer, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+"""Named banks of known images: what a match stands for (an OpenAI category; null:
+``sexual``) and the Hamming distance within which a PDQ hash matches."""
+
+bank_hashes = Table(
+    "bank_hashes",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("bank", String(64), ForeignKey("banks.name", ondelete="CASCADE"), nullable=False),
+    Column("hash", LargeBinary(32), nullable=False),
+    Column("quality", Integer, nullable=True),
+    Column("source", Text, nullable=True),
+    Column("added_at", UtcDateTime, nullable=False),
+    UniqueConstraint("bank", "hash"),
+)
+"""The PDQ hashes of each bank (32 bytes), with their quality (null when added by hash) and
+where they came from (a file name, an import). ``id`` only grows, so a matcher that loaded
+the rows up to some id loads the ones added since by ``id``."""
+
+bank_revision = Table(
+    "bank_revision",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("revision", BigInteger, nullable=False),
+    Column("removals", BigInteger, nullable=False),
+)
+"""One row (id 1): ``revision`` grows with every change to the banks, ``removals`` with every
+change that is not only hashes added (a bank created, changed or deleted, hashes removed).
+Matchers poll it: a new revision loads what was added; new removals, everything again."""

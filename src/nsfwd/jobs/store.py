@@ -5,7 +5,8 @@ A :class:`Store` owns the :class:`~nsfwd.jobs.database.Database` and hands out i
 * ``store.predictions`` (:mod:`nsfwd.jobs.predictions`): predictions and their leases;
 * ``store.deliveries`` (:mod:`nsfwd.jobs.deliveries`): the webhook outbox, filled in the
   transaction that finishes a prediction;
-* ``store.keys`` (:mod:`nsfwd.jobs.keys`): API keys.
+* ``store.keys`` (:mod:`nsfwd.jobs.keys`): API keys;
+* ``store.banks`` (:mod:`nsfwd.jobs.banks`): banks of known images (PDQ hashes).
 
 Every method of a part is one short transaction and returns frozen records
 (:mod:`nsfwd.jobs.records`).
@@ -20,6 +21,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from nsfwd.jobs import database
+from nsfwd.jobs.banks import Banks
 from nsfwd.jobs.database import Database
 from nsfwd.jobs.deliveries import Deliveries, PayloadBuilder, default_webhook_payload
 from nsfwd.jobs.keys import ApiKeys
@@ -37,7 +39,7 @@ def _utcnow() -> datetime:
 
 
 class Store:
-    """Predictions, webhook deliveries and API keys in SQLite or PostgreSQL.
+    """Predictions, webhook deliveries, API keys and banks in SQLite or PostgreSQL.
 
     ``await store.open()`` (or ``async with store``) connects and migrates the schema; then
     every part's methods may be called from any task of the event loop that opened it.
@@ -77,6 +79,7 @@ class Store:
             max_attempts=max_attempts,
         )
         self.keys = ApiKeys(self.database, clock=clock)
+        self.banks = Banks(self.database, clock=clock)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:

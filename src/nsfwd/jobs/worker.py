@@ -21,7 +21,7 @@ from nsfwd.jobs.claims import ClaimLoop, worker_name
 from nsfwd.jobs.database import StoreUnavailableError
 from nsfwd.jobs.records import Prediction
 from nsfwd.jobs.store import Store
-from nsfwd.verdict import Judgement, Labels, Policy
+from nsfwd.verdict import Judgement, Policy
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +41,25 @@ class InputError(Exception):
 DEFAULT_POLICY: Final = Policy()
 
 
-def flagged(labels: Labels, policy: Policy = DEFAULT_POLICY) -> bool | None:
-    """Whether ``policy`` flags the labels; ``None`` for a model the policy cannot score."""
+def flagged(judgement: Judgement, policy: Policy = DEFAULT_POLICY) -> bool | None:
+    """Whether ``policy`` flags the judgement (a bank's match always does); ``None`` for a
+    model the policy cannot score."""
     try:
-        return policy.flagged(labels)
+        return judgement.flagged(policy)
     except ValueError:
         return None
+
+
+def outcome(judgement: Judgement, policy: Policy) -> dict[str, Any]:
+    """What a prediction records of its judgement: ``labels``, ``flagged`` under ``policy``,
+    ``judged`` (which picture, where more than one was judged, and a detector's regions) and
+    ``match`` (a bank's)."""
+    return {
+        "labels": judgement.labels,
+        "flagged": flagged(judgement, policy),
+        "judged": judgement.stored(),
+        "match": None if judgement.match is None else judgement.match.details(),
+    }
 
 
 class Worker:
@@ -150,8 +163,7 @@ class Worker:
             log.warning("prediction %s: attempt %d (a previous run was interrupted)",
                         prediction.id, prediction.attempts)  # fmt: skip
         started = time.perf_counter()
-        labels: Labels | None = None
-        judged: dict[str, Any] | None = None
+        judgement: Judgement | None = None
         error: str | None = None
         digest: str | None = None
         try:
@@ -159,8 +171,6 @@ class Worker:
             digest = hashlib.sha256(data).hexdigest()
             started = time.perf_counter()  # predict_time: decoding and inference, not the fetch
             judgement = await self._judge(prediction, data)
-            labels = judgement.labels
-            judged = judgement.details() if judgement.chosen else None
         except InputError as exc:
             error = exc.message
         except EngineClosedError:
@@ -194,11 +204,9 @@ class Worker:
             finished = await self.store.predictions.finish(
                 prediction.id,
                 self.name,
-                labels=labels,
-                flagged=None if labels is None else flagged(labels, self._policy(prediction)),
+                **({} if judgement is None else outcome(judgement, self._policy(prediction))),
                 error=error,
-                predict_time=elapsed if labels is not None else None,
-                judged=judged,
+                predict_time=None if judgement is None else elapsed,
                 input_sha256=digest,
                 keep_input=self.keeps_input is None or self.keeps_input(prediction),
             )
@@ -209,13 +217,15 @@ class Worker:
         if finished is None:
             log.warning("prediction %s: lease lost before finishing; result dropped",
                         prediction.id)  # fmt: skip
-        elif labels is not None:
+        elif judgement is not None:
             self._seconds_per_prediction = 0.8 * self._seconds_per_prediction + 0.2 * elapsed
 
     def _policy(self, prediction: Prediction) -> Policy:
         """The policy of the prediction's API key, where it has its own; else the server's."""
         try:
-            return self.policy.overridden(prediction.policy, prediction.threshold)
+            return self.policy.overridden(
+                prediction.policy, prediction.threshold, prediction.region_thresholds
+            )
         except ValueError as exc:  # only a hand-edited row; keys are checked when created
             log.warning("prediction %s: %s; applying the server's policy", prediction.id, exc)
             return self.policy

@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Final
 
 import torch
 from PIL import Image
@@ -27,7 +28,7 @@ from nsfwd.models.compiled import (
 from nsfwd.models.cpu import computes_natively, cpu_features, cpu_flags, default_cpu_dtype
 from nsfwd.models.hub import resolve_model_dir, source_id
 from nsfwd.models.names import DEFAULT_MODEL, OPEN_NSFW, default_batch_size
-from nsfwd.verdict import Labels
+from nsfwd.verdict import Finding, Labels
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ class Classifier:
     """The quantisation applied (``int8``), or None for the model's own weights."""
     dtype_reason: str = "as asked"
     """Why :attr:`dtype`: ``as asked``, or why the default for this device (and CPU) is it."""
+    kind: Final = "classifier"
 
     @classmethod
     def load(
@@ -307,6 +309,11 @@ class Classifier:
     def to_labels(self, probs: torch.Tensor) -> list[Labels]:
         """Rows of probabilities to dicts keyed by label name."""
         return [dict(zip(self.labels, row, strict=True)) for row in probs.tolist()]
+
+    def findings(self, probs: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[Finding]:
+        """:meth:`to_labels` of a batch's probabilities, as the engine takes a model's answer
+        for each picture (a classifier finds no regions, so ``sizes`` go unused)."""
+        return [Finding(labels) for labels in self.to_labels(probs)]
 
     def classify(self, images: Sequence[Image.Image]) -> list[Labels]:
         """Label probabilities for each image, in order."""

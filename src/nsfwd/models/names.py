@@ -21,6 +21,14 @@ OPEN_NSFW = "open-nsfw"
 weights, so it needs no Hub (labels sfw/nsfw). Served when no model is named and
 :data:`DEFAULT_MODEL` cannot be had."""
 
+NUDENET = "nudenet"
+"""The built-in detector: NudeNet's 320n body-part detector, whose weights the ``nudenet``
+package ships (the optional extra ``nsfwd[nudenet]``); it answers with regions."""
+
+MODEL_KINDS = ("classifier", "detector")
+"""What a served model is: a classifier answers with label probabilities, a detector with
+regions (and each class's best region score as its labels)."""
+
 
 class ModelNotAvailableError(RuntimeError):
     """The model could not be found locally nor fetched from the Hub."""

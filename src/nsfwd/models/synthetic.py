@@ -71,3 +71,36 @@ def write_timm_checkpoint(
     state = {TIMM_PREFIX + k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     return folder
+
+
+def write_detector_checkpoint(
+    folder: Path, labels: tuple[str, ...] = ("EXPOSED", "COVERED", "FACE"), seed: int = 0
+) -> Path:
+    """Write a tiny random-weight transformers object detector (YOLOS, the smallest of the
+    DETR kin to configure: a plain ViT) with its image processor, as ``save_pretrained`` does.
+
+    Random heads score every class near 1 / (classes + 1), under any sensible cut, so the first
+    label's logit is raised: each detection token then finds that label with a high score, in
+    a box the random box head places, and every surface has regions to carry."""
+    from transformers import YolosConfig, YolosForObjectDetection, YolosImageProcessor
+
+    torch.manual_seed(seed)
+    config = YolosConfig(
+        image_size=[64, 64],
+        patch_size=16,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_detection_tokens=4,
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+    )
+    model = YolosForObjectDetection(config).eval()
+    with torch.no_grad():
+        last = model.class_labels_classifier.layers[-1]
+        last.bias.zero_()
+        last.bias[0] = 6.0
+    model.save_pretrained(folder)
+    YolosImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
+    return folder

@@ -213,6 +213,7 @@ def _engine_facts(engine: Engine) -> dict[str, Any]:
     return {
         "model_name": engine.model_name,
         "model_info": engine.model_info,
+        "labels": list(engine.labels),
         "max_batch_size": engine.max_batch_size,
         "max_queue": engine.max_queue,
     }
@@ -266,6 +267,7 @@ def worker_app() -> FastAPI:
             runtime / each["socket"],
             model_name=each["model_name"],
             model_info=each.get("model_info"),
+            labels=tuple(each.get("labels", ())),
             max_batch_size=each["max_batch_size"],
             max_queue=each["max_queue"],
             limits=settings.image_limits,

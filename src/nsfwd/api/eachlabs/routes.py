@@ -39,6 +39,7 @@ from nsfwd.jobs.webhooks import webhooks_enabled
 from nsfwd.jobs.worker import Worker
 from nsfwd.models.names import not_loaded_hint
 from nsfwd.settings import Settings
+from nsfwd.verdict import split_stored
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,13 @@ def document(prediction: Prediction) -> dict[str, Any]:
         "metrics": {"predict_time": prediction.predict_time},
         "labels": prediction.labels,
     }
-    if prediction.judged is not None:
-        doc["judged"] = prediction.judged  # which frame and backdrop the labels are of
+    judged, regions = split_stored(prediction.judged)
+    if judged is not None:
+        doc["judged"] = judged  # which frame and backdrop the labels are of
+    if regions is not None:
+        doc["regions"] = regions  # a detector's
+    if prediction.match is not None:
+        doc["match"] = prediction.match  # the banked image it matched: flagged whatever the labels
     if prediction.input_sha256 is not None:
         doc["sha256"] = prediction.input_sha256  # the bytes fetched: the verdict holds for them
     if status == "error":
@@ -374,6 +380,7 @@ class EachlabsPredictions:
                 limits=limits,
                 policy=None if caller is None else caller.policy,
                 threshold=None if caller is None else caller.threshold,
+                region_thresholds=None if caller is None else caller.region_thresholds,
             )
         except CapacityError as exc:
             raise _capacity_error(exc, self.worker) from None

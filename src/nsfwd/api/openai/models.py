@@ -1,7 +1,8 @@
 """``GET /v1/models``: the models this server runs, in OpenAI's list shape.
 
 ``{"object": "list", "data": [{"id": NAME, "object": "model", "created": INT, "owned_by":
-"nsfwd"}]}``, the default model first; ``id`` is what Prodia's ``config.model``, Eachlabs'
+"nsfwd", "kind": "classifier" | "detector"}]}``, the default model first (``kind``, nsfwd's own
+field: a detector answers with regions); ``id`` is what Prodia's ``config.model``, Eachlabs'
 ``model`` and OpenAI's ``model`` take. ``GET /v1/models/{id}`` is one of them (404 when it is
 not served). Both ask for the same Bearer token as the other routes, as OpenAI's do.
 """
@@ -18,7 +19,7 @@ from nsfwd.api import openapi
 from nsfwd.api.auth import KeyRing
 from nsfwd.api.http.errors import ApiError
 from nsfwd.api.openai.wire import OpenAIError, error_response, identify
-from nsfwd.engine.served import ServedModels, quoted
+from nsfwd.engine.served import ServedModels, model_kind, quoted
 from nsfwd.models.names import not_loaded_hint
 
 ROUTE: Final = "/v1/models"
@@ -36,7 +37,13 @@ class ModelList:
         """When this server started serving them: OpenAI's ``created``, seconds since 1970."""
 
     def _model(self, name: str) -> dict[str, Any]:
-        return {"id": name, "object": "model", "created": self.created, "owned_by": OWNER}
+        return {
+            "id": name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": OWNER,
+            "kind": model_kind(self.models[name]),
+        }
 
     async def list(self, request: Request) -> Response:
         """Every served model, the default first."""

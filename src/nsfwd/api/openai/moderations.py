@@ -5,10 +5,13 @@ calls it (``client.moderations.create(model=..., input=[{"type": "image_url", "i
 Each image input (an https URL, fetched as Eachlabs' are, or a ``data:`` URI with base64) gets
 one result, in input order. nsfwd judges one of OpenAI's categories, ``sexual``: its score is
 the verdict policy's (moderate unless the server or the API key sets another), flagged above
-the threshold, and applied to ``["image"]``. Every other category is present, as OpenAI's
-answers always are, with score 0, not flagged, and no applied input types, as OpenAI does for a
-category its model does not judge on images. Text inputs are refused with a 400: nsfwd judges
-images only. Refusals are OpenAI's error body (:mod:`nsfwd.api.openai.wire`).
+the threshold (a detector's: by the region thresholds), and applied to ``["image"]``. Every
+other category is present, as OpenAI's answers always are, with score 0, not flagged, and no
+applied input types, as OpenAI does for a category its model does not judge on images. An image
+that matches a bank of known images is flagged under the bank's category (``sexual`` unless the
+bank names another, say ``sexual/minors``) with score 1, and the result carries the ``match``.
+Text inputs are refused with a 400: nsfwd judges images only. Refusals are OpenAI's error body
+(:mod:`nsfwd.api.openai.wire`).
 
 What one request may cost is bounded as for the other routes: the key's slot is taken before
 the body is read and weighs one per image once the body is parsed (:mod:`nsfwd.api.fairness`);
@@ -47,7 +50,7 @@ from nsfwd.fetch import FetchError, FetchPolicy, fetch
 from nsfwd.intake import ImageError
 from nsfwd.models.names import not_loaded_hint
 from nsfwd.settings import Settings
-from nsfwd.verdict import Labels, Policy
+from nsfwd.verdict import CATEGORIES, JUDGED_CATEGORY, Judgement, Match, Policy
 
 ROUTE: Final = "/v1/moderations"
 MAX_INPUTS: Final = 32
@@ -58,13 +61,7 @@ before the JSON is parsed)."""
 FETCHES_AT_ONCE: Final = 4
 """URL inputs of one request fetched and held at once: its others wait, so one request holds
 at most this many fetched images (of ``NSFWD_MAX_IMAGE_BYTES`` each)."""
-CATEGORIES: Final = (
-    "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit",
-    "illicit/violent", "self-harm", "self-harm/intent", "self-harm/instructions", "sexual",
-    "sexual/minors", "violence", "violence/graphic",
-)  # fmt: skip
-"""Every category of OpenAI's moderation answer; nsfwd scores ``sexual``."""
-JUDGED: Final = "sexual"
+JUDGED: Final = JUDGED_CATEGORY
 OPENAI_MODELS: Final = frozenset(
     {"omni-moderation-latest", "omni-moderation-2024-09-26", "text-moderation-latest",
      "text-moderation-stable", "text-moderation-007"}
@@ -206,18 +203,27 @@ def decode_data_uri(url: str, max_bytes: int) -> bytes:
     return data
 
 
-def moderation(score: float, flagged: bool, sha256: str) -> dict[str, Any]:
-    """One result: ``sexual`` judged on the image, every other category not judged; ``sha256``
-    of the bytes judged."""
-    return {
-        "flagged": flagged,
+def moderation(
+    score: float, flagged: bool, sha256: str, match: Match | None = None
+) -> dict[str, Any]:
+    """One result: ``sexual`` judged on the image, every other category not judged; a bank's
+    ``match`` flags its own category (``sexual`` by default) with score 1; ``sha256`` of the
+    bytes judged."""
+    judged = {JUDGED: (score, flagged)}
+    if match is not None:
+        judged[match.category or JUDGED] = (1.0, True)
+    result: dict[str, Any] = {
+        "flagged": flagged or match is not None,
         "sha256": sha256,
-        "categories": {name: name == JUDGED and flagged for name in CATEGORIES},
-        "category_scores": {name: score if name == JUDGED else 0.0 for name in CATEGORIES},
+        "categories": {name: judged.get(name, (0.0, False))[1] for name in CATEGORIES},
+        "category_scores": {name: judged.get(name, (0.0, False))[0] for name in CATEGORIES},
         "category_applied_input_types": {
-            name: ["image"] if name == JUDGED else [] for name in CATEGORIES
+            name: ["image"] if name in judged else [] for name in CATEGORIES
         },
     }
+    if match is not None:
+        result["match"] = match.details()
+    return result
 
 
 class Moderations:
@@ -268,14 +274,14 @@ class Moderations:
                 ]
         except BaseExceptionGroup as failed:
             raise _first_refusal(failed) from None
-        judged = [task.result() for task in tasks]
-        try:
-            scores = [policy.score(labels) for labels, _ in judged]
+        judgements = [task.result() for task in tasks]
+        try:  # a detector's labels flag by the region thresholds, not by one score
+            judged = [(policy.score(each.labels), each.flagged(policy)) for each, _ in judgements]
         except ValueError as exc:  # labels no policy scores, or scores that are NaN
             raise _invalid(f"model {name!r} cannot be judged: {exc}", param="model") from None
         results = [
-            moderation(score, score > policy.threshold, digest)
-            for score, (_, digest) in zip(scores, judged, strict=True)
+            moderation(score, flagged, digest, each.match)
+            for (score, flagged), (each, digest) in zip(judged, judgements, strict=True)
         ]
         return JSONResponse({"id": f"modr-{uuid.uuid4().hex}", "model": name, "results": results})
 
@@ -306,9 +312,12 @@ class Moderations:
             ) from None
 
     def _policy(self, caller: Caller | None) -> Policy:
-        """The API key's own policy and threshold where it has them; else the server's."""
+        """The API key's own policy, threshold and region thresholds where it has them; else
+        the server's."""
         server = self.settings.verdict_policy
-        return server if caller is None else server.overridden(caller.policy, caller.threshold)
+        if caller is None:
+            return server
+        return server.overridden(caller.policy, caller.threshold, caller.region_thresholds)
 
     async def _judge(
         self,
@@ -317,20 +326,21 @@ class Moderations:
         policy: Policy,
         fetches: asyncio.Semaphore,
         key: str | None,
-    ) -> tuple[Labels, str]:
-        """The labels of the worst picture of ``image`` under ``policy`` (every frame of an
-        animation, a transparent image over each page), and the SHA-256 of its bytes; a URL is
-        fetched, and its bytes held, under one of the request's ``fetches``."""
+    ) -> tuple[Judgement, str]:
+        """The judgement of the worst picture of ``image`` under ``policy`` (every frame of an
+        animation, a transparent image over each page), or a bank's match, and the SHA-256 of
+        its bytes; a URL is fetched, and its bytes held, under one of the request's
+        ``fetches``."""
         if image.url[:5].lower() == "data:":
             data = self._data(image)
-            return await self._labels(engine, image, data, policy), _sha256(data)
+            return await self._judgement(engine, image, data, policy), _sha256(data)
         async with fetches:
             data = await self._fetch(image, key)
-            return await self._labels(engine, image, data, policy), _sha256(data)
+            return await self._judgement(engine, image, data, policy), _sha256(data)
 
-    async def _labels(
+    async def _judgement(
         self, engine: ClassifyEngine, image: ImageInput, data: bytes, policy: Policy
-    ) -> Labels:
+    ) -> Judgement:
         if not engine.ready:
             raise OpenAIError(
                 "the model is not ready (loading, or the server is stopping); retry in a moment",
@@ -338,7 +348,7 @@ class Moderations:
                 headers={"Retry-After": "5"},
             )
         try:
-            return (await engine.judge(data, policy)).labels
+            return await engine.judge(data, policy)
         except ImageError as exc:
             raise _invalid(f"{image.shown}: {exc.message}", code="invalid_image") from None
         except QueueFullError as exc:

@@ -33,12 +33,13 @@ from nsfwd.api.prodia.job import (
     wants_multipart,
 )
 from nsfwd.api.prodia.sync import ProdiaJobs
-from nsfwd.engine import ClassifyEngine
+from nsfwd.engine import ClassifyEngine, EngineClosedError, QueueFullError
 from nsfwd.engine.served import ServedModels
 from nsfwd.intake import ImageError, sniff_format
 from nsfwd.jobs import CapacityError, Limits, Prediction, Store, Upload
 from nsfwd.jobs.worker import Worker
 from nsfwd.settings import Settings
+from nsfwd.verdict import split_stored
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,13 @@ def document(prediction: Prediction, now: datetime | None = None) -> dict[str, A
     }
     if prediction.labels is not None:
         doc["config"]["labels"] = prediction.labels
-    if prediction.judged is not None:
-        doc["config"]["judged"] = prediction.judged
+    judged, regions = split_stored(prediction.judged)
+    if judged is not None:
+        doc["config"]["judged"] = judged
+    if regions is not None:
+        doc["config"]["regions"] = regions
+    if prediction.match is not None:
+        doc["config"]["match"] = prediction.match
     end = prediction.finished_at or now or datetime.now(UTC)
     doc["metrics"] = {"elapsed": max((end - prediction.created_at).total_seconds(), 1e-6)}
     if prediction.status == "failed":
@@ -153,6 +159,7 @@ class ProdiaAsyncJobs(ProdiaJobs):
                 limits=self._limits(),
                 policy=None if caller is None else caller.policy,
                 threshold=None if caller is None else caller.threshold,
+                region_thresholds=None if caller is None else caller.region_thresholds,
             )
         except CapacityError as exc:
             raise self._capacity_error(exc) from None
@@ -197,6 +204,10 @@ class ProdiaAsyncJobs(ProdiaJobs):
             await self.engine.check(image.data)
         except ImageError as exc:
             raise image_refusal(image, exc) from None
+        except QueueFullError as exc:
+            raise TooBusyError(str(exc), exc.retry_after) from None
+        except EngineClosedError as exc:
+            raise UnavailableError(f"{exc}; retry in a few seconds") from None
 
     def _refuse(self, request: Request, job: Job, exc: ApiError) -> Response:
         """A refused submission, as a failed job: JSON, or a ``job`` part when multipart is

@@ -105,10 +105,14 @@ class Job:
         labels: Labels | None = None,
         error: str | None = None,
         judged: dict[str, Any] | None = None,
+        regions: list[dict[str, Any]] | None = None,
+        match: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The job as JSON: ``state.current`` ``state``, with ``labels`` or an ``error``;
         ``judged`` (:meth:`~nsfwd.verdict.Judgement.details`: which frame and backdrop the
-        labels are of) goes in ``config.judged`` beside the labels."""
+        labels are of) goes in ``config.judged`` beside the labels, a detector's ``regions`` in
+        ``config.regions``, and ``match`` (the banked image it matched,
+        :meth:`~nsfwd.verdict.Match.details`) in ``config.match``."""
         doc: dict[str, Any] = {} if self.type is None else {"type": self.type}
         doc |= {
             "id": self.id,
@@ -122,6 +126,10 @@ class Job:
                 doc["config"]["labels"] = labels
             if judged is not None:
                 doc["config"]["judged"] = judged
+            if regions is not None:
+                doc["config"]["regions"] = regions
+            if match is not None:
+                doc["config"]["match"] = match
         doc["metrics"] = {"elapsed": max(time.perf_counter() - self.started, 1e-6)}
         if error is not None:
             doc["error"] = error

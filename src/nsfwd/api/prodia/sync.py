@@ -11,6 +11,8 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from functools import partial
 from typing import Any, Final
 
 from fastapi import APIRouter, Request, Response
@@ -44,12 +46,14 @@ from nsfwd.api.prodia.job import (
     passthrough,
     wants_multipart,
 )
-from nsfwd.engine import ClassifyEngine, EngineClosedError, QueueFullError
-from nsfwd.engine.served import ServedModels, UnknownModelError
+from nsfwd.api.prodia.regions import redaction_of
+from nsfwd.engine import ClassifyEngine, EngineClosedError, QueueFullError, pools, run_intake
+from nsfwd.engine.served import ServedModels, UnknownModelError, model_kind, quoted
 from nsfwd.intake import ImageError
-from nsfwd.models.names import not_loaded_hint
+from nsfwd.models.names import NUDENET, not_loaded_hint
+from nsfwd.redact import Redaction, redact
 from nsfwd.settings import Settings
-from nsfwd.verdict import Judgement
+from nsfwd.verdict import Judgement, Region
 
 log = logging.getLogger(__name__)
 
@@ -165,16 +169,53 @@ class ProdiaJobs:
         if job.type == PING_V1:
             return self._completed(job, multipart)
         engine = self._check_model(job)
+        detector = self._check_detector(job)
+        redaction = redaction_of(job.config)
+        if redaction is not None and detector is None and model_kind(engine) != "detector":
+            raise BadRequestError(
+                "job.config.redact needs regions: name a detector in job.config.model or "
+                f"job.config.detector (served: {quoted(self.models.names)})"
+            )
         image = self._single_input(parts)
         judgement = await self._judge(request, engine, image)
-        labels = judgement.labels
+        if detector is not None:
+            found = await self._judge(request, detector, image)
+            judgement = replace(judgement, regions=found.regions)
         outputs = [
-            Part("output", json_bytes(labels), "labels.json", JSON_TYPE),
+            Part("output", json_bytes(judgement.labels), "labels.json", JSON_TYPE),
             passthrough(image),
         ]
+        if redaction is not None and job.type == IMG2LABEL_V2:
+            outputs[1] = await self._redacted(outputs[1], judgement.regions or (), redaction)
         return self._completed(
             job, multipart, judgement, outputs if job.type == IMG2LABEL_V2 else []
         )
+
+    def _check_detector(self, job: Job) -> ClassifyEngine | None:
+        """The engine of the detector ``job.config.detector`` names, if it names one; a 400
+        when it is not served or is not a detector."""
+        name = (job.config or {}).get("detector")
+        if name is None:
+            return None
+        try:
+            engine = self.models.resolve(name)[1]
+        except UnknownModelError as exc:
+            raise BadRequestError(f"job.config.detector: {exc.message}") from None
+        if model_kind(engine) != "detector":
+            raise BadRequestError(
+                f"job.config.detector names {name!r}, a classifier; name a detector, such as "
+                f"{NUDENET}, served with --model {NUDENET}"
+            )
+        return engine
+
+    async def _redacted(self, image: Part, regions: Sequence[Region], redaction: Redaction) -> Part:
+        """The output image redacted (on the decode pool, under its deadline)."""
+        work = partial(redact, image.data, regions, redaction, self.settings.image_limits)
+        try:
+            copy = await run_intake(pools.named(pools.DECODE), work, self.settings.decode_timeout_s)
+        except ImageError as exc:
+            raise image_refusal(image, exc) from None
+        return Part(image.name, copy.data, image.filename, copy.media_type)
 
     def _read_job(self, parts: Sequence[Part], job: Job) -> None:
         """Parse the ``job`` part into ``job`` (type and config), or raise saying what is wrong."""
@@ -270,7 +311,11 @@ class ProdiaJobs:
     ) -> Response:
         labels = None if judgement is None else judgement.labels
         judged = None if judgement is None or not judgement.chosen else judgement.details()
-        document = json_bytes(job.document("completed", labels=labels, judged=judged))
+        regions = None if judgement is None else judgement.region_dicts()
+        match = None if judgement is None or judgement.match is None else judgement.match.details()
+        document = json_bytes(
+            job.document("completed", labels=labels, judged=judged, regions=regions, match=match)
+        )
         return job_response(document, multipart=multipart, outputs=outputs)
 
     def _failed(self, request: Request, job: Job, exc: ApiError) -> Response:

@@ -3,13 +3,17 @@
 // On load: /demo/config.json (policies, threshold, default model), then GET /v1/models for the
 // model list (a server without that route gets its default model alone). A chosen or dropped
 // image goes to POST /v2/job as a Prodia img2label job; its labels become bars, and each policy's
-// score is judged against the threshold slider here, with no further request. A 401 anywhere
-// asks for a token, kept in localStorage and sent as "Authorization: Bearer".
+// score is judged against the threshold slider here, with no further request. A detector (its
+// kind from /v1/models) gets a v2 job that asks for a redacted copy (config.redact): its
+// config.regions are drawn as boxes over the image, and a toggle shows the copy the answer
+// carries as its output image. A 401 anywhere asks for a token, kept in localStorage and sent as
+// "Authorization: Bearer".
 
 import { formatPercent, isFlagged, scorePolicy } from "./policies.js";
 
 const TOKEN_KEY = "nsfwd.token";
 const JOB_TYPE = "inference.vit.img2label.v1";
+const DETECTOR_JOB_TYPE = "inference.vit.img2label.v2"; // its answer carries the redacted copy
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -21,6 +25,9 @@ const ui = {
   drop: $("drop"),
   file: $("file"),
   preview: $("preview"),
+  boxes: $("boxes"),
+  redactedToggle: $("redacted-toggle"),
+  showRedacted: $("show-redacted"),
   status: $("status"),
   error: $("error"),
   result: $("result"),
@@ -35,6 +42,8 @@ const state = {
   config: null,
   file: null,
   previewUrl: null,
+  redactedUrl: null,
+  kinds: {}, // model name -> "classifier" | "detector", from GET /v1/models
   result: null,
   sequence: 0, // of classify calls: only the latest one's answer is shown
   retry: null, // what to run again once a token is given
@@ -141,7 +150,10 @@ async function loadModels() {
   let names = [];
   if (response.ok) {
     const doc = await response.json();
-    if (Array.isArray(doc?.data)) names = doc.data.map((model) => model.id).filter(Boolean);
+    if (Array.isArray(doc?.data)) {
+      names = doc.data.map((model) => model.id).filter(Boolean);
+      state.kinds = Object.fromEntries(doc.data.map((model) => [model.id, model.kind]));
+    }
   } else if (response.status !== 404) {
     throw new Error(await refusal(response));
   }
@@ -162,6 +174,8 @@ function choose(file) {
   state.previewUrl = URL.createObjectURL(file);
   ui.preview.src = state.previewUrl;
   ui.preview.hidden = false;
+  ui.showRedacted.checked = false;
+  ui.boxes.replaceChildren();
   attempt(classify);
 }
 
@@ -170,7 +184,10 @@ async function classify() {
   if (!file || !state.config) return;
   const sequence = ++state.sequence;
   const model = ui.model.value;
-  const job = { type: JOB_TYPE, config: { model } };
+  const detector = state.kinds[model] === "detector";
+  const job = detector
+    ? { type: DETECTOR_JOB_TYPE, config: { model, redact: { style: "blur", labels: "all" } } }
+    : { type: JOB_TYPE, config: { model } };
   const form = new FormData();
   form.append("job", new Blob([JSON.stringify(job)], { type: "application/json" }), "job.json");
   form.append("input", file, file.name || "image");
@@ -180,25 +197,77 @@ async function classify() {
   const response = await call("/v2/job", {
     method: "POST",
     body: form,
-    headers: { Accept: "application/json" },
+    headers: { Accept: detector ? "multipart/form-data" : "application/json" },
   });
   if (!response.ok) {
     const message = await refusal(response);
     if (sequence === state.sequence) throw new Error(message);
     return;
   }
-  const doc = await response.json();
+  const { doc, redacted } = await readAnswer(response, detector);
   const roundTrip = performance.now() - started;
   if (sequence !== state.sequence) return; // a newer image was chosen meanwhile
+  if (state.redactedUrl) URL.revokeObjectURL(state.redactedUrl);
+  state.redactedUrl = redacted ? URL.createObjectURL(redacted) : null;
   state.result = {
     model: doc.config.model ?? model, // as the server ran it
     name: file.name,
     labels: doc.config.labels,
+    regions: doc.config.regions ?? null,
     elapsed: doc.metrics.elapsed,
     roundTrip,
   };
   showStatus("");
   showResult();
+}
+
+/** The job document, and for a detector's v2 job the redacted copy (its second output). */
+async function readAnswer(response, multipart) {
+  if (!multipart) return { doc: await response.json(), redacted: null };
+  const form = await response.formData();
+  const doc = JSON.parse(await form.get("job").text());
+  const outputs = form.getAll("output");
+  return { doc, redacted: outputs.length > 1 ? outputs[1] : null };
+}
+
+/** The regions of the first frame as boxes over the preview, in percent of the image's size. */
+function showRegions() {
+  const regions = state.result?.regions;
+  ui.redactedToggle.hidden = !(regions && state.redactedUrl);
+  ui.boxes.replaceChildren();
+  ui.boxes.dataset.count = String(regions ? regions.length : 0);
+  if (!regions) return;
+  const show = () => {
+    const width = ui.preview.naturalWidth;
+    const height = ui.preview.naturalHeight;
+    if (!width || !height) return;
+    ui.boxes.replaceChildren(
+      ...regions
+        .filter((region) => (region.frame ?? 0) === 0)
+        .map((region) => {
+          const [x, y, w, h] = region.box;
+          const box = document.createElement("div");
+          box.className = "box";
+          box.dataset.label = region.label;
+          box.style.left = `${(100 * x) / width}%`;
+          box.style.top = `${(100 * y) / height}%`;
+          box.style.width = `${(100 * w) / width}%`;
+          box.style.height = `${(100 * h) / height}%`;
+          const name = document.createElement("span");
+          name.textContent = `${region.label} ${formatPercent(region.score)}`;
+          box.append(name);
+          return box;
+        }),
+    );
+  };
+  if (ui.preview.complete) show();
+  else ui.preview.addEventListener("load", show, { once: true });
+}
+
+function showRedacted() {
+  const redacted = ui.showRedacted.checked && state.redactedUrl;
+  ui.preview.src = redacted ? state.redactedUrl : state.previewUrl;
+  ui.boxes.hidden = Boolean(redacted);
 }
 
 function showResult() {
@@ -230,6 +299,8 @@ function showResult() {
   ui.result.dataset.model = model;
   ui.result.hidden = false;
   showVerdicts();
+  showRedacted();
+  showRegions();
 }
 
 function showThreshold() {
@@ -293,6 +364,7 @@ ui.forgetToken.addEventListener("click", () => {
 });
 
 ui.model.addEventListener("change", () => attempt(classify));
+ui.showRedacted.addEventListener("change", showRedacted);
 ui.file.addEventListener("change", () => choose(ui.file.files[0]));
 ui.threshold.addEventListener("input", () => {
   showThreshold();

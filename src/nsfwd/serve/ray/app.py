@@ -76,6 +76,7 @@ class ModelServer:
         return {
             "name": self.engine.model_name,
             **self.engine.model_info,
+            "labels": list(self.engine.labels),
             "max_batch_size": self.engine.max_batch_size,
         }
 
@@ -97,14 +98,16 @@ class ModelServer:
             "batches": trace.batches,
         }
 
-    async def check(self, data: bytes) -> dict[str, Any]:
-        """Run the image intake on ``data`` (an async job's upload): ``{}``, or ``error``. The
+    async def check(self, data: bytes, hashed: bool = False) -> dict[str, Any]:
+        """Run the image intake on ``data`` (an async job's upload, or before a bank lookup):
+        ``hashes`` (the pictures' PDQ hashes where ``hashed``, else empty), or ``error``. The
         pictures are kept for a :meth:`judge` of the same bytes on this replica."""
         try:
-            await self.engine.check(data)
+            return {"hashes": await self.engine.check(data, hashed=hashed)}
         except ImageError as exc:
             return {"error": exc}
-        return {}
+        except QueueFullError as exc:  # more than max_queue here: Serve's bound is a batch
+            return {"busy": exc.retry_after}
 
 
 @serve.ingress()

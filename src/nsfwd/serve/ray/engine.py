@@ -22,6 +22,7 @@ from typing import Any
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
+from nsfwd.banks.pdq import PictureHash
 from nsfwd.engine import EngineClosedError, QueueFullError
 from nsfwd.engine.metrics import Metrics
 from nsfwd.intake import ImageError, ImageLimits
@@ -62,6 +63,7 @@ class ServeEngine:
         self._started = False
         self._name = str(info["name"])
         self._info = {key: str(info[key]) for key in ("device", "dtype", "dtype_reason")}
+        self._labels = tuple(info.get("labels", ()))
         self.metrics.show_model(self._info)
         self._deployments = "unknown"
         self._running = 0
@@ -80,6 +82,11 @@ class ServeEngine:
     def model_name(self) -> str:
         """The model the deployment serves (Hub id or folder)."""
         return self._name
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The model's labels, as a replica announced them."""
+        return self._labels
 
     @property
     def model_info(self) -> dict[str, str]:
@@ -128,17 +135,22 @@ class ServeEngine:
         self._call_seconds = 0.8 * self._call_seconds + 0.2 * (time.perf_counter() - started)
         return self._judgement(answer)
 
-    async def check(self, data: bytes) -> None:
+    async def check(self, data: bytes, *, hashed: bool = False) -> list[PictureHash]:
         """Run the image intake on ``data`` in a model replica (an async job's upload, checked
-        before it is accepted), raising its :class:`~nsfwd.intake.ImageError`. The replica keeps
-        the pictures for the job's judgement; one that lands on another replica decodes the
-        image again."""
+        before it is accepted; or an image's pictures hashed for the banks), raising its
+        :class:`~nsfwd.intake.ImageError`. The replica keeps the pictures for the judgement
+        that follows; one that lands on another replica decodes the image again."""
         if not self.ready:
             raise EngineClosedError("the model is not loaded yet")
-        answer = await self._call("check", data)
+        answer = await self._call("check", data, hashed)
         error = answer.get("error")
         if isinstance(error, ImageError):
             raise error
+        if "busy" in answer:
+            self.metrics.rejected.inc()
+            raise QueueFullError(int(answer["busy"]))
+        hashes: list[PictureHash] = answer.get("hashes", [])
+        return hashes
 
     async def _call(self, method: str, *args: Any) -> dict[str, Any]:
         """``method`` of a model replica, called with ``args``; retried on another replica

@@ -4,8 +4,8 @@ A prediction of a URL is a verdict on what the URL served nsfwd, which a host ma
 differently to others (cloaking); the digest says which bytes the verdict holds for. Null on
 older rows and until the prediction has run.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-09
 """
 
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005"
-down_revision: str | None = "0004"
+revision: str = "0007"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

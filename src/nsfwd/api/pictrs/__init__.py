@@ -1,0 +1,1 @@
+"""pict-rs' external validation (:mod:`.validate`): ``POST /v1/validate``."""

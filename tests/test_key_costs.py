@@ -1,7 +1,7 @@
 """What one key can cost everyone (issue 21), tried with real servers on loopback and real
 concurrent clients: each test fails on the code before the fix.
 
-- Eachlabs and OpenAI bodies take the key's slot before an upload slot;
+- Eachlabs, OpenAI and pict-rs bodies take the key's slot before an upload slot;
 - ``POST /v1/moderations``: the key's slot weighs its inputs, the rate is checked before the
   body, the JSON outside data URIs is bounded, fetches per request are capped, and the first
   refusal cancels the other inputs;
@@ -52,6 +52,7 @@ from waiting import wait_for
 
 MODERATIONS = "/v1/moderations"
 PREDICTIONS = "/v1/prediction/"
+VALIDATE = "/v1/validate"
 
 
 @contextmanager
@@ -104,7 +105,8 @@ def trickle(url: str, path: str, headers: str, length: int) -> socket.socket:
 
 @pytest.mark.parametrize(
     ("path", "auth"), [(PREDICTIONS, f"X-API-Key: {KEY}\r\n"),
-                       (MODERATIONS, f"Authorization: Bearer {KEY}\r\n")],
+                       (MODERATIONS, f"Authorization: Bearer {KEY}\r\n"),
+                       (f"{VALIDATE}?key={KEY}", "")],  # pict-rs sends the key in the query
 )  # fmt: skip
 def test_one_key_trickling_bodies_does_not_take_every_upload_slot(
     classifier: Classifier, tmp_path: Path, path: str, auth: str
@@ -374,6 +376,10 @@ def test_wrong_keys_are_slowed_per_address(classifier: Classifier, tmp_path: Pat
         assert 1 <= int(blocked.headers["retry-after"]) <= 61
         eachlabs = requests.get(f"{url}{PREDICTIONS}x", headers={"X-API-Key": KEY}, timeout=10)
         assert eachlabs.status_code == 429
+        pictrs = requests.post(f"{url}{VALIDATE}?key={KEY}", data=b"x", timeout=10)
+        assert pictrs.status_code == 429, pictrs.text
+        banks = requests.get(f"{url}/v1/banks", headers={"Authorization": f"Bearer {KEY}"})
+        assert banks.status_code == 429, banks.text
 
 
 def test_the_keyless_api_answers_only_names_of_loopback(

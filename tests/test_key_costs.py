@@ -276,6 +276,21 @@ def test_each_result_carries_the_digest_of_the_bytes_judged(
 # --- GETs: per-key slots, and stored images that stream --------------------------------------
 
 
+def slow_reader(url: str, path: str, key: str) -> socket.socket:
+    """A connection that GETs ``path`` with ``key`` and never reads the answer; its receive
+    buffer is set small before the handshake (after it, the window already agreed lets Linux
+    take megabytes of the answer into the kernel, and the server's stream ends early)."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect((host, int(port)))
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
+    )
+    return sock
+
+
 def rss_bytes() -> int:
     with Path(f"/proc/{os.getpid()}/status").open() as status:
         for line in status:
@@ -303,15 +318,9 @@ def test_slow_readers_of_stored_images_hold_little_and_one_key_holds_few(
         assert wait_for_state(url, job_id, token=KEY) == "processed"
         names = session(KEY).get(f"{url}/v2/job/async/{job_id}/output", timeout=10).json()
         path = f"/v2/job/async/{job_id}/output/{names[1]}"
-        host, port = url.removeprefix("http://").split(":")
         before = rss_bytes()
         for _ in range(16):
-            sock = held.enter_context(socket.socket())
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before the handshake
-            sock.settimeout(10)
-            sock.connect((host, int(port)))
-            head = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n\r\n"
-            sock.sendall(head.encode())
+            held.enter_context(slow_reader(url, path, KEY))
         time.sleep(1.5)  # every answer has filled what the sockets take
         grown = rss_bytes() - before
         refused = session(KEY).get(f"{url}{path}", timeout=10)

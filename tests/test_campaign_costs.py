@@ -119,7 +119,8 @@ def test_one_key_doing_its_worst_costs_another_key_little(
                             (f"/v1/validate?key={KEY_A}", "")):  # fmt: skip
             for _ in range(4):
                 held.enter_context(trickle(s.url, route, auth, 60_000))
-        latencies, statuses = [], []
+        latencies: list[float] = []
+        statuses: list[int] = []
         began = time.monotonic()
         while time.monotonic() - began < SECONDS:
             started = time.perf_counter()

@@ -31,6 +31,7 @@ pytest.importorskip("moto.server", reason="needs moto[server] (the dev install)"
 import ray
 
 from nsfwd.cli import main
+from photos import encode, photo
 from ray_instance import environment, private_folder
 from servers import free_port
 from waiting import time_limit
@@ -377,3 +378,29 @@ def test_every_picture_is_judged_and_nan_scores_are_error_records(
     records = read_jsonl(tmp_path / "nan.jsonl")
     assert len(records) == 2
     assert all("not finite" in record["error"] for record in records.values())
+
+
+def test_banked_images_are_answered_with_their_match(
+    tmp_path: Path, timm_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A photograph in a bank of known images (the job store's, as ``nsfwd banks`` fills it)
+    is answered with its match and flagged, as without --ray; another is judged by the model;
+    --no-banks judges both. Before, --ray never looked at the banks."""
+    monkeypatch.setenv("NSFWD_DATA_DIR", str(tmp_path / "data"))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    banked, other = folder / "banked.jpg", folder / "other.jpg"
+    banked.write_bytes(encode(photo("chelsea"), "JPEG", quality=90))
+    other.write_bytes(encode(photo("coffee"), "JPEG", quality=90))
+    assert main(["banks", "create", "known"]) == 0
+    assert main(["banks", "add", "known", str(banked)]) == 0
+    model = ["--model", str(timm_checkpoint), "--threshold", "1"]
+    for extra, matched in (([], True), (["--no-banks"], False)):
+        out = tmp_path / f"ray{len(extra)}.jsonl"
+        assert classify(*model, "--ray", *extra, "--output", str(out), str(folder)) == 0
+        records = read_jsonl(out)
+        found = records[str(banked)]
+        assert ("match" in found, found["flagged"]) == (matched, matched), found
+        assert "match" not in records[str(other)] and not records[str(other)]["flagged"]
+        if matched:
+            assert found["match"]["bank"] == "known" and found["labels"]["high"] == 1.0

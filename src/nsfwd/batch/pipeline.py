@@ -23,9 +23,10 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
+from PIL import Image
 
 from nsfwd.intake import (
     ImageError,
@@ -43,6 +44,8 @@ from nsfwd.verdict import Finding, Labels, Match, Policy, certain, judge, nonfin
 
 if TYPE_CHECKING:
     from nsfwd.banks.matcher import BankSnapshot
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -98,16 +101,27 @@ def _prepare(
     """The prepared pictures of ``path`` (the PIL path), a bank's match (where ``banks`` are
     given), or the reason it cannot be classified."""
     try:
-        data = read_image_file(path, limits)
-        if banks is None:
-            return load_prepared(data, classifier.prepare, limits)
-        checked = CheckedImages(classifier.prepare, limits)
-        match = banks.match(checked.check(data, hashed=True))
-        return checked.load(data) if match is None else match
+        return prepare_image(read_image_file(path, limits), classifier.prepare, limits, banks)
     except ImageError as exc:
         return str(exc)
     except OSError as exc:
         return _file_error(exc)
+
+
+def prepare_image(
+    data: bytes,
+    prepare: Callable[[Image.Image], T],
+    limits: ImageLimits,
+    banks: BankSnapshot | None = None,
+) -> Views[T] | Match:
+    """The pictures of one image's bytes, each made into ``prepare`` of it; with ``banks``,
+    each picture is hashed as it is decoded and a bank's match answers instead (the model need
+    not run). Raises the intake's :class:`~nsfwd.intake.ImageError`."""
+    if banks is None:
+        return load_prepared(data, prepare, limits)
+    checked = CheckedImages(prepare, limits)
+    match = banks.match(checked.check(data, hashed=True))
+    return checked.load(data) if match is None else match
 
 
 def _read(path: Path, limits: ImageLimits) -> bytes | str:

@@ -7,12 +7,14 @@ The stages, as Ray Data runs batch inference (docs/ARCHITECTURE.md):
    stream), never all in the driver;
 2. :class:`Preparer`, an autoscaling pool of CPU actors: read each image's bytes (local or any
    fsspec URL), then the intake's checks and the model's preprocessing of every picture a viewer
-   may see of it (:func:`~nsfwd.intake.load_prepared`, as ``nsfwd classify`` judges them); a
-   file that fails becomes its error message;
+   may see of it (:func:`~nsfwd.batch.pipeline.prepare_image`, as ``nsfwd classify`` judges
+   them); with the banks of known images (the driver's snapshot, shipped once), each picture is
+   hashed and a match answers for the image; a file that fails becomes its error message;
 3. :class:`Labeller`, a pool of actors each holding one classifier (``num_gpus=1`` each on a
    cluster with GPUs): the probabilities of every picture, and each image's worst picture
    under the run's policy (:func:`~nsfwd.verdict.worst`; scores that are not finite refuse the
-   image, as everywhere else);
+   image, as everywhere else); a matched image skips the model and is answered as the server
+   answers it (:func:`~nsfwd.verdict.certain` labels and the match);
 4. the driver streams the labelled rows back and writes the records as ``nsfwd classify``
    does. Records are small, so the driver holds a batch of them at a time and no pixels.
 
@@ -35,20 +37,24 @@ import numpy as np
 from numpy.typing import NDArray
 
 from nsfwd.batch import sources
-from nsfwd.batch.pipeline import FileResult
-from nsfwd.intake import ImageError, ImageLimits, UnscorableImageError, load_prepared
+from nsfwd.batch.pipeline import FileResult, prepare_image
+from nsfwd.intake import ImageError, ImageLimits, UnscorableImageError
 from nsfwd.intake.views import View, Views
-from nsfwd.verdict import Policy, nonfinite_labels, worst
+from nsfwd.verdict import Match, Policy, certain, nonfinite_labels, worst
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from nsfwd.banks.matcher import BankSnapshot
     from nsfwd.models.classifier import Classifier
     from nsfwd.settings import Settings
 
 log = logging.getLogger(__name__)
 
 Pixels = NDArray[Any]
+Prepared = Views[Any] | Match | str
+"""An image's prepared pictures, the bank's match that answers for it, or why it cannot be
+classified."""
 Batch = dict[str, NDArray[Any]]
 """A batch as Ray Data hands it to a stage: a column of values per name."""
 
@@ -117,11 +123,19 @@ class Preparer:
     (``tensor``, and ``auto`` where the model allows it), so the pixels are those of a
     single-machine run on a CPU. A row's ``pixels`` stack its pictures (one for an opaque
     still, up to 96 for a translucent animation) and ``views`` says which picture each is
-    (:func:`_views_text`). Rows whose path is in ``skip`` (``--resume``) are dropped.
+    (:func:`_views_text`). With ``banks`` holding any hash, every image takes the ``pil`` path
+    (its pictures are hashed as they are decoded) and a row's ``match`` is the bank's match
+    that answers for it (JSON; "" when none). Rows whose path is in ``skip`` (``--resume``)
+    are dropped.
     """
 
     def __init__(
-        self, options: ModelOptions, limits: ImageLimits, decode: str = "auto", skip: Any = None
+        self,
+        options: ModelOptions,
+        limits: ImageLimits,
+        decode: str = "auto",
+        skip: Any = None,
+        banks: Any = None,
     ) -> None:
         import ray
 
@@ -129,8 +143,10 @@ class Preparer:
 
         self.classifier = _load(options.on_cpu(), threads=1)
         self.limits = limits
+        snapshot = ray.get(banks) if isinstance(banks, ray.ObjectRef) else banks
+        self.banks: BankSnapshot | None = snapshot if snapshot and snapshot.hashes else None
         self.decoder = None
-        if resolve_decode(decode, self.classifier) == "tensor":
+        if self.banks is None and resolve_decode(decode, self.classifier) == "tensor":
             self.decoder = TensorDecoder(self.classifier, limits)
         self.skip: frozenset[str] = frozenset(
             ray.get(skip) if isinstance(skip, ray.ObjectRef) else skip or ()
@@ -140,7 +156,7 @@ class Preparer:
 
     def __call__(self, batch: Batch) -> Batch:
         """The batch's rows not skipped, with ``error`` ("" when none), ``pixels`` (a stack of
-        the image's pictures) and ``views`` (which pictures, as JSON)."""
+        the image's pictures), ``views`` (which pictures, as JSON) and ``match``."""
         keep = [i for i, path in enumerate(batch["path"]) if str(path) not in self.skip]
         paths = [str(batch["path"][i]) for i in keep]
         wheres = [str(batch["location"][i]) for i in keep]
@@ -150,33 +166,34 @@ class Preparer:
             prepared = self._decode(list(self.pool.map(self._read, wheres)))
         pixels = np.empty(len(prepared), dtype=object)  # ragged: pictures per image vary
         for row, item in enumerate(prepared):
-            pixels[row] = self.blank[None] if isinstance(item, str) else _stacked(item)
+            pixels[row] = _stacked(item) if isinstance(item, Views) else self.blank[None]
         return {
             "path": np.array(paths, dtype=object),
             "error": np.array(
                 [item if isinstance(item, str) else "" for item in prepared], dtype=object
             ),
             "views": np.array([_views_text(item) for item in prepared], dtype=object),
+            "match": np.array([_match_text(item) for item in prepared], dtype=object),
             "pixels": pixels,
         }
 
     def _read(self, where: str) -> bytes | str:
         return sources.read(where, self.limits)
 
-    def _prepare(self, where: str) -> Views[Any] | str:
+    def _prepare(self, where: str) -> Prepared:
         data = sources.read(where, self.limits)
         if isinstance(data, str):
             return data
         try:
-            return load_prepared(data, self.classifier.prepare, self.limits)
+            return prepare_image(data, self.classifier.prepare, self.limits, self.banks)
         except ImageError as exc:
             return str(exc)
 
-    def _decode(self, reads: list[bytes | str]) -> list[Views[Any] | str]:
+    def _decode(self, reads: list[bytes | str]) -> list[Prepared]:
         assert self.decoder is not None
         encoded = [item for item in reads if isinstance(item, bytes)]
         decoded = iter(self.decoder.prepare_views(encoded))
-        results: list[Views[Any] | str] = []
+        results: list[Prepared] = []
         for item in reads:
             if isinstance(item, str):
                 results.append(item)
@@ -191,13 +208,18 @@ def _stacked(views: Views[Any]) -> Pixels:
     return np.stack([picture.numpy() for picture in views.images])
 
 
-def _views_text(item: Views[Any] | str) -> str:
+def _views_text(item: Prepared) -> str:
     """Which picture each of a row's pixels is (frame, backdrop, colours) and the file's frame
-    count, as JSON; "" for a row in error."""
-    if isinstance(item, str):
+    count, as JSON; "" for a row in error or matched."""
+    if not isinstance(item, Views):
         return ""
     shown = [[view.frame, view.backdrop, view.colours] for view in item.views]
     return json.dumps({"frames": item.frames, "views": shown})
+
+
+def _match_text(item: Prepared) -> str:
+    """A bank's match as JSON (:meth:`~nsfwd.verdict.Match.details`); "" for none."""
+    return json.dumps(item.details()) if isinstance(item, Match) else ""
 
 
 def _views(text: str) -> Views[None]:
@@ -220,15 +242,21 @@ class Labeller:
         log.info("loaded %s on %s", self.classifier.name, self.classifier.device)
 
     def __call__(self, batch: Batch) -> pa.Table:
-        """Rows of path, error (null when none), labels (a struct; null for an error) and
-        judged (which picture answered, as JSON; null when only one was judged)."""
+        """Rows of path, error (null when none), labels (a struct; null for an error), judged
+        (which picture answered, as JSON; null when only one was judged) and match (a bank's,
+        as JSON; null when none)."""
         import pyarrow as pa
 
         errors: list[str | None] = [str(error) or None for error in batch["error"]]
-        good = [i for i, error in enumerate(errors) if error is None]
+        matches: list[str | None] = [str(match) or None for match in batch["match"]]
+        good = [i for i, error in enumerate(errors) if error is None and matches[i] is None]
         rows = self._predict([np.asarray(batch["pixels"][i]) for i in good])
         probs = np.zeros((len(errors), len(self.classifier.labels)))
         judged: list[str | None] = [None] * len(errors)
+        answer = certain(self.classifier.labels)  # a match's: the model did not run for it
+        for row, match in enumerate(matches):
+            if match is not None:
+                probs[row] = [answer[name] for name in self.classifier.labels]
         for row, labels in zip(good, rows, strict=True):
             bad = sorted({label for each in labels for label in nonfinite_labels(each)})
             if bad:  # fail closed: NaN is never flagged, and one image does not stop the run
@@ -248,6 +276,7 @@ class Labeller:
                 "error": pa.array(errors, pa.string()),
                 "labels": labels_column,
                 "judged": pa.array(judged, pa.string()),
+                "match": pa.array(matches, pa.string()),
             }
         )
 
@@ -360,11 +389,13 @@ class RayJob:
         skip: set[str] | frozenset[str] = frozenset(),
         progress: bool = True,
         policy: Policy | None = None,
+        banks: BankSnapshot | None = None,
     ) -> RayJob:
         """Connect to Ray (``address`` None: a local instance; ``auto``; ``ray://...``) and
         plan the pipeline over ``inputs``; nothing runs until records are asked for.
         ``decode``: as ``nsfwd classify --decode``; ``skip``: record paths to leave out
-        (``--resume``); ``policy`` picks each image's worst picture (default: moderate)."""
+        (``--resume``); ``policy`` picks each image's worst picture (default: moderate);
+        ``banks``: the banks of known images each image is checked against first."""
         ray = _import_ray()
         owns_ray = not ray.is_initialized()
         if owns_ray:
@@ -374,7 +405,14 @@ class RayJob:
             context.enable_progress_bars = progress
             plan = Plan.for_cluster(ray.cluster_resources(), batch_size)
             dataset = _dataset(
-                ray, list(inputs), settings, plan, decode=decode, skip=skip, policy=policy
+                ray,
+                list(inputs),
+                settings,
+                plan,
+                decode=decode,
+                skip=skip,
+                policy=policy,
+                banks=banks,
             )
             return cls(dataset, owns_ray)
         except BaseException:
@@ -410,7 +448,8 @@ class RayJob:
             else:
                 self.summary.classified += 1
                 judged = None if row["judged"] is None else json.loads(row["judged"])
-                yield FileResult(row["path"], labels=row["labels"], judged=judged)
+                match = None if row["match"] is None else json.loads(row["match"])
+                yield FileResult(row["path"], labels=row["labels"], judged=judged, match=match)
 
     def __enter__(self) -> RayJob:
         return self
@@ -461,8 +500,9 @@ def _dataset(
     decode: str,
     skip: set[str] | frozenset[str],
     policy: Policy | None = None,
+    banks: BankSnapshot | None = None,
 ) -> Any:
-    """The pipeline, lazily: names -> prepared pictures -> labels."""
+    """The pipeline, lazily: names -> prepared pictures (or a bank's match) -> labels."""
     options = ModelOptions.from_settings(settings)
     names = _names(ray, inputs)
     prepared = names.map_batches(
@@ -472,6 +512,7 @@ def _dataset(
             "limits": settings.image_limits,
             "decode": decode,
             "skip": ray.put(frozenset(skip)) if skip else None,
+            "banks": ray.put(banks) if banks is not None and banks.hashes else None,
         },
         batch_size=plan.batch_size,
         compute=ray.data.ActorPoolStrategy(min_size=plan.preparers[0], max_size=plan.preparers[1]),

@@ -217,6 +217,7 @@ def _classify_on_ray(args: argparse.Namespace, policy: Policy, done: set[str]) -
     from nsfwd.batch.ray_data import RayJob, RayUnavailableError
 
     settings = settings_for(args)
+    banks = None if args.no_banks else _banks(settings)
     try:
         job = RayJob.start(
             args.paths,
@@ -227,6 +228,7 @@ def _classify_on_ray(args: argparse.Namespace, policy: Policy, done: set[str]) -
             skip=done,
             progress=not args.no_progress,
             policy=policy,
+            banks=banks,
         )
     except RayUnavailableError as exc:
         print(f"nsfwd classify: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ once a session and shared.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,11 @@ def _has_ray_serve() -> bool:
         and importlib.util.find_spec("ray.serve") is not None
     )
 
+
+# The torch runtime, in the CPU's default precision for its flags, for every test and every
+# server a test starts: without it each would measure the routes at its first start (and
+# convert the model for OpenVINO). tests/test_runtimes.py unsets it to test that measurement.
+os.environ.setdefault("NSFWD_RUNTIME", "torch")
 
 TIERS: Final = {
     # real Ray clusters and Ray Serve: one at a time (two cores cannot host two), one xdist group

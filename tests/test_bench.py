@@ -14,9 +14,9 @@ from PIL import Image
 
 from nsfwd.bench.images import folder_images, make_jpegs
 from nsfwd.bench.loadgen import percentile
-from nsfwd.bench.parity import compare
 from nsfwd.bench.suites import median_run
 from nsfwd.cli import build_parser, main
+from nsfwd.models.agreement import compare
 
 TINY = ["--arch", "eva02_tiny_patch14_224", "--image-size", "320x240"]
 
@@ -86,7 +86,8 @@ def test_bf16_parity_is_measured_and_larger_than_the_tensor_paths(tmp_path: Path
     report = bench_report(tmp_path, "--suites", "parity", "--dtype", "bfloat16", "--decode", "pil")
     [parity] = report["results"]["parity"]
     assert parity["tested"] == {
-        "device": "cpu", "dtype": "bfloat16", "compile": "off", "decode": "pil"
+        "device": "cpu", "runtime": "torch", "dtype": "bfloat16", "compile": "off",
+        "decode": "pil",
     }  # fmt: skip
     assert 1e-4 < parity["max_abs_dp"] < 0.1  # bf16 rounding shows, but stays small
     assert set(parity["max_abs_dp_per_label"]) == {"neutral", "low", "medium", "high"}
@@ -110,6 +111,7 @@ def test_a_reference_that_cannot_run_keeps_the_other_figures(
     results = bench_report(
         tmp_path, "--suites", "pipeline", "--images", "2", "--decode", "pil",
         "--compare-reference", "--reference-dtypes", "float32", "--rounds", "2",
+        "--routes", "none",
     )["results"]  # fmt: skip
     assert results["pipeline"][0]["failed"] == 0
     assert len(results["pipeline"][0]["rounds_s_per_image"]) == 2

@@ -22,14 +22,9 @@ from PIL import Image
 from judging import labels_of
 from nsfwd.cli import main
 from nsfwd.engine.batcher import Engine
+from nsfwd.models.buckets import default_buckets
 from nsfwd.models.classifier import Classifier
-from nsfwd.models.compiled import (
-    CACHE_ENV,
-    COMPILE_CHOICES,
-    cache_stats,
-    compile_mode,
-    default_buckets,
-)
+from nsfwd.models.compiled import CACHE_ENV, COMPILE_CHOICES, cache_stats, compile_mode
 from nsfwd.settings import Settings
 from nsfwd.verdict import Labels
 
@@ -127,7 +122,7 @@ def test_compiled_probabilities_equal_eager_ones_for_every_batch_size(
 
 
 def test_buckets_round_up_and_the_largest_one_bounds_a_chunk(compiled: Compiled) -> None:
-    runner = compiled.classifier.compiled
+    runner = compiled.classifier.runner
     assert runner is not None
     assert runner.buckets == BUCKETS
     assert [runner.bucket_for(n) for n in (1, 2, 3, 4)] == [1, 2, 4, 4]
@@ -154,8 +149,8 @@ def test_the_engine_warms_every_bucket_up_then_serves_any_batch_size(
     graphs = cache_stats()
     served = asyncio.run(serve())
     assert cache_stats() == graphs, "the engine compiled a graph the fixture had not"
-    assert compiled.classifier.compiled is not None
-    assert compiled.classifier.compiled.buckets == BUCKETS
+    assert compiled.classifier.runner is not None
+    assert compiled.classifier.runner.buckets == BUCKETS
     expected = classifier.classify([Image.open(io.BytesIO(data)) for data in images])
     for got, want in zip(served, expected, strict=True):
         assert max(abs(got[k] - want[k]) for k in want) < PARITY

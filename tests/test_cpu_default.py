@@ -16,7 +16,7 @@ from nsfwd.api.app import create_app
 from nsfwd.bench.report import BenchConfig, reference_dtypes
 from nsfwd.engine.batcher import Engine
 from nsfwd.models.classifier import DTYPES, Classifier, choose_dtype
-from nsfwd.models.cpu import cpu_class, cpu_flags, default_cpu_dtype
+from nsfwd.models.cpu import cpu_class, cpu_flags, default_cpu_dtype, has_int8_dot_products
 from nsfwd.settings import Settings
 
 SAPPHIRE_RAPIDS = "fpu sse2 avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8"
@@ -41,6 +41,14 @@ GRAVITON3 = "fp asimd evtstrm aes sha3 sve bf16 i8mm"
 def test_each_class_of_cpu_gets_its_default(flags: str, cls: str, dtype: str, reason: str) -> None:
     assert cpu_class(flags.split()) == cls
     assert default_cpu_dtype(flags.split()) == (dtype, reason)
+
+
+@pytest.mark.parametrize(
+    ("flags", "dot_products"),
+    [(SAPPHIRE_RAPIDS, True), (ZEN4, True), (SKYLAKE_SP, True), (ZEN3, False)],
+)
+def test_int8_dot_products_are_told_by_the_flags(flags: str, dot_products: bool) -> None:
+    assert has_int8_dot_products(flags.split()) is dot_products
 
 
 def test_flags_are_read_from_cpuinfo_on_x86_and_arm(tmp_path: Path) -> None:
@@ -80,8 +88,6 @@ def test_the_model_on_this_cpu_runs_in_the_default_for_its_flags(
     assert classifier.dtype == DTYPES[name]
     assert classifier.dtype_reason == reason
     assert f"dtype {name}: {reason}" in caplog.messages
-    # int8 on a CPU whose default is bf16 still loads: it starts from fp32 weights.
-    assert Classifier.load(str(timm_checkpoint), quantize="int8").dtype == torch.float32
 
 
 def test_healthz_and_metrics_show_the_device_and_dtype(classifier: Classifier) -> None:
@@ -101,12 +107,14 @@ def test_healthz_and_metrics_show_the_device_and_dtype(classifier: Classifier) -
     assert lines[0] == "ok"
     assert lines[1] == f"device: {classifier.device}"
     assert lines[2] == f"dtype: {dtype} ({classifier.dtype_reason})"
-    assert f'nsfwd_model_info{{device="{classifier.device}",dtype="{dtype}"}} 1.0' in metrics.text
+    assert lines[3] == "runtime: torch"
+    info = f'device="{classifier.device}",dtype="{dtype}",runtime="torch"'
+    assert f"nsfwd_model_info{{{info}}} 1.0" in metrics.text
 
 
-def test_bench_compares_with_the_packages_faster_mode_here() -> None:
+def test_bench_runs_the_package_in_both_precisions_to_find_its_faster_mode() -> None:
     cpu = torch.device("cpu")
-    assert reference_dtypes(BenchConfig(), cpu) == [default_cpu_dtype(cpu_flags())[0]]
+    assert reference_dtypes(BenchConfig(), cpu) == ["float32", "bfloat16"]
     assert reference_dtypes(BenchConfig(), torch.device("cuda")) == ["bfloat16"]
     both = BenchConfig(reference_dtypes=["float32", "bfloat16"])
     assert reference_dtypes(both, cpu) == ["float32", "bfloat16"]

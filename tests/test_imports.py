@@ -42,6 +42,9 @@ TORCH_FREE_MODULES = [
     "nsfwd.models",
     "nsfwd.models.names",
     "nsfwd.models.hub",
+    "nsfwd.models.routes",
+    # a host without torch runs an OpenVINO export through it (the slim image)
+    "nsfwd.models.openvino_network",
     "nsfwd.engine.served",
     "nsfwd.serve.ray.options",
     # serve --ray: the driver and the ingress replicas (only the model replicas load torch)

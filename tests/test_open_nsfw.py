@@ -78,13 +78,14 @@ def test_policies_score_it_and_decoding_stays_on_pil(open_nsfw: Classifier) -> N
     [
         ({"dtype": "bfloat16"}, "--dtype"),
         ({"quantize": "int8"}, "--quantize"),
+        ({"runtime": "openvino"}, "--runtime"),
         ({"compile": "on"}, "--compile"),
         ({"device": "cuda"}, "--device"),
     ],
 )
 def test_torch_options_it_cannot_honour_are_refused(options: dict[str, str], refused: str) -> None:
     with pytest.raises(ValueError, match=refused):
-        Classifier.load(OPEN_NSFW, **options)
+        Classifier.load(OPEN_NSFW, **options)  # type: ignore[arg-type]
 
 
 def test_classify_cli_records(tmp_path: Path, reference: NSFWClassifier) -> None:

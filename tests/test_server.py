@@ -53,7 +53,10 @@ def test_serve_answers_healthz_and_metrics_once_loaded(
             metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
             assert metrics.status_code == 200
             assert "nsfwd_queue_size" in metrics.text
-            assert f'nsfwd_model_info{{device="cpu",dtype="{dtype}"}} 1.0' in metrics.text
+            assert (
+                f'nsfwd_model_info{{device="cpu",dtype="{dtype}",runtime="torch"}} 1.0'
+                in metrics.text
+            )
             docs = httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=5).json()
             assert "/v2/job" in docs["paths"]
         finally:

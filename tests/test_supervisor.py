@@ -116,9 +116,11 @@ def test_workers_answer_like_one_server(
             for label, prob in want.items():
                 assert got[label] == pytest.approx(prob, abs=1e-4)
 
-        # A background job runs on a worker's share of the queue, through the same model.
+        # A background job runs on a worker's share of the queue, through the same model (an
+        # image not judged before: the verdict cache would answer a repeat without the model).
+        unseen = astronaut_jpeg((640, 240))
         job = requests.post(
-            f"{served.url}/v2/job/async", headers=AUTH, files=job_files(image=images[0]), timeout=30
+            f"{served.url}/v2/job/async", headers=AUTH, files=job_files(image=unseen), timeout=30
         )
         assert job.status_code == 201, job.text
         state = f"{served.url}/v2/job/async/{job.json()['id']}/job.state.current"
@@ -138,7 +140,8 @@ def test_workers_answer_like_one_server(
             assert metric(served.url, "nsfwd_batch_size_sum") == 17
             # The model's device and dtype (fp32, as nsfwd_serve asks) come from the inference
             # process (no torch here); test_cpu_default.py checks the CPU's own default.
-            assert metric(served.url, "nsfwd_model_info", device="cpu", dtype="float32") == 1
+            info = {"device": "cpu", "dtype": "float32", "runtime": "torch"}
+            assert metric(served.url, "nsfwd_model_info", **info) == 1
             health = requests.get(f"{served.url}/healthz", timeout=10).text.splitlines()
             assert health[:3] == ["ok", "device: cpu", "dtype: float32 (as asked)"]
         processes = [served.process.pid, *descendants(served.process.pid)]

@@ -16,7 +16,7 @@ from nsfwd.engine.protocol import DECODE_TIMEOUT_S
 from nsfwd.engine.verdict_cache import DEFAULT_ENTRIES
 from nsfwd.fetch import WEBHOOK_ALLOW_SETTING, FetchPolicy, parse_networks, webhook_resolver
 from nsfwd.intake.limits import ANIMATION_STILLS, ImageLimits
-from nsfwd.models.names import DEFAULT_MODEL, ModelSpec
+from nsfwd.models.names import DEFAULT_CALIBRATION_IMAGES, DEFAULT_MODEL, ModelSpec
 from nsfwd.verdict import (
     DEFAULT_POLICY,
     DEFAULT_REGION_THRESHOLDS,
@@ -93,13 +93,35 @@ class Settings(BaseSettings):
     )
     dtype: str | None = Field(
         None,
-        description="float32 (exact), bfloat16 or float16; when unset, bf16 on a GPU and on a "
-        "CPU with native bf16 (AMX, AVX512_BF16), fp32 on other CPUs.",
+        description="float32 (exact), bfloat16 or float16; when unset, bf16 on a GPU; on a CPU, "
+        "the precision the start-up measurement found fastest on this machine within the "
+        "agreement bound (runtime), or, with no choice to make, fp32 (bf16 where the CPU has "
+        "native bf16). Alone it keeps the torch runtime: float32 is the exact mode.",
+    )
+    runtime: Literal["torch", "openvino"] | None = Field(
+        None,
+        description="torch or openvino (OpenVINO's CPU plugin, `pip install 'nsfwd[openvino]'`). "
+        "Unset on a CPU: at the first start on a machine each runtime and precision "
+        "classifies the parity photographs beside the exact mode, and the fastest that agrees "
+        "with it (max |dp| 3e-3, no moderate decision changed) is chosen and kept in "
+        "data_dir for later starts; torch on a GPU.",
     )
     quantize: Literal["int8"] | None = Field(
         None,
-        description="'int8': dynamic int8 quantisation of the linear layers, a faster CPU mode "
-        "whose results differ slightly from the exact fp32 ones (agreement in BENCHMARKS.md).",
+        description="'int8': the fast CPU mode, static int8 on the OpenVINO runtime (NNCF's "
+        "post-training quantisation, calibrated on calibration_dir or photo-like images); "
+        "results differ slightly from the exact fp32 ones (agreement in BENCHMARKS.md).",
+    )
+    calibration_dir: Path | None = Field(
+        None,
+        description="Folder of images like the ones you serve, to calibrate int8 on (the "
+        "first calibration_images found); unset: photo-like JPEGs made on the spot. The "
+        "calibrated model is kept in data_dir; a changed folder is calibrated anew.",
+    )
+    calibration_images: int = Field(
+        DEFAULT_CALIBRATION_IMAGES,
+        ge=1,
+        description="Images int8 is calibrated on; each costs one float32 forward pass, once.",
     )
     compile: Literal[
         "off", "on", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
@@ -302,8 +324,10 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(
         Path("data"),
-        description="Folder for the job store's SQLite file (nsfwd.db), created on start; keep it "
-        "on a persistent volume so queued jobs and results survive restarts.",
+        description="Folder for the job store's SQLite file (nsfwd.db), the models converted for "
+        "OpenVINO (openvino/) and the start-up measurement's choices (runtime-choices.json), "
+        "created on start; keep it on a persistent volume so queued jobs and results survive "
+        "restarts and a restart skips the conversions and the measurement.",
     )
     database_url: str | None = Field(
         None,

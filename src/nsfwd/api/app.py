@@ -53,14 +53,16 @@ def default_workers(engine: ClassifyEngine) -> int:
 
 
 def _model_lines(info: dict[str, str]) -> str:
-    """``device: cpu`` and ``dtype: float32 (this CPU has no native bf16 (AVX2))``, as far as
-    ``info`` (an engine's ``model_info``) knows them."""
+    """``device: cpu``, ``dtype: float32 (why)`` and ``runtime: openvino``, as far as ``info``
+    (an engine's ``model_info``) knows them."""
     lines = []
     if "device" in info:
         lines.append(f"device: {info['device']}\n")
     if "dtype" in info:
         reason = f" ({info['dtype_reason']})" if info.get("dtype_reason") else ""
         lines.append(f"dtype: {info['dtype']}{reason}\n")
+    if "runtime" in info:
+        lines.append(f"runtime: {info['runtime']}\n")
     if "deployments" in info:  # on Ray Serve: each deployment's state and running replicas
         lines.append(f"deployments: {info['deployments']}\n")
     return "".join(lines)

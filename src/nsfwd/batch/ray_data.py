@@ -40,6 +40,7 @@ from nsfwd.batch import sources
 from nsfwd.batch.pipeline import FileResult, prepare_image
 from nsfwd.intake import ImageError, ImageLimits, UnscorableImageError
 from nsfwd.intake.views import View, Views
+from nsfwd.models.names import DEFAULT_CALIBRATION_IMAGES
 from nsfwd.verdict import Match, Policy, certain, nonfinite_labels, worst
 
 if TYPE_CHECKING:
@@ -80,9 +81,13 @@ class ModelOptions:
     revision: str | None = None
     device: str | None = None
     dtype: str | None = None
+    runtime: str | None = None
     quantize: str | None = None
     compile: str | None = None
     compile_cache_dir: Path | None = None
+    calibration_dir: Path | None = None
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES
+    data_dir: Path | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelOptions:
@@ -92,9 +97,13 @@ class ModelOptions:
             revision=settings.revision,
             device=settings.device,
             dtype=settings.dtype,
+            runtime=settings.runtime,
             quantize=settings.quantize,
             compile=settings.compile,
             compile_cache_dir=settings.compile_cache_dir,
+            calibration_dir=settings.calibration_dir,
+            calibration_images=settings.calibration_images,
+            data_dir=settings.data_dir,
         )
 
     def on_cpu(self) -> ModelOptions:

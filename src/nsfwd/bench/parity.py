@@ -16,19 +16,23 @@ from pathlib import Path
 from typing import Any
 
 from nsfwd.batch.pipeline import FileResult, classify_files
+from nsfwd.models.agreement import compare
 from nsfwd.models.classifier import Classifier
+from nsfwd.models.compiled import CompiledForward
 from nsfwd.models.tensor_decode import resolve_decode
-from nsfwd.verdict import Labels, Policy
+from nsfwd.verdict import Labels
 
-EXACT = {"device": "cpu", "dtype": "float32", "compile": "off", "decode": "pil"}
+EXACT = {"device": "cpu", "runtime": "torch", "dtype": "float32", "compile": "off", "decode": "pil"}
 
 
 def describe(classifier: Classifier, decode: str) -> dict[str, str]:
     """What a classifier runs as, in :data:`EXACT`'s terms (plus int8 when quantised)."""
+    runner = classifier.runner
     mode = {
         "device": str(classifier.device),
+        "runtime": classifier.runtime,
         "dtype": str(classifier.dtype).removeprefix("torch."),
-        "compile": classifier.compiled.mode if classifier.compiled else "off",
+        "compile": runner.mode if isinstance(runner, CompiledForward) else "off",
         "decode": decode,
     }
     if classifier.quantized:
@@ -49,38 +53,6 @@ def exact_labels(model: str, files: list[Path]) -> dict[str, Labels]:
     """Each file's labels in the exact mode."""
     exact = Classifier.load(model, device="cpu", dtype="float32")
     return _labels(list(classify_files(exact, files, batch_size=exact.batch_size, decode="pil")))
-
-
-def compare(
-    exact: dict[str, Labels], tested: dict[str, Labels], policy: Policy | None = None
-) -> dict[str, Any]:
-    """How far ``tested`` strays from ``exact`` (same files, same labels)."""
-    policy = policy or Policy("moderate")
-    labels = list(next(iter(exact.values())))
-    max_dp = dict.fromkeys(labels, 0.0)
-    total = 0.0
-    changed = []
-    for path, want in exact.items():
-        got = tested[path]
-        for label in labels:
-            dp = abs(got[label] - want[label])
-            max_dp[label] = max(max_dp[label], dp)
-            total += dp
-        if policy.flagged(want) != policy.flagged(got):
-            changed.append(
-                {"image": Path(path).name, "exact": policy.score(want), "tested": policy.score(got)}
-            )
-    scores = [policy.score(want) for want in exact.values()]
-    return {
-        "images": len(exact),
-        "exact_scores": {"min": min(scores), "max": max(scores)},
-        "closest_to_threshold": min(abs(score - policy.threshold) for score in scores),
-        "max_abs_dp": max(max_dp.values()),
-        "max_abs_dp_per_label": max_dp,
-        "mean_abs_dp": total / (len(exact) * len(labels)),
-        "moderate_decisions_changed": len(changed),
-        "changed": changed,
-    }
 
 
 def bench_parity(

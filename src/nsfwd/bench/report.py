@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 
-from nsfwd.models.cpu import cpu_class, cpu_features, cpu_flags, default_cpu_dtype
+from nsfwd.models.cpu import cpu_class, cpu_features, cpu_flags
+from nsfwd.models.names import DEFAULT_CALIBRATION_IMAGES
+from nsfwd.models.routes import Route
 
 SUITES = ("model", "pipeline", "parity", "server")
 
@@ -27,9 +29,15 @@ class BenchConfig:
     arch: str = "eva02_base_patch14_448"
     device: str | None = None
     dtype: str | None = None
+    runtime: str | None = None
     quantize: str | None = None
     compile: str | None = None
     compile_cache_dir: Path | None = None
+    calibration_dir: Path | None = None
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES
+    data_dir: Path | None = None
+    """Where the start-up measurement's choice and OpenVINO's models are kept (``nsfwd
+    bench`` passes ``NSFWD_DATA_DIR``); None: no measurement, the CPU's flags decide."""
     suites: Sequence[str] = SUITES
     batch_sizes: Sequence[int] = (1, 2, 4)
     images: int = 16
@@ -44,6 +52,9 @@ class BenchConfig:
     ray_replicas: int | None = None
     """Server suite on Ray Serve with this many model replicas; None: plain ``nsfwd serve``."""
     compare_reference: bool = False
+    routes: Sequence[Route] | None = None
+    """Routes measured beside the one under test with ``compare_reference``; None: every
+    candidate route and int8 (:func:`nsfwd.bench.compared_routes`)."""
     reference_dtypes: Sequence[str] | None = None
     """Freepik's package's dtypes; None for its faster mode here (:func:`reference_dtypes`)."""
     reference_images: int = 8
@@ -61,13 +72,14 @@ class BenchReport:
 
 
 def reference_dtypes(cfg: BenchConfig, device: torch.device) -> list[str]:
-    """The dtypes to run Freepik's package in: ``cfg.reference_dtypes``, or by default its
-    faster mode on ``device``: bf16 on a GPU and on a CPU with native bf16, fp32 on other CPUs
-    (where its bf16 default is emulated, several times slower)."""
+    """The dtypes to run Freepik's package in: ``cfg.reference_dtypes``, or by default on a
+    CPU both fp32 and bf16 (its default; emulated and several times slower on a CPU without
+    native bf16: give such a run few ``--reference-images``), so the same run finds its faster
+    mode; bf16 on a GPU."""
     if cfg.reference_dtypes is not None:
         return list(cfg.reference_dtypes)
     if device.type == "cpu":
-        return [default_cpu_dtype(cpu_flags())[0]]
+        return ["float32", "bfloat16"]
     return ["bfloat16"]
 
 
@@ -93,11 +105,16 @@ def _compile_lines(results: dict[str, Any]) -> list[str]:
     compiled = results.get("compile")
     if not compiled:
         return []
-    return [
+    line = (
         f"compile   {compiled['mode']}  batch sizes {compiled['buckets']}  "
-        f"{compiled['warm_up_s']:.1f} s  graphs from cache {compiled['fxgraph_cache_hit']}, "
-        f"compiled {compiled['fxgraph_cache_miss']}"
-    ]
+        f"{compiled['warm_up_s']:.1f} s"
+    )
+    if compiled["mode"].startswith("torch.compile"):
+        line += (
+            f"  graphs from cache {compiled['fxgraph_cache_hit']}, "
+            f"compiled {compiled['fxgraph_cache_miss']}"
+        )
+    return [line]
 
 
 def _model_lines(results: dict[str, Any]) -> list[str]:
@@ -138,15 +155,58 @@ def _pipeline_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _agreement(parity: dict[str, Any] | None) -> str:
+    if not parity:
+        return "agreement not measured"
+    return (
+        f"max |dp| {parity['max_abs_dp']:.1e}, mean {parity['mean_abs_dp']:.1e}, "
+        f"{parity['moderate_decisions_changed']} decisions changed"
+    )
+
+
+def _routes_lines(results: dict[str, Any], machine: dict[str, Any]) -> list[str]:
+    """Every mode measured (the one under test, then each compared route) per image, as a
+    ratio to the package's faster mode in this run, with its agreement with the exact mode."""
+    pipelines, routes = results.get("pipeline", []), results.get("routes", [])
+    references = results.get("reference", [])
+    if not pipelines or not (routes or references):
+        return []
+    parities = results.get("parity") or [None]
+    rows = [(f"{machine.get('route', machine['dtype'])} (under test)", pipelines[0], parities[0])]
+    rows += [
+        (run["route"], run, results.get("route_parity", {}).get(run["route"])) for run in routes
+    ]
+    faster = min(references, key=lambda ref: ref["s_per_image"]) if references else None
+    lines = []
+    if faster is not None:
+        lines.append(
+            f"modes     against Freepik's package in its faster mode here, {faster['dtype']} "
+            f"({faster['s_per_image']:.2f} s an image):"
+        )
+    for name, run, parity in rows:
+        ratio = f"{faster['s_per_image'] / run['s_per_image']:5.2f}x" if faster else ""
+        lines.append(
+            f"mode      {name:<34} {run['s_per_image']:7.3f} s an image {ratio}  "
+            f"{_agreement(parity)}{_rounds_note(run)}"
+        )
+    return lines
+
+
 def _parity_lines(results: dict[str, Any]) -> list[str]:
     lines = []
-    for run in results.get("parity", []):
+    runs = [*results.get("parity", []), *results.get("route_parity", {}).values()]
+    for run in runs:
         tested = " ".join(f"{key} {value}" for key, value in run["tested"].items())
+        closest = run["closest_to_threshold"]
         lines.append(
             f"parity    {tested} vs exact over {run['images']} photos: max |dp| "
             f"{run['max_abs_dp']:.2e}, mean {run['mean_abs_dp']:.2e}, moderate decisions "
-            f"changed {run['moderate_decisions_changed']} (closest exact score to the threshold: "
-            f"{run['closest_to_threshold']:.3f} away)"
+            f"changed {run['moderate_decisions_changed']}"
+            + (
+                ""
+                if closest is None
+                else f" (closest exact score to the threshold: {closest:.3f} away)"
+            )
         )
     if "parity_error" in results:
         lines.append(f"parity    not run: {results['parity_error']}")
@@ -191,7 +251,8 @@ def format_report(report: BenchReport) -> str:
         f"nsfwd bench  {machine['date']}  {machine['device']} "
         f"{machine.get('gpu', machine['cpu'])} x{machine['cpu_count']} cpu "
         f"{machine.get('cpu_class', '')} ({machine.get('cpu_features', '?')})  "
-        f"{machine['dtype']}{_reason(machine)}  model: {report.config['model']}"
+        f"{machine.get('route', machine['dtype'])}{_reason(machine)}  "
+        f"model: {report.config['model']}"
     )
     results = report.results
     return "\n".join([
@@ -200,5 +261,6 @@ def format_report(report: BenchReport) -> str:
         *_model_lines(results),
         *_pipeline_lines(results),
         *_parity_lines(results),
+        *_routes_lines(results, machine),
         *_server_lines(results),
     ])  # fmt: skip

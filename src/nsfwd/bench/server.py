@@ -16,6 +16,8 @@ import httpx
 from nsfwd.bench.loadgen import run_load
 from nsfwd.bench.report import BenchConfig
 from nsfwd.models.compiled import CACHE_ENV
+from nsfwd.models.openvino_runtime import store
+from nsfwd.models.routes import Route
 
 
 def load_processes(cfg: BenchConfig) -> int:
@@ -36,11 +38,44 @@ def _mean_batch_size(url: str) -> tuple[float, float]:
     return values.get("nsfwd_batch_size_sum", 0.0), values.get("nsfwd_batch_size_count", 0.0)
 
 
+def _server_data(workdir: Path, data_dir: Path | None) -> Path:
+    """The server's data directory: its own, with the OpenVINO models of ``data_dir``."""
+    folder = workdir / "server-data"
+    folder.mkdir(exist_ok=True)
+    if data_dir is not None and store(data_dir).is_dir():
+        store(folder).symlink_to(store(data_dir).resolve(), target_is_directory=True)
+    return folder
+
+
+def _route_options(cfg: BenchConfig, route: Route | None) -> list[str]:
+    """``nsfwd serve``'s options for ``route``, so the server runs what the bench measured
+    without measuring again, or else ``cfg``'s."""
+    dtype, runtime, quantize = cfg.dtype, cfg.runtime, cfg.quantize
+    if route is not None:
+        dtype, runtime, quantize = route.dtype, route.runtime, route.quantize
+    options = []
+    for name, value in (("--dtype", dtype), ("--runtime", runtime), ("--quantize", quantize)):
+        if value:
+            options += [name, value]
+    if quantize:
+        options += ["--calibration-images", str(cfg.calibration_images)]
+        if cfg.calibration_dir:
+            options += ["--calibration-dir", str(cfg.calibration_dir)]
+    return options
+
+
 def bench_server(
-    model_dir: str, files: list[Path], cfg: BenchConfig, batch_size: int, workdir: Path
+    model_dir: str,
+    files: list[Path],
+    cfg: BenchConfig,
+    batch_size: int,
+    workdir: Path,
+    *,
+    route: Route | None = None,
 ) -> dict[str, Any]:
-    """A real `nsfwd serve` process (its job store in ``workdir``): one client at a time, then
-    ``cfg.concurrency`` at once."""
+    """A real `nsfwd serve` process (its job store in ``workdir``) running ``route`` (default:
+    what ``cfg`` asks for): one client at a time, then ``cfg.concurrency`` at once. It shares
+    the OpenVINO models kept in ``cfg.data_dir``, so its cold start is one with a warm cache."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
@@ -49,7 +84,7 @@ def bench_server(
         "NSFWD_MAX_QUEUE": str(max(cfg.concurrency * 2, 64)),
         "NSFWD_API_KEYS": "",
         # A store of its own: keys in the user's ./data would close the open API to the bench.
-        "NSFWD_DATA_DIR": str(workdir / "server-data"),
+        "NSFWD_DATA_DIR": str(_server_data(workdir, cfg.data_dir)),
     }
     command = [
         sys.executable,
@@ -71,10 +106,7 @@ def bench_server(
         ready = f"nsfwd-model HEALTHY ({cfg.ray_replicas} running)"  # every replica up
     if cfg.device:
         command += ["--device", cfg.device]
-    if cfg.dtype:
-        command += ["--dtype", cfg.dtype]
-    if cfg.quantize:
-        command += ["--quantize", cfg.quantize]
+    command += _route_options(cfg, route)
     # Explicit either way, so an NSFWD_COMPILE in the environment cannot skew the comparison.
     env["NSFWD_COMPILE"] = cfg.compile or "off"
     if cfg.compile:

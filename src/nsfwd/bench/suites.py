@@ -50,17 +50,19 @@ def bench_model(classifier: Classifier, batch_sizes: Sequence[int]) -> list[dict
 
 
 def warm_up(classifier: Classifier, buckets: Sequence[int]) -> dict[str, Any]:
-    """Compile (or load from the cache) a graph per bucket: how long, and how many came from
-    inductor's cache. Cold and warm starts differ by the cache's contents, so run twice."""
-    assert classifier.compiled is not None
+    """Compile (or load from the cache) a network per bucket: how long, and for
+    ``torch.compile`` how many graphs came from inductor's cache. Cold and warm starts differ by
+    the cache's contents, so run twice."""
+    runner = classifier.runner
+    assert runner is not None
     before = cache_stats()
     start = time.perf_counter()
     classifier.warm_up(max(buckets), buckets)
     seconds = time.perf_counter() - start
     after = cache_stats()
     return {
-        "mode": classifier.compiled.mode,
-        "buckets": list(classifier.compiled.buckets or ()),
+        "mode": runner.name,
+        "buckets": list(runner.buckets or ()),
         "warm_up_s": seconds,
         **{key: after[key] - before[key] for key in after},
     }

@@ -84,7 +84,7 @@ def run_calibrate(
         Policy(name).check(classifier.labels)
     decode = resolve_decode(options.decode, classifier)
     batch_size = options.batch_size or classifier.batch_size
-    if classifier.compiled is not None:
+    if classifier.runner is not None:
         classifier.warm_up(batch_size, buckets=[batch_size])
     bar = progress(show=options.progress)
     with bar:

@@ -7,8 +7,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nsfwd.cli.options import Commands, add_compile_options, compile_choice, positive
+from nsfwd.cli.options import (
+    Commands,
+    add_compile_options,
+    add_route_options,
+    compile_choice,
+    positive,
+)
 from nsfwd.models.names import DECODE_MODES
+from nsfwd.models.routes import QUANTIZATIONS, RUNTIMES, Route
 
 if TYPE_CHECKING:
     from nsfwd.bench import BenchConfig
@@ -32,12 +39,7 @@ def register(sub: Commands[argparse.ArgumentParser]) -> None:
     )
     bench.add_argument("--arch", default="eva02_base_patch14_448", help="timm architecture")
     bench.add_argument("--device", help="torch device (default: auto)")
-    bench.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
-    bench.add_argument(
-        "--quantize",
-        choices=["int8"],
-        help="measure the int8 CPU mode (the parity suite gives its agreement with the exact mode)",
-    )
+    add_route_options(bench)
     add_compile_options(bench, negatable=False)
     bench.add_argument(
         "--suites",
@@ -69,15 +71,31 @@ def register(sub: Commands[argparse.ArgumentParser]) -> None:
     bench.add_argument("--requests", type=int, default=64, help="server suite requests")
     _add_server_options(bench)
     bench.add_argument(
-        "--compare-reference", action="store_true", help="also run Freepik's package"
+        "--compare-reference",
+        action="store_true",
+        help="also run Freepik's package, and on a CPU every other runtime and precision and "
+        "the int8 mode, each as a ratio to the package's faster mode in the same run, with "
+        "its agreement with the exact mode (parity suite)",
+    )
+    bench.add_argument(
+        "--routes",
+        type=_routes,
+        help="with --compare-reference on a CPU: the routes measured beside the one under test, "
+        "comma-separated RUNTIME:PRECISION (torch:float32, openvino:bfloat16, openvino:int8), "
+        "or none (default: torch and openvino in float32, and bfloat16 where the CPU has "
+        "native bf16, and openvino:int8; OpenVINO's only where it is installed)",
     )
     bench.add_argument(
         "--reference-dtypes",
-        help="dtypes to run Freepik's package in, comma-separated (default: its faster mode "
-        "on this machine: bfloat16 on a GPU or a CPU with native bf16, float32 elsewhere)",
+        help="dtypes to run Freepik's package in, comma-separated (default: float32,bfloat16 "
+        "on a CPU, the faster one being the yardstick; bfloat16 on a GPU)",
     )
     bench.add_argument(
-        "--reference-images", type=int, default=8, help="images for each reference run"
+        "--reference-images",
+        type=int,
+        default=8,
+        help="images for each reference run (few on a CPU without native bf16, where the "
+        "package's bf16 is emulated and takes several seconds an image)",
     )
     bench.add_argument(
         "--rounds",
@@ -124,6 +142,25 @@ def _decode_modes(text: str) -> list[str]:
     return modes
 
 
+def _routes(text: str) -> list[Route]:
+    if text.strip() == "none":
+        return []
+    routes = []
+    for part in filter(None, (part.strip() for part in text.split(","))):
+        runtime, _, precision = part.partition(":")
+        route = (
+            Route(runtime, "float32", precision)
+            if precision in QUANTIZATIONS
+            else Route(runtime, precision)
+        )
+        if runtime not in RUNTIMES or precision not in ("float32", "bfloat16", *QUANTIZATIONS):
+            raise argparse.ArgumentTypeError(
+                f"expected RUNTIME:PRECISION such as torch:float32 or openvino:int8, not {part!r}"
+            )
+        routes.append(route)
+    return routes
+
+
 def _ints(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
@@ -142,21 +179,25 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
         raise ValueError(
             f"--image-size takes WIDTHxHEIGHT, such as 1024x768, not {args.image_size!r}"
         )
+    from nsfwd.settings import Settings
+
+    settings = Settings()
     compile_mode, compile_cache_dir = None, None
     if args.compile:
-        from nsfwd.settings import Settings
-
-        settings = Settings()
         compile_mode = compile_choice(True, settings.compile)
         compile_cache_dir = args.compile_cache_dir or settings.compile_cache_dir
     return BenchConfig(
         model=args.model,
         arch=args.arch,
         device=args.device,
-        dtype=args.dtype,
-        quantize=args.quantize,
+        dtype=args.dtype or settings.dtype,
+        runtime=args.runtime or settings.runtime,
+        quantize=args.quantize or settings.quantize,
         compile=compile_mode,
         compile_cache_dir=compile_cache_dir,
+        calibration_dir=args.calibration_dir or settings.calibration_dir,
+        calibration_images=args.calibration_images or settings.calibration_images,
+        data_dir=settings.data_dir,
         suites=suites,
         batch_sizes=_ints(args.batch_sizes),
         images=args.images,
@@ -170,6 +211,7 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
         load_processes=args.load_processes,
         ray_replicas=args.ray_replicas,
         compare_reference=args.compare_reference,
+        routes=args.routes,
         reference_dtypes=(
             None
             if args.reference_dtypes is None

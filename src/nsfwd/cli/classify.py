@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     stack = ExitStack()
     writer = _writer(args, stack, policy, classifier.labels)
     batch_size = args.batch_size or classifier.batch_size
-    if classifier.compiled is not None:
+    if isinstance(classifier, Classifier) and classifier.runner is not None:
         # One graph: every batch is batch_size images but the last, which is padded up to it.
         classifier.warm_up(batch_size, buckets=[batch_size])
     results = classify_files(

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nsfwd.models.names import DECODE_MODES
+from nsfwd.models.names import DECODE_MODES, DEFAULT_CALIBRATION_IMAGES
+from nsfwd.models.routes import QUANTIZATIONS, RUNTIMES
 from nsfwd.verdict import (
     DEFAULT_POLICY,
     DEFAULT_THRESHOLD,
@@ -35,7 +36,10 @@ SETTINGS_OPTIONS = (
     "revision",
     "device",
     "dtype",
+    "runtime",
     "quantize",
+    "calibration_dir",
+    "calibration_images",
     "served_model_name",
     "host",
     "port",
@@ -57,8 +61,8 @@ def positive(text: str) -> int:
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, several: bool = False) -> None:
-    """``--model`` (repeatable with ``several``), ``--revision``, ``--device``, ``--dtype``,
-    ``--quantize`` and the compile options."""
+    """``--model`` (repeatable with ``several``), ``--revision``, ``--device``, the route
+    options (:func:`add_route_options`) and the compile options."""
     if several:
         parser.add_argument(
             "--model",
@@ -80,19 +84,47 @@ def add_model_options(parser: argparse.ArgumentParser, *, several: bool = False)
         )
     parser.add_argument("--revision", help="Hub revision to load (branch, tag or commit)")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default: auto)")
+    add_route_options(parser)
+    add_compile_options(parser)
+
+
+def add_route_options(parser: argparse.ArgumentParser) -> None:
+    """``--dtype``, ``--runtime``, ``--quantize`` and the calibration options: how the model
+    runs, where the start-up measurement would otherwise choose."""
     parser.add_argument(
         "--dtype",
         choices=["float32", "bfloat16", "float16"],
-        help="inference precision (default: bfloat16 on a GPU and on a CPU with native bf16, "
-        "AMX or AVX512_BF16; float32, the exact mode, on other CPUs)",
+        help="inference precision; alone it keeps the torch runtime, float32 being the exact "
+        "mode (default: bfloat16 on a GPU; on a CPU, what the start-up measurement chose)",
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=list(RUNTIMES),
+        help="torch, or openvino (OpenVINO's CPU plugin: pip install 'nsfwd[openvino]') "
+        "(default: $NSFWD_RUNTIME; else, on a CPU, the fastest runtime and precision that "
+        "agrees with the exact mode, measured on this machine at the first start and kept "
+        "in $NSFWD_DATA_DIR; torch on a GPU)",
     )
     parser.add_argument(
         "--quantize",
-        choices=["int8"],
-        help="faster CPU mode: int8 dynamic quantisation of the linear layers (slightly "
-        "different results; default: exact)",
+        choices=list(QUANTIZATIONS),
+        help="int8: the fast CPU mode, static int8 on OpenVINO calibrated by NNCF (slightly "
+        "different results; default: none)",
     )
-    add_compile_options(parser)
+    parser.add_argument(
+        "--calibration-dir",
+        type=Path,
+        metavar="DIR",
+        help="with --quantize int8: calibrate on images from this folder, like the ones you "
+        "serve (default: $NSFWD_CALIBRATION_DIR, else photo-like JPEGs made on the spot)",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=positive,
+        metavar="N",
+        help="with --quantize int8: images to calibrate on, each one float32 forward pass, "
+        f"once (default: $NSFWD_CALIBRATION_IMAGES, else {DEFAULT_CALIBRATION_IMAGES})",
+    )
 
 
 def add_compile_options(parser: argparse.ArgumentParser, *, negatable: bool = True) -> None:

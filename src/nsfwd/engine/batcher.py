@@ -124,12 +124,15 @@ class Engine:
 
     @property
     def model_info(self) -> dict[str, str]:
-        """Where and how the model runs: ``device``, ``dtype`` and ``dtype_reason``; and
-        ``kind``, ``classifier`` or ``detector``."""
+        """Where and how the model runs: ``device``, ``dtype``, ``runtime`` (``torch``,
+        ``openvino``, ``openvino int8``) and ``dtype_reason``, why that route; and ``kind``,
+        ``classifier`` or ``detector``."""
         classifier = self.classifier
+        route = classifier.route
         return {
             "device": str(classifier.device),
-            "dtype": str(classifier.dtype).removeprefix("torch."),
+            "dtype": route.dtype,
+            "runtime": " ".join(filter(None, (route.runtime, route.quantize))),
             "dtype_reason": classifier.dtype_reason,
             "kind": classifier.kind,
         }

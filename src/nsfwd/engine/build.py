@@ -16,6 +16,7 @@ from nsfwd.engine import pools
 from nsfwd.engine.batcher import Engine
 from nsfwd.engine.metrics import Metrics
 from nsfwd.engine.served import served_specs, takes_torch_options
+from nsfwd.models.calibration import Calibration
 from nsfwd.models.classifier import Classifier
 from nsfwd.models.model import Model, load_model
 from nsfwd.models.names import DEFAULT_MODEL, ModelSpec
@@ -47,8 +48,25 @@ class ClassifierOptions(Protocol):
         """float32, bfloat16 or float16; chosen for the device when None."""
 
     @property
+    def runtime(self) -> str | None:
+        """``torch``, ``openvino``, or None: the start-up measurement's choice on a CPU."""
+
+    @property
     def quantize(self) -> str | None:
         """``int8`` or None."""
+
+    @property
+    def calibration_dir(self) -> Path | None:
+        """Images to calibrate int8 on; None: photo-like ones."""
+
+    @property
+    def calibration_images(self) -> int:
+        """How many images int8 is calibrated on, at most."""
+
+    @property
+    def data_dir(self) -> Path | None:
+        """Where OpenVINO models and the start-up measurement's choices are kept; None: nothing
+        is measured or kept."""
 
     @property
     def compile(self) -> str | None:
@@ -86,9 +104,12 @@ def _load_options(options: ClassifierOptions) -> dict[str, Any]:
         "revision": options.revision,
         "device": options.device,
         "dtype": options.dtype,
+        "runtime": options.runtime,
         "quantize": options.quantize,
         "compile": options.compile,
         "compile_cache_dir": options.compile_cache_dir,
+        "data_dir": options.data_dir,
+        "calibration": Calibration(options.calibration_dir, options.calibration_images),
     }
 
 

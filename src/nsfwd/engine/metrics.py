@@ -63,8 +63,8 @@ class Metrics:
         )
         self.model = Gauge(
             "nsfwd_model_info",
-            "The loaded model's device and precision (1 per combination in use)",
-            ["device", "dtype"],
+            "The loaded model's device, precision and runtime (1 per combination in use)",
+            ["device", "dtype", "runtime"],
             registry=self.registry,
             multiprocess_mode="livemax",
         )
@@ -87,10 +87,11 @@ class Metrics:
         )
 
     def show_model(self, info: dict[str, str]) -> None:
-        """Export the model's ``device`` and ``dtype`` (an :attr:`Engine.model_info`) as
-        ``nsfwd_model_info``; in multi-process mode, the inference process's value reaches every
-        worker's ``/metrics``."""
-        self.model.labels(device=info["device"], dtype=info["dtype"]).set(1)
+        """Export the model's ``device``, ``dtype`` and ``runtime`` (an
+        :attr:`Engine.model_info`) as ``nsfwd_model_info``; in multi-process mode, the inference
+        process's value reaches every worker's ``/metrics``."""
+        runtime = info.get("runtime", "torch")
+        self.model.labels(device=info["device"], dtype=info["dtype"], runtime=runtime).set(1)
 
     def render(self) -> bytes:
         """The registry (or every process's values, in multi-process mode) in Prometheus'

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -59,11 +59,20 @@ class LoadedModel:
     outputs: Literal["logits", "probabilities"] = "logits"
     """What :attr:`module` returns: logits, to which the classifier applies a softmax, or
     probabilities already (a network whose graph ends in its own softmax)."""
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    """What :attr:`prepare` does, for a host that prepares pixels without torch: timm's data
+    config (``interpolation``, ``crop_pct``, ``crop_mode``, ``mean``, ``std``) for timm
+    models; empty for others."""
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """One image to the network's normalised CHW float32 input (``prepare``, then
         ``normalize``)."""
         return self.normalize(self.prepare(image).unsqueeze(0))[0]
+
+    def blank(self, size: int) -> torch.Tensor:
+        """A batch of ``size`` prepared all-black images, for warming the model up."""
+        dtype = self.prepare(Image.new("RGB", self.input_size[:0:-1])).dtype
+        return torch.zeros((size, *self.input_size), dtype=dtype)
 
 
 class Normalize:
@@ -218,6 +227,7 @@ def _load_timm(folder: Path, config: dict[str, Any], hub_id: str | None) -> Load
     data_config = resolve_data_config(pretrained_cfg=config["pretrained_cfg"], model=module)
     prepare, normalize = split_timm_transform(create_transform(**data_config, is_training=False))
     style = "timm_wrapper" if config.get("model_type") == "timm_wrapper" else "timm"
+    steps = ("interpolation", "crop_pct", "crop_mode", "mean", "std")
     return LoadedModel(
         module=module,
         labels=_labels(config, num_classes, hub_id),
@@ -225,6 +235,7 @@ def _load_timm(folder: Path, config: dict[str, Any], hub_id: str | None) -> Load
         normalize=normalize,
         input_size=tuple(data_config["input_size"]),
         style=style,
+        preprocessing={key: data_config[key] for key in steps if key in data_config},
     )
 
 

@@ -8,31 +8,37 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import torch
 from PIL import Image
 
+from nsfwd.models.buckets import Bucketed, default_buckets
+from nsfwd.models.calibration import Calibration
 from nsfwd.models.checkpoint import LoadedModel, load_checkpoint
-from nsfwd.models.compiled import (
-    CompiledForward,
-    Forward,
-    compile_mode,
-    default_buckets,
-    use_cache_dir,
+from nsfwd.models.choice import Choices, choose, prepared_images
+from nsfwd.models.compiled import compile_mode, use_cache_dir
+from nsfwd.models.cpu import (
+    computes_natively,
+    cpu_features,
+    cpu_flags,
+    default_cpu_dtype,
+    has_int8_dot_products,
 )
-from nsfwd.models.cpu import computes_natively, cpu_features, cpu_flags, default_cpu_dtype
 from nsfwd.models.hub import resolve_model_dir, source_id
+from nsfwd.models.identity import machine, machine_key
 from nsfwd.models.names import DEFAULT_MODEL, OPEN_NSFW, default_batch_size
+from nsfwd.models.openvino_runtime import available as openvino_available
+from nsfwd.models.routes import AS_ASKED, EXACT, Plan, Route, check_options, plan
+from nsfwd.models.runners import DTYPES, RouteBuilder
 from nsfwd.verdict import Finding, Labels
 
-log = logging.getLogger(__name__)
+__all__ = ["DTYPES", "Classifier", "choose_dtype", "pick_device"]
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+log = logging.getLogger(__name__)
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -64,67 +70,15 @@ def choose_dtype(
     return DTYPES[name], reason
 
 
-QUANTIZATIONS = ("int8",)
-"""Opt-in faster CPU modes; results differ slightly from the exact fp32 ones (see BENCHMARKS.md)."""
-
-
-def quantize_int8(module: torch.nn.Module) -> torch.nn.Module:
-    """Dynamic int8 quantisation of the Linear layers, for the CPU.
-
-    Weights are stored as int8 and activations are quantised batch by batch at run time
-    (fbgemm kernels); attention and normalisation stay in fp32. EVA's fused ``qkv`` layers (as
-    in EVA-02-Ti and -S; EVA-02-B has separate q, k and v) are quantised too where timm can add
-    their q and v biases after the layer (``qkv_bias_separate``); on an older timm, whose
-    attention calls ``F.linear`` on ``qkv.weight`` itself, they stay in fp32.
-    """
-    qconfig = torch.ao.quantization.default_dynamic_qconfig
-    spec = {
-        name: qconfig
-        for name, child in module.named_modules()
-        if isinstance(child, torch.nn.Linear) and _quantizable(module, name)
-    }
-    with warnings.catch_warnings():
-        # torch.ao's eager quantisation points users at torchao; it still works and needs no
-        # extra dependency, so keep it until torch drops it.
-        warnings.simplefilter("ignore")
-        quantized: torch.nn.Module = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
-            module, spec, dtype=torch.qint8
-        )
-    for child in quantized.modules():
-        if getattr(child, "q_bias", None) is not None and hasattr(child, "qkv_bias_separate"):
-            setattr(child, "qkv_bias_separate", True)  # noqa: B010 (a plain attribute, not a module)
-    return quantized
-
-
-def _quantizable(root: torch.nn.Module, name: str) -> bool:
-    """Whether the Linear layer ``name`` may become a quantised one: all but a fused ``qkv``
-    whose attention reads ``qkv.weight`` directly (EVA on a timm without qkv_bias_separate)."""
-    parent_name, _, leaf = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    if leaf != "qkv" or getattr(parent, "q_bias", None) is None:
-        return True
-    return hasattr(parent, "qkv_bias_separate")
-
-
 def _warn_if_slow_on_this_cpu(dtype: torch.dtype) -> None:
     if not computes_natively(dtype):
         name = str(dtype).removeprefix("torch.")
         log.warning(
             "%s on this CPU (%s) is emulated: it runs several times slower than float32, "
-            "the exact mode and this CPU's default; --quantize int8 is the fast CPU mode",
+            "the exact mode; --quantize int8 is the fast CPU mode",
             name,
             cpu_features(),
         )
-
-
-def _quantized(module: torch.nn.Module, quantize: str, device: torch.device) -> torch.nn.Module:
-    if quantize not in QUANTIZATIONS:
-        raise ValueError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, not {quantize!r}")
-    if device.type != "cpu":
-        raise ValueError("int8 quantisation is a CPU mode; on a GPU, bf16 is the fast path")
-    if next(module.parameters()).dtype != torch.float32:
-        raise ValueError("int8 quantisation starts from float32 weights; drop --dtype")
-    return quantize_int8(module)
 
 
 @dataclass
@@ -135,12 +89,16 @@ class Classifier:
     device: torch.device
     dtype: torch.dtype
     name: str
-    compiled: CompiledForward | None = None
-    """The ``torch.compile`` mode's runner, when the classifier was loaded with ``compile``."""
+    runner: Bucketed | None = None
+    """What runs the network at fixed batch sizes (``torch.compile``'s graphs, or OpenVINO's
+    compiled model); None: the torch module, eagerly."""
     quantized: str | None = None
     """The quantisation applied (``int8``), or None for the model's own weights."""
-    dtype_reason: str = "as asked"
-    """Why :attr:`dtype`: ``as asked``, or why the default for this device (and CPU) is it."""
+    dtype_reason: str = AS_ASKED
+    """Why this route (:attr:`runtime`, :attr:`dtype`, :attr:`quantized`): ``as asked``, the
+    device's default, or what the start-up measurement found (:mod:`nsfwd.models.choice`)."""
+    runtime: str = "torch"
+    """``torch`` or ``openvino``."""
     kind: Final = "classifier"
 
     @classmethod
@@ -151,54 +109,141 @@ class Classifier:
         revision: str | None = None,
         device: str | None = None,
         dtype: str | None = None,
+        runtime: str | None = None,
         quantize: str | None = None,
         compile: str | None = None,
         compile_cache_dir: str | os.PathLike[str] | None = None,
+        data_dir: Path | None = None,
+        calibration: Calibration | None = None,
     ) -> Classifier:
         """Load ``model`` (a Hub id, a folder, or :data:`~nsfwd.models.names.OPEN_NSFW`, the
         built-in model, which wins over a folder of that name: write ``./open-nsfw`` for the
-        folder) onto ``device`` in ``dtype`` (auto when None).
+        folder) onto ``device``.
 
-        ``quantize="int8"`` trades a little agreement with the exact model for CPU speed.
-        ``compile`` (``on`` or a ``torch.compile`` mode; see :mod:`nsfwd.models.compiled`)
-        compiles the network for fixed batch sizes, caching the graphs in ``compile_cache_dir``
-        (default: ``~/.cache/nsfwd/torch-compile``); call :meth:`warm_up` before serving.
+        The route (``runtime``, ``dtype``, ``quantize``) is what the options fix
+        (:func:`~nsfwd.models.routes.plan`: ``runtime`` alone runs in the device's default
+        precision). With none on a CPU and a ``data_dir``, the start-up measurement chooses
+        (:mod:`nsfwd.models.choice`), once per machine and model, keeping its choice and the
+        OpenVINO models it converts in ``data_dir``; without ``data_dir`` nothing is measured:
+        torch in the CPU's default precision for its flags.
+
+        ``quantize="int8"`` is static int8 on OpenVINO, calibrated on ``calibration`` (default:
+        the bench's photo-like JPEGs): it trades a little agreement with the exact mode for CPU
+        speed. ``compile`` (``on`` or a ``torch.compile`` mode; see
+        :mod:`nsfwd.models.compiled`) compiles the network for fixed batch sizes, caching the
+        graphs in ``compile_cache_dir`` (default: ``~/.cache/nsfwd/torch-compile``). Call
+        :meth:`warm_up` before serving.
         """
         if model == OPEN_NSFW:
             return cls._load_open_nsfw(
-                device=device, dtype=dtype, quantize=quantize, compile=compile
+                device=device, dtype=dtype, runtime=runtime, quantize=quantize, compile=compile
             )
-        mode = compile_mode(compile, pick_device(device))
-        if mode is not None and quantize is not None:
-            raise ValueError("compile and quantize do not combine; choose one")
+        torch_device = pick_device(device)
+        mode = compile_mode(compile, torch_device)
+        check_options(
+            torch_device, dtype=dtype, runtime=runtime, quantize=quantize, compiled=bool(mode)
+        )
+        if dtype is not None and dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
         if mode is not None:
             use_cache_dir(compile_cache_dir)
         folder = resolve_model_dir(model, revision)
         hub_id = source_id(folder) or (None if Path(model).expanduser().is_dir() else model)
         loaded = load_checkpoint(folder, hub_id)
-        torch_device = pick_device(device)
-        torch_dtype, reason = choose_dtype(torch_device, dtype, quantize=quantize)
-        log.info("dtype %s: %s", str(torch_dtype).removeprefix("torch."), reason)
         if torch_device.type == "cpu":
             torch.set_num_threads(len(os.sched_getaffinity(0)))
-            if dtype:  # the default is native by construction
-                _warn_if_slow_on_this_cpu(torch_dtype)
-        loaded.module.to(device=torch_device, dtype=torch_dtype).eval()
-        if quantize is not None:
-            loaded = replace(loaded, module=_quantized(loaded.module, quantize, torch_device))
-        compiled = None
-        if mode is not None:
-            forward = Forward(loaded.module, loaded.normalize, torch_dtype, torch_device)
-            compiled = CompiledForward(forward, mode, len(loaded.labels))
+        default, why = choose_dtype(torch_device)
+        default_name = str(default).removeprefix("torch.")
+        planned = plan(
+            torch_device,
+            dtype=dtype,
+            runtime=runtime,
+            quantize=quantize,
+            compiled=mode is not None,
+            default_dtype=(default_name, why),
+            native_bf16=computes_natively(torch.bfloat16),
+            openvino=openvino_available(),
+        )
+        routes = planned.routes
+        if len(routes) > 1 and data_dir is None:  # nowhere to keep a choice: the flags decide
+            routes = [Route("torch", default_name)]
+            planned = Plan(routes, why)
+        single = len(routes) == 1 and routes[0].runtime == "torch"
+        base = DTYPES[routes[0].dtype] if single else torch.float32
+        loaded.module.to(device=torch_device, dtype=base).eval()
+        builder = RouteBuilder(
+            loaded,
+            torch_device,
+            source=hub_id or model,
+            folder=folder,
+            data_dir=data_dir,
+            calibration=calibration,
+            compile_mode=mode,
+        )
+        if len(routes) == 1:
+            classifier = cls._built(builder, routes[0], planned.reason)
+        else:
+            assert data_dir is not None
+            classifier = cls._chosen(builder, routes, data_dir)
+        log.info("dtype %s: %s", classifier.route.dtype, classifier.dtype_reason)
+        log.info("runtime %s", classifier.route)
+        if dtype and classifier.runtime == "torch" and torch_device.type == "cpu":
+            _warn_if_slow_on_this_cpu(classifier.dtype)  # a chosen precision is native
+        if quantize and not has_int8_dot_products(cpu_flags()):
+            log.warning(
+                "int8 on this CPU (%s, no VNNI or AMX-INT8) ran no faster than float32 where "
+                "measured (BENCHMARKS.md), and agrees less with the exact mode",
+                cpu_features(),
+            )
+        return classifier
+
+    @classmethod
+    def _built(cls, builder: RouteBuilder, route: Route, reason: str) -> Classifier:
+        loaded, runner = builder.build(route)
         return cls(
             loaded=loaded,
-            device=torch_device,
-            dtype=torch_dtype,
-            name=hub_id or model,
-            compiled=compiled,
-            quantized=quantize,
+            device=builder.device,
+            dtype=DTYPES[route.dtype],
+            name=builder.source,
+            runner=runner,
+            quantized=route.quantize,
             dtype_reason=reason,
+            runtime=route.runtime,
         )
+
+    @classmethod
+    def _chosen(cls, builder: RouteBuilder, routes: list[Route], data_dir: Path) -> Classifier:
+        """The classifier on the route the start-up measurement chose for this model on this
+        machine: kept from an earlier start, else measured now (and kept)."""
+        facts = machine()
+        key = f"{builder.model_key}/{machine_key(facts)}"
+        choices = Choices(data_dir)
+        kept = choices.get(key, routes)
+        if kept is not None:
+            return cls._built(builder, kept.route, kept.reason)
+        runnables: dict[Route, Classifier] = {}
+        for route in dict.fromkeys([EXACT, *routes]):
+            try:
+                runnables[route] = cls._built(builder, route, "")
+            except Exception as exc:  # a runtime that cannot take this model is no candidate
+                log.warning("%s cannot run %s, no candidate then: %s", route, builder.source, exc)
+        log.info(
+            "measuring %s on this machine (once; the choice is kept in %s) ...",
+            ", ".join(map(str, runnables)),
+            choices.path,
+        )
+        pixels, images = prepared_images(builder.loaded.prepare)
+        choice = choose(
+            [route for route in routes if route in runnables],
+            dict(runnables),
+            pixels,
+            images,
+            batch_size=default_batch_size("cpu"),
+        )
+        choices.put(key, choice, {"model": builder.source, "machine": facts})
+        chosen = runnables[choice.route]
+        chosen.dtype_reason = choice.reason
+        return chosen
 
     @classmethod
     def _load_open_nsfw(
@@ -206,6 +251,7 @@ class Classifier:
         *,
         device: str | None,
         dtype: str | None,
+        runtime: str | None,
         quantize: str | None,
         compile: str | None,
     ) -> Classifier:
@@ -216,6 +262,7 @@ class Classifier:
             for option, clash in (
                 ("--device", device is not None and torch.device(device).type != "cpu"),
                 ("--dtype", dtype not in (None, "float32")),
+                ("--runtime", runtime not in (None, "torch")),
                 ("--quantize", quantize is not None),
                 ("--compile", compile_mode(compile, torch.device("cpu")) is not None),
             )
@@ -233,6 +280,11 @@ class Classifier:
             dtype=torch.float32,
             name=OPEN_NSFW,
         )
+
+    @property
+    def route(self) -> Route:
+        """How this classifier runs: runtime, precision, quantisation."""
+        return Route(self.runtime, str(self.dtype).removeprefix("torch."), self.quantized)
 
     @property
     def batch_size(self) -> int:
@@ -256,22 +308,22 @@ class Classifier:
 
     def blank(self, size: int) -> torch.Tensor:
         """A batch of ``size`` prepared all-black images, for warming the model up."""
-        dtype = self.prepare(Image.new("RGB", self.input_size[:0:-1])).dtype
-        return torch.zeros((size, *self.input_size), dtype=dtype)
+        return self.loaded.blank(size)
 
     def warm_up(self, max_batch_size: int, buckets: Sequence[int] | None = None) -> None:
         """Ready the model for batches of up to ``max_batch_size`` before the first request.
 
-        Compiled: fixes the batch sizes :meth:`predict` pads to (``buckets``, by default powers
-        of two below ``max_batch_size`` and ``max_batch_size`` itself) and compiles, or loads
-        from the cache, a graph for each. Eager: one single-image batch. Call it from the
-        thread that will predict (torch keeps its CUDA graph trees per thread).
+        With a :attr:`runner` (compiled, or OpenVINO): fixes the batch sizes :meth:`predict`
+        pads to (``buckets``, by default powers of two below ``max_batch_size`` and
+        ``max_batch_size`` itself) and compiles, or loads from the cache, a network for each.
+        Eager: one single-image batch. Call it from the thread that will predict (torch keeps
+        its CUDA graph trees per thread).
         """
-        if self.compiled is None:
+        if self.runner is None:
             self.predict(self.blank(1))
             return
         sizes = buckets if buckets is not None else default_buckets(max_batch_size)
-        self.compiled.warm_up(sizes, lambda size: self.predict(self.blank(size)))
+        self.runner.warm_up(sizes, lambda size: self.predict(self.blank(size)))
 
     def stack(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
         """One (N, C, H, W) batch of :meth:`prepare` outputs (or the tensor decode path's),
@@ -294,12 +346,12 @@ class Classifier:
 
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
         """Probabilities (N, labels) as float32 on the CPU for an (N, C, H, W) batch of
-        :meth:`prepare` outputs. Compiled, any N works: batches are padded to a bucket (and
-        split beyond the largest one), so only the warmed-up graphs run."""
+        :meth:`prepare` outputs. With a :attr:`runner`, any N works: batches are padded to a
+        bucket (and split beyond the largest one), so only the warmed-up networks run."""
         with torch.inference_mode():
             pixels = batch.to(self.device, non_blocking=True)  # asynchronous from pinned memory
-            if self.compiled is not None:
-                return self.compiled(pixels).cpu()
+            if self.runner is not None:
+                return self.runner(pixels).cpu()
             pixels = self.loaded.normalize(pixels)
             outputs: torch.Tensor = self.loaded.module(pixels.to(self.dtype)).float()
             if self.loaded.outputs == "logits":

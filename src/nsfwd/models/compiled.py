@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 
+from nsfwd.models.buckets import Bucketed
 from nsfwd.models.checkpoint import Normalize
 
 log = logging.getLogger(__name__)
@@ -75,27 +75,6 @@ def use_cache_dir(folder: str | os.PathLike[str] | None) -> Path:
     return path
 
 
-def default_buckets(max_batch_size: int) -> tuple[int, ...]:
-    """Powers of two below ``max_batch_size``, then ``max_batch_size`` itself:
-    1, 2, 4, 8, 16, 32 for 32; 1, 2, 4, 6 for 6."""
-    if max_batch_size < 1:
-        raise ValueError(f"the batch size must be at least 1, not {max_batch_size}")
-    sizes = []
-    size = 1
-    while size < max_batch_size:
-        sizes.append(size)
-        size *= 2
-    return (*sizes, max_batch_size)
-
-
-def check_buckets(buckets: Sequence[int]) -> tuple[int, ...]:
-    """``buckets`` sorted without repeats; ValueError when empty or not all positive."""
-    sizes = tuple(sorted(set(buckets)))
-    if not sizes or sizes[0] < 1:
-        raise ValueError(f"batch buckets must be positive sizes, got {list(buckets)}")
-    return sizes
-
-
 def cache_stats() -> dict[str, int]:
     """This process's inductor and AOTAutograd disk-cache hits and misses so far."""
     # torch publishes these counts nowhere else; read here only, for the start-up log line.
@@ -146,16 +125,19 @@ class Forward(torch.nn.Module):
         return torch.softmax(logits.float(), dim=-1)
 
 
-class CompiledForward:
+class CompiledForward(Bucketed):
     """A compiled :class:`Forward` that only ever sees bucket-sized batches."""
 
     def __init__(self, forward: Forward, mode: str, num_labels: int) -> None:
+        super().__init__(num_labels)
         self.mode = mode
-        self.num_labels = num_labels
-        self.buckets: tuple[int, ...] | None = None
-        """Batch sizes with a graph; None until :meth:`warm_up`: then the next power of two."""
         self._forward = forward
         self._compiled = self._compile()
+
+    @property
+    def name(self) -> str:
+        """``torch.compile`` and its mode."""
+        return f"torch.compile {self.mode}"
 
     def _compile(self, sizes: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
         # Each batch size is a recompile of the same code: allow one per size (and some), so
@@ -165,47 +147,26 @@ class CompiledForward:
         compiled = compile_(self._forward, mode=self.mode, dynamic=False, recompile_limit=limit)
         return cast(Callable[[torch.Tensor], torch.Tensor], compiled)
 
-    def bucket_for(self, size: int) -> int:
-        """The bucket a batch of ``size`` rows (at most the largest bucket) is padded to."""
-        if self.buckets is None:
-            return 1 << (size - 1).bit_length()
-        return next(bucket for bucket in self.buckets if bucket >= size)
+    def _make(self, buckets: tuple[int, ...]) -> None:
+        self._compiled = self._compile(len(buckets))
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        """Probabilities for ``batch`` (already on the device): chunks of the largest bucket,
-        each padded with zeros up to its bucket."""
-        if len(batch) == 0:
-            return torch.empty((0, self.num_labels), device=batch.device)
-        step = self.buckets[-1] if self.buckets else len(batch)
-        outputs = []
-        for start in range(0, len(batch), step):
-            chunk = batch[start : start + step]
-            rows = len(chunk)
-            # Always a fresh, contiguous tensor made here, even when no padding is needed, so
-            # every call meets the same guards (an inference-mode tensor, say) as the warm-up
-            # and never sends dynamo back to trace.
-            padded = chunk.new_zeros((self.bucket_for(rows), *chunk.shape[1:]))
-            padded[:rows] = chunk
-            # Cloned: a CUDA graph's output is overwritten by the next replay of that graph.
-            outputs.append(self._compiled(padded)[:rows].clone())
-        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    def _run(self, padded: torch.Tensor) -> torch.Tensor:
+        return self._compiled(padded)
 
-    def warm_up(self, buckets: Sequence[int], run: Callable[[int], object]) -> None:
-        """Fix the buckets and compile each (``run(size)`` predicts a batch of that size)."""
-        self.buckets = check_buckets(buckets)
-        self._compiled = self._compile(len(self.buckets))
+    def warm_up(self, buckets: Sequence[int], run: Callable[[int], object]) -> float:
+        """Fix the buckets and compile each, or load it from the cache (``run(size)`` predicts
+        a batch of that size); logs how many graphs came from the cache."""
         before = cache_stats()
-        started = time.perf_counter()
-        for size in self.buckets:
-            run(size)
+        seconds = super().warm_up(buckets, run)
         after = cache_stats()
         log.info(
             "compiled (%s) for batch sizes %s in %.1f s: %d graphs from the cache in %s, "
             "%d compiled",
             self.mode,
-            ", ".join(map(str, self.buckets)),
-            time.perf_counter() - started,
+            ", ".join(map(str, self.buckets or ())),
+            seconds,
             after["fxgraph_cache_hit"] - before["fxgraph_cache_hit"],
             os.environ.get(CACHE_ENV, "?"),
             after["fxgraph_cache_miss"] - before["fxgraph_cache_miss"],
         )
+        return seconds

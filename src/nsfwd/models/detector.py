@@ -24,6 +24,7 @@ from PIL import Image
 
 from nsfwd.models.checkpoint import read_config
 from nsfwd.models.names import NUDENET, ModelNotAvailableError, default_batch_size
+from nsfwd.models.routes import Route
 from nsfwd.verdict import Finding, Labels, Region
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,11 @@ class Detector:
     kind: Final = "detector"
     compiled: None = None
     """Detectors are not compiled (the attribute the classifier's callers look at)."""
+
+    @property
+    def route(self) -> Route:
+        """How this detector runs: onnxruntime (``nudenet``) or torch, in float32."""
+        return Route("onnxruntime" if self.loaded.style == "onnx" else "torch", "float32")
 
     @classmethod
     def load(

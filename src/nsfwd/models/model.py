@@ -8,8 +8,8 @@ picture's labels and, for a detector, regions), so everything after loading trea
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import Any
 
 from nsfwd.models.classifier import Classifier
 from nsfwd.models.detector import Detector, is_detector_checkpoint
@@ -39,33 +39,26 @@ def load_model(
     *,
     revision: str | None = None,
     device: str | None = None,
-    dtype: str | None = None,
-    quantize: str | None = None,
-    compile: str | None = None,
-    compile_cache_dir: str | os.PathLike[str] | None = None,
+    **options: Any,
 ) -> Model:
     """Load ``model`` as a :class:`Detector` when it is one (:func:`is_detector`), else as a
-    :class:`Classifier` with every option. Detectors run in float32, uncompiled and
+    :class:`Classifier` with every option (``options``: :meth:`Classifier.load`'s ``dtype``,
+    ``runtime``, ``quantize``, ``compile``...). Detectors run in float32 on torch, uncompiled and
     unquantised; asking otherwise is a ValueError rather than an option silently ignored."""
     if not is_detector(model, revision):
-        return Classifier.load(
-            model,
-            revision=revision,
-            device=device,
-            dtype=dtype,
-            quantize=quantize,
-            compile=compile,
-            compile_cache_dir=compile_cache_dir,
-        )
+        return Classifier.load(model, revision=revision, device=device, **options)
     clashes = [
         option
         for option, clash in (
-            ("--dtype", dtype not in (None, "float32")),
-            ("--quantize", quantize is not None),
-            ("--compile", compile not in (None, "off")),
+            ("--dtype", options.get("dtype") not in (None, "float32")),
+            ("--runtime", options.get("runtime") not in (None, "torch")),
+            ("--quantize", options.get("quantize") is not None),
+            ("--compile", options.get("compile") not in (None, "off")),
         )
         if clash
     ]
     if clashes:
-        raise ValueError(f"detectors run in float32, uncompiled; drop {', '.join(clashes)}")
+        raise ValueError(
+            f"detectors run in float32 on torch, uncompiled; drop {', '.join(clashes)}"
+        )
     return Detector.load(model, revision=revision, device=device)

@@ -30,6 +30,10 @@ MODEL_KINDS = ("classifier", "detector")
 regions (and each class's best region score as its labels)."""
 
 
+DEFAULT_CALIBRATION_IMAGES = 300
+"""Images ``--quantize int8`` is calibrated on by default (NNCF's own default subset size)."""
+
+
 class ModelNotAvailableError(RuntimeError):
     """The model could not be found locally nor fetched from the Hub."""
 

@@ -21,12 +21,17 @@ Style = Literal["timm", "timm_wrapper"]
 HEAD_SCALE = 1.5
 
 
-def random_timm_model(arch: str, num_classes: int, seed: int = 0) -> torch.nn.Module:
-    """A timm classifier with random weights and an input-sensitive head."""
+def random_timm_model(
+    arch: str, num_classes: int, seed: int = 0, model_args: dict[str, Any] | None = None
+) -> torch.nn.Module:
+    """A timm classifier with random weights and an input-sensitive head; ``model_args`` go
+    to ``timm.create_model`` (``depth=2`` for a network that costs little to trace)."""
     import timm
 
     torch.manual_seed(seed)
-    created: Any = timm.create_model(arch, pretrained=False, num_classes=num_classes)
+    created: Any = timm.create_model(
+        arch, pretrained=False, num_classes=num_classes, **(model_args or {})
+    )
     model: torch.nn.Module = created
     head = created.get_classifier()
     assert isinstance(head, torch.nn.Linear)
@@ -44,19 +49,27 @@ def write_timm_checkpoint(
     style: Style = "timm",
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
+    model_args: dict[str, Any] | None = None,
 ) -> Path:
     """Write a random-weight timm classifier as ``save_for_hf`` (``timm``) or transformers'
-    TimmWrapper (``timm_wrapper``: ``model_type``, ``id2label``, ``timm_model.`` keys) would."""
+    TimmWrapper (``timm_wrapper``: ``model_type``, ``id2label``, ``timm_model.`` keys) would.
+    ``model_args`` (timm style only) change the architecture and are kept in the config."""
     from timm.models import save_for_hf
 
     labels = list(labels)
-    model = random_timm_model(arch, len(labels), seed).to(dtype)
+    model = random_timm_model(arch, len(labels), seed, model_args).to(dtype)
     folder.mkdir(parents=True, exist_ok=True)
     if style == "timm":
         save_for_hf(
-            model, str(folder), model_config={"label_names": labels}, safe_serialization=True
+            model,
+            str(folder),
+            model_config={"label_names": labels},
+            model_args=model_args,
+            safe_serialization=True,
         )
         return folder
+    if model_args:
+        raise ValueError("model_args are kept in timm-style checkpoints only")
     save_for_hf(model, str(folder), safe_serialization=True)
     config = json.loads((folder / "config.json").read_text())
     config.pop("model_args", None)

@@ -34,6 +34,8 @@ RETRIES = 2
 """Times a request is sent again after the replica it ran on died: classifying is idempotent."""
 STATUS_EVERY_S = 2.0
 """How often the engine reads the deployments' state from Serve's controller for /healthz."""
+MODEL_INFO = ("device", "dtype", "runtime", "dtype_reason")
+"""What the model replicas tell of how their model runs (``Engine.model_info``)."""
 
 
 class ServeEngine:
@@ -62,7 +64,7 @@ class ServeEngine:
         """Started, and at least one model replica running (as of the last status read)."""
         self._started = False
         self._name = str(info["name"])
-        self._info = {key: str(info[key]) for key in ("device", "dtype", "dtype_reason")}
+        self._info = {key: str(info[key]) for key in MODEL_INFO if key in info}
         self._labels = tuple(info.get("labels", ()))
         self.metrics.show_model(self._info)
         self._deployments = "unknown"
@@ -90,8 +92,9 @@ class ServeEngine:
 
     @property
     def model_info(self) -> dict[str, str]:
-        """The model replicas' ``device``, ``dtype`` and ``dtype_reason``, and ``deployments``:
-        each deployment of the application, its state and its running replicas."""
+        """The model replicas' ``device``, ``dtype``, ``runtime`` and ``dtype_reason``, and
+        ``deployments``: each deployment of the application, its state and its running
+        replicas."""
         return {**self._info, "deployments": self._deployments}
 
     async def start(self) -> None:

@@ -1,4 +1,5 @@
-# nsfwd: `make serve` starts the server, `make test` runs the whole suite (ruff, mypy, pytest).
+# nsfwd: `make serve` starts the server, `make test` runs the whole suite (ruff, mypy, pytest),
+# `make container-test` builds the container images and tries them (what CI runs after it).
 VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
@@ -6,9 +7,9 @@ STAMP  := $(VENV)/.installed
 # pytest's workers (pytest-xdist): one per core; the Ray tests share one (tests/conftest.py)
 WORKERS ?= auto
 PYTEST := $(BIN)/pytest -n $(WORKERS) --dist loadgroup
-BEYOND_THE_INNER_LOOP := ray or heavy or browser or campaign
+BEYOND_THE_INNER_LOOP := ray or heavy or browser or campaign or container
 
-.PHONY: install serve test test-fast test-long lint typecheck pytest clean
+.PHONY: install serve test test-fast test-long lint typecheck pytest container-test clean
 
 install: $(STAMP)
 
@@ -22,14 +23,14 @@ serve: install
 	$(BIN)/nsfwd serve
 
 lint: install
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests container
+	$(BIN)/ruff format --check src tests container
 
 typecheck: install
 	$(BIN)/mypy
 
 pytest: install
-	$(PYTEST)
+	$(PYTEST) -m "not container"
 
 # The whole suite: what CI runs.
 test: lint typecheck pytest
@@ -40,7 +41,12 @@ test-fast: lint typecheck
 
 # The whole suite with the campaign's long settings: a 60 s load run, more examples.
 test-long: lint typecheck
-	NSFWD_CAMPAIGN_LOAD_S=60 NSFWD_CAMPAIGN_EXAMPLES=1000 $(PYTEST)
+	NSFWD_CAMPAIGN_LOAD_S=60 NSFWD_CAMPAIGN_EXAMPLES=1000 $(PYTEST) -m "not container"
+
+# The container images (Containerfile), built with podman on a local Debian base and tried
+# through their published ports: tests/test_container.py, the container tier (container/ci.sh).
+container-test: install
+	bash container/ci.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -20,16 +20,17 @@ from collections.abc import AsyncIterator
 import atheris
 
 with atheris.instrument_imports(include=["nsfwd.intake", "nsfwd.api.http.multipart", "PIL",
-                                          "python_multipart"]):  # fmt: skip
+                                          "pillow_heif", "python_multipart"]):  # fmt: skip
     from nsfwd.api.http.errors import ApiError
     from nsfwd.api.http.multipart import read_form
-    from nsfwd.intake import ImageError, load_image
+    from nsfwd.intake import ImageError, load_views
 
 
 def images(data: bytes) -> None:
-    """Pixels or an ImageError, nothing else."""
+    """Pixels of every picture judged (frames, pages, images, thumbnails) or an ImageError,
+    nothing else."""
     with contextlib.suppress(ImageError):
-        load_image(data)
+        load_views(data)
 
 
 async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:

@@ -76,10 +76,12 @@ TIERS: Final = {
         "test_campaign_load",
         "test_campaign_costs",
     ),
+    # builds and runs container images: make container-test alone (podman, container/ci.sh)
+    "container": ("test_container",),
 }
 """The tiers beyond the inner loop, by test module (or ``module::test`` prefix): ``make test``
-runs them all, ``make test-fast`` none of them. A test that starts a cluster, a browser, a big
-model or a long run belongs here."""
+runs them all but ``container`` (``make container-test`` runs it), ``make test-fast`` none of
+them. A test that starts a cluster, a browser, a big model or a long run belongs here."""
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker

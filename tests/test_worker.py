@@ -123,16 +123,16 @@ def test_bad_uploads_fail_with_the_image_error(classifier: Classifier, tmp_path:
 
     async def body(store: Store, worker: Worker) -> list[Prediction]:
         ids = [
-            await upload(store, b"GIF89a" + bytes(100), "anim.gif"),
+            await upload(store, b"%PDF-1.7\n" + bytes(100), "page.pdf"),
             await upload(store, noise_png(1, size=(64, 64)), "tiny.png"),
         ]
         await until(lambda: _count(all_finished(store, ids), 2))
         return await all_finished(store, ids)
 
-    gif, tiny = run(database_url(tmp_path), engine, body)
-    assert gif.status == "failed" and gif.labels is None
-    assert gif.error is not None and gif.error.startswith("input 'anim.gif': unsupported")
-    assert "GIF" in gif.error
+    pdf, tiny = run(database_url(tmp_path), engine, body)
+    assert pdf.status == "failed" and pdf.labels is None
+    assert pdf.error is not None and pdf.error.startswith("input 'page.pdf': unsupported")
+    assert "PDF" in pdf.error
     assert tiny.error is not None and tiny.error.startswith("input 'tiny.png': ")
     assert "128" in tiny.error
 

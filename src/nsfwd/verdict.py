@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, cast
 
 if TYPE_CHECKING:
+    from nsfwd.intake.pictures import PictureKind
     from nsfwd.intake.views import Backdrop, Colours, Views
 
 Labels = dict[str, float]
@@ -307,6 +308,9 @@ class Judgement:
     colours: Colours | None = None
     regions: tuple[Region, ...] | None = None
     """What a detector found, frame by frame (None: the model is a classifier)."""
+    picture: PictureKind = "frame"
+    """What the answering picture is: a frame (or the still image), a TIFF page, another
+    top-level image of a HEIF or AVIF, or a thumbnail."""
     match: Match | None = None
     """The banked image a picture matched, if any: the image is flagged whatever the labels."""
 
@@ -322,17 +326,21 @@ class Judgement:
         return self.frames_judged > 1 or self.backdrop is not None or self.colours is not None
 
     def details(self) -> dict[str, Any]:
-        """Which picture answered, for responses: ``frame`` (its index), ``frames`` (in the
-        file), ``frames_judged``, ``backdrop`` (``white``, ``black``, ``grey`` or null) and
-        ``colours`` (``converted`` by the file's colour tags, ``stored``, or null where the
-        tags change nothing)."""
-        return {
+        """Which picture answered, for responses: ``frame`` (its index), ``frames`` (pictures
+        in the file), ``frames_judged``, ``backdrop`` (``white``, ``black``, ``grey`` or null)
+        and ``colours`` (``converted`` by the file's colour tags, ``stored``, or null where the
+        tags change nothing); and ``picture`` (``page``, ``image`` or ``thumbnail``) where it
+        is not a frame."""
+        details: dict[str, Any] = {
             "frame": self.frame,
             "frames": self.frames,
             "frames_judged": self.frames_judged,
             "backdrop": self.backdrop,
             "colours": self.colours,
         }
+        if self.picture != "frame":
+            details["picture"] = self.picture
+        return details
 
     def region_dicts(self) -> list[dict[str, Any]] | None:
         """The regions in their wire form (:meth:`Region.as_dict`), or None for a classifier."""
@@ -363,6 +371,7 @@ class Judgement:
             backdrop=kept.get("backdrop"),
             colours=kept.get("colours"),
             regions=regions,
+            picture=kept.get("picture", "frame"),
             match=match,
         )
 
@@ -401,6 +410,7 @@ def worst(
         backdrop=view.backdrop,
         colours=view.colours,
         regions=None if regions is None else _regions_by_frame(views, scores, regions),
+        picture=view.picture,
     )
 
 

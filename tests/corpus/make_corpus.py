@@ -12,12 +12,16 @@ from __future__ import annotations
 import io
 import random
 import struct
+import sys
 import zlib
 from pathlib import Path
 
 from PIL import Image
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parent))  # the builders of issue 22's files, beside the tests
+
+import hostile_formats  # noqa: E402
 
 
 def noise(size: tuple[int, int], seed: int = 0) -> Image.Image:
@@ -119,6 +123,18 @@ FILES = {
     "animated.webp": animated_webp,
     "apng-hidden-default.png": apng_hidden_default,
     "wrong-crc.png": wrong_crc_png,
+    # issue 22: GIF, TIFF, HEIF and AVIF (tests/hostile_formats.py; the big ones are built by
+    # tests/test_formats_hostile.py)
+    "gif-huge-screen.gif": hostile_formats.gif_huge_screen,
+    "gif-lying-frame.gif": hostile_formats.gif_lying_frame,
+    "gif-5001-frames.gif": lambda: hostile_formats.gif_many_frames(5001),
+    "gif-lzw-bomb.gif": lambda: hostile_formats.gif_lzw_bomb(1),
+    "tiff-1000-pages.tif": lambda: hostile_formats.tiff_many_pages(1000),
+    "tiff-lzw-bomb.tif": lambda: hostile_formats.tiff_lzw_bomb(1),
+    "heif-10000-items.heic": hostile_formats.heif_declaring_items,
+    "heif-lying-grid.heic": lambda: hostile_formats.heif_grid(16, 16, tiles=1),
+    "heif-truncated.heic": hostile_formats.truncated_heic,
+    "avif-million-frames.avif": hostile_formats.avif_endless_sequence,
 }
 
 

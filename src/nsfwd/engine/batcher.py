@@ -33,8 +33,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-
-import torch
+from typing import Any
 
 from nsfwd.banks.pdq import PictureHash
 from nsfwd.engine import (
@@ -48,7 +47,7 @@ from nsfwd.engine import (
 from nsfwd.engine.metrics import Metrics
 from nsfwd.intake import ImageLimits, UnscorableImageError
 from nsfwd.intake.checked import CheckedImages
-from nsfwd.models.model import Model
+from nsfwd.models.runner import Runner
 from nsfwd.verdict import Finding, Judgement, Policy, judge, nonfinite_labels
 
 _log = logging.getLogger(__name__)
@@ -67,8 +66,8 @@ class Trace:
 
 @dataclass
 class _Item:
-    pixels: list[torch.Tensor]
-    """One prepared picture per view of the image."""
+    pixels: list[Any]
+    """One prepared picture per view of the image (the runner's own kind)."""
     sizes: list[tuple[int, int]]
     """Each view's displayed (width, height), which a detector's boxes are mapped back to."""
     future: asyncio.Future[list[Finding]]
@@ -77,12 +76,14 @@ class _Item:
 
 
 class Engine:
-    """Batches requests from many coroutines onto one model: a classifier or a detector
-    (:data:`~nsfwd.models.model.Model`; a detector's judgements carry its regions)."""
+    """Batches requests from many coroutines onto one model: a
+    :class:`~nsfwd.models.runner.Runner`, such as a torch
+    :class:`~nsfwd.models.classifier.Classifier`, a :class:`~nsfwd.models.detector.Detector`
+    (whose judgements carry its regions) or open-nsfw's onnxruntime session."""
 
     def __init__(
         self,
-        classifier: Model,
+        classifier: Runner[Any],
         *,
         max_batch_size: int = 16,
         batch_wait_ms: float = 2.0,
@@ -124,18 +125,10 @@ class Engine:
 
     @property
     def model_info(self) -> dict[str, str]:
-        """Where and how the model runs: ``device``, ``dtype``, ``runtime`` (``torch``,
-        ``openvino``, ``openvino int8``) and ``dtype_reason``, why that route; and ``kind``,
-        ``classifier`` or ``detector``."""
-        classifier = self.classifier
-        route = classifier.route
-        return {
-            "device": str(classifier.device),
-            "dtype": route.dtype,
-            "runtime": " ".join(filter(None, (route.runtime, route.quantize))),
-            "dtype_reason": classifier.dtype_reason,
-            "kind": classifier.kind,
-        }
+        """Where and how the model runs (:meth:`~nsfwd.models.runner.Runner.model_info`):
+        ``device``, ``dtype``, ``runtime`` (``torch``, ``openvino``, ``openvino int8``,
+        ``onnxruntime``), ``dtype_reason`` (why that route) and ``kind``."""
+        return self.classifier.model_info
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -252,16 +245,18 @@ class Engine:
         with self._admission():
             return await run_intake(self.decode_pool, check, self.decode_timeout_s)
 
-    def _predict(self, pixels: list[torch.Tensor], sizes: list[tuple[int, int]]) -> list[Finding]:
+    def _predict(self, pixels: list[Any], sizes: list[tuple[int, int]]) -> list[Finding]:
         # Stacked here, on the inference thread, not on the event loop: a GPU batch is tens
         # of megabytes to copy (into page-locked memory, see Classifier.stack). One image's
         # pictures may outnumber max_batch_size; they run in batches of that size.
-        size, model = self.max_batch_size, self.classifier
-        found: list[Finding] = []
-        for start in range(0, len(pixels), size):
-            output = model.predict(model.stack(pixels[start : start + size]))
-            found += model.findings(output, sizes[start : start + size])
-        return found
+        size = self.max_batch_size
+        return [
+            finding
+            for start in range(0, len(pixels), size)
+            for finding in self.classifier.find(
+                pixels[start : start + size], sizes[start : start + size]
+            )
+        ]
 
     async def _next_batch(self, queue: asyncio.Queue[_Item]) -> list[_Item]:
         """Queued items with at most ``max_batch_size`` pictures in all (an item with more

@@ -2,8 +2,9 @@
 
 ``nsfwd classify``, ``nsfwd serve`` (in its own process or in the inference process that
 ``--http-workers`` starts) and ``nsfwd bench`` all load their classifier here, so a loading
-option added to the settings reaches every one of them. This module imports torch; the HTTP
-side never imports it.
+option added to the settings reaches every one of them. Torch is imported for the models that
+run on it: a server of the built-in open-nsfw alone runs on onnxruntime without it (the slim
+container image has no torch); the HTTP side never imports it.
 """
 
 from __future__ import annotations
@@ -16,15 +17,19 @@ from nsfwd.engine import pools
 from nsfwd.engine.batcher import Engine
 from nsfwd.engine.metrics import Metrics
 from nsfwd.engine.served import served_specs, takes_torch_options
-from nsfwd.models.calibration import Calibration
-from nsfwd.models.classifier import Classifier
-from nsfwd.models.model import Model, load_model
-from nsfwd.models.names import DEFAULT_MODEL, ModelSpec
+from nsfwd.models.names import DEFAULT_MODEL, OPEN_NSFW, ModelNotAvailableError, ModelSpec
+from nsfwd.models.open_nsfw import load_open_nsfw
+from nsfwd.models.runner import Runner
 
 if TYPE_CHECKING:
+    from nsfwd.models.classifier import Classifier
+    from nsfwd.models.model import Model
     from nsfwd.settings import Settings
 
 log = logging.getLogger(__name__)
+
+TORCH_STACK = ("torch", "torchvision", "timm", "transformers", "safetensors")
+"""The packages the torch models need, which the slim install leaves out."""
 
 
 class ClassifierOptions(Protocol):
@@ -81,14 +86,41 @@ def load_classifier(options: ClassifierOptions, model: str | None = None) -> Cla
     """Load the classifier ``options`` describe; ``model``, when given, replaces their model
     (say, a folder prepared from it). A ``NAME=`` before their model (a name to serve it
     under) is dropped."""
-    return Classifier.load(_source(options, model), **_load_options(options))
+    source = _source(options, model)
+    _torch_stack(source)
+    from nsfwd.models.classifier import Classifier
+
+    return Classifier.load(source, **_load_options(options))
 
 
 def load_served_model(options: ClassifierOptions, model: str | None = None) -> Model:
     """:func:`load_classifier`, but a detector (``nudenet``, a transformers object detector)
     loads as a :class:`~nsfwd.models.detector.Detector`: for the hosts that run either
     (``nsfwd serve``, ``nsfwd classify``, ``nsfwd censor``)."""
-    return load_model(_source(options, model), **_load_options(options))
+    return _load_model(_source(options, model), **_load_options(options))
+
+
+def _load_model(source: str, **options: Any) -> Model:
+    """:func:`~nsfwd.models.model.load_model`, once torch is known to be here."""
+    _torch_stack(source)
+    from nsfwd.models.model import load_model
+
+    return load_model(source, **options)
+
+
+def _torch_stack(model: str) -> None:
+    """Raise :class:`ModelNotAvailableError` saying why when ``model`` cannot load because
+    torch (or a package of its stack) is not installed here."""
+    try:
+        import nsfwd.models.model  # noqa: F401  (the torch side, classifiers and detectors)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in TORCH_STACK:
+            raise
+        raise ModelNotAvailableError(
+            f"{model} runs on torch, which is not installed here ({exc}); only the "
+            f"built-in {OPEN_NSFW} runs without it (NSFWD_MODEL={OPEN_NSFW}). Install torch, "
+            "or use the nsfwd image with torch rather than the slim one"
+        ) from exc
 
 
 def _source(options: ClassifierOptions, model: str | None) -> str:
@@ -100,6 +132,8 @@ def _source(options: ClassifierOptions, model: str | None) -> str:
 
 def _load_options(options: ClassifierOptions) -> dict[str, Any]:
     """How to load, from the options: the keyword arguments both loaders take."""
+    from nsfwd.models.calibration import Calibration
+
     return {
         "revision": options.revision,
         "device": options.device,
@@ -113,12 +147,12 @@ def _load_options(options: ClassifierOptions) -> dict[str, Any]:
     }
 
 
-def load_served_classifiers(settings: Settings) -> dict[str, Model]:
+def load_served_classifiers(settings: Settings) -> dict[str, Runner[Any]]:
     """The models (classifiers and detectors) ``nsfwd serve`` runs
     (:func:`~nsfwd.engine.served.served_specs`), by the name clients pick each with (its
     ``NAME=``, or the name it loads as), the default first.
     One that cannot load raises :class:`ModelNotAvailableError`, stopping the server."""
-    classifiers: dict[str, Model] = {}
+    classifiers: dict[str, Runner[Any]] = {}
     for spec in served_specs(settings):
         classifier = load_spec(settings, spec)
         name = spec.name or classifier.name
@@ -130,39 +164,55 @@ def load_served_classifiers(settings: Settings) -> dict[str, Model]:
     return classifiers
 
 
-def load_spec(settings: Settings, spec: ModelSpec) -> Model:
-    """One served model, loaded with the settings' options (``--device``, ``--dtype``...)
-    where they apply to it (:func:`~nsfwd.engine.served.takes_torch_options`)."""
+def load_spec(settings: Settings, spec: ModelSpec) -> Runner[Any]:
+    """The runner of one served model, loaded with the settings' options (``--device``,
+    ``--dtype``...) where they apply to it (:func:`~nsfwd.engine.served.takes_torch_options`):
+    the built-in open-nsfw on onnxruntime without torch, any other on torch (a
+    :class:`~nsfwd.models.classifier.Classifier` or :class:`~nsfwd.models.detector.Detector`)."""
+    if spec.source == OPEN_NSFW:
+        if not takes_torch_options(spec, settings):
+            return load_open_nsfw()
+        return load_open_nsfw(
+            device=settings.device,
+            dtype=settings.dtype,
+            runtime=settings.runtime,
+            quantize=settings.quantize,
+            compile=settings.compile,
+        )
     if not takes_torch_options(spec, settings):
-        return load_model(spec.source)
+        return _load_model(spec.source)
     return load_served_model(settings, spec.source)
 
 
 def build_engines(settings: Settings) -> dict[str, Engine]:
-    """An engine (its own batcher and queue) for each classifier ``nsfwd serve`` runs
+    """An engine (its own batcher and queue) for each model ``nsfwd serve`` runs
     (:func:`load_served_classifiers`), by served name, the default first. They share one
     :class:`~nsfwd.engine.metrics.Metrics`, so ``/metrics`` counts the whole server."""
     metrics = Metrics()
     engines: dict[str, Engine] = {}
     for name, classifier in load_served_classifiers(settings).items():
+        info = classifier.model_info
         log.info(
-            "loaded %s %s as %r (%s) on %s in %s; labels %s",
+            "loaded %s %s as %r on %s, %s in %s (%s); labels %s",
             classifier.kind,
             classifier.name,
             name,
-            classifier.loaded.style,
-            classifier.device,
-            classifier.dtype,
+            info["device"],
+            info["runtime"],
+            info["dtype"],
+            info["dtype_reason"],
             ", ".join(classifier.labels),
         )
         engines[name] = build_engine(settings, classifier, metrics)
     return engines
 
 
-def build_engine(settings: Settings, classifier: Model, metrics: Metrics | None = None) -> Engine:
-    """The engine that runs ``classifier`` (or a detector) under the settings' bounds (batch
-    size, queue, decode pool and deadline, image limits): the same in every host, ``nsfwd
-    serve`` and a Ray Serve model replica alike."""
+def build_engine(
+    settings: Settings, classifier: Runner[Any], metrics: Metrics | None = None
+) -> Engine:
+    """The engine that runs ``classifier`` under the settings' bounds (batch size, queue,
+    decode pool and deadline, image limits): the same in every host, ``nsfwd serve`` and a
+    Ray Serve model replica alike."""
     pools.configure(decode=settings.decode_workers)
     return Engine(
         classifier,

@@ -10,7 +10,9 @@ model is the default, the one Eachlabs' slug names. No torch here: HTTP workers 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
+import logging
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
@@ -26,6 +28,8 @@ from nsfwd.models.names import (
 
 if TYPE_CHECKING:
     from nsfwd.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class UnknownModelError(LookupError):
@@ -147,9 +151,13 @@ def served_specs(settings: Settings) -> list[ModelSpec]:
     (:attr:`~nsfwd.settings.Settings.model_specs`); with none named, :data:`DEFAULT_MODEL` and
     the built-in :data:`OPEN_NSFW`, or, where the former cannot be had here (no Hub, not in
     the cache), a warning saying how to get it and :data:`OPEN_NSFW` alone, so that a fresh
-    install without the Hub still serves."""
+    install without the Hub still serves. An install without torch (the slim container image)
+    runs :data:`OPEN_NSFW` alone, which needs none."""
     if specs := settings.model_specs:
         return specs
+    if importlib.util.find_spec("torch") is None:
+        log.info("torch is not installed: serving the built-in %s model alone", OPEN_NSFW)
+        return [ModelSpec(OPEN_NSFW)]
     from nsfwd.models.hub import resolve_model_dir
 
     try:

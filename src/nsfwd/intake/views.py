@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from nsfwd.intake.colour import WIDE_GRAY_MODES, Conversion, as_stored
+from nsfwd.intake.pictures import PictureKind
 
 Backdrop = Literal["white", "black", "grey"]
 Colours = Literal["converted", "stored"]
@@ -41,7 +42,8 @@ class View(Generic[T]):
 
     image: T
     frame: int
-    """The frame's index in the file, as Pillow counts (an APNG's default image is 0)."""
+    """The picture's index in the file (:attr:`nsfwd.intake.pictures.Picture.index`): frames
+    as Pillow counts them (an APNG's default image is 0), pages, images, then thumbnails."""
     backdrop: Backdrop | None
     """The page colour the frame was composited over, or None for an opaque frame."""
     colours: Colours | None = None
@@ -50,10 +52,13 @@ class View(Generic[T]):
     size: tuple[int, int] = (0, 0)
     """(width, height) of the picture as displayed, before a model resized it: a detector
     maps its boxes back to these pixels ((0, 0) where unknown)."""
+    picture: PictureKind = "frame"
+    """What the picture is in its file: a frame (or the still image itself), a page, another
+    top-level image, or a thumbnail (:mod:`nsfwd.intake.pictures`)."""
 
     def with_image(self, image: U) -> View[U]:
         """The same view of another picture (what a model made of this one)."""
-        return View(image, self.frame, self.backdrop, self.colours, self.size)
+        return View(image, self.frame, self.backdrop, self.colours, self.size, self.picture)
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,7 @@ class Views(Generic[T]):
 
     views: list[View[T]]
     frames: int
-    """Frames in the file (1 for a still image)."""
+    """Pictures in the file (1 for a still image): frames, pages, images and thumbnails."""
 
     @classmethod
     def single(cls, image: T) -> Views[T]:
@@ -97,10 +102,14 @@ def views_per_frame(mode: str, has_transparency: bool, conversion: Conversion | 
 
 
 def frame_views(
-    image: Image.Image, frame: int, conversion: Conversion | None
+    image: Image.Image,
+    frame: int,
+    conversion: Conversion | None,
+    picture: PictureKind = "frame",
 ) -> list[View[Image.Image]]:
-    """The views of one loaded frame (see the module docstring): its colours by ``conversion``
-    (and as stored, where that changes them), over each page its alpha calls for."""
+    """The views of one loaded picture (see the module docstring), the ``frame``-th of its
+    file, a ``picture`` of it: its colours by ``conversion`` (and as stored, where that
+    changes them), over each page its alpha calls for."""
     colour, alpha = _split_alpha(image)
     if conversion is None:
         shown: list[tuple[Colours | None, Image.Image]] = [(None, as_stored(colour))]
@@ -108,10 +117,10 @@ def frame_views(
         shown = [("converted", conversion(colour)), ("stored", as_stored(colour))]
     pages = _backdrops(alpha)
     if not pages:
-        return [View(rgb, frame, None, colours, rgb.size) for colours, rgb in shown]
+        return [View(rgb, frame, None, colours, rgb.size, picture) for colours, rgb in shown]
     assert alpha is not None
     return [
-        View(_composite(rgb, alpha, BACKDROPS[page]), frame, page, colours, rgb.size)
+        View(_composite(rgb, alpha, BACKDROPS[page]), frame, page, colours, rgb.size, picture)
         for colours, rgb in shown
         for page in pages
     ]

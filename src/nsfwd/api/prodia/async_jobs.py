@@ -36,6 +36,7 @@ from nsfwd.api.prodia.sync import ProdiaJobs
 from nsfwd.engine import ClassifyEngine, EngineClosedError, QueueFullError
 from nsfwd.engine.served import ServedModels
 from nsfwd.intake import ImageError, sniff_format
+from nsfwd.intake.sniff import MEDIA_TYPES
 from nsfwd.jobs import CapacityError, Limits, Prediction, Store, Upload
 from nsfwd.jobs.worker import Worker
 from nsfwd.settings import Settings
@@ -321,15 +322,13 @@ class ProdiaAsyncJobs(ProdiaJobs):
 
 STREAM_CHUNK_BYTES: Final = 256 * 1024
 """Bytes of a stored image read from the store, and sent, at a time."""
-IMAGE_TYPES: Final = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
-"""The media type a stored image is served under, by the format its bytes have."""
 
 
 def image_type(data: bytes) -> str:
     """The media type a stored image is served as, by what its (first) bytes are, never the
     type its uploader claimed (a "text/html" upload served as such would run in the browser of
     whoever opens the link); it goes with ``nosniff``, so browsers do not guess either."""
-    return IMAGE_TYPES.get(sniff_format(data) or "", "application/octet-stream")
+    return MEDIA_TYPES.get(sniff_format(data) or "", "application/octet-stream")
 
 
 def hands_back_input(prediction: Prediction) -> bool:

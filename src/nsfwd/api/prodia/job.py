@@ -26,6 +26,7 @@ from fastapi.responses import PlainTextResponse
 from nsfwd.api.http.errors import ApiError, BadRequestError, PayloadTooLargeError
 from nsfwd.api.http.multipart import Part, encode_form
 from nsfwd.intake import ImageError, ImageTooLargeError, sniff_format
+from nsfwd.intake.sniff import EXTENSIONS, MEDIA_TYPES
 from nsfwd.verdict import Labels
 
 IMG2LABEL_V1: Final = "inference.vit.img2label.v1"
@@ -63,9 +64,6 @@ OPENAPI_REQUEST: Final[dict[str, Any]] = {
     }
 }
 """The OpenAPI request body of the job routes (``openapi_extra``): a job part and an image."""
-
-_IMAGE_TYPES: Final = {"JPEG": ("image/jpeg", "jpg"), "PNG": ("image/png", "png"),
-                       "WEBP": ("image/webp", "webp")}  # fmt: skip
 
 
 def now() -> datetime:
@@ -201,7 +199,8 @@ def image_refusal(image: Part, exc: ImageError) -> ApiError:
 
 def passthrough(image: Part) -> Part:
     """The uploaded image as an output part, under its own filename and content type."""
-    content_type, extension = _IMAGE_TYPES.get(sniff_format(image.data) or "", ("", "bin"))
+    fmt = sniff_format(image.data) or ""
+    content_type, extension = MEDIA_TYPES.get(fmt, ""), EXTENSIONS.get(fmt, "bin")
     return Part(
         "output",
         image.data,

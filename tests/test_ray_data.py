@@ -364,6 +364,8 @@ def test_every_picture_is_judged_and_nan_scores_are_error_records(
     write_images(folder, 1)
     frames = [Image.new("RGBA", (160, 160), (60 * i, 0, 0, 128)) for i in range(3)]
     frames[0].save(folder / "anim.png", save_all=True, append_images=frames[1:], duration=100)
+    pages = [Image.new("RGB", (160, 160), (0, 40 * i, 0)) for i in range(2)]
+    pages[0].save(folder / "pages.tif", save_all=True, append_images=pages[1:])
     model = ["--model", str(timm_checkpoint)]
     assert classify(*model, "--output", str(tmp_path / "one.jsonl"), str(folder)) == 0
     assert classify(*model, "--ray", "--output", str(tmp_path / "ray.jsonl"), str(folder)) == 0
@@ -372,11 +374,13 @@ def test_every_picture_is_judged_and_nan_scores_are_error_records(
     anim = str(folder / "anim.png")
     assert on_ray[anim]["judged"] == one[anim]["judged"]
     assert on_ray[anim]["judged"]["frames_judged"] == 3
+    tiff = str(folder / "pages.tif")
+    assert on_ray[tiff]["judged"] == one[tiff]["judged"]  # which page, and that it is one
 
     broken = ["--model", str(nan_checkpoint(timm_checkpoint, tmp_path / "nan-model"))]
     assert classify(*broken, "--ray", "--output", str(tmp_path / "nan.jsonl"), str(folder)) == 1
     records = read_jsonl(tmp_path / "nan.jsonl")
-    assert len(records) == 2
+    assert len(records) == 3
     assert all("not finite" in record["error"] for record in records.values())
 
 

@@ -218,11 +218,11 @@ def _stacked(views: Views[Any]) -> Pixels:
 
 
 def _views_text(item: Prepared) -> str:
-    """Which picture each of a row's pixels is (frame, backdrop, colours) and the file's frame
-    count, as JSON; "" for a row in error or matched."""
+    """Which picture each of a row's pixels is (frame, backdrop, colours, kind of picture) and
+    the file's picture count, as JSON; "" for a row in error or matched."""
     if not isinstance(item, Views):
         return ""
-    shown = [[view.frame, view.backdrop, view.colours] for view in item.views]
+    shown = [[view.frame, view.backdrop, view.colours, view.picture] for view in item.views]
     return json.dumps({"frames": item.frames, "views": shown})
 
 
@@ -234,7 +234,11 @@ def _match_text(item: Prepared) -> str:
 def _views(text: str) -> Views[None]:
     """The :class:`Views` (without pictures) :func:`_views_text` describes."""
     described = json.loads(text)
-    return Views([View(None, *view) for view in described["views"]], described["frames"])
+    return Views(
+        [View(None, frame, backdrop, colours, picture=picture)
+         for frame, backdrop, colours, picture in described["views"]],
+        described["frames"],
+    )  # fmt: skip
 
 
 class Labeller:

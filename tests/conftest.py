@@ -7,12 +7,14 @@ once a session and shared.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import IO, TYPE_CHECKING, Final
 
 import pytest
 
@@ -152,17 +154,33 @@ def ray_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RayServer]:
     """The session's ``nsfwd serve --ray`` (:func:`ray_backend.ray_server`), on a PostgreSQL
-    database of its own; started by the first test that needs it."""
+    database of its own; started by the first test that needs it. The Ray tier shares one
+    xdist worker; should a second worker need one all the same, it waits until the first
+    worker's is gone (a lock beside the workers' temporary folders): two cores cannot host two
+    clusters."""
     from postgres import fresh_database
     from ray_backend import ray_server as start
 
+    lock = tmp_path_factory.getbasetemp().parent / "ray-server.lock"
     with (
+        lock.open("w") as held,
+        _locked(held),
         fresh_database(postgres_url) as database,
         start(
             timm_checkpoint, vit_checkpoint, database, tmp_path_factory.mktemp("ray-serve")
         ) as server,
     ):
         yield server
+
+
+@contextmanager
+def _locked(file: IO[str]) -> Iterator[None]:
+    """Hold an exclusive lock on ``file`` for the block (waiting for it)."""
+    fcntl.flock(file, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(file, fcntl.LOCK_UN)
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from pathlib import Path
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -454,6 +454,20 @@ class Settings(BaseSettings):
         if value is not None:
             check_webhook_secret(value.get_secret_value())
         return value
+
+    def portable(self) -> Settings:
+        """These settings with their folders made absolute, for processes that run in other
+        folders (Ray Serve's replicas, Ray Data's actors): the data directory, so they share
+        its OpenVINO models and the start-up measurement's choice; the model, when it is a
+        folder here; the calibration and compile cache folders."""
+        update: dict[str, Any] = {"data_dir": Path(self.data_dir).expanduser().resolve()}
+        if "model" in self.model_fields_set and Path(self.model).exists():
+            update["model"] = str(Path(self.model).resolve())
+        for name in ("calibration_dir", "compile_cache_dir"):
+            folder = getattr(self, name)
+            if folder is not None:
+                update[name] = Path(folder).expanduser().resolve()
+        return self.model_copy(update=update)
 
     @property
     def model_specs(self) -> list[ModelSpec]:

@@ -402,7 +402,7 @@ def _dataset(
     skip: set[str] | frozenset[str],
 ) -> Any:
     """The pipeline, lazily: names -> prepared pixels -> labels."""
-    options = ModelOptions.from_settings(settings)
+    options = ModelOptions.from_settings(settings.portable())  # actors run in other folders
     names = _names(ray, inputs)
     prepared = names.map_batches(
         Preparer,

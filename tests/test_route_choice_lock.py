@@ -65,10 +65,15 @@ def test_portable_settings_name_their_folders_from_anywhere(
     monkeypatch.chdir(tmp_path)
     (tmp_path / "model").mkdir()
     settings = Settings(
-        data_dir=Path("data"), model="model", calibration_dir=Path("~/photos"), api_keys=["k"]
+        data_dir=Path("data"),
+        model="model",
+        models=["small=model", "open-nsfw"],
+        calibration_dir=Path("~/photos"),
+        api_keys=["k"],
     ).portable()
     assert settings.data_dir == tmp_path / "data"
     assert settings.model == str(tmp_path / "model")
+    assert settings.models == [f"small={tmp_path / 'model'}", "open-nsfw"]
     assert settings.calibration_dir == Path.home() / "photos"
     assert settings.compile_cache_dir is None or settings.compile_cache_dir.is_absolute()
     assert Settings(model="Freepik/nsfw_image_detector").portable().model == (

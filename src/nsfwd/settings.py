@@ -55,6 +55,15 @@ def check_webhook_secret(secret: str) -> bytes:
     return key
 
 
+def _portable_model(text: str) -> str:
+    """``[NAME=]ID_OR_DIR`` with a folder that exists here made absolute."""
+    spec = ModelSpec.parse(text)
+    if not Path(spec.source).exists():
+        return text
+    source = str(Path(spec.source).resolve())
+    return f"{spec.name}={source}" if spec.name else source
+
+
 class Settings(BaseSettings):
     """Everything nsfwd can be told through ``NSFWD_*`` variables, and why each exists."""
 
@@ -458,11 +467,14 @@ class Settings(BaseSettings):
     def portable(self) -> Settings:
         """These settings with their folders made absolute, for processes that run in other
         folders (Ray Serve's replicas, Ray Data's actors): the data directory, so they share
-        its OpenVINO models and the start-up measurement's choice; the model, when it is a
-        folder here; the calibration and compile cache folders."""
-        update: dict[str, Any] = {"data_dir": Path(self.data_dir).expanduser().resolve()}
-        if "model" in self.model_fields_set and Path(self.model).exists():
-            update["model"] = str(Path(self.model).resolve())
+        its OpenVINO models and the start-up measurement's choice; each model that is a folder
+        here (``NAME=`` kept); the calibration and compile cache folders."""
+        update: dict[str, Any] = {
+            "data_dir": Path(self.data_dir).expanduser().resolve(),
+            "models": [_portable_model(text) for text in self.models],
+        }
+        if "model" in self.model_fields_set:
+            update["model"] = _portable_model(self.model)
         for name in ("calibration_dir", "compile_cache_dir"):
             folder = getattr(self, name)
             if folder is not None:

@@ -99,6 +99,16 @@ def test_openvino_agrees_with_the_exact_mode_at_any_batch_size(converted: Conver
     assert classifier.predict(pixels[:0]).shape == (0, 4)
 
 
+def test_warming_up_compiles_every_batch_size_and_runs_one_image(converted: Converted) -> None:
+    # OpenVINO compiles ahead: a batch of each size at start would only lengthen a cold start.
+    runner = converted.openvino.runner
+    assert runner is not None
+    ran: list[int] = []
+    runner.warm_up((1, 2, 4), ran.append)
+    assert ran == [1]
+    assert {1, 2, 4} <= set(converted.openvino.runner.network.sizes)  # type: ignore[attr-defined]
+
+
 def test_conversion_calls_no_deprecated_torch_api(converted: Converted) -> None:
     # torch.jit.trace (OpenVINO's default way in) is deprecated: nsfwd converts through
     # torch.export, and quantises with NNCF, never torch.ao.

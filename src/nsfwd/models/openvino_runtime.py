@@ -204,7 +204,11 @@ def _quantized(loaded: LoadedModel, model: ov.Model, calibration: Calibration) -
 
 class OpenVinoForward(Bucketed):
     """An OpenVINO model, as exported, on the CPU plugin at fixed batch sizes: the
-    :class:`~nsfwd.models.buckets.Bucketed` runner of a classifier on the OpenVINO runtime."""
+    :class:`~nsfwd.models.buckets.Bucketed` runner of a classifier on the OpenVINO runtime.
+    A compiled model runs its first batch no slower than later ones, so warming up runs one
+    image, not a batch of each size: seconds of a cold start on a small CPU."""
+
+    made_by_running = False
 
     def __init__(
         self,

@@ -40,7 +40,7 @@ from nsfwd.models.choice import CHOICES_FILE, Choices, Trial, pick
 from nsfwd.models.classifier import Classifier
 from nsfwd.models.identity import model_key
 from nsfwd.models.openvino_network import META_FILE, ExportMeta
-from nsfwd.models.openvino_runtime import store
+from nsfwd.models.openvino_runtime import OpenVinoForward, store
 from nsfwd.models.routes import EXACT, INT8, Route, plan
 from nsfwd.settings import Settings
 
@@ -102,11 +102,11 @@ def test_openvino_agrees_with_the_exact_mode_at_any_batch_size(converted: Conver
 def test_warming_up_compiles_every_batch_size_and_runs_one_image(converted: Converted) -> None:
     # OpenVINO compiles ahead: a batch of each size at start would only lengthen a cold start.
     runner = converted.openvino.runner
-    assert runner is not None
+    assert isinstance(runner, OpenVinoForward)
     ran: list[int] = []
     runner.warm_up((1, 2, 4), ran.append)
     assert ran == [1]
-    assert {1, 2, 4} <= set(converted.openvino.runner.network.sizes)  # type: ignore[attr-defined]
+    assert {1, 2, 4} <= set(runner.network.sizes)
 
 
 def test_conversion_calls_no_deprecated_torch_api(converted: Converted) -> None:

@@ -64,9 +64,11 @@ def bench(size: int, count: int, rng: np.random.Generator) -> None:
         return int((np.bitwise_count(words ^ word).sum(axis=1) <= RADIUS).sum())
 
     scanned, scan_found = rate(scan, queries[: max(20, count // 10)])
-    print(f"{size:>9,} hashes: index {ours:8.0f} lookups/s (found {found}/{count}), built in "
-          f"{built:.2f} s, {index.nbytes / 2**20:.1f} MiB ({grown:.0f} MiB RSS); numpy scan "
-          f"{scanned:8.0f} lookups/s ({ours / scanned:.1f}x)")
+    print(
+        f"{size:>9,} hashes: index {ours:8.0f} lookups/s (found {found}/{count}), built in "
+        f"{built:.2f} s, {index.nbytes / 2**20:.1f} MiB ({grown:.0f} MiB RSS); numpy scan "
+        f"{scanned:8.0f} lookups/s ({ours / scanned:.1f}x)"
+    )
     try:
         import faiss
     except ImportError:
@@ -86,9 +88,11 @@ def bench(size: int, count: int, rng: np.random.Generator) -> None:
         return int(limits[1] - limits[0])
 
     theirs, faiss_found = rate(faiss_lookup, queries)
-    print(f"{'':>9}         FAISS IndexBinaryMultiHash {theirs:8.0f} lookups/s (found "
-          f"{faiss_found}), built in {built:.2f} s, {grown:.0f} MiB RSS ({ours / theirs:.1f}x "
-          "ours against it)")
+    print(
+        f"{'':>9}         FAISS IndexBinaryMultiHash {theirs:8.0f} lookups/s (found "
+        f"{faiss_found}), built in {built:.2f} s, {grown:.0f} MiB RSS ({ours / theirs:.1f}x "
+        "ours against it)"
+    )
 
 
 def hashing_cost() -> None:
@@ -100,8 +104,10 @@ def hashing_cost() -> None:
         started = time.perf_counter()
         for _ in range(5):
             hash_picture(picture)
-        print(f"PDQ hash of one {side}x{side * 3 // 4} picture: "
-              f"{(time.perf_counter() - started) / 5 * 1000:.1f} ms")
+        print(
+            f"PDQ hash of one {side}x{side * 3 // 4} picture: "
+            f"{(time.perf_counter() - started) / 5 * 1000:.1f} ms"
+        )
 
 
 def main() -> None:

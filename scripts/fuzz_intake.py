@@ -3,6 +3,7 @@ long as you like; the bounded version runs in ``make test`` (tests/test_campaign
 tests/test_campaign_multipart.py). RELIABILITY.md says how to run it.
 
     python scripts/fuzz_intake.py images tests/corpus -max_total_time=3600
+    python scripts/fuzz_intake.py videos tests/corpus -max_total_time=3600
     python scripts/fuzz_intake.py multipart -max_total_time=3600
 
 Any exception other than the target's own refusal is a crash: libFuzzer stops and writes the
@@ -20,16 +21,29 @@ from collections.abc import AsyncIterator
 import atheris
 
 with atheris.instrument_imports(include=["nsfwd.intake", "nsfwd.api.http.multipart", "PIL",
-                                          "python_multipart"]):  # fmt: skip
+                                          "pillow_heif", "python_multipart"]):  # fmt: skip
     from nsfwd.api.http.errors import ApiError
     from nsfwd.api.http.multipart import read_form
-    from nsfwd.intake import ImageError, load_image
+    from nsfwd.intake import ImageError, load_views
+    from nsfwd.intake.video import Sampling, VideoReader
 
 
 def images(data: bytes) -> None:
-    """Pixels or an ImageError, nothing else."""
+    """Pixels of every picture judged (frames, pages, images, thumbnails) or an ImageError,
+    nothing else."""
     with contextlib.suppress(ImageError):
-        load_image(data)
+        load_views(data)
+
+
+def videos(data: bytes) -> None:
+    """Sampled frames or an ImageError, nothing else (FFmpeg itself is not instrumented: a
+    crash in it is a crash of this process, which libFuzzer reports all the same)."""
+    with contextlib.suppress(ImageError):
+        reader = VideoReader(data, lambda image: image, sampling=Sampling(0.5, max_frames=8))
+        try:
+            reader.read(8)
+        finally:
+            reader.close()
 
 
 async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
@@ -49,7 +63,7 @@ def multipart(data: bytes) -> None:
             raise
 
 
-TARGETS = {"images": images, "multipart": multipart}
+TARGETS = {"images": images, "videos": videos, "multipart": multipart}
 
 
 def main() -> None:

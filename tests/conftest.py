@@ -48,6 +48,7 @@ TIERS: Final = {
         "test_crash",
         "test_supervisor",
         "test_bench",
+        "test_video::test_the_bench_video_suite_measures_decoding_beside_judging",
         "test_synapse",
         "test_fetch_bounds",
         "test_several_models::test_http_workers_reach_every_model",
@@ -62,7 +63,11 @@ TIERS: Final = {
         "test_keys::test_a_created_key_works_against_the_api_until_revoked",
     ),
     # headless Chromium
-    "browser": ("test_demo", "test_calibrate::test_the_report_opens_in_headless_chromium"),
+    "browser": (
+        "test_demo",
+        "test_video_demo",
+        "test_calibrate::test_the_report_opens_in_headless_chromium",
+    ),
     # the reliability campaign: property tests, schemathesis, faults with real parts, load
     "campaign": (
         "test_campaign_schema",
@@ -70,6 +75,7 @@ TIERS: Final = {
         "test_campaign_multipart",
         "test_campaign_faults",
         "test_campaign_load",
+        "test_campaign_video",
     ),
     # builds and runs container images: make container-test alone (podman, container/ci.sh)
     "container": ("test_container",),

@@ -195,7 +195,7 @@ def test_extra_config_is_kept(url: str) -> None:
 @pytest.mark.parametrize(
     ("build", "status", "message"),
     [
-        (lambda: job_files(V1, b"GIF89a" + bytes(64), "a.gif"), 400, "unsupported image format"),
+        (lambda: job_files(V1, b"%PDF-1.7\n" + bytes(64), "a.pdf"), 400, "format: PDF"),
         (lambda: job_files(V1, astronaut_jpeg((100, 100))), 400, "128"),
         (lambda: job_files(V1, astronaut_jpeg((2100, 200))), 400, "2048"),
         (lambda: job_files(V1, astronaut_jpeg()[:2000]), 400, "input 'sunny-day.jpg'"),

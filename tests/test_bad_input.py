@@ -193,11 +193,9 @@ CASES: dict[str, tuple[Callable[[], dict[str, Any]], int, str]] = {
         lambda: multipart_request(job_part(GOOD_JOB), input_part(b"hello\n" * 100, "a.jpg")),
         400, "input 'a.jpg': unsupported image format",
     ),
-    "GIF": (
-        lambda: multipart_request(
-            job_part(GOOD_JOB), input_part(encode(Image.open(ASTRONAUT), "GIF"))
-        ),
-        400, "GIF",
+    "PDF": (
+        lambda: multipart_request(job_part(GOOD_JOB), input_part(b"%PDF-1.7\n" + bytes(300))),
+        400, "unsupported image format: PDF; accepted formats are JPEG, PNG, WebP, GIF",
     ),
     "truncated JPEG": (
         lambda: multipart_request(job_part(GOOD_JOB), input_part(astronaut_jpeg()[:20_000])),

@@ -1,6 +1,7 @@
 """The reliability campaign, part 2: property tests of the image intake (:mod:`nsfwd.intake`).
 
-Whatever bytes arrive, :func:`~nsfwd.intake.load_image` gives pixels or one of its own
+Whatever bytes arrive, :func:`~nsfwd.intake.load_views` gives pixels (every picture judged:
+frames, pages, images, thumbnails) or one of its own
 :class:`~nsfwd.intake.ImageError`\\ s, never another exception, and in bounded time. Inputs:
 arbitrary bytes (behind each format's magic, so they reach the decoders), real images mutated
 (bytes flipped, inserted, cut), and the hostile seed corpus in tests/corpus/ (made by
@@ -23,7 +24,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from nsfwd.intake import ImageError, ImageLimits, load_image
+from format_files import (
+    benign,
+    bmp_rle8,
+    flag,
+    gif_benign_for_10ms,
+    heic_hiding_a_second_image,
+    jpeg_with_thumbnail,
+    tiff_worse_second_page,
+)
+from nsfwd.intake import ImageError, ImageLimits, load_views
 
 CORPUS = Path(__file__).parent / "corpus"
 EXAMPLES = int(os.environ.get("NSFWD_CAMPAIGN_EXAMPLES", "150"))
@@ -57,28 +67,41 @@ SEEDS: dict[str, bytes] = {
     "plain.png": _encoded("PNG"),
     "lossy.webp": _encoded("WEBP", quality=40),
     "lossless.webp": _encoded("WEBP", lossless=True),
+    "animated.gif": gif_benign_for_10ms(),
+    "two-images.heic": heic_hiding_a_second_image(),
+    "animated.avif": _encoded(
+        "AVIF",
+        quality=30,
+        save_all=True,
+        append_images=[Image.new("RGB", (160, 140))],
+        duration=[10, 90],
+    ),
+    "two-pages.tif": tiff_worse_second_page(),
+    "rle8.bmp": bmp_rle8(flag()),
+    "thumbnail.jpg": jpeg_with_thumbnail(benign(), flag()),
     **corpus_files(),
 }
 """Files the mutations start from: small valid images of each format, and the corpus."""
 
 MAGIC = [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF\x00\x10\x00\x00WEBPVP8 ",
-         b"RIFF\x00\x10\x00\x00WEBPVP8L", b"RIFF\x00\x10\x00\x00WEBPVP8X"]  # fmt: skip
+         b"RIFF\x00\x10\x00\x00WEBPVP8L", b"RIFF\x00\x10\x00\x00WEBPVP8X", b"GIF89a",
+         b"II*\x00", b"MM\x00*", b"BM", b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic",
+         b"\x00\x00\x00\x18ftypavif\x00\x00\x00\x00mif1avif"]  # fmt: skip
 
 
 def assert_pixels_or_image_error(data: bytes) -> None:
     """The intake's contract: RGB pixels within the limits, or an ImageError."""
     try:
-        result = load_image(data, LIMITS)
+        images: Sequence[object] = load_views(data, LIMITS).images  # every picture judged
     except ImageError as exc:
         assert str(exc), "an ImageError must say what was wrong"
         return
-    images: Sequence[object] = result if isinstance(result, Sequence) else [result]
     assert images, "no pixels and no error"
-    for image in images:
+    for index, image in enumerate(images):
         assert isinstance(image, Image.Image)
         assert image.mode == "RGB"
         width, height = image.size
-        assert LIMITS.min_side <= min(width, height)
+        assert index or LIMITS.min_side <= min(width, height)  # thumbnails may be smaller
         assert max(width, height) <= LIMITS.max_side
 
 

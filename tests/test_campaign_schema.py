@@ -31,6 +31,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from format_files import gif_benign_for_10ms, heic_hiding_a_second_image, tiff_worse_second_page
 from nsfwd.api import create_app
 from nsfwd.engine.batcher import Engine
 from nsfwd.jobs import Store
@@ -172,6 +173,9 @@ def test_known_good_calls_get_documented_answers(api: Any, accept: str) -> None:
 
     for job_type in ("inference.vit.img2label.v1", "inference.vit.img2label.v2"):
         call("POST /v2/job", 200, body=_job_body(job_type), media_type="multipart/form-data")
+    for picture in (heic_hiding_a_second_image(), gif_benign_for_10ms(), tiff_worse_second_page()):
+        body = _job_body("inference.vit.img2label.v2") | {"input": picture}
+        call("POST /v2/job", 200, body=body, media_type="multipart/form-data")
     submitted = call(
         "POST /v2/job/async",
         201,

@@ -140,14 +140,14 @@ def test_nothing_classifiable_exits_non_zero(
     tmp_path: Path, timm_checkpoint: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bad = tmp_path / "bad.png"
-    bad.write_bytes(b"GIF89a not really")
+    bad.write_bytes(b"%PDF-1.7 not an image")
     assert (
         main(["classify", "--model", str(timm_checkpoint), str(bad), str(tmp_path / "missing.jpg")])
         == 1
     )
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["path"] for r in out] == [str(bad), str(tmp_path / "missing.jpg")]
-    assert "GIF" in out[0]["error"]
+    assert "PDF" in out[0]["error"]
     assert out[1]["error"] == "no such file"
     assert main(["classify", "--model", str(timm_checkpoint), str(tmp_path / "empty-dir-x")]) == 1
 

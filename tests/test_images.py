@@ -110,7 +110,7 @@ def png_chunks(data: bytes) -> list[tuple[bytes, int, int]]:
 
 
 def test_public_constants_and_error_codes() -> None:
-    assert SUPPORTED_FORMATS == ("JPEG", "PNG", "WEBP")
+    assert SUPPORTED_FORMATS == ("JPEG", "PNG", "WEBP", "GIF", "HEIF", "AVIF", "TIFF", "BMP")
     codes = {
         ImageTooLargeError: "too_large",
         UnsupportedFormatError: "unsupported_format",
@@ -326,9 +326,9 @@ def test_too_many_bytes() -> None:
 
 
 def test_byte_size_is_checked_before_the_format() -> None:
-    gif = encode(photo(), "GIF")
+    pdf = encode(photo(), "PDF")
     with pytest.raises(ImageTooLargeError):
-        load_image(gif, ImageLimits(max_bytes=1000))
+        load_image(pdf, ImageLimits(max_bytes=1000))
 
 
 @pytest.mark.parametrize(
@@ -413,14 +413,12 @@ def test_pillow_decompression_bomb_guard_maps_to_dimensions_error(side: int) -> 
 
 
 UNSUPPORTED = {
-    "gif": (encode(photo(), "GIF"), "GIF"),
-    "bmp": (encode(photo(), "BMP"), "BMP"),
-    "tiff": (encode(photo(), "TIFF"), "TIFF"),
     "pdf": (encode(photo(), "PDF"), "PDF"),
-    "avif": (encode(photo(), "AVIF", quality=50), "AVIF"),
     "jpeg2000": (encode(photo(), "JPEG2000"), "JPEG 2000"),
     "ico": (encode(photo(), "ICO"), "ICO"),
-    "heic": (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64), "HEIC"),
+    "psd": (b"8BPS\x00\x01" + bytes(64), "Photoshop PSD"),
+    "jpegxl": (b"\xff\x0a" + bytes(64), "JPEG XL"),
+    "qoi": (encode(photo(), "QOI"), "QOI"),
     "mp4": (b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + bytes(64), "MP4"),
     "wav": (b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(64), "RIFF container of type 'WAVE'"),
     "svg": (b"<?xml version='1.0'?>\n<svg xmlns='http://www.w3.org/2000/svg'/>", "SVG"),
@@ -443,7 +441,7 @@ def test_unsupported_formats_say_what_they_look_like(name: str) -> None:
         load_image(data)
     assert caught.value.code == "unsupported_format"
     assert looks_like in str(caught.value)
-    assert "JPEG, PNG" in str(caught.value)
+    assert "JPEG, PNG, WebP, GIF, HEIC/HEIF, AVIF, TIFF and BMP" in str(caught.value)
 
 
 def _truncated_and_corrupt() -> dict[str, tuple[bytes, str]]:
@@ -576,7 +574,13 @@ def test_sniff_format() -> None:
     assert sniff_format(b"RIFF\x00\x00\x00\x00WEBPVP8 ") == "WEBP"
     assert sniff_format(b"RIFF\x00\x00\x00\x00WAVEfmt ") is None
     assert sniff_format(b"\xff\xd8") is None
-    assert sniff_format(b"GIF89a") is None
+    assert sniff_format(b"GIF89a") == "GIF"
+    assert sniff_format(b"II*\x00") == sniff_format(b"MM\x00+") == "TIFF"
+    assert sniff_format(b"BM" + bytes(12) + b"\x28" + bytes(3)) == "BMP"
+    assert sniff_format(b"BMW cars are fast, are they not?") is None  # two bytes are not enough
+    assert sniff_format(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic") == "HEIF"
+    assert sniff_format(b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1avif") == "AVIF"
+    assert sniff_format(b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2") is None
     assert sniff_format(b"") is None
 
 

@@ -105,7 +105,8 @@ def test_keys_are_created_listed_and_revoked(
     assert status == 0
     header, *lines = table.splitlines()
     assert header.split() == ["ID", "NAME", "PREFIX", "CREATES/MIN", "IN", "FLIGHT", "POLICY",
-                              "THRESHOLD", "ADMIN", "CREATED", "REVOKED"]  # fmt: skip
+                              "THRESHOLD", "INTERVAL", "MIN", "FRAMES", "ADMIN", "CREATED",
+                              "REVOKED"]  # fmt: skip
     assert len(lines) == 2 and str(rows[1]["id"]) in lines[1] and " 5 " in lines[1]
     for key in (alice, bob):
         assert key not in table
@@ -175,6 +176,20 @@ def test_a_key_gets_its_own_policy_and_threshold(
     assert refused.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
     assert len(listed(capsys)) == 3
+
+
+def test_a_key_gets_its_own_video_sampling(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, _, _ = keys(capsys, "create", "dense", "--interval", "0.5", "--min-frames", "3")
+    assert status == 0
+    (row,) = listed(capsys)
+    assert (row["interval"], row["min_frames"]) == (0.5, 3)
+    for bad in (["--interval", "0"], ["--interval", "inf"], ["--min-frames", "0"]):
+        with pytest.raises(SystemExit) as refused:
+            main(["keys", "create", "bad", *bad])
+        assert refused.value.code == 2
+    assert len(listed(capsys)) == 1
 
 
 def test_a_keys_own_threshold_decides_its_eachlabs_output(

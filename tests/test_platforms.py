@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import requests
 from PIL import Image
@@ -33,6 +34,7 @@ from prodia_jobs import TOKEN, post_job
 from servers import metric, serve_app
 from store_handles import with_store
 from test_banks import reencoded
+from videos import RED, write_video
 from waiting import wait_for
 
 ADMIN = "admin-test-key"
@@ -109,17 +111,23 @@ def moderation(url: str, data: bytes) -> dict[str, Any]:
     return result
 
 
-def async_job(url: str, data: bytes) -> dict[str, Any]:
-    job = {"type": "inference.vit.img2label.v1", "config": {"model": SERVED}}
-    res = requests.post(
-        f"{url}/v2/job/async",
+def job_post(url: str, route: str, data: bytes, **config: Any) -> requests.Response:
+    """A v1 job of ``data`` to ``route`` (``/v2/job`` or ``/v2/job/async``), with ``config``
+    (a video's options, say) beside the model."""
+    job = {"type": "inference.vit.img2label.v1", "config": {"model": SERVED, **config}}
+    return requests.post(
+        f"{url}{route}",
         headers={"Authorization": f"Bearer {TOKEN}", "Accept": "application/json"},
         files=[
             ("job", ("job.json", json.dumps(job), "application/json")),
-            ("input", ("in.jpg", data, "image/jpeg")),
+            ("input", ("upload", data, "application/octet-stream")),
         ],
         timeout=60,
     )
+
+
+def async_job(url: str, data: bytes) -> dict[str, Any]:
+    res = job_post(url, "/v2/job/async", data)
     assert res.status_code == 201, res.text
     job_url = f"{url}/v2/job/async/{res.json()['id']}/job.json"
 
@@ -207,6 +215,43 @@ def test_every_frame_of_an_animation_is_hashed_and_checked(url: str) -> None:
     assert refused.status_code == 422, refused.text
     assert refused.json()["match"]["frame"] == 1
     assert validate(url, encode(frames[0], "WEBP")).status_code == 200
+
+
+def video_job(url: str, video: bytes, **config: Any) -> dict[str, Any]:
+    """A sync v1 job of ``video`` with ``config`` (video options)."""
+    res = job_post(url, "/v2/job", video, **config)
+    assert res.status_code == 200, res.text
+    doc: dict[str, Any] = res.json()
+    return doc
+
+
+def test_a_banked_picture_shown_in_a_video_flags_it_at_its_frame(url: str) -> None:
+    size = (320, 240)
+    rocket = np.asarray(photo("rocket").convert("RGB").resize(size))
+    coffee = np.asarray(photo("coffee").convert("RGB").resize(size))
+    bank = new_bank(url)
+    bank_image(url, bank, jpeg(photo("rocket").resize(size)))
+    shown = write_video(lambda _: RED, 6.0, fps=10, size=size,
+                        frame_at=lambda t: rocket if 3.0 <= t < 3.5 else coffee)  # fmt: skip
+    job = video_job(url, shown)["config"]
+    assert job["match"]["bank"] == bank
+    assert job["match"]["frame"] == 30, "the frame sampled at 3 s"
+    assert job["labels"]["high"] == 1.0, "labels that flag it, as for a banked image"
+    assert job["judged"]["frames_judged"] == 7 and job["segments"] == [], "the model's timeline"
+    assert async_job(url, shown)["config"]["match"]["frame"] == 30
+    refused = validate(url, shown)  # pict-rs sends its video uploads too
+    assert refused.status_code == 422 and refused.json()["match"]["frame"] == 30
+
+    hits = metric(url, "nsfwd_verdict_cache_total", outcome="hit")
+    denser = video_job(url, shown, interval=0.5)["config"]
+    assert denser["judged"]["frames_judged"] == 13, "another sampling is not the cached one"
+    assert metric(url, "nsfwd_verdict_cache_total", outcome="hit") == hits
+    assert video_job(url, shown, interval=0.5)["config"] == denser
+    assert metric(url, "nsfwd_verdict_cache_total", outcome="hit") == hits + 1
+
+    unrelated = write_video(lambda _: RED, 6.0, fps=10, size=size, frame_at=lambda t: coffee)
+    assert "match" not in video_job(url, unrelated)["config"]
+    assert validate(url, unrelated).status_code == 200
 
 
 def test_the_same_bytes_are_judged_once_and_a_bank_change_is_never_served_stale(
@@ -326,15 +371,23 @@ def test_the_banks_command_creates_fills_exports_imports_and_removes(
     # nsfwd classify checks the same banks, as the server does
     (tmp_path / "again.jpg").write_bytes(jpeg(reencoded(photo("chelsea"), 0.9, 70), 70))
     (tmp_path / "other.jpg").write_bytes(jpeg(photo("coffee")))
-    files = [str(tmp_path / "again.jpg"), str(tmp_path / "other.jpg")]
+    size = (320, 240)
+    known, other = (
+        np.asarray(photo(name).convert("RGB").resize(size)) for name in ("chelsea", "coffee")
+    )
+    (tmp_path / "clip.mp4").write_bytes(write_video(lambda _: RED, 4.0, fps=10, size=size,
+        frame_at=lambda t: known if 2.0 <= t < 2.5 else other))  # fmt: skip
+    files = [str(tmp_path / name) for name in ("again.jpg", "other.jpg", "clip.mp4")]
     for extra, matched in (([], True), (["--no-banks"], False)):
         assert main(["classify", "--model", str(timm_checkpoint), "--threshold", "1", *extra,
                      *files]) == 0  # fmt: skip
-        again, other = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+        again, unrelated, clip = map(json.loads, capsys.readouterr().out.splitlines())
         assert ("match" in again, again["flagged"]) == (matched, matched)
-        assert "match" not in other and not other["flagged"]
+        assert "match" not in unrelated and not unrelated["flagged"]
+        assert ("match" in clip, clip["flagged"], clip["segments"]) == (matched, matched, [])
         if matched:
             assert again["match"]["bank"] in {"known", "copy"} and again["labels"]["high"] == 1.0
+            assert clip["match"]["frame"] == 20 and clip["labels"]["high"] == 1.0
     status, _, err = run("remove", "copy", exported.split()[1])
     assert status == 0 and "removed 1 of 1" in err
     status, _, err = run("remove", "known", str(picture))

@@ -238,6 +238,35 @@ def test_images_in_s3(tmp_path: Path, timm_checkpoint: Path, s3: str) -> None:
     assert_same_records(on_s3_by_name, single)
 
 
+@pytest.mark.usefixtures("local_ray")
+def test_videos_are_spread_over_the_workers_with_the_same_records(
+    tmp_path: Path, timm_checkpoint: Path
+) -> None:
+    from videos import stretch, write_video
+
+    folder = tmp_path / "media"
+    write_images(folder, 2)
+    (folder / "clip.mp4").write_bytes(write_video(stretch(3.0, 5.0), 8.0))
+    (folder / "clip.webm").write_bytes(write_video(stretch(0, 0), 3.0, codec="vp9"))
+    (folder / "cut.mkv").write_bytes(write_video(stretch(0, 0), 2.0, codec="h264-mkv")[:300])
+    model = ["--model", str(timm_checkpoint), "--interval", "0.5", "--batch-size", "3"]
+    assert classify(*model, "--output", str(tmp_path / "one.jsonl"), str(folder)) == 0
+    assert classify(*model, "--ray", "--output", str(tmp_path / "ray.jsonl"), str(folder)) == 0
+    single, on_ray = read_jsonl(tmp_path / "one.jsonl"), read_jsonl(tmp_path / "ray.jsonl")
+    assert_same_records(on_ray, single)
+    for path, record in single.items():
+        if "judged" in record and "time" in record["judged"]:
+            got = on_ray[path]
+            assert {**got["judged"]} == record["judged"], path
+            assert len(got["segments"]) == len(record["segments"]), path
+            for mine, theirs in zip(got["segments"], record["segments"], strict=True):
+                assert (mine["start"], mine["end"]) == (theirs["start"], theirs["end"])
+                assert mine["score"] == pytest.approx(theirs["score"], abs=1e-4)
+    assert single[str(folder / "clip.mp4")]["judged"]["frames_judged"] == 17
+    assert "error" in single[str(folder / "cut.mkv")]
+    assert classify(*model, "--ray", "--stop-on-flag", str(folder)) == 2
+
+
 def _start_node(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """``ray start --block ...`` in a session of its own: stopping it stops its processes."""
     ray_cli = [sys.executable, "-c", "from ray.scripts.scripts import main; main()"]

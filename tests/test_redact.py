@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from format_files import heic, jpeg_with_thumbnail
 from nsfwd.cli import main
-from nsfwd.intake import ImageError
+from nsfwd.intake import ImageError, ImageLimits, load_views
+from nsfwd.intake.avif import read_layout as read_avif_layout
 from nsfwd.redact import STYLES, Redaction, Style, redact
 from nsfwd.verdict import Region
 from photos import ASTRONAUT, encode, gray16, photo, with_exif_orientation
@@ -115,7 +117,7 @@ def test_a_jpeg_stays_a_jpeg_upright_of_its_size_without_exif_gps_or_xmp() -> No
     assert rest < 3  # re-encoded with the original's tables
 
 
-@pytest.mark.parametrize("fmt", ["WEBP", "PNG"])
+@pytest.mark.parametrize("fmt", ["WEBP", "PNG", "GIF"])
 def test_an_animation_comes_back_animated_with_every_frame_redacted(fmt: str) -> None:
     base = photo("astronaut").resize((256, 256))
     frames = [base.rotate(angle) for angle in (0, 20, 40, 60)]
@@ -135,7 +137,37 @@ def test_an_animation_comes_back_animated_with_every_frame_redacted(fmt: str) ->
             pixels = np.asarray(image.convert("RGB")).astype(int)
             x = 20 + 10 * index
             assert pixels[22:58, x + 2 : x + 38].max() < 25, index  # this frame's own box
+        assert image.info.get("loop") == 0
     assert durations == [80, 90, 100, 110]
+
+
+def test_every_page_and_top_level_image_is_redacted_in_its_format() -> None:
+    """A TIFF keeps its pages, a HEIC its images (the primary first), an animated AVIF its
+    frames and their timing (and the still image Pillow writes beside them: the first frame);
+    a JPEG's EXIF thumbnail goes with the EXIF."""
+    base = photo("astronaut").resize((128, 128))
+    frames = [base, base.rotate(30)]
+    timed = {"duration": [40, 700], "quality": 90}
+    files = {
+        "TIFF": encode(frames[0], "TIFF", save_all=True, append_images=frames[1:]),
+        "HEIF": heic(*frames),
+        "AVIF": encode(frames[0], "AVIF", save_all=True, append_images=frames[1:], **timed),
+        "JPEG": jpeg_with_thumbnail(frames[0], frames[1]),
+    }
+    regions = [Region("X", 0.9, (10 + 40 * i, 10, 40, 40), frame=i) for i in range(2)]
+    boxes = {"TIFF": [0, 1], "HEIF": [0, 1], "AVIF": [0, 1, 0], "JPEG": [0]}
+    for fmt, data in files.items():
+        copy = redact(data, regions, Redaction(style="fill", padding=0))
+        assert copy.format == fmt, fmt
+        views = load_views(copy.data).views
+        assert [view.frame for view in views] == list(range(len(boxes[fmt]))), fmt
+        for view, box in zip(views, boxes[fmt], strict=True):
+            pixels = np.asarray(view.image).astype(int)
+            x = 10 + 40 * box
+            assert pixels[14:46, x + 4 : x + 36].max() < 40, (fmt, view.frame)
+            assert pixels[60:, 60:].mean() > 40, (fmt, view.frame)  # still a photograph
+    avif = read_avif_layout(redact(files["AVIF"], regions).data, ImageLimits())
+    assert [p.duration_ms for p in avif.pictures if p.kind == "frame"] == [40, 700]
 
 
 def test_frames_not_judged_take_their_neighbours_regions() -> None:
@@ -186,6 +218,37 @@ def test_censor_writes_redacted_copies(tmp_path: Path, capsys: pytest.CaptureFix
                 < 25
             )
     assert not (out / "broken.png").exists()
+
+
+def test_censor_redacts_every_frame_of_a_gif_and_keeps_its_timing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("nudenet")
+    base = photo("astronaut")
+    frames = [base, base.transpose(Image.Transpose.FLIP_LEFT_RIGHT), base]
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    timed = {"duration": [120, 40, 900], "loop": 3}
+    anim = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], **timed)
+    (inputs / "anim.gif").write_bytes(anim)
+    status = main(["censor", "--labels", "FACE_FEMALE", "--style", "fill", "--padding", "0",
+                   str(inputs), "--output", str(out)])  # fmt: skip
+    printed = capsys.readouterr()
+    assert status == 0, printed.err
+    (record,) = map(json.loads, printed.out.splitlines())
+    faces = {region["frame"]: region["box"] for region in record["regions"]}
+    assert sorted(faces) == [0, 1, 2] and record["output"] == str(out / "anim.gif")
+    with Image.open(out / "anim.gif") as image:
+        assert (image.format, getattr(image, "n_frames"), image.size) == ("GIF", 3, (512, 512))  # noqa: B009
+        assert image.info.get("loop") == 3
+        durations = []
+        for index, (x, y, width, height) in sorted(faces.items()):
+            image.seek(index)
+            durations.append(image.info.get("duration"))
+            pixels = np.asarray(image.convert("RGB"))
+            assert pixels[y + 2 : y + height - 2, x + 2 : x + width - 2].max() < 25, index
+    assert durations == [120, 40, 900]
+    assert faces[0] != faces[1]  # the mirrored frame's face was found where it is
 
 
 def test_censor_refuses_a_classifier(

@@ -34,6 +34,7 @@ from photos import ASTRONAUT, encode, photo
 from prodia_jobs import parts_of
 from servers import serve_app
 from store_handles import make_key
+from videos import RED, write_video
 
 pytestmark = pytest.mark.usefixtures("canary")
 LABELS = ("EXPOSED", "COVERED", "FACE")
@@ -173,14 +174,16 @@ def server(detector: Detector, vit_checkpoint: Path) -> Iterator[str]:
         yield url
 
 
-def _job(url: str, config: dict[str, Any], *, v2: bool = False) -> requests.Response:
+def _job(
+    url: str, config: dict[str, Any], *, v2: bool = False, data: bytes | None = None
+) -> requests.Response:
     kind = "inference.vit.img2label.v2" if v2 else "inference.vit.img2label.v1"
     job = json.dumps({"type": kind, "config": config}).encode()
     return requests.post(
         f"{url}/v2/job",
         files=[
             ("job", ("job.json", job, "application/json")),
-            ("input", ("astronaut.png", ASTRONAUT.read_bytes(), "image/png")),
+            ("input", ("astronaut.png", data or ASTRONAUT.read_bytes(), "image/png")),
         ],
         headers={
             "Authorization": f"Bearer {TOKEN}",
@@ -223,6 +226,23 @@ def test_a_prodia_job_gets_regions_beside_labels_and_a_redacted_copy(server: str
     outside = np.ones(before.shape[:2], bool)
     outside[max(0, y - height) : y + 2 * height, max(0, x - width) : x + 2 * width] = False
     assert (before[outside] == after[outside]).all()
+
+
+def test_a_video_beside_a_detector_answers_its_regions_by_time(server: str) -> None:
+    """The detector flags every frame of this clip (by the region threshold, the threshold
+    being 1): one segment, and its regions in each sampled frame with its time."""
+    clip = write_video(lambda _: RED, 3.0, fps=10, size=(160, 120))
+    answer = _job(server, {"model": "classifier", "detector": "detector"}, data=clip)
+    assert answer.status_code == 200, answer.text
+    config = answer.json()["config"]
+    assert list(config["labels"]) == ["normal", "nsfw"] and config["segments"] == []
+    assert sorted({(r["frame"], r["time"]) for r in config["regions"]}) == [
+        (0, 0.0), (10, 1.0), (20, 2.0), (29, 2.9)
+    ]  # fmt: skip
+    alone = _job(server, {"model": "detector"}, data=clip).json()["config"]
+    assert [(s["start"], s["end"]) for s in alone["segments"]] == [(0.0, 2.9)]
+    refused = _job(server, {"model": "detector", "redact": {}}, data=clip)
+    assert refused.status_code == 400 and "not a video" in refused.json()["error"]
 
 
 @pytest.mark.parametrize(

@@ -213,7 +213,7 @@ def test_a_check_over_the_socket_decodes_once_for_the_classify_after_it(
         assert await labels_of(client, image) == await labels_of(engine, image)
         assert len(decoded) == 2  # the remote classify used the checked pixels; the local one not
         with pytest.raises(ImageError, match="unsupported image format"):
-            await client.check(b"GIF89a" + bytes(64))
+            await client.check(b"%PDF-1.7\n" + bytes(64))
         # hashed for the banks: the same hashes as the engine's own, and one decode still
         hashes = await client.check(image, hashed=True)
         assert hashes == await engine.check(image, hashed=True) and len(hashes) == 1

@@ -27,6 +27,7 @@ from nsfwd.jobs.database import database_url
 from nsfwd.jobs.schema import predictions
 from nsfwd.jobs.worker import Worker, flagged
 from nsfwd.models.classifier import Classifier
+from nsfwd.timeline import VideoOptions
 from nsfwd.verdict import Judgement, Labels, Match, Policy
 from waiting import until
 
@@ -42,10 +43,14 @@ class CountingEngine(Engine):
         self.calls: list[bytes] = []
 
     async def judge(
-        self, data: bytes, policy: Policy | None = None, trace: Trace | None = None
+        self,
+        data: bytes,
+        policy: Policy | None = None,
+        trace: Trace | None = None,
+        video: VideoOptions | None = None,
     ) -> Judgement:
         self.calls.append(data)
-        return await super().judge(data, policy, trace)
+        return await super().judge(data, policy, trace, video)
 
 
 def expected_labels(classifier: Classifier, data: bytes) -> Labels:
@@ -122,16 +127,16 @@ def test_bad_uploads_fail_with_the_image_error(classifier: Classifier, tmp_path:
 
     async def body(store: Store, worker: Worker) -> list[Prediction]:
         ids = [
-            await upload(store, b"GIF89a" + bytes(100), "anim.gif"),
+            await upload(store, b"%PDF-1.7\n" + bytes(100), "page.pdf"),
             await upload(store, noise_png(1, size=(64, 64)), "tiny.png"),
         ]
         await until(lambda: _count(all_finished(store, ids), 2))
         return await all_finished(store, ids)
 
-    gif, tiny = run(database_url(tmp_path), engine, body)
-    assert gif.status == "failed" and gif.labels is None
-    assert gif.error is not None and gif.error.startswith("input 'anim.gif': unsupported")
-    assert "GIF" in gif.error
+    pdf, tiny = run(database_url(tmp_path), engine, body)
+    assert pdf.status == "failed" and pdf.labels is None
+    assert pdf.error is not None and pdf.error.startswith("input 'page.pdf': unsupported")
+    assert "PDF" in pdf.error
     assert tiny.error is not None and tiny.error.startswith("input 'tiny.png': ")
     assert "128" in tiny.error
 

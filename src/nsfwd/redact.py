@@ -1,12 +1,16 @@
 """A redacted copy: the same image with chosen regions blurred, pixelated or filled.
 
-The copy keeps the format (JPEG, PNG, WebP; GIF once the intake accepts it), every frame of an
-animation with its timing and looping, and the size of the picture as a viewer sees it; it is
-written upright (the EXIF orientation applied), without EXIF, GPS, XMP or text chunks (the ICC
-profile stays, so colours look the same). Pixels outside the padded boxes keep their values,
-so a PNG differs from the original only inside them (a JPEG or lossy WebP is re-encoded, a
-JPEG with its own quantisation tables; 16-bit grayscale comes back in 8 bits, its high byte,
-as the intake shows it).
+The copy keeps the format (JPEG, PNG, WebP, GIF, TIFF, BMP, HEIC/HEIF, AVIF), every frame of
+an animation with its timing and looping, every page of a TIFF, and the size of the picture as
+a viewer sees it; it is written upright (the EXIF orientation, or a HEIF's own turns, applied),
+without EXIF, GPS, XMP or text chunks (the ICC profile stays, so colours look the same).
+Thumbnails go with the metadata. A HEIF copy holds its top-level images, each redacted, the
+primary first (an image sequence beside them is left out: pillow-heif writes none); an AVIF
+copy holds its image sequence, or else its primary image alone (Pillow writes one of the two).
+What a copy cannot hold is left out, never left unredacted. Pixels outside the padded boxes
+keep their values, so a PNG differs from the original only inside them (a JPEG, lossy WebP,
+HEIC or AVIF is re-encoded, a JPEG with its own quantisation tables; 16-bit grayscale comes
+back in 8 bits, its high byte, as the intake shows it).
 
 Styles (:data:`STYLES`), none of which an inverse filter can undo:
 
@@ -19,8 +23,9 @@ Styles (:data:`STYLES`), none of which an inverse filter can undo:
 A plain Gaussian blur is not used alone: its kernel is known, and at modest radii deconvolution
 brings much of the detail back.
 
-Frames an animation's judgement skipped (over :data:`~nsfwd.intake.frames.MAX_JUDGED_FRAMES`)
-take the regions of the judged frames before and after them. Pillow only; no torch.
+Frames an animation's judgement skipped (the intake's rule, :meth:`Layout.to_judge
+<nsfwd.intake.pictures.Layout.to_judge>`) take the regions of the judged frames before and
+after them. Pillow (and pillow-heif for HEIF) only; no torch.
 """
 
 from __future__ import annotations
@@ -33,10 +38,12 @@ from typing import Any, Final, Literal
 
 from PIL import Image, ImageFilter
 
-from nsfwd.intake import CorruptImageError, ImageError, ImageLimits, read_header
+from nsfwd.intake import CorruptImageError, ImageError, ImageLimits
 from nsfwd.intake.colour import WIDE_GRAY_MODES
-from nsfwd.intake.decode import ORIENTATION_TRANSPOSE, exif_orientation
-from nsfwd.intake.frames import frames_to_judge
+from nsfwd.intake.decode import ORIENTATION_TRANSPOSE, exif_orientation, open_pictures
+from nsfwd.intake.pictures import Layout, Picture
+from nsfwd.intake.sniff import MEDIA_TYPES
+from nsfwd.intake.source import Source
 from nsfwd.intake.views import wide_gray_to_8bit
 from nsfwd.verdict import Region
 
@@ -47,13 +54,9 @@ DEFAULT_PADDING: Final = 0.1
 """Each box grows by this fraction of its width (left and right) and height (top and bottom)."""
 CELLS: Final = 8
 """Most cells along a box's longer side when pixelating (and before blurring)."""
-MEDIA_TYPES: Final = {
-    "JPEG": "image/jpeg",
-    "PNG": "image/png",
-    "WEBP": "image/webp",
-    "GIF": "image/gif",
-}
 _WEBP_QUALITY: Final = 90
+_HEIF_QUALITY: Final = 90
+"""HEIC and AVIF copies are re-encoded (lossy) at this quality."""
 _BLACK: Final[dict[str, int | tuple[int, ...]]] = {
     "L": 0,
     "RGB": (0, 0, 0),
@@ -115,26 +118,39 @@ def redact(
 ) -> Redacted:
     """``data`` with ``redaction``'s regions covered, in its own format (see the module).
 
-    Runs the intake's checks before decoding (:func:`~nsfwd.intake.read_header`) and raises
+    Runs the intake's checks before decoding (:func:`~nsfwd.intake.decode.open_pictures`) and raises
     its :class:`~nsfwd.intake.ImageError` for an image they refuse or that does not decode.
     """
-    header = read_header(data, limits or ImageLimits())
     chosen = redaction.chosen(regions)
+    source = open_pictures(data, limits or ImageLimits())
+    fmt, layout = source.format, source.layout
     try:
-        with Image.open(BytesIO(data), formats=[header.format]) as image:
-            frames, timing = _redacted_frames(image, header.frames, chosen, redaction)
-            return Redacted(_encode(image, header.format, frames, timing), header.format)
+        with source:
+            if fmt in ("HEIF", "AVIF"):
+                return Redacted(_redacted_container(source, chosen, redaction), fmt)
+        count = sum(1 for picture in layout.pictures if picture.kind != "thumbnail")
+        with Image.open(BytesIO(data), formats=[fmt]) as image:
+            frames, timing = _redacted_frames(image, count, _judged(layout), chosen, redaction)
+            return Redacted(_encode(image, fmt, frames, timing), fmt)
     except ImageError:
         raise
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise CorruptImageError(f"{header.format} data cannot be redacted ({exc})") from exc
+        raise CorruptImageError(f"{fmt} data cannot be redacted ({exc})") from exc
+
+
+def _judged(layout: Layout) -> list[int]:
+    """The pictures the judgement looked at, by index (thumbnails are not written)."""
+    return [picture.index for picture in layout.to_judge() if picture.kind != "thumbnail"]
 
 
 def _redacted_frames(
-    image: Image.Image, count: int, regions: Sequence[Region], redaction: Redaction
+    image: Image.Image,
+    count: int,
+    judged: Sequence[int],
+    regions: Sequence[Region],
+    redaction: Redaction,
 ) -> tuple[list[Image.Image], list[int]]:
-    """Every frame, upright, with its regions covered; and each frame's duration (ms)."""
-    judged = frames_to_judge(count)
+    """Every frame (or page), upright, with its regions covered; and each one's duration (ms)."""
     method = ORIENTATION_TRANSPOSE.get(exif_orientation(image))
     frames, durations = [], []
     for index in range(count):
@@ -149,6 +165,72 @@ def _redacted_frames(
         frames.append(frame)
         durations.append(int(image.info.get("duration", 0) or 0))
     return frames, durations
+
+
+def _redacted_container(source: Source, regions: Sequence[Region], redaction: Redaction) -> bytes:
+    """A HEIF's top-level images or an AVIF's sequence (else its primary image), decoded
+    upright, redacted and encoded again in the same format (see the module)."""
+    layout = source.layout
+    frames = [picture for picture in layout.pictures if picture.kind == "frame"]
+    images = [picture for picture in layout.pictures if picture.kind == "image"]
+    kept = (frames or images[:1]) if source.format == "AVIF" else (images or frames)
+    judged = _judged(layout)
+    pictures = []
+    for picture in kept:
+        loaded = source.load(picture)
+        if loaded is None:  # only a thumbnail may not decode, and none is kept
+            raise CorruptImageError(f"{source.format} picture {picture.index} cannot be decoded")
+        pictures.append(_redacted_picture(loaded, picture, judged, regions, redaction))
+    if source.format == "HEIF":
+        return _encode_heif(pictures)
+    return _encode_avif(pictures, [picture.duration_ms for picture in kept])
+
+
+def _redacted_picture(
+    loaded: Image.Image,
+    picture: Picture,
+    judged: Sequence[int],
+    regions: Sequence[Region],
+    redaction: Redaction,
+) -> Image.Image:
+    """One decoded picture in RGB (RGBA where it has transparency), its regions covered, with
+    its ICC profile and no other metadata."""
+    mode = "RGBA" if loaded.has_transparency_data or "A" in loaded.mode else "RGB"
+    redacted = loaded.convert(mode)
+    icc = loaded.info.get("icc_profile")
+    redacted.info = {"icc_profile": icc} if icc else {}
+    for region in _frame_regions(regions, picture.index, judged):
+        _cover(redacted, redaction.padded(region, redacted.size), redaction.style)
+    return redacted
+
+
+def _encode_heif(pictures: Sequence[Image.Image]) -> bytes:
+    """HEIC of ``pictures`` as top-level images, the first primary (pillow-heif)."""
+    import pillow_heif
+
+    file = pillow_heif.from_pillow(pictures[0])
+    for picture in pictures[1:]:
+        file.add_from_pillow(picture)
+    out = BytesIO()
+    file.save(out, quality=_HEIF_QUALITY)
+    return out.getvalue()
+
+
+def _encode_avif(pictures: Sequence[Image.Image], durations: Sequence[float | None]) -> bytes:
+    """AVIF of ``pictures``: a still image, or an image sequence with their durations."""
+    options: dict[str, Any] = {"quality": _HEIF_QUALITY}
+    icc = pictures[0].info.get("icc_profile")
+    if icc:
+        options["icc_profile"] = icc
+    if len(pictures) > 1:
+        options |= {
+            "save_all": True,
+            "append_images": list(pictures[1:]),
+            "duration": [round(duration or 0) for duration in durations],
+        }
+    out = BytesIO()
+    pictures[0].save(out, format="AVIF", **options)
+    return out.getvalue()
 
 
 def _working_mode(image: Image.Image) -> str:

@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from nsfwd.banks.matcher import REFRESH_S
 from nsfwd.engine.pools import DEFAULT_SIZES, DNS, WEBHOOKS
 from nsfwd.engine.protocol import DECODE_TIMEOUT_S
 from nsfwd.engine.verdict_cache import DEFAULT_ENTRIES
-from nsfwd.fetch import WEBHOOK_ALLOW_SETTING, FetchPolicy, parse_networks, webhook_resolver
+from nsfwd.fetch import (
+    WEBHOOK_ALLOW_SETTING,
+    FetchPolicy,
+    FetchTimeouts,
+    parse_networks,
+    webhook_resolver,
+)
 from nsfwd.intake.limits import ANIMATION_STILLS, ImageLimits
+from nsfwd.intake.video import VideoLimits
 from nsfwd.models.names import DEFAULT_CALIBRATION_IMAGES, DEFAULT_MODEL, ModelSpec
+from nsfwd.timeline import DEFAULT_INTERVAL, DEFAULT_MAX_FRAMES, DEFAULT_MIN_FRAMES, VideoOptions
 from nsfwd.verdict import (
     DEFAULT_POLICY,
     DEFAULT_REGION_THRESHOLDS,
@@ -28,6 +37,9 @@ from nsfwd.verdict import (
 )
 
 _LIMITS = ImageLimits()
+_VIDEO_LIMITS = VideoLimits()
+VIDEO_FETCH_TIMEOUTS: Final = FetchTimeouts(total=120.0)
+"""A video URL may take longer than an image's to arrive: 100 MiB in 120 s is 7 Mbit/s."""
 DEFAULT_RESULT_TTL_S: Final = 24 * 3600.0
 """How long finished jobs are kept (``NSFWD_RESULT_TTL_S``, and a bare job store's)."""
 DEFAULT_MAX_ATTEMPTS: Final = 3
@@ -263,6 +275,40 @@ class Settings(BaseSettings):
         _LIMITS.max_side, ge=1, description="Largest accepted width or height."
     )
 
+    # --- What a video may be, and how it is judged ----------------------------------------------
+
+    max_video_bytes: int = Field(
+        _VIDEO_LIMITS.max_bytes,
+        ge=1,
+        description="Largest accepted video, uploaded (Prodia async jobs) or by URL (Eachlabs' "
+        "input.video). POST /v2/job takes videos within max_image_bytes.",
+    )
+    max_video_seconds: float = Field(
+        _VIDEO_LIMITS.max_seconds,
+        gt=0,
+        description="Longest accepted video, by its frames' timestamps and by its header; a "
+        "longer one is refused (400) before a frame is decoded.",
+    )
+    video_interval: float = Field(
+        DEFAULT_INTERVAL,
+        gt=0,
+        description="Seconds between the frames of a video that are judged (the first and the "
+        "last frame always are); a key's own or a request's interval overrides it.",
+    )
+    video_max_frames: int = Field(
+        DEFAULT_MAX_FRAMES,
+        ge=1,
+        description="Most frames of one video judged: a longer video gets this many, spread "
+        "evenly. Requests may ask for fewer, never more: it bounds what one video costs.",
+    )
+    video_min_frames: int = Field(
+        DEFAULT_MIN_FRAMES,
+        ge=1,
+        description="Consecutive flagged samples that make a flagged segment of a video (the "
+        "first or last frame alone also does): one false positive per frame must not flag a "
+        "whole video (README, Video, has the arithmetic).",
+    )
+
     # --- Request bodies --------------------------------------------------------------------------
 
     max_uploads: int = Field(
@@ -270,7 +316,7 @@ class Settings(BaseSettings):
         ge=1,
         description="Request bodies each HTTP process reads at once; one more gets 503 with "
         "Retry-After. Bounds the memory slow or many uploads can hold (at most this many "
-        "bodies of max_image_bytes).",
+        "bodies of max_image_bytes, or of max_video_bytes on POST /v2/job/async).",
     )
     body_timeout_s: float = Field(
         60.0,
@@ -481,6 +527,11 @@ class Settings(BaseSettings):
                 update[name] = Path(folder).expanduser().resolve()
         return self.model_copy(update=update)
 
+    @model_validator(mode="after")
+    def _check_video_options(self) -> Settings:
+        self.video_options  # noqa: B018  (raises ValueError for min_frames over max_frames)
+        return self
+
     @property
     def model_specs(self) -> list[ModelSpec]:
         """The models ``nsfwd serve`` was told to serve: ``model`` when it was set (by
@@ -503,6 +554,21 @@ class Settings(BaseSettings):
             max_side=self.max_image_side,
             max_pixels=self.max_image_side * self.max_image_side,
             max_animation_pixels=ANIMATION_STILLS * self.max_image_side * self.max_image_side,
+        )
+
+    @property
+    def video_limits(self) -> VideoLimits:
+        """The video intake limits these settings describe."""
+        return VideoLimits(max_bytes=self.max_video_bytes, max_seconds=self.max_video_seconds)
+
+    @property
+    def video_options(self) -> VideoOptions:
+        """How the server samples and judges a video unless a key or request says otherwise.
+        ValueError when ``video_min_frames`` is above ``video_max_frames``."""
+        return VideoOptions(
+            interval=self.video_interval,
+            max_frames=self.video_max_frames,
+            min_frames=self.video_min_frames,
         )
 
     @property
@@ -530,6 +596,14 @@ class Settings(BaseSettings):
             allow_networks=self.fetch_allow_networks,
             allow_http=self.fetch_allow_http,
             max_bytes=self.max_image_bytes,
+        )
+
+    @property
+    def video_fetch_policy(self) -> FetchPolicy:
+        """How video URLs (Eachlabs' input.video) may be fetched: as image URLs, up to
+        ``max_video_bytes``."""
+        return replace(
+            self.fetch_policy, max_bytes=self.max_video_bytes, timeouts=VIDEO_FETCH_TIMEOUTS
         )
 
     @property

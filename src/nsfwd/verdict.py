@@ -30,7 +30,9 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, cast
 
 if TYPE_CHECKING:
+    from nsfwd.intake.pictures import PictureKind
     from nsfwd.intake.views import Backdrop, Views
+    from nsfwd.timeline import VideoVerdict
 
 Labels = dict[str, float]
 """Probability per label, summing to 1."""
@@ -256,6 +258,13 @@ def certain(labels: Sequence[str]) -> Labels:
     return {label: 1.0 if label == severe else 0.0 for label in labels}
 
 
+def with_match(judgement: Judgement, match: Match, labels: Sequence[str]) -> Judgement:
+    """``judgement`` (the model's) carrying a bank's ``match``, answered with labels that flag
+    it (:func:`certain`) where the model's ``labels`` are known: a video's, whose timeline the
+    model still gives."""
+    return replace(judgement, labels=certain(labels) if labels else judgement.labels, match=match)
+
+
 @dataclass(frozen=True)
 class Match:
     """A judged picture whose PDQ hash is within a bank's distance of a banked hash."""
@@ -296,16 +305,22 @@ class Match:
 
 @dataclass(frozen=True)
 class Judgement:
-    """The labels an image is answered with: those of its worst view, and which view that was;
-    for a detector, also the regions it found in every judged frame."""
+    """The labels an image is answered with: those of its worst view, and which view that was
+    (for a video, its worst moment: :mod:`nsfwd.timeline`); for a detector, also the regions
+    it found in every judged frame."""
 
     labels: dict[str, float]
     frame: int = 0
     frames: int = 1
     frames_judged: int = 1
     backdrop: Backdrop | None = None
+    video: VideoVerdict | None = None
+    """A video's worst moment, how much was judged, and its segments; None for an image."""
     regions: tuple[Region, ...] | None = None
     """What a detector found, frame by frame (None: the model is a classifier)."""
+    picture: PictureKind = "frame"
+    """What the answering picture is: a frame (or the still image), a TIFF page, another
+    top-level image of a HEIF or AVIF, or a thumbnail."""
     match: Match | None = None
     """The banked image a picture matched, if any: the image is flagged whatever the labels."""
 
@@ -318,17 +333,30 @@ class Judgement:
     @property
     def chosen(self) -> bool:
         """Whether more than one picture was judged, so that which one answers is news."""
-        return self.frames_judged > 1 or self.backdrop is not None
+        return self.frames_judged > 1 or self.backdrop is not None or self.video is not None
+
+    @property
+    def segments(self) -> list[dict[str, float]] | None:
+        """A video's segments as the APIs answer them (``start``, ``end``, ``score``); None
+        for an image."""
+        return None if self.video is None else self.video.segment_dicts
 
     def details(self) -> dict[str, Any]:
-        """Which picture answered, for responses: ``frame`` (its index), ``frames`` (in the
-        file), ``frames_judged`` and ``backdrop`` (``white``, ``black`` or null)."""
-        return {
+        """Which picture answered, for responses: ``frame`` (its index), ``frames`` (pictures
+        in the file), ``frames_judged`` and ``backdrop`` (``white``, ``black`` or null); and
+        ``picture`` (``page``, ``image`` or ``thumbnail``) where it is not a frame; for a
+        video, :meth:`nsfwd.timeline.VideoVerdict.details` (``time`` of the worst moment...)."""
+        if self.video is not None:
+            return self.video.details()
+        details: dict[str, Any] = {
             "frame": self.frame,
             "frames": self.frames,
             "frames_judged": self.frames_judged,
             "backdrop": self.backdrop,
         }
+        if self.picture != "frame":
+            details["picture"] = self.picture
+        return details
 
     def region_dicts(self) -> list[dict[str, Any]] | None:
         """The regions in their wire form (:meth:`Region.as_dict`), or None for a classifier."""
@@ -345,12 +373,29 @@ class Judgement:
 
     @classmethod
     def from_stored(
-        cls, labels: dict[str, float], kept: Mapping[str, Any] | None, match: Match | None = None
+        cls,
+        labels: dict[str, float],
+        kept: Mapping[str, Any] | None,
+        match: Match | None = None,
+        segments: Sequence[Mapping[str, Any]] | None = None,
     ) -> Judgement:
-        """The judgement :meth:`stored` describes, for ``labels`` (and ``match``)."""
+        """The judgement :meth:`stored` (and, for a video, :attr:`segments`) describe, for
+        ``labels`` (and ``match``)."""
         kept = kept or {}
         found = kept.get("regions")
         regions = None if found is None else tuple(Region.from_dict(item) for item in found)
+        if "time" in kept:
+            from nsfwd.timeline import VideoVerdict
+
+            video = VideoVerdict.from_details(kept, segments or ())
+            return cls(
+                labels,
+                frames=video.frames,
+                frames_judged=video.frames_judged,
+                video=video,
+                regions=regions,
+                match=match,
+            )
         return cls(
             labels,
             frame=int(kept.get("frame", 0)),
@@ -358,6 +403,7 @@ class Judgement:
             frames_judged=int(kept.get("frames_judged", 1)),
             backdrop=kept.get("backdrop"),
             regions=regions,
+            picture=kept.get("picture", "frame"),
             match=match,
         )
 
@@ -395,6 +441,7 @@ def worst(
         frames_judged=views.frames_judged,
         backdrop=view.backdrop,
         regions=None if regions is None else _regions_by_frame(views, scores, regions),
+        picture=view.picture,
     )
 
 

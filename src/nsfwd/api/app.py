@@ -35,11 +35,17 @@ from nsfwd.settings import Settings
 
 def body_limits(settings: Settings) -> BodyLimits:
     """The largest request body of each route: an image of ``max_image_bytes`` and its form
-    (or, on OpenAI's route, its base64 and JSON)."""
+    (on OpenAI's route, its base64 and JSON; on Prodia's async route, a video of
+    ``max_video_bytes``)."""
+    largest = max(settings.max_image_bytes, settings.max_video_bytes)
     return BodyLimits(
         default=settings.max_image_bytes + prodia.FORM_OVERHEAD_BYTES,
-        paths={openai_moderation.ROUTE: openai_moderation.max_body_bytes(settings.max_image_bytes)},
-        hint=f"send an image of at most {settings.max_image_bytes:,} bytes",
+        paths={
+            openai_moderation.ROUTE: openai_moderation.max_body_bytes(settings.max_image_bytes),
+            prodia_async.ROUTE: largest + prodia.FORM_OVERHEAD_BYTES,
+        },
+        hint=f"send an image of at most {settings.max_image_bytes:,} bytes (a video of at "
+        f"most {settings.max_video_bytes:,} to {prodia_async.ROUTE})",
     )
 
 
@@ -110,7 +116,9 @@ def create_app(
             concurrency=settings.workers or default_workers(engine),
             lease_s=settings.lease_s,
             fetch_policy=settings.fetch_policy,
+            video_fetch_policy=settings.video_fetch_policy,
             policy=settings.verdict_policy,
+            video=settings.video_options,
             purge_every_s=min(PURGE_EVERY_S, settings.result_ttl_s / 2),
             keeps_input=prodia_async.hands_back_input,
         )

@@ -19,8 +19,9 @@ administrator: bank administration always takes such a key.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from nsfwd.api.fairness import KeySlots
 from nsfwd.api.ratelimit import KeyLimits
@@ -47,6 +48,8 @@ class Caller:
     """The key's own region thresholds (``LABEL=T,...``); ``None``: the server's."""
     admin: bool = False
     """Whether the key may administer the banks of known images."""
+    video: Mapping[str, Any] = field(default_factory=dict)
+    """The video options the key sets (``interval``, ``min_frames``), over the server's."""
 
 
 class AuthenticationError(Exception):
@@ -126,6 +129,7 @@ class KeyRing:
                         threshold=record.threshold,
                         region_thresholds=record.region_thresholds,
                         admin=record.admin,
+                        video=record.video,
                     )
         if not await self.required():
             return None

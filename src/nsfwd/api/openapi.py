@@ -21,6 +21,19 @@ FORM: Final = "multipart/form-data"
 TEXT: Final = "text/plain"
 
 _NUMBER_MAP: Final = {"type": "object", "additionalProperties": {"type": "number"}}
+_SEGMENTS: Final = {
+    "type": "array",
+    "description": "A video's flagged stretches: seconds from its first frame, peak score.",
+    "items": {
+        "type": "object",
+        "required": ["start", "end", "score"],
+        "properties": {
+            "start": {"type": "number"},
+            "end": {"type": "number"},
+            "score": {"type": "number"},
+        },
+    },
+}
 
 SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     "ProdiaJob": {
@@ -45,7 +58,7 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
             },
             "config": {
                 "type": "object",
-                "properties": {"labels": _NUMBER_MAP},
+                "properties": {"labels": _NUMBER_MAP, "segments": _SEGMENTS},
             },
             "metrics": {
                 "type": "object",
@@ -91,6 +104,7 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
                 "properties": {"predict_time": {"type": ["number", "null"]}},
             },
             "labels": {"anyOf": [_NUMBER_MAP, {"type": "null"}]},
+            "segments": _SEGMENTS,
             "message": {"type": "string"},
             "details": {"type": "string"},
         },

@@ -21,9 +21,9 @@ from nsfwd.verdict import Policy, Region
 
 def record(result: FileResult, policy: Policy) -> dict[str, Any]:
     """The JSON record for one file: labels and verdict, or the error; ``judged`` (which frame
-    and backdrop the labels are of) where more than one picture of it was judged; ``regions``
-    for a detector; ``match`` where a bank of known images matched it (flagged whatever the
-    score)."""
+    and backdrop the labels are of; a video's worst moment) where more than one picture of it
+    was judged; ``regions`` for a detector; ``match`` where a bank of known images matched it
+    (flagged whatever the score); a video's ``segments``."""
     if result.labels is None:
         return {"path": result.path, "error": result.error}
     score = policy.score(result.labels)
@@ -42,6 +42,8 @@ def record(result: FileResult, policy: Policy) -> dict[str, Any]:
         found["regions"] = result.regions
     if result.match is not None:
         found["match"] = result.match
+    if result.segments is not None:
+        found["segments"] = result.segments
     return found
 
 

@@ -6,11 +6,13 @@ prepared in one :class:`~nsfwd.models.tensor_decode.TensorDecoder` call (its JPE
 resized with torch on the classifier's device, in one nvjpeg call on CUDA; the rest the PIL way)
 on a thread of its own. Either way a thread of its own stacks each batch (into page-locked
 memory for a GPU, see :meth:`~nsfwd.models.classifier.Classifier.stack`), so the next batches are
-being prepared while the model runs the current one.
+being prepared while the model runs the current one. A video (by content) is judged whole when
+its turn comes, a batch of sampled frames at a time (:mod:`nsfwd.batch.videos`).
 
 With ``banks`` (the job store's banks of known images, :mod:`nsfwd.banks`), each file's pictures
 are PDQ-hashed as they are decoded (the PIL path) and looked up first: a match is answered as the
-server answers it (labels on the most severe label, the match attached), without the model.
+server answers it (labels on the most severe label, the match attached), without the model (a
+video's sampled frames are hashed and looked up too, and the model judges it all the same).
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from nsfwd.batch.videos import is_video_file, judge_video
+from nsfwd.engine.protocol import DECODE_TIMEOUT_S
 from nsfwd.intake import (
     ImageError,
     ImageLimits,
@@ -35,11 +39,22 @@ from nsfwd.intake import (
     read_image_file,
 )
 from nsfwd.intake.checked import CheckedImages
+from nsfwd.intake.video import VideoLimits
 from nsfwd.intake.views import Views
 from nsfwd.models.classifier import Classifier
 from nsfwd.models.model import Model
 from nsfwd.models.tensor_decode import TensorDecoder, resolve_decode
-from nsfwd.verdict import Finding, Labels, Match, Policy, certain, judge, nonfinite_labels
+from nsfwd.timeline import VideoOptions
+from nsfwd.verdict import (
+    Finding,
+    Judgement,
+    Labels,
+    Match,
+    Policy,
+    certain,
+    judge,
+    nonfinite_labels,
+)
 
 if TYPE_CHECKING:
     from nsfwd.banks.matcher import BankSnapshot
@@ -54,17 +69,49 @@ class FileResult:
     error: str | None = None
     judged: dict[str, Any] | None = None
     """Which picture the labels are of (:meth:`~nsfwd.verdict.Judgement.details`), when more
-    than one was judged (an animation, or transparency judged over white and black)."""
+    than one was judged (an animation, or transparency judged over white and black; a video's
+    worst moment)."""
     regions: list[dict[str, Any]] | None = None
     """A detector's regions in every judged frame (:meth:`~nsfwd.verdict.Region.as_dict`);
     None for a classifier."""
     match: dict[str, Any] | None = None
     """The banked image one of its pictures matched (:meth:`~nsfwd.verdict.Match.details`)."""
+    segments: list[dict[str, float]] | None = None
+    """A video's flagged segments (``start``, ``end``, ``score``); None for an image."""
+
+    @classmethod
+    def of(cls, path: str, judgement: Judgement) -> FileResult:
+        """The result of a judged file."""
+        return cls(
+            path,
+            judgement.labels,
+            judged=judgement.details() if judgement.chosen else None,
+            regions=judgement.region_dicts(),
+            match=None if judgement.match is None else judgement.match.details(),
+            segments=judgement.segments,
+        )
 
 
-Prepared = Views[torch.Tensor] | Match | str
+@dataclass(frozen=True)
+class VideoFile:
+    """A file whose content is a video: judged on its own when its turn comes."""
+
+    path: Path
+
+
+Prepared = Views[torch.Tensor] | Match | VideoFile | str
 """A file's prepared pictures (each judged frame, over white and black where transparent), the
-bank's match that answers for it, or the reason it cannot be classified."""
+bank's match that answers for it, a video to judge on its own, or the reason it cannot be
+classified."""
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """How the videos among the files are judged."""
+
+    limits: VideoLimits = field(default_factory=VideoLimits)
+    options: VideoOptions = field(default_factory=VideoOptions)
+    decode_timeout_s: float = DECODE_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -73,8 +120,8 @@ class _Chunk:
 
     paths: list[Path]
     prepared: list[Prepared]
-    """Per file, its pictures (in :attr:`batch`), a bank's match, or why it cannot be
-    classified."""
+    """Per file, its pictures (in :attr:`batch`), a bank's match, a video, or why it cannot
+    be classified."""
     batch: torch.Tensor | None
     """The pictures of the files without errors, stacked by :meth:`Classifier.stack`."""
 
@@ -96,7 +143,9 @@ def _prepare(
     classifier: Model, path: Path, limits: ImageLimits, banks: BankSnapshot | None = None
 ) -> Prepared:
     """The prepared pictures of ``path`` (the PIL path), a bank's match (where ``banks`` are
-    given), or the reason it cannot be classified."""
+    given), a video, or the reason it cannot be classified."""
+    if is_video_file(path):
+        return VideoFile(path)
     try:
         data = read_image_file(path, limits)
         if banks is None:
@@ -110,8 +159,10 @@ def _prepare(
         return _file_error(exc)
 
 
-def _read(path: Path, limits: ImageLimits) -> bytes | str:
-    """The bytes of ``path``, or the reason it cannot be classified."""
+def _read(path: Path, limits: ImageLimits) -> bytes | VideoFile | str:
+    """The bytes of ``path``, a video, or the reason it cannot be classified."""
+    if is_video_file(path):
+        return VideoFile(path)
     try:
         return read_image_file(path, limits)
     except ImageError as exc:
@@ -120,13 +171,13 @@ def _read(path: Path, limits: ImageLimits) -> bytes | str:
         return _file_error(exc)
 
 
-def _decode(decoder: TensorDecoder, reads: list[bytes | str]) -> list[Prepared]:
+def _decode(decoder: TensorDecoder, reads: list[bytes | VideoFile | str]) -> list[Prepared]:
     """Prepare the files that were read, in one :meth:`TensorDecoder.prepare` call."""
     encoded = [item for item in reads if isinstance(item, bytes)]
     prepared = iter(decoder.prepare_views(encoded))
     results: list[Prepared] = []
     for item in reads:
-        if isinstance(item, str):
+        if not isinstance(item, bytes):
             results.append(item)
             continue
         result = next(prepared)
@@ -144,12 +195,14 @@ def classify_files(
     decode: str = "pil",
     policy: Policy | None = None,
     banks: BankSnapshot | None = None,
+    videos: VideoJob | None = None,
 ) -> Iterator[FileResult]:
     """Yield one result per path, in order, classifying ``batch_size`` images at a time.
 
     Each image is judged on every picture a viewer may see of it (:mod:`nsfwd.intake.views`), and
     answers with the one ``policy`` (default: moderate) scores worst; the model runs at most
-    ``batch_size`` pictures at once.
+    ``batch_size`` pictures at once. A video is judged at its sampled frames as ``videos``
+    says, and answers with its worst moment and segments.
 
     Worker threads decode and preprocess the next batches while the current one is on the model
     (Pillow and torch release the GIL), so on a CPU the cores stay busy with inference.
@@ -184,7 +237,14 @@ def classify_files(
         while pending:
             chunk = pending.popleft().result()
             submit_next_chunk()
-            yield from _run_chunk(classifier, chunk, policy or Policy(), batch_size)
+            yield from _run_chunk(
+                classifier,
+                chunk,
+                policy or Policy(),
+                batch_size,
+                videos=videos or VideoJob(),
+                banks=banks,
+            )
 
 
 def _submitter(
@@ -227,7 +287,13 @@ def _submitter(
 
 
 def _run_chunk(
-    classifier: Model, chunk: _Chunk, policy: Policy, batch_size: int
+    classifier: Model,
+    chunk: _Chunk,
+    policy: Policy,
+    batch_size: int,
+    *,
+    videos: VideoJob,
+    banks: BankSnapshot | None,
 ) -> Iterator[FileResult]:
     rows: list[Finding] = []
     if chunk.batch is not None:
@@ -240,6 +306,11 @@ def _run_chunk(
         if isinstance(prepared, str):
             yield FileResult(str(path), error=prepared)
             continue
+        if isinstance(prepared, VideoFile):
+            yield _judge_video(
+                classifier, prepared.path, policy, batch_size, videos=videos, banks=banks
+            )
+            continue
         if isinstance(prepared, Match):  # the model did not run for it
             answer = certain(classifier.labels)
             yield FileResult(str(path), labels=answer, match=prepared.details())
@@ -249,7 +320,33 @@ def _run_chunk(
         if bad:  # fail closed: NaN is never flagged
             yield FileResult(str(path), error=UnscorableImageError.for_labels(bad).message)
             continue
-        judgement = judge(prepared, answers, policy)
-        judged = judgement.details() if judgement.chosen else None
-        regions = judgement.region_dicts()
-        yield FileResult(str(path), labels=judgement.labels, judged=judged, regions=regions)
+        yield FileResult.of(str(path), judge(prepared, answers, policy))
+
+
+def _judge_video(
+    classifier: Model,
+    path: Path,
+    policy: Policy,
+    batch_size: int,
+    *,
+    videos: VideoJob,
+    banks: BankSnapshot | None,
+) -> FileResult:
+    """A video file's result: its judgement, or why it has none."""
+    try:
+        data = read_image_file(path, replace(ImageLimits(), max_bytes=videos.limits.max_bytes))
+        judgement = judge_video(
+            classifier,
+            data,
+            batch_size=batch_size,
+            limits=videos.limits,
+            options=videos.options,
+            policy=policy,
+            decode_timeout_s=videos.decode_timeout_s,
+            banks=banks,
+        )
+    except ImageError as exc:
+        return FileResult(str(path), error=str(exc))
+    except OSError as exc:
+        return FileResult(str(path), error=_file_error(exc))
+    return FileResult.of(str(path), judgement)

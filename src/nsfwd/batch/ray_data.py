@@ -8,22 +8,27 @@ The stages, as Ray Data runs batch inference (docs/ARCHITECTURE.md):
 2. :class:`Preparer`, an autoscaling pool of CPU actors: read each image's bytes (local or any
    fsspec URL), then the intake's checks and the model's preprocessing
    (:func:`~nsfwd.intake.load_image`, :meth:`~nsfwd.models.classifier.Classifier.prepare`); a file
-   that fails becomes its error message;
+   that fails becomes its error message. A video becomes a row per sampled frame (its pixels and
+   the sampled times it answers for), then a row that closes it (what was judged, or its
+   error): videos spread over the actors as images do, their frames over the labellers;
 3. :class:`Labeller`, a pool of actors each holding one classifier (``num_gpus=1`` each on a
    cluster with GPUs): the probabilities of each batch;
 4. the driver streams the labelled rows back and writes the records as ``nsfwd classify``
-   does. Records are small, so the driver holds a batch of them at a time and no pixels.
+   does; a video's record once its closing row and all its frames are in, from a
+   :class:`~nsfwd.timeline.Timeline` of their labels. Records are small, so the driver holds a
+   batch of them at a time, the labels of the videos not yet complete, and no pixels.
 
 Ray is the optional ``nsfwd[ray]`` extra: this module imports it only inside :meth:`RayJob.start`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -32,9 +37,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from nsfwd.batch import sources
-from nsfwd.batch.pipeline import FileResult
+from nsfwd.batch.pipeline import FileResult, VideoJob
+from nsfwd.engine.video import decode_budget, sampling
 from nsfwd.intake import ImageError, ImageLimits, load_image
+from nsfwd.intake.video import VideoReader, sniff_video
 from nsfwd.models.names import DEFAULT_CALIBRATION_IMAGES
+from nsfwd.timeline import Timeline
+from nsfwd.verdict import Labels, Policy
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -52,6 +61,8 @@ INSTALL_HINT = "pip install 'nsfwd[ray]'"
 READ_THREADS = 8
 """Threads each :class:`Preparer` reads and decodes on: object storage answers each read after
 tens of milliseconds, which threads overlap."""
+IMAGE, FRAME, VIDEO = "image", "frame", "video"
+"""What a row is: an image, one sampled frame of a video, or the row that closes a video."""
 LIGHT_TASK_CPUS = 0.25
 """The CPU share booked for listing inputs and reading manifests, mostly waiting on storage, so
 that they still schedule beside actors that book whole CPUs."""
@@ -123,7 +134,14 @@ class Preparer:
     """
 
     def __init__(
-        self, options: ModelOptions, limits: ImageLimits, decode: str = "auto", skip: Any = None
+        self,
+        options: ModelOptions,
+        limits: ImageLimits,
+        decode: str = "auto",
+        skip: Any = None,
+        *,
+        videos: VideoJob | None = None,
+        batch_size: int = 8,
     ) -> None:
         import ray
 
@@ -131,6 +149,10 @@ class Preparer:
 
         self.classifier = _load(options.on_cpu(), threads=1)
         self.limits = limits
+        self.videos = videos or VideoJob()
+        self.batch_size = batch_size
+        largest = max(limits.max_bytes, self.videos.limits.max_bytes)
+        self.read_limits = replace(limits, max_bytes=largest)  # each kind checks its own
         self.decoder = None
         if resolve_decode(decode, self.classifier) == "tensor":
             self.decoder = TensorDecoder(self.classifier, limits)
@@ -140,29 +162,87 @@ class Preparer:
         self.pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="nsfwd-read")
         self.blank = self.classifier.blank(1)[0].numpy()
 
-    def __call__(self, batch: Batch) -> Batch:
-        """The batch's rows not skipped, with ``error`` ("" when none) and ``pixels``."""
+    def __call__(self, batch: Batch) -> Iterator[Batch]:
+        """The batch's images not skipped, as rows with ``error`` ("" when none) and
+        ``pixels``; then each video's frame rows, a batch at a time, and its closing row."""
         keep = [i for i, path in enumerate(batch["path"]) if str(path) not in self.skip]
         paths = [str(batch["path"][i]) for i in keep]
-        wheres = [str(batch["location"][i]) for i in keep]
+        reads = list(self.pool.map(self._read, [str(batch["location"][i]) for i in keep]))
+        videos = {i for i, data in enumerate(reads)
+                  if isinstance(data, bytes) and sniff_video(data) is not None}  # fmt: skip
+        images = [i for i in range(len(paths)) if i not in videos]
+        if images:
+            yield self._images([paths[i] for i in images], [reads[i] for i in images])
+        for i in sorted(videos):
+            data = reads[i]
+            assert isinstance(data, bytes)
+            yield from self._video(paths[i], data)
+
+    def _images(self, paths: list[str], reads: list[bytes | str]) -> Batch:
         if self.decoder is None:
-            prepared = list(self.pool.map(self._prepare, wheres))
+            prepared = list(self.pool.map(self._prepare, reads))
         else:
-            prepared = self._decode(list(self.pool.map(self._read, wheres)))
+            prepared = self._decode(reads)
         errors = [item if isinstance(item, str) else "" for item in prepared]
         pixels = [self.blank if isinstance(item, str) else item for item in prepared]
+        return self._rows(paths, errors, pixels, [IMAGE] * len(paths))
+
+    def _rows(
+        self,
+        paths: list[str],
+        errors: list[str],
+        pixels: list[Pixels],
+        kinds: list[str],
+        *,
+        times: list[list[float]] | None = None,
+        infos: list[str] | None = None,
+    ) -> Batch:
+        """Rows: ``times`` (a frame's sampled times) and ``info`` (a closing row's) as JSON."""
         shape = (0, *self.blank.shape)
         return {
             "path": np.array(paths, dtype=object),
             "error": np.array(errors, dtype=object),
             "pixels": np.stack(pixels) if pixels else np.zeros(shape, self.blank.dtype),
+            "kind": np.array(kinds, dtype=object),
+            "times": np.array([json.dumps(t) for t in times or [[]] * len(paths)], dtype=object),
+            "info": np.array(infos or [""] * len(paths), dtype=object),
         }
 
-    def _read(self, where: str) -> bytes | str:
-        return sources.read(where, self.limits)
+    def _video(self, path: str, data: bytes) -> Iterator[Batch]:
+        """A video's sampled frames as rows, then its closing row (``info``: what was judged,
+        as JSON; or its ``error``)."""
+        job = self.videos
+        try:
+            reader = VideoReader(data, self.classifier.prepare, job.limits, sampling(job.options))
+        except ImageError as exc:
+            yield self._rows([path], [str(exc)], [self.blank], [VIDEO])
+            return
+        judged = 0
+        try:
+            deadline = time.monotonic() + decode_budget(job.decode_timeout_s, reader.planned)
+            while samples := reader.read(self.batch_size, deadline):
+                judged += len(samples)
+                yield self._rows(
+                    [path] * len(samples),
+                    [""] * len(samples),
+                    [sample.image.numpy() for sample in samples],
+                    [FRAME] * len(samples),
+                    times=[list(sample.times) for sample in samples],
+                )
+        except ImageError as exc:
+            yield self._rows([path], [str(exc)], [self.blank], [VIDEO])
+            return
+        finally:
+            reader.close()
+        info = reader.info
+        closing = {"frames": info.frames, "frames_judged": judged, "duration": info.duration,
+                   "incomplete": reader.incomplete}  # fmt: skip
+        yield self._rows([path], [""], [self.blank], [VIDEO], infos=[json.dumps(closing)])
 
-    def _prepare(self, where: str) -> Pixels | str:
-        data = sources.read(where, self.limits)
+    def _read(self, where: str) -> bytes | str:
+        return sources.read(where, self.read_limits)
+
+    def _prepare(self, data: bytes | str) -> Pixels | str:
         if isinstance(data, str):
             return data
         try:
@@ -191,12 +271,14 @@ class Labeller:
         log.info("loaded %s on %s", self.classifier.name, self.classifier.device)
 
     def __call__(self, batch: Batch) -> pa.Table:
-        """Rows of path, error (null when none) and labels (a struct; null for an error)."""
+        """Rows of path, error (null when none), labels (a struct; null for an error and a
+        video's closing row), and the video columns, kind, times and info, as they came."""
         import pyarrow as pa
         import torch
 
         errors = [str(error) or None for error in batch["error"]]
-        good = [i for i, error in enumerate(errors) if error is None]
+        good = [i for i, error in enumerate(errors)
+                if error is None and batch["kind"][i] != VIDEO]  # fmt: skip
         probs = np.zeros((len(errors), len(self.classifier.labels)))
         if good:
             pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][good]))
@@ -204,15 +286,81 @@ class Labeller:
         labels = pa.StructArray.from_arrays(
             [pa.array(probs[:, k]) for k in range(probs.shape[1])],
             names=list(self.classifier.labels),
-            mask=pa.array([error is not None for error in errors], pa.bool_()),
+            mask=pa.array([i not in good for i in range(len(errors))], pa.bool_()),
         )
         return pa.table(
             {
                 "path": pa.array([str(path) for path in batch["path"]], pa.string()),
                 "error": pa.array(errors, pa.string()),
                 "labels": labels,
+                "kind": pa.array([str(kind) for kind in batch["kind"]], pa.string()),
+                "times": pa.array([str(times) for times in batch["times"]], pa.string()),
+                "info": pa.array([str(info) for info in batch["info"]], pa.string()),
             }
         )
+
+
+@dataclass
+class _VideoParts:
+    """A video's rows as they arrive: its frames' sampled times and labels, and its closing
+    row's error or what was judged."""
+
+    frames: list[tuple[list[float], Labels]] = field(default_factory=list)
+    closed: bool = False
+    error: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """Whether every row has arrived (rows of one video come in any order)."""
+        if not self.closed:
+            return False
+        return self.error is not None or len(self.frames) == self.info["frames_judged"]
+
+
+class _Videos:
+    """The videos whose rows are arriving, judged once each is complete."""
+
+    def __init__(self, policy: Policy, min_frames: int) -> None:
+        self.policy = policy
+        self.min_frames = min_frames
+        self._parts: dict[str, _VideoParts] = {}
+        self._done: set[str] = set()
+
+    def add(self, row: dict[str, Any]) -> FileResult | None:
+        """Take a frame or closing row; the video's result once it is complete."""
+        path = str(row["path"])
+        if path in self._done:  # a frame of a video that failed after it was read
+            return None
+        parts = self._parts.setdefault(path, _VideoParts())
+        if row["kind"] == FRAME:
+            parts.frames.append((json.loads(row["times"]), row["labels"]))
+        else:
+            parts.closed, parts.error = True, row["error"]
+            parts.info = json.loads(row["info"]) if row["info"] else {}
+        if not parts.complete:
+            return None
+        del self._parts[path]
+        self._done.add(path)
+        return self._judged(path, parts)
+
+    def _judged(self, path: str, parts: _VideoParts) -> FileResult:
+        if parts.error is not None:
+            return FileResult(path, error=parts.error)
+        timeline = Timeline(self.policy, self.min_frames)
+        try:
+            for times, labels in sorted(parts.frames, key=lambda frame: frame[0][0]):
+                timeline.add(times, labels)
+        except ValueError as exc:  # scores that are not finite: never passed as safe
+            return FileResult(path, error=str(exc))
+        info = parts.info
+        judgement = timeline.judgement(
+            frames=int(info["frames"]),
+            frames_judged=int(info["frames_judged"]),
+            duration=float(info["duration"]),
+            incomplete=info["incomplete"],
+        )
+        return FileResult.of(path, judgement)
 
 
 @dataclass
@@ -284,13 +432,18 @@ class RayJob:
     that :meth:`start` started, if it did).
     """
 
-    def __init__(self, dataset: Any, owns_ray: bool) -> None:
+    def __init__(
+        self, dataset: Any, owns_ray: bool, policy: Policy | None = None, min_frames: int = 2
+    ) -> None:
+        """Stream ``dataset``'s records; videos are judged under ``policy`` and
+        ``min_frames``, as without Ray."""
         self.summary = Summary()
         self._batches: Iterator[pa.Table] = iter(
             dataset.iter_batches(batch_format="pyarrow", batch_size=None)
         )
         self._first: pa.Table | None = None
         self._owns_ray = owns_ray
+        self._videos = _Videos(policy or Policy(), min_frames)
 
     @classmethod
     def start(
@@ -303,11 +456,15 @@ class RayJob:
         decode: str = "auto",
         skip: set[str] | frozenset[str] = frozenset(),
         progress: bool = True,
+        policy: Policy | None = None,
+        videos: VideoJob | None = None,
     ) -> RayJob:
         """Connect to Ray (``address`` None: a local instance; ``auto``; ``ray://...``) and
         plan the pipeline over ``inputs``; nothing runs until records are asked for.
         ``decode``: as ``nsfwd classify --decode``; ``skip``: record paths to leave out
-        (``--resume``)."""
+        (``--resume``); ``policy`` and ``videos``: how videos are sampled and judged (their
+        ``stop_on_flag`` does not apply: frames are decoded ahead of the model)."""
+        videos = videos or VideoJob()
         ray = _import_ray()
         owns_ray = not ray.is_initialized()
         if owns_ray:
@@ -316,8 +473,10 @@ class RayJob:
             context = ray.data.DataContext.get_current()
             context.enable_progress_bars = progress
             plan = Plan.for_cluster(ray.cluster_resources(), batch_size)
-            dataset = _dataset(ray, list(inputs), settings, plan, decode=decode, skip=skip)
-            return cls(dataset, owns_ray)
+            dataset = _dataset(
+                ray, list(inputs), settings, plan, decode=decode, skip=skip, videos=videos
+            )
+            return cls(dataset, owns_ray, policy, videos.options.min_frames)
         except BaseException:
             if owns_ray:
                 ray.shutdown()
@@ -345,12 +504,19 @@ class RayJob:
 
     def _results(self, table: pa.Table) -> Iterator[FileResult]:
         for row in table.to_pylist():
-            if row["error"] is not None:
+            if row["kind"] == IMAGE:
+                result: FileResult | None = FileResult(
+                    row["path"], labels=row["labels"], error=row["error"]
+                )
+            else:
+                result = self._videos.add(row)
+            if result is None:
+                continue
+            if result.error is not None:
                 self.summary.errors += 1
-                yield FileResult(row["path"], error=row["error"])
             else:
                 self.summary.classified += 1
-                yield FileResult(row["path"], labels=row["labels"])
+            yield result
 
     def __enter__(self) -> RayJob:
         return self
@@ -400,8 +566,10 @@ def _dataset(
     *,
     decode: str,
     skip: set[str] | frozenset[str],
+    videos: VideoJob,
 ) -> Any:
-    """The pipeline, lazily: names -> prepared pixels -> labels."""
+    """The pipeline, lazily: names -> prepared pixels (a video's: a row per sampled frame)
+    -> labels."""
     options = ModelOptions.from_settings(settings.portable())  # actors run in other folders
     names = _names(ray, inputs)
     prepared = names.map_batches(
@@ -411,6 +579,8 @@ def _dataset(
             "limits": settings.image_limits,
             "decode": decode,
             "skip": ray.put(frozenset(skip)) if skip else None,
+            "videos": videos,
+            "batch_size": plan.batch_size,
         },
         batch_size=plan.batch_size,
         compute=ray.data.ActorPoolStrategy(min_size=plan.preparers[0], max_size=plan.preparers[1]),

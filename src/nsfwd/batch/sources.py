@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from nsfwd.intake import ImageError, ImageLimits, read_image_file
-from nsfwd.intake.files import IMAGE_SUFFIXES, check_file_size, find_images
+from nsfwd.intake.files import MEDIA_SUFFIXES, check_file_size, find_media
 
 MANIFEST_SUFFIXES = frozenset({".txt", ".csv", ".parquet"})
 MANIFEST_COLUMNS = ("path", "url")
@@ -54,9 +54,9 @@ def expand(name: str, cwd: str) -> Iterator[tuple[str, str]]:
         yield from _expand_url(name)
         return
     where = location(name, cwd)
-    for found in find_images([where]):
+    for found in find_media([where]):
         relative = os.path.relpath(found, where)
-        path = Path(name) if relative == "." else Path(name) / relative  # as find_images has it
+        path = Path(name) if relative == "." else Path(name) / relative  # as find_media has it
         yield str(path), str(found)
 
 
@@ -72,7 +72,7 @@ def _expand_url(url: str) -> Iterator[tuple[str, str]]:
         relative = PurePosixPath(key).relative_to(root)
         if any(part.startswith(".") for part in relative.parts):
             continue
-        if relative.suffix.lower() in IMAGE_SUFFIXES:
+        if relative.suffix.lower() in MEDIA_SUFFIXES:
             full = fs.unstrip_protocol(key)
             yield full, full
 

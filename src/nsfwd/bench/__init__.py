@@ -214,6 +214,22 @@ def _config(cfg: BenchConfig, model: str) -> dict[str, Any]:
     return config
 
 
+def _video_suite(
+    cfg: BenchConfig, classifier: Classifier, batch_size: int, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """The video suite (:mod:`nsfwd.bench.video`) on ``cfg.video`` or a generated clip."""
+    from nsfwd.bench.video import bench_video, make_video
+
+    video = cfg.video
+    if video is None:
+        width, height = cfg.video_size
+        name = f"nsfwd-bench-{width}x{height}-{cfg.video_seconds:g}s.mp4"
+        log(f"video: encoding a {width}x{height} clip of {cfg.video_seconds:g} s ...")
+        video = make_video(Path(tempfile.gettempdir()) / name, cfg.video_size, cfg.video_seconds)
+    log("video: decoding the sampled frames, judging them, then both together ...")
+    return bench_video(classifier, video, batch_size)
+
+
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchReport:
     """Run the configured suites and return (and optionally write) the report."""
     with tempfile.TemporaryDirectory(prefix="nsfwd-bench-") as tmp:
@@ -251,6 +267,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchRepo
                 results.update(_parity(cfg, model, classifier, workdir, batch_size, routes=routes))
             except (ImportError, ValueError) as exc:
                 results["parity_error"] = str(exc)
+        if "video" in cfg.suites:
+            results["video"] = _video_suite(cfg, classifier, batch_size, log)
         server_route = classifier.route
         del classifier, routes  # the server suite loads its own copy in another process
         if "server" in cfg.suites:

@@ -16,7 +16,10 @@ from nsfwd.models.cpu import cpu_class, cpu_features, cpu_flags
 from nsfwd.models.names import DEFAULT_CALIBRATION_IMAGES
 from nsfwd.models.routes import Route
 
-SUITES = ("model", "pipeline", "parity", "server")
+SUITES = ("model", "pipeline", "parity", "server", "video")
+DEFAULT_SUITES = ("model", "pipeline", "parity", "server")
+"""What runs without ``--suites``: the video suite encodes a 1080p minute first, so it is
+asked for by name."""
 
 
 @dataclass
@@ -38,7 +41,7 @@ class BenchConfig:
     data_dir: Path | None = None
     """Where the start-up measurement's choice and OpenVINO's models are kept (``nsfwd
     bench`` passes ``NSFWD_DATA_DIR``); None: no measurement, the CPU's flags decide."""
-    suites: Sequence[str] = SUITES
+    suites: Sequence[str] = DEFAULT_SUITES
     batch_sizes: Sequence[int] = (1, 2, 4)
     images: int = 16
     images_dir: Path | None = None
@@ -59,6 +62,10 @@ class BenchConfig:
     """Freepik's package's dtypes; None for its faster mode here (:func:`reference_dtypes`)."""
     reference_images: int = 8
     rounds: int = 1
+    video: Path | None = None
+    """The video suite's clip; None: a generated one (:func:`nsfwd.bench.video.make_video`)."""
+    video_size: tuple[int, int] = (1920, 1080)
+    video_seconds: float = 60.0
     out: Path | None = None
 
 
@@ -239,6 +246,21 @@ def _server_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _video_lines(results: dict[str, Any]) -> list[str]:
+    run = results.get("video")
+    if not run:
+        return []
+    return [
+        f"video     {run['codec']} {run['size']} {run['seconds']:.0f} s at "
+        f"{run['mbit_s']:.1f} Mbit/s: {run['frames_judged']} frames judged; decoding "
+        f"{run['decode_s']:.1f} s ({run['decode_cpu_s']:.1f} s CPU), judging "
+        f"{run['judge_s']:.1f} s ({run['judge_cpu_s']:.1f} s CPU): decoding is "
+        f"{run['decode_over_judge']:.2f} of judging ({run['decode_over_judge_cpu']:.2f} in CPU)",
+        f"video     end to end {run['end_to_end_s']:.1f} s, "
+        f"{run['frames_judged_per_s']:.2f} frames judged/s (batch {run['batch_size']})",
+    ]
+
+
 def _reason(machine: dict[str, Any]) -> str:
     reason = machine.get("dtype_reason")
     return f" ({reason})" if reason else ""
@@ -263,4 +285,5 @@ def format_report(report: BenchReport) -> str:
         *_parity_lines(results),
         *_routes_lines(results, machine),
         *_server_lines(results),
+        *_video_lines(results),
     ])  # fmt: skip

@@ -45,8 +45,19 @@ def register(sub: Commands[argparse.ArgumentParser]) -> None:
         "--suites",
         default="model,pipeline,parity,server",
         help="comma-separated, of model, pipeline, parity (the mode under test against fp32 on "
-        "the CPU with Pillow decoding, on scikit-image's photographs), server "
-        "(default: all four)",
+        "the CPU with Pillow decoding, on scikit-image's photographs), server, video (decoding a "
+        "video's sampled frames beside judging them, and both together) "
+        "(default: model,pipeline,parity,server)",
+    )
+    bench.add_argument(
+        "--video",
+        type=Path,
+        help="the video suite's clip (default: a generated phone-like H.264 clip of "
+        "--video-size and --video-seconds, about 10 Mbit/s, kept in the temp folder for reuse)",
+    )
+    bench.add_argument("--video-size", default="1920x1080", help="WxH of the generated clip")
+    bench.add_argument(
+        "--video-seconds", type=float, default=60.0, help="length of the generated clip"
     )
     bench.add_argument("--batch-sizes", default="1,2,4,8", help="model suite batch sizes")
     bench.add_argument("--batch-size", type=int, help="pipeline and server batch size")
@@ -142,6 +153,14 @@ def _decode_modes(text: str) -> list[str]:
     return modes
 
 
+def _size(option: str, text: str) -> tuple[int, int]:
+    """``WIDTHxHEIGHT``; ValueError naming ``option`` otherwise."""
+    width, _, height = text.partition("x")
+    if not (width.isdigit() and height.isdigit()):
+        raise ValueError(f"{option} takes WIDTHxHEIGHT, such as 1024x768, not {text!r}")
+    return int(width), int(height)
+
+
 def _routes(text: str) -> list[Route]:
     if text.strip() == "none":
         return []
@@ -174,11 +193,7 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
     unknown = set(suites) - set(SUITES)
     if unknown:
         raise ValueError(f"unknown suites {sorted(unknown)}; known: {', '.join(SUITES)}")
-    width, _, height = args.image_size.partition("x")
-    if not (width.isdigit() and height.isdigit()):
-        raise ValueError(
-            f"--image-size takes WIDTHxHEIGHT, such as 1024x768, not {args.image_size!r}"
-        )
+    width, height = _size("--image-size", args.image_size)
     from nsfwd.settings import Settings
 
     settings = Settings()
@@ -203,7 +218,7 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
         images=args.images,
         images_dir=args.images_dir,
         decode=args.decode,
-        image_size=(int(width), int(height)),
+        image_size=(width, height),
         batch_size=args.batch_size,
         concurrency=args.concurrency,
         requests=args.requests,
@@ -219,6 +234,9 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
         ),
         reference_images=args.reference_images,
         rounds=args.rounds,
+        video=args.video,
+        video_size=_size("--video-size", args.video_size),
+        video_seconds=args.video_seconds,
         out=args.json,
     )
 

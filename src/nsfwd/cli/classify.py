@@ -1,10 +1,11 @@
-"""``nsfwd classify``: one record per image (or per file that cannot be classified)."""
+"""``nsfwd classify``: one record per image or video (or per file that cannot be classified)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,7 @@ from nsfwd.cli.options import (
     add_model_options,
     add_pipeline_options,
     add_policy_options,
+    add_video_options,
     policy_for,
     progress_bar,
     settings_for,
@@ -32,16 +34,18 @@ def register(sub: Commands[argparse.ArgumentParser]) -> None:
     """Add ``classify`` and its options."""
     classify = sub.add_parser(
         "classify",
-        help="classify image files and folders, one record per image on stdout",
-        description="Classify images (files, or folders searched recursively) and print one "
-        "record per image: JSON lines with path, labels, score, flagged and policy, or path and "
-        "error for a file that cannot be classified. Exits 1 when no image could be classified.",
+        help="classify image and video files and folders, one record per file on stdout",
+        description="Classify images and videos (files, or folders searched recursively) and "
+        "print one record per file: JSON lines with path, labels, score, flagged and policy (a "
+        "video's also judged, with the time of its worst moment, and its flagged segments), or "
+        "path and error for a file that cannot be classified. Exits 1 when nothing could be "
+        "classified.",
     )
     classify.add_argument(
         "paths",
         nargs="*",  # one or more, checked after --ray gives back an input it took
         metavar="PATH",
-        help="image files or folders; with --ray also fsspec URLs (s3://bucket/prefix/, "
+        help="image or video files, or folders; with --ray also fsspec URLs (s3://bucket/prefix/, "
         "gs://...) and manifests (.txt of paths or URLs, .csv or .parquet with a path or url "
         "column)",
     )
@@ -79,6 +83,7 @@ def register(sub: Commands[argparse.ArgumentParser]) -> None:
         "each picture is hashed and a banked one is flagged with its match, as the server does)",
     )
     add_policy_options(classify, regions=True)
+    add_video_options(classify)
     add_pipeline_options(classify)
     classify.set_defaults(run=run, usage_error=classify.error)
 
@@ -136,20 +141,29 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.ray is not None:
         return _classify_on_ray(args, policy, done)
-    from nsfwd.batch.pipeline import classify_files
+    from nsfwd.batch.pipeline import VideoJob, classify_files
     from nsfwd.engine.build import load_served_model
-    from nsfwd.intake.files import find_images
+    from nsfwd.intake.files import find_media
     from nsfwd.models.classifier import Classifier
     from nsfwd.models.tensor_decode import resolve_decode
 
     settings = settings_for(args)
-    found = list(find_images(args.paths))
+    try:
+        videos = VideoJob(
+            settings.video_limits,
+            replace(settings.video_options, stop_on_flag=args.stop_on_flag),
+            settings.decode_timeout_s,
+        )
+    except ValueError as exc:
+        print(f"nsfwd classify: {exc}", file=sys.stderr)
+        return 2
+    found = list(find_media(args.paths))
     paths = [path for path in found if str(path) not in done]
     if not paths:
         if found:
             print(f"nsfwd classify: every input is in {args.output} already", file=sys.stderr)
             return 0
-        print("nsfwd classify: no image files found under the given paths", file=sys.stderr)
+        print("nsfwd classify: no image or video files under the given paths", file=sys.stderr)
         return 1
     banks = None if args.no_banks else _banks(settings)
     classifier = load_served_model(settings)
@@ -172,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
         decode=decode,
         policy=policy,
         banks=banks,
+        videos=videos,
     )
     classified = 0
     progress = progress_bar(show=len(paths) >= PROGRESS_MIN_FILES and not args.no_progress)
@@ -182,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
             classified += result.labels is not None
             progress.advance(task)
     if classified == 0:
-        print("nsfwd classify: no image could be classified", file=sys.stderr)
+        print("nsfwd classify: nothing could be classified", file=sys.stderr)
         return 1
     return 0
 
@@ -214,8 +229,13 @@ def _already_recorded(args: argparse.Namespace) -> set[str]:
 
 def _classify_on_ray(args: argparse.Namespace, policy: Policy, done: set[str]) -> int:
     """``nsfwd classify --ray``: the same records, from a Ray Data pipeline."""
+    from nsfwd.batch.pipeline import VideoJob
     from nsfwd.batch.ray_data import RayJob, RayUnavailableError
 
+    if args.stop_on_flag:
+        print("nsfwd classify: --stop-on-flag does not combine with --ray (the workers decode "
+              "a video's frames ahead of the model)", file=sys.stderr)  # fmt: skip
+        return 2
     settings = settings_for(args)
     try:
         job = RayJob.start(
@@ -226,6 +246,10 @@ def _classify_on_ray(args: argparse.Namespace, policy: Policy, done: set[str]) -
             decode=args.decode,
             skip=done,
             progress=not args.no_progress,
+            policy=policy,
+            videos=VideoJob(
+                settings.video_limits, settings.video_options, settings.decode_timeout_s
+            ),
         )
     except RayUnavailableError as exc:
         print(f"nsfwd classify: {exc}", file=sys.stderr)
@@ -237,7 +261,7 @@ def _classify_on_ray(args: argparse.Namespace, policy: Policy, done: set[str]) -
             if done:
                 print(f"nsfwd classify: every input is in {args.output} already", file=sys.stderr)
                 return 0
-            print("nsfwd classify: no image files found under the given paths", file=sys.stderr)
+            print("nsfwd classify: no image or video files under the given paths", file=sys.stderr)
             return 1
         policy.check(labels)
         writer = _writer(args, stack, policy, labels)
@@ -246,6 +270,6 @@ def _classify_on_ray(args: argparse.Namespace, policy: Policy, done: set[str]) -
         stack.close()  # the output complete before the last line says so
         print(f"nsfwd classify: {job.summary.describe()}", file=sys.stderr)
     if job.summary.classified == 0:
-        print("nsfwd classify: no image could be classified", file=sys.stderr)
+        print("nsfwd classify: nothing could be classified", file=sys.stderr)
         return 1
     return 0

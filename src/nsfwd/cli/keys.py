@@ -6,7 +6,13 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from nsfwd.cli.options import Commands, add_policy_options, positive, print_listing
+from nsfwd.cli.options import (
+    Commands,
+    add_policy_options,
+    positive,
+    positive_seconds,
+    print_listing,
+)
 
 if TYPE_CHECKING:
     from nsfwd.jobs import ApiKey, Store
@@ -47,6 +53,19 @@ def register(sub: Commands[argparse.ArgumentParser]) -> None:
         "--admin",
         action="store_true",
         help="the key may also administer the banks of known images (/v1/banks)",
+    )
+    create.add_argument(
+        "--interval",
+        type=positive_seconds,
+        metavar="SECONDS",
+        help="seconds between the judged frames of this key's videos (default: the server's)",
+    )
+    create.add_argument(
+        "--min-frames",
+        type=positive,
+        metavar="N",
+        help="flagged frames in a row that make a flagged segment of this key's videos "
+        "(default: the server's)",
     )
     listing = action.add_parser("list", help="show every key (never the key itself)")
     listing.add_argument("--json", action="store_true", help="print a JSON array")
@@ -91,6 +110,8 @@ async def _create_key(store: Store, settings: Settings, args: argparse.Namespace
             threshold=args.threshold,
             region_thresholds=args.region_thresholds,
             admin=args.admin,
+            video_interval=args.interval,
+            video_min_frames=args.min_frames,
         )
     except ValueError as exc:
         print(f"nsfwd keys create: {exc}", file=sys.stderr)
@@ -127,6 +148,8 @@ def _key_fields(key: ApiKey) -> dict[str, object]:
         "max_in_flight": key.max_in_flight,
         "policy": key.policy,
         "threshold": key.threshold,
+        "interval": key.video_interval,
+        "min_frames": key.video_min_frames,
         "admin": key.admin,
         "created": key.created_at.isoformat(timespec="seconds"),
         "revoked": key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else None,
@@ -142,22 +165,26 @@ async def _list_keys(store: Store, as_json: bool) -> int:
             for row, key in zip(rows, keys, strict=True)
         ]
     header = ["ID", "NAME", "PREFIX", "CREATES/MIN", "IN FLIGHT", "POLICY", "THRESHOLD",
-              "ADMIN", "CREATED", "REVOKED"]  # fmt: skip
+              "INTERVAL", "MIN FRAMES", "ADMIN", "CREATED", "REVOKED"]  # fmt: skip
     cells = [[_key_cell(name, v) for name, v in row.items()] for row in rows]
     nothing = "no keys; create one with `nsfwd keys create NAME`"
     table = print_listing(rows, header, cells, as_json=as_json, nothing=nothing)
-    if table and any(row["policy"] is None or row["threshold"] is None for row in rows):
+    if table and any(row[name] is None for row in rows for name in _SERVERS):
         print(
-            "-: the server's (NSFWD_POLICY and NSFWD_THRESHOLD, or `nsfwd serve --policy "
-            "--threshold`)",
+            "-: the server's (NSFWD_POLICY, NSFWD_THRESHOLD, NSFWD_VIDEO_INTERVAL and "
+            "NSFWD_VIDEO_MIN_FRAMES, or `nsfwd serve`'s options)",
             file=sys.stderr,
         )
     return 0
 
 
+_SERVERS = ("policy", "threshold", "interval", "min_frames")
+"""The fields a key may leave to the server's settings."""
+
+
 def _key_cell(name: str, value: object) -> str:
     if value is None:
-        return "-" if name in ("policy", "threshold") else ""
+        return "-" if name in _SERVERS else ""
     if isinstance(value, bool):
         return "yes" if value else ""
     return f"{value:g}" if isinstance(value, float) else str(value)

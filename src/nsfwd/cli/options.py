@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 DECODE_HELP = (
     "how files become the model's pixels: pil (Pillow decodes and resizes on the CPU), tensor "
     "(JPEGs decoded by TorchCodec onto the model's device, with nvjpeg on CUDA, and resized "
-    "there with torch; PNG, WebP, CMYK JPEGs and JPEGs it refuses go the PIL way) or auto "
+    "there with torch; other formats, CMYK JPEGs and JPEGs it refuses go the PIL way) or auto "
     "(tensor, which measured faster on the CPU too; pil for a model whose preprocessing it "
     "cannot reproduce)"
 )
@@ -48,6 +48,9 @@ SETTINGS_OPTIONS = (
     "policy",
     "threshold",
     "region_thresholds",
+    "video_interval",
+    "video_max_frames",
+    "video_min_frames",
 )
 """Arguments that override the ``NSFWD_*`` setting of the same name where a command has them."""
 
@@ -197,6 +200,49 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
         "--decode", choices=DECODE_MODES, default="auto", help=f"{DECODE_HELP} (default: auto)"
     )
     parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+
+
+def positive_seconds(text: str) -> float:
+    """An argument that must be a positive number of seconds."""
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def add_video_options(parser: argparse.ArgumentParser) -> None:
+    """How videos are sampled and judged: ``--interval``, ``--max-frames``, ``--min-frames``
+    and ``--stop-on-flag``."""
+    parser.add_argument(
+        "--interval",
+        dest="video_interval",
+        type=positive_seconds,
+        metavar="SECONDS",
+        help="judge a video's frame every this many seconds, the first and last always "
+        "(default: $NSFWD_VIDEO_INTERVAL, else 1)",
+    )
+    parser.add_argument(
+        "--max-frames",
+        dest="video_max_frames",
+        type=positive,
+        metavar="N",
+        help="judge at most N frames of a video, spread evenly over a longer one "
+        "(default: $NSFWD_VIDEO_MAX_FRAMES, else 300)",
+    )
+    parser.add_argument(
+        "--min-frames",
+        dest="video_min_frames",
+        type=positive,
+        metavar="N",
+        help="flagged samples in a row that make a flagged segment of a video (the first or "
+        "last frame alone also does) (default: $NSFWD_VIDEO_MIN_FRAMES, else 2)",
+    )
+    parser.add_argument(
+        "--stop-on-flag",
+        action="store_true",
+        help="stop decoding a video at its first flagged segment (its record then says "
+        "it was not judged to the end)",
+    )
 
 
 def settings_for(args: argparse.Namespace) -> Settings:

@@ -26,6 +26,7 @@ CONTENT_SECURITY_POLICY: Final = "; ".join(
         "connect-src 'self'",
         # blob: for the preview of the chosen image, data: for the empty favicon
         "img-src 'self' blob: data:",
+        "media-src 'self' blob:",  # the preview of the chosen video
         "base-uri 'none'",
         "form-action 'none'",
         "frame-ancestors 'none'",
@@ -61,7 +62,8 @@ def install(app: FastAPI, settings: Settings, keys: KeyRing, model: str) -> None
     async def config(request: Request) -> Response:
         """What the page needs before its first job: the policies (the labels each counts as
         unsafe, and the safe labels for models without severity buckets), the caller's policy
-        and threshold, the default model and the largest image. 401 without a valid token, so
+        and threshold, the default model and the largest image and video (a video over the
+        image limit goes to the async route). 401 without a valid token, so
         the page asks for one before the user picks an image."""
         try:
             caller = await keys.identify(bearer_token(request.headers.get("authorization")))
@@ -81,6 +83,7 @@ def install(app: FastAPI, settings: Settings, keys: KeyRing, model: str) -> None
             "policies": {name: list(labels) for name, labels in POLICIES.items()},
             "safe_labels": list(SAFE_LABELS),
             "max_image_bytes": settings.max_image_bytes,
+            "max_video_bytes": settings.max_video_bytes,
         }
         return JSONResponse(document, headers={"Cache-Control": "no-store"})
 

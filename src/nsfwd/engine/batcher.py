@@ -26,12 +26,17 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from PIL import Image
+
 from nsfwd.banks.pdq import PictureHash
 from nsfwd.engine import DECODE_TIMEOUT_S, EngineClosedError, QueueFullError, pools, run_intake
 from nsfwd.engine.metrics import Metrics
+from nsfwd.engine.video import VideoRun
 from nsfwd.intake import ImageLimits, UnscorableImageError
 from nsfwd.intake.checked import CheckedImages
+from nsfwd.intake.video import VideoLimits, sniff_video
 from nsfwd.models.runner import Runner
+from nsfwd.timeline import VideoOptions
 from nsfwd.verdict import Finding, Judgement, Policy, judge, nonfinite_labels
 
 
@@ -74,15 +79,21 @@ class Engine:
         decode_timeout_s: float = DECODE_TIMEOUT_S,
         limits: ImageLimits | None = None,
         metrics: Metrics | None = None,
+        video_limits: VideoLimits | None = None,
+        video: VideoOptions | None = None,
     ) -> None:
         """Batch onto ``classifier``. Images are decoded on the process's ``decode`` pool
         (:mod:`nsfwd.engine.pools`), or on a pool of ``decode_workers`` threads of the engine's own,
-        each for at most ``decode_timeout_s``."""
+        each for at most ``decode_timeout_s``; videos (:mod:`nsfwd.engine.video`) a batch of
+        frames at a time on the same pool, within ``video_limits``, sampled and judged by
+        ``video`` unless a request says otherwise."""
         self.classifier = classifier
         self.max_batch_size = max_batch_size
         self.batch_wait = batch_wait_ms / 1000
         self.max_queue = max_queue
         self.limits = limits or ImageLimits()
+        self.video_limits = video_limits or VideoLimits()
+        self.video = video or VideoOptions()
         self.metrics = metrics or Metrics()
         self.metrics.show_model(self.model_info)
         self.decode_timeout_s = decode_timeout_s
@@ -161,11 +172,17 @@ class Engine:
         return max(1, math.ceil(batches * self._batch_seconds))
 
     async def judge(
-        self, data: bytes, policy: Policy | None = None, trace: Trace | None = None
+        self,
+        data: bytes,
+        policy: Policy | None = None,
+        trace: Trace | None = None,
+        video: VideoOptions | None = None,
     ) -> Judgement:
         """Judge every picture a viewer may see of one encoded image (each judged frame, over
         white and black where transparent) in one batch where it fits, and answer with the one
         that ``policy`` (default: moderate) scores highest; ``trace``, when given, is filled in.
+        A video is judged at its sampled frames (``video``, default: the engine's options) and
+        answers with its worst moment and segments (:mod:`nsfwd.timeline`).
 
         Raises :class:`~nsfwd.intake.ImageError` for a bad image (scores that are not finite
         for any picture: :class:`~nsfwd.intake.UnscorableImageError`), :class:`QueueFullError`
@@ -173,13 +190,19 @@ class Engine:
         """
         if not self.ready or self._queue is None:
             raise EngineClosedError("the model is not loaded yet")
+        trace = trace or Trace()
         with self._admission():
+            if sniff_video(data) is not None:
+                return await self._video_run(trace).judge(
+                    data,
+                    self._prepare_frame,
+                    self.video_limits,
+                    policy or Policy(),
+                    video or self.video,
+                )
             prepare = partial(self._checked.load, data)
             views = await run_intake(self.decode_pool, prepare, self.decode_timeout_s)
-            future: asyncio.Future[list[Finding]] = asyncio.get_running_loop().create_future()
-            item = _Item(views.images, views.sizes, future, time.perf_counter(), trace or Trace())
-            self._queue.put_nowait(item)
-            found = await future
+            found = await self._infer(views.images, views.sizes, trace)
         return judge(views, found, policy or Policy())
 
     @contextlib.contextmanager
@@ -198,6 +221,36 @@ class Engine:
             self._admitted -= 1
             self.metrics.queue_size.set(self._admitted)
 
+    async def _infer(
+        self, pixels: list[Any], sizes: list[tuple[int, int]], trace: Trace
+    ) -> list[Finding]:
+        """What the model finds in prepared pictures (each shown at its size), judged by the
+        batcher together with others where they fit."""
+        assert self._queue is not None
+        future: asyncio.Future[list[Finding]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Item(pixels, sizes, future, time.perf_counter(), trace))
+        return await future
+
+    def _prepare_frame(self, picture: Image.Image) -> tuple[Any, tuple[int, int]]:
+        """A video frame prepared for the model, with the size it is shown at."""
+        return self.classifier.prepare(picture), picture.size
+
+    async def _infer_frames(
+        self, frames: list[tuple[Any, tuple[int, int]]], trace: Trace
+    ) -> list[Finding]:
+        """What the model finds in prepared video frames (:meth:`_prepare_frame`)."""
+        return await self._infer(
+            [pixels for pixels, _ in frames], [size for _, size in frames], trace
+        )
+
+    def _video_run(self, trace: Trace) -> VideoRun:
+        return VideoRun(
+            self.decode_pool,
+            partial(self._infer_frames, trace=trace),
+            batch=self.max_batch_size,
+            decode_timeout_s=self.decode_timeout_s,
+        )
+
     async def check(self, data: bytes, *, hashed: bool = False) -> list[PictureHash]:
         """Decode and prepare ``data`` as :meth:`judge` does, on the decode pool, raising
         its :class:`~nsfwd.intake.ImageError`; the pictures are kept (the last
@@ -206,8 +259,13 @@ class Engine:
         is (:class:`QueueFullError` when full)."""
         if not self.ready:
             raise EngineClosedError("the model is not loaded yet")
-        check = partial(self._checked.check, data, hashed=hashed)
         with self._admission():
+            if sniff_video(data) is not None:
+                run = self._video_run(Trace())
+                return await run.check(
+                    data, self._prepare_frame, self.video_limits, self.video, hashed=hashed
+                )
+            check = partial(self._checked.check, data, hashed=hashed)
             return await run_intake(self.decode_pool, check, self.decode_timeout_s)
 
     def _predict(self, pixels: list[Any], sizes: list[tuple[int, int]]) -> list[Finding]:

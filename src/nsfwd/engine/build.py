@@ -222,4 +222,6 @@ def build_engine(
         decode_timeout_s=settings.decode_timeout_s,
         limits=settings.image_limits,
         metrics=metrics,
+        video_limits=settings.video_limits,
+        video=settings.video_options,
     )

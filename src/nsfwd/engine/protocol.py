@@ -15,6 +15,7 @@ from nsfwd.banks.pdq import PictureHash
 from nsfwd.engine.metrics import Metrics
 from nsfwd.engine.pools import BoundedPool, PoolDeadlineError
 from nsfwd.intake import ImageComplexityError, ImageLimits
+from nsfwd.timeline import VideoOptions
 from nsfwd.verdict import Judgement, Policy
 
 T = TypeVar("T")
@@ -77,9 +78,12 @@ class ClassifyEngine(Protocol):
     async def stop(self) -> None:
         """Stop; waiting requests fail with :class:`EngineClosedError`."""
 
-    async def judge(self, data: bytes, policy: Policy | None = None) -> Judgement:
+    async def judge(
+        self, data: bytes, policy: Policy | None = None, *, video: VideoOptions | None = None
+    ) -> Judgement:
         """The labels of the worst picture a viewer may see of one encoded image under
-        ``policy`` (default: moderate), and which picture that was."""
+        ``policy`` (default: moderate), and which picture that was; for a video, of its worst
+        moment, with its segments, sampled and judged by ``video`` (default: the server's)."""
 
     async def check(self, data: bytes, *, hashed: bool = False) -> list[PictureHash]:
         """Run the image intake on ``data`` as :meth:`judge` would (decoding it on the

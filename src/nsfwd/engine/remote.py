@@ -9,11 +9,13 @@ caller that gives up cancels its request in the inference process too, so the ba
 
 Frames, both ways: two big-endian uint32 (header length, body length), a JSON header, a body.
 Requests: ``{"op": "classify", "id": n}`` with the image as body (``"policy": [name,
-threshold]`` optional: whose worst picture answers), ``{"op": "check", "id": n, "hashed":
-bool}`` with the image as body, ``{"op": "cancel", "id": n}``.
+threshold]`` optional: whose worst picture answers; ``"video": {...}`` optional: a video's
+:class:`~nsfwd.timeline.VideoOptions`), ``{"op": "check", "id": n, "hashed": bool}`` with the
+image as body, ``{"op": "cancel", "id": n}``.
 Answers: ``{"id": n, "labels": {...}, "judged": {...}}`` (``judged``:
-:meth:`~nsfwd.verdict.Judgement.stored`, which picture and a detector's regions),
-``{"id": n, "checked": true, "hashes": [[hex, quality, frame], ...]}`` or
+:meth:`~nsfwd.verdict.Judgement.stored`, which picture and a detector's regions; a video's
+also ``"segments": [...]``), ``{"id": n, "checked": true, "hashes": [[hex, quality, frame],
+...]}`` or
 ``{"id": n, "error": kind, ...}``.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -35,6 +38,7 @@ from nsfwd.engine import EngineClosedError, QueueFullError
 from nsfwd.engine.metrics import Metrics
 from nsfwd.intake import ImageError, ImageLimits
 from nsfwd.intake.errors import IMAGE_ERRORS
+from nsfwd.timeline import VideoOptions
 from nsfwd.verdict import Judgement, Policy
 
 if TYPE_CHECKING:
@@ -102,7 +106,9 @@ class InferenceServer:
                 if header.get("op") == "check":
                     work = self._check(body, bool(header.get("hashed", False)))
                 else:
-                    work = self._judge(body, _policy(header.get("policy")))
+                    work = self._judge(
+                        body, _policy(header.get("policy")), _video(header.get("video"))
+                    )
                 task = asyncio.create_task(self._answer(request_id, work, writer))
                 tasks[request_id] = task
                 task.add_done_callback(partial(_forget, tasks, request_id))
@@ -116,9 +122,14 @@ class InferenceServer:
             self._connections.discard(writer)
             writer.close()
 
-    async def _judge(self, data: bytes, policy: Policy | None) -> dict[str, Any]:
-        judgement = await self.engine.judge(data, policy)
-        return {"labels": judgement.labels, "judged": judgement.stored()}
+    async def _judge(
+        self, data: bytes, policy: Policy | None, video: VideoOptions | None
+    ) -> dict[str, Any]:
+        judgement = await self.engine.judge(data, policy, video=video)
+        answer: dict[str, Any] = {"labels": judgement.labels, "judged": judgement.stored()}
+        if judgement.segments is not None:
+            answer["segments"] = judgement.segments
+        return answer
 
     async def _check(self, data: bytes, hashed: bool) -> dict[str, Any]:
         hashes = await self.engine.check(data, hashed=hashed)
@@ -157,6 +168,16 @@ def _policy(value: Any) -> Policy | None:
         return Policy(name, float(threshold))
     except TypeError as exc:  # a malformed frame, refused like any other
         raise ValueError(f"bad policy {value!r}") from exc
+
+
+def _video(value: Any) -> VideoOptions | None:
+    """The video options a request names as a JSON object, or None."""
+    if value is None:
+        return None
+    try:
+        return VideoOptions(**value)
+    except TypeError as exc:  # a malformed frame, refused like any other
+        raise ValueError(f"bad video options {value!r}") from exc
 
 
 def _forget(tasks: dict[int, asyncio.Task[None]], request_id: int, _: object) -> None:
@@ -241,12 +262,16 @@ class RemoteEngine:
                 await self._reader_task
         self._fail_pending("the server is shutting down")
 
-    async def judge(self, data: bytes, policy: Policy | None = None) -> Judgement:
+    async def judge(
+        self, data: bytes, policy: Policy | None = None, *, video: VideoOptions | None = None
+    ) -> Judgement:
         """:meth:`Engine.judge`, computed by the inference process; raises what
         :meth:`classify` raises."""
         request: dict[str, Any] = {"op": "classify"}
         if policy is not None:
             request["policy"] = [policy.name, policy.threshold]
+        if video is not None:
+            request["video"] = dataclasses.asdict(video)
         judgement = await self._call(request, data)
         assert isinstance(judgement, Judgement)
         return judgement
@@ -287,7 +312,11 @@ class RemoteEngine:
                 if future is None or future.done():
                     continue  # cancelled meanwhile
                 if "labels" in answer:
-                    future.set_result(Judgement.from_stored(answer["labels"], answer.get("judged")))
+                    future.set_result(
+                        Judgement.from_stored(
+                            answer["labels"], answer.get("judged"), segments=answer.get("segments")
+                        )
+                    )
                 elif answer.get("checked"):
                     future.set_result(
                         [

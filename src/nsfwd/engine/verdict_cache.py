@@ -1,11 +1,12 @@
 """The verdicts of recent uploads, by content: the same bytes twice are judged once.
 
 The key is everything a judgement depends on: the digest of the bytes, the served model, the
-policy (name and threshold: it picks which picture of an animation answers) and the banks'
-revision (:mod:`nsfwd.banks.matcher`). A policy given in a request, a bank changed, or another
-model asked for therefore never meets an answer made under other terms. The cache is bounded
-by entries, the least recently used going first; an entry is a few hundred bytes (labels and
-which picture answered), never the image.
+policy (name and threshold: it picks which picture of an animation answers), the banks'
+revision (:mod:`nsfwd.banks.matcher`) and, for a video, the sampling a request asked for. A
+policy given in a request, a bank changed, or another model asked for therefore never meets an
+answer made under other terms. The cache is bounded by entries, the least recently used going
+first; an entry is a few hundred bytes (labels and which picture answered; a video's segments
+too), never the image.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final
 
+from nsfwd.timeline import VideoOptions
 from nsfwd.verdict import Judgement, Policy
 
 DEFAULT_ENTRIES: Final = 10_000
@@ -35,6 +37,8 @@ class VerdictKey:
     model: str
     policy: Policy
     banks_revision: int
+    video: VideoOptions | None = None
+    """A video's sampling as the request gave it (None: the server's)."""
 
 
 class VerdictCache:

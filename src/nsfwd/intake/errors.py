@@ -50,7 +50,8 @@ class ImageTooLargeError(ImageError):
 
 
 class UnsupportedFormatError(ImageError):
-    """The content is not JPEG, PNG or WebP; the message names what it looks like, if known."""
+    """The content is none of the accepted formats (:data:`~nsfwd.intake.sniff.ACCEPTED`);
+    the message names what it looks like, if known, and lists the accepted ones."""
 
     code: ClassVar[str] = "unsupported_format"
 

@@ -11,6 +11,7 @@ from PIL import Image
 
 from nsfwd.intake.decode import load_image
 from nsfwd.intake.limits import ImageLimits, check_byte_size
+from nsfwd.intake.video import VIDEO_SUFFIXES
 
 IMAGE_SUFFIXES: Final = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp"}
@@ -18,10 +19,20 @@ IMAGE_SUFFIXES: Final = frozenset(
 )
 """What folders are searched for; a file named on the command line is tried whatever its name.
 Formats nsfwd refuses are listed too, so such files get an error record rather than vanish."""
+MEDIA_SUFFIXES: Final = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+"""Images and videos: what folders are searched for."""
 
 
-def find_images(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
-    """Files as given, and image files under folders (recursive, sorted, hidden ones skipped)."""
+def find_media(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
+    """Files as given, and image and video files under folders (``nsfwd classify``)."""
+    return find_images(paths, MEDIA_SUFFIXES)
+
+
+def find_images(
+    paths: Iterable[str | os.PathLike[str]], suffixes: frozenset[str] = IMAGE_SUFFIXES
+) -> Iterator[Path]:
+    """Files as given, and image files (or those with other ``suffixes``) under folders
+    (recursive, sorted, hidden ones skipped)."""
     for raw in paths:
         path = Path(raw)
         if not path.is_dir():
@@ -31,7 +42,7 @@ def find_images(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
             relative = child.relative_to(path).parts
             if any(part.startswith(".") for part in relative):
                 continue
-            if child.suffix.lower() in IMAGE_SUFFIXES and child.is_file():
+            if child.suffix.lower() in suffixes and child.is_file():
                 yield child
 
 

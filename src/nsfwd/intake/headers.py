@@ -1,6 +1,7 @@
-"""What a file's header says before any decoder is involved: its size, read by small parsers of
-our own (Pillow's WebP plugin builds its decoder, canvas and all, inside ``Image.open``); a
-JPEG's marker structure; a PNG's chunks and their CRCs."""
+"""What a file's header says before any decoder is involved: its pictures and their sizes
+(:func:`read_layout`), read by small parsers of our own (Pillow's WebP plugin builds its
+decoder, canvas and all, inside ``Image.open``; the newer formats' parsers have modules of their
+own); a JPEG's marker structure; a PNG's chunks and their CRCs."""
 
 from __future__ import annotations
 
@@ -8,12 +9,41 @@ import struct
 import zlib
 from typing import Final
 
-from nsfwd.intake import jpeg_structure
+from nsfwd.intake import bmp, exif_thumbnail, gif, jpeg_structure, tiff
 from nsfwd.intake.errors import ImageComplexityError
+from nsfwd.intake.limits import ImageLimits
+from nsfwd.intake.pictures import Layout, Picture
 from nsfwd.intake.sniff import PNG_MAGIC, printable
 
 # JPEG start-of-frame markers (SOF0..SOF15 without DHT, JPG and DAC, which share the range).
 _JPEG_SOF_MARKERS: Final = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+_LAYOUTS: Final = {
+    "GIF": gif.read_layout,
+    "TIFF": tiff.read_layout,
+    "BMP": bmp.read_layout,
+}
+
+
+def read_layout(data: bytes, fmt: str, limits: ImageLimits) -> Layout:
+    """The pictures of ``data`` in format ``fmt`` as far as its header says, before any
+    decoder runs: for GIF, TIFF and BMP every picture (:mod:`.gif`, :mod:`.tiff`,
+    :mod:`.bmp`); for JPEG the image and its EXIF thumbnail; for PNG and WebP the image
+    alone (Pillow counts their frames, without decoding). HEIF and AVIF have their own
+    (:mod:`.heif`). Raises the format's :class:`~nsfwd.intake.errors.ImageError` for a
+    structure it refuses; the caller checks the layout against the limits."""
+    reader = _LAYOUTS.get(fmt)
+    if reader is not None:
+        return reader(data, limits)
+    size = header_size(data, fmt)
+    area = size[0] * size[1] if size else 0
+    pictures = [Picture(0, "frame", size, area)]
+    if fmt == "JPEG" and (found := exif_thumbnail.find(data)) is not None:
+        thumbnail = _jpeg_size(data[found[0] : found[1]])
+        cost = thumbnail[0] * thumbnail[1] if thumbnail else 0
+        pictures.append(Picture(1, "thumbnail", thumbnail, cost))
+    return Layout(tuple(pictures))
 
 
 def header_size(data: bytes, fmt: str) -> tuple[int, int] | None:

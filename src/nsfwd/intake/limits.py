@@ -10,6 +10,8 @@ from nsfwd.intake.errors import ImageDimensionsError, ImageTooLargeError
 MIB: Final = 1024 * 1024
 ANIMATION_STILLS: Final = 32
 """An animation may decode as many pixels as this many stills of the largest size."""
+MAX_FRAMES: Final = 5000
+"""Pictures one file may hold by default: frames, pages, images and thumbnails."""
 
 
 @dataclass(frozen=True)
@@ -32,10 +34,15 @@ class ImageLimits:
     """Largest accepted width times height times frames: every frame of an animation is
     decoded (each is drawn over the one before), so this bounds the work; checked from the
     header, before decoding."""
+    max_frames: int = MAX_FRAMES
+    """Most pictures one file may hold (an animation's frames, a TIFF's pages, a HEIF's
+    images and thumbnails), whatever their size: each costs a pass of the decoder's own
+    bookkeeping, however small it is; checked from the header."""
 
     def __post_init__(self) -> None:
         """Refuse limits that no image could meet or that make no sense."""
-        for name in ("max_bytes", "min_side", "max_side", "max_pixels", "max_animation_pixels"):
+        names = ("max_bytes", "min_side", "max_side", "max_pixels", "max_animation_pixels")
+        for name in (*names, "max_frames"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ImageLimits.{name} must be a positive int, got {value!r}")
@@ -61,13 +68,17 @@ def check_byte_size(size: int, limits: ImageLimits, *, where: str) -> None:
         )
 
 
-def check_dimensions(size: tuple[int, int], limits: ImageLimits) -> None:
-    """Raise :class:`ImageDimensionsError` unless ``size`` is within ``limits``."""
+def check_dimensions(
+    size: tuple[int, int], limits: ImageLimits, *, what: str = "image", smallest: bool = True
+) -> None:
+    """Raise :class:`ImageDimensionsError` unless ``size`` is within ``limits``. With
+    ``smallest`` off only the upper limits apply: a file's further pictures (a thumbnail, a
+    small page) are judged however small, but cost no more than the image."""
     width, height = size
     problems = [
         f"{name} {value} px is below the minimum of {limits.min_side} px"
         for name, value in (("width", width), ("height", height))
-        if value < limits.min_side
+        if smallest and value < limits.min_side
     ] + [
         f"{name} {value} px is above the maximum of {limits.max_side} px"
         for name, value in (("width", width), ("height", height))
@@ -79,7 +90,28 @@ def check_dimensions(size: tuple[int, int], limits: ImageLimits) -> None:
         )
     if problems:
         raise ImageDimensionsError(
-            f"image is {width}x{height} px: {'; '.join(problems)} ({limits.describe()})"
+            f"{what} is {width}x{height} px: {'; '.join(problems)} ({limits.describe()})"
+        )
+
+
+def check_frame_count(frames: int, limits: ImageLimits, what: str = "frames") -> None:
+    """Raise :class:`ImageDimensionsError` when a file holds more than
+    :attr:`ImageLimits.max_frames` pictures (``what`` names them: frames, pages...)."""
+    if frames > limits.max_frames:
+        raise ImageDimensionsError(
+            f"the file holds {frames:,} {what}; the limit is {limits.max_frames:,} "
+            f"(frames, pages or images per file)"
+        )
+
+
+def check_decode_budget(pixels: int, pictures: int, limits: ImageLimits) -> None:
+    """Raise :class:`ImageDimensionsError` when decoding ``pictures`` pictures of different
+    sizes (a TIFF's pages, a HEIF's images and thumbnails) costs more than
+    :attr:`ImageLimits.max_animation_pixels` pixels."""
+    if pixels > limits.max_animation_pixels:
+        raise ImageDimensionsError(
+            f"its {pictures:,} pictures add up to {pixels:,} pixels to decode, above the "
+            f"limit of {limits.max_animation_pixels:,} pixels (width x height x frames)"
         )
 
 

@@ -5,17 +5,51 @@ from __future__ import annotations
 
 from typing import Final
 
+from nsfwd.intake.containers import is_quicktime, matroska_doctype
 from nsfwd.intake.errors import CorruptImageError, UnsupportedFormatError
+from nsfwd.intake.isobmff import read_brands
 
-SUPPORTED_FORMATS: Final = ("JPEG", "PNG", "WEBP")
-"""Pillow format names that intake accepts, as :func:`sniff_format` returns them."""
+SUPPORTED_FORMATS: Final = ("JPEG", "PNG", "WEBP", "GIF", "HEIF", "AVIF", "TIFF", "BMP")
+"""Format names that intake accepts, as :func:`sniff_format` returns them (Pillow's names;
+``HEIF`` covers HEIC)."""
+ACCEPTED: Final = "JPEG, PNG, WebP, GIF, HEIC/HEIF, AVIF, TIFF and BMP"
+"""The accepted formats, as refusals list them."""
+MEDIA_TYPES: Final = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "HEIF": "image/heic",
+    "AVIF": "image/avif",
+    "TIFF": "image/tiff",
+    "BMP": "image/bmp",
+}
+"""Each accepted format's media type (HEIF files from phones are HEIC)."""
+EXTENSIONS: Final = {
+    "JPEG": "jpg",
+    "PNG": "png",
+    "WEBP": "webp",
+    "GIF": "gif",
+    "HEIF": "heic",
+    "AVIF": "avif",
+    "TIFF": "tiff",
+    "BMP": "bmp",
+}
+"""Each accepted format's usual file extension."""
 
 PNG_MAGIC: Final = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC: Final = b"\xff\xd8\xff"
+GIF_MAGICS: Final = (b"GIF87a", b"GIF89a")
+TIFF_MAGICS: Final = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+"""Classic TIFF and BigTIFF, in either byte order."""
+BMP_MAGIC: Final = b"BM"
+_BMP_HEADER_SIZES: Final = frozenset({12, 40, 52, 56, 64, 108, 124})
+"""The sizes a BMP's second header has (two bytes of magic alone are common in text)."""
 
 
 def sniff_format(data: bytes) -> str | None:
-    """Return ``"JPEG"``, ``"PNG"`` or ``"WEBP"`` from the magic bytes of ``data``, else ``None``.
+    """Return the format of ``data`` (one of :data:`SUPPORTED_FORMATS`) from its magic bytes,
+    or for HEIF and AVIF from the brands of its ``ftyp`` box; else ``None``.
 
     Only the signature is checked; whether the rest is valid is for decoding to say.
     """
@@ -25,6 +59,15 @@ def sniff_format(data: bytes) -> str | None:
         return "JPEG"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
+    if data.startswith(GIF_MAGICS):
+        return "GIF"
+    if data.startswith(TIFF_MAGICS):
+        return "TIFF"
+    if data.startswith(BMP_MAGIC) and int.from_bytes(data[14:18], "little") in _BMP_HEADER_SIZES:
+        return "BMP"
+    brands = read_brands(data)
+    if brands is not None:
+        return brands.image_container()
     return None
 
 
@@ -39,9 +82,9 @@ def require_supported_format(data: bytes) -> str:
             f"input is only {len(data)} bytes: the start of a {start_of} file, truncated"
         )
     if not data:
-        raise UnsupportedFormatError("the input is empty (0 bytes); expected a JPEG, PNG or WebP")
+        raise UnsupportedFormatError(f"the input is empty (0 bytes); expected one of {ACCEPTED}")
     raise UnsupportedFormatError(
-        f"unsupported image format: {_describe(data)}; accepted formats are JPEG, PNG and WebP"
+        f"unsupported image format: {_describe(data)}; accepted formats are {ACCEPTED}"
     )
 
 
@@ -55,17 +98,14 @@ def _truncated_signature(data: bytes) -> str | None:
         return "JPEG"
     if len(data) < 12 and data.startswith(b"RIFF"):
         return "RIFF (WebP?)"
+    if any(len(data) < len(magic) and magic.startswith(data) for magic in GIF_MAGICS):
+        return "GIF"
+    if len(data) < 4 and any(magic.startswith(data) for magic in TIFF_MAGICS):
+        return "TIFF"
     return None
 
 
 _SIGNATURES: Final[tuple[tuple[bytes, str], ...]] = (
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"BM", "BMP"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-    (b"II+\x00", "BigTIFF"),
-    (b"MM\x00+", "BigTIFF"),
     (b"%PDF-", "PDF"),
     (b"%!PS", "PostScript"),
     (b"\x00\x00\x01\x00", "ICO (Windows icon)"),
@@ -81,9 +121,8 @@ _SIGNATURES: Final[tuple[tuple[bytes, str], ...]] = (
     (b"iVBORw0KGgo", "base64-encoded PNG (text); send the decoded bytes instead"),
     (b"/9j/", "base64-encoded JPEG (text); send the decoded bytes instead"),
     (b"UklGR", "base64-encoded RIFF/WebP (text); send the decoded bytes instead"),
-)
-_HEIF_BRANDS: Final = frozenset(
-    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
+    (b"R0lGOD", "base64-encoded GIF (text); send the decoded bytes instead"),
+    (b"BM", "BMP-like data with an unknown header"),
 )
 
 
@@ -94,6 +133,9 @@ def _describe(data: bytes) -> str:
             return name
     if data[4:8] == b"ftyp":
         return _describe_iso_bmff(data)
+    doctype = matroska_doctype(data)
+    if doctype is not None:
+        return "WebM video" if doctype == "webm" else "Matroska (MKV) video"
     if data.startswith(b"RIFF"):
         return f"a RIFF container of type {printable(data[8:12])!r}, not WebP"
     text = _as_text(data[:1024])
@@ -103,14 +145,13 @@ def _describe(data: bytes) -> str:
 
 
 def _describe_iso_bmff(data: bytes) -> str:
-    """Describe an ISO base media file (HEIC, AVIF, MP4, MOV...) from its ``ftyp`` brands."""
-    box_end = min(int.from_bytes(data[:4], "big"), len(data), 64)
-    brands = {data[8:12]} | {data[i : i + 4] for i in range(16, box_end - 3, 4)}
-    if brands & {b"avif", b"avis"}:
-        return "AVIF (ISO-BMFF 'ftyp' box)"
-    if brands & _HEIF_BRANDS:
-        return "HEIC/HEIF (ISO-BMFF 'ftyp' box)"
-    return f"an ISO-BMFF file such as MP4/MOV video (brand {printable(data[8:12])!r})"
+    """Describe an ISO base media file that is not an image container (MP4, MOV, ...)."""
+    brands = read_brands(data)
+    major = printable(data[8:12])
+    if brands is not None and brands.is_video():
+        kind = "QuickTime (MOV)" if is_quicktime(data) else "MP4"
+        return f"{kind} video (ISO-BMFF brand {major!r})"
+    return f"an ISO-BMFF file such as MP4/MOV video (brand {major!r})"
 
 
 def _as_text(sample: bytes) -> str | None:

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from nsfwd.intake.colour import WIDE_GRAY_MODES, to_srgb
+from nsfwd.intake.pictures import PictureKind
 
 _WHITE: Final = (255, 255, 255)
 _BLACK: Final = (0, 0, 0)
@@ -32,12 +33,16 @@ class View(Generic[T]):
 
     image: T
     frame: int
-    """The frame's index in the file, as Pillow counts (an APNG's default image is 0)."""
+    """The picture's index in the file (:attr:`nsfwd.intake.pictures.Picture.index`): frames
+    as Pillow counts them (an APNG's default image is 0), pages, images, then thumbnails."""
     backdrop: Backdrop | None
     """The page colour the frame was composited over, or None for an opaque frame."""
     size: tuple[int, int] = (0, 0)
     """(width, height) of the picture as displayed, before a model resized it: a detector
     maps its boxes back to these pixels ((0, 0) where unknown)."""
+    picture: PictureKind = "frame"
+    """What the picture is in its file: a frame (or the still image itself), a page, another
+    top-level image, or a thumbnail (:mod:`nsfwd.intake.pictures`)."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ class Views(Generic[T]):
 
     views: list[View[T]]
     frames: int
-    """Frames in the file (1 for a still image)."""
+    """Pictures in the file (1 for a still image): frames, pages, images and thumbnails."""
 
     @classmethod
     def single(cls, image: T) -> Views[T]:
@@ -61,7 +66,8 @@ class Views(Generic[T]):
     def map(self, prepare: Callable[[T], U]) -> Views[U]:
         """The same views, each picture made into ``prepare`` of it."""
         return Views(
-            [View(prepare(v.image), v.frame, v.backdrop, v.size) for v in self.views], self.frames
+            [View(prepare(v.image), v.frame, v.backdrop, v.size, v.picture) for v in self.views],
+            self.frames,
         )
 
     @property

@@ -21,6 +21,7 @@ from sqlalchemy import Row, or_, select, update
 from nsfwd.jobs.database import Database
 from nsfwd.jobs.records import ApiKey
 from nsfwd.jobs.schema import api_keys
+from nsfwd.timeline import VideoOptions
 from nsfwd.verdict import Policy, PolicyName
 
 KEY_PREFIX: Final = "nsfwd_"
@@ -79,15 +80,21 @@ class ApiKeys:
         threshold: float | None = None,
         region_thresholds: str | None = None,
         admin: bool = False,
+        video_interval: float | None = None,
+        video_min_frames: int | None = None,
     ) -> tuple[str, ApiKey]:
         """Create an API key; returns its secret (shown once, never stored) and its record.
 
         ``policy``, ``threshold`` and ``region_thresholds`` (``LABEL=T,...``) decide its
-        predictions' verdicts (``flagged``); what is left ``None`` follows the server's.
+        predictions' verdicts (``flagged``); ``video_interval`` and ``video_min_frames`` how
+        its videos are sampled and judged; what is left ``None`` follows the server's.
         Raises ValueError when one is invalid. ``admin``: the key may also administer the
         banks of known images.
         """
         Policy().overridden(policy, threshold, region_thresholds)  # validates them
+        VideoOptions(max_frames=10**9).overridden(  # validates both
+            {"interval": video_interval, "min_frames": video_min_frames}
+        )
         plaintext = generate_key()
         record = ApiKey(
             id=str(uuid.uuid4()),
@@ -101,6 +108,8 @@ class ApiKeys:
             threshold=threshold,
             region_thresholds=region_thresholds,
             admin=admin,
+            video_interval=video_interval,
+            video_min_frames=video_min_frames,
         )
         values = {column.name: getattr(record, column.name) for column in api_keys.columns}
         async with self.database.write() as connection:

@@ -28,7 +28,7 @@ import asyncio
 import logging
 import re
 import uuid
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal
@@ -159,11 +159,13 @@ class Predictions:
         policy: PolicyName | None = None,
         threshold: float | None = None,
         region_thresholds: str | None = None,
+        video: Mapping[str, Any] | None = None,
     ) -> Prediction:
         """Queue a prediction of an uploaded image or of an image URL.
 
         ``policy``, ``threshold`` and ``region_thresholds`` are its API key's own (``None``:
-        the worker applies the server's). Raises :class:`CapacityError` when ``limits`` are reached.
+        the worker applies the server's); ``video``, for a video, the video options its key
+        and request set. Raises :class:`CapacityError` when ``limits`` are reached.
         """
         if (input_url is None) == (upload is None):
             raise ValueError("a prediction needs exactly one of input_url and upload")
@@ -185,6 +187,7 @@ class Predictions:
                 policy=policy,
                 threshold=threshold,
                 region_thresholds=region_thresholds,
+                video=dict(video) if video is not None else None,
             )
             if limits is not None:
                 size = 0 if upload is None else len(upload.data)
@@ -315,11 +318,12 @@ class Predictions:
         predict_time: float | None = None,
         judged: Mapping[str, Any] | None = None,
         match: Mapping[str, Any] | None = None,
+        segments: Sequence[Mapping[str, Any]] | None = None,
         keep_input: bool = True,
     ) -> Prediction | None:
         """Record the outcome: ``labels`` (and ``flagged``, the verdict, ``judged``: which
-        picture they are of, and ``match``: the banked image one matched) on success, or an
-        ``error``.
+        picture they are of, ``match``: the banked image one matched, and a video's
+        ``segments``) on success, or an ``error``.
 
         Only while ``owner`` still holds the prediction; returns the finished prediction, or
         ``None`` when the lease was lost (the outcome is then discarded). Enqueues the webhook
@@ -337,6 +341,7 @@ class Predictions:
             "predict_time": predict_time,
             "judged": dict(judged) if judged is not None else None,
             "match": dict(match) if match is not None else None,
+            "segments": [dict(item) for item in segments] if segments is not None else None,
             "lease_owner": None,
             "lease_expires_at": None,
         }

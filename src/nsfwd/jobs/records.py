@@ -82,13 +82,19 @@ class Prediction:
     """The threshold of the key that created it (``None``: the server's)."""
     judged: dict[str, Any] | None = None
     """Which picture the labels are of (:meth:`nsfwd.verdict.Judgement.stored`), where more
-    than one was judged (an animation, or transparency over white and black), and a detector's
-    regions."""
+    than one was judged (an animation, or transparency over white and black; a video's worst
+    moment), and a detector's regions."""
     region_thresholds: str | None = None
     """The region thresholds of the key that created it, ``LABEL=T,...`` (``None``: the
     server's)."""
     match: dict[str, Any] | None = None
     """The banked image a picture matched (:meth:`nsfwd.verdict.Match.details`), if any."""
+    video: dict[str, Any] | None = None
+    """For a video input, the video options its key and request set
+    (:class:`nsfwd.timeline.VideoOptions` fields; the server's apply to the rest); ``None`` for
+    an image."""
+    segments: list[dict[str, Any]] | None = None
+    """A judged video's flagged segments (``start``, ``end``, ``score``)."""
 
     @property
     def finished(self) -> bool:
@@ -145,6 +151,18 @@ class ApiKey:
     the server's (``NSFWD_REGION_THRESHOLDS``)."""
     admin: bool = False
     """Whether it may administer the banks of known images (``/v1/banks``)."""
+    video_interval: float | None = None
+    """Seconds between the judged frames of its videos; ``None``: the server's
+    (``NSFWD_VIDEO_INTERVAL``)."""
+    video_min_frames: int | None = None
+    """Flagged samples in a row its videos' segments need; ``None``: the server's
+    (``NSFWD_VIDEO_MIN_FRAMES``)."""
+
+    @property
+    def video(self) -> dict[str, Any]:
+        """The video options it sets, as a request would (only those it has)."""
+        own = {"interval": self.video_interval, "min_frames": self.video_min_frames}
+        return {name: value for name, value in own.items() if value is not None}
 
     @property
     def revoked(self) -> bool:

@@ -99,6 +99,8 @@ predictions = Table(
     Column("judged", JSON, nullable=True),
     Column("region_thresholds", Text, nullable=True),
     Column("match", JSON, nullable=True),
+    Column("video", JSON, nullable=True),
+    Column("segments", JSON, nullable=True),
     CheckConstraint("protocol IN ('eachlabs', 'prodia')", name="protocol"),
     CheckConstraint("status IN ('queued', 'processing', 'succeeded', 'failed')", name="status"),
     Index(None, "status", "created_at"),
@@ -162,6 +164,8 @@ api_keys = Table(
     Column("threshold", Float, nullable=True),
     Column("region_thresholds", Text, nullable=True),
     Column("admin", Boolean, nullable=False, server_default=false()),
+    Column("video_interval", Float, nullable=True),
+    Column("video_min_frames", Integer, nullable=True),
     UniqueConstraint("key_hash"),
 )
 

@@ -20,6 +20,7 @@ from nsfwd.jobs.claims import ClaimLoop, worker_name
 from nsfwd.jobs.database import StoreUnavailableError
 from nsfwd.jobs.records import Prediction
 from nsfwd.jobs.store import Store
+from nsfwd.timeline import VideoOptions
 from nsfwd.verdict import Judgement, Policy
 
 log = logging.getLogger(__name__)
@@ -51,13 +52,14 @@ def flagged(judgement: Judgement, policy: Policy = DEFAULT_POLICY) -> bool | Non
 
 def outcome(judgement: Judgement, policy: Policy) -> dict[str, Any]:
     """What a prediction records of its judgement: ``labels``, ``flagged`` under ``policy``,
-    ``judged`` (which picture, where more than one was judged, and a detector's regions) and
-    ``match`` (a bank's)."""
+    ``judged`` (which picture, where more than one was judged, and a detector's regions),
+    ``match`` (a bank's) and a video's ``segments``."""
     return {
         "labels": judgement.labels,
         "flagged": flagged(judgement, policy),
         "judged": judgement.stored(),
         "match": None if judgement.match is None else judgement.match.details(),
+        "segments": judgement.segments,
     }
 
 
@@ -73,7 +75,9 @@ class Worker:
         concurrency: int,
         lease_s: float = 30.0,
         fetch_policy: FetchPolicy | None = None,
+        video_fetch_policy: FetchPolicy | None = None,
         policy: Policy = DEFAULT_POLICY,
+        video: VideoOptions | None = None,
         poll_s: float = POLL_S,
         purge_every_s: float = PURGE_EVERY_S,
         name: str | None = None,
@@ -83,8 +87,10 @@ class Worker:
 
         Each prediction runs on the model it names among ``models`` (none named: the first).
         ``fetch_policy`` says where image URLs may be fetched from (without it, URL inputs fail
-        with a message); ``policy`` decides the verdict (``flagged``) where the prediction does
-        not carry its key's own (what it leaves unset comes from here); ``poll_s`` is how often
+        with a message), ``video_fetch_policy`` video URLs (default: ``fetch_policy``);
+        ``policy`` decides the verdict (``flagged``) where the prediction does not carry its
+        key's own (what it leaves unset comes from here); ``video`` samples and judges videos
+        where the prediction's options leave it to the server; ``poll_s`` is how often
         to look for work queued elsewhere; ``purge_every_s`` how often to purge.
         ``keeps_input`` says which predictions' uploads their results need (the others' bytes
         are deleted when they succeed; ``None``: every upload is kept until it expires).
@@ -96,7 +102,9 @@ class Worker:
         self.concurrency = concurrency
         self.lease_s = lease_s
         self.fetch_policy = fetch_policy
+        self.video_fetch_policy = video_fetch_policy or fetch_policy
         self.policy = policy
+        self.video = video or VideoOptions()
         self.poll_s = poll_s
         self.purge_every_s = purge_every_s
         self.name = name or worker_name()
@@ -215,16 +223,29 @@ class Worker:
             log.warning("prediction %s: %s; applying the server's policy", prediction.id, exc)
             return self.policy
 
+    def _video(self, prediction: Prediction) -> VideoOptions | None:
+        """The video options of a video prediction: its key's and request's over the server's
+        (``None``: an image, or the server's alone)."""
+        if not prediction.video:
+            return None
+        try:
+            return self.video.overridden(prediction.video)
+        except ValueError as exc:  # the server's limits changed since it was created
+            log.warning("prediction %s: %s; applying the server's video options",
+                        prediction.id, exc)  # fmt: skip
+            return None
+
     async def _image(self, prediction: Prediction) -> bytes:
         if prediction.input_url is None:
             upload = await self.store.predictions.get_input(prediction.id)
             if upload is None:
                 raise InputError("the uploaded image is gone (the job expired); submit it again")
             return upload.data
-        if self.fetch_policy is None:
+        policy = self.fetch_policy if prediction.video is None else self.video_fetch_policy
+        if policy is None:
             raise InputError("this server does not fetch image URLs; upload the image instead")
         try:
-            return await fetch(prediction.input_url, self.fetch_policy)
+            return await fetch(prediction.input_url, policy)
         except FetchError as exc:
             raise InputError(exc.message) from None
 
@@ -234,7 +255,9 @@ class Worker:
         engine = _engine_for(self.models, prediction)
         while True:
             try:
-                return await engine.judge(data, self._policy(prediction))
+                return await engine.judge(
+                    data, self._policy(prediction), video=self._video(prediction)
+                )
             except QueueFullError as exc:
                 await asyncio.sleep(min(exc.retry_after, self.lease_s / 3))
             except ImageError as exc:
@@ -254,7 +277,8 @@ def _engine_for(models: ServedModels, prediction: Prediction) -> ClassifyEngine:
 
 def _input_error(prediction: Prediction, message: str) -> str:
     if prediction.input_url is not None:
-        return f"the image at {prediction.input_url[:200]}: {message}"
+        what = "image" if prediction.video is None else "video"
+        return f"the {what} at {prediction.input_url[:200]}: {message}"
     if prediction.input_filename:
         return f"input {prediction.input_filename!r}: {message}"
     return f"input image: {message}"

@@ -26,8 +26,8 @@ from nsfwd.intake import (
     load_prepared,
     read_header,
 )
-from nsfwd.intake.decode import ORIENTATION_TRANSPOSE
-from nsfwd.intake.views import Views
+from nsfwd.intake.decode import ORIENTATION_TRANSPOSE, load_thumbnails
+from nsfwd.intake.views import View, Views
 from nsfwd.models.checkpoint import Prepare
 from nsfwd.models.classifier import Classifier
 from nsfwd.models.names import DECODE_MODES
@@ -302,11 +302,25 @@ class TensorDecoder:
         decoded = self._decode(buffers)
         for (index, header), pixels in zip(headers.items(), decoded, strict=True):
             if pixels is not None and tuple(pixels.shape[-2:]) == (header.height, header.width):
-                results[index] = Views.single(self._geometry(orient(pixels, header.orientation)))
+                image = self._geometry(orient(pixels, header.orientation))
+                results[index] = self._with_thumbnails(image, encoded[index], header, first_only)
         return [
             self._pil(data, first_only) if result is None else result
             for data, result in zip(encoded, results, strict=True)
         ]
+
+    def _with_thumbnails(
+        self, image: torch.Tensor, data: bytes, header: ImageHeader, first_only: bool
+    ) -> PreparedViews:
+        """The decoded image's views, and its EXIF thumbnail's (through Pillow: a few
+        kilobytes) unless only the first picture is wanted."""
+        if first_only or not header.thumbnails:
+            return Views.single(image)
+        try:
+            thumbnails = load_thumbnails(data, self._to_device, self.limits)
+        except ImageError as exc:
+            return exc
+        return Views([View(image, 0, None), *thumbnails], 1 + header.thumbnails)
 
     def _decode(self, encoded: list[bytearray]) -> list[torch.Tensor | None]:
         """Decode JPEGs onto the device (``None`` for those the decoder refuses): on CUDA in one

@@ -1,5 +1,6 @@
-"""Eachlabs' prediction API: ``POST /v1/prediction/`` creates a prediction of an image URL,
-``GET /v1/prediction/{id}`` polls it, and a ``webhook_url`` gets its outcome.
+"""Eachlabs' prediction API: ``POST /v1/prediction/`` creates a prediction of an image URL
+(``input.image``) or a video URL (``input.video``), ``GET /v1/prediction/{id}`` polls it, and a
+``webhook_url`` gets its outcome; a video's flagged ``segments`` ride beside ``output``.
 
 Refusals are ``{"status": "error", "message": <what is wrong and what to do>, "details": <a
 stable code>}``. The request path, step by step, is in docs/ARCHITECTURE.md.
@@ -34,11 +35,13 @@ from nsfwd.engine import ClassifyEngine
 from nsfwd.engine.served import ServedModels, quoted
 from nsfwd.fetch import FetchFailedError, FetchPolicy, UnsafeURLError, check_url, validate_url
 from nsfwd.fetch.capped import OverCapError, read_capped
+from nsfwd.intake.sniff import ACCEPTED
 from nsfwd.jobs import CapacityError, Limits, Prediction, Store
 from nsfwd.jobs.webhooks import webhooks_enabled
 from nsfwd.jobs.worker import Worker
 from nsfwd.models.names import not_loaded_hint
 from nsfwd.settings import Settings
+from nsfwd.timeline import OPTION_NAMES
 from nsfwd.verdict import split_stored
 
 log = logging.getLogger(__name__)
@@ -102,13 +105,16 @@ def output(prediction: Prediction) -> str | None:
 
 def webhook_body(prediction: Prediction) -> dict[str, Any]:
     """Eachlabs' webhook body for a finished prediction: ``exec_id``, ``status``
-    (``succeeded``/``failed``), ``output``, ``error``."""
-    return {
+    (``succeeded``/``failed``), ``output``, ``error``; a video's ``segments``."""
+    body: dict[str, Any] = {
         "exec_id": prediction.id,
         "status": "succeeded" if prediction.status == "succeeded" else "failed",
         "output": output(prediction) or "",
         "error": prediction.error or "",
     }
+    if prediction.segments is not None:
+        body["segments"] = prediction.segments
+    return body
 
 
 def document(prediction: Prediction) -> dict[str, Any]:
@@ -123,11 +129,13 @@ def document(prediction: Prediction) -> dict[str, Any]:
     }
     judged, regions = split_stored(prediction.judged)
     if judged is not None:
-        doc["judged"] = judged  # which frame and backdrop the labels are of
+        doc["judged"] = judged  # which frame and backdrop (a video: time) the labels are of
     if regions is not None:
         doc["regions"] = regions  # a detector's
     if prediction.match is not None:
         doc["match"] = prediction.match  # the banked image it matched: flagged whatever the labels
+    if prediction.segments is not None:
+        doc["segments"] = prediction.segments
     if status == "error":
         doc["message"] = prediction.error or "the prediction failed"
         doc["details"] = "prediction_failed"
@@ -150,16 +158,36 @@ _Text = Annotated[str, PlainValidator(_text, json_schema_input_type=str)]
 
 
 class PredictionInput(BaseModel):
-    """What to classify: the image, by URL."""
+    """What to classify: an image or a video, by URL; for a video, how it is sampled."""
 
-    image: _Text = Field(description="a public https URL of a JPEG, PNG or WebP")
+    image: _Text | None = Field(None, description=f"a public https URL of an image: {ACCEPTED}")
+    video: _Text | None = Field(
+        None, description="a public https URL of an MP4, MOV, WebM or MKV video (instead of image)"
+    )
+    interval: float | None = Field(
+        None, strict=True, description="video: seconds between judged frames (default 1)"
+    )
+    max_frames: int | None = Field(
+        None, strict=True, description="video: most frames judged, spread evenly (default 300)"
+    )
+    min_frames: int | None = Field(
+        None, strict=True, description="video: flagged frames in a row a segment needs (default 2)"
+    )
+    stop_on_flag: bool | None = Field(
+        None, strict=True, description="video: stop decoding at the first flagged segment"
+    )
 
-    @field_validator("image")
+    @field_validator("image", "video")
     @classmethod
-    def _not_blank(cls, image: str) -> str:
-        if not image.strip():
+    def _not_blank(cls, url: str | None) -> str | None:
+        if url is not None and not url.strip():
             raise ValueError("blank")
-        return image.strip()
+        return None if url is None else url.strip()
+
+    @property
+    def video_options(self) -> dict[str, Any]:
+        """The video options it sets."""
+        return {name: value for name in OPTION_NAMES if (value := getattr(self, name)) is not None}
 
 
 class CreateRequest(BaseModel):
@@ -190,6 +218,9 @@ class CreateRequest(BaseModel):
 _EXAMPLE: Final = (
     f'{{"model": "{MODEL_SLUG}", "input": {{"image": "https://example.com/photo.jpg"}}}}'
 )
+_VIDEO_EXAMPLE: Final = (
+    f'{{"model": "{MODEL_SLUG}", "input": {{"video": "https://example.com/clip.mp4"}}}}'
+)
 _REFUSALS: Final[dict[tuple[int | str, ...], Callable[[str], str]]] = {
     ("model",): lambda shown: (
         f"model is {shown}; set it to {json.dumps(MODEL_SLUG)}, e.g. {_EXAMPLE}"
@@ -199,6 +230,21 @@ _REFUSALS: Final[dict[tuple[int | str, ...], Callable[[str], str]]] = {
     ),
     ("input", "image"): lambda shown: (
         f"input.image is {shown}; it must be the https URL of the image, e.g. {_EXAMPLE}"
+    ),
+    ("input", "video"): lambda shown: (
+        f"input.video is {shown}; it must be the https URL of the video, e.g. {_VIDEO_EXAMPLE}"
+    ),
+    ("input", "interval"): lambda shown: (
+        f"input.interval is {shown}; it must be a number of seconds between judged frames"
+    ),
+    ("input", "max_frames"): lambda shown: (
+        f"input.max_frames is {shown}; it must be a whole number of frames"
+    ),
+    ("input", "min_frames"): lambda shown: (
+        f"input.min_frames is {shown}; it must be a whole number of frames"
+    ),
+    ("input", "stop_on_flag"): lambda shown: (
+        f"input.stop_on_flag is {shown}; it must be true or false"
     ),
     ("webhook_url",): lambda shown: f"webhook_url is {shown}; it must be an https URL, or left out",
 }
@@ -219,9 +265,19 @@ def parse_create_request(body: bytes) -> CreateRequest:
             f"the body must be a JSON object, got {type(doc).__name__}; send e.g. {_EXAMPLE}"
         )
     try:
-        return CreateRequest.model_validate(doc)
+        spec = CreateRequest.model_validate(doc)
     except ValidationError as exc:
         raise BadRequestError(_refusal(exc.errors()[0])) from None
+    if spec.input.image is None and spec.input.video is None:
+        raise BadRequestError(
+            f"input.image is missing (or input.video, for a video); send e.g. {_EXAMPLE} or "
+            f"{_VIDEO_EXAMPLE}"
+        )
+    if spec.input.image is not None and spec.input.video is not None:
+        raise BadRequestError(
+            "input takes one URL, input.image or input.video, and got both; send one per prediction"
+        )
+    return spec
 
 
 def _refusal(error: ErrorDetails) -> str:
@@ -250,6 +306,7 @@ class EachlabsPredictions:
         self.store = store
         self.worker = worker
         self.policy: FetchPolicy = settings.fetch_policy
+        self.video_policy: FetchPolicy = settings.video_fetch_policy
         self.webhook_policy: FetchPolicy = settings.webhook_policy
         self.public_model = self.models.default_name
         self.rate_limiter = CreateRateLimiter()
@@ -300,7 +357,15 @@ class EachlabsPredictions:
         body = await _read_body(request)
         spec = parse_create_request(body)
         self._check_model(spec.model)
-        image = _checked_url("input.image", spec.input.image, self.policy)
+        field, url = (
+            ("input.video", spec.input.video)
+            if spec.input.video
+            else ("input.image", spec.input.image)
+        )
+        assert url is not None  # parse_create_request checked there is one
+        policy = self.video_policy if spec.input.video else self.policy
+        image = _checked_url(field, url, policy)
+        video = self._video_options(caller, spec.input)
         webhook_url = None
         if spec.webhook_url is not None:
             if not self.webhooks:
@@ -315,10 +380,10 @@ class EachlabsPredictions:
                 await self.rate_limiter.check(caller.ref, caller.limits)
             except RateLimitedError as exc:
                 raise TooBusyError(str(exc), exc.retry_after) from None
-        await _resolve("input.image", image, self.policy)
+        await _resolve(field, image, policy)
         if webhook_url is not None:
             await _resolve("webhook_url", webhook_url, self.webhook_policy)
-        prediction = await self._store(caller, spec.model, image, webhook_url)
+        prediction = await self._store(caller, spec.model, image, webhook_url, video)
         if caller is not None:
             await self.rate_limiter.count(caller.ref, caller.limits)
         return JSONResponse(
@@ -328,6 +393,19 @@ class EachlabsPredictions:
                 "predictionID": prediction.id,
             }
         )
+
+    def _video_options(self, caller: Caller | None, spec: PredictionInput) -> dict[str, Any] | None:
+        """The video options the key and the request set (checked over the server's), for a
+        video or a request that sets some; ``None`` for an image."""
+        asked = spec.video_options
+        if spec.video is None and not asked:
+            return None
+        own = {} if caller is None else dict(caller.video)
+        try:
+            self.settings.video_options.overridden(own).overridden(asked)
+        except ValueError as exc:
+            raise BadRequestError(f"input: {exc}") from None
+        return own | asked
 
     def _check_model(self, model: str) -> None:
         if model != MODEL_SLUG and self.models.name_of(model) is None:
@@ -346,7 +424,12 @@ class EachlabsPredictions:
             )
 
     async def _store(
-        self, caller: Caller | None, model: str, image: str, webhook_url: str | None
+        self,
+        caller: Caller | None,
+        model: str,
+        image: str,
+        webhook_url: str | None,
+        video: dict[str, Any] | None,
     ) -> Prediction:
         limits = Limits(max_unfinished=self.settings.max_async_queued)
         if caller is not None:
@@ -367,6 +450,7 @@ class EachlabsPredictions:
                 policy=None if caller is None else caller.policy,
                 threshold=None if caller is None else caller.threshold,
                 region_thresholds=None if caller is None else caller.region_thresholds,
+                video=video,
             )
         except CapacityError as exc:
             raise _capacity_error(exc, self.worker) from None
@@ -507,7 +591,7 @@ def create_router(
             path,
             predictions.create,
             methods=["POST"],
-            summary="Create a prediction of an image URL (Eachlabs prediction API)",
+            summary="Create a prediction of an image or video URL (Eachlabs prediction API)",
             openapi_extra=_OPENAPI_REQUEST | openapi.key("apiKey"),
             responses=openapi.eachlabs_answers(
                 openapi.answer(

@@ -1,6 +1,7 @@
 """Prodia's asynchronous job API: ``POST /v2/job/async`` stores a job checked as ``POST /v2/job``
 checks it, then ``GET /v2/job/async/{id}/...`` gives its state, the whole job, its outputs'
-names and each output. A job is visible only to the key that submitted it.
+names and each output. A job is visible only to the key that submitted it. Its input may be a
+video of up to ``max_video_bytes``, judged in the background like an image.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from nsfwd.api.prodia.job import (
     image_refusal,
     job_response,
     json_bytes,
+    media_type,
     passthrough,
     timestamp,
     wants_multipart,
@@ -34,7 +36,8 @@ from nsfwd.api.prodia.job import (
 from nsfwd.api.prodia.sync import ProdiaJobs
 from nsfwd.engine import ClassifyEngine, EngineClosedError, QueueFullError
 from nsfwd.engine.served import ServedModels
-from nsfwd.intake import ImageError, sniff_format
+from nsfwd.intake import ImageError
+from nsfwd.intake.video import sniff_video
 from nsfwd.jobs import CapacityError, Limits, Prediction, Store, Upload
 from nsfwd.jobs.worker import Worker
 from nsfwd.settings import Settings
@@ -74,6 +77,8 @@ def document(prediction: Prediction, now: datetime | None = None) -> dict[str, A
         doc["config"]["regions"] = regions
     if prediction.match is not None:
         doc["config"]["match"] = prediction.match
+    if prediction.segments is not None:
+        doc["config"]["segments"] = prediction.segments
     end = prediction.finished_at or now or datetime.now(UTC)
     doc["metrics"] = {"elapsed": max((end - prediction.created_at).total_seconds(), 1e-6)}
     if prediction.status == "failed":
@@ -112,6 +117,11 @@ class ProdiaAsyncJobs(ProdiaJobs):
         self.store = store
         self.worker = worker
 
+    @property
+    def max_input_bytes(self) -> int:
+        """The largest input part: an image, or a video of up to ``max_video_bytes``."""
+        return max(self.settings.max_image_bytes, self.settings.max_video_bytes)
+
     async def _owner(self, request: Request) -> str | None:
         """Check the Bearer token; returns what jobs record as their owner (``None`` when the
         API is open)."""
@@ -139,6 +149,7 @@ class ProdiaAsyncJobs(ProdiaJobs):
             )
         self._check_model(job)
         image = self._single_input(parts)
+        video = self._video_changes(job, caller)
         await self._validate(image)
         output = passthrough(image)
         unnamed = passthrough(Part(image.name, image.data)).filename or "input"
@@ -159,6 +170,7 @@ class ProdiaAsyncJobs(ProdiaJobs):
                 policy=None if caller is None else caller.policy,
                 threshold=None if caller is None else caller.threshold,
                 region_thresholds=None if caller is None else caller.region_thresholds,
+                video=video if sniff_video(image.data) is not None else None,
             )
         except CapacityError as exc:
             raise self._capacity_error(exc) from None
@@ -276,16 +288,12 @@ class ProdiaAsyncJobs(ProdiaJobs):
         return image_response(upload.data)
 
 
-IMAGE_TYPES: Final = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
-"""The media type a stored image is served under, by the format its bytes have."""
-
-
 def image_response(data: bytes) -> Response:
-    """A stored image, served as the image its bytes are, never under the type its uploader
-    claimed (a "text/html" upload served as such would run in the browser of whoever opens the
-    link), with ``nosniff`` so browsers do not guess either."""
-    media_type = IMAGE_TYPES.get(sniff_format(data) or "", "application/octet-stream")
-    return Response(data, media_type=media_type, headers={"X-Content-Type-Options": "nosniff"})
+    """A stored image (or video), served as what its bytes are, never under the type its
+    uploader claimed (a "text/html" upload served as such would run in the browser of whoever
+    opens the link), with ``nosniff`` so browsers do not guess either."""
+    found = media_type(data) or "application/octet-stream"
+    return Response(data, media_type=found, headers={"X-Content-Type-Options": "nosniff"})
 
 
 def hands_back_input(prediction: Prediction) -> bool:

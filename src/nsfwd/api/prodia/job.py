@@ -26,6 +26,10 @@ from fastapi.responses import PlainTextResponse
 from nsfwd.api.http.errors import ApiError, BadRequestError, PayloadTooLargeError
 from nsfwd.api.http.multipart import Part, encode_form
 from nsfwd.intake import ImageError, ImageTooLargeError, sniff_format
+from nsfwd.intake.sniff import ACCEPTED, EXTENSIONS, MEDIA_TYPES
+from nsfwd.intake.video import ACCEPTED as VIDEOS_ACCEPTED
+from nsfwd.intake.video import VIDEO_EXTENSIONS, VIDEO_MEDIA_TYPES, sniff_video
+from nsfwd.timeline import OPTION_NAMES
 from nsfwd.verdict import Labels
 
 IMG2LABEL_V1: Final = "inference.vit.img2label.v1"
@@ -54,7 +58,9 @@ OPENAPI_REQUEST: Final[dict[str, Any]] = {
                         "input": {
                             "type": "string",
                             "format": "binary",
-                            "description": "the image: JPEG, PNG or WebP, 128 to 2048 px a side",
+                            "description": f"the image ({ACCEPTED}), 128 to 2048 px a side; "
+                            f"or a video ({VIDEOS_ACCEPTED}; config.interval, max_frames, "
+                            "min_frames and stop_on_flag say how it is judged)",
                         },
                     },
                 }
@@ -64,8 +70,50 @@ OPENAPI_REQUEST: Final[dict[str, Any]] = {
 }
 """The OpenAPI request body of the job routes (``openapi_extra``): a job part and an image."""
 
-_IMAGE_TYPES: Final = {"JPEG": ("image/jpeg", "jpg"), "PNG": ("image/png", "png"),
-                       "WEBP": ("image/webp", "webp")}  # fmt: skip
+_MEDIA_TYPES: Final = {**MEDIA_TYPES, **VIDEO_MEDIA_TYPES}
+"""The media type of each format an upload may have, by its content."""
+_EXTENSIONS: Final = {**EXTENSIONS, **VIDEO_EXTENSIONS}
+
+
+def media_format(data: bytes) -> str | None:
+    """The image or video format of ``data`` by its content (a key of :data:`_MEDIA_TYPES`)."""
+    return sniff_format(data) or sniff_video(data)
+
+
+def media_type(data: bytes) -> str | None:
+    """The media type of an image or video, by its content."""
+    return _MEDIA_TYPES.get(media_format(data) or "")
+
+
+OPTION_TYPES: Final[dict[str, type | tuple[type, ...]]] = {
+    "interval": (int, float),
+    "max_frames": int,
+    "min_frames": int,
+    "stop_on_flag": bool,
+}
+OPTION_WORDS: Final = {
+    "interval": "a number of seconds between a video's judged frames",
+    "max_frames": "a whole number of frames",
+    "min_frames": "a whole number of frames",
+    "stop_on_flag": "true or false",
+}
+
+
+def video_options(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The video options a job's config sets (``interval``, ``max_frames``, ``min_frames``,
+    ``stop_on_flag``); a 400 naming the one whose type is wrong."""
+    found: dict[str, Any] = {}
+    for name in OPTION_NAMES:
+        value = (config or {}).get(name)
+        if value is None:
+            continue
+        expected = OPTION_TYPES[name]
+        if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
+            raise BadRequestError(
+                f"job.config.{name} is {json.dumps(value)[:100]}; it must be {OPTION_WORDS[name]}"
+            )
+        found[name] = value
+    return found
 
 
 def now() -> datetime:
@@ -107,12 +155,14 @@ class Job:
         judged: dict[str, Any] | None = None,
         regions: list[dict[str, Any]] | None = None,
         match: dict[str, Any] | None = None,
+        segments: list[dict[str, float]] | None = None,
     ) -> dict[str, Any]:
         """The job as JSON: ``state.current`` ``state``, with ``labels`` or an ``error``;
         ``judged`` (:meth:`~nsfwd.verdict.Judgement.details`: which frame and backdrop the
-        labels are of) goes in ``config.judged`` beside the labels, a detector's ``regions`` in
-        ``config.regions``, and ``match`` (the banked image it matched,
-        :meth:`~nsfwd.verdict.Match.details`) in ``config.match``."""
+        labels are of, a video's worst moment) goes in ``config.judged`` beside the labels, a
+        detector's ``regions`` in ``config.regions``, ``match`` (the banked image it matched,
+        :meth:`~nsfwd.verdict.Match.details`) in ``config.match``, and a video's ``segments``
+        in ``config.segments``."""
         doc: dict[str, Any] = {} if self.type is None else {"type": self.type}
         doc |= {
             "id": self.id,
@@ -130,6 +180,8 @@ class Job:
                 doc["config"]["regions"] = regions
             if match is not None:
                 doc["config"]["match"] = match
+            if segments is not None:
+                doc["config"]["segments"] = segments
         doc["metrics"] = {"elapsed": max(time.perf_counter() - self.started, 1e-6)}
         if error is not None:
             doc["error"] = error
@@ -200,8 +252,10 @@ def image_refusal(image: Part, exc: ImageError) -> ApiError:
 
 
 def passthrough(image: Part) -> Part:
-    """The uploaded image as an output part, under its own filename and content type."""
-    content_type, extension = _IMAGE_TYPES.get(sniff_format(image.data) or "", ("", "bin"))
+    """The uploaded image (or video) as an output part, under its own filename and content
+    type."""
+    fmt = media_format(image.data) or ""
+    content_type, extension = _MEDIA_TYPES.get(fmt, ""), _EXTENSIONS.get(fmt, "bin")
     return Part(
         "output",
         image.data,

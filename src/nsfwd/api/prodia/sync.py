@@ -44,16 +44,19 @@ from nsfwd.api.prodia.job import (
     job_response,
     json_bytes,
     passthrough,
+    video_options,
     wants_multipart,
 )
 from nsfwd.api.prodia.regions import redaction_of
 from nsfwd.engine import ClassifyEngine, EngineClosedError, QueueFullError, pools, run_intake
 from nsfwd.engine.served import ServedModels, UnknownModelError, model_kind, quoted
 from nsfwd.intake import ImageError
+from nsfwd.intake.video import sniff_video
 from nsfwd.models.names import NUDENET, not_loaded_hint
 from nsfwd.redact import Redaction, redact
 from nsfwd.settings import Settings
-from nsfwd.verdict import Judgement, Region
+from nsfwd.timeline import VideoOptions
+from nsfwd.verdict import Judgement, Policy, Region
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,11 @@ class ProdiaJobs:
         self.settings = settings
         self.keys = keys
         self.public_model = self.models.default_name
+
+    @property
+    def max_input_bytes(self) -> int:
+        """The largest input part: an image (a short video fits within it too)."""
+        return self.settings.max_image_bytes
 
     async def post_job(self, request: Request) -> Response:
         """Run one job and answer with it, completed or failed; see the module docstring."""
@@ -122,7 +130,7 @@ class ProdiaJobs:
             parts = await read_form(
                 request.headers.get("content-type", ""),
                 chunks,
-                part_limits={"job": JOB_PART_MAX_BYTES, "input": self.settings.max_image_bytes},
+                part_limits={"job": JOB_PART_MAX_BYTES, "input": self.max_input_bytes},
                 max_parts=MAX_PARTS,
             )
         self._read_job(parts, job)
@@ -162,7 +170,8 @@ class ProdiaJobs:
         self.keys.requests.hold(request, None if caller is None else caller.ref)
 
     async def _run(self, request: Request, job: Job) -> Response:
-        self._hold_slot(request, await self._identify(request))
+        caller = await self._identify(request)
+        self._hold_slot(request, caller)
         parts = await self._read_parts(request, job)
         job.restart_clock()
         multipart = wants_multipart(request.headers.get("accept"), default=job.type == IMG2LABEL_V2)
@@ -177,9 +186,13 @@ class ProdiaJobs:
                 f"job.config.detector (served: {quoted(self.models.names)})"
             )
         image = self._single_input(parts)
-        judgement = await self._judge(request, engine, image)
+        if redaction is not None and sniff_video(image.data) is not None:
+            raise BadRequestError("job.config.redact takes an image, not a video")
+        video = self.settings.video_options.overridden(self._video_changes(job, caller))
+        policy = self._policy(image, caller)
+        judgement = await self._judge(request, engine, image, video, policy)
         if detector is not None:
-            found = await self._judge(request, detector, image)
+            found = await self._judge(request, detector, image, video, policy)
             judgement = replace(judgement, regions=found.regions)
         outputs = [
             Part("output", json_bytes(judgement.labels), "labels.json", JSON_TYPE),
@@ -254,6 +267,27 @@ class ProdiaJobs:
         if config is not None and not isinstance(config, dict):
             raise BadRequestError(f"job.config must be a JSON object; send e.g. {example}")
 
+    def _policy(self, image: Part, caller: Caller | None) -> Policy | None:
+        """Whose flags make a video's segments: the key's policy, else the server's. ``None``
+        for an image, whose worst picture moderate picks (Prodia's labels stay raw)."""
+        if sniff_video(image.data) is None:
+            return None
+        if caller is None:
+            return self.settings.verdict_policy
+        return self.settings.verdict_policy.overridden(
+            caller.policy, caller.threshold, caller.region_thresholds
+        )
+
+    def _video_changes(self, job: Job, caller: Caller | None) -> dict[str, Any]:
+        """The video options the key and ``job.config`` set, checked over the server's; a 400
+        saying what is wrong."""
+        changes = ({} if caller is None else dict(caller.video)) | video_options(job.config)
+        try:
+            self.settings.video_options.overridden(changes)
+        except ValueError as exc:
+            raise BadRequestError(f"job.config: {exc}") from None
+        return changes
+
     def _check_model(self, job: Job) -> ClassifyEngine:
         """The engine of the model ``job.config.model`` names, or a 400 listing the served
         ones."""
@@ -286,15 +320,24 @@ class ProdiaJobs:
             )
         return inputs[0]
 
-    async def _judge(self, request: Request, engine: ClassifyEngine, image: Part) -> Judgement:
-        """``engine``'s judgement of ``image`` (the worst picture under the moderate policy;
-        Prodia's jobs name none), unless the client goes away first."""
+    async def _judge(
+        self,
+        request: Request,
+        engine: ClassifyEngine,
+        image: Part,
+        video: VideoOptions,
+        policy: Policy | None,
+    ) -> Judgement:
+        """``engine``'s judgement of ``image`` (the worst picture under ``policy``, moderate
+        when None; a video's worst moment and segments, sampled by ``video``), unless the
+        client goes away first."""
         if not engine.ready:
             raise UnavailableError(
                 "the model is not ready (loading, or the server is stopping); retry in a moment"
             )
         try:
-            return await _unless_disconnected(engine.judge(image.data), request.receive)
+            work = engine.judge(image.data, policy, video=video)
+            return await _unless_disconnected(work, request.receive)
         except ImageError as exc:
             raise image_refusal(image, exc) from None
         except QueueFullError as exc:
@@ -313,8 +356,16 @@ class ProdiaJobs:
         judged = None if judgement is None or not judgement.chosen else judgement.details()
         regions = None if judgement is None else judgement.region_dicts()
         match = None if judgement is None or judgement.match is None else judgement.match.details()
+        segments = None if judgement is None else judgement.segments
         document = json_bytes(
-            job.document("completed", labels=labels, judged=judged, regions=regions, match=match)
+            job.document(
+                "completed",
+                labels=labels,
+                judged=judged,
+                regions=regions,
+                match=match,
+                segments=segments,
+            )
         )
         return job_response(document, multipart=multipart, outputs=outputs)
 

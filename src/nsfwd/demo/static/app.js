@@ -3,16 +3,20 @@
 // On load: /demo/config.json (policies, threshold, default model), then GET /v1/models for the
 // model list (a server without that route gets its default model alone). A chosen or dropped
 // image goes to POST /v2/job as a Prodia img2label job; its labels become bars, and each policy's
-// score is judged against the threshold slider here, with no further request. A detector (its
-// kind from /v1/models) gets a v2 job that asks for a redacted copy (config.redact): its
-// config.regions are drawn as boxes over the image, and a toggle shows the copy the answer
-// carries as its output image. A 401 anywhere asks for a token, kept in localStorage and sent as
-// "Authorization: Bearer".
+// score is judged against the threshold slider here, with no further request. A video goes the
+// same way (or, over the image size limit, to POST /v2/job/async, polled until it is done); its
+// answer also draws a timeline of its flagged segments, and clicking one seeks the player there.
+// A detector (its kind from /v1/models) gets, for an image, a v2 job that asks for a redacted
+// copy (config.redact): its config.regions are drawn as boxes over the image, and a toggle shows
+// the copy the answer carries as its output image. A 401 anywhere asks for a token, kept in
+// localStorage and sent as "Authorization: Bearer".
 
 import { formatPercent, isFlagged, scorePolicy } from "./policies.js";
 
 const TOKEN_KEY = "nsfwd.token";
 const JOB_TYPE = "inference.vit.img2label.v1";
+const VIDEO_NAME = /\.(mp4|m4v|mov|webm|mkv)$/i;
+const POLL_MS = 500;
 const DETECTOR_JOB_TYPE = "inference.vit.img2label.v2"; // its answer carries the redacted copy
 
 const $ = (id) => document.getElementById(id);
@@ -25,6 +29,7 @@ const ui = {
   drop: $("drop"),
   file: $("file"),
   preview: $("preview"),
+  player: $("player"),
   boxes: $("boxes"),
   redactedToggle: $("redacted-toggle"),
   showRedacted: $("show-redacted"),
@@ -36,6 +41,10 @@ const ui = {
   thresholdValue: $("threshold-value"),
   verdicts: document.querySelector("#verdicts tbody"),
   timing: $("timing"),
+  videoResult: $("video-result"),
+  timeline: $("timeline"),
+  timelineCaption: $("timeline-caption"),
+  segments: $("segments"),
 };
 
 const state = {
@@ -167,16 +176,47 @@ async function loadModels() {
   ui.model.disabled = names.length < 2;
 }
 
+function isVideo(file) {
+  return file.type.startsWith("video/") || VIDEO_NAME.test(file.name || "");
+}
+
 function choose(file) {
   if (!file) return;
   state.file = file;
   if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
   state.previewUrl = URL.createObjectURL(file);
-  ui.preview.src = state.previewUrl;
-  ui.preview.hidden = false;
+  const video = isVideo(file);
+  ui.player.hidden = !video;
+  ui.preview.hidden = video;
+  if (video) {
+    ui.preview.removeAttribute("src");
+    ui.player.src = state.previewUrl;
+  } else {
+    ui.player.removeAttribute("src");
+    ui.preview.src = state.previewUrl;
+  }
   ui.showRedacted.checked = false;
   ui.boxes.replaceChildren();
   attempt(classify);
+}
+
+/** A video over the sync route's upload limit goes to the async route, polled until done. */
+function route(file) {
+  const big = isVideo(file) && file.size > state.config.max_image_bytes;
+  return big ? "/v2/job/async" : "/v2/job";
+}
+
+async function finished(doc, sequence) {
+  let job = doc;
+  while (job.state?.current === "processing") {
+    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+    if (sequence !== state.sequence) return job; // a newer file was chosen meanwhile
+    const response = await call(`/v2/job/async/${encodeURIComponent(doc.id)}/job.json`);
+    if (!response.ok) throw new Error(await refusal(response));
+    job = await response.json();
+  }
+  if (job.state?.current === "failed") throw new Error(job.error ?? "the job failed");
+  return job;
 }
 
 async function classify() {
@@ -184,8 +224,8 @@ async function classify() {
   if (!file || !state.config) return;
   const sequence = ++state.sequence;
   const model = ui.model.value;
-  const detector = state.kinds[model] === "detector";
-  const job = detector
+  const redacting = state.kinds[model] === "detector" && !isVideo(file); // images only
+  const job = redacting
     ? { type: DETECTOR_JOB_TYPE, config: { model, redact: { style: "blur", labels: "all" } } }
     : { type: JOB_TYPE, config: { model } };
   const form = new FormData();
@@ -194,17 +234,19 @@ async function classify() {
   showError("");
   showStatus(`Classifying ${file.name || "the image"}…`);
   const started = performance.now();
-  const response = await call("/v2/job", {
+  const response = await call(route(file), {
     method: "POST",
     body: form,
-    headers: { Accept: detector ? "multipart/form-data" : "application/json" },
+    headers: { Accept: redacting ? "multipart/form-data" : "application/json" },
   });
   if (!response.ok) {
     const message = await refusal(response);
     if (sequence === state.sequence) throw new Error(message);
     return;
   }
-  const { doc, redacted } = await readAnswer(response, detector);
+  const answer = await readAnswer(response, redacting);
+  const doc = await finished(answer.doc, sequence);
+  const redacted = answer.redacted;
   const roundTrip = performance.now() - started;
   if (sequence !== state.sequence) return; // a newer image was chosen meanwhile
   if (state.redactedUrl) URL.revokeObjectURL(state.redactedUrl);
@@ -213,12 +255,67 @@ async function classify() {
     model: doc.config.model ?? model, // as the server ran it
     name: file.name,
     labels: doc.config.labels,
+    judged: doc.config.judged ?? null,
+    segments: doc.config.segments ?? null,
     regions: doc.config.regions ?? null,
     elapsed: doc.metrics.elapsed,
     roundTrip,
   };
   showStatus("");
   showResult();
+}
+
+/** Seconds as the timeline shows them. */
+function seconds(value) {
+  return `${Number(value).toFixed(1)} s`;
+}
+
+function seek(time) {
+  ui.player.currentTime = time;
+  ui.player.dataset.sought = String(time);
+}
+
+/** A video's timeline: its length as a bar, each flagged segment on it (click: seek there),
+ * the worst moment marked, and the segments listed. */
+function showTimeline() {
+  const { judged, segments } = state.result;
+  ui.videoResult.hidden = segments === null;
+  if (segments === null) return;
+  const duration = Math.max(judged.duration, 1e-3);
+  const place = (time) => `${Math.min(Math.max(time / duration, 0), 1) * 100}%`;
+  const bars = segments.map((segment) => {
+    const bar = document.createElement("button");
+    bar.type = "button";
+    bar.className = "segment";
+    bar.dataset.start = String(segment.start);
+    bar.style.left = place(segment.start);
+    bar.style.width = `calc(${place(segment.end - segment.start)} + 4px)`;
+    bar.title = `${seconds(segment.start)} to ${seconds(segment.end)}, score ${formatPercent(segment.score)}`;
+    bar.addEventListener("click", () => seek(segment.start));
+    return bar;
+  });
+  const worst = document.createElement("div");
+  worst.className = "worst";
+  worst.style.left = place(judged.time);
+  worst.title = `the worst moment, ${seconds(judged.time)}`;
+  ui.timeline.replaceChildren(...bars, worst);
+  const { policy, threshold } = state.config;
+  ui.timelineCaption.textContent =
+    `${judged.frames_judged} frames judged over ${seconds(judged.duration)}; ` +
+    `${segments.length} flagged segment${segments.length === 1 ? "" : "s"} ` +
+    `(${policy} above ${threshold}); the labels below are the worst moment's, at ` +
+    `${seconds(judged.time)}.` + (judged.incomplete ? ` Not judged to its end: ${judged.incomplete}.` : "");
+  ui.segments.replaceChildren(
+    ...segments.map((segment) => {
+      const item = document.createElement("li");
+      const button = document.createElement("button");
+      button.type = "button";
+      button.textContent = `${seconds(segment.start)} to ${seconds(segment.end)}`;
+      button.addEventListener("click", () => seek(segment.start));
+      item.append(button, ` (score ${formatPercent(segment.score)})`);
+      return item;
+    }),
+  );
 }
 
 /** The job document, and for a detector's v2 job the redacted copy (its second output). */
@@ -265,6 +362,7 @@ function showRegions() {
 }
 
 function showRedacted() {
+  if (!ui.player.hidden) return; // a video: the player shows it
   const redacted = ui.showRedacted.checked && state.redactedUrl;
   ui.preview.src = redacted ? state.redactedUrl : state.previewUrl;
   ui.boxes.hidden = Boolean(redacted);
@@ -298,6 +396,7 @@ function showResult() {
   ui.result.dataset.image = state.result.name;
   ui.result.dataset.model = model;
   ui.result.hidden = false;
+  showTimeline();
   showVerdicts();
   showRedacted();
   showRegions();

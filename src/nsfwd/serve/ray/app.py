@@ -27,6 +27,7 @@ from nsfwd.serve.ray.engine import ServeEngine
 from nsfwd.serve.ray.options import Scale
 from nsfwd.serve.ray.proxy import without_request_id_header
 from nsfwd.settings import Settings
+from nsfwd.timeline import VideoOptions
 from nsfwd.verdict import Policy
 
 if TYPE_CHECKING:
@@ -80,14 +81,16 @@ class ModelServer:
             "max_batch_size": self.engine.max_batch_size,
         }
 
-    async def judge(self, data: bytes, policy: Policy | None = None) -> dict[str, Any]:
-        """One encoded image's judgement (:meth:`~nsfwd.engine.batcher.Engine.judge`), or the
-        reason it cannot have one."""
+    async def judge(
+        self, data: bytes, policy: Policy | None = None, video: VideoOptions | None = None
+    ) -> dict[str, Any]:
+        """One encoded image's (or video's) judgement
+        (:meth:`~nsfwd.engine.batcher.Engine.judge`), or the reason it cannot have one."""
         from nsfwd.engine.batcher import Trace
 
         trace = Trace()
         try:
-            judgement = await self.engine.judge(data, policy, trace)
+            judgement = await self.engine.judge(data, policy, trace, video)
         except ImageError as exc:
             return {"error": exc}
         except QueueFullError as exc:  # more than max_queue here: Serve's bound is a batch

@@ -26,6 +26,7 @@ from nsfwd.banks.pdq import PictureHash
 from nsfwd.engine import EngineClosedError, QueueFullError
 from nsfwd.engine.metrics import Metrics
 from nsfwd.intake import ImageError, ImageLimits
+from nsfwd.timeline import VideoOptions
 from nsfwd.verdict import Judgement, Policy
 
 log = logging.getLogger(__name__)
@@ -118,9 +119,12 @@ class ServeEngine:
         """Seconds a refused client should wait: about one call's time, at least 1."""
         return max(1, math.ceil(self._call_seconds))
 
-    async def judge(self, data: bytes, policy: Policy | None = None) -> Judgement:
-        """The worst picture of one encoded image under ``policy`` (default: moderate), judged
-        by a model replica (:meth:`nsfwd.serve.ray.app.ModelServer.judge`).
+    async def judge(
+        self, data: bytes, policy: Policy | None = None, *, video: VideoOptions | None = None
+    ) -> Judgement:
+        """The worst picture of one encoded image under ``policy`` (default: moderate), or a
+        video's worst moment and segments (sampled by ``video``), judged by a model replica
+        (:meth:`nsfwd.serve.ray.app.ModelServer.judge`).
 
         Raises :class:`~nsfwd.intake.ImageError` for a bad image, :class:`QueueFullError` when
         every replica is full and :class:`EngineClosedError` when no replica answers.
@@ -131,7 +135,7 @@ class ServeEngine:
         self.metrics.queue_size.set(self._in_flight)
         started = time.perf_counter()
         try:
-            answer = await self._call("judge", data, policy)
+            answer = await self._call("judge", data, policy, video)
         finally:
             self._in_flight -= 1
             self.metrics.queue_size.set(self._in_flight)

@@ -67,6 +67,7 @@ TIERS: Final = {
         "test_demo",
         "test_video_demo",
         "test_calibrate::test_the_report_opens_in_headless_chromium",
+        "test_browser_views",
     ),
     # the reliability campaign: property tests, schemathesis, faults with real parts, load
     "campaign": (
@@ -76,6 +77,7 @@ TIERS: Final = {
         "test_campaign_faults",
         "test_campaign_load",
         "test_campaign_video",
+        "test_campaign_costs",
     ),
     # builds and runs container images: make container-test alone (podman, container/ci.sh)
     "container": ("test_container",),
@@ -211,8 +213,8 @@ def vit_classifier(vit_checkpoint: Path) -> Classifier:
 
 @pytest.fixture(scope="session")
 def server_url(backend: str, request: pytest.FixtureRequest) -> str:
-    """The shared server of the API suites (``test-key``, the tiny EVA-02 served as Freepik's
-    model): :func:`sync_server_url` here, or Serve's proxy on Ray (``backend``)."""
+    """The shared server of the API suites (``test-key-4f1c2a9e``, the tiny EVA-02 served as
+    Freepik's model): :func:`sync_server_url` here, or Serve's proxy on Ray (``backend``)."""
     if backend == "ray":
         return request.getfixturevalue("ray_server").url  # type: ignore[no-any-return]
     return request.getfixturevalue("sync_server_url")  # type: ignore[no-any-return]
@@ -220,8 +222,8 @@ def server_url(backend: str, request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="session")
 def sync_server_url(classifier: Classifier) -> Iterator[str]:
-    """A real nsfwd server on loopback (tiny EVA-02, API key ``test-key``) without a job store:
-    the synchronous routes alone."""
+    """A real nsfwd server on loopback (tiny EVA-02, API key ``test-key-4f1c2a9e``) without a
+    job store: the synchronous routes alone."""
     from nsfwd.api import create_app
     from nsfwd.engine.batcher import Engine
     from nsfwd.settings import Settings
@@ -230,7 +232,7 @@ def sync_server_url(classifier: Classifier) -> Iterator[str]:
     settings = Settings(
         model=str(classifier.name),
         served_model_name="Freepik/nsfw_image_detector",
-        api_keys=["test-key"],
+        api_keys=["test-key-4f1c2a9e"],
     )
     engine = Engine(classifier, max_batch_size=8, max_queue=64, limits=settings.image_limits)
     with serve_app(create_app(engine, settings)) as url:

@@ -46,13 +46,8 @@ def gated_server(
         model=classifier.name, served_model_name=MODEL, api_keys=[TOKEN], max_queue=max_queue
     )
     engine = Engine(gated, max_batch_size=4, max_queue=max_queue, limits=settings.image_limits)
-    with serve_app(create_app(engine, settings)) as url:
-        gated.gate.clear()
-        gated.entered.clear()
-        try:
-            yield url, gated, engine
-        finally:
-            gated.gate.set()
+    with serve_app(create_app(engine, settings)) as url, shut(gated):
+        yield url, gated, engine
 
 
 @dataclass
@@ -66,6 +61,25 @@ class SimpleGatedClassifier(Classifier):
         assert self.gate is not None
         self.gate.wait(timeout=30)
         return super().predict(batch)
+
+
+async def start_shut(engine: Engine, gate: threading.Event) -> None:
+    """Start ``engine`` (its warm-up through the open ``gate``), then shut the gate."""
+    gate.set()
+    await engine.start()
+    gate.clear()
+
+
+@contextmanager
+def shut(model: GatedClassifier) -> Iterator[None]:
+    """The model's gate shut for the block (``entered`` cleared, so it tells of the next
+    batch), and open again after it, so that nothing waits on it for ever."""
+    model.gate.clear()
+    model.entered.clear()
+    try:
+        yield
+    finally:
+        model.gate.set()
 
 
 def simple_gated_classifier(classifier: Classifier) -> SimpleGatedClassifier:

@@ -19,8 +19,8 @@ from requests.adapters import HTTPAdapter, Retry
 from requests_toolbelt.multipart import decoder
 
 MODEL = "Freepik/nsfw_image_detector"
-TOKEN = "test-key"
-OTHER_TOKEN = "other-key"
+TOKEN = "test-key-4f1c2a9e"
+OTHER_TOKEN = "other-key-7d3b5e1f"
 """A second Prodia key, for the tests of what one key may see of another's."""
 LABELS = ["neutral", "low", "medium", "high"]
 

@@ -45,6 +45,19 @@ def serve_app(
         thread.join(timeout=30)
 
 
+def half_sent(url: str, path: str, headers: str, length: int, sent: bytes) -> socket.socket:
+    """A POST to ``path`` declaring a body of ``length`` bytes, whose head (``headers``: lines
+    ending in CRLF) and first bytes, ``sent``, go out; the rest never does."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{headers}"
+        f"Content-Length: {length}\r\n\r\n".encode()
+        + sent
+    )
+    return sock
+
+
 def metric(base_url: str, name: str, **labels: str) -> float:
     """The value of one sample on the server's /metrics page (0 when absent)."""
     text = requests.get(f"{base_url}/metrics", timeout=10).text

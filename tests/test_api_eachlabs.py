@@ -9,6 +9,7 @@ if it failed.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import time
@@ -126,7 +127,9 @@ def test_a_prediction_succeeds_and_its_webhook_arrives_once_after_a_refusal(
             "status": "succeeded",
             "output": doc["output"],
             "error": "",
+            "sha256": hashlib.sha256(receiver.photo).hexdigest(),  # the bytes the verdict is of
         }
+    assert doc["sha256"] == hashlib.sha256(receiver.photo).hexdigest()
     sent = settled(store_url, prediction_id)
     assert (
         sent.status == "delivered" and sent.attempts == 2 and sent.id == first.headers["webhook-id"]

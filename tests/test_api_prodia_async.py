@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from requests.adapters import HTTPAdapter, Retry
 
-from gates import GatedClassifier
+from gates import GatedClassifier, shut
 from nsfwd.api import create_app
 from nsfwd.engine.batcher import Engine
 from nsfwd.jobs import Store
@@ -396,13 +396,8 @@ def gated(
         classifier.loaded, classifier.device, classifier.dtype, classifier.name
     )
     model.gate.set()
-    with async_server(model, tmp_path, **settings) as (url, _):
-        model.gate.clear()
-        model.entered.clear()
-        try:
-            yield url, model
-        finally:
-            model.gate.set()
+    with async_server(model, tmp_path, **settings) as (url, _), shut(model):
+        yield url, model
 
 
 def test_a_full_async_queue_answers_429_with_retry_after(
@@ -425,18 +420,20 @@ def test_a_full_async_queue_answers_429_with_retry_after(
 
 
 def test_a_job_that_fails_says_why(classifier: Classifier, tmp_path: Path) -> None:
-    with gated(classifier, tmp_path) as (url, model):
+    """A model that keeps failing: the job runs again after each lease (a failure may pass),
+    and fails with a message after the last attempt."""
+    with gated(classifier, tmp_path, lease_s=0.5, max_attempts=2) as (url, model):
         model.failing.set()
         model.gate.set()
         job_id = submit(url, V2).json()["id"]
         assert wait_for_state(url, job_id) == "failed"
         job = session().get(f"{url}/v2/job/async/{job_id}/job.json").json()
         assert job["state"] == {"current": "failed"}
-        assert "internal error while running prediction" in job["error"]
+        assert "the model failed on this image in each of 2 attempts" in job["error"]
         assert "labels" not in job["config"]
         assert session().get(f"{url}/v2/job/async/{job_id}/output").json() == []
         output = session().get(f"{url}/v2/job/async/{job_id}/output/labels.json")
-        assert output.status_code == 404 and "it failed: internal error" in output.json()["error"]
+        assert output.status_code == 404 and "it failed: the model" in output.json()["error"]
 
 
 def test_finished_jobs_expire(classifier: Classifier, tmp_path: Path) -> None:

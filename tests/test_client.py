@@ -32,7 +32,7 @@ def test_classify_returns_typed_labels_matching_the_model(
     server_url: str, classifier: Classifier
 ) -> None:
     data = _jpeg()
-    with Client(server_url, token="test-key") as client:
+    with Client(server_url, token="test-key-4f1c2a9e") as client:
         assert client.healthy()
         result = client.classify(data, filename="a.jpg")
     expected = classifier.classify([Image.open(io.BytesIO(data)).convert("RGB")])[0]
@@ -47,7 +47,7 @@ def test_classify_returns_typed_labels_matching_the_model(
 
 def test_v2_returns_the_image_byte_for_byte(server_url: str, tmp_path: object) -> None:
     data = _jpeg((10, 10, 250))
-    with Client(server_url, token="test-key") as client:
+    with Client(server_url, token="test-key-4f1c2a9e") as client:
         result = client.classify_with_image(data, filename="blue.jpg")
     assert result.image == data
     assert sum(result.labels.values()) == pytest.approx(1.0, abs=1e-5)
@@ -60,13 +60,13 @@ def test_errors_carry_the_servers_message(server_url: str) -> None:
             client.classify(_jpeg())
     assert refused.value.status == 401
     assert refused.value.message
-    with Client(server_url, token="test-key", model="no/such-model") as client:
+    with Client(server_url, token="test-key-4f1c2a9e", model="no/such-model") as client:
         assert client.ping() is True
         with pytest.raises(NsfwdError) as unknown:
             client.classify(_jpeg())
     assert unknown.value.status == 400
     assert "no/such-model" in unknown.value.message
-    with Client(server_url, token="test-key") as client, pytest.raises(NsfwdError) as bad:
+    with Client(server_url, token="test-key-4f1c2a9e") as client, pytest.raises(NsfwdError) as bad:
         client.classify(b"this is not an image")
     assert bad.value.status == 400
     assert "unsupported image format" in bad.value.message
@@ -74,7 +74,7 @@ def test_errors_carry_the_servers_message(server_url: str) -> None:
 
 def test_async_client_classifies_concurrently(server_url: str) -> None:
     async def main() -> list[dict[str, float]]:
-        async with AsyncClient(server_url, token="test-key") as client:
+        async with AsyncClient(server_url, token="test-key-4f1c2a9e") as client:
             assert await client.healthy()
             results = await asyncio.gather(
                 *(client.classify(_jpeg((i * 30, 80, 60))) for i in range(6))
@@ -91,7 +91,7 @@ def test_async_client_pings_as_the_sync_client_does(server_url: str) -> None:
         async with AsyncClient(server_url, token=token) as client:
             return await client.ping()
 
-    assert asyncio.run(ping("test-key")) is True
+    assert asyncio.run(ping("test-key-4f1c2a9e")) is True
     assert asyncio.run(ping("wrong")) is False
 
 

@@ -93,7 +93,7 @@ def test_the_model_on_this_cpu_runs_in_the_default_for_its_flags(
 def test_healthz_and_metrics_show_the_device_and_dtype(classifier: Classifier) -> None:
     engine = Engine(classifier, max_batch_size=2)
     dtype = str(classifier.dtype).removeprefix("torch.")
-    app = create_app(engine, Settings(api_keys=["k"]))
+    app = create_app(engine, Settings(api_keys=["k" * 16]))
 
     async def ask() -> tuple[httpx.Response, httpx.Response]:
         async with app.router.lifespan_context(app):

@@ -108,7 +108,9 @@ def test_a_decode_past_its_deadline_is_refused_and_holds_no_slot(classifier: Cla
         await engine.start()
         try:
             hostile = [asyncio.create_task(labels_of(engine, slow)) for _ in range(2)]
-            await asyncio.sleep(0.05)
+            # Admitted, both have taken the short deadline (nothing awaits in between).
+            while engine.in_flight < 2:
+                await asyncio.sleep(0.001)
             started = time.perf_counter()
             engine.decode_timeout_s = 10
             await labels_of(engine, astronaut_jpeg())

@@ -31,7 +31,7 @@ from photos import DATA_DIR, PHOTOS
 from prodia_jobs import job_files
 from servers import serve_app
 
-TOKEN = "demo-key"
+TOKEN = "demo-key-8a2c4e6f0"
 WAIT_MS = 30_000
 """The longest any one step in the browser may take (a page load, a classification)."""
 

@@ -33,7 +33,7 @@ from nsfwd.models.classifier import Classifier
 from nsfwd.settings import Settings
 from photos import astronaut_jpeg
 from prodia_jobs import MODEL, OTHER_TOKEN, TOKEN, encoded_job, job_files
-from servers import metric, serve_app
+from servers import half_sent, metric, serve_app
 from store_handles import with_store
 from test_api_prodia_async import V1, V2, gated, session, submit, wait_for_state
 from test_bad_input import read_response
@@ -211,14 +211,8 @@ def body_server(classifier: Classifier, **settings: Any) -> Iterator[str]:
 
 def open_body(url: str, body: bytes, content_type: str, sent: int) -> socket.socket:
     """A POST /v2/job whose head and first ``sent`` body bytes are sent; the rest never is."""
-    host, port = url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)), timeout=10)
-    sock.sendall(
-        f"POST /v2/job HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {TOKEN}\r\n"
-        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-        + body[:sent]
-    )
-    return sock
+    headers = f"Authorization: Bearer {TOKEN}\r\nContent-Type: {content_type}\r\n"
+    return half_sent(url, "/v2/job", headers, len(body), body[:sent])
 
 
 def good(url: str) -> int:
@@ -352,5 +346,5 @@ def test_the_fairness_settings_have_sane_defaults() -> None:
     assert settings.body_timeout_s == 60
     assert settings.webhook_key_concurrency == 4
     assert Settings(max_queue=4).key_requests_limit == 1
-    assert settings.key_requests_busy_at == 32
+    assert settings.key_requests_busy_at == 16  # half the upload slots: one key never holds all
     assert Settings(max_queue=1).key_requests_busy_at == 2

@@ -465,7 +465,10 @@ def test_fetch_by_name_connects_to_the_checked_address(image_host: str, canary: 
     assert lookups == ["images.test"]
     seen = run(fetch(f"http://images.test:{port}/headers", policy()))
     assert b'"host":"images.test:' in seen
-    assert b'"user-agent":"nsfwd/' in seen
+    # a browser's User-Agent and Accept, so a host cannot serve nsfwd another image than
+    # viewers get (cloaking; issue 21); webhooks still say nsfwd
+    assert b'"user-agent":"Mozilla/5.0 ' in seen and b"nsfwd" not in seen.lower()
+    assert b'"accept":"image/avif,image/webp' in seen
 
 
 def test_the_image_host_itself_is_refused_without_allow_networks(

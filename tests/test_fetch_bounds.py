@@ -20,7 +20,7 @@ from hosts import ALLOWED, Host
 from serve_process import nsfwd_serve
 from waiting import wait_for
 
-KEY = "bomb-test-key"
+KEY = "bomb-test-key-5e9a"
 BOMBS = 8
 INFLATED = 200 * 1024 * 1024  # each body inflates to 200 MiB
 MIB = 1024 * 1024

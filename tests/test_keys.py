@@ -320,9 +320,9 @@ def test_one_set_of_keys_and_one_open_mode_rule_for_every_protocol(
 
 def test_the_key_ring_without_a_store_takes_static_keys_only() -> None:
     async def main() -> None:
-        ring = KeyRing(Settings(api_keys=["static-one"]))
-        caller = await ring.identify(" static-one ")
-        assert caller is not None and caller.ref == static_key_ref("static-one")
+        ring = KeyRing(Settings(api_keys=["static-one-0123456"]))
+        caller = await ring.identify(" static-one-0123456 ")
+        assert caller is not None and caller.ref == static_key_ref("static-one-0123456")
         assert caller.limits.creates_per_minute == ring.static_limits.creates_per_minute
         for presented, missing in ((None, True), ("", True), ("static-on", False)):
             with pytest.raises(AuthenticationError) as refused:

@@ -37,7 +37,7 @@ from test_banks import reencoded
 from videos import RED, write_video
 from waiting import wait_for
 
-ADMIN = "admin-test-key"
+ADMIN = "admin-test-key-8c2e"
 SERVED = "Freepik/nsfw_image_detector"
 
 pytestmark = pytest.mark.usefixtures("canary")
@@ -319,7 +319,7 @@ def test_validation_answers_as_pict_rs_expects(url: str) -> None:
 
 
 def test_an_allowed_network_needs_no_key(classifier: Classifier, tmp_path: Path) -> None:
-    settings = Settings(model=classifier.name, api_keys=["k"], threshold=1.0,
+    settings = Settings(model=classifier.name, api_keys=["k" * 16], threshold=1.0,
                         validate_allow_networks=["127.0.0.0/8"])  # fmt: skip
     engine = Engine(classifier, max_batch_size=4, limits=settings.image_limits)
     with serve_app(create_app(engine, settings)) as url:

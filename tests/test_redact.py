@@ -170,16 +170,24 @@ def test_every_page_and_top_level_image_is_redacted_in_its_format() -> None:
     assert [p.duration_ms for p in avif.pictures if p.kind == "frame"] == [40, 700]
 
 
-def test_frames_not_judged_take_their_neighbours_regions() -> None:
+def test_the_copy_covers_the_frames_the_intake_judged() -> None:
+    """40 frames, past the budget: frame 17 stays a minute, so the intake judges it whatever
+    its position (:mod:`nsfwd.intake.frames`). Its region is covered there and, in the frames
+    the intake skipped, in those between its judged neighbours; nowhere else."""
     base = photo("astronaut").resize((128, 128))
-    frames = [base.rotate(i) for i in range(40)]  # over 32: frames 0, 1, 3 ... are judged
-    data = encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], duration=50)
-    copy = redact(
-        data, [Region("X", 0.9, (0, 0, 30, 30), frame=0)], Redaction(style="fill", padding=0)
-    )
-    # frame 1 is judged (no regions of its own); frame 2 (between judged 1 and 3) is not.
-    assert _pixels(copy.data, 0)[:30, :30].max() < 25
-    assert _pixels(copy.data, 1)[:30, :30].max() > 100
+    frames = [base.point(lambda v, i=i: min(255, v + i)) for i in range(40)]
+    durations = [50] * 40
+    durations[17] = 60_000
+    data = encode(frames[0], "PNG", save_all=True, append_images=frames[1:], duration=durations)
+    judged = sorted({view.frame for view in load_views(data).views})
+    assert 17 in judged and len(judged) < 40
+    region = Region("X", 0.9, (0, 0, 30, 30), frame=17)
+    copy = redact(data, [region], Redaction(style="fill", padding=0))
+    before = max(f for f in judged if f < 17)
+    after = min((f for f in judged if f > 17), default=40)
+    for index in range(40):
+        covered = index == 17 or (index not in judged and before < index < after)
+        assert (_pixels(copy.data, index)[:30, :30].max() < 25) == covered, index
 
 
 def test_bad_input_is_the_intakes_error() -> None:

@@ -39,7 +39,7 @@ from videos import RED, write_video
 pytestmark = pytest.mark.usefixtures("canary")
 LABELS = ("EXPOSED", "COVERED", "FACE")
 RULES = "EXPOSED=0.5"
-TOKEN = "regions-token"
+TOKEN = "regions-token-3a9f"
 
 
 @pytest.fixture(scope="module")

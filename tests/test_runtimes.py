@@ -391,7 +391,7 @@ def test_an_option_skips_the_measurement(
 
 def test_healthz_and_metrics_name_the_runtime(converted: Converted) -> None:
     engine = Engine(converted.openvino, max_batch_size=2)
-    app = create_app(engine, Settings(api_keys=["k"]))
+    app = create_app(engine, Settings(api_keys=["k" * 16]))
 
     async def ask() -> tuple[str, str]:
         async with app.router.lifespan_context(app):

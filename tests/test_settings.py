@@ -12,11 +12,11 @@ README = Path(__file__).parent.parent / "README.md"
 
 
 def test_settings_come_from_nsfwd_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NSFWD_API_KEYS", " alpha, beta ,,")
+    monkeypatch.setenv("NSFWD_API_KEYS", " alpha-0123456789ab, beta-0123456789abc ,,")
     monkeypatch.setenv("NSFWD_MAX_IMAGE_SIDE", "1024")
     monkeypatch.setenv("NSFWD_MODEL", "/models/nsfw")
     settings = Settings()
-    assert settings.api_keys == ["alpha", "beta"]
+    assert settings.api_keys == ["alpha-0123456789ab", "beta-0123456789abc"]
     assert settings.model == "/models/nsfw"
     assert settings.image_limits.max_side == 1024
     assert settings.image_limits.max_pixels == 1024 * 1024

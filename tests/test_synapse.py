@@ -27,7 +27,7 @@ from synapse_home import Homeserver, homeserver
 from test_banks import reencoded
 from test_platforms import ADMIN, bank_image, jpeg, new_bank
 
-KEY = "synapse-key"
+KEY = "synapse-key-5b7d1e"
 
 
 @pytest.fixture(scope="module")

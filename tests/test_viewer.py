@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import itertools
 import json
 import struct
 import time
@@ -30,6 +29,7 @@ import torch
 from PIL import Image, ImageCms
 from PIL.PngImagePlugin import PngInfo
 
+import hostile_pngs
 from eachlabs_calls import create, created_id, eachlabs_server, poll
 from nsfwd.api import create_app
 from nsfwd.batch.pipeline import classify_files
@@ -42,7 +42,7 @@ from nsfwd.intake import (
     load_views,
     read_header,
 )
-from nsfwd.intake.frames import MAX_JUDGED_FRAMES, frames_to_judge
+from nsfwd.intake.frames import MAX_JUDGED_FRAMES
 from nsfwd.intake.views import View, Views
 from nsfwd.models.classifier import Classifier
 from nsfwd.settings import Settings
@@ -185,16 +185,12 @@ def test_an_apngs_default_image_is_judged_with_its_frames() -> None:
     assert colours(views) == [(0, None, WHITE), (1, None, BLACK), (2, None, (20, 20, 20))]
 
 
-def test_long_animations_are_sampled_evenly_first_and_last_included() -> None:
-    assert frames_to_judge(5) == [0, 1, 2, 3, 4]
-    picked = frames_to_judge(1000)
-    assert len(picked) == MAX_JUDGED_FRAMES and picked[0] == 0 and picked[-1] == 999
-    gaps = {b - a for a, b in itertools.pairwise(picked)}
-    assert gaps <= {32, 33}
+def test_long_animations_are_sampled_first_frame_included() -> None:
     shades = [(i * 6, i * 6, i * 6) for i in range(40)]
     views = load_views(animated("PNG", shades, [10] * 40))
     assert views.frames == 40 and views.frames_judged == MAX_JUDGED_FRAMES
-    assert [view.frame for view in views.views] == frames_to_judge(40)
+    judged = [view.frame for view in views.views]
+    assert judged[0] == 0 and judged == sorted(judged)
 
 
 def test_transparency_is_judged_over_white_and_over_black() -> None:
@@ -211,9 +207,12 @@ def test_transparency_is_judged_over_white_and_over_black() -> None:
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
 def test_colours_follow_the_embedded_icc_profile(fmt: str) -> None:
     data = red_tagged_blue(fmt)
-    [view] = load_views(data).views
-    pixel = view.image.getpixel((80, 80))
+    converted, stored = load_views(data).views  # viewers that ignore profiles: stored
+    pixel = converted.image.getpixel((80, 80))
     assert isinstance(pixel, tuple) and pixel[0] < 40 and pixel[2] > 200, pixel
+    assert (converted.colours, stored.colours) == ("converted", "stored")
+    stored_pixel = stored.image.getpixel((80, 80))
+    assert isinstance(stored_pixel, tuple) and stored_pixel[0] > 200, stored_pixel
     assert read_header(data).colour_managed  # so the tensor path leaves it to Pillow
 
 
@@ -229,8 +228,9 @@ def test_png_gamma_is_applied_unless_srgb() -> None:
     info.add(b"gAMA", struct.pack(">I", 100000))  # linear samples: mid-gray shows light
     out = BytesIO()
     solid((128, 128, 128)).save(out, "PNG", pnginfo=info)
-    [view] = load_views(out.getvalue()).views
-    assert view.image.getpixel((0, 0)) == (188, 188, 188)
+    converted, stored = load_views(out.getvalue()).views
+    assert converted.image.getpixel((0, 0)) == (188, 188, 188)
+    assert stored.image.getpixel((0, 0)) == (128, 128, 128)
     info = PngInfo()
     info.add(b"gAMA", struct.pack(">I", 45455))  # sRGB's own: nothing changes
     out = BytesIO()
@@ -241,7 +241,7 @@ def test_png_gamma_is_applied_unless_srgb() -> None:
 def test_unusable_and_oversized_profiles_are_refused() -> None:
     out = BytesIO()
     solid(RED).save(out, "PNG", icc_profile=b"not a profile" * 40)
-    with pytest.raises(CorruptImageError, match=r"ICC profile .* cannot be applied"):
+    with pytest.raises(CorruptImageError, match=r"ICC profile cannot be read"):
         load_views(out.getvalue())
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     out = BytesIO()
@@ -277,7 +277,9 @@ def test_the_worst_picture_under_the_policy_answers() -> None:
     assert (moderate.frame, moderate.backdrop, moderate.labels) == (0, None, labels[0])
     strict = worst(views, labels, Policy("strict").score)  # the earliest of a tie
     assert (strict.frame, strict.backdrop) == (1, "white")
-    assert strict.details() == {"frame": 1, "frames": 5, "frames_judged": 2, "backdrop": "white"}
+    assert strict.details() == {
+        "frame": 1, "frames": 5, "frames_judged": 2, "backdrop": "white", "colours": None
+    }  # fmt: skip
 
 
 # --- end to end: the engine, Prodia, Eachlabs, nsfwd classify -----------------------------
@@ -343,10 +345,11 @@ def test_prodia_jobs_answer_with_the_worst_picture_and_say_which(
             config = res.json()["config"]
             assert config["labels"]["high"] > 0.25, (name, config)
             assert config["judged"] == {
-                "frame": frame, "frames": frames, "frames_judged": frames, "backdrop": backdrop
+                "frame": frame, "frames": frames, "frames_judged": frames, "backdrop": backdrop,
+                "colours": None,
             }, name  # fmt: skip
         tagged = post_job(url, red_tagged_blue()).json()["config"]
-        assert tagged["labels"]["high"] > 0.9 and "judged" not in tagged  # one picture: no news
+        assert tagged["labels"]["high"] > 0.9 and tagged["judged"]["colours"] == "converted"
         refused = post_job(url, over_budget_apng())
         assert refused.status_code == 400
         assert "limit of 134,217,728 pixels (width x height x frames)" in refused.json()["error"]
@@ -376,7 +379,13 @@ def test_eachlabs_predictions_flag_the_worst_frame_and_say_which(
     with image_host(files) as images, eachlabs_server(redless, tmp_path) as (url, _):
         anim = poll(url, created_id(create(url, f"{images}/anim.webp")))
         assert anim["status"] == "success" and anim["output"] == "nsfw", anim
-        assert anim["judged"] == {"frame": 1, "frames": 3, "frames_judged": 3, "backdrop": None}
+        assert anim["judged"] == {
+            "frame": 1,
+            "frames": 3,
+            "frames_judged": 3,
+            "backdrop": None,
+            "colours": None,
+        }
         alpha = poll(url, created_id(create(url, f"{images}/alpha.png")))
         assert alpha["judged"]["backdrop"] == "black", alpha
 
@@ -390,9 +399,16 @@ def test_nsfwd_classify_records_the_worst_picture(
     paths = [tmp_path / name for name in ("anim.webp", "default.png", "tagged.png")]
     anim, default, tagged = classify_files(redless, paths, batch_size=2, decode="pil")
     assert anim.labels is not None and anim.labels["high"] == pytest.approx(1.0)
-    assert anim.judged == {"frame": 1, "frames": 3, "frames_judged": 3, "backdrop": None}
+    assert anim.judged == {
+        "frame": 1,
+        "frames": 3,
+        "frames_judged": 3,
+        "backdrop": None,
+        "colours": None,
+    }
     assert default.judged is not None and default.judged["frame"] == 1
-    assert tagged.labels is not None and tagged.labels["high"] > 0.9 and tagged.judged is None
+    assert tagged.labels is not None and tagged.labels["high"] > 0.9
+    assert tagged.judged is not None and tagged.judged["colours"] == "converted"
     assert max(redless.batches) <= 2  # pictures run batch_size at a time
 
 
@@ -402,7 +418,7 @@ def test_nsfwd_classify_command_writes_judged(
     from nsfwd.cli import main
 
     (tmp_path / "anim.webp").write_bytes(webp_benign_for_one_ms())
-    (tmp_path / "still.png").write_bytes(red_tagged_blue())
+    solid(RED).save(tmp_path / "still.png")
     code = main(["classify", "--model", str(timm_checkpoint), "--dtype", "float32",
                  "--decode", "pil", str(tmp_path)])  # fmt: skip
     assert code == 0
@@ -421,7 +437,10 @@ def test_the_tensor_path_leaves_animations_and_colour_profiles_to_pillow(
     decoder = TensorDecoder(classifier)
     anim, tagged = decoder.prepare_views([webp_benign_for_one_ms(), red_tagged_blue("JPEG")])
     assert isinstance(anim, Views) and [view.frame for view in anim.views] == [0, 1, 2]
-    assert isinstance(tagged, Views) and len(tagged.views) == 1
+    assert isinstance(tagged, Views) and [v.colours for v in tagged.views] == [
+        "converted",
+        "stored",
+    ]
     red, _, blue = tagged.images[0].float().mean(dim=(1, 2)).tolist()
     assert red < 40 and blue > 200  # converted by its profile, as Pillow does
     [first] = decoder.prepare([webp_benign_for_one_ms()])  # prepare: the first frame, as before
@@ -447,7 +466,7 @@ def test_which_picture_answered_crosses_the_inference_socket(
         try:
             judged = await client.judge(webp_benign_for_one_ms(), Policy("strict", 0.3))
             assert judged.details() == {
-                "frame": 1, "frames": 3, "frames_judged": 3, "backdrop": None
+                "frame": 1, "frames": 3, "frames_judged": 3, "backdrop": None, "colours": None
             }  # fmt: skip
             assert judged.labels["high"] == pytest.approx(1.0)
             alpha = await client.judge(alpha_carries_the_picture())
@@ -458,5 +477,138 @@ def test_which_picture_answered_crosses_the_inference_socket(
             await client.stop()
             await server.stop()
             await engine.stop()
+
+    asyncio.run(main())
+
+
+# --- issue 21: what a browser shows (checked against Chromium in test_browser_views.py) -----
+
+
+def centres(data: bytes) -> list[tuple[str | None, str | None, Any]]:
+    """Each view's colours, backdrop and centre pixel."""
+    return [
+        (v.colours, v.backdrop, v.image.getpixel(hostile_pngs.CENTRE))
+        for v in load_views(data).views
+    ]
+
+
+def test_a_16_bit_colour_key_is_compared_at_16_bits() -> None:
+    """The field is the key (transparent); the square differs from it in the low byte only.
+    Reduced to 8 bits first, every pixel matched the key and the picture was blank."""
+    data = hostile_pngs.low_byte_picture()
+    over_white, over_black = load_views(data).views
+    assert over_white.image.getpixel(hostile_pngs.CORNER) == WHITE  # the key: transparent
+    assert over_white.image.getpixel(hostile_pngs.CENTRE) == (32, 32, 32)  # the square shows
+    assert over_black.image.getpixel(hostile_pngs.CORNER) == BLACK
+
+
+WASH = hostile_pngs.whitening_profile()
+SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+DARK, LIGHT, WASHED = (40, 40, 40), (235, 235, 235), (254, 254, 254)
+COLOUR_CASES = {
+    # what Chromium shows first, then the stored colours where those differ
+    "cICP wins over iCCP": (
+        hostile_pngs.tagged(hostile_pngs.CICP_SRGB, hostile_pngs.iccp(WASH)),
+        [(None, DARK)],
+    ),
+    "a grey profile on a colour image is ignored": (
+        hostile_pngs.tagged(hostile_pngs.iccp(hostile_pngs.gray_profile())),
+        [(None, DARK)],
+    ),
+    "the first iCCP counts, not the last": (
+        hostile_pngs.tagged(hostile_pngs.iccp(SRGB), hostile_pngs.iccp(WASH)),
+        [(None, DARK)],
+    ),
+    "an iCCP after the image data is ignored": (
+        hostile_pngs.png(hostile_pngs.dark_square_rgb(), after=[hostile_pngs.iccp(WASH)]),
+        [(None, DARK)],
+    ),
+    "sRGB and iCCP: both judged": (
+        hostile_pngs.tagged(hostile_pngs.SRGB_CHUNK, hostile_pngs.iccp(WASH)),
+        [("converted", WASHED), ("stored", DARK)],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(COLOUR_CASES))
+def test_colour_tags_are_followed_as_chromium_follows_them(case: str) -> None:
+    data, expected = COLOUR_CASES[case]
+    assert [(colours, centre) for colours, _, centre in centres(data)] == expected
+
+
+def test_gama_with_chrm_primaries_is_applied() -> None:
+    """cHRM with red and blue swapped, beside a gAMA: Chromium shows red as blue; nsfwd ignored
+    cHRM and judged red."""
+    red = hostile_pngs.square((235, 235, 235), (200, 30, 30))
+    data = hostile_pngs.png(
+        red,
+        before=[hostile_pngs.gama(1 / 2.2), hostile_pngs.chrm(hostile_pngs.SWAPPED_PRIMARIES)],
+    )
+    (converted, _, shown), (stored, _, kept) = centres(data)
+    assert (converted, stored) == ("converted", "stored")
+    assert shown[2] > 190 and shown[0] < 40, shown  # blue, as Chromium shows it
+    assert kept == (200, 30, 30)
+    alone = hostile_pngs.png(red, before=[hostile_pngs.chrm(hostile_pngs.SWAPPED_PRIMARIES)])
+    assert centres(alone) == [(None, None, (200, 30, 30))]  # cHRM alone: ignored
+
+
+TOP = (80, 20)
+ORIENTATION_CASES = {
+    # file, whether browsers turn it (the dark half then shows at the bottom)
+    "PNG eXIf before the image data": (hostile_pngs.png_exif(before_idat=True), True),
+    "PNG eXIf after the image data": (hostile_pngs.png_exif(before_idat=False), False),
+    "JPEG EXIF": (hostile_pngs.jpeg_exif_orientation(), True),
+    "JPEG XMP only": (hostile_pngs.jpeg_xmp_orientation(), False),
+    "PNG XMP only": (hostile_pngs.png_xmp_orientation(), False),
+    "WebP EXIF": (hostile_pngs.webp_exif_orientation(), False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ORIENTATION_CASES))
+def test_orientation_is_followed_as_browsers_follow_it(case: str) -> None:
+    data, turned = ORIENTATION_CASES[case]
+    [view] = load_views(data).views
+    top = view.image.getpixel(TOP)
+    assert isinstance(top, tuple)
+    assert (top[0] > 128) == turned, top
+    assert read_header(data).orientation == (3 if turned else 1)
+
+
+def test_partial_transparency_is_judged_over_mid_grey_as_well() -> None:
+    """Over white the square shows 191, over black 64: only a grey page shows it in mid-tones."""
+    assert [(backdrop, centre) for _, backdrop, centre in
+            centres(hostile_pngs.midtones_over_grey_only())] == [
+        ("white", (191, 191, 191)), ("black", (64, 64, 64)), ("grey", (128, 128, 128))
+    ]  # fmt: skip
+    binary = [backdrop for _, backdrop, _ in centres(alpha_carries_the_picture())]
+    assert binary == ["white", "black"]  # all-or-nothing alpha: no blend to see
+
+
+class MidtoneClassifier(RedlessClassifier):
+    """P(high) is the share of pixels in mid-tones (100..156): a judge for which a blend is
+    not the average of its parts, as for a real model."""
+
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        self.batches.append(int(batch.shape[0]))
+        grey = batch.float().mean(dim=1)
+        midtones = ((grey >= 100) & (grey <= 156)).float().mean(dim=(1, 2))
+        probs = torch.zeros((batch.shape[0], len(self.labels)))
+        probs[:, self.labels.index("high")] = midtones
+        probs[:, self.labels.index("neutral")] = 1.0 - midtones
+        return probs
+
+
+def test_the_grey_page_can_answer(classifier: Classifier) -> None:
+    judge = MidtoneClassifier(classifier.loaded, classifier.device, classifier.dtype, "midtone")
+    judge.batches = []
+
+    async def main() -> None:
+        engine = Engine(judge, max_batch_size=4, limits=ImageLimits())
+        await engine.start()
+        try:
+            judged = await engine.judge(hostile_pngs.midtones_over_grey_only())
+        finally:
+            await engine.stop()
+        assert judged.backdrop == "grey" and judged.labels["high"] > 0.2  # white, black: ~0
 
     asyncio.run(main())

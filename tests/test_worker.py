@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import torch
 from PIL import Image
 from sqlalchemy import update
 
@@ -475,3 +476,51 @@ async def _no_running(worker: Worker) -> bool:
 
 async def _gone(store: Store, prediction_id: str) -> bool:
     return await store.predictions.get(prediction_id) is None
+
+
+class FailsOnce(Classifier):
+    """The real model, but its first batch raises (a transient out-of-memory error)."""
+
+    failures = 0
+
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("CUDA out of memory (pretend)")
+        return super().predict(batch)
+
+
+def test_a_model_failure_lets_the_job_run_again(classifier: Classifier, tmp_path: Path) -> None:
+    """A model that fails once: the job runs again once its lease runs out, and succeeds.
+    Before, the batch's error failed the job for good."""
+    model = FailsOnce(classifier.loaded, classifier.device, classifier.dtype, classifier.name)
+    engine = Engine(model)
+
+    async def body(store: Store, worker: Worker) -> Prediction:
+        model.failures = 1  # the warm-up is past
+        prediction_id = await upload(store, noise_png(1))
+        await until(lambda: _count(all_finished(store, [prediction_id]), 1), timeout=20)
+        (done,) = await all_finished(store, [prediction_id])
+        return done
+
+    done = run(database_url(tmp_path), engine, body, lease_s=0.5, poll_s=0.05)
+    assert done.status == "succeeded" and done.attempts == 2, done
+
+
+def test_a_model_that_keeps_failing_fails_the_job_with_a_message(
+    classifier: Classifier, tmp_path: Path
+) -> None:
+    model = FailsOnce(classifier.loaded, classifier.device, classifier.dtype, classifier.name)
+    engine = Engine(model)
+
+    async def body(store: Store, worker: Worker) -> Prediction:
+        model.failures = 10
+        prediction_id = await upload(store, noise_png(1))
+        await until(lambda: _count(all_finished(store, [prediction_id]), 1), timeout=20)
+        (done,) = await all_finished(store, [prediction_id])
+        return done
+
+    done = run(database_url(tmp_path), engine, body, store_options={"max_attempts": 2},
+               lease_s=0.5, poll_s=0.05)  # fmt: skip
+    assert done.status == "failed" and done.attempts == 2
+    assert done.error is not None and "model failed on this image in each of 2" in done.error

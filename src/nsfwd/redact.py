@@ -2,8 +2,10 @@
 
 The copy keeps the format (JPEG, PNG, WebP, GIF, TIFF, BMP, HEIC/HEIF, AVIF), every frame of
 an animation with its timing and looping, every page of a TIFF, and the size of the picture as
-a viewer sees it; it is written upright (the EXIF orientation, or a HEIF's own turns, applied),
-without EXIF, GPS, XMP or text chunks (the ICC profile stays, so colours look the same).
+a viewer sees it; it is written upright (turned as the intake turns it: a JPEG's EXIF
+orientation, a PNG's eXIf chunk before its image data, a TIFF's tag as Pillow's loader applies
+it, or a HEIF's own turns), without EXIF, GPS, XMP or text chunks (the ICC profile stays, so
+colours look the same).
 Thumbnails go with the metadata. A HEIF copy holds its top-level images, each redacted, the
 primary first (an image sequence beside them is left out: pillow-heif writes none); an AVIF
 copy holds its image sequence, or else its primary image alone (Pillow writes one of the two).
@@ -23,9 +25,10 @@ Styles (:data:`STYLES`), none of which an inverse filter can undo:
 A plain Gaussian blur is not used alone: its kernel is known, and at modest radii deconvolution
 brings much of the detail back.
 
-Frames an animation's judgement skipped (the intake's rule, :meth:`Layout.to_judge
-<nsfwd.intake.pictures.Layout.to_judge>`) take the regions of the judged frames before and
-after them. Pillow (and pillow-heif for HEIF) only; no torch.
+Frames an animation's judgement skipped (past the frame budget, the intake's frame rule,
+:mod:`nsfwd.intake.frames`, chose the others: :func:`~nsfwd.intake.decode.judged_pictures`)
+take the regions of the judged frames before and after them. Pillow (and pillow-heif for HEIF)
+only; no torch.
 """
 
 from __future__ import annotations
@@ -40,10 +43,10 @@ from PIL import Image, ImageFilter
 
 from nsfwd.intake import CorruptImageError, ImageError, ImageLimits
 from nsfwd.intake.colour import WIDE_GRAY_MODES
-from nsfwd.intake.decode import ORIENTATION_TRANSPOSE, exif_orientation, open_pictures
-from nsfwd.intake.pictures import Layout, Picture
+from nsfwd.intake.decode import ORIENTATION_TRANSPOSE, judged_pictures, open_pictures
+from nsfwd.intake.pictures import Picture
 from nsfwd.intake.sniff import MEDIA_TYPES
-from nsfwd.intake.source import Source
+from nsfwd.intake.source import PillowSource, Source
 from nsfwd.intake.views import wide_gray_to_8bit
 from nsfwd.verdict import Region
 
@@ -122,15 +125,19 @@ def redact(
     its :class:`~nsfwd.intake.ImageError` for an image they refuse or that does not decode.
     """
     chosen = redaction.chosen(regions)
-    source = open_pictures(data, limits or ImageLimits())
+    limits = limits or ImageLimits()
+    source = open_pictures(data, limits)
     fmt, layout = source.format, source.layout
     try:
         with source:
+            judged = _judged(data, source, limits)
             if fmt in ("HEIF", "AVIF"):
-                return Redacted(_redacted_container(source, chosen, redaction), fmt)
+                return Redacted(_redacted_container(source, judged, chosen, redaction), fmt)
+            facts = source.facts if isinstance(source, PillowSource) else None
+        turn = None if facts is None else ORIENTATION_TRANSPOSE.get(facts.orientation)
         count = sum(1 for picture in layout.pictures if picture.kind != "thumbnail")
         with Image.open(BytesIO(data), formats=[fmt]) as image:
-            frames, timing = _redacted_frames(image, count, _judged(layout), chosen, redaction)
+            frames, timing = _redacted_frames(image, count, judged, chosen, redaction, turn=turn)
             return Redacted(_encode(image, fmt, frames, timing), fmt)
     except ImageError:
         raise
@@ -138,9 +145,11 @@ def redact(
         raise CorruptImageError(f"{fmt} data cannot be redacted ({exc})") from exc
 
 
-def _judged(layout: Layout) -> list[int]:
-    """The pictures the judgement looked at, by index (thumbnails are not written)."""
-    return [picture.index for picture in layout.to_judge() if picture.kind != "thumbnail"]
+def _judged(data: bytes, source: Source, limits: ImageLimits) -> list[int]:
+    """The pictures the judgement looked at (the intake's rule), by index (thumbnails are not
+    written)."""
+    judged = judged_pictures(data, source, limits)
+    return [picture.index for picture in judged if picture.kind != "thumbnail"]
 
 
 def _redacted_frames(
@@ -149,17 +158,19 @@ def _redacted_frames(
     judged: Sequence[int],
     regions: Sequence[Region],
     redaction: Redaction,
+    *,
+    turn: Image.Transpose | None = None,
 ) -> tuple[list[Image.Image], list[int]]:
-    """Every frame (or page), upright, with its regions covered; and each one's duration (ms)."""
-    method = ORIENTATION_TRANSPOSE.get(exif_orientation(image))
+    """Every frame (or page), upright (by ``turn``), with its regions covered (a frame not
+    ``judged`` takes those of its judged neighbours); and each one's duration (ms)."""
     frames, durations = [], []
     for index in range(count):
         image.seek(index)
         stored = wide_gray_to_8bit(image) if image.mode in WIDE_GRAY_MODES else image
         frame = stored.convert(_working_mode(stored))
         frame.info = {}  # Pillow's writers take EXIF, XMP and comments from it
-        if method is not None:
-            frame = frame.transpose(method)
+        if turn is not None:
+            frame = frame.transpose(turn)
         for region in _frame_regions(regions, index, judged):
             _cover(frame, redaction.padded(region, frame.size), redaction.style)
         frames.append(frame)
@@ -167,14 +178,15 @@ def _redacted_frames(
     return frames, durations
 
 
-def _redacted_container(source: Source, regions: Sequence[Region], redaction: Redaction) -> bytes:
+def _redacted_container(
+    source: Source, judged: Sequence[int], regions: Sequence[Region], redaction: Redaction
+) -> bytes:
     """A HEIF's top-level images or an AVIF's sequence (else its primary image), decoded
     upright, redacted and encoded again in the same format (see the module)."""
     layout = source.layout
     frames = [picture for picture in layout.pictures if picture.kind == "frame"]
     images = [picture for picture in layout.pictures if picture.kind == "image"]
     kept = (frames or images[:1]) if source.format == "AVIF" else (images or frames)
-    judged = _judged(layout)
     pictures = []
     for picture in kept:
         loaded = source.load(picture)

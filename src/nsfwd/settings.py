@@ -45,6 +45,8 @@ DEFAULT_RESULT_TTL_S: Final = 24 * 3600.0
 DEFAULT_MAX_ATTEMPTS: Final = 3
 """Claims before an abandoned job is failed (``NSFWD_MAX_ATTEMPTS``, and a bare job store's)."""
 WEBHOOK_SECRET_PREFIX = "whsec_"
+MIN_STATIC_KEY_CHARS: Final = 16
+"""Shortest static API key accepted: shorter ones are within reach of guessing."""
 _SECRET_HINT = (
     'generate one with: python -c "import base64, secrets; '
     "print('whsec_' + base64.b64encode(secrets.token_bytes(32)).decode())\""
@@ -202,8 +204,8 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated static API keys (Bearer tokens for Prodia, X-API-Key for "
-        "Eachlabs). With none, and no key made with `nsfwd keys create`, the server refuses to "
-        "bind beyond loopback.",
+        "Eachlabs), each of at least 16 characters. With none, and no key made with `nsfwd "
+        "keys create`, the server refuses to bind beyond loopback.",
     )
     admin_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -235,7 +237,8 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         64,
         ge=1,
-        description="Images waiting for the model before new requests get 429 with Retry-After, "
+        description="Pictures waiting for the model (an image holds one per frame, page and "
+        "colours judged) before new requests get 429 with Retry-After, "
         "so clients back off instead of timing out.",
     )
     decode_workers: int | None = Field(
@@ -326,6 +329,27 @@ class Settings(BaseSettings):
         "hold an upload slot for long). 10 MB in 60 s needs about 1.4 Mbit/s.",
     )
 
+    # --- Connections (uvicorn) -------------------------------------------------------------------
+
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description="Connections and requests each HTTP process serves at once (uvicorn's "
+        "limit_concurrency); past it, 503. Bounds the descriptors and memory that clients who "
+        "never read their answers can hold.",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a client has to send a request's headers, from its connection or "
+        "its first byte; then the connection is closed (uvicorn has no such limit itself).",
+    )
+    keep_alive_s: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds an idle keep-alive connection is kept open between requests.",
+    )
+
     # --- Fetching image URLs ---------------------------------------------------------------------
 
     fetch_allow_networks: Annotated[list[str], NoDecode] = Field(
@@ -342,6 +366,13 @@ class Settings(BaseSettings):
     )
     dns_workers: int = Field(
         DEFAULT_SIZES[DNS], ge=1, description="Threads resolving the host names of image URLs."
+    )
+    dns_key_share: int | None = Field(
+        None,
+        ge=1,
+        description="Host-name lookups one API key may have running at once (its share of "
+        "dns_workers); its others wait their turn without taking a thread, so one key's slow "
+        "names do not stall fetching for everyone. Unset: a quarter of dns_workers (at least 1).",
     )
 
     # --- The job store and its workers -----------------------------------------------------------
@@ -416,12 +447,28 @@ class Settings(BaseSettings):
     key_max_requests: int | None = Field(
         None,
         ge=1,
-        description="Prodia requests (POST /v2/job, and POST /v2/job/async while its upload is "
-        "read and checked) one key may have in progress at once in each HTTP process, its fair "
-        "share: past it, a key gets 429 with Retry-After once the process has half of max_queue "
+        description="Requests (POST /v2/job, POST /v2/job/async while its upload is read and "
+        "checked, POST /v1/prediction/ and POST /v1/moderations) one key may have in progress "
+        "at once in each HTTP process, its fair share: past it, a key gets 429 with "
+        "Retry-After once the process has half of max_queue (or of max_uploads, if smaller) "
         "requests in progress (below that it may use what nobody else is using), so one key "
-        "cannot fill the engine's queue or every upload slot. Unset: an eighth of max_queue "
-        "(at least 1).",
+        "cannot fill the engine's queue or every upload slot. OpenAI moderation requests count "
+        "one per image, and Eachlabs creates one each. Unset: an eighth of max_queue (at "
+        "least 1).",
+    )
+    key_max_reads: int = Field(
+        16,
+        ge=1,
+        description="GET requests (job states, results, stored images) one key may have in "
+        "progress at once in each HTTP process; one more gets 429 with Retry-After, so that "
+        "clients that never read their answers cannot hold the server's memory.",
+    )
+    auth_failures_per_minute: int = Field(
+        10,
+        ge=1,
+        description="Wrong API keys one client address (an IPv6 /64) may present in a minute; "
+        "past it every request from there gets 429 with Retry-After until the minute has "
+        "passed, so keys cannot be guessed at speed.",
     )
     key_max_async_jobs: int = Field(
         100,
@@ -486,6 +533,19 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("api_keys", "admin_keys")
+    @classmethod
+    def _long_enough(cls, keys: list[str]) -> list[str]:
+        short = [key for key in keys if len(key) < MIN_STATIC_KEY_CHARS]
+        if short:
+            raise ValueError(
+                f"{len(short)} of the static keys {'is' if len(short) == 1 else 'are'} "
+                f"shorter than {MIN_STATIC_KEY_CHARS} characters, short enough to guess; use "
+                "long random keys, e.g. `python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))'`, or `nsfwd keys create`"
+            )
+        return keys
 
     @field_validator(
         "fetch_allow_networks", "webhook_allow_networks", "validate_allow_networks", mode="before"
@@ -573,16 +633,22 @@ class Settings(BaseSettings):
 
     @property
     def key_requests_limit(self) -> int:
-        """Prodia requests one key may have in progress per HTTP process
+        """Requests one key may have in progress per HTTP process
         (``key_max_requests``, or an eighth of ``max_queue``)."""
         return self.key_max_requests or max(1, self.max_queue // 8)
 
     @property
     def key_requests_busy_at(self) -> int:
-        """Prodia requests in progress in a process from which a key past its share is refused:
-        half of ``max_queue``, and never below 2 (with a queue of one to three, the engine's
-        own admission decides alone)."""
-        return max(2, self.max_queue // 2)
+        """Requests in progress in a process from which a key past its share is refused: half
+        of ``max_queue`` or of ``max_uploads``, whichever is smaller (so one key borrowing what
+        nobody uses never holds every upload slot), and never below 2."""
+        return max(2, min(self.max_queue, self.max_uploads) // 2)
+
+    @property
+    def dns_key_limit(self) -> int:
+        """Lookups one key may have running at once (``dns_key_share``, or a quarter of
+        ``dns_workers``)."""
+        return self.dns_key_share or max(1, self.dns_workers // 4)
 
     @property
     def verdict_policy(self) -> Policy:

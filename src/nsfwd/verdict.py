@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, cast
 
 if TYPE_CHECKING:
     from nsfwd.intake.pictures import PictureKind
-    from nsfwd.intake.views import Backdrop, Views
+    from nsfwd.intake.views import Backdrop, Colours, Views
     from nsfwd.timeline import VideoVerdict
 
 Labels = dict[str, float]
@@ -316,6 +316,7 @@ class Judgement:
     backdrop: Backdrop | None = None
     video: VideoVerdict | None = None
     """A video's worst moment, how much was judged, and its segments; None for an image."""
+    colours: Colours | None = None
     regions: tuple[Region, ...] | None = None
     """What a detector found, frame by frame (None: the model is a classifier)."""
     picture: PictureKind = "frame"
@@ -333,7 +334,12 @@ class Judgement:
     @property
     def chosen(self) -> bool:
         """Whether more than one picture was judged, so that which one answers is news."""
-        return self.frames_judged > 1 or self.backdrop is not None or self.video is not None
+        return (
+            self.frames_judged > 1
+            or self.backdrop is not None
+            or self.colours is not None
+            or self.video is not None
+        )
 
     @property
     def segments(self) -> list[dict[str, float]] | None:
@@ -343,9 +349,11 @@ class Judgement:
 
     def details(self) -> dict[str, Any]:
         """Which picture answered, for responses: ``frame`` (its index), ``frames`` (pictures
-        in the file), ``frames_judged`` and ``backdrop`` (``white``, ``black`` or null); and
-        ``picture`` (``page``, ``image`` or ``thumbnail``) where it is not a frame; for a
-        video, :meth:`nsfwd.timeline.VideoVerdict.details` (``time`` of the worst moment...)."""
+        in the file), ``frames_judged``, ``backdrop`` (``white``, ``black``, ``grey`` or null)
+        and ``colours`` (``converted`` by the file's colour tags, ``stored``, or null where the
+        tags change nothing); and ``picture`` (``page``, ``image`` or ``thumbnail``) where it
+        is not a frame; for a video, :meth:`nsfwd.timeline.VideoVerdict.details` (``time`` of
+        the worst moment...)."""
         if self.video is not None:
             return self.video.details()
         details: dict[str, Any] = {
@@ -353,6 +361,7 @@ class Judgement:
             "frames": self.frames,
             "frames_judged": self.frames_judged,
             "backdrop": self.backdrop,
+            "colours": self.colours,
         }
         if self.picture != "frame":
             details["picture"] = self.picture
@@ -402,6 +411,7 @@ class Judgement:
             frames=int(kept.get("frames", 1)),
             frames_judged=int(kept.get("frames_judged", 1)),
             backdrop=kept.get("backdrop"),
+            colours=kept.get("colours"),
             regions=regions,
             picture=kept.get("picture", "frame"),
             match=match,
@@ -440,6 +450,7 @@ def worst(
         frames=views.frames,
         frames_judged=views.frames_judged,
         backdrop=view.backdrop,
+        colours=view.colours,
         regions=None if regions is None else _regions_by_frame(views, scores, regions),
         picture=view.picture,
     )

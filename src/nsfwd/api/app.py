@@ -36,7 +36,9 @@ from nsfwd.settings import Settings
 def body_limits(settings: Settings) -> BodyLimits:
     """The largest request body of each route: an image of ``max_image_bytes`` and its form
     (on OpenAI's route, its base64 and JSON; on Prodia's async route, a video of
-    ``max_video_bytes``)."""
+    ``max_video_bytes``); in all, what the HTTP processes read at once (``max_uploads`` bodies
+    each, any of them as large as the largest route allows), for a host that reads ahead of
+    them (Serve's proxy)."""
     largest = max(settings.max_image_bytes, settings.max_video_bytes)
     return BodyLimits(
         default=settings.max_image_bytes + prodia.FORM_OVERHEAD_BYTES,
@@ -46,6 +48,7 @@ def body_limits(settings: Settings) -> BodyLimits:
         },
         hint=f"send an image of at most {settings.max_image_bytes:,} bytes (a video of at "
         f"most {settings.max_video_bytes:,} to {prodia_async.ROUTE})",
+        total=settings.max_uploads * settings.http_workers * (largest + prodia.FORM_OVERHEAD_BYTES),
     )
 
 
@@ -104,6 +107,7 @@ def create_app(
     pools.configure(
         decode=settings.decode_workers, dns=settings.dns_workers, webhooks=settings.webhook_workers
     )
+    pools.configure_shares(dns=settings.dns_key_limit)
     matcher = None if store is None else BankMatcher(store.banks, refresh_s=settings.bank_refresh_s)
     models = screened(ServedModels.of(engines, settings.served_model_name), settings, matcher)
     engine = models.default  # sizes the background work; its metrics count the requests

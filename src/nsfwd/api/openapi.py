@@ -105,6 +105,11 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
             },
             "labels": {"anyOf": [_NUMBER_MAP, {"type": "null"}]},
             "segments": _SEGMENTS,
+            "sha256": {
+                "type": "string",
+                "description": "SHA-256 of the image bytes fetched (hex): the verdict holds "
+                "for these bytes only",
+            },
             "message": {"type": "string"},
             "details": {"type": "string"},
         },
@@ -145,6 +150,11 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
                     "required": ["flagged", "categories", "category_scores"],
                     "properties": {
                         "flagged": {"type": "boolean"},
+                        "sha256": {
+                            "type": "string",
+                            "description": "SHA-256 of the image bytes judged (hex): a URL's "
+                            "verdict holds for these bytes only",
+                        },
                         "categories": {
                             "type": "object",
                             "additionalProperties": {"type": "boolean"},
@@ -289,6 +299,7 @@ def prodia_job_answers(success: str, status: str) -> dict[int | str, dict[str, A
         status: _job(success),
         "400": _job("A bad job, part or image (the failed job says what)"),
         "401": _PLAIN_401,
+        "403": _job("A keyless server asked by another name than localhost"),
         "408": _job("The body stopped arriving"),
         "429": _job("The server or the async queue is full", retry_after=True),
         "431": HEADERS_TOO_LARGE,
@@ -302,7 +313,17 @@ def prodia_async_answers(success: dict[str, Any]) -> dict[int | str, dict[str, A
     return {
         "200": success,
         "401": _PLAIN_401,
+        "403": answer(
+            "A keyless server asked by another name than localhost",
+            {JSON: {"schema": ref("Error")}},
+        ),
         "404": answer("Unknown, expired or another key's job", {JSON: {"schema": ref("Error")}}),
+        "429": answer(
+            "The key has as many reads in progress as it may, or its address sent too many "
+            "wrong keys",
+            {JSON: {"schema": ref("Error")}},
+            retry_after=True,
+        ),
         "431": HEADERS_TOO_LARGE,
         "503": answer(
             "The job store is unavailable", {JSON: {"schema": ref("Error")}}, retry_after=True

@@ -25,9 +25,10 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
+from PIL import Image
 
 from nsfwd.batch.videos import is_video_file, judge_video
 from nsfwd.engine.protocol import DECODE_TIMEOUT_S
@@ -58,6 +59,8 @@ from nsfwd.verdict import (
 
 if TYPE_CHECKING:
     from nsfwd.banks.matcher import BankSnapshot
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -147,16 +150,27 @@ def _prepare(
     if is_video_file(path):
         return VideoFile(path)
     try:
-        data = read_image_file(path, limits)
-        if banks is None:
-            return load_prepared(data, classifier.prepare, limits)
-        checked = CheckedImages(classifier.prepare, limits)
-        match = banks.match(checked.check(data, hashed=True))
-        return checked.load(data) if match is None else match
+        return prepare_image(read_image_file(path, limits), classifier.prepare, limits, banks)
     except ImageError as exc:
         return str(exc)
     except OSError as exc:
         return _file_error(exc)
+
+
+def prepare_image(
+    data: bytes,
+    prepare: Callable[[Image.Image], T],
+    limits: ImageLimits,
+    banks: BankSnapshot | None = None,
+) -> Views[T] | Match:
+    """The pictures of one image's bytes, each made into ``prepare`` of it; with ``banks``,
+    each picture is hashed as it is decoded and a bank's match answers instead (the model need
+    not run). Raises the intake's :class:`~nsfwd.intake.ImageError`."""
+    if banks is None:
+        return load_prepared(data, prepare, limits)
+    checked = CheckedImages(prepare, limits)
+    match = banks.match(checked.check(data, hashed=True))
+    return checked.load(data) if match is None else match
 
 
 def _read(path: Path, limits: ImageLimits) -> bytes | VideoFile | str:

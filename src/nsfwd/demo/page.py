@@ -66,7 +66,9 @@ def install(app: FastAPI, settings: Settings, keys: KeyRing, model: str) -> None
         image limit goes to the async route). 401 without a valid token, so
         the page asks for one before the user picks an image."""
         try:
-            caller = await keys.identify(bearer_token(request.headers.get("authorization")))
+            caller = await keys.identify(
+                bearer_token(request.headers.get("authorization")), request
+            )
         except AuthenticationError as exc:
             return PlainTextResponse(
                 f"{exc}: this server needs an API token ({exc.sources})\n",

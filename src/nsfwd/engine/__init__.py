@@ -12,6 +12,7 @@ from nsfwd.engine.protocol import (
     DECODE_TIMEOUT_S,
     ClassifyEngine,
     EngineClosedError,
+    ModelFailedError,
     QueueFullError,
     run_intake,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "DECODE_TIMEOUT_S",
     "ClassifyEngine",
     "EngineClosedError",
+    "ModelFailedError",
     "QueueFullError",
     "run_intake",
 ]

@@ -1,13 +1,21 @@
 """The engine: a dynamic batcher between many concurrent requests and one model.
 
-Path of an upload: admission (a bounded count; over it, :class:`QueueFullError` and a 429) ->
-decode, validate and preprocess on the bounded ``decode`` pool (:mod:`nsfwd.engine.pools`: off the
-event loop, under a deadline, a late or abandoned decode holding no slot) into what viewers see
-(every judged frame, over white and black where transparent: :mod:`nsfwd.intake.views`) -> the queue
+Path of an upload: admission (a bounded count of pictures; over it, :class:`QueueFullError` and
+a 429) -> decode, validate and preprocess on the bounded ``decode`` pool
+(:mod:`nsfwd.engine.pools`: off the event loop, under a deadline, a late or abandoned decode
+holding no slot) into what viewers see (every judged frame, over each page and in each colours a
+viewer may see: :mod:`nsfwd.intake.views`) -> admission of the rest of its pictures -> the queue
 -> the batcher, which whenever the model is free takes everything queued (up to
 ``max_batch_size`` pictures, waiting at most ``batch_wait_ms`` for more; an image's pictures stay
 in one batch where they fit) -> one dedicated inference thread -> each request's future, which
 answers with the worst picture under the request's policy.
+
+Admission counts pictures, not requests: an image holds one place while it is decoded, then as
+many as it has pictures (a translucent animation, dozens). An image whose pictures do not fit
+beside those already admitted is refused (429) once decoded; alone, it is taken whatever its
+size. A batch the model fails on is run again in halves, so that one image that breaks the
+model (or a batch too big for the device's memory) fails alone, as
+:class:`~nsfwd.engine.protocol.ModelFailedError`.
 
 Like text-embeddings-inference's batcher, it needs no timer under load: requests pile up while
 the model runs and leave together in the next batch. A request whose caller was cancelled (its
@@ -18,9 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -29,7 +38,14 @@ from typing import Any
 from PIL import Image
 
 from nsfwd.banks.pdq import PictureHash
-from nsfwd.engine import DECODE_TIMEOUT_S, EngineClosedError, QueueFullError, pools, run_intake
+from nsfwd.engine import (
+    DECODE_TIMEOUT_S,
+    EngineClosedError,
+    ModelFailedError,
+    QueueFullError,
+    pools,
+    run_intake,
+)
 from nsfwd.engine.metrics import Metrics
 from nsfwd.engine.video import VideoRun
 from nsfwd.intake import ImageLimits, UnscorableImageError
@@ -38,6 +54,8 @@ from nsfwd.intake.video import VideoLimits, sniff_video
 from nsfwd.models.runner import Runner
 from nsfwd.timeline import VideoOptions
 from nsfwd.verdict import Finding, Judgement, Policy, judge, nonfinite_labels
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -130,7 +148,7 @@ class Engine:
 
     @property
     def in_flight(self) -> int:
-        """Images admitted and not yet answered."""
+        """Pictures admitted and not yet answered (an image being decoded holds one)."""
         return self._admitted
 
     @property
@@ -191,8 +209,8 @@ class Engine:
         if not self.ready or self._queue is None:
             raise EngineClosedError("the model is not loaded yet")
         trace = trace or Trace()
-        with self._admission():
-            if sniff_video(data) is not None:
+        with self._admission() as grow:
+            if sniff_video(data) is not None:  # one place: its frames come a batch at a time
                 return await self._video_run(trace).judge(
                     data,
                     self._prepare_frame,
@@ -202,24 +220,41 @@ class Engine:
                 )
             prepare = partial(self._checked.load, data)
             views = await run_intake(self.decode_pool, prepare, self.decode_timeout_s)
+            grow(len(views.views))
             found = await self._infer(views.images, views.sizes, trace)
         return judge(views, found, policy or Policy())
 
     @contextlib.contextmanager
-    def _admission(self) -> Iterator[None]:
-        """Count one image in for the block, or refuse it with :class:`QueueFullError` when
-        ``max_queue`` are in already (a check's decoding counts too: a flood is refused before
-        it is decoded)."""
-        if self._admitted >= self.max_queue:
+    def _admission(self) -> Iterator[Callable[[int], None]]:
+        """Hold one place for an image while it is decoded (a check's decoding counts too: a
+        flood is refused before it is decoded), or refuse it with :class:`QueueFullError` when
+        ``max_queue`` places are taken; the function it yields grows the hold to the image's
+        pictures once they are known (refused likewise where they do not fit, unless the
+        image is alone in the engine: any image fits an idle engine)."""
+        self._admit(1, alone=False)
+        held = 1
+
+        def grow(pictures: int) -> None:
+            nonlocal held
+            self._admit(pictures - held, alone=self._admitted == held)
+            held = max(held, pictures)
+
+        try:
+            yield grow
+        finally:
+            self._admitted -= held
+            self.metrics.queue_size.set(self._admitted)
+
+    def _admit(self, pictures: int, *, alone: bool) -> None:
+        """Take ``pictures`` more places, or refuse with :class:`QueueFullError` when they do
+        not fit under ``max_queue`` (unless the image is ``alone`` in the engine)."""
+        if pictures <= 0:
+            return
+        if self._admitted + pictures > self.max_queue and not alone:
             self.metrics.rejected.inc()
             raise QueueFullError(self.retry_after())
-        self._admitted += 1
+        self._admitted += pictures
         self.metrics.queue_size.set(self._admitted)
-        try:
-            yield
-        finally:
-            self._admitted -= 1
-            self.metrics.queue_size.set(self._admitted)
 
     async def _infer(
         self, pixels: list[Any], sizes: list[tuple[int, int]], trace: Trace
@@ -254,9 +289,9 @@ class Engine:
     async def check(self, data: bytes, *, hashed: bool = False) -> list[PictureHash]:
         """Decode and prepare ``data`` as :meth:`judge` does, on the decode pool, raising
         its :class:`~nsfwd.intake.ImageError`; the pictures are kept (the last
-        :data:`~nsfwd.intake.checked.KEPT` images) for a :meth:`judge` of the same bytes.
-        ``hashed``: hash every picture too, and return the hashes. Admitted as :meth:`judge`
-        is (:class:`QueueFullError` when full)."""
+        :data:`~nsfwd.intake.checked.KEPT_BYTES` of pictures) for a :meth:`judge` of the same
+        bytes. ``hashed``: hash every picture too, and return the hashes. Admitted as
+        :meth:`judge` is, as one place while it decodes (:class:`QueueFullError` when full)."""
         if not self.ready:
             raise EngineClosedError("the model is not loaded yet")
         with self._admission():
@@ -307,7 +342,6 @@ class Engine:
 
     async def _run_batches(self) -> None:
         assert self._queue is not None
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self._next_batch(self._queue)
             live = [item for item in batch if not item.future.done()]
@@ -318,27 +352,45 @@ class Engine:
             for item in live:
                 item.trace.queue_seconds = now - item.queued_at
                 self.metrics.queue_seconds.observe(item.trace.queue_seconds)
-            pixels = [picture for item in live for picture in item.pixels]
-            sizes = [size for item in live for size in item.sizes]
-            try:
-                found = await loop.run_in_executor(self._infer_pool, self._predict, pixels, sizes)
-            except Exception as exc:  # a model failure fails this batch, not the server
-                for item in live:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
+            await self._run_batch(live)
+
+    async def _run_batch(self, items: list[_Item]) -> None:
+        """Run ``items`` as one batch and answer each; if the model fails, run each half
+        again, so that only an image that fails alone gets the error."""
+        pixels = [picture for item in items for picture in item.pixels]
+        sizes = [size for item in items for size in item.sizes]
+        started = time.perf_counter()
+        try:
+            found = await asyncio.get_running_loop().run_in_executor(
+                self._infer_pool, self._predict, pixels, sizes
+            )
+        except Exception as exc:  # a model failure fails this batch, not the server
+            _log.warning("the model failed on a batch of %d images (%s: %s)%s", len(items),
+                         type(exc).__name__, exc, "; running it again in halves"
+                         if len(items) > 1 else "")  # fmt: skip
+            if len(items) > 1:
+                half = len(items) // 2
+                await self._run_batch(items[:half])
+                await self._run_batch(items[half:])
+                return
+            [item] = items
+            if not item.future.done():
+                item.future.set_exception(
+                    ModelFailedError(f"the model failed on this image: {type(exc).__name__}: {exc}")
+                )
+            return
+        elapsed = time.perf_counter() - started
+        self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
+        self.metrics.batch_size.observe(len(pixels))
+        self.metrics.inference_seconds.observe(elapsed)
+        items[0].trace.batches.append((len(pixels), elapsed))
+        rows = iter(found)
+        for item in items:
+            answers = [next(rows) for _ in item.pixels]
+            if item.future.done():
                 continue
-            elapsed = time.perf_counter() - now
-            self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
-            self.metrics.batch_size.observe(len(pixels))
-            self.metrics.inference_seconds.observe(elapsed)
-            live[0].trace.batches.append((len(pixels), elapsed))
-            rows = iter(found)
-            for item in live:
-                answers = [next(rows) for _ in item.pixels]
-                if item.future.done():
-                    continue
-                bad = sorted({label for row in answers for label in nonfinite_labels(row.labels)})
-                if bad:  # fail closed: NaN is never flagged
-                    item.future.set_exception(UnscorableImageError.for_labels(bad))
-                else:
-                    item.future.set_result(answers)
+            bad = sorted({label for row in answers for label in nonfinite_labels(row.labels)})
+            if bad:  # fail closed: NaN is never flagged
+                item.future.set_exception(UnscorableImageError.for_labels(bad))
+            else:
+                item.future.set_result(answers)

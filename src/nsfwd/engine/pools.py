@@ -14,6 +14,11 @@ off: its caller gets :class:`PoolDeadlineError` (or the cancellation) at once, t
 to its end on a thread the pool no longer counts, and its slot goes to the next task. At most
 ``max_written_off`` tasks are written off at a time; beyond that a late task keeps its slot
 until it ends, so a pool never runs more than ``size + max_written_off`` threads.
+
+A pool that work of many API keys shares is also shared out by key (:class:`KeyShares`,
+:func:`key_shares`): a key runs at most its share of tasks at once, and its others wait in a
+line of its own, not in the pool's, so one key's slow tasks (32 slow-resolving host names)
+leave threads for everyone else's.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import contextlib
 import os
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final, Generic, TypeVar
 
 __all__ = [
@@ -33,8 +38,11 @@ __all__ = [
     "DNS",
     "WEBHOOKS",
     "BoundedPool",
+    "KeyShares",
     "PoolDeadlineError",
     "configure",
+    "configure_shares",
+    "key_shares",
     "named",
 ]
 
@@ -231,3 +239,55 @@ def configure(**sizes: int | None) -> None:
             current = _pools.get(name)
             if current is None or current.size != wanted:
                 _pools[name] = BoundedPool(name, wanted)
+
+
+class KeyShares:
+    """At most ``limit`` tasks of one key at once (see the module docstring); a key's others
+    wait their turn, in order, without taking a pool's thread."""
+
+    def __init__(self, limit: int) -> None:
+        """Give each key ``limit`` at once."""
+        if limit < 1:
+            raise ValueError(f"a key's share must be at least 1, got {limit}")
+        self.limit = limit
+        self._lines: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def turn(self, key: str | None) -> AsyncIterator[None]:
+        """Wait for one of ``key``'s turns (``None``: no key, no wait), and hold it."""
+        if key is None:
+            yield
+            return
+        semaphore, users = self._lines.setdefault(key, (asyncio.Semaphore(self.limit), [0]))
+        users[0] += 1
+        try:
+            async with semaphore:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._lines[key]
+
+
+_shares: dict[str, KeyShares] = {}
+
+
+def key_shares(name: str) -> KeyShares:
+    """This process's shares of pool ``name`` by key (:func:`configure`\\ d, else a quarter of
+    the pool's default size)."""
+    with _pools_lock:
+        shares = _shares.get(name)
+        if shares is None:
+            shares = _shares[name] = KeyShares(max(1, DEFAULT_SIZES[name] // 4))
+        return shares
+
+
+def configure_shares(**limits: int) -> None:
+    """Set each key's share of the pools named (``dns=2``)."""
+    with _pools_lock:
+        for name, limit in limits.items():
+            if name not in DEFAULT_SIZES:
+                raise KeyError(f"no pool named {name!r}; the pools are {', '.join(DEFAULT_SIZES)}")
+            current = _shares.get(name)
+            if current is None or current.limit != limit:
+                _shares[name] = KeyShares(limit)

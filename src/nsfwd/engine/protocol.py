@@ -37,7 +37,7 @@ async def run_intake(pool: BoundedPool, fn: Callable[[], T], deadline_s: float) 
 
 
 class QueueFullError(RuntimeError):
-    """The engine holds as many images as it may; the caller should retry later."""
+    """The engine holds as many pictures as it may; the caller should retry later."""
 
     def __init__(self, retry_after: int) -> None:
         super().__init__(f"the server is at capacity; retry in {retry_after} s")
@@ -46,6 +46,12 @@ class QueueFullError(RuntimeError):
 
 class EngineClosedError(RuntimeError):
     """The engine is not running (not started yet, or shutting down)."""
+
+
+class ModelFailedError(RuntimeError):
+    """The model raised on a batch, and again on the image alone (an out-of-memory error, a
+    device fault): not the image's fault as far as anyone can tell, so a background job runs
+    again later rather than failing for good."""
 
 
 class ClassifyEngine(Protocol):

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nsfwd.banks.pdq import PictureHash
-from nsfwd.engine import EngineClosedError, QueueFullError
+from nsfwd.engine import EngineClosedError, ModelFailedError, QueueFullError
 from nsfwd.engine.metrics import Metrics
 from nsfwd.intake import ImageError, ImageLimits
 from nsfwd.intake.errors import IMAGE_ERRORS
@@ -150,6 +150,8 @@ class InferenceServer:
             answer.update(error="queue_full", retry_after=exc.retry_after)
         except EngineClosedError as exc:
             answer.update(error="closed", message=str(exc))
+        except ModelFailedError as exc:
+            answer.update(error="model_failed", message=str(exc))
         except Exception as exc:  # a model failure fails this request, not the connection
             log.exception("inference failed")
             answer.update(error="internal", message=f"{type(exc).__name__}: {exc}")
@@ -193,6 +195,8 @@ def _error(answer: dict[str, Any]) -> Exception:
         return QueueFullError(int(answer["retry_after"]))
     if kind == "closed":
         return EngineClosedError(message)
+    if kind == "model_failed":
+        return ModelFailedError(message)
     return RuntimeError(f"the inference process failed: {message}")
 
 

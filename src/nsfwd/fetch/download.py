@@ -23,7 +23,12 @@ from nsfwd.fetch.policy import (
     shorten,
     validate_url,
 )
-from nsfwd.fetch.transport import USER_AGENT, PinnedTransport, httpx_timeout
+from nsfwd.fetch.transport import (
+    BROWSER_IMAGE_ACCEPT,
+    BROWSER_USER_AGENT,
+    PinnedTransport,
+    httpx_timeout,
+)
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
@@ -75,7 +80,11 @@ async def _follow(transport: PinnedTransport, url: str, policy: FetchPolicy) -> 
 
 async def _get(transport: PinnedTransport, url: httpx.URL, policy: FetchPolicy) -> httpx.Response:
     """Send one GET for ``url``; the response's body is still to be read."""
-    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+    headers = {
+        "User-Agent": BROWSER_USER_AGENT,
+        "Accept": BROWSER_IMAGE_ACCEPT,
+        "Accept-Encoding": "identity",
+    }
     extensions = {"timeout": httpx_timeout(policy).as_dict()}
     request = httpx.Request("GET", url, headers=headers, extensions=extensions)
     response = await transport.handle_async_request(request)

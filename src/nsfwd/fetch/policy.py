@@ -14,7 +14,7 @@ import re
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
@@ -69,6 +69,12 @@ async def webhook_resolver(host: str, port: int) -> list[str]:
     return await _lookup(pools.WEBHOOKS, host, port)
 
 
+async def _in_turn(key: str, resolver: Resolver, host: str, port: int) -> list[str]:
+    """``resolver``'s answer, in one of ``key``'s turns on the ``dns`` pool."""
+    async with pools.key_shares(pools.DNS).turn(key):
+        return await resolver(host, port)
+
+
 async def _lookup(pool: str, host: str, port: int) -> list[str]:
     infos = await pools.named(pool).run(
         partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
@@ -101,6 +107,14 @@ class FetchPolicy:
         networks = parse_networks(self.allow_networks)
         object.__setattr__(self, "allow_networks", tuple(str(n) for n in networks))
         object.__setattr__(self, "networks", networks)
+
+    def for_key(self, key: str | None) -> FetchPolicy:
+        """This policy for fetches made for API key ``key``: its host-name lookups take turns
+        within the key's share of the ``dns`` pool (:func:`nsfwd.engine.pools.key_shares`), so
+        one key's slow names cannot stall everyone's fetching (``None``: unchanged)."""
+        if key is None:
+            return self
+        return replace(self, resolver=partial(_in_turn, key, self.resolver))
 
     def allows(self, address: IPAddress) -> bool:
         """Whether ``address`` lies in one of the allowed networks (its IPv4 form included)."""

@@ -31,6 +31,15 @@ from nsfwd.fetch.policy import (
 )
 
 USER_AGENT = f"nsfwd/{__version__}"
+"""What webhook deliveries announce themselves as."""
+BROWSER_USER_AGENT = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Safari/537.36"
+)
+"""What image fetches send: a browser's, so that a host cannot tell nsfwd from a viewer and
+serve it a clean image while viewers get another (cloaking)."""
+BROWSER_IMAGE_ACCEPT = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8"
+"""The ``Accept`` a browser sends for an ``<img>``."""
 
 
 class _PinnedBackend(httpcore.AsyncNetworkBackend):

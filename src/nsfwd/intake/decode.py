@@ -2,12 +2,14 @@
 error saying why not.
 
 :func:`load_views` (or :func:`load_prepared`) decodes every judged picture of a file (its
-frames, pages, images and thumbnails, :mod:`.pictures`), upright, in sRGB (:mod:`.colour`),
-over white and black where it is transparent (:mod:`.views`); :func:`load_image` gives the
-first picture over white. The checks run cheapest first, and nothing is decoded before it is
-known to be small enough (:mod:`.limits`, :mod:`.sniff`, :mod:`.headers` and each format's
-own reader). :func:`read_header` runs the checks that come before decoding alone, for decoders
-that take over from there. Each format is opened by its :class:`~nsfwd.intake.source.Source`:
+frames, pages, images and thumbnails, :mod:`.pictures`; past the frame budget, the frames
+:mod:`.frames` picks by time on screen and distinctness), upright as browsers turn it, in the
+colours browsers show and as stored where those differ (:mod:`.colour`), over the pages its
+transparency calls for (:mod:`.views`); :func:`load_image` gives the first picture over
+white. The checks run cheapest first, and nothing is decoded before it is known to be small
+enough (:mod:`.limits`, :mod:`.sniff`, :mod:`.headers` and each format's own reader).
+:func:`read_header` runs the checks that come before decoding alone, for decoders that take
+over from there. Each format is opened by its :class:`~nsfwd.intake.source.Source`:
 HEIF by :mod:`.heif`, AVIF by :mod:`.avif`, the rest by Pillow (:mod:`.source`).
 docs/ARCHITECTURE.md ("Image intake") gives the order of the checks and the reasons. Nothing
 here changes Pillow's global state.
@@ -16,21 +18,29 @@ here changes Pillow's global state.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from PIL import Image, UnidentifiedImageError
 
 from nsfwd.intake import heif
 from nsfwd.intake.avif import AvifSource
-from nsfwd.intake.colour import ColourProfileError, needs_colour_conversion
+from nsfwd.intake.colour import (
+    ColourProfileError,
+    ColourTags,
+    Conversion,
+    colour_model,
+    display_conversion,
+)
 from nsfwd.intake.errors import CorruptImageError, ImageDimensionsError, ImageError
+from nsfwd.intake.frames import FrameFacts, frame_budget, signature
 from nsfwd.intake.headers import check_jpeg_structure, read_layout
 from nsfwd.intake.heif import HeifSource
 from nsfwd.intake.limits import ImageLimits, check_byte_size
-from nsfwd.intake.pictures import Layout
+from nsfwd.intake.pictures import Layout, Picture
 from nsfwd.intake.sniff import require_supported_format
 from nsfwd.intake.source import (
     DECODE_ERRORS,
@@ -39,12 +49,13 @@ from nsfwd.intake.source import (
     Source,
     exif_orientation,
 )
-from nsfwd.intake.views import View, Views, frame_views
+from nsfwd.intake.views import View, Views, frame_views, views_per_frame
 
 __all__ = [
     "ORIENTATION_TRANSPOSE",
     "ImageHeader",
     "exif_orientation",
+    "judged_pictures",
     "load_image",
     "load_prepared",
     "load_thumbnails",
@@ -55,6 +66,10 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
+OWN_DECODER_VIEWS: Final = 6
+"""The most views a picture from HEIF's or AVIF's own decoder can make (three pages where it is
+translucent, in converted and stored colours), for its frame budget: its mode and colour tags
+are known only once a picture is decoded."""
 
 
 @dataclass(frozen=True)
@@ -69,26 +84,28 @@ class ImageHeader:
     """Pillow's mode for the stored pixels (for JPEG: ``"L"``, ``"RGB"`` or ``"CMYK"``;
     ``"RGB"`` for HEIF and AVIF, which their decoders convert)."""
     orientation: int | None
-    """The EXIF orientation :func:`load_image` applies (1 when none), for JPEG, whose EXIF
-    comes before the pixels; ``None`` for the other formats, whose EXIF Pillow reads only
-    while decoding (or, for HEIF and AVIF, whose decoders turn the picture themselves)."""
+    """The orientation :func:`load_image` applies (1 when none), as browsers follow it: a
+    JPEG's EXIF, a PNG's eXIf chunk before its image data; never XMP, nor the EXIF of a WebP,
+    GIF or BMP. 1 for TIFF (Pillow turns its pages as it loads them) and ``None`` for HEIF and
+    AVIF, whose decoders turn the picture themselves."""
     frames: int = 1
     """Frames, pages or images in the file (animated PNG, WebP, GIF and AVIF; a TIFF's pages;
     a HEIF's top-level images; an APNG's default image counts), thumbnails not counted."""
     colour_managed: bool = False
-    """Whether it displays in other colours than its stored pixels (an ICC profile other than
-    sRGB's, a PNG gAMA): decoders that do not convert colour must leave it to Pillow."""
+    """Whether it displays in other colours than its stored pixels (:mod:`.colour`): decoders
+    that do not convert colour must leave it to Pillow."""
     thumbnails: int = 0
     """Thumbnails that are judged with the image (a JPEG's EXIF thumbnail, a HEIF's)."""
 
 
 def load_views(data: bytes, limits: ImageLimits = ImageLimits()) -> Views[Image.Image]:
     """Validate and decode an uploaded image into what viewers see (:mod:`.views`):
-    every judged picture (frames, pages and images: all up to
-    :data:`~nsfwd.intake.frames.MAX_JUDGED_FRAMES`, else that many spread evenly; an APNG's
-    default image is frame 0; then every thumbnail), upright, in sRGB, and over white and over
-    black where it is not fully opaque. Every frame of an animation is decoded, so corrupt
-    data in any frame refuses the image.
+    every judged picture (frames, pages and images: all up to the frame budget, else those
+    :mod:`.frames` picks by time on screen and distinctness; an APNG's default image is frame
+    0; then every thumbnail), upright as browsers turn it, in the colours browsers show (and
+    as stored, where those differ), over white and black where it is not fully opaque (and
+    mid-grey where partly so). Every frame of an animation is decoded, so corrupt data in any
+    frame refuses the image.
 
     Raises what :func:`load_image` raises; a file over :attr:`ImageLimits.max_frames` pictures
     or :attr:`ImageLimits.max_animation_pixels` is an :class:`ImageDimensionsError`, before
@@ -173,11 +190,10 @@ def read_header(data: bytes, limits: ImageLimits = ImageLimits()) -> ImageHeader
         thumbnails = sum(1 for picture in pictures if picture.kind == "thumbnail")
         frames = len(pictures) - thumbnails
         if isinstance(source, PillowSource):
-            image = source.image
-            orientation = exif_orientation(image) if fmt == "JPEG" else None
-            colour = needs_colour_conversion(image.info, fmt, image.mode)
-            return ImageHeader(fmt, image.width, image.height, image.mode, orientation, frames,
-                               colour, thumbnails)  # fmt: skip
+            image, facts = source.image, source.facts
+            colour = display_conversion(facts.colour, colour_model(image.mode)) is not None
+            return ImageHeader(fmt, image.width, image.height, image.mode, facts.orientation,
+                               frames, colour, thumbnails)  # fmt: skip
         width, height = pictures[0].size or (0, 0)
         return ImageHeader(fmt, width, height, "RGB", None, frames, True, thumbnails)
 
@@ -276,7 +292,7 @@ def _decode_views(
     and ``prepare`` them; decoder errors propagate."""
     with _open_source(data, fmt, layout, limits) as source:
         pictures = source.layout.pictures
-        chosen = pictures[:1] if first_only else source.layout.to_judge()
+        chosen = pictures[:1] if first_only else judged_pictures(data, source, limits)
         views: list[View[T]] = []
         for picture in chosen:
             if kinds is not None and picture.kind not in kinds:
@@ -284,11 +300,67 @@ def _decode_views(
             image = source.load(picture)
             if image is None:
                 continue
-            for view in frame_views(image, picture.index, fmt):  # new, detached images
-                views.append(
-                    View(prepare(view.image), view.frame, view.backdrop, view.size, picture.kind)
-                )
+            conversion = _conversion(source, image)
+            for view in frame_views(image, picture.index, conversion, picture.kind):
+                views.append(view.with_image(prepare(view.image)))  # new, detached images
     return Views(views, len(pictures))
+
+
+def judged_pictures(data: bytes, source: Source, limits: ImageLimits) -> list[Picture]:
+    """The pictures of ``source`` (opened from ``data``) that are judged, for
+    :func:`load_views` and for what must treat the same ones (a redacted copy): every one
+    within the frame budget; past it, by the facts of each frame (time on screen and a
+    signature, :mod:`.frames`), gathered in a first pass over a second opening of the file,
+    where every frame is decoded anyway (an animation; pages and images are chosen by their
+    order alone, undecoded); then the thumbnails."""
+    layout = source.layout
+    budget = _budget(source)
+    sequence = [picture for picture in layout.pictures if picture.kind != "thumbnail"]
+    if len(sequence) <= budget or not layout.decodes_all:
+        return layout.to_judge(budget)
+    with _open_source(data, source.format, layout, limits) as first_pass:
+        facts = [_frame_facts(first_pass, picture, len(sequence)) for picture in sequence]
+    return layout.to_judge(budget, facts)
+
+
+def _frame_facts(source: Source, picture: Picture, count: int) -> FrameFacts:
+    """What the frame rule knows of one decoded frame (:class:`~nsfwd.intake.frames.FrameFacts`)."""
+    image = source.load(picture)
+    assert image is not None  # only a thumbnail may not decode
+    duration = picture.duration_ms
+    if isinstance(source, PillowSource):  # Pillow's delay and loop count, read on loading
+        duration = _frame_duration(source.image, picture.index, count)
+    return FrameFacts(picture.index, duration or 0.0, signature(image))
+
+
+def _budget(source: Source) -> int:
+    """Frames judged at most of ``source``: as many as fit the picture budget, each making the
+    most views its mode and colour tags can (:func:`~nsfwd.intake.views.views_per_frame`)."""
+    if not isinstance(source, PillowSource):
+        return frame_budget(OWN_DECODER_VIEWS)
+    image = source.image
+    conversion = display_conversion(source.facts.colour, colour_model(image.mode))
+    return frame_budget(views_per_frame(image.mode, "transparency" in image.info, conversion))
+
+
+def _conversion(source: Source, image: Image.Image) -> Conversion | None:
+    """How a decoded picture's colours display: by its file's tags (:func:`~nsfwd.intake.source.
+    file_facts`), or for HEIF's and AVIF's own decoders, by the ICC profile they hand over."""
+    if isinstance(source, PillowSource):
+        tags = source.facts.colour
+    else:
+        tags = ColourTags(icc_profile=image.info.get("icc_profile") or None)
+    return display_conversion(tags, colour_model(image.mode))
+
+
+def _frame_duration(image: Image.Image, index: int, count: int) -> float:
+    """How long the loaded frame ``index`` of ``count`` stays on screen, as its file says (ms;
+    ``inf`` for the last frame of an animation that stops). Pillow gives APNG, WebP and GIF
+    frames ``duration`` and the file a ``loop`` count (0: forever)."""
+    if index == count - 1 and image.info.get("loop", 0) not in (0, None):
+        return math.inf
+    duration = image.info.get("duration")
+    return float(duration) if isinstance(duration, int | float) else 0.0
 
 
 def _corrupt_error(fmt: str, exc: BaseException) -> CorruptImageError:

@@ -1,15 +1,18 @@
 """What a file's header says before any decoder is involved: its pictures and their sizes
 (:func:`read_layout`), read by small parsers of our own (Pillow's WebP plugin builds its
 decoder, canvas and all, inside ``Image.open``; the newer formats' parsers have modules of their
-own); a JPEG's marker structure; a PNG's chunks and their CRCs."""
+own); a JPEG's marker structure; a PNG's chunks, their CRCs, and the tags browsers read from
+them."""
 
 from __future__ import annotations
 
 import struct
 import zlib
+from dataclasses import dataclass
 from typing import Final
 
 from nsfwd.intake import bmp, exif_thumbnail, gif, jpeg_structure, tiff
+from nsfwd.intake.colour import MAX_ICC_BYTES, Chromaticity, ColourTags
 from nsfwd.intake.errors import ImageComplexityError
 from nsfwd.intake.limits import ImageLimits
 from nsfwd.intake.pictures import Layout, Picture
@@ -133,3 +136,77 @@ def check_jpeg_structure(data: bytes) -> None:
     excess = jpeg_structure.read_structure(data).excess
     if excess is not None:
         raise ImageComplexityError(f"JPEG refused before decoding: {excess}")
+
+
+@dataclass(frozen=True)
+class PngTags:
+    """What a PNG's chunks before its image data say, as browsers read them (Pillow keeps the
+    last ``iCCP`` and reads chunks after the image data too)."""
+
+    depth: int
+    colour_type: int
+    colour: ColourTags
+    exif: bytes | None
+    """The first ``eXIf`` chunk's TIFF block; one after the image data is not shown."""
+    colour_key: bool
+    """Whether it has a ``tRNS`` chunk."""
+
+
+def png_tags(data: bytes) -> PngTags:
+    """The tags of the chunks before the first ``IDAT`` (see :class:`PngTags`). A chunk too
+    short for its kind is skipped, as browsers skip it."""
+    depth, colour_type = (data[24], data[25]) if len(data) >= 26 else (0, 0)
+    found: dict[bytes, bytes] = {}
+    pos = len(PNG_MAGIC)
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        if kind in (b"IDAT", b"IEND") or pos + 12 + length > len(data):
+            break
+        found.setdefault(kind, data[pos + 8 : pos + 8 + length])  # the first of each kind
+        pos += 12 + length
+    return PngTags(
+        depth,
+        colour_type,
+        ColourTags(
+            icc_profile=_iccp_profile(found.get(b"iCCP")),
+            srgb=len(found.get(b"sRGB", b"")) >= 1,
+            gamma=_fixed(found.get(b"gAMA"), 1)[0] if len(found.get(b"gAMA", b"")) >= 4 else None,
+            chromaticity=_chromaticity(found.get(b"cHRM")),
+            cicp=_cicp(found.get(b"cICP")),
+        ),
+        exif=found.get(b"eXIf") or None,
+        colour_key=b"tRNS" in found,
+    )
+
+
+def _iccp_profile(chunk: bytes | None) -> bytes | None:
+    """The profile an iCCP chunk holds, inflated to at most one byte past the size limit (so
+    that an oversized one is still refused by it); ``None`` when it does not inflate."""
+    if chunk is None:
+        return None
+    name_end = chunk.find(b"\0")
+    if name_end < 0 or name_end + 2 > len(chunk) or chunk[name_end + 1] != 0:
+        return None
+    inflater = zlib.decompressobj()
+    try:
+        return inflater.decompress(chunk[name_end + 2 :], MAX_ICC_BYTES + 1) or None
+    except zlib.error:
+        return None
+
+
+def _fixed(chunk: bytes | None, count: int) -> tuple[float, ...]:
+    """``count`` unsigned PNG numbers scaled by 100,000."""
+    assert chunk is not None
+    return tuple(value / 100_000 for value in struct.unpack_from(f">{count}I", chunk))
+
+
+def _cicp(chunk: bytes | None) -> tuple[int, int, int, int] | None:
+    if chunk is None or len(chunk) < 4:
+        return None
+    return chunk[0], chunk[1], chunk[2], chunk[3]
+
+
+def _chromaticity(chunk: bytes | None) -> Chromaticity | None:
+    if chunk is None or len(chunk) < 32:
+        return None
+    return _fixed(chunk, 8)  # type: ignore[return-value]

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from nsfwd.intake.frames import frames_to_judge
+from nsfwd.intake.frames import MAX_JUDGED_FRAMES, FrameFacts, frames_to_judge
 from nsfwd.intake.limits import (
     ImageLimits,
     check_decode_budget,
@@ -58,14 +58,20 @@ class Layout:
         """The image's own size: its first picture's."""
         return self.pictures[0].size if self.pictures else None
 
-    def to_judge(self) -> list[Picture]:
+    def to_judge(
+        self, budget: int = MAX_JUDGED_FRAMES, facts: Sequence[FrameFacts] | None = None
+    ) -> list[Picture]:
         """The pictures that are judged: the frames, pages and images that
-        :func:`~nsfwd.intake.frames.frames_to_judge` picks, then every thumbnail."""
+        :func:`~nsfwd.intake.frames.frames_to_judge` picks within ``budget`` from ``facts``
+        (each frame's, once decoded: time on screen and signature; without them, what the
+        structure says: each picture's ``duration_ms``, no signature), then every thumbnail."""
         sequence = [p for p in self.pictures if p.kind != "thumbnail"]
-        # The hook for a rule that weighs time on screen: each picture's duration_ms is here,
-        # beside its index (None for pictures that are not timed).
-        chosen = [sequence[i] for i in frames_to_judge(len(sequence))]
-        return chosen + [p for p in self.pictures if p.kind == "thumbnail"]
+        if facts is None:
+            facts = [FrameFacts(p.index, p.duration_ms or 0.0, b"") for p in sequence]
+        chosen = set(frames_to_judge(facts, budget))
+        return [p for p in sequence if p.index in chosen] + [
+            p for p in self.pictures if p.kind == "thumbnail"
+        ]
 
     @property
     def durations_ms(self) -> list[float | None]:

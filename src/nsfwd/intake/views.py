@@ -1,10 +1,15 @@
-"""What a viewer sees of one decoded frame: the pictures that are judged.
+"""What viewers may see of one decoded frame: the pictures that are judged.
 
-A person sees an image with transparency over whatever page it lands on, and in the colours its
-profile says (:mod:`nsfwd.intake.colour`). So a frame becomes one :class:`View`, or two where
-its alpha is not fully opaque: over white and over black. The model judges every view of every
-judged frame (:mod:`nsfwd.intake.frames`) and the worst one answers
-(:func:`nsfwd.verdict.worst`). Pillow only; no torch, so the HTTP side may import it.
+A person sees an image with transparency over whatever page it lands on, and in the colours
+its tags give (:mod:`nsfwd.intake.colour`). So a frame becomes one :class:`View`, or several:
+
+- over white and over black where its alpha is not fully opaque, and over mid-grey as well
+  where the alpha is partial (a grey page shows a blend neither white nor black shows);
+- in the converted colours and in the stored ones where a conversion changes them (viewers
+  disagree on which tags to follow; the worse answers).
+
+The model judges every view of every judged frame (:mod:`nsfwd.intake.frames`) and the worst
+answers (:func:`nsfwd.verdict.worst`). Pillow only; no torch, so the HTTP side may import it.
 """
 
 from __future__ import annotations
@@ -16,13 +21,17 @@ from typing import Final, Generic, Literal, TypeVar
 import numpy as np
 from PIL import Image
 
-from nsfwd.intake.colour import WIDE_GRAY_MODES, to_srgb
+from nsfwd.intake.colour import WIDE_GRAY_MODES, Conversion, as_stored
 from nsfwd.intake.pictures import PictureKind
 
-_WHITE: Final = (255, 255, 255)
-_BLACK: Final = (0, 0, 0)
-
-Backdrop = Literal["white", "black"]
+Backdrop = Literal["white", "black", "grey"]
+Colours = Literal["converted", "stored"]
+BACKDROPS: Final[dict[Backdrop, tuple[int, int, int]]] = {
+    "white": (255, 255, 255),
+    "black": (0, 0, 0),
+    "grey": (128, 128, 128),
+}
+"""The pages a translucent frame is judged over: grey only where its alpha is partial."""
 T = TypeVar("T")
 U = TypeVar("U")
 
@@ -37,12 +46,19 @@ class View(Generic[T]):
     as Pillow counts them (an APNG's default image is 0), pages, images, then thumbnails."""
     backdrop: Backdrop | None
     """The page colour the frame was composited over, or None for an opaque frame."""
+    colours: Colours | None = None
+    """``converted`` (by the file's colour tags) or ``stored`` where the two differ; None
+    where the tags change nothing."""
     size: tuple[int, int] = (0, 0)
     """(width, height) of the picture as displayed, before a model resized it: a detector
     maps its boxes back to these pixels ((0, 0) where unknown)."""
     picture: PictureKind = "frame"
     """What the picture is in its file: a frame (or the still image itself), a page, another
     top-level image, or a thumbnail (:mod:`nsfwd.intake.pictures`)."""
+
+    def with_image(self, image: U) -> View[U]:
+        """The same view of another picture (what a model made of this one)."""
+        return View(image, self.frame, self.backdrop, self.colours, self.size, self.picture)
 
 
 @dataclass(frozen=True)
@@ -65,10 +81,7 @@ class Views(Generic[T]):
 
     def map(self, prepare: Callable[[T], U]) -> Views[U]:
         """The same views, each picture made into ``prepare`` of it."""
-        return Views(
-            [View(prepare(v.image), v.frame, v.backdrop, v.size, v.picture) for v in self.views],
-            self.frames,
-        )
+        return Views([v.with_image(prepare(v.image)) for v in self.views], self.frames)
 
     @property
     def sizes(self) -> list[tuple[int, int]]:
@@ -81,17 +94,47 @@ class Views(Generic[T]):
         return len({view.frame for view in self.views})
 
 
-def frame_views(image: Image.Image, frame: int, fmt: str) -> list[View[Image.Image]]:
-    """The views of one loaded frame: converted to sRGB, and over white and black when its
-    alpha is not fully opaque. Raises :class:`ColourProfileError` for an unusable profile."""
+def views_per_frame(mode: str, has_transparency: bool, conversion: Conversion | None) -> int:
+    """The most views a frame of this Pillow ``mode`` can make (before its alpha is seen):
+    for the frame budget (:func:`nsfwd.intake.frames.frame_budget`)."""
+    translucent = has_transparency or mode in ("RGBA", "LA", "La", "RGBa", "PA")
+    return (3 if translucent else 1) * (1 if conversion is None else 2)
+
+
+def frame_views(
+    image: Image.Image,
+    frame: int,
+    conversion: Conversion | None,
+    picture: PictureKind = "frame",
+) -> list[View[Image.Image]]:
+    """The views of one loaded picture (see the module docstring), the ``frame``-th of its
+    file, a ``picture`` of it: its colours by ``conversion`` (and as stored, where that
+    changes them), over each page its alpha calls for."""
     colour, alpha = _split_alpha(image)
-    rgb = to_srgb(colour, image.info, fmt)
-    if alpha is None or alpha.getextrema()[0] == 255:
-        return [View(rgb, frame, None, rgb.size)]
+    if conversion is None:
+        shown: list[tuple[Colours | None, Image.Image]] = [(None, as_stored(colour))]
+    else:
+        shown = [("converted", conversion(colour)), ("stored", as_stored(colour))]
+    pages = _backdrops(alpha)
+    if not pages:
+        return [View(rgb, frame, None, colours, rgb.size, picture) for colours, rgb in shown]
+    assert alpha is not None
     return [
-        View(_composite(rgb, alpha, _WHITE), frame, "white", rgb.size),
-        View(_composite(rgb, alpha, _BLACK), frame, "black", rgb.size),
+        View(_composite(rgb, alpha, BACKDROPS[page]), frame, page, colours, rgb.size, picture)
+        for colours, rgb in shown
+        for page in pages
     ]
+
+
+def _backdrops(alpha: Image.Image | None) -> list[Backdrop]:
+    """No page for an opaque frame; white and black where some pixels are transparent; grey
+    as well where some are partly so."""
+    if alpha is None:
+        return []
+    counts = alpha.histogram()
+    if sum(counts[:255]) == 0:
+        return []
+    return ["white", "black", "grey"] if sum(counts[1:255]) else ["white", "black"]
 
 
 def _split_alpha(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:

@@ -16,12 +16,16 @@ otherwise fail when another writer commits in between).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -39,6 +43,8 @@ SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
 """How long a SQLite writer waits for the write lock before failing."""
 WRITE_OPTION: Final = "nsfwd_write"
 """Execution option marking a connection whose transactions write (SQLite: BEGIN IMMEDIATE)."""
+BLOB_THREADS: Final = 2
+"""Threads a SQLite store reads pieces of blobs on (stored images served a chunk at a time)."""
 MIGRATION_LOCK_ID: Final = 0x6E73_6677_6400  # "nsfwd\0": a PostgreSQL advisory lock key
 MIGRATIONS: Final = Path(__file__).with_name("migrations")
 
@@ -213,6 +219,34 @@ def use_wal(path: Path) -> None:
         time.sleep(random.uniform(0.005, 0.05))
 
 
+@dataclass(frozen=True)
+class BlobCell:
+    """Where a blob is: its ``table`` and ``column``, in the row whose ``where`` column holds
+    ``key`` (names from the code, never from a request)."""
+
+    table: str
+    column: str
+    where: str
+    key: str
+
+
+def _read_blob(path: Path, cell: BlobCell, offset: int, size: int) -> bytes | None:
+    """:meth:`Database.read_sqlite_blob` on a short-lived read-only connection."""
+    connection = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5)
+    try:
+        row = connection.execute(
+            f"SELECT rowid FROM {cell.table} WHERE {cell.where} = ?",  # names from the code
+            (cell.key,),
+        ).fetchone()
+        if row is None:
+            return None
+        with connection.blobopen(cell.table, cell.column, row[0], readonly=True) as blob:
+            blob.seek(min(offset, len(blob)))
+            return blob.read(size)
+    finally:
+        connection.close()
+
+
 def writer(engine: AsyncEngine) -> AsyncEngine:
     """A view of ``engine`` whose transactions take SQLite's write lock at ``BEGIN``."""
     return engine.execution_options(**{WRITE_OPTION: True})
@@ -230,8 +264,17 @@ class Database:
     def __init__(self, url: str) -> None:
         """The database at ``url`` (from :func:`database_url`), not yet open."""
         self.url = url
+        parsed = make_url(url)
+        self.sqlite_file: Path | None = (
+            Path(parsed.database)
+            if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, ":memory:")
+            else None
+        )
+        """The SQLite file, for what only the sqlite3 module does (reading part of a blob);
+        ``None`` on PostgreSQL."""
         self._engine: AsyncEngine | None = None
         self._writer: AsyncEngine | None = None
+        self._blob_threads: ThreadPoolExecutor | None = None
 
     async def open(self) -> None:
         """Connect and migrate the schema to the newest revision."""
@@ -248,6 +291,21 @@ class Database:
         if self._engine is not None:
             await self._engine.dispose()
         self._engine = self._writer = None
+        if self._blob_threads is not None:
+            self._blob_threads.shutdown(wait=False)
+            self._blob_threads = None
+
+    async def read_sqlite_blob(self, cell: BlobCell, offset: int, size: int) -> bytes | None:
+        """``size`` bytes from ``offset`` of the blob in ``cell``, by SQLite's incremental blob
+        I/O, which reads those pages only (``substr`` would load the whole blob for each
+        piece); ``None`` when there is no such row. On threads of the database's own."""
+        self._opened()
+        assert self.sqlite_file is not None
+        if self._blob_threads is None:
+            self._blob_threads = ThreadPoolExecutor(BLOB_THREADS, thread_name_prefix="nsfwd-blob")
+        read = partial(_read_blob, self.sqlite_file, cell, offset, size)
+        with _translated():
+            return await asyncio.get_running_loop().run_in_executor(self._blob_threads, read)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:

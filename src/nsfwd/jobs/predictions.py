@@ -35,6 +35,7 @@ from typing import Any, Final, Literal
 
 from sqlalchemy import (
     ColumnElement,
+    LargeBinary,
     Row,
     String,
     Subquery,
@@ -52,7 +53,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from nsfwd.jobs.database import Database
+from nsfwd.jobs.database import BlobCell, Database
 from nsfwd.jobs.deliveries import Deliveries
 from nsfwd.jobs.records import UNFINISHED, Prediction, Protocol, Upload
 from nsfwd.jobs.schema import UtcDateTime, inputs, predictions
@@ -244,6 +245,30 @@ class Predictions:
             content_type=row.content_type or "application/octet-stream",
         )
 
+    async def input_size(self, prediction_id: str) -> int | None:
+        """The byte size of a prediction's upload, or ``None`` when it has none."""
+        if not possible_id(prediction_id):
+            return None
+        query = select(func.length(inputs.c.data)).where(inputs.c.prediction_id == prediction_id)
+        async with self.database.read() as connection:
+            size = (await connection.execute(query)).scalar()
+        return None if size is None else int(size)
+
+    async def input_chunk(self, prediction_id: str, offset: int, size: int) -> bytes | None:
+        """``size`` bytes of a prediction's upload from ``offset`` (fewer at its end), read
+        without loading the rest; ``None`` when the upload is gone. A stored image is served
+        this way, a chunk at a time, so that slow readers hold a chunk each, not the image."""
+        if not possible_id(prediction_id):
+            return None
+        if self.database.sqlite_file is not None:
+            cell = BlobCell("inputs", "data", "prediction_id", prediction_id)
+            return await self.database.read_sqlite_blob(cell, offset, size)
+        piece = func.substr(inputs.c.data, offset + 1, size, type_=LargeBinary)  # a TOAST slice
+        query = select(piece).where(inputs.c.prediction_id == prediction_id)
+        async with self.database.read() as connection:
+            data = (await connection.execute(query)).scalar()
+        return None if data is None else bytes(data)
+
     async def claim(self, owner: str, limit: int, lease_s: float) -> list[Prediction]:
         """Lease up to ``limit`` predictions to ``owner`` for ``lease_s`` seconds, shared
         fairly between API keys: the key with the fewest running goes first, then round the
@@ -319,11 +344,13 @@ class Predictions:
         judged: Mapping[str, Any] | None = None,
         match: Mapping[str, Any] | None = None,
         segments: Sequence[Mapping[str, Any]] | None = None,
+        input_sha256: str | None = None,
         keep_input: bool = True,
     ) -> Prediction | None:
         """Record the outcome: ``labels`` (and ``flagged``, the verdict, ``judged``: which
         picture they are of, ``match``: the banked image one matched, and a video's
-        ``segments``) on success, or an ``error``.
+        ``segments``) on success, or an ``error``; ``input_sha256``, the digest of the bytes
+        judged (or fetched, when they could not be judged).
 
         Only while ``owner`` still holds the prediction; returns the finished prediction, or
         ``None`` when the lease was lost (the outcome is then discarded). Enqueues the webhook
@@ -340,6 +367,7 @@ class Predictions:
             "error": error,
             "predict_time": predict_time,
             "judged": dict(judged) if judged is not None else None,
+            "input_sha256": input_sha256,
             "match": dict(match) if match is not None else None,
             "segments": [dict(item) for item in segments] if segments is not None else None,
             "lease_owner": None,

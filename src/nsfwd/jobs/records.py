@@ -95,6 +95,9 @@ class Prediction:
     an image."""
     segments: list[dict[str, Any]] | None = None
     """A judged video's flagged segments (``start``, ``end``, ``score``)."""
+    input_sha256: str | None = None
+    """SHA-256 (hex) of the image bytes it judged, once run: a URL's verdict holds for these
+    bytes, not for whatever the URL serves others."""
 
     @property
     def finished(self) -> bool:

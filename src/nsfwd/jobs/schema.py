@@ -101,6 +101,7 @@ predictions = Table(
     Column("match", JSON, nullable=True),
     Column("video", JSON, nullable=True),
     Column("segments", JSON, nullable=True),
+    Column("input_sha256", String(64), nullable=True),
     CheckConstraint("protocol IN ('eachlabs', 'prodia')", name="protocol"),
     CheckConstraint("status IN ('queued', 'processing', 'succeeded', 'failed')", name="status"),
     Index(None, "status", "created_at"),

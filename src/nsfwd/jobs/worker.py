@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from nsfwd.engine import ClassifyEngine, EngineClosedError, QueueFullError
+from nsfwd.engine import ClassifyEngine, EngineClosedError, ModelFailedError, QueueFullError
 from nsfwd.engine.served import ServedModels, UnknownModelError
 from nsfwd.fetch import FetchError, FetchPolicy, fetch
 from nsfwd.intake import ImageError
@@ -172,8 +173,10 @@ class Worker:
         started = time.perf_counter()
         judgement: Judgement | None = None
         error: str | None = None
+        digest: str | None = None
         try:
             data = await self._image(prediction)
+            digest = hashlib.sha256(data).hexdigest()
             started = time.perf_counter()  # predict_time: decoding and inference, not the fetch
             judgement = await self._judge(prediction, data)
         except InputError as exc:
@@ -187,6 +190,17 @@ class Worker:
             log.warning("prediction %s: %s; it runs again once its lease runs out",
                         prediction.id, exc)  # fmt: skip
             return
+        except ModelFailedError as exc:  # out of memory, a device fault: likely passing
+            attempts = self.store.predictions.max_attempts
+            if prediction.attempts < attempts:
+                log.warning("prediction %s: %s; it runs again once its lease runs out "
+                            "(attempt %d of %d)", prediction.id, exc, prediction.attempts,
+                            attempts)  # fmt: skip
+                return
+            error = (
+                f"the model failed on this image in each of {attempts} attempts ({exc}); "
+                "report the prediction id to the server's operator"
+            )
         except Exception:
             log.exception("prediction %s failed", prediction.id)
             error = (
@@ -201,6 +215,7 @@ class Worker:
                 **({} if judgement is None else outcome(judgement, self._policy(prediction))),
                 error=error,
                 predict_time=None if judgement is None else elapsed,
+                input_sha256=digest,
                 keep_input=self.keeps_input is None or self.keeps_input(prediction),
             )
         except StoreUnavailableError as exc:
@@ -245,7 +260,7 @@ class Worker:
         if policy is None:
             raise InputError("this server does not fetch image URLs; upload the image instead")
         try:
-            return await fetch(prediction.input_url, policy)
+            return await fetch(prediction.input_url, policy.for_key(prediction.api_key))
         except FetchError as exc:
             raise InputError(exc.message) from None
 

@@ -21,6 +21,7 @@ from nsfwd.api import create_app
 from nsfwd.api.auth import KeyRing
 from nsfwd.jobs import Store
 from nsfwd.jobs.database import DatabaseUrlError, redacted
+from nsfwd.serve.connections import uvicorn_options
 from nsfwd.settings import Settings
 
 if TYPE_CHECKING:
@@ -97,7 +98,9 @@ def run(
     from nsfwd.engine.build import build_engines  # torch: only this process's models need it
 
     app = create_app(build_engines(settings), settings, store)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level="info", **uvicorn_options(settings)
+    )
     return 0
 
 

@@ -34,6 +34,7 @@ from nsfwd.engine.metrics import Metrics
 from nsfwd.engine.remote import InferenceServer, RemoteEngine
 from nsfwd.jobs import Store
 from nsfwd.logs import configure_logging
+from nsfwd.serve.connections import uvicorn_options
 from nsfwd.settings import Settings
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ def _run_http_workers(settings: Settings) -> None:
         port=settings.port,
         workers=settings.http_workers,
         log_level="info",
+        **uvicorn_options(settings),
     )
     listener = tcp_listener(config.bind_socket())
     try:
@@ -256,6 +258,7 @@ def worker_app() -> FastAPI:
     _exit_when_orphaned(int(os.environ[SUPERVISOR_ENV]))
     runtime = Path(os.environ[RUNTIME_ENV])
     settings: Settings = pickle.loads((runtime / SETTINGS).read_bytes())
+    uvicorn_options(settings)  # the header deadline, in this process's protocol class
     info: dict[str, Any] = json.loads((runtime / MODEL_INFO).read_text())
     metrics = Metrics()  # one for all the models, as in the inference process
     served = info.get("models") or [{"socket": SOCKET, **info}]

@@ -217,7 +217,8 @@ class BankRoutes:
     async def _admin(self, request: Request) -> Caller:
         """The calling key, if it may administer banks; 401 or 403 else."""
         try:
-            caller = await self.keys.identify(bearer_token(request.headers.get("authorization")))
+            token = bearer_token(request.headers.get("authorization"))
+            caller = await self.keys.identify(token, request)
         except AuthenticationError as exc:
             raise ApiError(
                 "missing API key: send 'Authorization: Bearer <admin key>'"

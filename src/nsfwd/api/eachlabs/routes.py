@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, PlainValidator, ValidationError, field_validator
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from nsfwd.api import openapi
+from nsfwd.api import fairness, openapi
 from nsfwd.api.auth import AuthenticationError, Caller, KeyRing
 from nsfwd.api.http import strict_json
 from nsfwd.api.http.errors import (
@@ -63,6 +63,7 @@ STATUSES: Final = {
 _DETAILS: Final = {
     400: "invalid_input",
     401: "invalid_api_key",
+    403: "forbidden",
     404: "not_found",
     408: "request_timeout",
     429: "rate_limited",
@@ -105,7 +106,8 @@ def output(prediction: Prediction) -> str | None:
 
 def webhook_body(prediction: Prediction) -> dict[str, Any]:
     """Eachlabs' webhook body for a finished prediction: ``exec_id``, ``status``
-    (``succeeded``/``failed``), ``output``, ``error``; a video's ``segments``."""
+    (``succeeded``/``failed``), ``output``, ``error``; a video's ``segments``; and ``sha256``,
+    the digest of the bytes fetched (a URL's verdict holds for those bytes only)."""
     body: dict[str, Any] = {
         "exec_id": prediction.id,
         "status": "succeeded" if prediction.status == "succeeded" else "failed",
@@ -114,6 +116,8 @@ def webhook_body(prediction: Prediction) -> dict[str, Any]:
     }
     if prediction.segments is not None:
         body["segments"] = prediction.segments
+    if prediction.input_sha256 is not None:
+        body["sha256"] = prediction.input_sha256  # the bytes the verdict holds for
     return body
 
 
@@ -136,6 +140,8 @@ def document(prediction: Prediction) -> dict[str, Any]:
         doc["match"] = prediction.match  # the banked image it matched: flagged whatever the labels
     if prediction.segments is not None:
         doc["segments"] = prediction.segments
+    if prediction.input_sha256 is not None:
+        doc["sha256"] = prediction.input_sha256  # the bytes fetched: the verdict holds for them
     if status == "error":
         doc["message"] = prediction.error or "the prediction failed"
         doc["details"] = "prediction_failed"
@@ -315,16 +321,20 @@ class EachlabsPredictions:
     # --- the edges: errors and metrics ----------------------------------------------------
 
     async def _answer(self, request: Request, route: str, work: Awaitable[Response]) -> Response:
-        """Await ``work`` (a route's response); refusals become Eachlabs' error body."""
-        return await answer(
-            request,
-            route,
-            work,
-            refuse=error_response,
-            metrics=self.engine.metrics,
-            internal="internal error; retry with backoff, and report request id {request_id} "
-            "to the server's operator if it persists",
-        )
+        """Await ``work`` (a route's response); refusals become Eachlabs' error body, and the
+        key's slot the route took is given back."""
+        try:
+            return await answer(
+                request,
+                route,
+                work,
+                refuse=error_response,
+                metrics=self.engine.metrics,
+                internal="internal error; retry with backoff, and report request id "
+                "{request_id} to the server's operator if it persists",
+            )
+        finally:
+            fairness.release(request)
 
     # --- auth ------------------------------------------------------------------------------
 
@@ -332,7 +342,7 @@ class EachlabsPredictions:
         """The key ``X-API-Key`` names; ``None`` when the API is open (no keys anywhere); else
         401."""
         try:
-            return await self.keys.identify(request.headers.get(KEY_HEADER))
+            return await self.keys.identify(request.headers.get(KEY_HEADER), request)
         except AuthenticationError as exc:
             if exc.missing:
                 message = (
@@ -354,6 +364,7 @@ class EachlabsPredictions:
 
     async def _create(self, request: Request) -> Response:
         caller = await self._caller(request)
+        self.keys.requests.hold(request, None if caller is None else caller.ref)  # before the body
         body = await _read_body(request)
         spec = parse_create_request(body)
         self._check_model(spec.model)
@@ -380,7 +391,7 @@ class EachlabsPredictions:
                 await self.rate_limiter.check(caller.ref, caller.limits)
             except RateLimitedError as exc:
                 raise TooBusyError(str(exc), exc.retry_after) from None
-        await _resolve(field, image, policy)
+        await _resolve(field, image, policy.for_key(None if caller is None else caller.ref))
         if webhook_url is not None:
             await _resolve("webhook_url", webhook_url, self.webhook_policy)
         prediction = await self._store(caller, spec.model, image, webhook_url, video)
@@ -463,6 +474,7 @@ class EachlabsPredictions:
 
     async def _get(self, request: Request, prediction_id: str) -> Response:
         caller = await self._caller(request)
+        self.keys.reads.hold(request, None if caller is None else caller.ref)
         prediction = await self.store.predictions.get(prediction_id)
         if (
             prediction is None
@@ -598,7 +610,7 @@ def create_router(
                     "The prediction was created",
                     {openapi.JSON: {"schema": openapi.ref("EachlabsCreated")}},
                 ),
-                ("400", "401", "404", "408", "429", "500", "503"),
+                ("400", "401", "403", "404", "408", "429", "500", "503"),
             ),
             response_class=Response,
             include_in_schema=shown,
@@ -614,7 +626,7 @@ def create_router(
                 openapi.answer(
                     "The prediction", {openapi.JSON: {"schema": openapi.ref("EachlabsPrediction")}}
                 ),
-                ("401", "404", "500", "503"),
+                ("401", "403", "404", "429", "500", "503"),
             ),
             response_class=Response,
             include_in_schema=shown,

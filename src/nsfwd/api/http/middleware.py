@@ -83,11 +83,15 @@ def _incoming_request_id(scope: Scope) -> str | None:
 class BodyLimits:
     """The largest request body: ``paths`` gives some paths a limit of their own (OpenAI's
     moderation API carries images as base64, a third larger than the bytes), ``default`` is
-    everyone else's; ``hint`` ends a refusal's message (what to do instead)."""
+    everyone else's; ``hint`` ends a refusal's message (what to do instead); ``total`` bounds
+    what a host in front of the app reads ahead of it."""
 
     default: int
     paths: Mapping[str, int] = field(default_factory=dict)
     hint: str = "send a smaller body"
+    total: int | None = None
+    """Bytes of request bodies a host may read ahead of the app in all (Serve's proxy, which
+    reads bodies before the app has checked keys or upload slots); ``None``: no bound."""
 
     def of(self, path: str) -> int:
         """The limit of a request to ``path``."""
@@ -134,7 +138,7 @@ class BodyLimitMiddleware:
             return
         header_bytes = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
         if header_bytes > self.max_header_bytes:
-            await _send_text(
+            await send_text(
                 send,
                 431,
                 f"request headers are {header_bytes:,} bytes; this server accepts at most "
@@ -235,10 +239,13 @@ def content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _send_text(send: Send, status: int, text: str) -> None:
-    """Answer ``status`` with ``text`` as plain text, and close the connection: for refusals
-    made before any route runs."""
+async def send_text(
+    send: Send, status: int, text: str, headers: Mapping[str, str] | None = None
+) -> None:
+    """Answer ``status`` with ``text`` as plain text (and ``headers``), and close the
+    connection: for refusals made before any route runs."""
     body = (text + "\n").encode()
+    extra = [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
     await send(
         {
             "type": "http.response.start",
@@ -247,6 +254,7 @@ async def _send_text(send: Send, status: int, text: str) -> None:
                 (b"content-type", b"text/plain; charset=utf-8"),
                 (b"content-length", str(len(body)).encode()),
                 (b"connection", b"close"),
+                *extra,
             ],
         }
     )

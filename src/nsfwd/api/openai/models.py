@@ -99,7 +99,7 @@ def create_router(models: ServedModels, keys: KeyRing) -> APIRouter:
         methods=["GET"],
         summary="The served models (OpenAI's shape)",
         openapi_extra=openapi.key("bearer"),
-        responses=openapi.openai_answers(_LIST, ("401",)),
+        responses=openapi.openai_answers(_LIST, ("401", "403", "429")),
         response_class=Response,
     )
     router.add_api_route(
@@ -110,7 +110,7 @@ def create_router(models: ServedModels, keys: KeyRing) -> APIRouter:
         openapi_extra=openapi.key("bearer"),
         responses=openapi.openai_answers(
             openapi.answer("A served model", {openapi.JSON: {"schema": openapi.ref("Model")}}),
-            ("401", "404"),
+            ("401", "403", "404", "429"),
         ),
         response_class=Response,
     )

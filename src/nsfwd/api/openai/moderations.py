@@ -12,6 +12,14 @@ that matches a bank of known images is flagged under the bank's category (``sexu
 bank names another, say ``sexual/minors``) with score 1, and the result carries the ``match``.
 Text inputs are refused with a 400: nsfwd judges images only. Refusals are OpenAI's error body
 (:mod:`nsfwd.api.openai.wire`).
+
+What one request may cost is bounded as for the other routes: the key's slot is taken before
+the body is read and weighs one per image once the body is parsed (:mod:`nsfwd.api.fairness`);
+the key's rate is checked before the body is parsed; the JSON outside the ``data:`` URIs is at
+most :data:`JSON_OVERHEAD_BYTES`; at most :data:`FETCHES_AT_ONCE` URLs of a request are fetched
+(and held) at once; and the inputs run as one task group, so the first refusal cancels the
+others. Each result carries the SHA-256 of the bytes judged (``sha256``): a URL's verdict holds
+for those bytes, not for what the URL serves to others.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import json
 import math
 import re
@@ -29,10 +38,10 @@ from typing import Any, Final
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from nsfwd.api import openapi
+from nsfwd.api import fairness, openapi
 from nsfwd.api.auth import Caller, KeyRing
 from nsfwd.api.http import strict_json
-from nsfwd.api.http.errors import answer
+from nsfwd.api.http.errors import ApiError, answer
 from nsfwd.api.openai.wire import OpenAIError, error_response, identify
 from nsfwd.api.ratelimit import CreateRateLimiter, RateLimitedError
 from nsfwd.engine import ClassifyEngine, EngineClosedError, QueueFullError
@@ -47,7 +56,11 @@ ROUTE: Final = "/v1/moderations"
 MAX_INPUTS: Final = 32
 """Most inputs one request may carry; each is a model call."""
 JSON_OVERHEAD_BYTES: Final = 64 * 1024
-"""What a request body may carry beyond one image as base64: the JSON around it."""
+"""What a request body may carry beyond one image as base64: the JSON around it (checked
+before the JSON is parsed)."""
+FETCHES_AT_ONCE: Final = 4
+"""URL inputs of one request fetched and held at once: its others wait, so one request holds
+at most this many fetched images (of ``NSFWD_MAX_IMAGE_BYTES`` each)."""
 JUDGED: Final = JUDGED_CATEGORY
 OPENAI_MODELS: Final = frozenset(
     {"omni-moderation-latest", "omni-moderation-2024-09-26", "text-moderation-latest",
@@ -56,6 +69,8 @@ OPENAI_MODELS: Final = frozenset(
 """OpenAI's own moderation model names: code written for OpenAI sends them, and they pick the
 default model here, as Eachlabs' slug does."""
 _DATA_URI: Final = re.compile(r"data:([^,]*?)(;base64)?,", re.IGNORECASE)
+_DATA_URI_STRINGS: Final = re.compile(rb'"data:[^"\\]*"', re.IGNORECASE)
+"""A JSON string holding a data URI without escapes (base64 needs none): cheap to parse."""
 _EXAMPLE: Final = (
     '{"model": "...", "input": [{"type": "image_url", "image_url": {"url": "https://..."}}]}'
 )
@@ -123,7 +138,15 @@ class ImageInput:
 
 def parse_request(body: bytes) -> tuple[object, list[ImageInput]]:
     """The requested model (absent: ``None``) and the image inputs of a moderation request,
-    or a 400 that names what is wrong."""
+    or a 400 that names what is wrong. The JSON around the ``data:`` URIs is measured before
+    it is parsed: at most :data:`JSON_OVERHEAD_BYTES`."""
+    around = len(body) - sum(len(m.group()) for m in _DATA_URI_STRINGS.finditer(body))
+    if around > JSON_OVERHEAD_BYTES:
+        raise _invalid(
+            f"the body holds {around:,} bytes of JSON besides its data: URIs; at most "
+            f"{JSON_OVERHEAD_BYTES:,} are accepted: send images by URL or as data: URIs, e.g. "
+            f"{_EXAMPLE}"
+        )
     try:
         doc = strict_json.loads(body)
     except RecursionError:
@@ -180,14 +203,18 @@ def decode_data_uri(url: str, max_bytes: int) -> bytes:
     return data
 
 
-def moderation(score: float, flagged: bool, match: Match | None = None) -> dict[str, Any]:
+def moderation(
+    score: float, flagged: bool, sha256: str, match: Match | None = None
+) -> dict[str, Any]:
     """One result: ``sexual`` judged on the image, every other category not judged; a bank's
-    ``match`` flags its own category (``sexual`` by default) with score 1."""
+    ``match`` flags its own category (``sexual`` by default) with score 1; ``sha256`` of the
+    bytes judged."""
     judged = {JUDGED: (score, flagged)}
     if match is not None:
         judged[match.category or JUDGED] = (1.0, True)
     result: dict[str, Any] = {
         "flagged": flagged or match is not None,
+        "sha256": sha256,
         "categories": {name: judged.get(name, (0.0, False))[1] for name in CATEGORIES},
         "category_scores": {name: judged.get(name, (0.0, False))[0] for name in CATEGORIES},
         "category_applied_input_types": {
@@ -213,43 +240,63 @@ class Moderations:
 
     async def create(self, request: Request) -> Response:
         """Judge the request's images; see the module docstring."""
-        return await answer(
-            request,
-            ROUTE,
-            self._create(request),
-            refuse=error_response,
-            metrics=self.models.default.metrics,
-            internal="internal error; retry, and report request id {request_id} to the "
-            "server's operator if it persists",
-        )
+        try:
+            return await answer(
+                request,
+                ROUTE,
+                self._create(request),
+                refuse=error_response,
+                metrics=self.models.default.metrics,
+                internal="internal error; retry, and report request id {request_id} to the "
+                "server's operator if it persists",
+            )
+        finally:
+            fairness.release(request)
 
     async def _create(self, request: Request) -> Response:
         caller = await identify(request, self.keys)
+        self.keys.requests.hold(request, None if caller is None else caller.ref)
+        if caller is not None:
+            await self._check_rate(caller)
         requested, inputs = parse_request(await request.body())
+        fairness.grow(request, len(inputs))  # one slot per image
         name, engine = self._model(requested)
         policy = self._policy(caller)
         if caller is not None:
-            try:
-                await self.rate_limiter.check(caller.ref, caller.limits)
-            except RateLimitedError as exc:
-                raise OpenAIError(
-                    f"this API key has made {exc.limit} requests in the last minute, its limit; "
-                    f"retry in {exc.retry_after} s",
-                    status=429,
-                    code="rate_limit_exceeded",
-                    headers={"Retry-After": str(exc.retry_after)},
-                ) from None
             await self.rate_limiter.count(caller.ref, caller.limits)
-        judgements = await asyncio.gather(*(self._judge(engine, each, policy) for each in inputs))
+        fetches = asyncio.Semaphore(FETCHES_AT_ONCE)
+        key = None if caller is None else caller.ref
+        try:
+            async with asyncio.TaskGroup() as group:  # the first refusal cancels the others
+                tasks = [
+                    group.create_task(self._judge(engine, each, policy, fetches, key))
+                    for each in inputs
+                ]
+        except BaseExceptionGroup as failed:
+            raise _first_refusal(failed) from None
+        judgements = [task.result() for task in tasks]
         try:  # a detector's labels flag by the region thresholds, not by one score
-            judged = [(policy.score(each.labels), each.flagged(policy)) for each in judgements]
+            judged = [(policy.score(each.labels), each.flagged(policy)) for each, _ in judgements]
         except ValueError as exc:  # labels no policy scores, or scores that are NaN
             raise _invalid(f"model {name!r} cannot be judged: {exc}", param="model") from None
         results = [
-            moderation(score, flagged, each.match)
-            for (score, flagged), each in zip(judged, judgements, strict=True)
+            moderation(score, flagged, digest, each.match)
+            for (score, flagged), (each, digest) in zip(judged, judgements, strict=True)
         ]
         return JSONResponse({"id": f"modr-{uuid.uuid4().hex}", "model": name, "results": results})
+
+    async def _check_rate(self, caller: Caller) -> None:
+        """429 when the key has made its requests of the minute (before the body is read)."""
+        try:
+            await self.rate_limiter.check(caller.ref, caller.limits)
+        except RateLimitedError as exc:
+            raise OpenAIError(
+                f"this API key has made {exc.limit} requests in the last minute, its limit; "
+                f"retry in {exc.retry_after} s",
+                status=429,
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(exc.retry_after)},
+            ) from None
 
     def _model(self, requested: object) -> tuple[str, ClassifyEngine]:
         if requested is None or (isinstance(requested, str) and requested in OPENAI_MODELS):
@@ -272,10 +319,28 @@ class Moderations:
             return server
         return server.overridden(caller.policy, caller.threshold, caller.region_thresholds)
 
-    async def _judge(self, engine: ClassifyEngine, image: ImageInput, policy: Policy) -> Judgement:
-        """The judgement of the worst picture of ``image`` under ``policy`` (every frame of
-        an animation, a transparent image over black and over white), or a bank's match."""
-        data = await self._image(image)
+    async def _judge(
+        self,
+        engine: ClassifyEngine,
+        image: ImageInput,
+        policy: Policy,
+        fetches: asyncio.Semaphore,
+        key: str | None,
+    ) -> tuple[Judgement, str]:
+        """The judgement of the worst picture of ``image`` under ``policy`` (every frame of an
+        animation, a transparent image over each page), or a bank's match, and the SHA-256 of
+        its bytes; a URL is fetched, and its bytes held, under one of the request's
+        ``fetches``."""
+        if image.url[:5].lower() == "data:":
+            data = self._data(image)
+            return await self._judgement(engine, image, data, policy), _sha256(data)
+        async with fetches:
+            data = await self._fetch(image, key)
+            return await self._judgement(engine, image, data, policy), _sha256(data)
+
+    async def _judgement(
+        self, engine: ClassifyEngine, image: ImageInput, data: bytes, policy: Policy
+    ) -> Judgement:
         if not engine.ready:
             raise OpenAIError(
                 "the model is not ready (loading, or the server is stopping); retry in a moment",
@@ -296,23 +361,41 @@ class Moderations:
                 f"{exc}; retry in a few seconds", status=503, headers={"Retry-After": "5"}
             ) from None
 
-    async def _image(self, image: ImageInput) -> bytes:
-        max_bytes = self.settings.max_image_bytes
-        if image.url[:5].lower() == "data:":
-            try:
-                return decode_data_uri(image.url, max_bytes)
-            except ValueError as exc:
-                raise _invalid(
-                    f"{image.shown}.image_url.url is a data URI, but {exc}",
-                    code="invalid_image_url",
-                ) from None
+    def _data(self, image: ImageInput) -> bytes:
         try:
-            return await fetch(image.url, self.fetch_policy)
+            return decode_data_uri(image.url, self.settings.max_image_bytes)
+        except ValueError as exc:
+            raise _invalid(
+                f"{image.shown}.image_url.url is a data URI, but {exc}",
+                code="invalid_image_url",
+            ) from None
+
+    async def _fetch(self, image: ImageInput, key: str | None) -> bytes:
+        try:
+            return await fetch(image.url, self.fetch_policy.for_key(key))
         except FetchError as exc:
             raise _invalid(
                 f"{image.shown}.image_url.url {json.dumps(image.url[:200])}: {exc.message}",
                 code="invalid_image_url",
             ) from None
+
+
+def _first_refusal(failed: BaseExceptionGroup[BaseException]) -> BaseException:
+    """What a request whose inputs failed answers: the first refusal among them (an input's
+    400, the engine's 429), else the first failure."""
+    leaves = list(_leaves(failed))
+    return next((exc for exc in leaves if isinstance(exc, ApiError)), leaves[0])
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return found
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _invalid(message: str, *, param: str = "input", code: str = "invalid_input") -> OpenAIError:
@@ -334,7 +417,7 @@ def create_router(models: ServedModels, settings: Settings, keys: KeyRing) -> AP
             openapi.answer(
                 "One result per image", {openapi.JSON: {"schema": openapi.ref("Moderation")}}
             ),
-            ("400", "401", "408", "429", "500", "503"),
+            ("400", "401", "403", "408", "429", "500", "503"),
         ),
         response_class=Response,
     )

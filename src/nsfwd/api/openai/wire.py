@@ -20,7 +20,7 @@ _TYPES: Final = {400: "invalid_request_error", 401: "invalid_request_error",
                  404: "invalid_request_error", 408: "invalid_request_error",
                  429: "requests"}  # fmt: skip
 """OpenAI's error ``type`` by status; 5xx are ``server_error``."""
-_CODES: Final = {401: "invalid_api_key", 404: "not_found", 408: "request_timeout",
+_CODES: Final = {401: "invalid_api_key", 403: "forbidden", 404: "not_found", 408: "request_timeout",
                  429: "rate_limit_exceeded", 503: "server_unavailable"}  # fmt: skip
 
 
@@ -64,7 +64,7 @@ async def identify(request: Request, keys: KeyRing) -> Caller | None:
     scheme, _, token = (header or "").strip().partition(" ")
     is_bearer = scheme.lower() == "bearer"
     try:
-        return await keys.identify(token.strip() if is_bearer else None)
+        return await keys.identify(token.strip() if is_bearer else None, request)
     except AuthenticationError as exc:
         if header is not None and not is_bearer:
             message = "the Authorization header must be 'Bearer <token>'"

@@ -20,7 +20,10 @@ into a 200 with ``"checked": false``, for platforms that would rather accept tha
 Who may call: a key, in the query (``?key=``, since pict-rs cannot send a header) or as
 ``Authorization: Bearer``; or, without a key, a caller whose address is in
 ``NSFWD_VALIDATE_ALLOW_NETWORKS`` (the direct peer: behind a reverse proxy, that is the proxy).
-An open server (no keys at all) takes anyone, as its other routes do. The Synapse module
+An open server (no keys at all) takes anyone, as its other routes do. As on every route, the
+caller's slot (:mod:`nsfwd.api.fairness`) is taken before the body is read: its key's, or for a
+keyless caller from an allowed network, its address's; past its share on a busy server it is
+``busy`` (which ``fail_open`` accepts, as it does a full engine). The Synapse module
 (:mod:`nsfwd.integrations.synapse`) calls this route too.
 """
 
@@ -34,9 +37,9 @@ from typing import Any, Final
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from nsfwd.api import openapi
+from nsfwd.api import fairness, openapi
 from nsfwd.api.auth import AuthenticationError, Caller, KeyRing, bearer_token
-from nsfwd.api.http.errors import ApiError, answer
+from nsfwd.api.http.errors import ApiError, TooBusyError, answer
 from nsfwd.api.http.uploads import read_upload
 from nsfwd.engine import ClassifyEngine, EngineClosedError, QueueFullError
 from nsfwd.engine.served import ServedModels, UnknownModelError
@@ -87,15 +90,18 @@ class Validation:
 
     async def validate(self, request: Request) -> Response:
         """Judge one upload; see the module docstring."""
-        return await answer(
-            request,
-            ROUTE,
-            self._validate(request),
-            refuse=_refuse,
-            metrics=self.models.default.metrics,
-            internal="internal error; retry, and report request id {request_id} to the "
-            "server's operator if it persists",
-        )
+        try:
+            return await answer(
+                request,
+                ROUTE,
+                self._validate(request),
+                refuse=_refuse,
+                metrics=self.models.default.metrics,
+                internal="internal error; retry, and report request id {request_id} to the "
+                "server's operator if it persists",
+            )
+        finally:
+            fairness.release(request)  # the caller's slot, taken by _hold
 
     async def _validate(self, request: Request) -> Response:
         caller = await self._admit(request)
@@ -104,6 +110,7 @@ class Validation:
         policy = self._policy(query.get("policy"), query.get("threshold"), caller)
         name, engine = self._model(query.get("model"))
         try:
+            self._hold(request, caller)
             data = await _upload(request, self.settings.max_image_bytes)
             judgement = await self._judge(engine, data, policy)
             flagged = judgement.flagged(policy)
@@ -123,7 +130,7 @@ class Validation:
         if not key and self._from_allowed_network(request):
             return None
         try:
-            return await self.keys.identify(key)
+            return await self.keys.identify(key, request)
         except AuthenticationError as exc:
             if exc.missing:
                 message = (
@@ -134,6 +141,21 @@ class Validation:
             else:
                 message = "invalid API key: it is not one this server accepts, or it was revoked"
             raise Refusal("unauthorized", message, 401) from None
+
+    def _hold(self, request: Request, caller: Caller | None) -> None:
+        """Take the caller's slot before the body is read (:mod:`nsfwd.api.fairness`): its
+        key's, or, for a keyless caller from an allowed network, its address's; ``busy`` when
+        it has no share left."""
+        if caller is not None:
+            holder: str | None = caller.ref
+        elif request.client is not None and self._from_allowed_network(request):
+            holder = f"network {request.client.host}"
+        else:
+            holder = None  # the open API: nothing to count
+        try:
+            self.keys.requests.hold(request, holder)
+        except TooBusyError as exc:
+            raise Refusal("busy", exc.message, exc.status, exc.headers) from None
 
     def _from_allowed_network(self, request: Request) -> bool:
         if not self.networks or request.client is None:

@@ -6,15 +6,16 @@ video of up to ``max_video_bytes``, judged in the background like an image.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
-from nsfwd.api import openapi
+from nsfwd.api import fairness, openapi
 from nsfwd.api.auth import KeyRing
 from nsfwd.api.http.errors import ApiError, BadRequestError, TooBusyError, UnavailableError
 from nsfwd.api.http.multipart import Part
@@ -229,7 +230,10 @@ class ProdiaAsyncJobs(ProdiaJobs):
     # --- GET /v2/job/async/{id}/... ----------------------------------------------------------
 
     async def _find(self, request: Request, job_id: str) -> Prediction:
+        """The caller's job ``job_id`` (else 404), holding one of the key's read slots until
+        the answer is sent (:meth:`_reading`)."""
         owner = await self._owner(request)
+        self.keys.reads.hold(request, owner)
         prediction = await self.store.predictions.get(job_id)
         if (
             prediction is None
@@ -282,18 +286,61 @@ class ProdiaAsyncJobs(ProdiaJobs):
         if filename == LABELS_FILE:
             assert prediction.labels is not None
             return Response(json_bytes(prediction.labels), media_type=JSON_TYPE)
-        upload = await self.store.predictions.get_input(job_id)
-        if upload is None:
+        return await self._stored_image(request, job_id)
+
+    async def _stored_image(self, request: Request, job_id: str) -> Response:
+        """The job's upload, streamed a chunk at a time from the store: a client that reads
+        slowly (or never) holds one chunk, and its read slot until the stream ends."""
+        size = await self.store.predictions.input_size(job_id)
+        first = await self.store.predictions.input_chunk(job_id, 0, STREAM_CHUNK_BYTES)
+        if size is None or first is None:
             raise ApiError(f"job {job_id} expired while its output was read", status=404)
-        return image_response(upload.data)
+        slot = fairness.detach(request)
+        predictions = self.store.predictions
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                sent = len(first)
+                yield first
+                while sent < size:
+                    chunk = await predictions.input_chunk(job_id, sent, STREAM_CHUNK_BYTES)
+                    if not chunk:  # expired mid-stream: the short body tells the client
+                        return
+                    sent += len(chunk)
+                    yield chunk
+            finally:
+                if slot is not None:
+                    slot.release()
+
+        headers = {"X-Content-Type-Options": "nosniff", "Content-Length": str(size)}
+        return StreamingResponse(chunks(), media_type=image_type(first), headers=headers)
+
+    def _reading(
+        self, endpoint: Callable[..., Awaitable[Response]]
+    ) -> Callable[..., Awaitable[Response]]:
+        """``endpoint`` (a GET route), giving the key's read slot back when it returns (a
+        streamed answer's stream gives it back when it ends)."""
+
+        @functools.wraps(endpoint)
+        async def reading(request: Request, *args: Any, **kwargs: Any) -> Response:
+            try:
+                return await endpoint(request, *args, **kwargs)
+            finally:
+                fairness.release(request)
+
+        return reading
 
 
-def image_response(data: bytes) -> Response:
-    """A stored image (or video), served as what its bytes are, never under the type its
-    uploader claimed (a "text/html" upload served as such would run in the browser of whoever
-    opens the link), with ``nosniff`` so browsers do not guess either."""
-    found = media_type(data) or "application/octet-stream"
-    return Response(data, media_type=found, headers={"X-Content-Type-Options": "nosniff"})
+STREAM_CHUNK_BYTES: Final = 256 * 1024
+"""Bytes of a stored image read from the store, and sent, at a time."""
+
+
+def image_type(data: bytes) -> str:
+    """The media type a stored image (or video) is served as, by what its first bytes are,
+    never the type its uploader claimed (a "text/html" upload served as such would run in the
+    browser of whoever opens the link); it goes with ``nosniff``, so browsers do not guess
+    either."""
+    return media_type(data) or "application/octet-stream"
 
 
 def hands_back_input(prediction: Prediction) -> bool:
@@ -359,7 +406,7 @@ def create_router(
     for path, endpoint, summary, success in get_routes:
         router.add_api_route(
             path,
-            endpoint,
+            jobs._reading(endpoint),
             methods=["GET"],
             summary=summary,
             openapi_extra=openapi.key("bearer"),

@@ -143,7 +143,7 @@ class ProdiaJobs:
         is_bearer = scheme.lower() == "bearer"
         has_token = is_bearer and bool(token.strip())
         try:
-            return await self.keys.identify(token if has_token else None)
+            return await self.keys.identify(token if has_token else None, request)
         except AuthenticationError as exc:
             if header is not None and not is_bearer:
                 raise UnauthorizedError(

@@ -12,7 +12,11 @@ it. :func:`proxy_middlewares` is named by ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT
   that the ingress replica drains; an endless body would fill the proxy's memory until the
   app's refusal came back. :class:`ReadAheadLimitMiddleware` stops reading once the body is
   past its route's limit (or declares a ``Content-Length`` over it): the app, which then holds
-  enough to refuse it, answers in its protocol's format, as it does without Serve.
+  enough to refuse it, answers in its protocol's format, as it does without Serve. And since
+  the proxy reads bodies before the app has checked a key or taken an upload slot (up to its
+  1,024 requests in progress), it books each body's size (declared, or its route's limit)
+  against ``BodyLimits.total`` in all; a body that does not fit is answered 503 with
+  ``Retry-After`` before any of it is read.
 """
 
 from __future__ import annotations
@@ -25,18 +29,28 @@ from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from nsfwd.api.http.middleware import REQUEST_ID_HEADER, BodyLimits, content_length, request_id_of
+from nsfwd.api.http.middleware import (
+    REQUEST_ID_HEADER,
+    BodyLimits,
+    content_length,
+    request_id_of,
+    send_text,
+)
 
 CALLBACK = f"{__name__}.proxy_middlewares"
 """The import path for ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``."""
 LIMITS_VARIABLE = "NSFWD_PROXY_BODY_LIMITS"
+READ_AHEAD_RETRY_AFTER_S = 1
+"""What a request refused for want of read-ahead room is told to wait."""
 """The environment variable that hands the app's body limits to the proxy (JSON)."""
 
 
 def limits_to_environment(limits: BodyLimits) -> None:
     """Put ``limits`` where :func:`proxy_middlewares` finds them, in this process's
     environment, which the Ray instance it starts (and so Serve's proxy) inherits."""
-    os.environ[LIMITS_VARIABLE] = json.dumps({"default": limits.default, "paths": limits.paths})
+    os.environ[LIMITS_VARIABLE] = json.dumps(
+        {"default": limits.default, "paths": limits.paths, "total": limits.total}
+    )
 
 
 def limits_from_environment() -> BodyLimits | None:
@@ -45,7 +59,12 @@ def limits_from_environment() -> BodyLimits | None:
     if not text:
         return None
     fields = json.loads(text)
-    return BodyLimits(int(fields["default"]), {k: int(v) for k, v in fields["paths"].items()})
+    total = fields.get("total")
+    return BodyLimits(
+        int(fields["default"]),
+        {k: int(v) for k, v in fields["paths"].items()},
+        total=None if total is None else int(total),
+    )
 
 
 class SaneRequestIdMiddleware:
@@ -65,12 +84,15 @@ class SaneRequestIdMiddleware:
 class ReadAheadLimitMiddleware:
     """Read no more of a request's body than its route accepts (``limits``): once past it, or
     when the declared ``Content-Length`` is over it, wait for the app's answer (the refusal)
-    instead of reading on, then tell the proxy the client is gone."""
+    instead of reading on, then tell the proxy the client is gone. Each body books its size
+    against ``limits.total`` until its answer is sent; one that does not fit gets 503."""
 
     def __init__(self, app: ASGIApp, limits: BodyLimits) -> None:
         """Wrap ``app`` (Serve's proxy)."""
         self.app = app
         self.limits = limits
+        self.booked = 0
+        """Bytes of bodies booked now, by requests in progress."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the proxy with a ``receive`` that stops at the limit."""
@@ -79,6 +101,26 @@ class ReadAheadLimitMiddleware:
             return
         limit = self.limits.of(scope.get("path", ""))
         declared = content_length(scope)
+        booking = _booking(scope, declared, limit)
+        total = self.limits.total
+        if booking and total is not None and self.booked + booking > total:
+            await send_text(
+                send,
+                503,
+                f"the server is reading {self.booked:,} bytes of request bodies, as many as it "
+                f"reads at once; retry in {READ_AHEAD_RETRY_AFTER_S} s",
+                {"Retry-After": str(READ_AHEAD_RETRY_AFTER_S)},
+            )
+            return
+        self.booked += booking
+        try:
+            await self._bounded(scope, receive, send, limit, declared)
+        finally:
+            self.booked -= booking
+
+    async def _bounded(
+        self, scope: Scope, receive: Receive, send: Send, limit: int, declared: int | None
+    ) -> None:
         received = 0
         answered = asyncio.Event()
 
@@ -101,6 +143,15 @@ class ReadAheadLimitMiddleware:
             await self.app(scope, bounded_receive, watched_send)
         finally:
             answered.set()
+
+
+def _booking(scope: Scope, declared: int | None, limit: int) -> int:
+    """What a request's body may bring: its declared size (none read when over ``limit``), or
+    ``limit`` for a chunked one; 0 without a body."""
+    if declared is not None:
+        return 0 if declared > limit else declared
+    chunked = any(name == b"transfer-encoding" for name, _ in scope["headers"])
+    return limit if chunked else 0
 
 
 def proxy_middlewares() -> list[Middleware]:

@@ -69,7 +69,6 @@ def test_portable_settings_name_their_folders_from_anywhere(
         model="model",
         models=["small=model", "open-nsfw"],
         calibration_dir=Path("~/photos"),
-        api_keys=["k"],
     ).portable()
     assert settings.data_dir == tmp_path / "data"
     assert settings.model == str(tmp_path / "model")

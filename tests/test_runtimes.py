@@ -39,8 +39,8 @@ from nsfwd.models.calibration import Calibration
 from nsfwd.models.choice import CHOICES_FILE, Choices, Trial, pick
 from nsfwd.models.classifier import Classifier
 from nsfwd.models.identity import model_key
-from nsfwd.models.openvino_network import META_FILE, ExportMeta
-from nsfwd.models.openvino_runtime import store
+from nsfwd.models.openvino_network import META_FILE, ExportMeta, read_export
+from nsfwd.models.openvino_runtime import OpenVinoForward, quantize_int8, store
 from nsfwd.models.routes import EXACT, INT8, Route, plan
 from nsfwd.settings import Settings
 
@@ -97,6 +97,16 @@ def test_openvino_agrees_with_the_exact_mode_at_any_batch_size(converted: Conver
         assert got.shape == (size, 4)
         assert (got - want).abs().max().item() < 1e-5
     assert classifier.predict(pixels[:0]).shape == (0, 4)
+
+
+def test_warming_up_compiles_every_batch_size_and_runs_one_image(converted: Converted) -> None:
+    # OpenVINO compiles ahead: a batch of each size at start would only lengthen a cold start.
+    runner = converted.openvino.runner
+    assert isinstance(runner, OpenVinoForward)
+    ran: list[int] = []
+    runner.warm_up((1, 2, 4), ran.append)
+    assert ran == [1]
+    assert {1, 2, 4} <= set(runner.network.sizes)
 
 
 def test_conversion_calls_no_deprecated_torch_api(converted: Converted) -> None:
@@ -203,6 +213,17 @@ def test_int8_is_static_int8_on_openvino_close_to_the_exact_mode(
     meta = ExportMeta.from_json((folder / META_FILE).read_text())
     assert meta.variant == "int8"
     assert meta.calibration == f"up to 4 images from {calibration_images}"
+
+
+def test_calibrating_keeps_stdout_for_the_records(
+    converted: Converted, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = model_key(converted.checkpoint, str(converted.checkpoint))
+    model, _ = read_export(store(converted.data_dir) / key / "float")
+    sample = _pixels(converted.exact, 1).numpy()
+    quantize_int8(model, [sample], converted.exact.loaded.module)
+    out, err = capsys.readouterr()
+    assert out == "" and "Statistics collection" in err  # NNCF's progress, on stderr
 
 
 def test_an_export_that_cannot_be_read_is_made_again(

@@ -6,7 +6,7 @@ import base64
 import binascii
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -67,6 +67,15 @@ def check_webhook_secret(secret: str) -> bytes:
             f"(Standard Webhooks asks for 24 to 64); {_SECRET_HINT}"
         )
     return key
+
+
+def _portable_model(text: str) -> str:
+    """``[NAME=]ID_OR_DIR`` with a folder that exists here made absolute."""
+    spec = ModelSpec.parse(text)
+    if not Path(spec.source).exists():
+        return text
+    source = str(Path(spec.source).resolve())
+    return f"{spec.name}={source}" if spec.name else source
 
 
 class Settings(BaseSettings):
@@ -560,6 +569,23 @@ class Settings(BaseSettings):
         if value is not None:
             check_webhook_secret(value.get_secret_value())
         return value
+
+    def portable(self) -> Settings:
+        """These settings with their folders made absolute, for processes that run in other
+        folders (Ray Serve's replicas, Ray Data's actors): the data directory, so they share
+        its OpenVINO models and the start-up measurement's choice; each model that is a folder
+        here (``NAME=`` kept); the calibration and compile cache folders."""
+        update: dict[str, Any] = {
+            "data_dir": Path(self.data_dir).expanduser().resolve(),
+            "models": [_portable_model(text) for text in self.models],
+        }
+        if "model" in self.model_fields_set:
+            update["model"] = _portable_model(self.model)
+        for name in ("calibration_dir", "compile_cache_dir"):
+            folder = getattr(self, name)
+            if folder is not None:
+                update[name] = Path(folder).expanduser().resolve()
+        return self.model_copy(update=update)
 
     @model_validator(mode="after")
     def _check_video_options(self) -> Settings:

@@ -570,7 +570,7 @@ def _dataset(
 ) -> Any:
     """The pipeline, lazily: names -> prepared pixels (a video's: a row per sampled frame)
     -> labels."""
-    options = ModelOptions.from_settings(settings)
+    options = ModelOptions.from_settings(settings.portable())  # actors run in other folders
     names = _names(ray, inputs)
     prepared = names.map_batches(
         Preparer,

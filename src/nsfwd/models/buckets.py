@@ -43,6 +43,11 @@ class Bucketed(ABC):
     bucket-sized batch through it (:meth:`_run`).
     """
 
+    made_by_running = True
+    """Whether running a bucket is what makes it (torch.compile traces and compiles on the
+    first call); False where :meth:`_make` leaves it ready (OpenVINO compiles ahead), so
+    :meth:`warm_up` runs only the smallest, to check the whole path."""
+
     def __init__(self, num_labels: int) -> None:
         self.num_labels = num_labels
         self.buckets: tuple[int, ...] | None = None
@@ -87,11 +92,12 @@ class Bucketed(ABC):
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
     def warm_up(self, buckets: Sequence[int], run: Callable[[int], object]) -> float:
-        """Fix the buckets and make each (``run(size)`` predicts a batch of that size); the
-        seconds it took."""
+        """Fix the buckets and make each, then run each (``run(size)`` predicts a batch of
+        that size), or only the smallest where making them was enough
+        (:attr:`made_by_running`); the seconds it took."""
         self.buckets = check_buckets(buckets)
         started = time.perf_counter()
         self._make(self.buckets)
-        for size in self.buckets:
+        for size in self.buckets if self.made_by_running else self.buckets[:1]:
             run(size)
         return time.perf_counter() - started

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from filelock import FileLock, Timeout
 from PIL import Image
 
 from nsfwd.models.agreement import compare
@@ -256,3 +257,39 @@ class Choices:
                 self.path,
                 exc,
             )
+
+    def kept_or_measured(
+        self,
+        key: str,
+        routes: Sequence[Route],
+        measure: Callable[[], Choice],
+        facts: dict[str, Any],
+    ) -> Choice:
+        """The choice kept under ``key`` (:meth:`get`), else ``measure()``'s, kept
+        (:meth:`put`). Under a lock on the file: processes that start together on a machine
+        (``serve --ray``'s replicas, ``classify --ray``'s actors) measure once, one of them,
+        and all run the route it chose, where each measuring alone, slowed by the others,
+        could choose differently."""
+        kept = self.get(key, routes)
+        if kept is not None:
+            return kept
+        lock = FileLock(self.path.with_name(f".{self.path.name}.lock"))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                log.info("another process is measuring the routes here; waiting for its choice")
+                lock.acquire()
+        except OSError as exc:  # a data directory that cannot be written: measure alone
+            log.warning("cannot lock %s (%s); measuring without it", lock.lock_file, exc)
+            return measure()
+        try:
+            kept = self.get(key, routes)
+            if kept is not None:
+                return kept
+            choice = measure()
+            self.put(key, choice, facts)
+            return choice
+        finally:
+            lock.release()

@@ -19,7 +19,7 @@ from PIL import Image
 from nsfwd.models.buckets import Bucketed, default_buckets
 from nsfwd.models.calibration import Calibration
 from nsfwd.models.checkpoint import LoadedModel, load_checkpoint
-from nsfwd.models.choice import Choices, choose, prepared_images
+from nsfwd.models.choice import Choice, Choices, choose, prepared_images
 from nsfwd.models.compiled import compile_mode, use_cache_dir
 from nsfwd.models.cpu import (
     computes_natively,
@@ -222,36 +222,48 @@ class Classifier:
     @classmethod
     def _chosen(cls, builder: RouteBuilder, routes: list[Route], data_dir: Path) -> Classifier:
         """The classifier on the route the start-up measurement chose for this model on this
-        machine: kept from an earlier start, else measured now (and kept)."""
+        machine: kept from an earlier start (or by a process starting beside this one), else
+        measured now (and kept)."""
         facts = machine()
-        key = f"{builder.model_key}/{machine_key(facts)}"
         choices = Choices(data_dir)
-        kept = choices.get(key, routes)
-        if kept is not None:
-            return cls._built(builder, kept.route, kept.reason)
+        runnables: dict[Route, Classifier] = {}
+
+        def measure() -> Choice:
+            runnables.update(cls._candidates(builder, routes))
+            log.info(
+                "measuring %s on this machine (once; the choice is kept in %s) ...",
+                ", ".join(map(str, runnables)),
+                choices.path,
+            )
+            pixels, images = prepared_images(builder.loaded.prepare)
+            return choose(
+                [route for route in routes if route in runnables],
+                dict(runnables),
+                pixels,
+                images,
+                batch_size=default_batch_size("cpu"),
+            )
+
+        key = f"{builder.model_key}/{machine_key(facts)}"
+        choice = choices.kept_or_measured(
+            key, routes, measure, {"model": builder.source, "machine": facts}
+        )
+        if choice.route not in runnables:  # kept: build that route alone
+            return cls._built(builder, choice.route, choice.reason)
+        chosen = runnables[choice.route]
+        chosen.dtype_reason = choice.reason
+        return chosen
+
+    @classmethod
+    def _candidates(cls, builder: RouteBuilder, routes: list[Route]) -> dict[Route, Classifier]:
+        """A classifier for the exact mode and each of ``routes`` that can run this model."""
         runnables: dict[Route, Classifier] = {}
         for route in dict.fromkeys([EXACT, *routes]):
             try:
                 runnables[route] = cls._built(builder, route, "")
             except Exception as exc:  # a runtime that cannot take this model is no candidate
                 log.warning("%s cannot run %s, no candidate then: %s", route, builder.source, exc)
-        log.info(
-            "measuring %s on this machine (once; the choice is kept in %s) ...",
-            ", ".join(map(str, runnables)),
-            choices.path,
-        )
-        pixels, images = prepared_images(builder.loaded.prepare)
-        choice = choose(
-            [route for route in routes if route in runnables],
-            dict(runnables),
-            pixels,
-            images,
-            batch_size=default_batch_size("cpu"),
-        )
-        choices.put(key, choice, {"model": builder.source, "machine": facts})
-        chosen = runnables[choice.route]
-        chosen.dtype_reason = choice.reason
-        return chosen
+        return runnables
 
     @classmethod
     def _load_open_nsfw(

@@ -16,6 +16,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -123,7 +124,8 @@ def quantize_int8(
             "int8 is calibrated by NNCF, which is not installed: pip install 'nsfwd[openvino]'"
         ) from exc
     started = time.perf_counter()
-    with _no_telemetry():
+    # NNCF's progress bars go to stderr: stdout holds `nsfwd classify`'s records.
+    with _no_telemetry(), contextlib.redirect_stdout(sys.stderr):
         quantized: ov.Model = nncf.quantize(
             model,
             nncf.Dataset(list(samples)),
@@ -204,7 +206,11 @@ def _quantized(loaded: LoadedModel, model: ov.Model, calibration: Calibration) -
 
 class OpenVinoForward(Bucketed):
     """An OpenVINO model, as exported, on the CPU plugin at fixed batch sizes: the
-    :class:`~nsfwd.models.buckets.Bucketed` runner of a classifier on the OpenVINO runtime."""
+    :class:`~nsfwd.models.buckets.Bucketed` runner of a classifier on the OpenVINO runtime.
+    A compiled model runs its first batch no slower than later ones, so warming up runs one
+    image, not a batch of each size: seconds of a cold start on a small CPU."""
+
+    made_by_running = False
 
     def __init__(
         self,

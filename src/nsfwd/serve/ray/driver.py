@@ -47,7 +47,7 @@ def run_on_ray(settings: Settings, options: RayServeOptions) -> int:
     except ImportError as exc:
         log.error("--ray needs Ray Serve, which is not installed (%s): %s", exc.name, INSTALL_HINT)
         return 2
-    settings = _portable(settings)
+    settings = settings.portable()  # the replicas run in other folders
     stop = threading.Event()
     handler = _raiser(stop)
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -146,14 +146,6 @@ def _raiser(stop: threading.Event) -> Any:
         raise _Stopped
 
     return handler
-
-
-def _portable(settings: Settings) -> Settings:
-    """The settings with relative paths made absolute: the replicas run in other folders."""
-    update: dict[str, Any] = {"data_dir": Path(settings.data_dir).expanduser().resolve()}
-    if "model" in settings.model_fields_set and Path(settings.model).exists():
-        update["model"] = str(Path(settings.model).resolve())
-    return settings.model_copy(update=update)
 
 
 def _connect(ray: Any, options: RayServeOptions, settings: Settings, models: int) -> bool:

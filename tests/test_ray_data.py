@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from PIL import Image
 
 pytest.importorskip("ray.data", reason="needs nsfwd[ray]")
@@ -29,6 +31,7 @@ pytest.importorskip("moto.server", reason="needs moto[server] (the dev install)"
 import ray
 
 from nsfwd.cli import main
+from photos import encode, photo
 from ray_instance import environment, private_folder
 from servers import free_port
 from waiting import time_limit
@@ -364,3 +367,73 @@ def test_two_node_cluster_joined_with_auto(
         == 0
     )
     assert_same_records(read_jsonl(out), read_jsonl(single))
+
+
+def nan_checkpoint(source: Path, folder: Path) -> Path:
+    """A copy of the checkpoint at ``source`` whose weights are all NaN: every score is NaN."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, folder)
+    weights = folder / "model.safetensors"
+    tensors = load_file(weights)
+    save_file({name: torch.full_like(t, float("nan")) if t.is_floating_point() else t
+               for name, t in tensors.items()}, weights)  # fmt: skip
+    return folder
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_every_picture_is_judged_and_nan_scores_are_error_records(
+    tmp_path: Path, timm_checkpoint: Path
+) -> None:
+    """A translucent animation is judged on every frame over each page, as without --ray, and
+    says which picture answered; a model whose scores are NaN gives error records and the run
+    ends. Before, --ray judged the first frame over white alone, and a NaN score stopped the
+    whole run with a traceback."""
+    folder = tmp_path / "photos"
+    write_images(folder, 1)
+    frames = [Image.new("RGBA", (160, 160), (60 * i, 0, 0, 128)) for i in range(3)]
+    frames[0].save(folder / "anim.png", save_all=True, append_images=frames[1:], duration=100)
+    pages = [Image.new("RGB", (160, 160), (0, 40 * i, 0)) for i in range(2)]
+    pages[0].save(folder / "pages.tif", save_all=True, append_images=pages[1:])
+    model = ["--model", str(timm_checkpoint)]
+    assert classify(*model, "--output", str(tmp_path / "one.jsonl"), str(folder)) == 0
+    assert classify(*model, "--ray", "--output", str(tmp_path / "ray.jsonl"), str(folder)) == 0
+    one, on_ray = read_jsonl(tmp_path / "one.jsonl"), read_jsonl(tmp_path / "ray.jsonl")
+    assert_same_records(on_ray, one)
+    anim = str(folder / "anim.png")
+    assert on_ray[anim]["judged"] == one[anim]["judged"]
+    assert on_ray[anim]["judged"]["frames_judged"] == 3
+    tiff = str(folder / "pages.tif")
+    assert on_ray[tiff]["judged"] == one[tiff]["judged"]  # which page, and that it is one
+
+    broken = ["--model", str(nan_checkpoint(timm_checkpoint, tmp_path / "nan-model"))]
+    assert classify(*broken, "--ray", "--output", str(tmp_path / "nan.jsonl"), str(folder)) == 1
+    records = read_jsonl(tmp_path / "nan.jsonl")
+    assert len(records) == 3
+    assert all("not finite" in record["error"] for record in records.values())
+
+
+def test_banked_images_are_answered_with_their_match(
+    tmp_path: Path, timm_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A photograph in a bank of known images (the job store's, as ``nsfwd banks`` fills it)
+    is answered with its match and flagged, as without --ray; another is judged by the model;
+    --no-banks judges both. Before, --ray never looked at the banks."""
+    monkeypatch.setenv("NSFWD_DATA_DIR", str(tmp_path / "data"))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    banked, other = folder / "banked.jpg", folder / "other.jpg"
+    banked.write_bytes(encode(photo("chelsea"), "JPEG", quality=90))
+    other.write_bytes(encode(photo("coffee"), "JPEG", quality=90))
+    assert main(["banks", "create", "known"]) == 0
+    assert main(["banks", "add", "known", str(banked)]) == 0
+    model = ["--model", str(timm_checkpoint), "--threshold", "1"]
+    for extra, matched in (([], True), (["--no-banks"], False)):
+        out = tmp_path / f"ray{len(extra)}.jsonl"
+        assert classify(*model, "--ray", *extra, "--output", str(out), str(folder)) == 0
+        records = read_jsonl(out)
+        found = records[str(banked)]
+        assert ("match" in found, found["flagged"]) == (matched, matched), found
+        assert "match" not in records[str(other)] and not records[str(other)]["flagged"]
+        if matched:
+            assert found["match"]["bank"] == "known" and found["labels"]["high"] == 1.0

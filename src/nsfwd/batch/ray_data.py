@@ -5,14 +5,19 @@ The stages, as Ray Data runs batch inference (docs/ARCHITECTURE.md):
 1. inputs -> image names, listed in a task per input by
    :func:`~nsfwd.batch.sources.expand` (folders, URL prefixes, manifests read as a
    stream), never all in the driver;
-2. :class:`Preparer`, an autoscaling pool of CPU actors: read each image's bytes (local or any
-   fsspec URL), then the intake's checks and the model's preprocessing
-   (:func:`~nsfwd.intake.load_image`, :meth:`~nsfwd.models.classifier.Classifier.prepare`); a file
-   that fails becomes its error message. A video becomes a row per sampled frame (its pixels and
-   the sampled times it answers for), then a row that closes it (what was judged, or its
-   error): videos spread over the actors as images do, their frames over the labellers;
+2. :class:`Preparer`, an autoscaling pool of CPU actors: read each file's bytes (local or any
+   fsspec URL), then the intake's checks and the model's preprocessing of every picture a viewer
+   may see of an image (:func:`~nsfwd.batch.pipeline.prepare_image`, as ``nsfwd classify``
+   judges them); with the banks of known images (the driver's snapshot, shipped once), each
+   picture is hashed and a match answers for the image; a file that fails becomes its error
+   message. A video becomes a row per sampled frame (its pixels and the sampled times it
+   answers for), then a row that closes it (what was judged, or its error): videos spread over
+   the actors as images do, their frames over the labellers;
 3. :class:`Labeller`, a pool of actors each holding one classifier (``num_gpus=1`` each on a
-   cluster with GPUs): the probabilities of each batch;
+   cluster with GPUs): the probabilities of every picture, and each image's worst picture
+   under the run's policy (:func:`~nsfwd.verdict.worst`; scores that are not finite refuse the
+   image, as everywhere else); a matched image skips the model and is answered as the server
+   answers it (:func:`~nsfwd.verdict.certain` labels and the match);
 4. the driver streams the labelled rows back and writes the records as ``nsfwd classify``
    does; a video's record once its closing row and all its frames are in, from a
    :class:`~nsfwd.timeline.Timeline` of their labels. Records are small, so the driver holds a
@@ -37,23 +42,28 @@ import numpy as np
 from numpy.typing import NDArray
 
 from nsfwd.batch import sources
-from nsfwd.batch.pipeline import FileResult, VideoJob
+from nsfwd.batch.pipeline import FileResult, VideoJob, prepare_image
 from nsfwd.engine.video import decode_budget, sampling
-from nsfwd.intake import ImageError, ImageLimits, load_image
+from nsfwd.intake import ImageError, ImageLimits, UnscorableImageError
 from nsfwd.intake.video import VideoReader, sniff_video
+from nsfwd.intake.views import View, Views
 from nsfwd.models.names import DEFAULT_CALIBRATION_IMAGES
 from nsfwd.timeline import Timeline
-from nsfwd.verdict import Labels, Policy
+from nsfwd.verdict import Labels, Match, Policy, certain, nonfinite_labels, worst
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from nsfwd.banks.matcher import BankSnapshot
     from nsfwd.models.classifier import Classifier
     from nsfwd.settings import Settings
 
 log = logging.getLogger(__name__)
 
 Pixels = NDArray[Any]
+Prepared = Views[Any] | Match | str
+"""An image's prepared pictures, the bank's match that answers for it, or why it cannot be
+classified."""
 Batch = dict[str, NDArray[Any]]
 """A batch as Ray Data hands it to a stage: a column of values per name."""
 
@@ -123,14 +133,19 @@ def _load(options: ModelOptions, threads: int) -> Classifier:
 
 
 class Preparer:
-    """Stage 2: names -> the model's input pixels, or why the image cannot be classified.
+    """Stage 2: names -> the model's input pixels for every picture a viewer may see of each
+    image, or why the image cannot be classified; a video's sampled frames.
 
     Holds the classifier on the CPU for its preprocessing, and prepares as ``nsfwd classify
-    --decode`` says on a CPU: each image through :func:`~nsfwd.intake.load_image` and
-    :meth:`~nsfwd.models.classifier.Classifier.prepare` (``pil``), or the batch through one
-    :class:`~nsfwd.models.tensor_decode.TensorDecoder` call (``tensor``, and ``auto`` where the
-    model allows it), so the pixels are those of a single-machine run on a CPU. Rows whose
-    path is in ``skip`` (``--resume``) are dropped.
+    --decode`` says on a CPU: each image through :func:`~nsfwd.batch.pipeline.prepare_image`
+    (``pil``), or the batch through one :class:`~nsfwd.models.tensor_decode.TensorDecoder` call
+    (``tensor``, and ``auto`` where the model allows it), so the pixels are those of a
+    single-machine run on a CPU. A row's ``pixels`` stack its pictures (one for an opaque still
+    or a video's frame, up to 96 for a translucent animation) and ``views`` says which picture
+    each is (:func:`_views_text`). With ``banks`` holding any hash, every image takes the ``pil``
+    path (its pictures are hashed as they are decoded) and a row's ``match`` is the bank's match
+    that answers for it (JSON; "" when none). Rows whose path is in ``skip`` (``--resume``) are
+    dropped.
     """
 
     def __init__(
@@ -142,6 +157,7 @@ class Preparer:
         *,
         videos: VideoJob | None = None,
         batch_size: int = 8,
+        banks: Any = None,
     ) -> None:
         import ray
 
@@ -153,8 +169,10 @@ class Preparer:
         self.batch_size = batch_size
         largest = max(limits.max_bytes, self.videos.limits.max_bytes)
         self.read_limits = replace(limits, max_bytes=largest)  # each kind checks its own
+        snapshot = ray.get(banks) if isinstance(banks, ray.ObjectRef) else banks
+        self.banks: BankSnapshot | None = snapshot if snapshot and snapshot.hashes else None
         self.decoder = None
-        if resolve_decode(decode, self.classifier) == "tensor":
+        if self.banks is None and resolve_decode(decode, self.classifier) == "tensor":
             self.decoder = TensorDecoder(self.classifier, limits)
         self.skip: frozenset[str] = frozenset(
             ray.get(skip) if isinstance(skip, ray.ObjectRef) else skip or ()
@@ -163,8 +181,9 @@ class Preparer:
         self.blank = self.classifier.blank(1)[0].numpy()
 
     def __call__(self, batch: Batch) -> Iterator[Batch]:
-        """The batch's images not skipped, as rows with ``error`` ("" when none) and
-        ``pixels``; then each video's frame rows, a batch at a time, and its closing row."""
+        """The batch's images not skipped, as rows with ``error`` ("" when none), ``pixels`` (a
+        stack of the image's pictures), ``views`` (which pictures, as JSON) and ``match``; then
+        each video's frame rows, a batch at a time, and its closing row."""
         keep = [i for i, path in enumerate(batch["path"]) if str(path) not in self.skip]
         paths = [str(batch["path"][i]) for i in keep]
         reads = list(self.pool.map(self._read, [str(batch["location"][i]) for i in keep]))
@@ -183,29 +202,43 @@ class Preparer:
             prepared = list(self.pool.map(self._prepare, reads))
         else:
             prepared = self._decode(reads)
-        errors = [item if isinstance(item, str) else "" for item in prepared]
-        pixels = [self.blank if isinstance(item, str) else item for item in prepared]
-        return self._rows(paths, errors, pixels, [IMAGE] * len(paths))
+        return self._rows(
+            paths,
+            [item if isinstance(item, str) else "" for item in prepared],
+            [_stacked(item) if isinstance(item, Views) else self.blank[None] for item in prepared],
+            [IMAGE] * len(paths),
+            views=[_views_text(item) for item in prepared],
+            matches=[_match_text(item) for item in prepared],
+        )
 
     def _rows(
         self,
         paths: list[str],
         errors: list[str],
-        pixels: list[Pixels],
+        stacks: list[Pixels],
         kinds: list[str],
         *,
+        views: list[str] | None = None,
+        matches: list[str] | None = None,
         times: list[list[float]] | None = None,
         infos: list[str] | None = None,
     ) -> Batch:
-        """Rows: ``times`` (a frame's sampled times) and ``info`` (a closing row's) as JSON."""
-        shape = (0, *self.blank.shape)
+        """Rows of one schema for every kind: ``pixels`` a stack of pictures per row (ragged);
+        ``views`` and ``match`` an image's, ``times`` (a frame's sampled times) and ``info`` (a
+        closing row's), as JSON ("" where they do not apply)."""
+        pixels = np.empty(len(stacks), dtype=object)  # ragged: pictures per image vary
+        for row, stack in enumerate(stacks):
+            pixels[row] = stack
+        empty = [""] * len(paths)
         return {
             "path": np.array(paths, dtype=object),
             "error": np.array(errors, dtype=object),
-            "pixels": np.stack(pixels) if pixels else np.zeros(shape, self.blank.dtype),
+            "pixels": pixels,
+            "views": np.array(views or empty, dtype=object),
+            "match": np.array(matches or empty, dtype=object),
             "kind": np.array(kinds, dtype=object),
             "times": np.array([json.dumps(t) for t in times or [[]] * len(paths)], dtype=object),
-            "info": np.array(infos or [""] * len(paths), dtype=object),
+            "info": np.array(infos or empty, dtype=object),
         }
 
     def _video(self, path: str, data: bytes) -> Iterator[Batch]:
@@ -215,7 +248,7 @@ class Preparer:
         try:
             reader = VideoReader(data, self.classifier.prepare, job.limits, sampling(job.options))
         except ImageError as exc:
-            yield self._rows([path], [str(exc)], [self.blank], [VIDEO])
+            yield self._rows([path], [str(exc)], [self.blank[None]], [VIDEO])
             return
         judged = 0
         try:
@@ -225,79 +258,157 @@ class Preparer:
                 yield self._rows(
                     [path] * len(samples),
                     [""] * len(samples),
-                    [sample.image.numpy() for sample in samples],
+                    [sample.image.numpy()[None] for sample in samples],
                     [FRAME] * len(samples),
                     times=[list(sample.times) for sample in samples],
                 )
         except ImageError as exc:
-            yield self._rows([path], [str(exc)], [self.blank], [VIDEO])
+            yield self._rows([path], [str(exc)], [self.blank[None]], [VIDEO])
             return
         finally:
             reader.close()
         info = reader.info
         closing = {"frames": info.frames, "frames_judged": judged, "duration": info.duration,
                    "incomplete": reader.incomplete}  # fmt: skip
-        yield self._rows([path], [""], [self.blank], [VIDEO], infos=[json.dumps(closing)])
+        yield self._rows([path], [""], [self.blank[None]], [VIDEO], infos=[json.dumps(closing)])
 
     def _read(self, where: str) -> bytes | str:
         return sources.read(where, self.read_limits)
 
-    def _prepare(self, data: bytes | str) -> Pixels | str:
+    def _prepare(self, data: bytes | str) -> Prepared:
         if isinstance(data, str):
             return data
         try:
-            return self.classifier.prepare(load_image(data, self.limits)).numpy()
+            return prepare_image(data, self.classifier.prepare, self.limits, self.banks)
         except ImageError as exc:
             return str(exc)
 
-    def _decode(self, reads: list[bytes | str]) -> list[Pixels | str]:
+    def _decode(self, reads: list[bytes | str]) -> list[Prepared]:
         assert self.decoder is not None
-        decoded = iter(self.decoder.prepare([item for item in reads if isinstance(item, bytes)]))
-        results: list[Pixels | str] = []
+        encoded = [item for item in reads if isinstance(item, bytes)]
+        decoded = iter(self.decoder.prepare_views(encoded))
+        results: list[Prepared] = []
         for item in reads:
             if isinstance(item, str):
                 results.append(item)
                 continue
-            pixels = next(decoded)
-            results.append(str(pixels) if isinstance(pixels, ImageError) else pixels.numpy())
+            views = next(decoded)
+            results.append(str(views) if isinstance(views, ImageError) else views)
         return results
 
 
-class Labeller:
-    """Stage 3: prepared pixels -> label probabilities, by one classifier loaded once."""
+def _stacked(views: Views[Any]) -> Pixels:
+    """An image's prepared pictures as one array (pictures first)."""
+    return np.stack([picture.numpy() for picture in views.images])
 
-    def __init__(self, options: ModelOptions, cpus: float) -> None:
+
+def _views_text(item: Prepared) -> str:
+    """Which picture each of a row's pixels is (frame, backdrop, colours, kind of picture) and
+    the file's picture count, as JSON; "" for a row in error or matched."""
+    if not isinstance(item, Views):
+        return ""
+    shown = [[view.frame, view.backdrop, view.colours, view.picture] for view in item.views]
+    return json.dumps({"frames": item.frames, "views": shown})
+
+
+def _match_text(item: Prepared) -> str:
+    """A bank's match as JSON (:meth:`~nsfwd.verdict.Match.details`); "" for none."""
+    return json.dumps(item.details()) if isinstance(item, Match) else ""
+
+
+def _views(text: str) -> Views[None]:
+    """The :class:`Views` (without pictures) :func:`_views_text` describes."""
+    described = json.loads(text)
+    return Views(
+        [View(None, frame, backdrop, colours, picture=picture)
+         for frame, backdrop, colours, picture in described["views"]],
+        described["frames"],
+    )  # fmt: skip
+
+
+class Labeller:
+    """Stage 3: prepared pictures -> each image's labels (its worst picture's under
+    ``policy``) and each video frame's, by one classifier loaded once; ``batch_size`` pictures
+    through the model at a time."""
+
+    def __init__(
+        self, options: ModelOptions, cpus: float, policy: Policy, batch_size: int = 8
+    ) -> None:
         self.classifier = _load(options, threads=int(cpus))
+        self.policy = policy
+        self.batch_size = batch_size
         log.info("loaded %s on %s", self.classifier.name, self.classifier.device)
 
     def __call__(self, batch: Batch) -> pa.Table:
         """Rows of path, error (null when none), labels (a struct; null for an error and a
-        video's closing row), and the video columns, kind, times and info, as they came."""
+        video's closing row), judged (which picture answered, as JSON; null when only one was
+        judged), match (a bank's, as JSON; null when none), and the video columns, kind, times
+        and info, as they came. A frame's labels are its own, scores that are not finite
+        included: the driver's timeline refuses the video for them."""
         import pyarrow as pa
-        import torch
 
-        errors = [str(error) or None for error in batch["error"]]
+        kinds = [str(kind) for kind in batch["kind"]]
+        errors: list[str | None] = [str(error) or None for error in batch["error"]]
+        matches: list[str | None] = [str(match) or None for match in batch["match"]]
         good = [i for i, error in enumerate(errors)
-                if error is None and batch["kind"][i] != VIDEO]  # fmt: skip
+                if error is None and matches[i] is None and kinds[i] != VIDEO]  # fmt: skip
+        rows = self._predict([np.asarray(batch["pixels"][i]) for i in good])
         probs = np.zeros((len(errors), len(self.classifier.labels)))
-        if good:
-            pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][good]))
-            probs[good] = self.classifier.predict(pixels).numpy()
-        labels = pa.StructArray.from_arrays(
+        judged: list[str | None] = [None] * len(errors)
+        answer = certain(self.classifier.labels)  # a match's: the model did not run for it
+        for row, match in enumerate(matches):
+            if match is not None:
+                probs[row] = [answer[name] for name in self.classifier.labels]
+        for row, labels in zip(good, rows, strict=True):
+            if kinds[row] == FRAME:
+                probs[row] = [labels[0][name] for name in self.classifier.labels]
+                continue
+            bad = sorted({label for each in labels for label in nonfinite_labels(each)})
+            if bad:  # fail closed: NaN is never flagged, and one image does not stop the run
+                errors[row] = UnscorableImageError.for_labels(bad).message
+                continue
+            judgement = worst(_views(str(batch["views"][row])), labels, self.policy.score)
+            probs[row] = [judgement.labels[name] for name in self.classifier.labels]
+            judged[row] = json.dumps(judgement.details()) if judgement.chosen else None
+        labels_column = pa.StructArray.from_arrays(
             [pa.array(probs[:, k]) for k in range(probs.shape[1])],
             names=list(self.classifier.labels),
-            mask=pa.array([i not in good for i in range(len(errors))], pa.bool_()),
+            mask=pa.array(
+                [errors[i] is not None or kinds[i] == VIDEO for i in range(len(errors))],
+                pa.bool_(),
+            ),
         )
         return pa.table(
             {
                 "path": pa.array([str(path) for path in batch["path"]], pa.string()),
                 "error": pa.array(errors, pa.string()),
-                "labels": labels,
-                "kind": pa.array([str(kind) for kind in batch["kind"]], pa.string()),
+                "labels": labels_column,
+                "judged": pa.array(judged, pa.string()),
+                "match": pa.array(matches, pa.string()),
+                "kind": pa.array(kinds, pa.string()),
                 "times": pa.array([str(times) for times in batch["times"]], pa.string()),
                 "info": pa.array([str(info) for info in batch["info"]], pa.string()),
             }
         )
+
+    def _predict(self, stacks: list[Pixels]) -> list[list[dict[str, float]]]:
+        """Each row's labels, one per picture, running ``batch_size`` pictures at a time."""
+        import torch
+
+        if not stacks:
+            return []
+        pictures = np.concatenate(stacks)
+        found: list[dict[str, float]] = []
+        for start in range(0, len(pictures), self.batch_size):
+            chunk = torch.from_numpy(
+                np.ascontiguousarray(pictures[start : start + self.batch_size])
+            )
+            found += self.classifier.to_labels(self.classifier.predict(chunk))
+        rows, position = [], 0
+        for stack in stacks:
+            rows.append(found[position : position + len(stack)])
+            position += len(stack)
+        return rows
 
 
 @dataclass
@@ -458,12 +569,15 @@ class RayJob:
         progress: bool = True,
         policy: Policy | None = None,
         videos: VideoJob | None = None,
+        banks: BankSnapshot | None = None,
     ) -> RayJob:
         """Connect to Ray (``address`` None: a local instance; ``auto``; ``ray://...``) and
         plan the pipeline over ``inputs``; nothing runs until records are asked for.
         ``decode``: as ``nsfwd classify --decode``; ``skip``: record paths to leave out
-        (``--resume``); ``policy`` and ``videos``: how videos are sampled and judged (their
-        ``stop_on_flag`` does not apply: frames are decoded ahead of the model)."""
+        (``--resume``); ``policy`` picks each image's worst picture and judges videos (default:
+        moderate); ``videos``: how videos are sampled (their ``stop_on_flag`` does not apply:
+        frames are decoded ahead of the model); ``banks``: the banks of known images each image
+        is checked against first."""
         videos = videos or VideoJob()
         ray = _import_ray()
         owns_ray = not ray.is_initialized()
@@ -474,7 +588,15 @@ class RayJob:
             context.enable_progress_bars = progress
             plan = Plan.for_cluster(ray.cluster_resources(), batch_size)
             dataset = _dataset(
-                ray, list(inputs), settings, plan, decode=decode, skip=skip, videos=videos
+                ray,
+                list(inputs),
+                settings,
+                plan,
+                decode=decode,
+                skip=skip,
+                policy=policy or Policy(),
+                videos=videos,
+                banks=banks,
             )
             return cls(dataset, owns_ray, policy, videos.options.min_frames)
         except BaseException:
@@ -505,9 +627,7 @@ class RayJob:
     def _results(self, table: pa.Table) -> Iterator[FileResult]:
         for row in table.to_pylist():
             if row["kind"] == IMAGE:
-                result: FileResult | None = FileResult(
-                    row["path"], labels=row["labels"], error=row["error"]
-                )
+                result: FileResult | None = _image_result(row)
             else:
                 result = self._videos.add(row)
             if result is None:
@@ -531,6 +651,16 @@ class RayJob:
             import ray
 
             ray.shutdown()
+
+
+def _image_result(row: dict[str, Any]) -> FileResult:
+    """An image row's record: its labels, which picture answered and a bank's match, or its
+    error."""
+    if row["error"] is not None:
+        return FileResult(row["path"], error=row["error"])
+    judged = None if row["judged"] is None else json.loads(row["judged"])
+    match = None if row["match"] is None else json.loads(row["match"])
+    return FileResult(row["path"], labels=row["labels"], judged=judged, match=match)
 
 
 def _import_ray() -> Any:
@@ -566,10 +696,12 @@ def _dataset(
     *,
     decode: str,
     skip: set[str] | frozenset[str],
+    policy: Policy,
     videos: VideoJob,
+    banks: BankSnapshot | None = None,
 ) -> Any:
-    """The pipeline, lazily: names -> prepared pixels (a video's: a row per sampled frame)
-    -> labels."""
+    """The pipeline, lazily: names -> prepared pictures (or a bank's match; a video's: a row
+    per sampled frame) -> labels."""
     options = ModelOptions.from_settings(settings.portable())  # actors run in other folders
     names = _names(ray, inputs)
     prepared = names.map_batches(
@@ -581,6 +713,7 @@ def _dataset(
             "skip": ray.put(frozenset(skip)) if skip else None,
             "videos": videos,
             "batch_size": plan.batch_size,
+            "banks": ray.put(banks) if banks is not None and banks.hashes else None,
         },
         batch_size=plan.batch_size,
         compute=ray.data.ActorPoolStrategy(min_size=plan.preparers[0], max_size=plan.preparers[1]),
@@ -588,7 +721,12 @@ def _dataset(
     )
     return prepared.map_batches(
         Labeller,
-        fn_constructor_kwargs={"options": options, "cpus": plan.labeller_cpus},
+        fn_constructor_kwargs={
+            "options": options,
+            "cpus": plan.labeller_cpus,
+            "policy": policy,
+            "batch_size": plan.batch_size,
+        },
         batch_size=plan.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=plan.labellers),

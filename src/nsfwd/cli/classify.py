@@ -237,6 +237,7 @@ def _classify_on_ray(args: argparse.Namespace, policy: Policy, done: set[str]) -
               "a video's frames ahead of the model)", file=sys.stderr)  # fmt: skip
         return 2
     settings = settings_for(args)
+    banks = None if args.no_banks else _banks(settings)
     try:
         job = RayJob.start(
             args.paths,
@@ -250,6 +251,7 @@ def _classify_on_ray(args: argparse.Namespace, policy: Policy, done: set[str]) -
             videos=VideoJob(
                 settings.video_limits, settings.video_options, settings.decode_timeout_s
             ),
+            banks=banks,
         )
     except RayUnavailableError as exc:
         print(f"nsfwd classify: {exc}", file=sys.stderr)

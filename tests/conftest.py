@@ -92,7 +92,7 @@ them. A test that starts a cluster, a browser, a big model or a long run belongs
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test with its tier (:data:`TIERS`; a test of an API suite run through Ray
-    Serve is in the Ray tier); the Ray tier shares one xdist worker."""
+    Serve is in the Ray tier, which ``make test`` runs in a pytest of its own)."""
     for item in items:
         where = f"{item.path.stem}::{item.name}"
         tiers = {tier for tier, places in TIERS.items() if any(_in(where, p) for p in places)}
@@ -100,8 +100,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             tiers.add("ray")
         for tier in sorted(tiers):
             item.add_marker(getattr(pytest.mark, tier))
-        if "ray" in tiers:
-            item.add_marker(pytest.mark.xdist_group("ray"))
 
 
 @pytest.hookimpl(trylast=True, specname="pytest_collection_modifyitems")
@@ -154,10 +152,10 @@ def ray_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RayServer]:
     """The session's ``nsfwd serve --ray`` (:func:`ray_backend.ray_server`), on a PostgreSQL
-    database of its own; started by the first test that needs it. The Ray tier shares one
-    xdist worker; should a second worker need one all the same, it waits until the first
-    worker's is gone (a lock beside the workers' temporary folders): two cores cannot host two
-    clusters."""
+    database of its own; started by the first test that needs it. ``make test`` runs the Ray
+    tier without xdist; should two xdist workers need one all the same, the second waits until
+    the first one's is gone (a lock beside the workers' temporary folders): two cores cannot
+    host two clusters."""
     from postgres import fresh_database
     from ray_backend import ray_server as start
 

@@ -258,6 +258,9 @@ def _answers(success: str, status: str = "200", content: Any = None) -> dict[int
         "401": openapi.answer("A missing or wrong key", _ERROR),
         "403": openapi.answer("A key that may not administer banks", _ERROR),
         "404": openapi.answer("No such bank (or hash in it)", _ERROR),
+        "429": openapi.answer(
+            "Too many wrong keys from this address lately", _ERROR, retry_after=True
+        ),
         "431": openapi.HEADERS_TOO_LARGE,
         "503": openapi.answer("The store is unavailable", _ERROR, retry_after=True),
     }

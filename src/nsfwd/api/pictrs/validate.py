@@ -296,7 +296,11 @@ def create_router(models: ServedModels, settings: Settings, keys: KeyRing) -> AP
             "408": openapi.answer("The body stopped arriving", _ANSWER),
             "415": openapi.answer("A file of a type nsfwd does not judge", _ANSWER),
             "422": openapi.answer("Refused: the upload is flagged", _ANSWER),
-            "429": openapi.answer("The server is full", _ANSWER, retry_after=True),
+            "429": openapi.answer(
+                "The server is full, or too many wrong keys came from this address lately",
+                _ANSWER,
+                retry_after=True,
+            ),
             "431": openapi.HEADERS_TOO_LARGE,
             "500": openapi.answer("An internal error", _ANSWER),
             "503": openapi.answer("The model is unavailable", _ANSWER, retry_after=True),

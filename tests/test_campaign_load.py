@@ -113,6 +113,7 @@ def test_twice_capacity_gets_only_200_and_429_with_flat_memory(
         "NSFWD_SERVED_MODEL_NAME": "bench",  # what nsfwd.bench.loadgen's jobs name
         "NSFWD_MAX_QUEUE": str(MAX_QUEUE),
         "NSFWD_MAX_BATCH_SIZE": str(MAX_BATCH),
+        "NSFWD_VERDICT_CACHE_ENTRIES": "0",  # the model's capacity, not the cache's repeats
     }
     bodies = [astronaut_jpeg((256 + 16 * i, 256)) for i in range(8)]
     with nsfwd_serve(timm_checkpoint, tmp_path / "data", tmp_path / "server.log", env=env) as s:

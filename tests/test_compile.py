@@ -199,7 +199,7 @@ def test_bench_reports_compiled_figures_from_the_cache(
     assert code == 0
     report = json.loads(out.read_text())
     warm = report["results"]["compile"]
-    assert warm["mode"] == "default"
+    assert warm["mode"] == "torch.compile default"
     assert warm["buckets"] == [4]
     assert warm["fxgraph_cache_miss"] == 0  # the fixture's graphs (same shapes) serve
     assert report["config"]["compile_cache_dir"] == str(compiled.cache_dir.resolve())

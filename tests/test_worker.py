@@ -315,15 +315,16 @@ def test_leases_are_renewed_while_a_slow_prediction_runs(
         prediction_id = await upload(store, noise_png(1))
         await until(lambda: _running(store, prediction_id))
         stolen = []
-        for _ in range(6):  # 1.8 s: three leases' worth
-            await asyncio.sleep(0.3)
-            stolen += await store.predictions.claim("thief", 5, 0.6)
+        for _ in range(6):  # 4.5 s: three leases' worth
+            await asyncio.sleep(0.75)
+            stolen += await store.predictions.claim("thief", 5, 1.5)
         gated.gate.set()
         await until(lambda: _count(all_finished(store, [prediction_id]), 1))
         (done,) = await all_finished(store, [prediction_id])
         return done, stolen
 
-    done, stolen = run(database_url(tmp_path), engine, body, lease_s=0.6, poll_s=0.05)
+    # Leases long enough that a renewal (every third of one) survives a loaded machine.
+    done, stolen = run(database_url(tmp_path), engine, body, lease_s=1.5, poll_s=0.05)
     assert stolen == []
     assert done.status == "succeeded" and done.attempts == 1
 

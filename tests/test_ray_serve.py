@@ -66,11 +66,13 @@ def test_eachlabs_with_webhooks_on_postgresql(
     assert poll(served.url, bad, timeout=60)["status"] == "error"
     for i, prediction_id in enumerate(ids):
         hits = wait_for(partial(receiver.received, f"serve{i}"), 30, "the webhook")
+        polled = poll(served.url, prediction_id)
         assert verified(hits[0]) == {
             "exec_id": prediction_id,
             "status": "succeeded",
-            "output": poll(served.url, prediction_id)["output"],
+            "output": polled["output"],
             "error": "",
+            "sha256": polled["sha256"],  # of the bytes fetched: the verdict holds for them
         }
     failed = wait_for(lambda: receiver.received("servebad"), 30, "the failure's webhook")
     assert verified(failed[0])["status"] == "failed"

@@ -15,6 +15,7 @@ from nsfwd.models.classifier import Classifier
 from nsfwd.models.detector import Detector, is_detector_checkpoint
 from nsfwd.models.hub import resolve_model_dir
 from nsfwd.models.names import NUDENET
+from nsfwd.models.routes import refused_options
 
 Model = Classifier | Detector
 """A loaded model, either kind."""
@@ -47,17 +48,8 @@ def load_model(
     unquantised; asking otherwise is a ValueError rather than an option silently ignored."""
     if not is_detector(model, revision):
         return Classifier.load(model, revision=revision, device=device, **options)
-    clashes = [
-        option
-        for option, clash in (
-            ("--dtype", options.get("dtype") not in (None, "float32")),
-            ("--runtime", options.get("runtime") not in (None, "torch")),
-            ("--quantize", options.get("quantize") is not None),
-            ("--compile", options.get("compile") not in (None, "off")),
-        )
-        if clash
-    ]
-    if clashes:
+    fixed = {key: options.get(key) for key in ("dtype", "runtime", "quantize", "compile")}
+    if clashes := refused_options(**fixed):
         raise ValueError(
             f"detectors run in float32 on torch, uncompiled; drop {', '.join(clashes)}"
         )

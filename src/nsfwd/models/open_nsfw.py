@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from nsfwd.models.names import OPEN_NSFW, ModelNotAvailableError, default_batch_size
+from nsfwd.models.routes import refused_options
 from nsfwd.verdict import Finding, Labels
 
 LABELS: Final = ("sfw", "nsfw")
@@ -80,26 +81,6 @@ class OpenNsfw:
     def warm_up(self, max_batch_size: int) -> None:
         """One single-picture batch: onnxruntime sets its kernels up on the first run."""
         self.label([self.prepare(Image.new("RGB", INPUT_SIZE[:0:-1]))])
-
-
-def refused_options(
-    *,
-    device: str | None = None,
-    dtype: str | None = None,
-    runtime: str | None = None,
-    quantize: str | None = None,
-    compile: str | None = None,
-) -> list[str]:
-    """The torch options (``--device``...) that ask open-nsfw for something it cannot do: it
-    runs on onnxruntime, on the CPU, in float32, uncompiled."""
-    asked = (
-        ("--device", device is not None and device.partition(":")[0] != "cpu"),
-        ("--dtype", dtype not in (None, "float32")),
-        ("--runtime", runtime not in (None, "torch")),
-        ("--quantize", quantize is not None),
-        ("--compile", compile not in (None, "off")),
-    )
-    return [option for option, clash in asked if clash]
 
 
 def load_open_nsfw(**options: str | None) -> OpenNsfw:

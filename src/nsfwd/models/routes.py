@@ -31,6 +31,27 @@ class Route:
         return f"{self.runtime} {self.quantize or self.dtype}"
 
 
+def refused_options(
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    runtime: str | None = None,
+    quantize: str | None = None,
+    compile: str | None = None,
+) -> list[str]:
+    """The route options (``--device``...) that ask a model running one fixed way (torch or
+    onnxruntime in float32, unquantised, uncompiled; on the CPU where ``device`` is given) for
+    another: open-nsfw and the detectors refuse them rather than ignore them."""
+    asked = (
+        ("--device", device is not None and device.partition(":")[0] != "cpu"),
+        ("--dtype", dtype not in (None, "float32")),
+        ("--runtime", runtime not in (None, "torch")),
+        ("--quantize", quantize is not None),
+        ("--compile", compile not in (None, "off")),
+    )
+    return [option for option, clash in asked if clash]
+
+
 def route_info(device: object, route: Route, reason: str, kind: str) -> dict[str, str]:
     """A loaded model's ``model_info`` (:class:`~nsfwd.models.runner.Runner`): ``device``,
     ``dtype``, ``runtime`` (with its quantisation: ``openvino int8``), ``dtype_reason`` (why

@@ -264,19 +264,43 @@ def statuses(database: Path) -> dict[str, str]:
         return dict(connection.execute("SELECT id, status FROM predictions").fetchall())
 
 
+def kill_with_jobs_waiting(url: str, pid: int, database: Path) -> list[str]:
+    """Submit jobs from eight threads until the store holds at least three unfinished, then
+    SIGKILL the inference process: some accepted work is in flight on any machine, however fast.
+    The ids of the jobs accepted (201) are returned."""
+    accepted: list[str] = []
+    killed = False
+
+    def submit_until_killed(seed: int) -> None:
+        for index in range(seed, 400, 8):
+            try:
+                answer = submit_bytes(url, jpeg((384, 384), seed=index))
+            except requests.RequestException:
+                return
+            if answer.status_code != 201:
+                assert killed, answer.text
+                return
+            accepted.append(answer.json()["id"])
+
+    with ThreadPoolExecutor(8) as pool:
+        submitting = [pool.submit(submit_until_killed, seed) for seed in range(8)]
+        wait_for(lambda: sum(s != "succeeded" for s in statuses(database).values()) >= 3, 60,
+                 "three unfinished jobs in the store", interval=0.01)  # fmt: skip
+        os.kill(pid, signal.SIGKILL)
+        killed = True
+        for future in submitting:
+            future.result()
+    return accepted
+
+
 def test_a_killed_inference_process_stops_the_server_and_loses_no_job(
     timm_checkpoint: Path, tmp_path: Path
 ) -> None:
     data_dir, log = tmp_path / "data", tmp_path / "server.log"
     env = {"NSFWD_SERVED_MODEL_NAME": MODEL, "NSFWD_API_KEYS": TOKEN, "NSFWD_LEASE_S": "2"}
     workers = ("--http-workers", "2")
-    images = [jpeg((384, 384), seed=index) for index in range(16)]
     with nsfwd_serve(timm_checkpoint, data_dir, log, *workers, env=env) as served:
-        with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(lambda image: submit_bytes(served.url, image), images))
-        assert all(answer.status_code == 201 for answer in answers), answers
-        ids = [answer.json()["id"] for answer in answers]
-        os.kill(inference_pid(served), signal.SIGKILL)
+        ids = kill_with_jobs_waiting(served.url, inference_pid(served), data_dir / "nsfwd.db")
         assert served.process.wait(timeout=60) == 1, log.read_text()  # for its supervisor
     assert "the inference process died" in log.read_text()
     unfinished = [i for i, s in statuses(data_dir / "nsfwd.db").items() if s != "succeeded"]

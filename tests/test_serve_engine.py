@@ -249,21 +249,24 @@ def test_the_proxy_gets_the_apps_body_limits(monkeypatch: pytest.MonkeyPatch) ->
 def test_a_model_replica_bounds_decoding_as_nsfwd_serve_does(timm_checkpoint: Path) -> None:
     """A model replica of ``serve --ray`` (here built as Serve builds it, without a cluster)
     runs the engine of ``nsfwd serve``: an image that decodes past ``NSFWD_DECODE_TIMEOUT_S``
-    is refused as too costly, and an ordinary one is judged after it."""
+    is refused as too costly, and an ordinary one is judged after it. (4096x4096 px, so that
+    the decode outlasts the event loop's worst delay on a loaded machine.)"""
     from hostile_jpegs import repeated_scans
     from nsfwd.intake import ImageComplexityError
     from nsfwd.models.names import ModelSpec
     from nsfwd.serve.ray.app import ModelDeployment, ModelServer
     from photos import astronaut_jpeg
 
-    settings = Settings(dtype="float32", decode_workers=1, decode_timeout_s=0.02)
+    settings = Settings(
+        dtype="float32", decode_workers=1, decode_timeout_s=0.02, max_image_side=4096
+    )
     deployment = ModelDeployment(ModelSpec(str(timm_checkpoint)), settings)
 
     async def main() -> tuple[dict[str, Any], dict[str, Any]]:
         replica = ModelServer.__new__(ModelServer)
         await replica.__init__(deployment)  # type: ignore[misc]
         try:
-            slow = await replica.judge(repeated_scans(90))
+            slow = await replica.judge(repeated_scans(90, (4096, 4096)))
             replica.engine.decode_timeout_s = 10
             return slow, await replica.judge(astronaut_jpeg())
         finally:

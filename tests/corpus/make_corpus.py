@@ -171,9 +171,12 @@ def _write_video(
     with av.open(str(path), "w", format=container, options=options) as muxer:
         tracks = []
         for _ in range(streams):
-            options = {"preset": "ultrafast", "threads": "1"} if codec == "libx264" else {}
+            # bitexact: no encoder version in the bytes, which differ between PyAV's wheels
+            options = {"flags": "+bitexact"}
+            if codec == "libx264":
+                options |= {"preset": "ultrafast", "threads": "1"}
             if codec == "mjpeg":
-                options = {"threads": "1"}  # one slice order, the same bytes every run
+                options |= {"threads": "1"}  # one slice order, the same bytes every run
             track = muxer.add_stream(codec, rate=fps, options=options)
             assert isinstance(track, av.VideoStream)
             track.width, track.height = size

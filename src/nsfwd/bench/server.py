@@ -83,6 +83,8 @@ def bench_server(
         "NSFWD_MAX_BATCH_SIZE": str(batch_size),
         "NSFWD_MAX_QUEUE": str(max(cfg.concurrency * 2, 64)),
         "NSFWD_API_KEYS": "",
+        # The clients post the same images again: the model's throughput, not the cache's.
+        "NSFWD_VERDICT_CACHE_ENTRIES": "0",
         # A store of its own: keys in the user's ./data would close the open API to the bench.
         "NSFWD_DATA_DIR": str(_server_data(workdir, cfg.data_dir)),
     }

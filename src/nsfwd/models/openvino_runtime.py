@@ -4,9 +4,9 @@ asked, kept in the data directory as an export (:mod:`nsfwd.models.openvino_netw
 on OpenVINO's CPU plugin at fixed batch sizes (:class:`OpenVinoForward`).
 
 Where things are kept, under ``DATA_DIR/openvino/``: ``MODEL_KEY/float`` and
-``MODEL_KEY/int8-CALIBRATION_KEY`` (the exports), ``compiled/`` (OpenVINO's cache of compiled
-models, one per batch size and precision). A key changes with the checkpoint's files and the
-versions that shape the graph, so a stale export is never read.
+``MODEL_KEY/int8-float-head-CALIBRATION_KEY`` (the exports), ``compiled/`` (OpenVINO's cache
+of compiled models, one per batch size and precision). A key changes with the checkpoint's
+files and the versions that shape the graph, so a stale export is never read.
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 4096
 """The largest batch the converted graph is declared for (each size is compiled on its own)."""
+INT8_FOLDER = "int8-float-head"
+"""The int8 exports' folder prefix, named for how they are quantised (:func:`quantize_int8`),
+so that one quantised another way is not read back."""
 PRECISIONS: dict[torch.dtype, Precision] = {torch.float32: "f32", torch.bfloat16: "bf16"}
 """The inference precision OpenVINO is asked for, by the dtype nsfwd names it with."""
 
@@ -111,12 +114,33 @@ def _model_type(module: torch.nn.Module) -> Any:
     return nncf.ModelType.TRANSFORMER if attention else None
 
 
+def head(model: ov.Model) -> str | None:
+    """The name of the classifier head: the matrix multiplication that the output's softmax
+    reads (through a bias addition or a reshape), or None when there is none. Its input, one
+    pooled vector an image, is where an int8 range costs most agreement and saves least time."""
+    node = model.get_results()[0].input_value(0).get_node()
+    for _ in range(4):
+        if node.get_type_name() == "MatMul":
+            return str(node.get_friendly_name())
+        if node.get_input_size() == 0:
+            return None
+        node = node.input_value(0).get_node()
+    return None
+
+
+def _float_head(model: ov.Model) -> Any:
+    import nncf
+
+    name = head(model)
+    return nncf.IgnoredScope(names=[name] if name else [], validate=False)
+
+
 def quantize_int8(
     model: ov.Model, samples: Sequence[np.ndarray], module: torch.nn.Module
 ) -> ov.Model:
     """``model`` statically quantised to int8 by NNCF's post-training quantisation: weights and
     activations of the matrix multiplications in int8, with ranges calibrated on ``samples``
-    (each a batch of one image's pixels)."""
+    (each a batch of one image's pixels); the classifier head (:func:`head`) stays in float."""
     try:
         import nncf
     except ImportError as exc:
@@ -131,6 +155,7 @@ def quantize_int8(
             nncf.Dataset(list(samples)),
             model_type=_model_type(module),
             subset_size=len(samples),
+            ignored_scope=_float_head(model),
         )
     log.info(
         "quantised to int8 (NNCF, %d calibration images) in %.1f s",
@@ -169,7 +194,8 @@ def exported(
         return model if calibration is None else _quantized(loaded, model, calibration)
     folder = store(data_dir) / model_key
     float_folder = folder / "float"
-    target = float_folder if calibration is None else folder / f"int8-{calibration.key}"
+    int8_folder = None if calibration is None else folder / f"{INT8_FOLDER}-{calibration.key}"
+    target = int8_folder or float_folder
     model = _kept(target)
     if model is not None:
         return model

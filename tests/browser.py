@@ -14,10 +14,6 @@ import pytest
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
-    # Renderers forked by the browser itself: two zygotes reaping their children at once were
-    # seen to spin in the kernel (shrink_dcache_parent) on both cores for minutes, starving
-    # every other test until one was made to yield.
-    "--no-zygote",
     "--disable-gpu",
     "--disable-background-networking",
     "--disable-component-update",

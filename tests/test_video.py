@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,8 @@ def test_every_codec_decodes_at_the_sampled_times(codec: str, fmt: str, name: st
     assert reader.done and reader.incomplete is None
     blue = [s.times[0] for s in samples if s.image[2] > 200 and s.image[0] < 50]
     assert blue == ([0.5, 0.96] if codec == "vp8" else [1.0, 1.5])
+    # Neither encoding (videos.scheduling_kept) nor decoding leaves this thread real-time.
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
 
 
 def test_a_phone_video_is_judged_upright() -> None:

@@ -5,7 +5,9 @@ the flagged stretch is."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+from collections.abc import Callable, Iterator
 from io import BytesIO
 from typing import Any, Final
 
@@ -54,7 +56,7 @@ def write_video(
     (degrees counterclockwise) is written as the stream's display matrix, as phones do."""
     encoder, container, options = CODECS[codec]
     out = BytesIO()
-    with av.open(out, "w", format=container) as muxer:
+    with scheduling_kept(), av.open(out, "w", format=container) as muxer:
         stream = muxer.add_stream(encoder, rate=fps, options=dict(options))
         assert isinstance(stream, av.VideoStream)
         stream.width, stream.height = size
@@ -79,6 +81,20 @@ def write_video(
             muxer.mux(sound.encode(samples))
             muxer.mux(sound.encode(None))
     return out.getvalue()
+
+
+@contextlib.contextmanager
+def scheduling_kept() -> Iterator[None]:
+    """Put the calling thread's scheduling back as it was. SVT-AV1 raises the thread that
+    drives it to real time (SCHED_FIFO 99) where it may, as under root: a test worker, and every
+    server and browser it starts later, then ran real-time, and a Chromium spinning in the
+    kernel at that priority starved both cores for minutes."""
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if os.sched_getscheduler(0) != policy:
+            os.sched_setscheduler(0, policy, param)
 
 
 def solid(size: tuple[int, int], colour: Any) -> np.ndarray[Any, Any]:
